@@ -1,0 +1,534 @@
+#!/usr/bin/python3
+"""Exports Kiln's end-to-end test models to ONNX, with reference inputs and outputs.
+
+Run with Debian's interpreter (torch 1.13, torchvision 0.14, onnx 1.12, numpy):
+
+    /usr/bin/python3 models/export.py --out /tmp/kiln-models
+    /usr/bin/python3 models/export.py --out DIR --models bert,gpt --force --opset 17
+
+For each model NAME it writes
+    DIR/NAME.onnx     TorchScript exporter (torch.onnx.export), do_constant_folding=True
+    DIR/NAME.io.npz   the fixed inputs (keys = ONNX input names) and PyTorch's outputs for them
+                      (keys = ONNX output names); float32 / int64, written with np.savez.
+Models whose two files both exist are skipped unless --force. Files are written under a
+temporary name and renamed, so an interrupted export never leaves a file that looks complete.
+
+Weights are random but seeded (torch.manual_seed(0) before each model is built; torchvision
+models use weights=None), models are in eval mode, and inputs are drawn from their own seeded
+generator, so reruns produce the same weights, inputs and outputs on the same torch build.
+
+Models:
+  resnet50, mobilenet_v2  torchvision; input "input" f32 [batch,3,224,224]; output "output".
+  bert                    a BERT-base encoder written the way Hugging Face's BertModel is
+                          (12 layers, hidden 768, 12 heads, intermediate 3072, erf GELU,
+                          extended attention mask, tanh pooler); inputs "input_ids",
+                          "attention_mask" i64 [batch,seq]; outputs "last_hidden_state"
+                          [batch,seq,768] and "pooler_output" [batch,768].
+  gpt                     a small pre-LN GPT decoder (4 layers, hidden 256, 4 heads, vocab 1024,
+                          context 64) with a causal mask built in forward (Trilu + Where),
+                          tanh-approximate GELU and a tied LM head; input "input_ids" i64
+                          [batch,seq]; output "logits" [batch,seq,1024].
+"""
+
+import argparse
+import collections
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import onnx
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+DEFAULT_OPSET = 17
+ALL_MODELS = ("resnet50", "mobilenet_v2", "bert", "gpt")
+
+
+# ----------------------------------------------------------------------------------------------
+# BERT, written module-for-module like transformers.models.bert.modeling_bert.BertModel.
+
+class BertConfig:
+    # The real BERT-base vocabulary size. The word-embedding table is then 30522x768 (about
+    # 94 MB of the ~440 MB file); it is kept at full size so that the model has BERT-base's
+    # real shapes, including a large Gather table.
+    vocab_size = 30522
+    hidden_size = 768
+    num_hidden_layers = 12
+    num_attention_heads = 12
+    intermediate_size = 3072
+    max_position_embeddings = 512
+    type_vocab_size = 2
+    layer_norm_eps = 1e-12
+    hidden_dropout_prob = 0.1
+    attention_probs_dropout_prob = 0.1
+    initializer_range = 0.02
+    pad_token_id = 0
+
+
+class BertEmbeddings(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size,
+                                            padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.register_buffer("position_ids",
+                             torch.arange(config.max_position_embeddings).expand((1, -1)))
+        self.register_buffer("token_type_ids",
+                             torch.zeros((1, config.max_position_embeddings), dtype=torch.long))
+
+    def forward(self, input_ids):
+        input_shape = input_ids.size()
+        seq_length = input_shape[1]
+        position_ids = self.position_ids[:, :seq_length]
+        # HF: with no token_type_ids given, the registered all-zero buffer is expanded.
+        token_type_ids = self.token_type_ids[:, :seq_length].expand(input_shape[0], seq_length)
+
+        inputs_embeds = self.word_embeddings(input_ids)
+        token_type_embeddings = self.token_type_embeddings(token_type_ids)
+        embeddings = inputs_embeds + token_type_embeddings
+        embeddings = embeddings + self.position_embeddings(position_ids)
+        embeddings = self.LayerNorm(embeddings)
+        embeddings = self.dropout(embeddings)
+        return embeddings
+
+
+class BertSelfAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.num_attention_heads = config.num_attention_heads
+        self.attention_head_size = config.hidden_size // config.num_attention_heads
+        self.all_head_size = self.num_attention_heads * self.attention_head_size
+        self.query = nn.Linear(config.hidden_size, self.all_head_size)
+        self.key = nn.Linear(config.hidden_size, self.all_head_size)
+        self.value = nn.Linear(config.hidden_size, self.all_head_size)
+        self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
+
+    def transpose_for_scores(self, x):
+        new_x_shape = x.size()[:-1] + (self.num_attention_heads, self.attention_head_size)
+        x = x.view(new_x_shape)
+        return x.permute(0, 2, 1, 3)
+
+    def forward(self, hidden_states, attention_mask):
+        mixed_query_layer = self.query(hidden_states)
+        key_layer = self.transpose_for_scores(self.key(hidden_states))
+        value_layer = self.transpose_for_scores(self.value(hidden_states))
+        query_layer = self.transpose_for_scores(mixed_query_layer)
+
+        attention_scores = torch.matmul(query_layer, key_layer.transpose(-1, -2))
+        attention_scores = attention_scores / math.sqrt(self.attention_head_size)
+        attention_scores = attention_scores + attention_mask
+        attention_probs = F.softmax(attention_scores, dim=-1)
+        attention_probs = self.dropout(attention_probs)
+
+        context_layer = torch.matmul(attention_probs, value_layer)
+        context_layer = context_layer.permute(0, 2, 1, 3).contiguous()
+        new_context_layer_shape = context_layer.size()[:-2] + (self.all_head_size,)
+        context_layer = context_layer.view(new_context_layer_shape)
+        return context_layer
+
+
+class BertSelfOutput(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states, input_tensor):
+        hidden_states = self.dense(hidden_states)
+        hidden_states = self.dropout(hidden_states)
+        return self.LayerNorm(hidden_states + input_tensor)
+
+
+class BertAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.self = BertSelfAttention(config)
+        self.output = BertSelfOutput(config)
+
+    def forward(self, hidden_states, attention_mask):
+        self_outputs = self.self(hidden_states, attention_mask)
+        return self.output(self_outputs, hidden_states)
+
+
+class BertIntermediate(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+
+    def forward(self, hidden_states):
+        return F.gelu(self.dense(hidden_states))  # exact (erf) GELU, HF's "gelu"
+
+
+class BertOutput(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states, input_tensor):
+        hidden_states = self.dense(hidden_states)
+        hidden_states = self.dropout(hidden_states)
+        return self.LayerNorm(hidden_states + input_tensor)
+
+
+class BertLayer(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.attention = BertAttention(config)
+        self.intermediate = BertIntermediate(config)
+        self.output = BertOutput(config)
+
+    def forward(self, hidden_states, attention_mask):
+        attention_output = self.attention(hidden_states, attention_mask)
+        intermediate_output = self.intermediate(attention_output)
+        return self.output(intermediate_output, attention_output)
+
+
+class BertEncoder(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.layer = nn.ModuleList([BertLayer(config) for _ in range(config.num_hidden_layers)])
+
+    def forward(self, hidden_states, attention_mask):
+        for layer_module in self.layer:
+            hidden_states = layer_module(hidden_states, attention_mask)
+        return hidden_states
+
+
+class BertPooler(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.activation = nn.Tanh()
+
+    def forward(self, hidden_states):
+        first_token_tensor = hidden_states[:, 0]
+        return self.activation(self.dense(first_token_tensor))
+
+
+class BertModel(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.embeddings = BertEmbeddings(config)
+        self.encoder = BertEncoder(config)
+        self.pooler = BertPooler(config)
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module):
+        # As BertPreTrainedModel._init_weights.
+        if isinstance(module, nn.Linear):
+            module.weight.data.normal_(mean=0.0, std=self.config.initializer_range)
+            if module.bias is not None:
+                module.bias.data.zero_()
+        elif isinstance(module, nn.Embedding):
+            module.weight.data.normal_(mean=0.0, std=self.config.initializer_range)
+            if module.padding_idx is not None:
+                module.weight.data[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            module.bias.data.zero_()
+            module.weight.data.fill_(1.0)
+
+    def forward(self, input_ids, attention_mask):
+        embedding_output = self.embeddings(input_ids)
+        # HF's get_extended_attention_mask: [batch, seq] -> [batch, 1, 1, seq], 0 where attended
+        # and -10000 where masked, broadcast-added to the attention scores.
+        extended_attention_mask = attention_mask[:, None, None, :].to(dtype=embedding_output.dtype)
+        extended_attention_mask = (1.0 - extended_attention_mask) * -10000.0
+        sequence_output = self.encoder(embedding_output, extended_attention_mask)
+        pooled_output = self.pooler(sequence_output)
+        return sequence_output, pooled_output
+
+
+# ----------------------------------------------------------------------------------------------
+# GPT: a small nanoGPT-style pre-LayerNorm decoder.
+
+class GPTConfig:
+    vocab_size = 1024
+    block_size = 64  # context length (wpe rows); the exported seq axis is dynamic up to this
+    n_layer = 4
+    n_head = 4
+    n_embd = 256
+    layer_norm_eps = 1e-5
+    dropout = 0.1
+    initializer_range = 0.02
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+        self.head_dim = config.n_embd // config.n_head
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.attn_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        hs = self.head_dim  # a Python int, so the 1/sqrt(hs) scale is a true constant
+        q = q.view(B, T, self.n_head, hs).transpose(1, 2)
+        k = k.view(B, T, self.n_head, hs).transpose(1, 2)
+        v = v.view(B, T, self.n_head, hs).transpose(1, 2)
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))
+        # Causal mask built here (not a registered buffer), so the export holds Trilu + Where.
+        causal = torch.tril(torch.ones(T, T, dtype=torch.bool, device=x.device))
+        att = att.masked_fill(~causal, float("-inf"))
+        att = F.softmax(att, dim=-1)
+        att = self.attn_dropout(att)
+        y = att @ v
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class GPTMLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        x = F.gelu(self.c_fc(x), approximate="tanh")
+        return self.dropout(self.c_proj(x))
+
+
+class GPTBlock(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
+        self.mlp = GPTMLP(config)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class GPT(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.h = nn.ModuleList([GPTBlock(config) for _ in range(config.n_layer)])
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.apply(self._init_weights)
+        self.lm_head.weight = self.wte.weight  # tied LM head
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.data.normal_(mean=0.0, std=self.config.initializer_range)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                module.bias.data.zero_()
+        elif isinstance(module, nn.LayerNorm):
+            module.bias.data.zero_()
+            module.weight.data.fill_(1.0)
+
+    def forward(self, input_ids):
+        t = input_ids.size(1)
+        pos = torch.arange(0, t, dtype=torch.long, device=input_ids.device).unsqueeze(0)
+        x = self.drop(self.wte(input_ids) + self.wpe(pos))
+        for block in self.h:
+            x = block(x)
+        return self.lm_head(self.ln_f(x))
+
+
+# ----------------------------------------------------------------------------------------------
+# Model table: each builder returns (module, inputs dict in ONNX-input order, output names,
+# dynamic_axes).
+
+def _inputs_generator():
+    g = torch.Generator()
+    g.manual_seed(1234)
+    return g
+
+
+def build_resnet50():
+    import torchvision
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50(weights=None)
+    x = torch.randn(1, 3, 224, 224, generator=_inputs_generator())
+    return (model, {"input": x}, ["output"],
+            {"input": {0: "batch"}, "output": {0: "batch"}})
+
+
+def build_mobilenet_v2():
+    import torchvision
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v2(weights=None)
+    x = torch.randn(1, 3, 224, 224, generator=_inputs_generator())
+    return (model, {"input": x}, ["output"],
+            {"input": {0: "batch"}, "output": {0: "batch"}})
+
+
+def build_bert():
+    torch.manual_seed(0)
+    config = BertConfig()
+    model = BertModel(config)
+    seq = 128
+    g = _inputs_generator()
+    input_ids = torch.randint(1000, config.vocab_size, (1, seq), generator=g, dtype=torch.long)
+    input_ids[0, 0] = 101  # [CLS]
+    attention_mask = torch.ones(1, seq, dtype=torch.long)
+    attention_mask[:, seq - 16:] = 0  # the last 16 positions are padding
+    input_ids[:, seq - 16:] = config.pad_token_id
+    input_ids[0, seq - 17] = 102  # [SEP]
+    return (model, {"input_ids": input_ids, "attention_mask": attention_mask},
+            ["last_hidden_state", "pooler_output"],
+            {"input_ids": {0: "batch", 1: "seq"},
+             "attention_mask": {0: "batch", 1: "seq"},
+             "last_hidden_state": {0: "batch", 1: "seq"},
+             "pooler_output": {0: "batch"}})
+
+
+def build_gpt():
+    torch.manual_seed(0)
+    config = GPTConfig()
+    model = GPT(config)
+    input_ids = torch.randint(0, config.vocab_size, (1, config.block_size),
+                              generator=_inputs_generator(), dtype=torch.long)
+    return (model, {"input_ids": input_ids}, ["logits"],
+            {"input_ids": {0: "batch", 1: "seq"}, "logits": {0: "batch", 1: "seq"}})
+
+
+BUILDERS = {
+    "resnet50": build_resnet50,
+    "mobilenet_v2": build_mobilenet_v2,
+    "bert": build_bert,
+    "gpt": build_gpt,
+}
+
+
+# ----------------------------------------------------------------------------------------------
+
+def _to_numpy(t):
+    a = t.detach().cpu().numpy()
+    if a.dtype == np.float64:
+        a = a.astype(np.float32)
+    return np.ascontiguousarray(a)
+
+
+def _tmp_name(path):
+    # Keeps the real extension last (np.savez appends ".npz" to names that lack it).
+    d, base = os.path.split(path)
+    return os.path.join(d, ".tmp-%d-%s" % (os.getpid(), base))
+
+
+def export_one(name, out_dir, opset):
+    onnx_path = os.path.join(out_dir, name + ".onnx")
+    io_path = os.path.join(out_dir, name + ".io.npz")
+    model, inputs, output_names, dynamic_axes = BUILDERS[name]()
+    model.eval()
+    input_names = list(inputs)
+    args = tuple(inputs[k] for k in input_names)
+
+    with torch.no_grad():
+        outputs = model(*args)
+    if isinstance(outputs, torch.Tensor):
+        outputs = (outputs,)
+    if len(outputs) != len(output_names):
+        raise RuntimeError("%s: %d outputs, expected %d" % (name, len(outputs), len(output_names)))
+
+    tmp_onnx = _tmp_name(onnx_path)
+    tmp_io = _tmp_name(io_path)
+    try:
+        with torch.no_grad():
+            torch.onnx.export(model, args, tmp_onnx,
+                              export_params=True,
+                              opset_version=opset,
+                              do_constant_folding=True,
+                              input_names=input_names,
+                              output_names=output_names,
+                              dynamic_axes=dynamic_axes)
+        arrays = {k: _to_numpy(v) for k, v in inputs.items()}
+        for k, v in zip(output_names, outputs):
+            arrays[k] = _to_numpy(v)
+        np.savez(tmp_io, **arrays)
+        # Check before publishing; the checker takes a path so that large models are not
+        # parsed twice in memory.
+        onnx.checker.check_model(tmp_onnx)
+        os.replace(tmp_onnx, onnx_path)
+        os.replace(tmp_io, io_path)
+    finally:
+        for p in (tmp_onnx, tmp_io):
+            if os.path.exists(p):
+                os.remove(p)
+    return onnx_path, io_path
+
+
+def describe(name, onnx_path, io_path, seconds):
+    m = onnx.load(onnx_path)
+    hist = collections.Counter(n.op_type for n in m.graph.node)
+    opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), None)
+
+    def dims(vi):
+        return "x".join(d.dim_param or str(d.dim_value) for d in vi.type.tensor_type.shape.dim)
+
+    print("%s: %s (%.1f MB), opset %s, %d nodes, %d initializers%s" % (
+        name, onnx_path, os.path.getsize(onnx_path) / 1e6, opset, len(m.graph.node),
+        len(m.graph.initializer),
+        "" if seconds is None else ", exported in %.1f s" % seconds))
+    print("  inputs:  " + ", ".join("%s[%s]" % (i.name, dims(i)) for i in m.graph.input))
+    print("  outputs: " + ", ".join("%s[%s]" % (o.name, dims(o)) for o in m.graph.output))
+    with np.load(io_path) as io:
+        print("  %s (%.1f MB): %s" % (io_path, os.path.getsize(io_path) / 1e6, ", ".join(
+            "%s %s%s" % (k, io[k].dtype, list(io[k].shape)) for k in io.files)))
+    print("  ops: " + ", ".join("%s=%d" % kv for kv in sorted(hist.items(), key=lambda kv: (-kv[1], kv[0]))))
+    sys.stdout.flush()
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True, help="output directory (created if missing)")
+    p.add_argument("--models", default=",".join(ALL_MODELS),
+                   help="comma-separated subset of: " + ",".join(ALL_MODELS))
+    p.add_argument("--force", action="store_true", help="re-export models that already exist")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                   help="ONNX opset to export (default %d)" % DEFAULT_OPSET)
+    a = p.parse_args(argv)
+
+    names = [n.strip() for n in a.models.split(",") if n.strip()]
+    unknown = [n for n in names if n not in BUILDERS]
+    if unknown or not names:
+        p.error("unknown model(s): %s (known: %s)" % (",".join(unknown), ",".join(ALL_MODELS)))
+    os.makedirs(a.out, exist_ok=True)
+
+    failed = []
+    for name in names:
+        onnx_path = os.path.join(a.out, name + ".onnx")
+        io_path = os.path.join(a.out, name + ".io.npz")
+        if not a.force and os.path.exists(onnx_path) and os.path.exists(io_path):
+            print("%s: exists, skipped (use --force to re-export)" % name)
+            describe(name, onnx_path, io_path, None)
+            continue
+        t0 = time.monotonic()
+        try:
+            export_one(name, a.out, a.opset)
+        except Exception as e:  # report and go on with the other models
+            print("%s: FAILED: %s: %s" % (name, type(e).__name__, e), file=sys.stderr)
+            failed.append(name)
+            continue
+        describe(name, onnx_path, io_path, time.monotonic() - t0)
+    if failed:
+        print("failed: " + ",".join(failed), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,2 @@
+// The kiln command line.
+int main() { return 0; }
