@@ -1,2 +1,233 @@
-// The kiln command line.
-int main() { return 0; }
+// The kiln command line: `kiln inspect` and `kiln run` (build, bench, check and compare join
+// under the same conventions).
+#include <CLI/CLI.hpp>
+
+#include <chrono>
+#include <filesystem>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "backends/reference/executor.h"
+#include "cli_common.h"
+#include "onnx/onnx_import.h"
+#include "util/npy.h"
+
+namespace fs = std::filesystem;
+using namespace kiln;
+using json = nlohmann::json;
+
+namespace {
+
+json type_json(const TensorType* t) {
+  json j;
+  if (!t) return j;
+  j["dtype"] = std::string(dtype_name(t->dtype));
+  if (t->shape) {
+    json dims = json::array();
+    for (const Dim& d : *t->shape) {
+      if (d.known()) dims.push_back(d.value);
+      else dims.push_back(d.symbol.empty() ? "?" : d.symbol);
+    }
+    j["shape"] = dims;
+  } else {
+    j["shape"] = nullptr;
+  }
+  return j;
+}
+
+int cmd_inspect(const std::string& path, bool as_json, bool dump) {
+  Model model = load_onnx(path);
+  auto issues = check_model(model);
+  // Kernels missing from the reference backend count as unsupported too.
+  if (issues.empty()) {
+    for (const Node& n : model.graph.nodes)
+      if (!reference::KernelRegistry::global().find(n.domain, n.op_type))
+        issues.push_back({n.name, n.op_type, model.opsets[n.domain], "no reference kernel", ErrorCode::kUnsupported});
+  }
+  std::string inference_error;
+  if (issues.empty()) {
+    try {
+      InferOptions options;
+      options.evaluator = reference::constant_evaluator();
+      infer_types(model, options);
+    } catch (const Error& e) {
+      inference_error = e.what();
+    }
+  }
+  std::map<std::string, int> histogram;
+  for (const Node& n : model.graph.nodes) ++histogram[n.domain.empty() ? n.op_type : n.domain + "::" + n.op_type];
+  int64_t params = 0, param_bytes = 0;
+  for (const auto& [name, t] : model.graph.initializers) {
+    params += t.numel();
+    param_bytes += static_cast<int64_t>(t.nbytes());
+  }
+
+  if (as_json) {
+    json j;
+    j["path"] = path;
+    j["producer"] = model.producer;
+    j["ir_version"] = model.ir_version;
+    json opsets = json::object();
+    for (const auto& [d, v] : model.opsets) opsets[d.empty() ? "ai.onnx" : d] = v;
+    j["opsets"] = opsets;
+    j["inputs"] = json::array();
+    for (const auto& in : model.graph.inputs) {
+      json e = type_json(model.graph.type_of(in));
+      e["name"] = in;
+      j["inputs"].push_back(e);
+    }
+    j["outputs"] = json::array();
+    for (const auto& out : model.graph.outputs) {
+      json e = type_json(model.graph.type_of(out));
+      e["name"] = out;
+      j["outputs"].push_back(e);
+    }
+    j["nodes"] = model.graph.nodes.size();
+    j["parameters"] = params;
+    j["parameter_bytes"] = param_bytes;
+    j["op_histogram"] = histogram;
+    j["unsupported"] = json::array();
+    for (const auto& i : issues)
+      j["unsupported"].push_back({{"node", i.node}, {"op", i.op}, {"opset", i.opset}, {"reason", i.reason}});
+    if (!inference_error.empty()) j["inference_error"] = inference_error;
+    std::cout << j.dump(2) << "\n";
+  } else {
+    std::cout << "model:      " << path << "\n";
+    std::cout << "producer:   " << (model.producer.empty() ? "-" : model.producer) << ", IR version " << model.ir_version
+              << "\n";
+    std::cout << "opsets:    ";
+    for (const auto& [d, v] : model.opsets) std::cout << ' ' << (d.empty() ? "ai.onnx" : d) << '=' << v;
+    std::cout << "\n";
+    std::cout << "parameters: " << params << " (" << param_bytes / (1024.0 * 1024.0) << " MiB)\n";
+    std::cout << "inputs:\n";
+    for (const auto& in : model.graph.inputs) {
+      const TensorType* t = model.graph.type_of(in);
+      std::cout << "  " << in << ": " << (t ? t->to_string() : "?") << "\n";
+    }
+    std::cout << "outputs:\n";
+    for (const auto& out : model.graph.outputs) {
+      const TensorType* t = model.graph.type_of(out);
+      std::cout << "  " << out << ": " << (t ? t->to_string() : "?") << "\n";
+    }
+    std::cout << "nodes: " << model.graph.nodes.size() << "\n";
+    for (const auto& [op, count] : histogram) std::cout << "  " << op << ": " << count << "\n";
+    if (issues.empty()) {
+      std::cout << "unsupported: none\n";
+    } else {
+      std::cout << "unsupported: " << issues.size() << "\n";
+      for (const auto& i : issues) std::cout << "  " << i.to_string() << "\n";
+    }
+    if (!inference_error.empty()) std::cout << "type inference failed: " << inference_error << "\n";
+    if (dump) std::cout << "\n" << dump_model(model);
+  }
+  return issues.empty() && inference_error.empty() ? 0 : 1;
+}
+
+struct RunArgs {
+  std::string model;
+  std::vector<std::string> inputs;  // NAME=FILE.npy or FILE.npz
+  std::string output_dir;
+  std::string shapes;
+  uint64_t seed = 0;
+  std::vector<int64_t> int_range = {0, 10};
+  bool save_inputs = false;
+};
+
+int cmd_run(const RunArgs& args) {
+  const auto t0 = std::chrono::steady_clock::now();
+  Model model = load_onnx(args.model);
+  reference::Executor exec(std::move(model));
+  const Graph& g = exec.model().graph;
+  auto shapes = cli::parse_shapes(args.shapes);
+  for (const auto& [name, dims] : shapes)
+    if (std::find(g.inputs.begin(), g.inputs.end(), name) == g.inputs.end())
+      throw Error(ErrorCode::kInvalidArgument, "--shapes: '" + name + "' is not an input of " + args.model);
+
+  reference::TensorMap inputs;
+  for (const auto& spec : args.inputs) {
+    auto eq = spec.find('=');
+    if (eq == std::string::npos) {  // a whole .npz of named inputs
+      for (auto& [name, t] : read_tensor_file(spec)) {
+        if (std::find(g.inputs.begin(), g.inputs.end(), name) == g.inputs.end()) continue;  // e.g. expected outputs
+        inputs[name] = std::move(t);
+      }
+      continue;
+    }
+    std::string name = spec.substr(0, eq);
+    auto tensors = read_tensor_file(spec.substr(eq + 1));
+    if (tensors.size() != 1)
+      throw Error(ErrorCode::kInvalidArgument, "--input " + spec + ": expected a file holding one tensor, found " +
+                                                   std::to_string(tensors.size()));
+    inputs[name] = std::move(tensors.front().second);
+  }
+  std::string notes;
+  for (size_t i = 0; i < g.inputs.size(); ++i) {
+    const std::string& name = g.inputs[i];
+    if (inputs.count(name)) continue;
+    const TensorType* type = g.type_of(name);
+    if (!type || type->dtype == DType::kUndefined)
+      throw Error(ErrorCode::kInvalidArgument, "input '" + name + "' has no tensor type; give it with --input");
+    auto dims = cli::resolve_input_shape(name, *type, shapes, &notes);
+    inputs[name] = cli::random_tensor(type->dtype, dims, args.seed + i, args.int_range[0], args.int_range[1]);
+    notes += "input '" + name + "': random " + std::string(dtype_name(type->dtype)) + "[" + shape_to_string(dims) +
+             "] (seed " + std::to_string(args.seed + i) + ")\n";
+  }
+  std::cerr << notes;
+  const auto t1 = std::chrono::steady_clock::now();
+  auto outputs = exec.run(inputs);
+  const auto t2 = std::chrono::steady_clock::now();
+
+  if (!args.output_dir.empty()) {
+    fs::create_directories(args.output_dir);
+    for (const auto& [name, t] : outputs) write_npy(fs::path(args.output_dir) / (name + ".npy"), t);
+    if (args.save_inputs)
+      for (const auto& [name, t] : inputs) write_npy(fs::path(args.output_dir) / ("input." + name + ".npy"), t);
+  }
+  std::cout << "model: " << args.model << " (" << g.nodes.size() << " nodes, reference executor)\n";
+  for (const auto& name : g.outputs) {
+    std::cout << "output " << name << ": " << cli::summarize(outputs.at(name));
+    if (!args.output_dir.empty()) std::cout << " -> " << (fs::path(args.output_dir) / (name + ".npy")).string();
+    std::cout << "\n";
+  }
+  auto ms = [](auto a, auto b) { return std::chrono::duration<double, std::milli>(b - a).count(); };
+  std::cout << "load " << ms(t0, t1) << " ms, run " << ms(t1, t2) << " ms\n";
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"kiln: compiles ONNX models into optimized inference engines"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", std::string("kiln ") + KILN_VERSION);
+
+  std::string inspect_path;
+  bool inspect_json = false, inspect_dump = false;
+  auto* inspect = app.add_subcommand("inspect", "Show a model's inputs, outputs, opsets, ops and unsupported nodes");
+  inspect->add_option("model", inspect_path, "ONNX model")->required();
+  inspect->add_flag("--json", inspect_json, "Print JSON");
+  inspect->add_flag("--dump", inspect_dump, "Also print the whole graph as text");
+
+  RunArgs run_args;
+  auto* run = app.add_subcommand("run", "Run a model and write its outputs as .npy");
+  run->add_option("model", run_args.model, "ONNX model")->required();
+  run->add_option("--input,-i", run_args.inputs, "NAME=FILE.npy, or FILE.npz holding named inputs (repeatable)");
+  run->add_option("--output-dir,-o", run_args.output_dir, "Write one NAME.npy per output here");
+  run->add_option("--shapes", run_args.shapes, "Shapes of generated inputs: NAME:1x3x224x224,...");
+  run->add_option("--seed", run_args.seed, "Seed of generated inputs");
+  run->add_option("--int-range", run_args.int_range, "Range [LO,HI) of generated integer inputs")->expected(2)->delimiter(',');
+  run->add_flag("--save-inputs", run_args.save_inputs, "Also write the inputs used to --output-dir");
+
+  CLI11_PARSE(app, argc, argv);
+  try {
+    if (*inspect) return cmd_inspect(inspect_path, inspect_json, inspect_dump);
+    if (*run) return cmd_run(run_args);
+  } catch (const Error& e) {
+    std::cerr << "kiln: error (" << error_code_name(e.code()) << "): " << e.what() << "\n";
+    return 1;
+  } catch (const std::exception& e) {
+    std::cerr << "kiln: error: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}

@@ -51,7 +51,7 @@ std::vector<ModelIssue> check_model(const Model& model, const OpRegistry& regist
       if (versions.empty()) {
         issues.push_back({n.name, op, opset,
                           "unknown op: Kiln has no implementation of " + op +
-                              " (write a plugin for it, see docs/plugins.md)",
+                              " at any opset (see docs/troubleshooting.md#unknown-op)",
                           ErrorCode::kUnsupported});
       } else {
         std::string ranges;
@@ -61,7 +61,8 @@ std::vector<ModelIssue> check_model(const Model& model, const OpRegistry& regist
                     (v->until_version >= 1000 ? std::string("") : std::to_string(v->until_version));
         }
         issues.push_back({n.name, op, opset,
-                          "unsupported opset " + std::to_string(opset) + " for " + op + " (Kiln supports opsets " + ranges + ")",
+                          "unsupported opset " + std::to_string(opset) + " for " + op + " (Kiln supports opsets " + ranges +
+                              "; see docs/troubleshooting.md#unsupported-opset)",
                           ErrorCode::kUnsupported});
       }
       continue;

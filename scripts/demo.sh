@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The main job on the bundled example: inspect the model, then run it and write its outputs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+model="examples/tiny_cnn.onnx"
+out="${1:-out/tiny_cnn}"
+./build/kiln inspect "$model"
+echo
+./build/kiln run "$model" --shapes image:4x1x28x28 --output-dir "$out"

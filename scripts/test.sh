@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: the default build (unit, conformance and real-model tests), the
+# same unit and conformance tests under AddressSanitizer + UBSan, and a short deterministic
+# fuzzing run of the loaders. `--quick` runs only the default build's tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+quick=0
+[ "${1:-}" = "--quick" ] && quick=1
+jobs="${KILN_JOBS:-$(nproc)}"
+
+echo "== build (default preset)"
+scripts/build.sh default
+echo "== tests (default preset)"
+ctest --preset default -j "$jobs"
+
+if [ "$quick" = 1 ]; then exit 0; fi
+
+echo "== build (asan preset: AddressSanitizer + UndefinedBehaviorSanitizer)"
+scripts/build.sh asan kiln kiln_unit_tests kiln_conformance
+echo "== tests (asan preset: unit and conformance)"
+ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --preset asan -j "$jobs" -L "unit|conformance"
+
+echo "== fuzz (libFuzzer, fixed seed and run count)"
+scripts/fuzz.sh
