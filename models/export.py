@@ -16,6 +16,8 @@ temporary name and renamed, so an interrupted export never leaves a file that lo
 Weights are random but seeded (torch.manual_seed(0) before each model is built; torchvision
 models use weights=None), models are in eval mode, and inputs are drawn from their own seeded
 generator, so reruns produce the same weights, inputs and outputs on the same torch build.
+The CNNs' BatchNorm running statistics are calibrated on a few seeded random batches first, so
+that activations stay O(1) through the network instead of vanishing (see calibrate_batchnorm).
 
 Models:
   resnet50, mobilenet_v2  torchvision; input "input" f32 [batch,3,224,224]; output "output".
@@ -358,10 +360,32 @@ def _inputs_generator():
     return g
 
 
+def calibrate_batchnorm(model, shape, steps=2):
+    """Sets BatchNorm running statistics from a few random batches.
+
+    With freshly initialised running stats (mean 0, var 1), eval-mode BatchNorm is nearly the
+    identity and activations shrink or grow geometrically with depth (MobileNetV2's logits come
+    out around 1e-9). Real statistics keep activations O(1), as in a trained network, and make
+    the BatchNorm folded into each Conv at export non-trivial.
+    """
+    g = torch.Generator()
+    g.manual_seed(4321)
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over the calibration batches
+    model.train()
+    with torch.no_grad():
+        for _ in range(steps):
+            model(torch.randn(*shape, generator=g))
+    model.eval()
+
+
 def build_resnet50():
     import torchvision
     torch.manual_seed(0)
     model = torchvision.models.resnet50(weights=None)
+    calibrate_batchnorm(model, (8, 3, 224, 224))
     x = torch.randn(1, 3, 224, 224, generator=_inputs_generator())
     return (model, {"input": x}, ["output"],
             {"input": {0: "batch"}, "output": {0: "batch"}})
@@ -371,6 +395,7 @@ def build_mobilenet_v2():
     import torchvision
     torch.manual_seed(0)
     model = torchvision.models.mobilenet_v2(weights=None)
+    calibrate_batchnorm(model, (8, 3, 224, 224))
     x = torch.randn(1, 3, 224, 224, generator=_inputs_generator())
     return (model, {"input": x}, ["output"],
             {"input": {0: "batch"}, "output": {0: "batch"}})

@@ -387,10 +387,10 @@ std::string make_header(const Tensor& t) {
   if (t.rank() == 1) dict += ',';
   dict += "), }";
   // Pad with spaces and end with '\n' so that magic + length + header is a multiple of 64.
-  size_t prefix = 10;
-  if (dict.size() + 1 + prefix > 65535 + 10) prefix = 12;
-  const size_t unpadded = prefix + dict.size() + 1;
-  dict.append((64 - unpadded % 64) % 64, ' ');
+  // Format 1.0 stores the header length in 16 bits; longer headers need format 2.0.
+  auto padded_len = [&](size_t prefix) { return (prefix + dict.size() + 1 + 63) / 64 * 64 - prefix; };
+  const size_t prefix = padded_len(10) <= 65535 ? 10 : 12;
+  dict.append(padded_len(prefix) - dict.size() - 1, ' ');
   dict += '\n';
   const uint64_t hlen = dict.size();
   std::string out(reinterpret_cast<const char*>(kMagic), sizeof(kMagic));
@@ -408,7 +408,11 @@ std::string make_header(const Tensor& t) {
 void check_writable(const Tensor& t, const std::string& what) {
   if (!t.defined())
     throw Error(ErrorCode::kInvalidArgument, what + ": cannot write an undefined tensor");
-  (void)descr_for(t.dtype());  // throws for dtypes numpy lacks
+  try {
+    (void)descr_for(t.dtype());  // throws for dtypes numpy lacks
+  } catch (const Error& e) {
+    throw Error(e.code(), what + ": " + e.what());
+  }
 }
 
 // The bytes to store after the header: the tensor's own storage, or a widened copy for bf16.
@@ -472,7 +476,7 @@ Tensor parse_npy(std::span<const uint8_t> bytes, const std::string& source) {
   size_t pos = 0;
   return load_npy(bytes.size(), source, [&](void* dst, size_t n) {
     if (n > bytes.size() - pos) fail(source, "truncated");  // unreachable: sizes checked first
-    std::memcpy(dst, bytes.data() + pos, n);
+    if (n) std::memcpy(dst, bytes.data() + pos, n);
     pos += n;
   });
 }
