@@ -66,6 +66,15 @@ Tensor Tensor::reshaped(std::vector<int64_t> shape) const {
   return t;
 }
 
+Tensor Tensor::reinterpreted(DType dtype) const {
+  if (dtype_size(dtype) != dtype_size(dtype_) || dtype_size(dtype) == 0)
+    throw Error(ErrorCode::kInvalidArgument, "cannot reinterpret " + std::string(dtype_name(dtype_)) + " as " +
+                                                 std::string(dtype_name(dtype)));
+  Tensor t = *this;
+  t.dtype_ = dtype;
+  return t;
+}
+
 Tensor Tensor::clone() const {
   if (!defined()) return {};
   Tensor t(dtype_, shape_);

@@ -44,6 +44,8 @@ class Tensor {
 
   // Same storage, new shape with the same element count.
   Tensor reshaped(std::vector<int64_t> shape) const;
+  // Same storage and shape read as another dtype of the same element size (e.g. u16 as bf16).
+  Tensor reinterpreted(DType dtype) const;
   // Deep copy into fresh storage.
   Tensor clone() const;
   // Reads any integer tensor as int64 values (for shape-like inputs).
