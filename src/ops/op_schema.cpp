@@ -44,6 +44,7 @@ const OpRegistry& OpRegistry::global() {
     register_elementwise_schemas(r);
     register_math_schemas(r);
     register_tensor_schemas(r);
+    register_reduce_schemas(r);
     return r;
   }();
   return registry;

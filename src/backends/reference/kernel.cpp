@@ -35,6 +35,7 @@ const KernelRegistry& KernelRegistry::global() {
     register_elementwise_kernels(r);
     register_math_kernels(r);
     register_tensor_kernels(r);
+    register_reduce_kernels(r);
     return r;
   }();
   return registry;

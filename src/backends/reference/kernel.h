@@ -49,6 +49,7 @@ class KernelRegistry {
 void register_elementwise_kernels(KernelRegistry& r);
 void register_math_kernels(KernelRegistry& r);
 void register_tensor_kernels(KernelRegistry& r);
+void register_reduce_kernels(KernelRegistry& r);
 
 // ---- Helpers for kernels.
 
