@@ -242,6 +242,9 @@ struct Importer {
       if (!seen_inputs.insert(in.name()).second) invalid(source, "graph input '" + in.name() + "' is listed twice");
       TensorType t = type_from_proto(in.type());
       if (g.initializers.count(in.name())) continue;  // IR<4 lists initializers as inputs
+      if (!is_subgraph && in.has_type() && !in.type().has_tensor_type())
+        throw Error(ErrorCode::kUnsupported, source + ": graph input '" + in.name() +
+                                                 "' is a sequence, map or optional; Kiln supports tensor inputs only");
       if (!is_subgraph && in.type().has_tensor_type() && t.dtype == DType::kUndefined)
         throw Error(ErrorCode::kUnsupported, source + ": graph input '" + in.name() + "' has unsupported element type " +
                                                  std::to_string(in.type().tensor_type().elem_type()));
