@@ -139,7 +139,7 @@ Dim dim_mul(const Dim& a, const Dim& b);
 
 // Registration list: each group registers its schemas here (src/ops/<group>.cpp).
 void register_elementwise_schemas(OpRegistry& r);
-void register_math_schemas(OpRegistry& r);      // matmul, conv, norms, pooling, softmax, reductions
+void register_math_schemas(OpRegistry& r);      // matmul, conv, norms, pooling
 void register_tensor_schemas(OpRegistry& r);    // shape and data movement, quantization, misc
 void register_reduce_schemas(OpRegistry& r);
 
