@@ -1,0 +1,61 @@
+// Graph passes: small, named, guarded rewrites of a Model, run by a PassManager at an
+// optimization level. Each pass lives in its own file: guard conditions first, then the rewrite.
+#pragma once
+#include <memory>
+#include <set>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "ops/model_check.h"
+
+namespace kiln {
+
+struct PassContext {
+  int opt_level = 3;                    // passes with min_opt_level() above this are skipped
+  std::set<std::string> disabled;       // pass names turned off by the user
+#ifdef NDEBUG
+  bool verify_after_each_pass = false;
+#else
+  bool verify_after_each_pass = true;   // debug builds check the IR's invariants after every pass
+#endif
+  ConstantEvaluator evaluator;          // evaluates nodes on constants (constant folding)
+  std::vector<std::string> log;         // one line per pass that changed the graph
+};
+
+class Pass {
+ public:
+  virtual ~Pass() = default;
+  virtual std::string_view name() const = 0;
+  virtual int min_opt_level() const { return 1; }
+  // Rewrites the model; returns the number of rewrites made (0 = unchanged).
+  virtual int run(Model& model, PassContext& ctx) = 0;
+};
+
+class PassManager {
+ public:
+  void add(std::unique_ptr<Pass> pass) { passes_.push_back(std::move(pass)); }
+  // Runs every enabled pass in order; returns the total number of rewrites. Throws kInvalidArgument
+  // if ctx.disabled names a pass that does not exist.
+  int run(Model& model, PassContext& ctx) const;
+  std::vector<std::string> pass_names() const;
+
+  // The standard pipeline, in order.
+  static PassManager standard();
+
+ private:
+  std::vector<std::unique_ptr<Pass>> passes_;
+};
+
+// ---- Use-def helpers shared by passes.
+
+// Number of uses of each value by nodes, plus one per graph output.
+std::unordered_map<std::string, int> count_uses(const Graph& g);
+// Replaces every use of `from` (node inputs and graph outputs) with `to`.
+void replace_uses(Graph& g, const std::string& from, const std::string& to);
+
+// Pass factories (one file each).
+std::unique_ptr<Pass> make_dead_node_elimination();
+std::unique_ptr<Pass> make_remove_identity_ops();
+
+}  // namespace kiln
