@@ -4,6 +4,7 @@
 Run with Debian's interpreter (torch 1.13, torchvision 0.14, onnx 1.12, numpy):
 
     /usr/bin/python3 models/export.py --out /tmp/kiln-models
+    /usr/bin/python3 models/export.py --out DIR --set all      # default | coverage | all
     /usr/bin/python3 models/export.py --out DIR --models bert,gpt --force --opset 17
 
 For each model NAME it writes
@@ -19,7 +20,10 @@ generator, so reruns produce the same weights, inputs and outputs on the same to
 The CNNs' BatchNorm running statistics are calibrated on a few seeded random batches first, so
 that activations stay O(1) through the network instead of vanishing (see calibrate_batchnorm).
 
-Models:
+Model sets (--set; --models picks names instead): "default" (the four below), "coverage" (the
+architectures after them, which widen op and pattern coverage), "all" (both).
+
+Default models:
   resnet50, mobilenet_v2  torchvision; input "input" f32 [batch,3,224,224]; output "output".
   bert                    a BERT-base encoder written the way Hugging Face's BertModel is
                           (12 layers, hidden 768, 12 heads, intermediate 3072, erf GELU,
@@ -30,6 +34,21 @@ Models:
                           context 64) with a causal mask built in forward (Trilu + Where),
                           tanh-approximate GELU and a tied LM head; input "input_ids" i64
                           [batch,seq]; output "logits" [batch,seq,1024].
+
+Coverage models:
+  mobilenet_v3_small, efficientnet_b0, regnet_y_400mf, shufflenet_v2_x0_5, densenet121,
+  squeezenet1_1, convnext_tiny
+                          torchvision; input "input" f32 [batch,3,224,224]; output "output"
+                          [batch,1000]. convnext_tiny's layer scales are re-drawn (see its builder).
+  vit_b16_2layer          torchvision.models.VisionTransformer with ViT-B/16's structure (patch
+                          16, hidden 768, 12 heads, MLP 3072) but 2 layers instead of 12; same
+                          input/output as the CNNs; exported with autograd on (EXPORT_WITH_GRAD).
+  yolov8_tiny             a YOLOv8-style detector (Conv-BN-SiLU, C2f with split/chunk, SPPF,
+                          FPN/PAN neck with nearest Upsample + Concat, decoupled head with DFL,
+                          anchors from arange/meshgrid in forward, top-100 via topk + gather);
+                          input "images" f32 [batch,3,320,320]; outputs "boxes" f32
+                          [batch,100,4] (cx,cy,w,h in pixels), "scores" f32 [batch,100], "labels"
+                          and "indices" (anchor index) i64 [batch,100].
 """
 
 import argparse
@@ -46,7 +65,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 DEFAULT_OPSET = 17
-ALL_MODELS = ("resnet50", "mobilenet_v2", "bert", "gpt")
+DEFAULT_MODELS = ("resnet50", "mobilenet_v2", "bert", "gpt")
+COVERAGE_MODELS = ("mobilenet_v3_small", "efficientnet_b0", "regnet_y_400mf", "shufflenet_v2_x0_5",
+                   "densenet121", "squeezenet1_1", "convnext_tiny", "vit_b16_2layer",
+                   "yolov8_tiny")
+ALL_MODELS = DEFAULT_MODELS + COVERAGE_MODELS
+MODEL_SETS = {"default": DEFAULT_MODELS, "coverage": COVERAGE_MODELS, "all": ALL_MODELS}
+# Exported with autograd enabled: under no_grad in eval mode, torch 1.13's nn.MultiheadAttention
+# takes its fast path (aten::_native_multi_head_attention), which the ONNX exporter cannot
+# export; with grad on (and parameters requiring grad) it runs the composite ops instead.
+# PyTorch's reference outputs are computed on the same path as the export.
+EXPORT_WITH_GRAD = frozenset({"vit_b16_2layer"})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -351,6 +380,192 @@ class GPT(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
+# yolov8_tiny: a YOLOv8-style detector written in torch.nn, module-for-module like Ultralytics'
+# (Conv / Bottleneck / C2f / SPPF / DFL / Detect, anchors made in forward), at a small width
+# (16-64 channels) and with the post-processing (top-k over the anchors, box gather) inside the
+# graph.
+
+class YoloConv(nn.Module):
+    """Conv2d (no bias) + BatchNorm2d + SiLU."""
+
+    def __init__(self, c1, c2, k=1, s=1):
+        super().__init__()
+        self.conv = nn.Conv2d(c1, c2, k, s, k // 2, bias=False)
+        self.bn = nn.BatchNorm2d(c2, eps=1e-3, momentum=0.03)
+        self.act = nn.SiLU()
+
+    def forward(self, x):
+        return self.act(self.bn(self.conv(x)))
+
+
+class YoloBottleneck(nn.Module):
+    def __init__(self, c, shortcut=True):
+        super().__init__()
+        self.cv1 = YoloConv(c, c, 3)
+        self.cv2 = YoloConv(c, c, 3)
+        self.add = shortcut
+
+    def forward(self, x):
+        y = self.cv2(self.cv1(x))
+        return x + y if self.add else y
+
+
+class YoloC2f(nn.Module):
+    """CSP bottleneck with two convolutions; the 2c-channel cv1 output is halved with
+    chunk (use_split=False) or split (use_split=True), both exported as Split."""
+
+    def __init__(self, c1, c2, n=1, shortcut=False, use_split=False):
+        super().__init__()
+        self.c = c2 // 2
+        self.cv1 = YoloConv(c1, 2 * self.c, 1)
+        self.cv2 = YoloConv((2 + n) * self.c, c2, 1)
+        self.m = nn.ModuleList(YoloBottleneck(self.c, shortcut) for _ in range(n))
+        self.use_split = use_split
+
+    def forward(self, x):
+        if self.use_split:
+            y = list(self.cv1(x).split((self.c, self.c), 1))
+        else:
+            y = list(self.cv1(x).chunk(2, 1))
+        y.extend(m(y[-1]) for m in self.m)
+        return self.cv2(torch.cat(y, 1))
+
+
+class YoloSPPF(nn.Module):
+    def __init__(self, c1, c2, k=5):
+        super().__init__()
+        c_ = c1 // 2
+        self.cv1 = YoloConv(c1, c_, 1)
+        self.cv2 = YoloConv(c_ * 4, c2, 1)
+        self.m = nn.MaxPool2d(kernel_size=k, stride=1, padding=k // 2)
+
+    def forward(self, x):
+        x = self.cv1(x)
+        y1 = self.m(x)
+        y2 = self.m(y1)
+        return self.cv2(torch.cat((x, y1, y2, self.m(y2)), 1))
+
+
+class YoloDFL(nn.Module):
+    """Distribution focal loss integral: softmax over reg_max bins, then a fixed 1x1 conv whose
+    weights are arange(reg_max) (the expected bin)."""
+
+    def __init__(self, c1=16):
+        super().__init__()
+        self.conv = nn.Conv2d(c1, 1, 1, bias=False).requires_grad_(False)
+        self.conv.weight.data[:] = torch.arange(c1, dtype=torch.float).view(1, c1, 1, 1)
+        self.c1 = c1
+
+    def forward(self, x):
+        b, _, a = x.shape  # batch, 4 * c1, anchors
+        return self.conv(x.view(b, 4, self.c1, a).transpose(2, 1).softmax(1)).view(b, 4, a)
+
+
+def yolo_make_anchors(feats, strides, offset=0.5):
+    """Anchor centres and strides from the feature maps' shapes (arange + meshgrid in forward)."""
+    anchor_points, stride_tensor = [], []
+    for x, stride in zip(feats, strides):
+        _, _, h, w = x.shape
+        sx = torch.arange(w, dtype=x.dtype, device=x.device) + offset
+        sy = torch.arange(h, dtype=x.dtype, device=x.device) + offset
+        sy, sx = torch.meshgrid(sy, sx, indexing="ij")
+        anchor_points.append(torch.stack((sx, sy), -1).view(-1, 2))
+        stride_tensor.append(torch.full((h * w, 1), stride, dtype=x.dtype, device=x.device))
+    return torch.cat(anchor_points), torch.cat(stride_tensor)
+
+
+def yolo_dist2bbox(distance, anchor_points, dim=1):
+    """(left, top, right, bottom) distances -> (cx, cy, w, h) boxes."""
+    lt, rb = distance.chunk(2, dim)
+    x1y1 = anchor_points - lt
+    x2y2 = anchor_points + rb
+    c_xy = (x1y1 + x2y2) / 2
+    wh = x2y2 - x1y1
+    return torch.cat((c_xy, wh), dim)
+
+
+class YoloDetect(nn.Module):
+    def __init__(self, nc, ch, strides, reg_max=16, max_det=100):
+        super().__init__()
+        self.nc = nc
+        self.reg_max = reg_max
+        self.no = nc + 4 * reg_max
+        self.strides = strides
+        self.max_det = max_det
+        c2 = max(16, ch[0] // 4, 4 * reg_max)
+        c3 = max(ch[0], min(nc, 100))
+        self.cv2 = nn.ModuleList(
+            nn.Sequential(YoloConv(x, c2, 3), YoloConv(c2, c2, 3), nn.Conv2d(c2, 4 * reg_max, 1))
+            for x in ch)
+        self.cv3 = nn.ModuleList(
+            nn.Sequential(YoloConv(x, c3, 3), YoloConv(c3, c3, 3), nn.Conv2d(c3, nc, 1))
+            for x in ch)
+        self.dfl = YoloDFL(reg_max)
+
+    def bias_init(self, img_size):
+        """As Ultralytics' Detect.bias_init: box-logit biases 1, class biases log(5 / nc /
+        cells), so that the class scores start small (sigmoid not saturated near 1, where the
+        top-k ranking would hang on ties of float32 values)."""
+        with torch.no_grad():
+            for a, b, s in zip(self.cv2, self.cv3, self.strides):
+                a[-1].bias.fill_(1.0)
+                b[-1].bias.fill_(math.log(5 / self.nc / (img_size / s) ** 2))
+
+    def forward(self, xs):
+        xs = [torch.cat((self.cv2[i](x), self.cv3[i](x)), 1) for i, x in enumerate(xs)]
+        b = xs[0].shape[0]
+        anchors, strides = (t.transpose(0, 1) for t in yolo_make_anchors(xs, self.strides))
+        x_cat = torch.cat([xi.view(b, self.no, -1) for xi in xs], 2)
+        box, cls = x_cat.split((4 * self.reg_max, self.nc), 1)
+        dbox = yolo_dist2bbox(self.dfl(box), anchors.unsqueeze(0), dim=1) * strides  # [b,4,A]
+        scores = cls.sigmoid()                                                      # [b,nc,A]
+        # Post-processing: best class per anchor, the max_det best anchors, and their boxes.
+        boxes = dbox.transpose(1, 2)                                                # [b,A,4]
+        best, labels = scores.max(1)                                                # [b,A]
+        top_scores, indices = best.topk(self.max_det, dim=1)                        # [b,k]
+        top_boxes = boxes.gather(1, indices.unsqueeze(-1).expand(-1, -1, 4))        # [b,k,4]
+        top_labels = labels.gather(1, indices)                                      # [b,k]
+        return top_boxes, top_scores, top_labels, indices
+
+
+class YoloV8Tiny(nn.Module):
+    def __init__(self, nc=80, w=(16, 32, 64, 64, 64)):
+        super().__init__()
+        w0, w1, w2, w3, w4 = w
+        # Backbone: P1/2 .. P5/32.
+        self.b0 = YoloConv(3, w0, 3, 2)
+        self.b1 = YoloConv(w0, w1, 3, 2)
+        self.b2 = YoloC2f(w1, w1, 1, shortcut=True)
+        self.b3 = YoloConv(w1, w2, 3, 2)
+        self.b4 = YoloC2f(w2, w2, 2, shortcut=True, use_split=True)   # P3/8
+        self.b5 = YoloConv(w2, w3, 3, 2)
+        self.b6 = YoloC2f(w3, w3, 2, shortcut=True)                   # P4/16
+        self.b7 = YoloConv(w3, w4, 3, 2)
+        self.b8 = YoloC2f(w4, w4, 1, shortcut=True, use_split=True)
+        self.b9 = YoloSPPF(w4, w4, 5)                                 # P5/32
+        # Neck: FPN top-down, then PAN bottom-up.
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        self.n12 = YoloC2f(w4 + w3, w3, 1)
+        self.n15 = YoloC2f(w3 + w2, w2, 1, use_split=True)            # out P3
+        self.n16 = YoloConv(w2, w2, 3, 2)
+        self.n18 = YoloC2f(w2 + w3, w3, 1)                            # out P4
+        self.n19 = YoloConv(w3, w3, 3, 2)
+        self.n21 = YoloC2f(w3 + w4, w4, 1, use_split=True)            # out P5
+        self.detect = YoloDetect(nc, (w2, w3, w4), strides=(8.0, 16.0, 32.0))
+
+    def forward(self, x):
+        x = self.b2(self.b1(self.b0(x)))
+        p3 = self.b4(self.b3(x))
+        p4 = self.b6(self.b5(p3))
+        p5 = self.b9(self.b8(self.b7(p4)))
+        n12 = self.n12(torch.cat((self.up(p5), p4), 1))
+        o3 = self.n15(torch.cat((self.up(n12), p3), 1))
+        o4 = self.n18(torch.cat((self.n16(o3), n12), 1))
+        o5 = self.n21(torch.cat((self.n19(o4), p5), 1))
+        return self.detect([o3, o4, o5])
+
+
+# ----------------------------------------------------------------------------------------------
 # Model table: each builder returns (module, inputs dict in ONNX-input order, output names,
 # dynamic_axes).
 
@@ -431,11 +646,114 @@ def build_gpt():
             {"input_ids": {0: "batch", 1: "seq"}, "logits": {0: "batch", 1: "seq"}})
 
 
+# Coverage set: more architectures, for the ops and patterns the exporter emits for them.
+
+def _build_torchvision_classifier(ctor, calib_batch=8):
+    """A torchvision classifier built by ctor() after torch.manual_seed(0), BatchNorm calibrated
+    (when it has any), with the standard input "input" f32 [batch,3,224,224] -> "output"."""
+    torch.manual_seed(0)
+    model = ctor()
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        calibrate_batchnorm(model, (calib_batch, 3, 224, 224))
+    model.eval()
+    x = torch.randn(1, 3, 224, 224, generator=_inputs_generator())
+    return (model, {"input": x}, ["output"],
+            {"input": {0: "batch"}, "output": {0: "batch"}})
+
+
+def build_mobilenet_v3_small():
+    import torchvision
+    return _build_torchvision_classifier(lambda: torchvision.models.mobilenet_v3_small(weights=None))
+
+
+def build_efficientnet_b0():
+    import torchvision
+    return _build_torchvision_classifier(lambda: torchvision.models.efficientnet_b0(weights=None))
+
+
+def build_regnet_y_400mf():
+    import torchvision
+    return _build_torchvision_classifier(lambda: torchvision.models.regnet_y_400mf(weights=None))
+
+
+def build_shufflenet_v2_x0_5():
+    import torchvision
+    return _build_torchvision_classifier(lambda: torchvision.models.shufflenet_v2_x0_5(weights=None))
+
+
+def build_densenet121():
+    import torchvision
+    return _build_torchvision_classifier(lambda: torchvision.models.densenet121(weights=None))
+
+
+def build_squeezenet1_1():
+    import torchvision
+    return _build_torchvision_classifier(lambda: torchvision.models.squeezenet1_1(weights=None))
+
+
+def build_convnext_tiny():
+    import torchvision
+
+    def ctor():
+        model = torchvision.models.convnext_tiny(weights=None)
+        # torchvision initialises every block's layer scale to 1e-6, which makes the residual
+        # branches (depthwise conv, LayerNorm, MLP, GELU) invisible in the output at a 1e-4
+        # tolerance. Seeded random scales (same graph, different initializer values) keep them
+        # significant, as in a trained network.
+        g = torch.Generator()
+        g.manual_seed(4322)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith("layer_scale"):
+                    p.copy_(0.1 + 0.4 * torch.rand(p.shape, generator=g))
+        return model
+    return _build_torchvision_classifier(ctor)
+
+
+def build_vit_b16_2layer():
+    # vit_b16_2layer: torchvision's VisionTransformer with ViT-B/16's structure (224x224 images,
+    # 16x16 patches, hidden 768, 12 heads, MLP 3072) but 2 encoder layers instead of 12, to keep
+    # the file small.
+    import torchvision
+
+    def ctor():
+        model = torchvision.models.VisionTransformer(
+            image_size=224, patch_size=16, num_layers=2, num_heads=12, hidden_dim=768,
+            mlp_dim=3072)
+        # torchvision zero-initialises the classification head (all-zero logits); give it
+        # random weights so the output depends on the encoder.
+        with torch.no_grad():
+            nn.init.normal_(model.heads.head.weight, std=0.02)
+            nn.init.normal_(model.heads.head.bias, std=0.02)
+        return model
+    return _build_torchvision_classifier(ctor)
+
+
+def build_yolov8_tiny():
+    torch.manual_seed(0)
+    model = YoloV8Tiny()
+    model.detect.bias_init(320)
+    calibrate_batchnorm(model, (4, 3, 320, 320))
+    x = torch.randn(1, 3, 320, 320, generator=_inputs_generator())
+    return (model, {"images": x}, ["boxes", "scores", "labels", "indices"],
+            {"images": {0: "batch"}, "boxes": {0: "batch"}, "scores": {0: "batch"},
+             "labels": {0: "batch"}, "indices": {0: "batch"}})
+
+
 BUILDERS = {
     "resnet50": build_resnet50,
     "mobilenet_v2": build_mobilenet_v2,
     "bert": build_bert,
     "gpt": build_gpt,
+    "mobilenet_v3_small": build_mobilenet_v3_small,
+    "efficientnet_b0": build_efficientnet_b0,
+    "regnet_y_400mf": build_regnet_y_400mf,
+    "shufflenet_v2_x0_5": build_shufflenet_v2_x0_5,
+    "densenet121": build_densenet121,
+    "squeezenet1_1": build_squeezenet1_1,
+    "convnext_tiny": build_convnext_tiny,
+    "vit_b16_2layer": build_vit_b16_2layer,
+    "yolov8_tiny": build_yolov8_tiny,
 }
 
 
@@ -461,8 +779,11 @@ def export_one(name, out_dir, opset):
     model.eval()
     input_names = list(inputs)
     args = tuple(inputs[k] for k in input_names)
+    # Models in EXPORT_WITH_GRAD are run and traced with autograd on (see there), the others
+    # under no_grad.
+    grad_mode = torch.enable_grad if name in EXPORT_WITH_GRAD else torch.no_grad
 
-    with torch.no_grad():
+    with grad_mode():
         outputs = model(*args)
     if isinstance(outputs, torch.Tensor):
         outputs = (outputs,)
@@ -472,7 +793,7 @@ def export_one(name, out_dir, opset):
     tmp_onnx = _tmp_name(onnx_path)
     tmp_io = _tmp_name(io_path)
     try:
-        with torch.no_grad():
+        with grad_mode():
             torch.onnx.export(model, args, tmp_onnx,
                               export_params=True,
                               opset_version=opset,
@@ -520,14 +841,22 @@ def describe(name, onnx_path, io_path, seconds):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="output directory (created if missing)")
-    p.add_argument("--models", default=",".join(ALL_MODELS),
-                   help="comma-separated subset of: " + ",".join(ALL_MODELS))
+    p.add_argument("--set", dest="model_set", choices=sorted(MODEL_SETS),
+                   help="a model set: default (%s), coverage (%s) or all; default: default"
+                   % (",".join(DEFAULT_MODELS), ",".join(COVERAGE_MODELS)))
+    p.add_argument("--models",
+                   help="comma-separated model names instead of a set, from: " + ",".join(ALL_MODELS))
     p.add_argument("--force", action="store_true", help="re-export models that already exist")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
                    help="ONNX opset to export (default %d)" % DEFAULT_OPSET)
     a = p.parse_args(argv)
 
-    names = [n.strip() for n in a.models.split(",") if n.strip()]
+    if a.models is not None and a.model_set is not None:
+        p.error("give --models or --set, not both")
+    if a.models is not None:
+        names = [n.strip() for n in a.models.split(",") if n.strip()]
+    else:
+        names = list(MODEL_SETS[a.model_set or "default"])
     unknown = [n for n in names if n not in BUILDERS]
     if unknown or not names:
         p.error("unknown model(s): %s (known: %s)" % (",".join(unknown), ",".join(ALL_MODELS)))

@@ -9,4 +9,4 @@ if ! /usr/bin/python3 -c "import torch, torchvision, onnx" 2>/dev/null; then
   exit 77
 fi
 mkdir -p "$out"
-exec /usr/bin/python3 "$here/models/export.py" --out "$out"
+exec /usr/bin/python3 "$here/models/export.py" --out "$out" --set all

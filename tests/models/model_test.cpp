@@ -55,5 +55,10 @@ TEST_P(ModelTest, MatchesPyTorch) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Exported, ModelTest, ::testing::Values("resnet50", "mobilenet_v2", "bert", "gpt"),
+// The default set, then the coverage set (models/export.py --set default|coverage).
+INSTANTIATE_TEST_SUITE_P(Exported, ModelTest,
+                         ::testing::Values("resnet50", "mobilenet_v2", "bert", "gpt",  //
+                                           "mobilenet_v3_small", "efficientnet_b0", "regnet_y_400mf",
+                                           "shufflenet_v2_x0_5", "densenet121", "squeezenet1_1",
+                                           "convnext_tiny", "vit_b16_2layer", "yolov8_tiny"),
                          [](const auto& info) { return info.param; });
