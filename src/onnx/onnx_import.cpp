@@ -128,14 +128,27 @@ Tensor tensor_from_proto_impl(const onnx::TensorProto& p, ExternalData* external
     return t;
   }
 
-  Tensor t(dt, dims);
+  // Sizes are checked before allocating, so a hostile shape cannot request a huge buffer.
   if (p.has_raw_data()) {
     if (p.raw_data().size() != expected_bytes)
       invalid(source, label + " has " + std::to_string(p.raw_data().size()) + " bytes of raw data, expected " +
                           std::to_string(expected_bytes) + " for " + type_str);
+    Tensor t(dt, dims);
     if (expected_bytes) std::memcpy(t.mutable_raw(), p.raw_data().data(), expected_bytes);
     return t;
   }
+  int64_t stored = 0;
+  switch (dt) {
+    case DType::kF32: stored = p.float_data_size(); break;
+    case DType::kF64: stored = p.double_data_size(); break;
+    case DType::kI64: stored = p.int64_data_size(); break;
+    case DType::kU32: case DType::kU64: stored = p.uint64_data_size(); break;
+    default: stored = p.int32_data_size(); break;
+  }
+  if (stored != numel)
+    invalid(source, label + " (" + type_str + "): tensor has " + std::to_string(stored) + " values, expected " +
+                        std::to_string(numel) + " for shape " + shape_to_string(dims));
+  Tensor t(dt, dims);
   try {
     switch (dt) {
       case DType::kF32: copy_converted<float, float>(p.float_data(), t, source); break;

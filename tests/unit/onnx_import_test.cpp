@@ -279,6 +279,15 @@ TEST(OnnxImportErrors, InitializerSizeMismatch) {
   h->add_dims(int64_t{1} << 40);
   write_proto(huge, dir.path() / "c.onnx");
   expect_load_error(dir.path() / "c.onnx", ErrorCode::kInvalidModel, {"'w'"});
+
+  // A large but representable shape with little data is rejected before anything is allocated
+  // (found by fuzz_tensor_files: it used to request a 1.5 TB buffer).
+  onnx::ModelProto big = small_model();
+  auto* b = big.mutable_graph()->mutable_initializer(0);
+  b->clear_dims();
+  b->add_dims(int64_t{1} << 38);
+  write_proto(big, dir.path() / "d.onnx");
+  expect_load_error(dir.path() / "d.onnx", ErrorCode::kInvalidModel, {"'w'", "4 values, expected 274877906944"});
 }
 
 TEST(OnnxImportErrors, WrongInputShapeOrDtype) {
