@@ -214,7 +214,8 @@ void infer_types(Model& model, const InferOptions& options, const OpRegistry& re
       }
       continue;
     }
-    if (options.evaluator && all_constant && !n.op_type.starts_with("Random") && n.op_type != "Multinomial") {
+    if (options.evaluator && all_constant && !n.op_type.starts_with("Random") && n.op_type != "Multinomial" && n.op_type != "Bernoulli" &&
+        n.op_type != "Dropout") {
       bool small = true;
       for (size_t i = 0; i < n.outputs.size(); ++i) {
         const TensorType* t = g.type_of(n.outputs[i]);

@@ -45,6 +45,8 @@ const OpRegistry& OpRegistry::global() {
     register_math_schemas(r);
     register_tensor_schemas(r);
     register_reduce_schemas(r);
+    register_rnn_schemas(r);
+    register_extra_schemas(r);
     return r;
   }();
   return registry;

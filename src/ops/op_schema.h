@@ -142,5 +142,7 @@ void register_elementwise_schemas(OpRegistry& r);
 void register_math_schemas(OpRegistry& r);      // matmul, conv, norms, pooling
 void register_tensor_schemas(OpRegistry& r);    // shape and data movement, quantization, misc
 void register_reduce_schemas(OpRegistry& r);
+void register_rnn_schemas(OpRegistry& r);
+void register_extra_schemas(OpRegistry& r);
 
 }  // namespace kiln

@@ -36,6 +36,8 @@ const KernelRegistry& KernelRegistry::global() {
     register_math_kernels(r);
     register_tensor_kernels(r);
     register_reduce_kernels(r);
+    register_rnn_kernels(r);
+    register_extra_kernels(r);
     return r;
   }();
   return registry;

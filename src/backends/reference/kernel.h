@@ -50,6 +50,8 @@ void register_elementwise_kernels(KernelRegistry& r);
 void register_math_kernels(KernelRegistry& r);
 void register_tensor_kernels(KernelRegistry& r);
 void register_reduce_kernels(KernelRegistry& r);
+void register_rnn_kernels(KernelRegistry& r);
+void register_extra_kernels(KernelRegistry& r);
 
 // ---- Helpers for kernels.
 
