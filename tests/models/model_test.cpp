@@ -9,6 +9,7 @@
 
 #include "backends/reference/executor.h"
 #include "onnx/onnx_import.h"
+#include "passes/pass.h"
 #include "util/npy.h"
 
 namespace fs = std::filesystem;
@@ -16,26 +17,31 @@ using namespace kiln;
 
 class ModelTest : public ::testing::TestWithParam<std::string> {};
 
-TEST_P(ModelTest, MatchesPyTorch) {
-  const char* dir_env = std::getenv("KILN_MODEL_DIR");
-  fs::path dir = dir_env ? dir_env : "";
-  const std::string name = GetParam();
-  fs::path model_path = dir / (name + ".onnx");
-  fs::path io_path = dir / (name + ".io.npz");
-  if (dir.empty() || !fs::exists(model_path) || !fs::exists(io_path))
-    GTEST_SKIP() << "model " << model_path << " not exported (run scripts/export-models.sh)";
+namespace {
 
-  Model model = load_onnx(model_path);
-  reference::Executor exec(std::move(model));
-  const Graph& g = exec.model().graph;
+struct Loaded {
+  Model model;
   reference::TensorMap inputs;
   std::map<std::string, Tensor> expected;
+};
+
+bool load_exported(const std::string& name, Loaded* out) {
+  const char* dir_env = std::getenv("KILN_MODEL_DIR");
+  fs::path dir = dir_env ? dir_env : "";
+  fs::path model_path = dir / (name + ".onnx");
+  fs::path io_path = dir / (name + ".io.npz");
+  if (dir.empty() || !fs::exists(model_path) || !fs::exists(io_path)) return false;
+  out->model = load_onnx(model_path);
+  const auto& inputs = out->model.graph.inputs;
   for (auto& [key, t] : read_npz(io_path)) {
-    if (std::find(g.inputs.begin(), g.inputs.end(), key) != g.inputs.end()) inputs[key] = t;
-    else expected[key] = t;
+    if (std::find(inputs.begin(), inputs.end(), key) != inputs.end()) out->inputs[key] = t;
+    else out->expected[key] = t;
   }
-  ASSERT_EQ(inputs.size(), g.inputs.size()) << "io file lacks some inputs";
-  auto outputs = exec.run(inputs);
+  return true;
+}
+
+void expect_matches(const std::string& name, const Graph& g, const reference::TensorMap& outputs,
+                    const std::map<std::string, Tensor>& expected) {
   for (const auto& out_name : g.outputs) {
     ASSERT_TRUE(expected.count(out_name)) << "io file lacks output " << out_name;
     const Tensor& want = expected.at(out_name);
@@ -55,7 +61,43 @@ TEST_P(ModelTest, MatchesPyTorch) {
   }
 }
 
-// The default set, then the coverage set (models/export.py --set default|coverage).
+}  // namespace
+
+TEST_P(ModelTest, MatchesPyTorch) {
+  const std::string name = GetParam();
+  Loaded l;
+  if (!load_exported(name, &l)) GTEST_SKIP() << "model " << name << " not exported (run scripts/export-models.sh)";
+  reference::Executor exec(std::move(l.model));
+  ASSERT_EQ(l.inputs.size(), exec.model().graph.inputs.size()) << "io file lacks some inputs";
+  expect_matches(name, exec.model().graph, exec.run(l.inputs), l.expected);
+}
+
+// The whole optimization pipeline (every pass at the highest level, shapes from the saved
+// inputs) must keep the model's outputs within the same tolerance of PyTorch's.
+TEST_P(ModelTest, OptimizedMatchesPyTorch) {
+  const std::string name = GetParam();
+  Loaded l;
+  if (!load_exported(name, &l)) GTEST_SKIP() << "model " << name << " not exported (run scripts/export-models.sh)";
+  InferOptions infer;
+  infer.evaluator = reference::constant_evaluator();
+  infer_types(l.model, infer);
+  const size_t nodes_before = l.model.graph.nodes.size();
+  PassContext ctx;
+  ctx.opt_level = 3;
+  ctx.verify_after_each_pass = true;
+  ctx.evaluator = reference::constant_evaluator();
+  for (const auto& [k, t] : l.inputs) ctx.input_shapes[k] = t.shape();
+  PassManager::standard().run(l.model, ctx);
+  std::map<std::string, int> histogram;
+  for (const Node& n : l.model.graph.nodes) ++histogram[n.domain.empty() ? n.op_type : n.domain + "::" + n.op_type];
+  std::cout << name << ": " << nodes_before << " nodes before, " << l.model.graph.nodes.size() << " after;";
+  for (const auto& [op, c] : histogram) std::cout << " " << op << "=" << c;
+  std::cout << "\n";
+  for (const auto& line : ctx.log) std::cout << "  " << line << "\n";
+  reference::Executor exec(std::move(l.model));
+  expect_matches(name, exec.model().graph, exec.run(l.inputs), l.expected);
+}
+
 INSTANTIATE_TEST_SUITE_P(Exported, ModelTest,
                          ::testing::Values("resnet50", "mobilenet_v2", "bert", "gpt",  //
                                            "mobilenet_v3_small", "efficientnet_b0", "regnet_y_400mf",
