@@ -47,6 +47,9 @@ const OpRegistry& OpRegistry::global() {
     register_reduce_schemas(r);
     register_rnn_schemas(r);
     register_extra_schemas(r);
+    register_fused_conv_schemas(r);
+    register_fused_matmul_schemas(r);
+    register_fused_attention_schemas(r);
     return r;
   }();
   return registry;

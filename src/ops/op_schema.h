@@ -144,5 +144,9 @@ void register_tensor_schemas(OpRegistry& r);    // shape and data movement, quan
 void register_reduce_schemas(OpRegistry& r);
 void register_rnn_schemas(OpRegistry& r);
 void register_extra_schemas(OpRegistry& r);
+// Fused ops of the "kiln" domain, introduced by the optimization passes.
+void register_fused_conv_schemas(OpRegistry& r);
+void register_fused_matmul_schemas(OpRegistry& r);
+void register_fused_attention_schemas(OpRegistry& r);
 
 }  // namespace kiln

@@ -1,6 +1,7 @@
 // Graph passes: small, named, guarded rewrites of a Model, run by a PassManager at an
 // optimization level. Each pass lives in its own file: guard conditions first, then the rewrite.
 #pragma once
+#include <map>
 #include <memory>
 #include <set>
 #include <string>
@@ -20,6 +21,9 @@ struct PassContext {
   bool verify_after_each_pass = true;   // debug builds check the IR's invariants after every pass
 #endif
   ConstantEvaluator evaluator;          // evaluates nodes on constants (constant folding)
+  // Concrete shapes for dynamic inputs (an optimization profile's opt shapes), used to resolve
+  // shape subgraphs. Empty: only static shapes are used.
+  std::map<std::string, std::vector<int64_t>> input_shapes;
   std::vector<std::string> log;         // one line per pass that changed the graph
 };
 
@@ -54,8 +58,24 @@ std::unordered_map<std::string, int> count_uses(const Graph& g);
 // Replaces every use of `from` (node inputs and graph outputs) with `to`.
 void replace_uses(Graph& g, const std::string& from, const std::string& to);
 
-// Pass factories (one file each).
+// Records on a fused node which original nodes it replaced ("Conv:conv1", "Relu:relu1"), as the
+// string-list attribute "fused_ops", so tools can show what was fused into what.
+void record_fusion(Node& fused, const std::vector<const Node*>& originals);
+// Makes sure the model imports the "kiln" domain (version 1) used by fused ops.
+void import_kiln_domain(Model& model);
+
+// Pass factories (one file each), in the order of PassManager::standard().
+std::unique_ptr<Pass> make_remove_identity_ops();          // Identity, Dropout, same-type Cast
+std::unique_ptr<Pass> make_remove_noop_reshapes();         // Reshape to same shape, Reshape chains, Transpose pairs
+std::unique_ptr<Pass> make_constant_folding();             // nodes whose inputs are all constant
+std::unique_ptr<Pass> make_shape_subgraph_folding();       // Shape->Gather->...->Reshape from static/profile shapes
+std::unique_ptr<Pass> make_fold_batchnorm();               // BatchNormalization into Conv, Gemm or MatMul
+std::unique_ptr<Pass> make_fuse_layernorm();               // ReduceMean/Sub/Pow/Sqrt/Div -> kiln::LayerNormalization
+std::unique_ptr<Pass> make_fuse_gelu();                    // Erf and tanh GELU forms -> kiln::Gelu
+std::unique_ptr<Pass> make_fuse_attention();               // MatMul/scale/mask/Softmax/MatMul -> kiln::Attention
+std::unique_ptr<Pass> make_fuse_conv_bias_activation();    // Conv + bias + activation + residual -> kiln::FusedConv
+std::unique_ptr<Pass> make_fuse_matmul_bias_activation();  // MatMul/Gemm + bias + activation -> kiln::FusedMatMul
+std::unique_ptr<Pass> make_fuse_elementwise_chains();      // chains of elementwise ops -> kiln::ElementwiseChain
 std::unique_ptr<Pass> make_dead_node_elimination();
-std::unique_ptr<Pass> make_remove_identity_ops();
 
 }  // namespace kiln

@@ -42,6 +42,16 @@ std::vector<std::string> PassManager::pass_names() const {
 PassManager PassManager::standard() {
   PassManager pm;
   pm.add(make_remove_identity_ops());
+  pm.add(make_remove_noop_reshapes());
+  pm.add(make_constant_folding());
+  pm.add(make_shape_subgraph_folding());
+  pm.add(make_fold_batchnorm());
+  pm.add(make_fuse_layernorm());
+  pm.add(make_fuse_gelu());
+  pm.add(make_fuse_attention());
+  pm.add(make_fuse_conv_bias_activation());
+  pm.add(make_fuse_matmul_bias_activation());
+  pm.add(make_fuse_elementwise_chains());
   pm.add(make_dead_node_elimination());
   return pm;
 }
@@ -53,6 +63,25 @@ std::unordered_map<std::string, int> count_uses(const Graph& g) {
       if (!in.empty()) ++uses[in];
   for (const auto& o : g.outputs) ++uses[o];
   return uses;
+}
+
+void record_fusion(Node& fused, const std::vector<const Node*>& originals) {
+  std::vector<std::string> names;
+  for (const Node* n : originals) {
+    if (const Attribute* prior = n->attr("fused_ops")) {
+      names.insert(names.end(), prior->strings.begin(), prior->strings.end());
+      continue;
+    }
+    names.push_back(n->op_type + ":" + n->name);
+  }
+  Attribute a;
+  a.kind = AttrKind::kStrings;
+  a.strings = std::move(names);
+  fused.attrs["fused_ops"] = std::move(a);
+}
+
+void import_kiln_domain(Model& model) {
+  if (!model.opsets.count("kiln")) model.opsets["kiln"] = 1;
 }
 
 void replace_uses(Graph& g, const std::string& from, const std::string& to) {

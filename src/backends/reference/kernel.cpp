@@ -38,6 +38,9 @@ const KernelRegistry& KernelRegistry::global() {
     register_reduce_kernels(r);
     register_rnn_kernels(r);
     register_extra_kernels(r);
+    register_fused_conv_kernels(r);
+    register_fused_matmul_kernels(r);
+    register_fused_attention_kernels(r);
     return r;
   }();
   return registry;

@@ -52,6 +52,9 @@ void register_tensor_kernels(KernelRegistry& r);
 void register_reduce_kernels(KernelRegistry& r);
 void register_rnn_kernels(KernelRegistry& r);
 void register_extra_kernels(KernelRegistry& r);
+void register_fused_conv_kernels(KernelRegistry& r);
+void register_fused_matmul_kernels(KernelRegistry& r);
+void register_fused_attention_kernels(KernelRegistry& r);
 
 // ---- Helpers for kernels.
 
