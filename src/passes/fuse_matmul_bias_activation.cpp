@@ -12,52 +12,7 @@
 namespace kiln {
 namespace {
 
-// Producers and distinct consumers of every value, rebuilt after each rewrite.
-struct Uses {
-  std::unordered_map<std::string, int> producer;
-  std::unordered_map<std::string, std::vector<int>> consumers;
-  std::unordered_set<std::string> graph_outputs;
-
-  explicit Uses(const Graph& g) : graph_outputs(g.outputs.begin(), g.outputs.end()) {
-    for (int i = 0; i < static_cast<int>(g.nodes.size()); ++i) {
-      for (const auto& o : g.nodes[i].outputs)
-        if (!o.empty()) producer[o] = i;
-      for (const auto& in : g.nodes[i].inputs) {
-        if (in.empty()) continue;
-        auto& c = consumers[in];
-        if (c.empty() || c.back() != i) c.push_back(i);
-      }
-    }
-  }
-  int producer_of(const std::string& v) const {
-    auto it = producer.find(v);
-    return it == producer.end() ? -1 : it->second;
-  }
-  // The single consumer of `v`, or -1 when it has several, none, or is a graph output (then the
-  // value must survive and cannot be absorbed into a fused node).
-  int sole_consumer(const std::string& v) const {
-    if (graph_outputs.count(v)) return -1;
-    auto it = consumers.find(v);
-    return it == consumers.end() || it->second.size() != 1 ? -1 : it->second[0];
-  }
-};
-
-// The value of `v` when it is a constant: an initializer, a Constant node, or an Identity of one.
-std::optional<Tensor> constant_value(const Graph& g, const Uses& u, const std::string& v, int depth = 0) {
-  if (v.empty() || depth > 8) return std::nullopt;
-  if (auto it = g.initializers.find(v); it != g.initializers.end()) return it->second;
-  const int p = u.producer_of(v);
-  if (p < 0) return std::nullopt;
-  const Node& n = g.nodes[p];
-  if (!n.domain.empty()) return std::nullopt;
-  if (n.op_type == "Identity" && !n.inputs.empty()) return constant_value(g, u, n.inputs[0], depth + 1);
-  if (n.op_type != "Constant") return std::nullopt;
-  if (const Attribute* a = n.attr("value")) return a->t;
-  if (const Attribute* a = n.attr("value_float")) return Tensor::scalar<float>(a->f);
-  if (const Attribute* a = n.attr("value_floats"))
-    return Tensor::from_vector<float>({static_cast<int64_t>(a->floats.size())}, a->floats);
-  return std::nullopt;
-}
+using Uses = UseIndex;
 
 bool is_float(DType dt) { return dt == DType::kF32 || dt == DType::kF16 || dt == DType::kBF16 || dt == DType::kF64; }
 

@@ -3,6 +3,9 @@
 #pragma once
 #include <map>
 #include <memory>
+#include <optional>
+#include <unordered_map>
+#include <unordered_set>
 #include <set>
 #include <string>
 #include <string_view>
@@ -57,6 +60,25 @@ class PassManager {
 std::unordered_map<std::string, int> count_uses(const Graph& g);
 // Replaces every use of `from` (node inputs and graph outputs) with `to`.
 void replace_uses(Graph& g, const std::string& from, const std::string& to);
+
+// Producers and distinct consumers of every value. Rebuild it after each rewrite.
+struct UseIndex {
+  std::unordered_map<std::string, int> producer;
+  std::unordered_map<std::string, std::vector<int>> consumers;
+  std::unordered_set<std::string> graph_outputs;
+
+  explicit UseIndex(const Graph& g);
+  int producer_of(const std::string& v) const;
+  const std::vector<int>& consumers_of(const std::string& v) const;
+  // The single consumer of `v`, or -1 when it has several, none, or is a graph output (then the
+  // value must survive and cannot be absorbed into a fused node).
+  int sole_consumer(const std::string& v) const;
+  bool unused(const std::string& v) const;
+};
+
+// The value of `v` when it is a constant: an initializer, a Constant node (value, value_float(s),
+// value_int(s)), or an Identity of one.
+std::optional<Tensor> constant_value(const Graph& g, const UseIndex& u, const std::string& v, int depth = 0);
 
 // Records on a fused node which original nodes it replaced ("Conv:conv1", "Relu:relu1"), as the
 // string-list attribute "fused_ops", so tools can show what was fused into what.

@@ -65,6 +65,58 @@ std::unordered_map<std::string, int> count_uses(const Graph& g) {
   return uses;
 }
 
+UseIndex::UseIndex(const Graph& g) : graph_outputs(g.outputs.begin(), g.outputs.end()) {
+  for (int i = 0; i < static_cast<int>(g.nodes.size()); ++i) {
+    for (const auto& o : g.nodes[i].outputs)
+      if (!o.empty()) producer[o] = i;
+    for (const auto& in : g.nodes[i].inputs) {
+      if (in.empty()) continue;
+      auto& c = consumers[in];
+      if (c.empty() || c.back() != i) c.push_back(i);
+    }
+  }
+}
+
+int UseIndex::producer_of(const std::string& v) const {
+  auto it = producer.find(v);
+  return it == producer.end() ? -1 : it->second;
+}
+
+const std::vector<int>& UseIndex::consumers_of(const std::string& v) const {
+  static const std::vector<int> kNone;
+  auto it = consumers.find(v);
+  return it == consumers.end() ? kNone : it->second;
+}
+
+int UseIndex::sole_consumer(const std::string& v) const {
+  if (graph_outputs.count(v)) return -1;
+  const auto& c = consumers_of(v);
+  return c.size() == 1 ? c[0] : -1;
+}
+
+bool UseIndex::unused(const std::string& v) const {
+  return v.empty() || (!graph_outputs.count(v) && consumers_of(v).empty());
+}
+
+std::optional<Tensor> constant_value(const Graph& g, const UseIndex& u, const std::string& v, int depth) {
+  if (v.empty() || depth > 8) return std::nullopt;
+  if (auto it = g.initializers.find(v); it != g.initializers.end()) return it->second;
+  const int p = u.producer_of(v);
+  if (p < 0) return std::nullopt;
+  const Node& n = g.nodes[p];
+  if (!n.domain.empty()) return std::nullopt;
+  if (n.op_type == "Identity" && !n.inputs.empty()) return constant_value(g, u, n.inputs[0], depth + 1);
+  if (n.op_type != "Constant") return std::nullopt;
+  if (const Attribute* a = n.attr("value")) return a->t;
+  if (const Attribute* a = n.attr("value_float")) return Tensor::scalar<float>(a->f);
+  if (const Attribute* a = n.attr("value_int")) return Tensor::scalar<int64_t>(a->i);
+  if (const Attribute* a = n.attr("value_ints"))
+    return Tensor::from_vector<int64_t>({static_cast<int64_t>(a->ints.size())}, a->ints);
+  if (const Attribute* a = n.attr("value_floats"))
+    return Tensor::from_vector<float>({static_cast<int64_t>(a->floats.size())}, a->floats);
+  return std::nullopt;
+}
+
 void record_fusion(Node& fused, const std::vector<const Node*>& originals) {
   std::vector<std::string> names;
   for (const Node* n : originals) {
