@@ -1,9 +1,10 @@
-// The kiln command line: `kiln inspect` and `kiln run` (build, bench, check and compare join
-// under the same conventions).
+// The kiln command line: `kiln inspect`, `kiln run` and `kiln bench` (tools/cmd_bench.cpp); build,
+// check and compare join under the same conventions.
 #include <CLI/CLI.hpp>
 
 #include <chrono>
 #include <filesystem>
+#include <functional>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
@@ -15,6 +16,11 @@
 namespace fs = std::filesystem;
 using namespace kiln;
 using json = nlohmann::json;
+
+namespace kiln::cli {
+// tools/cmd_bench.cpp: registers `kiln bench`; *run runs it once the command line is parsed.
+CLI::App* add_bench_command(CLI::App& app, std::function<int()>* run);
+}  // namespace kiln::cli
 
 namespace {
 
@@ -218,10 +224,20 @@ int main(int argc, char** argv) {
   run->add_option("--int-range", run_args.int_range, "Range [LO,HI) of generated integer inputs")->expected(2)->delimiter(',');
   run->add_flag("--save-inputs", run_args.save_inputs, "Also write the inputs used to --output-dir");
 
-  CLI11_PARSE(app, argc, argv);
+  std::function<int()> run_bench;
+  auto* bench = cli::add_bench_command(app, &run_bench);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int code = app.exit(e);
+    // Bad flags exit 2 (help and --version exit 0), for every subcommand.
+    return code != 0 ? 2 : 0;
+  }
   try {
     if (*inspect) return cmd_inspect(inspect_path, inspect_json, inspect_dump);
     if (*run) return cmd_run(run_args);
+    if (*bench) return run_bench();
   } catch (const Error& e) {
     std::cerr << "kiln: error (" << error_code_name(e.code()) << "): " << e.what() << "\n";
     return 1;

@@ -132,9 +132,11 @@ TEST_F(CliTest, BadInputs) {
   EXPECT_NE(r.out.find("missing.onnx: cannot open"), std::string::npos) << r.out;
 
   r = kiln_cli("frobnicate");
-  EXPECT_EQ(r.code, 2 > 0 ? r.code : -1);  // CLI11 usage errors are non-zero
-  EXPECT_NE(r.code, 0);
+  EXPECT_EQ(r.code, 2);  // bad flags and subcommands exit 2
+  r = kiln_cli("run");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("model"), std::string::npos) << r.out;
   r = kiln_cli("run " + model_ + " --no-such-flag");
-  EXPECT_NE(r.code, 0);
+  EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.out.find("--no-such-flag"), std::string::npos) << r.out;
 }
