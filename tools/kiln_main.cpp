@@ -20,6 +20,8 @@ using json = nlohmann::json;
 namespace kiln::cli {
 // tools/cmd_bench.cpp: registers `kiln bench`; *run runs it once the command line is parsed.
 CLI::App* add_bench_command(CLI::App& app, std::function<int()>* run);
+// tools/cmd_optimize.cpp: registers `kiln optimize`.
+CLI::App* add_optimize_command(CLI::App& app, std::function<int()>* run);
 }  // namespace kiln::cli
 
 namespace {
@@ -226,6 +228,8 @@ int main(int argc, char** argv) {
 
   std::function<int()> run_bench;
   auto* bench = cli::add_bench_command(app, &run_bench);
+  std::function<int()> run_optimize;
+  auto* optimize = cli::add_optimize_command(app, &run_optimize);
 
   try {
     app.parse(argc, argv);
@@ -238,6 +242,7 @@ int main(int argc, char** argv) {
     if (*inspect) return cmd_inspect(inspect_path, inspect_json, inspect_dump);
     if (*run) return cmd_run(run_args);
     if (*bench) return run_bench();
+    if (*optimize) return run_optimize();
   } catch (const Error& e) {
     std::cerr << "kiln: error (" << error_code_name(e.code()) << "): " << e.what() << "\n";
     return 1;

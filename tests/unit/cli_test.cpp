@@ -140,3 +140,36 @@ TEST_F(CliTest, BadInputs) {
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.out.find("--no-such-flag"), std::string::npos) << r.out;
 }
+
+TEST(CliOptimize, FusesTheExampleAndKeepsItsOutputs) {
+  const fs::path dir = fs::temp_directory_path() / ("kiln_cli_opt_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  const std::string example = std::string(KILN_SOURCE_DIR) + "/examples/tiny_cnn.onnx";
+  const std::string optimized = (dir / "opt.onnx").string();
+  Result r = kiln_cli("optimize " + example + " -o " + optimized);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("nodes: 9 -> "), std::string::npos) << r.out;
+  // Each Conv (BatchNorm already folded by the exporter) absorbs its Relu.
+  EXPECT_NE(r.out.find("kiln::FusedConv '/features/features.0/Conv' <- Conv:/features/features.0/Conv + Relu:"),
+            std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("kiln::FusedMatMul"), std::string::npos) << r.out;
+
+  // The optimized graph, written as ONNX with kiln-domain ops, loads and computes the same outputs.
+  Result a = kiln_cli("run " + example + " --shapes image:3x1x28x28 --seed 5 -o " + (dir / "a").string());
+  Result b = kiln_cli("run " + optimized + " --shapes image:3x1x28x28 --seed 5 -o " + (dir / "b").string());
+  ASSERT_EQ(a.code, 0) << a.out;
+  ASSERT_EQ(b.code, 0) << b.out;
+  auto ya = read_npy(dir / "a" / "probabilities.npy").to_double_vector();
+  auto yb = read_npy(dir / "b" / "probabilities.npy").to_double_vector();
+  ASSERT_EQ(ya.size(), 30u);
+  ASSERT_EQ(ya.size(), yb.size());
+  for (size_t i = 0; i < ya.size(); ++i) EXPECT_NEAR(ya[i], yb[i], 1e-6) << i;
+
+  r = kiln_cli("optimize " + example + " --disable-pass no-such-pass");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("unknown pass 'no-such-pass'"), std::string::npos) << r.out;
+  r = kiln_cli("optimize " + example + " --opt-level 9");
+  EXPECT_EQ(r.code, 2);
+  fs::remove_all(dir);
+}
