@@ -10,28 +10,15 @@
 
 #include "onnx/onnx_import.h"
 #include "util/npy.h"
+#include "test_support.h"
 
 namespace fs = std::filesystem;
 using namespace kiln;
 
 namespace {
 
-struct Result {
-  int code;
-  std::string out;  // stdout and stderr together
-};
-
-Result kiln_cli(const std::string& args) {
-  std::string cmd = std::string(KILN_CLI_PATH) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return {-1, "popen failed"};
-  std::string out;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
-  int status = pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
+using Result = kiln_test::CliResult;
+Result kiln_cli(const std::string& args) { return kiln_test::run_kiln_cli(args); }
 
 class CliTest : public ::testing::Test {
  protected:

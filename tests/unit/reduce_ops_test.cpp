@@ -6,31 +6,13 @@
 #include <limits>
 
 #include "backends/reference/executor.h"
+#include "test_support.h"
 
 using namespace kiln;
 
 namespace {
 
-// A one- or few-node model built in C++.
-struct ModelBuilder {
-  Model m;
-  explicit ModelBuilder(int64_t opset) { m.opsets[""] = opset; }
-  ModelBuilder& input(const std::string& name, DType dt, Shape shape) {
-    m.graph.inputs.push_back(name);
-    m.graph.types[name] = TensorType{dt, std::move(shape)};
-    return *this;
-  }
-  ModelBuilder& init(const std::string& name, Tensor t) {
-    m.graph.initializers[name] = std::move(t);
-    return *this;
-  }
-  ModelBuilder& node(const std::string& op, std::vector<std::string> in, std::vector<std::string> out,
-                     std::map<std::string, Attribute> attrs = {}, const std::string& name = "n") {
-    m.graph.nodes.push_back(Node{name, op, "", std::move(in), out, std::move(attrs)});
-    for (const auto& o : out) m.graph.outputs.push_back(o);
-    return *this;
-  }
-};
+using kiln_test::ModelBuilder;
 
 reference::TensorMap run(const Model& m, reference::TensorMap inputs) {
   reference::Executor exec(m);

@@ -1,0 +1,57 @@
+// Helpers shared by the unit tests: building small models in C++ and running the kiln binary.
+#pragma once
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "ir/graph.h"
+
+namespace kiln_test {
+
+using namespace kiln;
+
+// Builds a Model node by node; every named node output becomes a graph output.
+struct ModelBuilder {
+  Model m;
+  explicit ModelBuilder(int64_t opset) { m.opsets[""] = opset; }
+  ModelBuilder& input(const std::string& name, DType dt, Shape shape) {
+    m.graph.inputs.push_back(name);
+    m.graph.types[name] = TensorType{dt, std::move(shape)};
+    return *this;
+  }
+  ModelBuilder& init(const std::string& name, Tensor t) {
+    m.graph.initializers[name] = std::move(t);
+    return *this;
+  }
+  ModelBuilder& node(const std::string& op, std::vector<std::string> in, std::vector<std::string> out,
+                     std::map<std::string, Attribute> attrs = {}, const std::string& name = "n") {
+    m.graph.nodes.push_back(Node{name, op, "", std::move(in), out, std::move(attrs)});
+    for (const auto& o : out)
+      if (!o.empty()) m.graph.outputs.push_back(o);
+    return *this;
+  }
+};
+
+struct CliResult {
+  int code;
+  std::string out;  // stdout and stderr together
+};
+
+// Runs the kiln binary under test with `args` (a shell-quoted string).
+inline CliResult run_kiln_cli(const std::string& args) {
+  std::string cmd = std::string(KILN_CLI_PATH) + " " + args + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return {-1, "popen failed"};
+  std::string out;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
+  int status = pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+}  // namespace kiln_test
