@@ -1,7 +1,7 @@
 // fuse-attention and fuse-elementwise-chains, and their fused ops kiln::Attention and
 // kiln::ElementwiseChain: golden before/after graphs for each pattern variant, must-not-change
 // cases for every guard, numeric equivalence with the reference executor, schema inference with
-// symbolic dims, and the exported transformer models in /tmp/kiln-models (or $KILN_MODEL_DIR).
+// symbolic dims, and the exported transformer models in the model cache (kiln_test::model_dir()).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -18,6 +18,7 @@
 #include "onnx/onnx_import.h"
 #include "passes/pass.h"
 #include "util/npy.h"
+#include "test_support.h"
 
 using namespace kiln;
 namespace fs = std::filesystem;
@@ -879,10 +880,7 @@ TEST(FuseElementwiseChainsOp, SchemaAndKernel) {
 
 namespace {
 
-fs::path model_dir() {
-  const char* env = std::getenv("KILN_MODEL_DIR");
-  return env && *env ? fs::path(env) : fs::path("/tmp/kiln-models");
-}
+fs::path model_dir() { return kiln_test::model_dir(); }
 
 // Folds nodes whose inputs are all constant (and Shape of statically shaped values) into
 // initializers: a stand-in for shape-subgraph folding, so Reshape targets become constants and

@@ -15,6 +15,7 @@
 #include "onnx/onnx_import.h"
 #include "passes/pass.h"
 #include "util/npy.h"
+#include "test_support.h"
 
 using namespace kiln;
 namespace fs = std::filesystem;
@@ -851,8 +852,7 @@ double normalized_error(const Tensor& got, const Tensor& want) {
 class ConvPassesOnModels : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(ConvPassesOnModels, FoldAndFuseKeepOutputs) {
-  const char* dir_env = std::getenv("KILN_MODEL_DIR");
-  const fs::path dir = dir_env ? dir_env : "/tmp/kiln-models";
+  const fs::path dir = kiln_test::model_dir();
   const std::string name = GetParam();
   const fs::path model_path = dir / (name + ".onnx"), io_path = dir / (name + ".io.npz");
   if (!fs::exists(model_path) || !fs::exists(io_path)) GTEST_SKIP() << model_path << " not exported";
@@ -918,8 +918,7 @@ INSTANTIATE_TEST_SUITE_P(Exported, ConvPassesOnModels,
 // The exporter already folded ResNet-50's BatchNormalizations into its convs; put near-identity ones
 // back after every Conv and after the final Gemm (transB=1) and check they fold away again.
 TEST(ConvPassesOnRealModels, FoldsReinsertedBatchNormsInResNet50) {
-  const char* dir_env = std::getenv("KILN_MODEL_DIR");
-  const fs::path dir = dir_env ? dir_env : "/tmp/kiln-models";
+  const fs::path dir = kiln_test::model_dir();
   const fs::path model_path = dir / "resnet50.onnx", io_path = dir / "resnet50.io.npz";
   if (!fs::exists(model_path) || !fs::exists(io_path)) GTEST_SKIP() << model_path << " not exported";
   Model model = load_onnx(model_path);

@@ -1,6 +1,6 @@
 // Folding passes (remove-noop-reshapes, constant-folding, shape-subgraph-folding): golden
 // before/after graphs, must-not-change cases for every guard, numeric equivalence with the
-// reference executor, and the exported real models when present in /tmp/kiln-models.
+// reference executor, and the exported real models when present in the model cache (kiln_test::model_dir()).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -12,6 +12,7 @@
 #include "onnx/onnx_import.h"
 #include "passes/pass.h"
 #include "util/npy.h"
+#include "test_support.h"
 
 namespace fs = std::filesystem;
 using namespace kiln;
@@ -576,7 +577,7 @@ class FoldingRealModel : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(FoldingRealModel, FoldsShapeSubgraphsAndKeepsOutputs) {
   const std::string name = GetParam();
-  const fs::path dir = "/tmp/kiln-models";
+  const fs::path dir = kiln_test::model_dir();
   const fs::path model_path = dir / (name + ".onnx"), io_path = dir / (name + ".io.npz");
   if (!fs::exists(model_path) || !fs::exists(io_path)) GTEST_SKIP() << model_path << " not exported";
 

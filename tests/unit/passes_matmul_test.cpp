@@ -17,6 +17,7 @@
 #include "onnx/onnx_import.h"
 #include "passes/pass.h"
 #include "util/npy.h"
+#include "test_support.h"
 
 using namespace kiln;
 
@@ -1141,8 +1142,7 @@ class TransformerModels : public ::testing::TestWithParam<ModelExpectation> {};
 TEST_P(TransformerModels, FusesAndMatchesUnfused) {
   namespace fs = std::filesystem;
   const ModelExpectation& want = GetParam();
-  const char* dir_env = std::getenv("KILN_MODEL_DIR");
-  const fs::path dir = dir_env ? dir_env : "/tmp/kiln-models";
+  const fs::path dir = kiln_test::model_dir();
   const fs::path model_path = dir / (want.name + ".onnx"), io_path = dir / (want.name + ".io.npz");
   if (!fs::exists(model_path) || !fs::exists(io_path)) GTEST_SKIP() << model_path << " not exported";
 

@@ -4,6 +4,8 @@
 
 #include <array>
 #include <cstdio>
+#include <cstdlib>
+#include <filesystem>
 #include <map>
 #include <string>
 #include <vector>
@@ -35,6 +37,15 @@ struct ModelBuilder {
     return *this;
   }
 };
+
+// Where the exported real models are: $KILN_MODEL_DIR when set (an empty value means none), else
+// the cache that scripts/export-models.sh fills (~/.cache/kiln/models). Tests that need a model
+// skip when it is not there.
+inline std::filesystem::path model_dir() {
+  if (const char* env = std::getenv("KILN_MODEL_DIR")) return env[0] ? std::filesystem::path(env) : std::filesystem::path();
+  const char* home = std::getenv("HOME");
+  return home ? std::filesystem::path(home) / ".cache/kiln/models" : std::filesystem::path();
+}
 
 struct CliResult {
   int code;
