@@ -7,7 +7,7 @@ set -euo pipefail
 PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config
   libprotobuf-dev protobuf-compiler libonnx-dev libonnx-testdata
-  libzip-dev libcli11-dev nlohmann-json3-dev
+  libzip-dev zlib1g-dev libcli11-dev nlohmann-json3-dev libflatbuffers-dev flatbuffers-compiler
   libgtest-dev libgmock-dev libbenchmark-dev
   clang libclang-rt-14-dev
   python3 python3-numpy python3-onnx python3-torch python3-torchvision

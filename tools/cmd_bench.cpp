@@ -205,7 +205,8 @@ int cmd_bench(const BenchArgs& args) {
 
   // --- Load and check.
   const auto t_load = Clock::now();
-  Model model = load_onnx(args.model);
+  bool is_engine = false;  // an engine is already optimized: the passes are not run again
+  Model model = load_model_or_engine(args.model, &is_engine);
   require_supported(model);
   const Graph& g0 = model.graph;
   auto shapes = parse_shapes(args.shapes);
@@ -241,7 +242,7 @@ int cmd_bench(const BenchArgs& args) {
   pctx.opt_level = args.opt_level;
   pctx.evaluator = reference::constant_evaluator();
   pctx.input_shapes = resolved;
-  if (args.opt_level > 0) {
+  if (args.opt_level > 0 && !is_engine) {
     PassManager::standard().run(model, pctx);
     infer_types(model, infer);  // the passes leave new values untyped; the executor needs them all
   }
@@ -413,7 +414,7 @@ int cmd_bench(const BenchArgs& args) {
 CLI::App* add_bench_command(CLI::App& app, std::function<int()>* run) {
   auto args = std::make_shared<BenchArgs>();
   auto* sub = app.add_subcommand("bench", "Measure inference latency and throughput (like trtexec)");
-  sub->add_option("model", args->model, "ONNX model")->required();
+  sub->add_option("model", args->model, "ONNX model or Kiln engine")->required();
   sub->add_option("--shapes", args->shapes, "Shapes of the generated inputs: NAME:1x3x224x224,...");
   sub->add_option("--warmup-ms", args->warmup_ms, "Warm up for this long before timing (default 200; 0: none)")
       ->check(CLI::NonNegativeNumber);

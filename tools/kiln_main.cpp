@@ -1,5 +1,5 @@
-// The kiln command line: `kiln inspect`, `kiln run` and `kiln bench` (tools/cmd_bench.cpp); build,
-// check and compare join under the same conventions.
+// The kiln command line: `kiln inspect`, `kiln run`, `kiln bench` (tools/cmd_bench.cpp), `kiln optimize`
+// and `kiln build` (tools/cmd_build.cpp); check and compare join under the same conventions.
 #include <CLI/CLI.hpp>
 
 #include <chrono>
@@ -22,6 +22,8 @@ namespace kiln::cli {
 CLI::App* add_bench_command(CLI::App& app, std::function<int()>* run);
 // tools/cmd_optimize.cpp: registers `kiln optimize`.
 CLI::App* add_optimize_command(CLI::App& app, std::function<int()>* run);
+// tools/cmd_build.cpp: registers `kiln build` (engine files).
+CLI::App* add_build_command(CLI::App& app, std::function<int()>* run);
 }  // namespace kiln::cli
 
 namespace {
@@ -44,7 +46,9 @@ json type_json(const TensorType* t) {
 }
 
 int cmd_inspect(const std::string& path, bool as_json, bool dump) {
-  Model model = load_onnx(path);
+  bool is_engine = false;
+  std::string engine_text, engine_json;
+  Model model = cli::load_model_or_engine(path, &is_engine, &engine_text, &engine_json);
   auto issues = check_model(model);
   // Kernels missing from the reference backend count as unsupported too.
   if (issues.empty()) {
@@ -73,6 +77,7 @@ int cmd_inspect(const std::string& path, bool as_json, bool dump) {
   if (as_json) {
     json j;
     j["path"] = path;
+    if (is_engine) j["engine"] = json::parse(engine_json);
     j["producer"] = model.producer;
     j["ir_version"] = model.ir_version;
     json opsets = json::object();
@@ -101,6 +106,7 @@ int cmd_inspect(const std::string& path, bool as_json, bool dump) {
     std::cout << j.dump(2) << "\n";
   } else {
     std::cout << "model:      " << path << "\n";
+    std::cout << engine_text;
     std::cout << "producer:   " << (model.producer.empty() ? "-" : model.producer) << ", IR version " << model.ir_version
               << "\n";
     std::cout << "opsets:    ";
@@ -143,7 +149,7 @@ struct RunArgs {
 
 int cmd_run(const RunArgs& args) {
   const auto t0 = std::chrono::steady_clock::now();
-  Model model = load_onnx(args.model);
+  Model model = cli::load_model_or_engine(args.model);
   reference::Executor exec(std::move(model));
   const Graph& g = exec.model().graph;
   auto shapes = cli::parse_shapes(args.shapes);
@@ -212,13 +218,13 @@ int main(int argc, char** argv) {
   std::string inspect_path;
   bool inspect_json = false, inspect_dump = false;
   auto* inspect = app.add_subcommand("inspect", "Show a model's inputs, outputs, opsets, ops and unsupported nodes");
-  inspect->add_option("model", inspect_path, "ONNX model")->required();
+  inspect->add_option("model", inspect_path, "ONNX model or Kiln engine")->required();
   inspect->add_flag("--json", inspect_json, "Print JSON");
   inspect->add_flag("--dump", inspect_dump, "Also print the whole graph as text");
 
   RunArgs run_args;
   auto* run = app.add_subcommand("run", "Run a model and write its outputs as .npy");
-  run->add_option("model", run_args.model, "ONNX model")->required();
+  run->add_option("model", run_args.model, "ONNX model or Kiln engine")->required();
   run->add_option("--input,-i", run_args.inputs, "NAME=FILE.npy, or FILE.npz holding named inputs (repeatable)");
   run->add_option("--output-dir,-o", run_args.output_dir, "Write one NAME.npy per output here");
   run->add_option("--shapes", run_args.shapes, "Shapes of generated inputs: NAME:1x3x224x224,...");
@@ -230,6 +236,8 @@ int main(int argc, char** argv) {
   auto* bench = cli::add_bench_command(app, &run_bench);
   std::function<int()> run_optimize;
   auto* optimize = cli::add_optimize_command(app, &run_optimize);
+  std::function<int()> run_build;
+  auto* build = cli::add_build_command(app, &run_build);
 
   try {
     app.parse(argc, argv);
@@ -243,6 +251,7 @@ int main(int argc, char** argv) {
     if (*run) return cmd_run(run_args);
     if (*bench) return run_bench();
     if (*optimize) return run_optimize();
+    if (*build) return run_build();
   } catch (const Error& e) {
     std::cerr << "kiln: error (" << error_code_name(e.code()) << "): " << e.what() << "\n";
     return 1;
