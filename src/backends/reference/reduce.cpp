@@ -10,6 +10,7 @@
 #include <type_traits>
 
 #include "backends/reference/kernel.h"
+#include "ops/einsum_equation.h"
 
 namespace kiln::reference {
 
@@ -441,29 +442,6 @@ void cumsum_kernel(KernelContext& ctx) {
 
 // ---- Einsum
 
-constexpr int kEllipsis = -1;
-using EinsumTerm = std::vector<int>;
-
-EinsumTerm parse_einsum_term(const KernelContext& ctx, std::string_view s) {
-  EinsumTerm t;
-  bool seen_ellipsis = false;
-  for (size_t i = 0; i < s.size();) {
-    const char c = s[i];
-    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')) {
-      t.push_back(c);
-      ++i;
-    } else if (s.substr(i, 3) == "...") {
-      if (seen_ellipsis) ctx.fail("equation term '" + std::string(s) + "' has more than one ellipsis");
-      seen_ellipsis = true;
-      t.push_back(kEllipsis);
-      i += 3;
-    } else {
-      ctx.fail("invalid character '" + std::string(1, c) + "' in equation term '" + std::string(s) + "'");
-    }
-  }
-  return t;
-}
-
 void einsum_kernel(KernelContext& ctx) {
   const size_t n_ops = ctx.num_inputs();
   for (size_t k = 0; k < n_ops; ++k) {
@@ -472,51 +450,13 @@ void einsum_kernel(KernelContext& ctx) {
       ctx.fail("inputs have different dtypes " + std::string(dtype_name(ctx.input(0).dtype())) + " and " +
                std::string(dtype_name(ctx.input(k).dtype())));
   }
-  // Parse "t0,t1,...->out" (spaces ignored); the implicit output is the ellipsis, then the labels
-  // used exactly once in ASCII order.
-  std::string eq;
-  for (char c : ctx.attr_string("equation"))
-    if (c != ' ' && c != '\t') eq += c;
-  const size_t arrow = eq.find("->");
-  const std::string lhs = eq.substr(0, arrow);
-  std::vector<EinsumTerm> terms;
-  for (size_t start = 0;;) {
-    const size_t comma = lhs.find(',', start);
-    terms.push_back(parse_einsum_term(
-        ctx, std::string_view(lhs).substr(start, comma == std::string::npos ? std::string::npos : comma - start)));
-    if (comma == std::string::npos) break;
-    start = comma + 1;
-  }
-  if (terms.size() != n_ops)
-    ctx.fail("equation '" + ctx.attr_string("equation") + "' has " + std::to_string(terms.size()) +
-             " operand terms but the node has " + std::to_string(n_ops) + " inputs");
-  std::map<int, int> count;
+  const EinsumSpec spec = parse_einsum(ctx, n_ops);
+  const std::vector<EinsumTerm>& terms = spec.inputs;
+  const EinsumTerm& out_term = spec.output;
+  std::map<int, int> count;  // label -> number of uses over all input terms
   for (const auto& t : terms)
     for (int l : t)
       if (l != kEllipsis) ++count[l];
-  EinsumTerm out_term;
-  if (arrow != std::string::npos) {
-    const std::string rhs = eq.substr(arrow + 2);
-    if (rhs.find("->") != std::string::npos || rhs.find(',') != std::string::npos)
-      ctx.fail("equation '" + ctx.attr_string("equation") + "' has a malformed output term");
-    out_term = parse_einsum_term(ctx, rhs);
-    std::set<int> seen;
-    for (int l : out_term) {
-      if (l == kEllipsis) continue;
-      if (!count.count(l))
-        ctx.fail("output label '" + std::string(1, static_cast<char>(l)) + "' does not appear in any input term");
-      if (!seen.insert(l).second)
-        ctx.fail("output label '" + std::string(1, static_cast<char>(l)) + "' appears more than once");
-    }
-  } else {
-    for (const auto& t : terms)
-      if (std::find(t.begin(), t.end(), kEllipsis) != t.end()) {
-        out_term.push_back(kEllipsis);
-        break;
-      }
-    for (const auto& [l, n] : count)
-      if (n == 1) out_term.push_back(l);
-  }
 
   // The combined index space: ellipsis dims first (right-aligned broadcast), then one dim per label.
   int64_t ell_rank = 0;
