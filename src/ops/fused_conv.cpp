@@ -3,6 +3,7 @@
 #include <array>
 #include <string_view>
 
+#include "ops/fused_activation.h"
 #include "ops/op_schema.h"
 
 namespace kiln {
@@ -11,10 +12,6 @@ namespace {
 
 // Activations FusedConv applies after the residual add, with the number of activation_params each
 // accepts (Clip: exactly min,max; LeakyRelu: alpha or nothing; HardSigmoid: alpha,beta or nothing).
-struct ActivationSpec {
-  std::string_view name;
-  size_t min_params, max_params;
-};
 constexpr std::array<ActivationSpec, 11> kActivations = {{{"", 0, 0},
                                                           {"Relu", 0, 0},
                                                           {"Clip", 2, 2},
@@ -27,24 +24,8 @@ constexpr std::array<ActivationSpec, 11> kActivations = {{{"", 0, 0},
                                                           {"GeluTanh", 0, 0},
                                                           {"Tanh", 0, 0}}};
 
-void check_activation(const InferContext& ctx) {
-  const std::string& act = ctx.attr_string("activation");
-  const size_t params = ctx.attr_floats("activation_params").size();
-  for (const auto& spec : kActivations) {
-    if (spec.name != act) continue;
-    if (params < spec.min_params || params > spec.max_params || (act == "HardSigmoid" && params == 1))
-      ctx.fail("activation \"" + act + "\" takes " +
-               (spec.min_params == spec.max_params
-                    ? std::to_string(spec.min_params)
-                    : std::to_string(spec.min_params) + " or " + std::to_string(spec.max_params)) +
-               " activation_params, got " + std::to_string(params));
-    return;
-  }
-  ctx.fail("unknown activation \"" + act + "\"");
-}
-
 void infer_fused_conv(InferContext& ctx) {
-  check_activation(ctx);
+  check_activation(ctx, kActivations);
   // The convolution part is Conv's own inference, run on this node: FusedConv declares Conv's
   // attributes with Conv's defaults, so the view reads them identically.
   const OpSchema* conv = OpRegistry::global().find("", "Conv", 11);

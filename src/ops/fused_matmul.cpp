@@ -3,6 +3,7 @@
 #include <array>
 #include <string_view>
 
+#include "ops/fused_activation.h"
 #include "ops/op_schema.h"
 
 namespace kiln {
@@ -72,10 +73,6 @@ void infer_layer_norm(InferContext& ctx) {
 
 // Activations FusedMatMul applies last, with how many activation_params each takes (same names and
 // conventions as kiln::FusedConv: Clip takes exactly min,max; LeakyRelu takes alpha or nothing).
-struct ActivationSpec {
-  std::string_view name;
-  size_t min_params, max_params;
-};
 constexpr std::array<ActivationSpec, 8> kActivations = {{{"", 0, 0},
                                                          {"Relu", 0, 0},
                                                          {"Gelu", 0, 0},
@@ -84,22 +81,6 @@ constexpr std::array<ActivationSpec, 8> kActivations = {{{"", 0, 0},
                                                          {"Tanh", 0, 0},
                                                          {"LeakyRelu", 0, 1},
                                                          {"Clip", 2, 2}}};
-
-void check_activation(const InferContext& ctx) {
-  const std::string& act = ctx.attr_string("activation");
-  const size_t params = ctx.attr_floats("activation_params").size();
-  for (const auto& spec : kActivations) {
-    if (spec.name != act) continue;
-    if (params < spec.min_params || params > spec.max_params)
-      ctx.fail("activation \"" + act + "\" takes " +
-               (spec.min_params == spec.max_params
-                    ? std::to_string(spec.min_params)
-                    : std::to_string(spec.min_params) + " or " + std::to_string(spec.max_params)) +
-               " activation_params, got " + std::to_string(params));
-    return;
-  }
-  ctx.fail("unknown activation \"" + act + "\"");
-}
 
 // The shape of op(A) x op(B) with numpy matmul rules, or nullopt when either rank is unknown.
 std::optional<Shape> fused_matmul_shape(const InferContext& ctx) {
@@ -129,7 +110,7 @@ std::optional<Shape> fused_matmul_shape(const InferContext& ctx) {
 }
 
 void infer_fused_matmul(InferContext& ctx) {
-  check_activation(ctx);
+  check_activation(ctx, kActivations);
   for (const char* flag : {"transA", "transB"}) {
     const int64_t v = ctx.attr_int(flag);
     if (v != 0 && v != 1) ctx.fail(std::string(flag) + " must be 0 or 1, got " + std::to_string(v));

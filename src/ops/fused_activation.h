@@ -1,0 +1,35 @@
+// The activation attribute shared by the fused ops (kiln::FusedConv, kiln::FusedMatMul): each op
+// lists the activations it accepts and how many activation_params each takes.
+#pragma once
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "ops/op_schema.h"
+
+namespace kiln {
+
+struct ActivationSpec {
+  std::string_view name;
+  size_t min_params, max_params;
+};
+
+// Fails with the node's context unless its "activation" is one of `allowed` and its
+// "activation_params" count fits (HardSigmoid takes alpha and beta together, or nothing).
+inline void check_activation(const InferContext& ctx, std::span<const ActivationSpec> allowed) {
+  const std::string& act = ctx.attr_string("activation");
+  const size_t params = ctx.attr_floats("activation_params").size();
+  for (const auto& spec : allowed) {
+    if (spec.name != act) continue;
+    if (params < spec.min_params || params > spec.max_params || (act == "HardSigmoid" && params == 1))
+      ctx.fail("activation \"" + act + "\" takes " +
+               (spec.min_params == spec.max_params
+                    ? std::to_string(spec.min_params)
+                    : std::to_string(spec.min_params) + " or " + std::to_string(spec.max_params)) +
+               " activation_params, got " + std::to_string(params));
+    return;
+  }
+  ctx.fail("unknown activation \"" + act + "\"");
+}
+
+}  // namespace kiln
