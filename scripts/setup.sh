@@ -6,10 +6,10 @@ set -euo pipefail
 
 PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config
-  libprotobuf-dev protobuf-compiler libonnx-dev libonnx-testdata
+  libprotobuf-dev protobuf-compiler libonnx-dev libonnx-testdata libdnnl-dev
   libzip-dev zlib1g-dev libcli11-dev nlohmann-json3-dev libflatbuffers-dev flatbuffers-compiler
   libgtest-dev libgmock-dev libbenchmark-dev
-  clang libclang-rt-14-dev
+  clang libclang-rt-14-dev libomp-14-dev
   python3 python3-numpy python3-onnx python3-torch python3-torchvision
 )
 

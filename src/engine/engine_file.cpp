@@ -135,7 +135,19 @@ std::vector<uint8_t> build_flatbuffer(const Model& model, const EngineInfo& info
                                  b.CreateString(info.target.backend));
   std::vector<Offset<fb::ProfileShape>> profile;
   for (const auto& [name, dims] : info.profile_shapes) profile.push_back(fb::CreateProfileShapeDirect(b, name.c_str(), &dims));
-  auto build = fb::CreateBuildOptions(b, info.opt_level, b.CreateVector(profile), strings(b, info.disabled_passes));
+  std::vector<Offset<fb::Profile>> profiles;
+  for (const auto& p : info.profiles) {
+    std::vector<Offset<fb::ProfileInput>> ins;
+    for (const auto& [name, d] : p.inputs)
+      ins.push_back(fb::CreateProfileInputDirect(b, name.c_str(), &d.min, &d.opt, &d.max));
+    profiles.push_back(fb::CreateProfile(b, b.CreateVector(ins)));
+  }
+  auto build = fb::CreateBuildOptions(b, info.opt_level, b.CreateVector(profile), strings(b, info.disabled_passes),
+                                      b.CreateVector(profiles), info.threads, info.memory_peak, info.memory_total,
+                                      info.kernels);
+  if (!info.node_tactics.empty() && info.node_tactics.size() != g.nodes.size())
+    throw Error(ErrorCode::kInternal, "save_engine: " + std::to_string(info.node_tactics.size()) + " tactics for " +
+                                          std::to_string(g.nodes.size()) + " nodes");
   std::vector<Offset<fb::Opset>> opsets;
   for (const auto& [domain, version] : model.opsets) opsets.push_back(fb::CreateOpsetDirect(b, domain.c_str(), version));
   std::vector<Offset<fb::ValueType>> inputs, outputs, values;
@@ -147,13 +159,15 @@ std::vector<uint8_t> build_flatbuffer(const Model& model, const EngineInfo& info
   std::sort(typed.begin(), typed.end());
   for (const auto& name : typed) values.push_back(value_type(b, name, g.type_of(name)));
   std::vector<Offset<fb::NodeRec>> nodes;
-  for (const Node& n : g.nodes) {
+  for (size_t ni = 0; ni < g.nodes.size(); ++ni) {
+    const Node& n = g.nodes[ni];
     std::vector<Offset<fb::Attr>> attrs;
     for (const auto& [name, a] : n.attrs) attrs.push_back(attribute(b, n, name, a));
     auto it = model.opsets.find(n.domain);
     const int64_t opset = it == model.opsets.end() ? 0 : it->second;
     nodes.push_back(fb::CreateNodeRec(b, b.CreateString(n.name), b.CreateString(n.domain), b.CreateString(n.op_type), opset,
-                                      strings(b, n.inputs), strings(b, n.outputs), b.CreateVector(attrs)));
+                                      strings(b, n.inputs), strings(b, n.outputs), b.CreateVector(attrs),
+                                      b.CreateString(info.node_tactics.empty() ? "" : info.node_tactics[ni])));
   }
   std::vector<Offset<fb::Initializer>> inits;
   for (size_t i = 0; i < w.names.size(); ++i) {
@@ -391,9 +405,9 @@ LoadedEngine decode(const uint8_t* data, uint64_t size, std::shared_ptr<const vo
   info.target.isa_features = strs(fe->target()->isa_features());
   info.target.required_isa = strs(fe->target()->required_isa());
   info.target.backend = str(fe->target()->backend());
-  if (info.target.backend != "reference")
+  if (info.target.backend != "reference" && info.target.backend != "cpu")
     throw Error(ErrorCode::kUnsupported, source + ": engine backend '" + info.target.backend +
-                                             "' is not available in this Kiln (it has: reference)");
+                                             "' is not available in this Kiln (it has: cpu, reference)");
   const TargetFingerprint host = options.host ? *options.host : host_fingerprint();
   if (auto missing = missing_isa_features(info.target, host); !missing.empty())
     throw Error(ErrorCode::kUnsupported, source + ": engine was built for " + info.target.cpu_model + " and needs CPU features this machine (" +
@@ -403,6 +417,25 @@ LoadedEngine decode(const uint8_t* data, uint64_t size, std::shared_ptr<const vo
     if (bo->profile_shapes())
       for (const auto* p : *bo->profile_shapes()) info.profile_shapes[str(p->input())] = vec(p->dims());
     info.disabled_passes = strs(bo->disabled_passes());
+    if (bo->profiles())
+      for (const auto* p : *bo->profiles()) {
+        OptimizationProfile prof;
+        if (p->inputs())
+          for (const auto* pi : *p->inputs()) {
+            ProfileDims d{vec(pi->min()), vec(pi->opt()), vec(pi->max())};
+            if (d.min.size() != d.opt.size() || d.opt.size() != d.max.size())
+              bad(source, "profile input '" + str(pi->input()) + "' has min/opt/max of different ranks");
+            for (size_t k = 0; k < d.min.size(); ++k)
+              if (d.min[k] < 0 || d.min[k] > d.opt[k] || d.opt[k] > d.max[k])
+                bad(source, "profile input '" + str(pi->input()) + "' does not satisfy 0 <= min <= opt <= max");
+            prof.inputs[str(pi->input())] = std::move(d);
+          }
+        info.profiles.push_back(std::move(prof));
+      }
+    info.threads = bo->threads();
+    info.memory_peak = bo->memory_peak();
+    info.memory_total = bo->memory_total();
+    info.kernels = bo->kernels();
   }
 
   Model& m = e.model;
@@ -466,6 +499,7 @@ LoadedEngine decode(const uint8_t* data, uint64_t size, std::shared_ptr<const vo
       n.op_type = str(nr->op_type());
       n.inputs = strs(nr->inputs());
       n.outputs = strs(nr->outputs());
+      info.node_tactics.push_back(str(nr->tactic()));
       const std::string label = n.op_type.empty() ? "node #" + std::to_string(i) : n.describe();
       if (n.op_type.empty()) bad(source, label + " has no op_type");
       const std::string op = (n.domain.empty() ? "" : n.domain + "::") + n.op_type;

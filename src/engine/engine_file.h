@@ -24,7 +24,7 @@
 namespace kiln {
 
 constexpr char kEngineMagic[8] = {'K', 'I', 'L', 'N', 'E', 'N', 'G', '\0'};
-constexpr uint32_t kEngineFormatVersion = 1;
+constexpr uint32_t kEngineFormatVersion = 2;
 constexpr uint32_t kEngineHeaderSize = 64;
 constexpr uint64_t kEngineWeightAlignment = 64;
 
@@ -42,12 +42,24 @@ TargetFingerprint host_fingerprint();
 // The features `engine` requires that `host` lacks, in the engine's order.
 std::vector<std::string> missing_isa_features(const TargetFingerprint& engine, const TargetFingerprint& host);
 
+// One dynamic input's range; a profile covers every input with a dynamic dimension.
+struct ProfileDims {
+  std::vector<int64_t> min, opt, max;
+};
+struct OptimizationProfile {
+  std::map<std::string, ProfileDims> inputs;
+};
+
 struct EngineInfo {
   std::string kiln_version = KILN_VERSION;
   TargetFingerprint target = host_fingerprint();
   int opt_level = 3;
-  std::map<std::string, std::vector<int64_t>> profile_shapes;
+  std::map<std::string, std::vector<int64_t>> profile_shapes;  // opt shapes of profile 0
   std::vector<std::string> disabled_passes;
+  std::vector<OptimizationProfile> profiles;
+  std::vector<std::string> node_tactics;  // per node of the optimized graph ("" none)
+  int threads = 0;
+  uint64_t memory_peak = 0, memory_total = 0, kernels = 0;
 };
 
 struct EngineHeader {

@@ -9,7 +9,10 @@
 
 #include "backends/reference/executor.h"
 #include "onnx/onnx_import.h"
+#include "engine/engine_file.h"
 #include "passes/pass.h"
+#include "runtime/builder.h"
+#include "runtime/runtime.h"
 #include "util/npy.h"
 
 namespace fs = std::filesystem;
@@ -96,6 +99,35 @@ TEST_P(ModelTest, OptimizedMatchesPyTorch) {
   for (const auto& line : ctx.log) std::cout << "  " << line << "\n";
   reference::Executor exec(std::move(l.model));
   expect_matches(name, exec.model().graph, exec.run(l.inputs), l.expected);
+}
+
+// `kiln build` then `kiln run`: the engine (passes, tactics timed at the saved inputs' shapes,
+// serialized and loaded back) matches PyTorch and the reference executor, both < 1e-4.
+TEST_P(ModelTest, EngineMatchesPyTorch) {
+  const std::string name = GetParam();
+  Loaded l;
+  if (!load_exported(name, &l)) GTEST_SKIP() << "model " << name << " not exported (run scripts/export-models.sh)";
+  const Model original = l.model;
+  BuildConfig cfg;
+  cfg.profiles.resize(1);
+  for (const auto& [k, t] : l.inputs) cfg.profiles[0].inputs[k] = {t.shape(), t.shape(), t.shape()};
+  BuildResult built = build_engine(l.model, cfg);
+  std::cout << name << ": " << built.nodes_before << " nodes -> " << built.model.graph.nodes.size() << ", "
+            << built.info.kernels << " kernels, peak activations " << built.info.memory_peak / 1048576.0
+            << " MiB of " << built.info.memory_total / 1048576.0 << " MiB\n";
+  std::map<std::string, int> tactics;
+  for (const auto& t : built.info.node_tactics) ++tactics[t.empty() ? "(folded)" : t];
+  for (const auto& [t, c] : tactics) std::cout << "  " << t << " x" << c << "\n";
+  const auto bytes = serialize_engine(built.model, built.info);
+  LoadedEngine loaded = load_engine_from_memory(bytes);
+  auto rt = std::make_shared<EngineRuntime>(std::move(loaded.model), loaded.info);
+  Context ctx(rt);
+  auto got = ctx.run(l.inputs);
+  expect_matches(name, rt->model().graph, got, l.expected);
+  reference::Executor ref(original);
+  auto want = ref.run(l.inputs);
+  std::map<std::string, Tensor> want_map(want.begin(), want.end());
+  expect_matches(name + " vs reference", rt->model().graph, got, want_map);
 }
 
 INSTANTIATE_TEST_SUITE_P(Exported, ModelTest,

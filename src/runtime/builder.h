@@ -1,0 +1,48 @@
+// The builder: ONNX model -> optimized graph -> CPU tactics timed at the profile's opt shapes ->
+// an engine (src/engine/engine_file.h). The public TensorRT-style API (include/kiln) and
+// `kiln build` are thin layers over build_engine().
+#pragma once
+#include <functional>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "backends/cpu/program.h"
+#include "engine/engine_file.h"
+
+namespace kiln {
+
+struct BuildConfig {
+  int opt_level = 3;                         // pass level 0-5 (0: no passes)
+  std::set<std::string> disabled_passes;     // pass names to skip
+  // Optimization profiles. Each gives min/opt/max for inputs with dynamic dims; an input absent
+  // from a profile must be static. Empty: every input must be static.
+  std::vector<OptimizationProfile> profiles;
+  int threads = 0;                           // 0: the core count
+  size_t workspace_bytes = 0;                // per-kernel scratch limit; 0: no limit
+  bool time_tactics = true;                  // false: the first supporting tactic per node
+  cpu::TimingCache* timing_cache = nullptr;  // consulted and filled
+  std::function<void(size_t done, size_t total)> progress;
+  std::vector<std::string>* log = nullptr;   // verbose lines (tactic timings)
+};
+
+struct BuildResult {
+  Model model;                  // optimized, types inferred
+  EngineInfo info;              // tactics, profiles, target, memory figures
+  std::shared_ptr<const cpu::Program> program;  // compiled at profile 0's opt shapes
+  size_t nodes_before = 0;
+  std::vector<std::string> pass_log;
+  double pass_ms = 0, tactic_ms = 0;
+};
+
+// Checks the profiles against the model's inputs: ranks, static dims, 0 < min <= opt <= max.
+// Throws kInvalidArgument naming the input and profile.
+void validate_profiles(const Model& model, const std::vector<OptimizationProfile>& profiles);
+
+// The opt shapes of a profile, completed with the static shapes of the other inputs.
+cpu::ShapeMap opt_shapes(const Model& model, const OptimizationProfile* profile);
+
+BuildResult build_engine(Model model, const BuildConfig& config);
+
+}  // namespace kiln
