@@ -1,14 +1,16 @@
 // Shared CLI helpers.
 #include "cli_common.h"
 
+#include <algorithm>
 #include <cmath>
+#include <iomanip>
 #include <limits>
 #include <random>
 #include <sstream>
 
 namespace kiln::cli {
 
-std::map<std::string, std::vector<int64_t>> parse_shapes(const std::string& spec) {
+std::map<std::string, std::vector<int64_t>> parse_shapes(const std::string& spec, const std::string& flag) {
   std::map<std::string, std::vector<int64_t>> out;
   std::stringstream ss(spec);
   std::string item;
@@ -16,7 +18,7 @@ std::map<std::string, std::vector<int64_t>> parse_shapes(const std::string& spec
     if (item.empty()) continue;
     auto colon = item.rfind(':');
     if (colon == std::string::npos || colon == 0)
-      throw Error(ErrorCode::kInvalidArgument, "--shapes: '" + item + "' should look like NAME:1x3x224x224");
+      throw Error(ErrorCode::kInvalidArgument, flag + ": '" + item + "' should look like NAME:1x3x224x224");
     std::string name = item.substr(0, colon);
     std::string dims = item.substr(colon + 1);
     std::vector<int64_t> shape;
@@ -32,14 +34,25 @@ std::map<std::string, std::vector<int64_t>> parse_shapes(const std::string& spec
           used = 0;
         }
         if (used != d.size() || d.empty() || v < 0)
-          throw Error(ErrorCode::kInvalidArgument, "--shapes: bad dimension '" + d + "' in '" + item + "'");
+          throw Error(ErrorCode::kInvalidArgument, flag + ": bad dimension '" + d + "' in '" + item + "'");
         shape.push_back(v);
       }
     }
     if (!out.emplace(name, shape).second)
-      throw Error(ErrorCode::kInvalidArgument, "--shapes: input '" + name + "' is given twice");
+      throw Error(ErrorCode::kInvalidArgument, flag + ": input '" + name + "' is given twice");
   }
   return out;
+}
+
+void check_shape_names(const Graph& graph, const std::map<std::string, std::vector<int64_t>>& shapes,
+                       const std::string& flag, const std::string& model_path) {
+  for (const auto& [name, dims] : shapes) {
+    if (std::find(graph.inputs.begin(), graph.inputs.end(), name) != graph.inputs.end()) continue;
+    std::string names;
+    for (const auto& in : graph.inputs) names += (names.empty() ? "" : ", ") + in;
+    throw Error(ErrorCode::kInvalidArgument,
+                flag + ": '" + name + "' is not an input of " + model_path + " (inputs: " + names + ")");
+  }
 }
 
 std::vector<int64_t> resolve_input_shape(const std::string& name, const TensorType& type,
@@ -73,6 +86,44 @@ std::vector<int64_t> resolve_input_shape(const std::string& name, const TensorTy
     }
   }
   return dims;
+}
+
+void check_inputs(const Graph& g, const reference::TensorMap& inputs) {
+  for (const auto& [name, t] : inputs) {
+    if (std::find(g.inputs.begin(), g.inputs.end(), name) != g.inputs.end()) continue;
+    std::string names;
+    for (const auto& in : g.inputs) names += (names.empty() ? "" : ", ") + in;
+    throw Error(ErrorCode::kInvalidArgument, "'" + name + "' is not an input of the model (inputs: " + names + ")");
+  }
+  std::map<std::string, int64_t> symbols;  // a symbolic dim takes one size across inputs
+  for (const auto& name : g.inputs) {
+    auto it = inputs.find(name);
+    const TensorType* declared = g.type_of(name);
+    if (it == inputs.end())
+      throw Error(ErrorCode::kInvalidArgument,
+                  "missing input '" + name + "'" + (declared ? " of type " + declared->to_string() : std::string()));
+    const Tensor& t = it->second;
+    if (!declared) continue;
+    if (declared->dtype != DType::kUndefined && t.dtype() != declared->dtype)
+      throw Error(ErrorCode::kInvalidArgument, "input '" + name + "' has dtype " + std::string(dtype_name(t.dtype())) +
+                                                   ", expected " + std::string(dtype_name(declared->dtype)));
+    if (!declared->shape) continue;
+    const Shape& shape = *declared->shape;
+    bool ok = shape.size() == t.rank();
+    for (size_t i = 0; ok && i < t.rank(); ++i) ok = !shape[i].known() || shape[i].value == t.dim(i);
+    if (!ok)
+      throw Error(ErrorCode::kInvalidArgument, "input '" + name + "' has shape " + shape_to_string(t.shape()) +
+                                                   ", expected " + shape_to_string(shape));
+    for (size_t i = 0; i < t.rank(); ++i) {
+      const Dim& d = shape[i];
+      if (d.known() || d.symbol.empty()) continue;
+      auto [sit, inserted] = symbols.emplace(d.symbol, t.dim(i));
+      if (!inserted && sit->second != t.dim(i))
+        throw Error(ErrorCode::kInvalidArgument, "input '" + name + "' has " + d.symbol + "=" + std::to_string(t.dim(i)) +
+                                                     " but another input has " + d.symbol + "=" +
+                                                     std::to_string(sit->second));
+    }
+  }
 }
 
 Tensor random_tensor(DType dtype, const std::vector<int64_t>& shape, uint64_t seed, int64_t int_lo, int64_t int_hi) {
@@ -119,5 +170,13 @@ std::string summarize(const Tensor& t) {
   if (nan) os << " nan=" << nan;
   return os.str();
 }
+
+std::string fixed(double v, int digits) {
+  std::ostringstream os;
+  os << std::fixed << std::setprecision(digits) << v;
+  return os.str();
+}
+
+std::string mib(uint64_t bytes) { return fixed(static_cast<double>(bytes) / (1024.0 * 1024.0)) + " MiB"; }
 
 }  // namespace kiln::cli

@@ -1,36 +1,44 @@
 // `kiln bench`: measures a model's inference latency and throughput, the way trtexec does.
 //
-//   kiln bench MODEL.onnx [--shapes NAME:1x3x224x224,...] [--warmup-ms N]
-//                         [--iterations N | --duration S] [--threads N] [--json FILE]
-//                         [--dump-profile] [--opt-level 0-3] [--seed N] [--int-range LO,HI]
+//   kiln bench MODEL.onnx|ENGINE [--backend cpu|reference] [--shapes NAME:1x3x224x224,...]
+//                         [--warmup-ms N] [--iterations N | --duration S] [--threads N]
+//                         [--streams N] [--json FILE] [--dump-profile] [--opt-level 0-3]
+//                         [--seed N] [--int-range LO,HI]
 //
-// Steps: load the model; at --opt-level > 0 run PassManager::standard() with the resolved input
-// shapes as the profile; build seeded random inputs (as `kiln run` does); warm up for
-// --warmup-ms; then time whole inferences (default: at least 10 iterations and at least 3 s,
-// whichever is longer). The figures printed are also written by --json, with the same field
-// names as bench/ort_bench.js (the ONNX Runtime peer), so the two can be compared row by row.
-//
-// The executor is behind BenchTarget, so a later backend (CPU engine, CUDA) plugs in as one more
-// implementation; today the reference executor is the only one.
+// Steps: load the model or engine; on the cpu backend (the default) an ONNX model is built in
+// memory (build_engine) at the resolved input shapes, an engine file runs with its tactics; on
+// the reference backend an ONNX model goes through PassManager::standard() at --opt-level > 0.
+// Then seeded random inputs (as `kiln run` makes them), a warm-up of --warmup-ms, and whole
+// inferences timed (default: at least 10 iterations and at least 3 s, whichever is longer). With
+// --streams N, N threads each run their own Context on the one shared EngineRuntime concurrently,
+// each under that rule; throughput is their total over the wall time. The figures printed are also
+// written by --json, with the same field names as bench/ort_bench.js (the ONNX Runtime peer), so
+// the two can be compared row by row.
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
+#include <exception>
 #include <fstream>
 #include <functional>
 #include <iomanip>
 #include <iostream>
+#include <latch>
 #include <memory>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <numeric>
 #include <sstream>
+#include <thread>
 #include <unordered_map>
 
 #include "backends/reference/executor.h"
 #include "cli_common.h"
 #include "onnx/onnx_import.h"
 #include "passes/pass.h"
+#include "runtime/runtime.h"
 
 namespace kiln::cli {
 
@@ -46,11 +54,13 @@ double ms_between(Clock::time_point a, Clock::time_point b) {
 
 struct BenchArgs {
   std::string model;
+  std::string backend = "cpu";
   std::string shapes;
   double warmup_ms = 200;
   int64_t iterations = 0;   // 0: not given
   double duration_s = 0;    // 0: not given
-  int threads = 1;
+  int threads = 0;          // 0: not given (cpu: the cores shared among the streams; reference: 1)
+  int streams = 1;
   std::string json_path;
   bool dump_profile = false;
   int opt_level = 3;
@@ -89,6 +99,25 @@ class ReferenceTarget final : public BenchTarget {
 
  private:
   reference::Executor exec_;
+};
+
+// The CPU backend: one Context (its own activation arena) on a shared EngineRuntime. One per stream.
+class CpuTarget final : public BenchTarget {
+ public:
+  explicit CpuTarget(std::shared_ptr<const EngineRuntime> runtime) : runtime_(runtime), ctx_(std::move(runtime)) {}
+  std::string name() const override { return "cpu"; }
+  int threads_used(int) const override { return runtime_->threads(); }
+  std::string threads_note(int requested) const override {
+    return requested == runtime_->threads() ? std::string()
+                                            : "runs on " + std::to_string(runtime_->threads()) + " threads";
+  }
+  TensorMap run(const TensorMap& inputs) override { return ctx_.run(inputs); }
+  TensorMap run_profiled(const TensorMap& inputs, std::vector<double>* step_ms) { return ctx_.run(inputs, step_ms); }
+  const cpu::Program* program() const { return ctx_.last_program(); }
+
+ private:
+  std::shared_ptr<const EngineRuntime> runtime_;
+  Context ctx_;
 };
 
 // ---- Statistics (the same definitions as bench/ort_bench.js).
@@ -189,10 +218,188 @@ class NodeProfiler {
   int64_t runs_ = 0;
 };
 
-std::string fixed(double v, int digits = 3) {
-  std::ostringstream os;
-  os << std::fixed << std::setprecision(digits) << v;
-  return os.str();
+// ---- The timed loop, over one or several streams.
+
+struct StreamRun {
+  int64_t warmup_iterations = 0;
+  std::vector<double> latencies;
+};
+
+struct TimedRuns {
+  std::vector<StreamRun> streams;
+  double warmup_ms = 0;  // wall time of the warm-up phase (every stream)
+  double total_ms = 0;   // wall time of the timed phase (every stream)
+};
+
+// Each stream warms up for warmup_ms (at least one inference when it is > 0), then all start
+// timing together and each runs until it has min_iterations and min_ms has passed. One stream runs
+// on the calling thread; several run on their own threads (each with its own OpenMP team).
+TimedRuns run_streams(std::vector<std::unique_ptr<BenchTarget>>& targets, const TensorMap& inputs, double warmup_ms,
+                      int64_t min_iterations, double min_ms) {
+  const size_t n = targets.size();
+  TimedRuns out;
+  out.streams.resize(n);
+  std::atomic<bool> failed{false};
+  auto warm_up = [&](size_t s) {
+    StreamRun& sr = out.streams[s];
+    const auto w0 = Clock::now();
+    while (warmup_ms > 0 && !failed && (sr.warmup_iterations == 0 || ms_between(w0, Clock::now()) < warmup_ms)) {
+      targets[s]->run(inputs);
+      ++sr.warmup_iterations;
+    }
+  };
+  auto timed = [&](size_t s, Clock::time_point r0) {
+    StreamRun& sr = out.streams[s];
+    while (!failed && (static_cast<int64_t>(sr.latencies.size()) < min_iterations || ms_between(r0, Clock::now()) < min_ms)) {
+      const auto a = Clock::now();
+      TensorMap result = targets[s]->run(inputs);
+      sr.latencies.push_back(ms_between(a, Clock::now()));
+    }
+  };
+  const auto w0 = Clock::now();
+  if (n == 1) {  // no thread: the figures are those of a plain loop on the caller
+    warm_up(0);
+    out.warmup_ms = ms_between(w0, Clock::now());
+    const auto r0 = Clock::now();
+    timed(0, r0);
+    out.total_ms = ms_between(r0, Clock::now());
+    return out;
+  }
+  std::latch warmed(static_cast<std::ptrdiff_t>(n) + 1), go(1);
+  std::mutex mu;
+  std::exception_ptr error;
+  Clock::time_point r0;  // written before `go` opens; read by the streams after it
+  auto body = [&](size_t s) {
+    auto fail = [&] {
+      std::lock_guard lock(mu);
+      if (!error) error = std::current_exception();
+      failed = true;
+    };
+    try {
+      warm_up(s);
+    } catch (...) {
+      fail();
+    }
+    warmed.count_down();  // even after a failure, so nobody waits forever
+    go.wait();
+    try {
+      timed(s, r0);
+    } catch (...) {
+      fail();
+    }
+  };
+  std::vector<std::thread> threads;
+  for (size_t s = 0; s < n; ++s) threads.emplace_back(body, s);
+  warmed.arrive_and_wait();
+  out.warmup_ms = ms_between(w0, Clock::now());
+  r0 = Clock::now();
+  go.count_down();
+  for (auto& t : threads) t.join();
+  out.total_ms = ms_between(r0, Clock::now());
+  if (error) std::rethrow_exception(error);
+  return out;
+}
+
+// ---- Per-step profile of the CPU backend: Context::run with step times, summed over runs.
+
+json cpu_profile(CpuTarget& target, const TensorMap& inputs, int64_t runs) {
+  std::vector<double> total, step_ms;
+  for (int64_t r = 0; r < runs; ++r) {
+    target.run_profiled(inputs, &step_ms);
+    if (total.size() < step_ms.size()) total.resize(step_ms.size(), 0.0);
+    for (size_t i = 0; i < step_ms.size(); ++i) total[i] += step_ms[i];
+  }
+  const auto& steps = target.program()->steps();
+  struct Row {
+    size_t index;
+    const cpu::StepInfo* info;
+    double ms;
+  };
+  std::vector<Row> rows;
+  double sum = 0;
+  for (size_t i = 0; i < steps.size() && i < total.size(); ++i) {
+    if (steps[i].impl.rfind("alias", 0) == 0) continue;  // no kernel runs for an alias
+    rows.push_back({i, &steps[i], total[i]});
+    sum += total[i];
+  }
+  std::stable_sort(rows.begin(), rows.end(), [](const Row& a, const Row& b) { return a.ms > b.ms; });
+  auto pct = [&](double v) { return sum > 0 ? 100.0 * v / sum : 0.0; };
+  const double n = static_cast<double>(std::max<int64_t>(runs, 1));
+  json pj;
+  pj["runs"] = runs;
+  pj["total_ms"] = sum;
+  pj["steps"] = json::array();
+  std::map<std::string, std::pair<double, int>> by_op;
+  for (const auto& r : rows) {
+    pj["steps"].push_back({{"index", r.index}, {"name", r.info->name}, {"op", r.info->op}, {"tactic", r.info->tactic},
+                           {"impl", r.info->impl}, {"total_ms", r.ms}, {"mean_ms", r.ms / n}, {"percent", pct(r.ms)}});
+    by_op[r.info->op].first += r.ms;
+    ++by_op[r.info->op].second;
+  }
+  std::vector<std::pair<std::string, std::pair<double, int>>> ops(by_op.begin(), by_op.end());
+  std::stable_sort(ops.begin(), ops.end(), [](const auto& a, const auto& b) { return a.second.first > b.second.first; });
+  pj["ops"] = json::array();
+  for (const auto& [op, v] : ops)
+    pj["ops"].push_back({{"op", op}, {"count", v.second}, {"total_ms", v.first}, {"percent", pct(v.first)}});
+
+  std::cout << "=== Profile (" << runs << " runs, step by step; mean per run) ===\n";
+  std::cout << "total step time " << fixed(sum / n, 4) << " ms per run, " << rows.size() << " kernel steps; top "
+            << std::min<size_t>(30, rows.size()) << " by time:\n";
+  std::cout << std::right << std::setw(12) << "mean ms" << std::setw(8) << "%" << "  step (op) tactic [impl]\n";
+  for (size_t i = 0; i < rows.size() && i < 30; ++i)
+    std::cout << std::setw(12) << fixed(rows[i].ms / n, 4) << std::setw(8) << fixed(pct(rows[i].ms), 1) << "  "
+              << rows[i].info->name << " (" << rows[i].info->op << ") " << rows[i].info->tactic << " ["
+              << rows[i].info->impl << "]\n";
+  std::cout << "by op:\n";
+  for (const auto& [op, v] : ops)
+    std::cout << std::setw(12) << fixed(v.first / n, 4) << std::setw(8) << fixed(pct(v.first), 1) << "  " << op << " x"
+              << v.second << "\n";
+  return pj;
+}
+
+// ---- Per-node profile of the reference executor (separate runs, node by node).
+
+json reference_profile(const Model& m, const TensorMap& inputs, int64_t runs_wanted) {
+  NodeProfiler prof(m);
+  for (int64_t i = 0; i < runs_wanted; ++i) prof.run_once(inputs);
+  std::vector<NodeTime> nodes = prof.times();
+  double sum = 0;
+  for (const auto& n : nodes) sum += n.total_ms;
+  std::stable_sort(nodes.begin(), nodes.end(), [](const NodeTime& a, const NodeTime& b) { return a.total_ms > b.total_ms; });
+  std::map<std::string, std::pair<double, int>> by_op;
+  for (const auto& n : nodes) {
+    by_op[n.op].first += n.total_ms;
+    ++by_op[n.op].second;
+  }
+  auto pct = [&](double v) { return sum > 0 ? 100.0 * v / sum : 0.0; };
+  const double runs = static_cast<double>(prof.runs());
+  json pj;
+  pj["runs"] = prof.runs();
+  pj["total_ms"] = sum;
+  pj["nodes"] = json::array();
+  for (const auto& n : nodes)
+    pj["nodes"].push_back({{"index", n.index}, {"name", n.name}, {"op", n.op}, {"total_ms", n.total_ms},
+                           {"mean_ms", n.total_ms / runs}, {"percent", pct(n.total_ms)}});
+  std::vector<std::pair<std::string, std::pair<double, int>>> ops(by_op.begin(), by_op.end());
+  std::stable_sort(ops.begin(), ops.end(), [](const auto& a, const auto& b) { return a.second.first > b.second.first; });
+  pj["ops"] = json::array();
+  for (const auto& [op, v] : ops)
+    pj["ops"].push_back({{"op", op}, {"count", v.second}, {"total_ms", v.first}, {"percent", pct(v.first)}});
+
+  std::cout << "=== Profile (" << prof.runs() << " runs, node by node; times summed over runs) ===\n";
+  std::cout << "total node time " << fixed(sum, 3) << " ms, " << nodes.size() << " nodes; top "
+            << std::min<size_t>(20, nodes.size()) << " by time:\n";
+  std::cout << std::right << std::setw(12) << "total ms" << std::setw(12) << "mean ms" << std::setw(8) << "%"
+            << "  node (op)\n";
+  for (size_t i = 0; i < nodes.size() && i < 20; ++i)
+    std::cout << std::setw(12) << fixed(nodes[i].total_ms) << std::setw(12) << fixed(nodes[i].total_ms / runs)
+              << std::setw(8) << fixed(pct(nodes[i].total_ms), 1) << "  " << nodes[i].name << " (" << nodes[i].op
+              << ")\n";
+  std::cout << "by op:\n";
+  for (const auto& [op, v] : ops)
+    std::cout << std::setw(12) << fixed(v.first) << std::setw(8) << fixed(pct(v.first), 1) << "  " << op << " x"
+              << v.second << "\n";
+  return pj;
 }
 
 int cmd_bench(const BenchArgs& args) {
@@ -202,97 +409,129 @@ int cmd_bench(const BenchArgs& args) {
     json_file.open(args.json_path);
     if (!json_file) throw Error(ErrorCode::kIo, args.json_path + ": cannot open for writing");
   }
+  const bool cpu = args.backend == "cpu";
+  if (!cpu && args.streams > 1)
+    throw Error(ErrorCode::kInvalidArgument, "--streams " + std::to_string(args.streams) +
+                                                 " needs --backend cpu (the reference executor runs one stream)");
 
   // --- Load and check.
   const auto t_load = Clock::now();
   bool is_engine = false;  // an engine is already optimized: the passes are not run again
-  Model model = load_model_or_engine(args.model, &is_engine);
+  EngineInfo info;
+  Model model = load_model_or_engine(args.model, &is_engine, nullptr, nullptr, &info);
   require_supported(model);
   const Graph& g0 = model.graph;
   auto shapes = parse_shapes(args.shapes);
-  for (const auto& [name, dims] : shapes)
-    if (std::find(g0.inputs.begin(), g0.inputs.end(), name) == g0.inputs.end()) {
-      std::string names;
-      for (const auto& in : g0.inputs) names += (names.empty() ? "" : ", ") + in;
-      throw Error(ErrorCode::kInvalidArgument,
-                  "--shapes: '" + name + "' is not an input of " + args.model + " (inputs: " + names + ")");
-    }
+  check_shape_names(g0, shapes, "--shapes", args.model);
   if (args.int_range[1] <= args.int_range[0])
     throw Error(ErrorCode::kInvalidArgument, "--int-range: empty range [" + std::to_string(args.int_range[0]) + ", " +
                                                  std::to_string(args.int_range[1]) + ")");
+  // An engine's dynamic inputs default to the shapes its tactics were timed at.
+  if (is_engine)
+    for (const auto& [name, dims] : info.profile_shapes)
+      if (!shapes.count(name)) shapes[name] = dims;
 
   // Concrete shape of every input (--shapes, then static dims, then 1 for the remaining dynamic
   // dims), from the declared types.
   std::string notes;
   std::map<std::string, std::vector<int64_t>> resolved;
+  std::vector<std::pair<std::string, DType>> input_types;
   for (const auto& name : g0.inputs) {
     const TensorType* type = g0.type_of(name);
     if (!type || type->dtype == DType::kUndefined)
       throw Error(ErrorCode::kInvalidArgument, "input '" + name + "' has no tensor type; kiln bench cannot generate it");
     resolved[name] = resolve_input_shape(name, *type, shapes, &notes);
+    input_types.emplace_back(name, type->dtype);
   }
+  const int streams = args.streams;
+  const int threads_requested =
+      args.threads > 0 ? args.threads : cpu ? std::max(1, cpu::default_threads() / streams) : 1;
 
-  // --- Optimize.
-  InferOptions infer;
-  infer.evaluator = reference::constant_evaluator();
-  infer_types(model, infer);
-  const size_t nodes_before = model.graph.nodes.size();
+  // --- Optimize (reference: the passes; cpu: build_engine, or the engine file's tactics).
+  size_t nodes_before = model.graph.nodes.size();
+  std::vector<std::string> pass_log;
+  double optimize_ms = 0, tactics_ms = 0;
   const auto t_opt = Clock::now();
-  PassContext pctx;
-  pctx.opt_level = args.opt_level;
-  pctx.evaluator = reference::constant_evaluator();
-  pctx.input_shapes = resolved;
-  if (args.opt_level > 0 && !is_engine) {
-    PassManager::standard().run(model, pctx);
-    infer_types(model, infer);  // the passes leave new values untyped; the executor needs them all
+  std::vector<std::unique_ptr<BenchTarget>> targets;
+  std::shared_ptr<EngineRuntime> runtime;
+  const Model* final_model = nullptr;
+  if (cpu) {
+    CpuEngine engine = is_engine ? cpu_engine_from_file(std::move(model), info, threads_requested)
+                                 : cpu_engine_from_onnx(std::move(model), resolved, args.opt_level, threads_requested);
+    runtime = engine.runtime;
+    nodes_before = engine.nodes_before;
+    pass_log = engine.pass_log;
+    optimize_ms = engine.pass_ms;
+    tactics_ms = engine.tactic_ms;
+    final_model = &runtime->model();
+    for (int s = 0; s < streams; ++s) targets.push_back(std::make_unique<CpuTarget>(runtime));
+  } else {
+    InferOptions infer;
+    infer.evaluator = reference::constant_evaluator();
+    infer_types(model, infer);
+    nodes_before = model.graph.nodes.size();
+    PassContext pctx;
+    pctx.opt_level = args.opt_level;
+    pctx.evaluator = reference::constant_evaluator();
+    pctx.input_shapes = resolved;
+    if (args.opt_level > 0 && !is_engine) {
+      PassManager::standard().run(model, pctx);
+      infer_types(model, infer);  // the passes leave new values untyped; the executor needs them all
+    }
+    pass_log = pctx.log;
+    optimize_ms = ms_between(t_opt, Clock::now());
+    auto ref = std::make_unique<ReferenceTarget>(std::move(model));
+    final_model = &ref->model();
+    targets.push_back(std::move(ref));
   }
   const auto t_prepare = Clock::now();
 
-  // --- Executor and inputs.
-  auto ref = std::make_unique<ReferenceTarget>(std::move(model));
-  const Model& m = ref->model();
-  BenchTarget& target = *ref;
-  const Graph& g = m.graph;
+  // --- Inputs.
+  BenchTarget& target = *targets.front();
+  const Graph& g = final_model->graph;
   TensorMap inputs;
   json inputs_json = json::array();
-  for (size_t i = 0; i < g.inputs.size(); ++i) {
-    const std::string& name = g.inputs[i];
-    const TensorType* type = g.type_of(name);
-    if (!type || type->dtype == DType::kUndefined)
-      throw Error(ErrorCode::kInvalidArgument, "input '" + name + "' has no tensor type; kiln bench cannot generate it");
+  for (size_t i = 0; i < input_types.size(); ++i) {
+    const auto& [name, dtype] = input_types[i];
     const auto& dims = resolved.at(name);
-    inputs[name] = random_tensor(type->dtype, dims, args.seed + i, args.int_range[0], args.int_range[1]);
-    inputs_json.push_back({{"name", name}, {"dtype", std::string(dtype_name(type->dtype))}, {"shape", dims}});
+    inputs[name] = random_tensor(dtype, dims, args.seed + i, args.int_range[0], args.int_range[1]);
+    inputs_json.push_back({{"name", name}, {"dtype", std::string(dtype_name(dtype))}, {"shape", dims}});
   }
+  // The program for these shapes, compiled (or refused as outside every profile) before timing.
+  std::shared_ptr<const cpu::Program> program;
+  if (cpu) program = runtime->program_for(resolved);
   // Items per inference: the leading (batch) dim of the first input.
   int64_t batch = 1;
-  if (!g.inputs.empty() && !resolved.at(g.inputs.front()).empty()) batch = resolved.at(g.inputs.front()).front();
+  if (!input_types.empty() && !resolved.at(input_types.front().first).empty())
+    batch = resolved.at(input_types.front().first).front();
   const auto t_ready = Clock::now();
 
   std::cerr << notes;
-  std::cout << "model:      " << args.model << "\n";
+  const int threads_used = target.threads_used(threads_requested);
+  const std::string threads_note = target.threads_note(threads_requested);
+  std::cout << "model:      " << args.model << (is_engine ? " (engine)" : "") << "\n";
   std::cout << "executor:   " << target.name() << "\n";
-  std::cout << "threads:    " << args.threads << " requested, " << target.threads_used(args.threads) << " used";
-  if (auto note = target.threads_note(args.threads); !note.empty()) std::cout << " (" << note << ")";
+  std::cout << "threads:    " << threads_requested << (args.threads > 0 ? " requested" : " (default)") << ", "
+            << threads_used << " used";
+  if (!threads_note.empty()) std::cout << " (" << threads_note << ")";
+  if (streams > 1) std::cout << " per stream; " << streams << " streams";
   std::cout << "\n";
-  std::cout << "opt level:  " << args.opt_level << ": " << nodes_before << " nodes -> " << g.nodes.size() << " nodes\n";
-  for (const auto& line : pctx.log) std::cout << "  " << line << "\n";
+  if (is_engine)
+    std::cout << "engine:     " << g.nodes.size() << " nodes, built at opt level " << info.opt_level << "\n";
+  else
+    std::cout << "opt level:  " << args.opt_level << ": " << nodes_before << " nodes -> " << g.nodes.size() << " nodes\n";
+  for (const auto& line : pass_log) std::cout << "  " << line << "\n";
+  if (program)
+    std::cout << "kernels:    " << program->kernel_count() << " per inference; peak activations "
+              << mib(program->arena_bytes()) << " vs " << mib(program->activation_bytes_total())
+              << " summed; tactic selection " << fixed(tactics_ms, 1) << " ms\n";
   std::cout << "inputs:     ";
-  for (size_t i = 0; i < g.inputs.size(); ++i)
-    std::cout << (i ? ", " : "") << g.inputs[i] << " " << dtype_name(inputs.at(g.inputs[i]).dtype()) << "["
-              << shape_to_string(inputs.at(g.inputs[i]).shape()) << "]";
+  for (size_t i = 0; i < input_types.size(); ++i)
+    std::cout << (i ? ", " : "") << input_types[i].first << " " << dtype_name(input_types[i].second) << "["
+              << shape_to_string(resolved.at(input_types[i].first)) << "]";
   std::cout << " (random, seed " << args.seed << "); batch " << batch << "\n" << std::flush;
 
-  // --- Warm-up: whole inferences until warmup_ms has passed (none when it is 0).
-  int64_t warmup_iterations = 0;
-  const auto w0 = Clock::now();
-  while (args.warmup_ms > 0 && (warmup_iterations == 0 || ms_between(w0, Clock::now()) < args.warmup_ms)) {
-    target.run(inputs);
-    ++warmup_iterations;
-  }
-  const double warmup_elapsed = ms_between(w0, Clock::now());
-
-  // --- Timed iterations.
+  // --- Warm-up and timed iterations.
   int64_t min_iterations = kDefaultMinIterations;
   double min_ms = kDefaultMinSeconds * 1000;
   std::string stop_rule = "at least " + std::to_string(kDefaultMinIterations) + " iterations and at least " +
@@ -306,14 +545,15 @@ int cmd_bench(const BenchArgs& args) {
     min_ms = args.duration_s * 1000;
     stop_rule = "at least " + fixed(args.duration_s, 3) + " s";
   }
+  if (streams > 1) stop_rule += " per stream";
+  TimedRuns timed = run_streams(targets, inputs, args.warmup_ms, min_iterations, min_ms);
   std::vector<double> latencies;
-  const auto r0 = Clock::now();
-  while (static_cast<int64_t>(latencies.size()) < min_iterations || ms_between(r0, Clock::now()) < min_ms) {
-    const auto a = Clock::now();
-    TensorMap out = target.run(inputs);
-    latencies.push_back(ms_between(a, Clock::now()));
+  int64_t warmup_iterations = 0;
+  for (const auto& s : timed.streams) {
+    latencies.insert(latencies.end(), s.latencies.begin(), s.latencies.end());
+    warmup_iterations += s.warmup_iterations;
   }
-  const double total_ms = ms_between(r0, Clock::now());
+  const double total_ms = timed.total_ms;
   const json lat = latency_stats(latencies);
   const double inferences_per_s = static_cast<double>(latencies.size()) / (total_ms / 1000.0);
 
@@ -321,83 +561,68 @@ int cmd_bench(const BenchArgs& args) {
   j["tool"] = "kiln bench";
   j["kiln_version"] = KILN_VERSION;
   j["model"] = args.model;
+  j["engine_file"] = is_engine;
   j["executor"] = target.name();
-  j["threads"] = args.threads;
-  j["threads_used"] = target.threads_used(args.threads);
-  if (auto note = target.threads_note(args.threads); !note.empty()) j["threads_note"] = note;
-  j["opt_level"] = args.opt_level;
+  j["threads"] = threads_requested;
+  j["threads_used"] = threads_used;
+  if (!threads_note.empty()) j["threads_note"] = threads_note;
+  j["streams"] = streams;
+  j["opt_level"] = is_engine ? info.opt_level : args.opt_level;
   j["nodes_before"] = nodes_before;
   j["nodes"] = g.nodes.size();
-  j["passes"] = pctx.log;
+  j["passes"] = pass_log;
+  if (program) {
+    std::map<std::string, int> by_tactic;
+    for (const auto& t : program->node_tactics())
+      if (!t.empty()) ++by_tactic[t];
+    j["engine"] = {{"kernels", program->kernel_count()},
+                   {"memory_peak_bytes", program->arena_bytes()},
+                   {"memory_total_bytes", program->activation_bytes_total()},
+                   {"required_isa", program->required_isa()},
+                   {"tactics", by_tactic}};
+  }
   j["inputs"] = inputs_json;
   j["batch"] = batch;
   j["seed"] = args.seed;
   j["setup_ms"] = {{"load", ms_between(t_load, t_opt)},
-                   {"optimize", ms_between(t_opt, t_prepare)},
+                   {"optimize", optimize_ms},
+                   {"tactics", tactics_ms},
                    {"prepare", ms_between(t_prepare, t_ready)}};
-  j["warmup"] = {{"requested_ms", args.warmup_ms}, {"iterations", warmup_iterations}, {"ms", warmup_elapsed}};
+  j["warmup"] = {{"requested_ms", args.warmup_ms}, {"iterations", warmup_iterations}, {"ms", timed.warmup_ms}};
   j["stop_rule"] = stop_rule;
   j["iterations"] = latencies.size();
   j["total_ms"] = total_ms;
   j["throughput"] = {{"inferences_per_s", inferences_per_s}, {"items_per_s", inferences_per_s * static_cast<double>(batch)}};
   j["latency_ms"] = lat;
-  // Every latency, in order (omitted past kMaxRecordedLatencies, to keep the file small).
+  if (streams > 1) {
+    j["per_stream"] = json::array();
+    for (const auto& s : timed.streams)
+      j["per_stream"].push_back({{"iterations", s.latencies.size()},
+                                 {"inferences_per_s", static_cast<double>(s.latencies.size()) / (total_ms / 1000.0)},
+                                 {"latency_ms", latency_stats(s.latencies)}});
+  }
+  // Every latency, in order, stream after stream (omitted past kMaxRecordedLatencies, to keep the file small).
   if (latencies.size() <= kMaxRecordedLatencies) j["latencies_ms"] = latencies;
 
-  std::cout << "warm-up:    " << warmup_iterations << " iterations, " << fixed(warmup_elapsed, 1) << " ms (requested "
-            << fixed(args.warmup_ms, 0) << " ms)\n";
+  std::cout << "warm-up:    " << warmup_iterations << " iterations, " << fixed(timed.warmup_ms, 1) << " ms (requested "
+            << fixed(args.warmup_ms, 0) << " ms" << (streams > 1 ? " per stream" : "") << ")\n";
   std::cout << "timed:      " << latencies.size() << " iterations in " << fixed(total_ms / 1000.0, 3) << " s ("
             << stop_rule << ")\n";
   std::cout << "=== Performance summary ===\n";
   std::cout << "throughput: " << fixed(inferences_per_s, 3) << " inferences/s, "
-            << fixed(inferences_per_s * static_cast<double>(batch), 3) << " items/s (batch " << batch << ")\n";
+            << fixed(inferences_per_s * static_cast<double>(batch), 3) << " items/s (batch " << batch;
+  if (streams > 1) std::cout << ", " << streams << " streams together";
+  std::cout << ")\n";
   std::cout << "latency:    min " << fixed(lat["min"]) << " ms, mean " << fixed(lat["mean"]) << " ms, median "
             << fixed(lat["median"]) << " ms, p90 " << fixed(lat["p90"]) << " ms, p95 " << fixed(lat["p95"])
             << " ms, p99 " << fixed(lat["p99"]) << " ms, max " << fixed(lat["max"]) << " ms\n";
 
-  // --- Per-node profile: as many separate runs as timed iterations, so the figures above are
-  // not perturbed by the per-node timers.
+  // --- Profile: as many separate runs as one stream's timed iterations, so the figures above are
+  // not perturbed by the per-step timers.
   if (args.dump_profile) {
-    NodeProfiler prof(m);
-    for (size_t i = 0; i < latencies.size(); ++i) prof.run_once(inputs);
-    std::vector<NodeTime> nodes = prof.times();
-    double sum = 0;
-    for (const auto& n : nodes) sum += n.total_ms;
-    std::stable_sort(nodes.begin(), nodes.end(), [](const NodeTime& a, const NodeTime& b) { return a.total_ms > b.total_ms; });
-    std::map<std::string, std::pair<double, int>> by_op;
-    for (const auto& n : nodes) {
-      by_op[n.op].first += n.total_ms;
-      ++by_op[n.op].second;
-    }
-    auto pct = [&](double v) { return sum > 0 ? 100.0 * v / sum : 0.0; };
-    const double runs = static_cast<double>(prof.runs());
-    json pj;
-    pj["runs"] = prof.runs();
-    pj["total_ms"] = sum;
-    pj["nodes"] = json::array();
-    for (const auto& n : nodes)
-      pj["nodes"].push_back({{"index", n.index}, {"name", n.name}, {"op", n.op}, {"total_ms", n.total_ms},
-                             {"mean_ms", n.total_ms / runs}, {"percent", pct(n.total_ms)}});
-    std::vector<std::pair<std::string, std::pair<double, int>>> ops(by_op.begin(), by_op.end());
-    std::stable_sort(ops.begin(), ops.end(), [](const auto& a, const auto& b) { return a.second.first > b.second.first; });
-    pj["ops"] = json::array();
-    for (const auto& [op, v] : ops)
-      pj["ops"].push_back({{"op", op}, {"count", v.second}, {"total_ms", v.first}, {"percent", pct(v.first)}});
-    j["profile"] = pj;
-
-    std::cout << "=== Profile (" << prof.runs() << " runs, node by node; times summed over runs) ===\n";
-    std::cout << "total node time " << fixed(sum, 3) << " ms, " << nodes.size() << " nodes; top "
-              << std::min<size_t>(20, nodes.size()) << " by time:\n";
-    std::cout << std::right << std::setw(12) << "total ms" << std::setw(12) << "mean ms" << std::setw(8) << "%"
-              << "  node (op)\n";
-    for (size_t i = 0; i < nodes.size() && i < 20; ++i)
-      std::cout << std::setw(12) << fixed(nodes[i].total_ms) << std::setw(12) << fixed(nodes[i].total_ms / runs)
-                << std::setw(8) << fixed(pct(nodes[i].total_ms), 1) << "  " << nodes[i].name << " (" << nodes[i].op
-                << ")\n";
-    std::cout << "by op:\n";
-    for (const auto& [op, v] : ops)
-      std::cout << std::setw(12) << fixed(v.first) << std::setw(8) << fixed(pct(v.first), 1) << "  " << op << " x"
-                << v.second << "\n";
+    const int64_t runs = static_cast<int64_t>(timed.streams.front().latencies.size());
+    j["profile"] = cpu ? cpu_profile(static_cast<CpuTarget&>(target), inputs, runs)
+                       : reference_profile(*final_model, inputs, runs);
   }
 
   if (json_file.is_open()) {
@@ -415,26 +640,35 @@ CLI::App* add_bench_command(CLI::App& app, std::function<int()>* run) {
   auto args = std::make_shared<BenchArgs>();
   auto* sub = app.add_subcommand("bench", "Measure inference latency and throughput (like trtexec)");
   sub->add_option("model", args->model, "ONNX model or Kiln engine")->required();
+  sub->add_option("--backend", args->backend,
+                  "cpu (default: the engine's tactics, or the model built in memory) or reference")
+      ->check(CLI::IsMember({"cpu", "reference"}));
   sub->add_option("--shapes", args->shapes, "Shapes of the generated inputs: NAME:1x3x224x224,...");
   sub->add_option("--warmup-ms", args->warmup_ms, "Warm up for this long before timing (default 200; 0: none)")
       ->check(CLI::NonNegativeNumber);
-  auto* iters = sub->add_option("--iterations", args->iterations, "Time exactly this many inferences")
+  auto* iters = sub->add_option("--iterations", args->iterations, "Time exactly this many inferences (per stream)")
                     ->check(CLI::PositiveNumber);
   auto* dur = sub->add_option("--duration", args->duration_s, "Time inferences for at least this many seconds")
                   ->check(CLI::PositiveNumber);
   iters->excludes(dur);
-  sub->add_option("--threads", args->threads, "Threads for the executor (recorded; the reference executor uses 1)")
+  sub->add_option("--threads", args->threads,
+                  "Threads per inference (cpu default: the cores divided among the streams; the reference executor uses 1)")
       ->check(CLI::Range(1, 4096));
+  sub->add_option("--streams", args->streams,
+                  "Run N inferences concurrently, each stream its own context on one shared engine (cpu only)")
+      ->check(CLI::Range(1, 256));
   sub->add_option("--json", args->json_path, "Write every figure as JSON to this file");
-  sub->add_flag("--dump-profile", args->dump_profile, "Also time each node (separate runs) and print the top 20");
-  sub->add_option("--opt-level", args->opt_level, "Graph optimization level 0-3 (default 3; 0: no passes)")
+  sub->add_flag("--dump-profile", args->dump_profile,
+                "Also time each step (cpu: kernel, tactic, implementation; reference: node) in separate runs");
+  sub->add_option("--opt-level", args->opt_level, "Graph optimization level 0-3 of an ONNX model (default 3; 0: no passes)")
       ->check(CLI::Range(0, 3));
   sub->add_option("--seed", args->seed, "Seed of the generated inputs");
   sub->add_option("--int-range", args->int_range, "Range [LO,HI) of generated integer inputs (default 0,10)")
       ->expected(2)
       ->delimiter(',');
   sub->footer("Default timing: at least " + std::to_string(kDefaultMinIterations) + " iterations and at least " +
-              fixed(kDefaultMinSeconds, 0) + " s, whichever is longer. Errors exit 1; bad flags exit 2.");
+              fixed(kDefaultMinSeconds, 0) + " s, whichever is longer (per stream). An engine's dynamic inputs default " +
+              "to its profile 0 opt shapes; shapes outside its profiles are refused. Errors exit 1; bad flags exit 2.");
   *run = [args] { return cmd_bench(*args); };
   return sub;
 }

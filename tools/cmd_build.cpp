@@ -1,66 +1,233 @@
-// `kiln build`: optimizes an ONNX model and writes an engine file (src/engine); and the glue that
-// lets `run`, `inspect` and `bench` take an engine wherever they take a model.
+// `kiln build`: optimizes an ONNX model, selects CPU tactics at its optimization profiles
+// (build_engine) and writes an engine file (src/engine); and the glue that lets `run`, `inspect`
+// and `bench` take an engine wherever they take a model.
 #include <CLI/CLI.hpp>
+#include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
+#include <iomanip>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
 
+#include "backends/cpu/timing_cache.h"
 #include "backends/reference/executor.h"
 #include "cli_common.h"
 #include "engine/engine_file.h"
 #include "onnx/onnx_import.h"
-#include "passes/pass.h"
+#include "runtime/builder.h"
 
 namespace kiln::cli {
 namespace {
 
 using json = nlohmann::json;
 namespace fs = std::filesystem;
+using ShapeMap = std::map<std::string, std::vector<int64_t>>;
+
+double ms_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
 
 struct BuildArgs {
   std::string model;
   std::string output;
-  std::string shapes;
+  std::string shapes;                                     // static inputs of every profile
+  std::vector<std::string> min_shapes, opt_shapes, max_shapes;  // the k-th of each: profile k
+  std::string timing_cache;
+  double workspace_mib = 0;  // 0: no limit
+  int threads = 0;           // 0: the core count
   int opt_level = 3;
+  std::string disabled;      // comma-separated pass names
+  bool no_timing = false;
+  bool verbose = false;
+  // --plugin LIB.so is a global option (tools/kiln_main.cpp): libraries load before the model.
+};
+
+std::string profile_dims_text(const ProfileDims& d) {
+  if (d.min == d.max) return shape_to_string(d.opt);
+  return "min " + shape_to_string(d.min) + ", opt " + shape_to_string(d.opt) + ", max " + shape_to_string(d.max);
+}
+
+// The optimization profiles from --shapes and the --min/--opt/--max-shapes groups. Inputs with
+// dynamic dims that no flag covers get a static profile entry with those dims set to 1 (as
+// trtexec does), and `notes` says so. A model that is static and given no flags gets no profile.
+std::vector<OptimizationProfile> make_profiles(const Model& model, const BuildArgs& a, std::string* notes) {
+  const Graph& g = model.graph;
+  const ShapeMap fixed_shapes = parse_shapes(a.shapes, "--shapes");
+  check_shape_names(g, fixed_shapes, "--shapes", a.model);
+  const size_t n = a.min_shapes.size();
+  if (a.opt_shapes.size() != n || a.max_shapes.size() != n)
+    throw Error(ErrorCode::kInvalidArgument,
+                "--min-shapes, --opt-shapes and --max-shapes go together, once per profile; got " +
+                    std::to_string(a.min_shapes.size()) + " --min-shapes, " + std::to_string(a.opt_shapes.size()) +
+                    " --opt-shapes, " + std::to_string(a.max_shapes.size()) + " --max-shapes");
+  std::vector<OptimizationProfile> profiles(std::max<size_t>(n, 1));
+  for (size_t k = 0; k < n; ++k) {
+    const ShapeMap mins = parse_shapes(a.min_shapes[k], "--min-shapes");
+    const ShapeMap opts = parse_shapes(a.opt_shapes[k], "--opt-shapes");
+    const ShapeMap maxs = parse_shapes(a.max_shapes[k], "--max-shapes");
+    check_shape_names(g, mins, "--min-shapes", a.model);
+    check_shape_names(g, opts, "--opt-shapes", a.model);
+    check_shape_names(g, maxs, "--max-shapes", a.model);
+    const std::string where = "profile " + std::to_string(k) + ": ";
+    auto same_names = [&](const ShapeMap& x, const char* xf, const ShapeMap& y, const char* yf) {
+      for (const auto& [name, d] : x)
+        if (!y.count(name))
+          throw Error(ErrorCode::kInvalidArgument, where + "'" + name + "' is in " + xf + " but not in " + yf +
+                                                       " (each dynamic input needs all three)");
+    };
+    same_names(mins, "--min-shapes", opts, "--opt-shapes");
+    same_names(mins, "--min-shapes", maxs, "--max-shapes");
+    same_names(opts, "--opt-shapes", mins, "--min-shapes");
+    same_names(maxs, "--max-shapes", mins, "--min-shapes");
+    for (const auto& [name, d] : mins) {
+      if (fixed_shapes.count(name))
+        throw Error(ErrorCode::kInvalidArgument,
+                    "'" + name + "' is given both a static shape (--shapes) and a range (--min/--opt/--max-shapes)");
+      profiles[k].inputs[name] = ProfileDims{d, opts.at(name), maxs.at(name)};
+    }
+  }
+  for (auto& p : profiles)
+    for (const auto& [name, d] : fixed_shapes) p.inputs[name] = ProfileDims{d, d, d};
+
+  bool any = n > 0 || !fixed_shapes.empty();
+  for (const auto& in : g.inputs) {
+    const TensorType* t = g.type_of(in);
+    if (!t || !t->shape)
+      throw Error(ErrorCode::kInvalidArgument,
+                  "input '" + in + "' has an unknown rank; give its shape with --shapes " + in + ":DxDx...");
+    bool dynamic = false;
+    std::vector<int64_t> dims;
+    for (const Dim& d : *t->shape) {
+      dynamic |= !d.known();
+      dims.push_back(d.known() ? d.value : 1);
+    }
+    if (!dynamic) continue;
+    bool added = false;
+    for (auto& p : profiles) {
+      if (p.inputs.count(in)) continue;
+      p.inputs[in] = ProfileDims{dims, dims, dims};
+      added = any = true;
+    }
+    if (added && notes)
+      *notes += "input '" + in + "' is " + t->to_string() + ": no shapes given, built for " + shape_to_string(dims) +
+                " only (use --shapes or --min/--opt/--max-shapes)\n";
+  }
+  if (!any) profiles.clear();
+  return profiles;
+}
+
+// A one-line progress bar on stderr (only when stderr is a terminal).
+struct ProgressBar {
+  bool open = false;
+  void update(size_t done, size_t total) {
+    constexpr size_t kWidth = 30;
+    const size_t filled = total ? done * kWidth / total : kWidth;
+    std::fprintf(stderr, "\rselecting tactics [%s%s] %zu/%zu nodes", std::string(filled, '#').c_str(),
+                 std::string(kWidth - filled, ' ').c_str(), done, total);
+    open = done < total;
+    if (!open) std::fputc('\n', stderr);
+    std::fflush(stderr);
+  }
+  ~ProgressBar() {
+    if (open) std::fputc('\n', stderr);  // an error interrupted it: the message starts on a new line
+  }
 };
 
 int cmd_build(const BuildArgs& args) {
   const auto t0 = std::chrono::steady_clock::now();
   Model model = load_onnx(args.model);
-  require_supported(model);
-  auto shapes = parse_shapes(args.shapes);
-  for (const auto& [name, dims] : shapes)
-    if (std::find(model.graph.inputs.begin(), model.graph.inputs.end(), name) == model.graph.inputs.end())
-      throw Error(ErrorCode::kInvalidArgument, "--shapes: '" + name + "' is not an input of " + args.model);
-  InferOptions infer;
-  infer.evaluator = reference::constant_evaluator();
-  infer_types(model, infer);
-  const size_t before = model.graph.nodes.size();
+  std::string notes;
+  BuildConfig cfg;
+  cfg.profiles = make_profiles(model, args, &notes);
+  cfg.opt_level = args.opt_level;
+  std::stringstream ss(args.disabled);
+  for (std::string name; std::getline(ss, name, ',');)
+    if (!name.empty()) cfg.disabled_passes.insert(name);
+  cfg.threads = args.threads;
+  cfg.workspace_bytes = static_cast<size_t>(args.workspace_mib * 1024.0 * 1024.0);
+  cfg.time_tactics = !args.no_timing;
 
-  PassContext ctx;
-  ctx.opt_level = args.opt_level;
-  ctx.evaluator = reference::constant_evaluator();
-  ctx.input_shapes = shapes;
-  PassManager::standard().run(model, ctx);
-  infer_types(model, infer);
+  cpu::TimingCache cache;
+  std::string cache_warning;
+  if (!args.timing_cache.empty()) {
+    cache_warning = cache.load(args.timing_cache);
+    if (!cache_warning.empty()) std::cerr << "kiln: warning: " << cache_warning << "\n";
+  }
+  cfg.timing_cache = &cache;  // always: the hit/miss counts are reported even without a file
 
-  EngineInfo info;
-  info.opt_level = args.opt_level;
-  info.profile_shapes = shapes;
-  save_engine(model, info, args.output);
-  const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  std::vector<std::string> log;
+  if (args.verbose) cfg.log = &log;
+  auto bar = std::make_shared<ProgressBar>();
+  if (::isatty(STDERR_FILENO)) cfg.progress = [bar](size_t done, size_t total) { bar->update(done, total); };
+  std::cerr << notes;
+
+  BuildResult r = build_engine(std::move(model), cfg);
+  const auto t_write = std::chrono::steady_clock::now();
+  save_engine(r.model, r.info, args.output);
+  const double write_ms = ms_since(t_write);
+  if (!args.timing_cache.empty()) cache.save(args.timing_cache);
+  const double total_ms = ms_since(t0);
   std::error_code ec;
   const auto size = fs::file_size(args.output, ec);
 
-  std::cout << "model:  " << args.model << "\n";
-  std::cout << "nodes:  " << before << " -> " << model.graph.nodes.size() << " (opt level " << args.opt_level << ")\n";
-  for (const auto& line : ctx.log) std::cout << "  " << line << "\n";
-  std::cout << "target: " << info.target.cpu_model << ", backend " << info.target.backend << "\n";
-  std::cout << "engine: " << args.output << " (" << size << " bytes, " << size / (1024.0 * 1024.0) << " MiB)\n";
-  std::cout << "build time: " << ms << " ms\n";
+  const EngineInfo& info = r.info;
+  std::cout << "model:        " << args.model << "\n";
+  std::cout << "nodes:        " << r.nodes_before << " -> " << r.model.graph.nodes.size() << " (opt level "
+            << args.opt_level << (args.opt_level > 3 ? ", which behaves as 3 for now" : "") << ")\n";
+  for (const auto& line : r.pass_log) std::cout << "  " << line << "\n";
+  if (info.profiles.empty()) {
+    std::cout << "profiles:     none (every input is static)\n";
+  } else {
+    std::cout << "profiles:     " << info.profiles.size() << " (tactics timed at profile 0's opt shapes)\n";
+    for (size_t p = 0; p < info.profiles.size(); ++p)
+      for (const auto& [name, d] : info.profiles[p].inputs)
+        std::cout << "  profile " << p << ": " << name << " " << profile_dims_text(d) << "\n";
+  }
+  std::map<std::string, int> by_tactic;
+  for (const auto& t : info.node_tactics)
+    if (!t.empty()) ++by_tactic[t];
+  std::cout << "tactics:     ";
+  for (const auto& [t, count] : by_tactic) std::cout << " " << t << " x" << count;
+  if (by_tactic.empty()) std::cout << " none";
+  std::cout << (args.no_timing ? " (not timed: first supporting tactic)" : "") << "\n";
+  std::cout << "kernels:      " << info.kernels << " per inference, " << info.threads << " threads\n";
+  std::cout << "memory:       peak activations " << mib(info.memory_peak) << " vs " << mib(info.memory_total)
+            << " summed over all activations";
+  if (info.memory_total > 0)
+    std::cout << " (" << fixed(100.0 * static_cast<double>(info.memory_peak) / static_cast<double>(info.memory_total), 1)
+              << "%)";
+  std::cout << "\n";
+  if (cfg.workspace_bytes) std::cout << "workspace:    " << mib(cfg.workspace_bytes) << " per kernel at most\n";
+  std::cout << "build time:   " << fixed(total_ms, 1) << " ms (passes " << fixed(r.pass_ms, 1) << " ms, tactic selection "
+            << fixed(r.tactic_ms, 1) << " ms, writing " << fixed(write_ms, 1) << " ms)\n";
+  std::cout << "timing cache: " << cache.hits() << " hits, " << cache.misses() << " misses";
+  if (!args.timing_cache.empty())
+    std::cout << "; " << args.timing_cache << " (" << cache.size() << " entries" << (cache_warning.empty() ? "" : ", rebuilt")
+              << ")";
+  else
+    std::cout << " (no --timing-cache: nothing kept)";
+  std::cout << "\n";
+  std::cout << "target:       " << info.target.cpu_model << ", backend " << info.target.backend << ", requires";
+  for (const auto& f : info.target.required_isa) std::cout << " " << f;
+  if (info.target.required_isa.empty()) std::cout << " nothing";
+  std::cout << "\n";
+  std::cout << "engine:       " << args.output << " (" << size << " bytes, " << mib(size) << ")\n";
+
+  if (args.verbose) {
+    std::cout << "tactic log:\n";
+    for (const auto& line : log) std::cout << "  " << line << "\n";
+    std::cout << "steps at the opt shapes (name, op, tactic, implementation, timed ms):\n";
+    for (const auto& s : r.program->steps()) {
+      std::cout << "  " << s.name << "  " << s.op << "  " << s.tactic << "  " << s.impl;
+      if (s.timed_ms >= 0) std::cout << "  " << fixed(s.timed_ms, 4) << " ms";
+      std::cout << "\n";
+    }
+  }
   return 0;
 }
 
@@ -70,9 +237,12 @@ std::string hex32(uint32_t v) {
   return buf;
 }
 
+std::string op_name(const Node& n) { return n.domain.empty() ? n.op_type : n.domain + "::" + n.op_type; }
+
 void describe(const LoadedEngine& e, std::string* text, std::string* js) {
   const EngineHeader& h = e.header;
-  const TargetFingerprint& t = e.info.target;
+  const EngineInfo& info = e.info;
+  const TargetFingerprint& t = info.target;
   json j;
   j["format_version"] = h.format_version;
   j["header_size"] = h.header_size;
@@ -80,19 +250,28 @@ void describe(const LoadedEngine& e, std::string* text, std::string* js) {
   j["weights"] = {{"offset", h.weights_offset}, {"size", h.weights_size}};
   j["crc32"] = hex32(h.crc32);
   j["file_size"] = h.file_size;
-  j["kiln_version"] = e.info.kiln_version;
+  j["kiln_version"] = info.kiln_version;
   j["target"] = {{"cpu_vendor", t.cpu_vendor}, {"cpu_model", t.cpu_model}, {"isa_features", t.isa_features},
                  {"required_isa", t.required_isa}, {"backend", t.backend}};
   json shapes = json::object();
-  for (const auto& [n, d] : e.info.profile_shapes) shapes[n] = d;
-  j["build"] = {{"opt_level", e.info.opt_level}, {"profile_shapes", shapes}};
-  j["fused_nodes"] = json::array();
+  for (const auto& [n, d] : info.profile_shapes) shapes[n] = d;
+  j["build"] = {{"opt_level", info.opt_level}, {"profile_shapes", shapes}, {"disabled_passes", info.disabled_passes}};
+  j["profiles"] = json::array();
+  for (const auto& p : info.profiles) {
+    json pj = json::object();
+    for (const auto& [name, d] : p.inputs) pj[name] = {{"min", d.min}, {"opt", d.opt}, {"max", d.max}};
+    j["profiles"].push_back(pj);
+  }
+  j["threads"] = info.threads;
+  j["kernels"] = info.kernels;
+  j["memory"] = {{"peak_bytes", info.memory_peak}, {"total_bytes", info.memory_total}};
+
   std::ostringstream os;
   os << "engine:     format version " << h.format_version << ", header " << h.header_size << " bytes, flatbuffer ["
      << h.flatbuffer_offset << ", +" << h.flatbuffer_size << "), weights [" << h.weights_offset << ", +" << h.weights_size
      << "), CRC-32 " << hex32(h.crc32) << ", " << h.file_size << " bytes\n";
-  os << "built by:   kiln " << e.info.kiln_version << ", opt level " << e.info.opt_level;
-  for (const auto& [n, d] : e.info.profile_shapes) os << ", " << n << ":" << shape_to_string(d);
+  os << "built by:   kiln " << info.kiln_version << ", opt level " << info.opt_level;
+  for (const auto& p : info.disabled_passes) os << ", -" << p;
   os << "\n";
   os << "target:     " << t.cpu_vendor << " / " << t.cpu_model << "; backend " << t.backend << "; ISA";
   for (const auto& f : t.isa_features) os << " " << f;
@@ -101,38 +280,132 @@ void describe(const LoadedEngine& e, std::string* text, std::string* js) {
   for (const auto& f : t.required_isa) os << " " << f;
   if (t.required_isa.empty()) os << " nothing";
   os << "\n";
-  os << "fused nodes:\n";
-  for (const Node& n : e.model.graph.nodes) {
-    const Attribute* f = n.attr("fused_ops");
-    if (!f) continue;
-    os << "  " << n.domain << "::" << n.op_type << " '" << n.name << "' <- ";
-    for (size_t i = 0; i < f->strings.size(); ++i) os << (i ? " + " : "") << f->strings[i];
-    os << "\n";
-    j["fused_nodes"].push_back({{"name", n.name}, {"op", n.domain + "::" + n.op_type}, {"fused_ops", f->strings}});
+  if (info.profiles.empty()) {
+    os << "profiles:   none (static shapes";
+    for (const auto& [n, d] : info.profile_shapes) os << ", " << n << ":" << shape_to_string(d);
+    os << ")\n";
+  } else {
+    os << "profiles:   " << info.profiles.size() << "\n";
+    for (size_t p = 0; p < info.profiles.size(); ++p)
+      for (const auto& [name, d] : info.profiles[p].inputs)
+        os << "  profile " << p << ": " << name << " " << profile_dims_text(d) << "\n";
   }
+  os << "threads:    " << (info.threads > 0 ? std::to_string(info.threads) : std::string("not set")) << "\n";
+  os << "kernels:    " << info.kernels << " per inference (at the opt shapes)\n";
+  os << "memory:     peak activations " << mib(info.memory_peak) << " vs " << mib(info.memory_total)
+     << " summed over all activations\n";
+
+  // The per-node table: what runs each node, and what each fused node replaced.
+  const auto& nodes = e.model.graph.nodes;
+  const bool have_tactics = info.node_tactics.size() == nodes.size();
+  size_t wn = 4, wo = 2, wt = 6;
+  std::vector<std::string> tactics(nodes.size(), "-");
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    if (have_tactics && !info.node_tactics[i].empty()) tactics[i] = info.node_tactics[i];
+    wn = std::max(wn, nodes[i].name.size());
+    wo = std::max(wo, op_name(nodes[i]).size());
+    wt = std::max(wt, tactics[i].size());
+  }
+  wn = std::min<size_t>(wn, 48);
+  os << "nodes:      " << nodes.size() << " (tactic per node; '-': none, folded at the opt shapes"
+     << (have_tactics ? "" : " or not recorded") << ")\n";
+  os << "  " << std::left << std::setw(static_cast<int>(wn)) << "node" << "  " << std::setw(static_cast<int>(wo)) << "op"
+     << "  " << std::setw(static_cast<int>(wt)) << "tactic" << "  fused\n";
+  j["nodes"] = json::array();
+  j["fused_nodes"] = json::array();
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    const Node& n = nodes[i];
+    const Attribute* f = n.attr("fused_ops");
+    std::string fused;
+    if (f)
+      for (size_t k = 0; k < f->strings.size(); ++k) fused += (k ? " + " : "") + f->strings[k];
+    os << "  " << std::setw(static_cast<int>(wn)) << n.name << "  " << std::setw(static_cast<int>(wo)) << op_name(n)
+       << "  " << std::setw(static_cast<int>(wt)) << tactics[i] << "  " << (f ? "<- " + fused : std::string()) << "\n";
+    json nj = {{"index", i}, {"name", n.name}, {"op", op_name(n)},
+               {"tactic", have_tactics ? info.node_tactics[i] : std::string()}};
+    nj["fused_ops"] = f ? f->strings : std::vector<std::string>{};
+    j["nodes"].push_back(nj);
+    if (f) j["fused_nodes"].push_back({{"name", n.name}, {"op", op_name(n)}, {"fused_ops", f->strings}});
+  }
+  os << std::right;
   if (text) *text = os.str();
   if (js) *js = j.dump();
 }
 
 }  // namespace
 
-Model load_model_or_engine(const std::string& path, bool* is_engine, std::string* engine_text, std::string* engine_json) {
+Model load_model_or_engine(const std::string& path, bool* is_engine, std::string* engine_text, std::string* engine_json,
+                           EngineInfo* info) {
   if (is_engine) *is_engine = false;
   if (!is_engine_file(path)) return load_onnx(path);
   LoadedEngine e = load_engine(path);
   if (is_engine) *is_engine = true;
   if (engine_text || engine_json) describe(e, engine_text, engine_json);
+  if (info) *info = e.info;
   return std::move(e.model);
+}
+
+CpuEngine cpu_engine_from_file(Model optimized, EngineInfo info, int threads) {
+  CpuEngine c;
+  c.nodes_before = optimized.graph.nodes.size();
+  c.runtime = std::make_shared<EngineRuntime>(std::move(optimized), std::move(info), threads);
+  return c;
+}
+
+CpuEngine cpu_engine_from_onnx(Model model, const ShapeMap& shapes, int opt_level, int threads) {
+  BuildConfig cfg;
+  cfg.opt_level = opt_level;
+  cfg.threads = threads;
+  cfg.time_tactics = true;
+  cfg.profiles.resize(1);
+  for (const auto& [name, d] : shapes) cfg.profiles[0].inputs[name] = ProfileDims{d, d, d};
+  BuildResult r = build_engine(std::move(model), cfg);
+  CpuEngine c;
+  c.nodes_before = r.nodes_before;
+  c.pass_log = r.pass_log;
+  c.pass_ms = r.pass_ms;
+  c.tactic_ms = r.tactic_ms;
+  c.runtime = std::make_shared<EngineRuntime>(std::move(r.model), std::move(r.info), threads);
+  c.runtime->add_program(shapes, r.program);  // the program the build compiled is the one to run
+  return c;
 }
 
 // Registers `kiln build` on `app`; *run is set to the function that runs it once parsed.
 CLI::App* add_build_command(CLI::App& app, std::function<int()>* run) {
   auto args = std::make_shared<BuildArgs>();
-  auto* sub = app.add_subcommand("build", "Optimize a model and write an engine file");
+  auto* sub = app.add_subcommand("build", "Optimize a model, select CPU tactics and write an engine file");
   sub->add_option("model", args->model, "ONNX model")->required();
   sub->add_option("--output,-o", args->output, "Engine file to write")->required();
-  sub->add_option("--shapes", args->shapes, "Profile shapes of dynamic inputs: NAME:1x3x224x224,...");
-  sub->add_option("--opt-level", args->opt_level, "Graph optimization level 0-3 (default 3)")->check(CLI::Range(0, 3));
+  sub->add_option("--shapes", args->shapes,
+                  "Static shapes (min = opt = max) of inputs, in every profile: NAME:1x3x224x224,...");
+  // One value per occurrence (never the positional model after it); the k-th of each is profile k.
+  sub->add_option("--min-shapes", args->min_shapes, "Smallest shapes of dynamic inputs of one profile: NAME:1x3x224x224,...")
+      ->expected(1)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  sub->add_option("--opt-shapes", args->opt_shapes, "Shapes the tactics are timed at (profile 0's), same names as --min-shapes")
+      ->expected(1)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  sub->add_option("--max-shapes", args->max_shapes, "Largest shapes, same names as --min-shapes")
+      ->expected(1)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  sub->add_option("--timing-cache", args->timing_cache,
+                  "Read tactic timings from this file (when it exists and is from this CPU) and write them back");
+  sub->add_option("--workspace", args->workspace_mib, "Scratch memory one kernel may use, MiB (default 0: no limit)")
+      ->check(CLI::NonNegativeNumber);
+  sub->add_option("--threads", args->threads, "Threads the tactics are timed with and the engine runs with (default: cores)")
+      ->check(CLI::Range(1, 4096));
+  sub->add_option("--opt-level", args->opt_level, "Graph optimization level 0-5 (default 3; 4 and 5 behave as 3 for now)")
+      ->check(CLI::Range(0, 5));
+  sub->add_option("--disable-pass", args->disabled, "Comma-separated pass names to skip");
+  sub->add_flag("--no-timing", args->no_timing, "Do not time tactics: take the first supporting one per node");
+  sub->add_flag("--verbose,-v", args->verbose, "Also print the tactic timing log and the chosen kernel of every step");
+  sub->footer(
+      "Profiles: --shapes fixes inputs to one shape. For a dynamic input give --min-shapes, --opt-shapes and\n"
+      "--max-shapes (all three, same names); repeat the three flags to define several profiles: the k-th\n"
+      "occurrence of each forms profile k, e.g.\n"
+      "  --min-shapes x:1x3 --opt-shapes x:4x3 --max-shapes x:8x3 --min-shapes x:9x3 --opt-shapes x:16x3 --max-shapes x:32x3\n"
+      "Dynamic inputs given no shapes are built for their static dims with the dynamic ones set to 1.\n"
+      "Errors exit 1; bad flags exit 2.");
   *run = [args] { return cmd_build(*args); };
   return sub;
 }

@@ -1,11 +1,15 @@
-// The kiln command line: `kiln inspect`, `kiln run`, `kiln bench` (tools/cmd_bench.cpp), `kiln optimize`
-// and `kiln build` (tools/cmd_build.cpp); check and compare join under the same conventions.
+// The kiln command line: `kiln inspect`, `kiln run` (cpu backend by default, or the reference
+// executor), `kiln bench` (tools/cmd_bench.cpp), `kiln optimize` and `kiln build`
+// (tools/cmd_build.cpp); check and compare join under the same conventions.
 #include <CLI/CLI.hpp>
+
+#include "kiln/plugin.h"
 
 #include <chrono>
 #include <filesystem>
 #include <functional>
 #include <iostream>
+#include <sstream>
 #include <nlohmann/json.hpp>
 
 #include "backends/reference/executor.h"
@@ -145,24 +149,35 @@ struct RunArgs {
   uint64_t seed = 0;
   std::vector<int64_t> int_range = {0, 10};
   bool save_inputs = false;
+  std::string backend = "cpu";
+  int threads = 0;  // 0: the engine's, else the core count
+  int opt_level = 3;
 };
+
+double ms_between(std::chrono::steady_clock::time_point a, std::chrono::steady_clock::time_point b) {
+  return std::chrono::duration<double, std::milli>(b - a).count();
+}
 
 int cmd_run(const RunArgs& args) {
   const auto t0 = std::chrono::steady_clock::now();
-  Model model = cli::load_model_or_engine(args.model);
-  reference::Executor exec(std::move(model));
-  const Graph& g = exec.model().graph;
+  bool is_engine = false;
+  EngineInfo info;
+  Model model = cli::load_model_or_engine(args.model, &is_engine, nullptr, nullptr, &info);
   auto shapes = cli::parse_shapes(args.shapes);
-  for (const auto& [name, dims] : shapes)
-    if (std::find(g.inputs.begin(), g.inputs.end(), name) == g.inputs.end())
-      throw Error(ErrorCode::kInvalidArgument, "--shapes: '" + name + "' is not an input of " + args.model);
+  cli::check_shape_names(model.graph, shapes, "--shapes", args.model);
+  std::string notes;
+  // An engine's dynamic inputs default to the shapes its tactics were timed at.
+  if (is_engine)
+    for (const auto& [name, dims] : info.profile_shapes)
+      if (!shapes.count(name)) shapes[name] = dims;
 
+  const Graph& g0 = model.graph;
   reference::TensorMap inputs;
   for (const auto& spec : args.inputs) {
     auto eq = spec.find('=');
     if (eq == std::string::npos) {  // a whole .npz of named inputs
       for (auto& [name, t] : read_tensor_file(spec)) {
-        if (std::find(g.inputs.begin(), g.inputs.end(), name) == g.inputs.end()) continue;  // e.g. expected outputs
+        if (std::find(g0.inputs.begin(), g0.inputs.end(), name) == g0.inputs.end()) continue;  // e.g. expected outputs
         inputs[name] = std::move(t);
       }
       continue;
@@ -174,11 +189,10 @@ int cmd_run(const RunArgs& args) {
                                                    std::to_string(tensors.size()));
     inputs[name] = std::move(tensors.front().second);
   }
-  std::string notes;
-  for (size_t i = 0; i < g.inputs.size(); ++i) {
-    const std::string& name = g.inputs[i];
+  for (size_t i = 0; i < g0.inputs.size(); ++i) {
+    const std::string& name = g0.inputs[i];
     if (inputs.count(name)) continue;
-    const TensorType* type = g.type_of(name);
+    const TensorType* type = g0.type_of(name);
     if (!type || type->dtype == DType::kUndefined)
       throw Error(ErrorCode::kInvalidArgument, "input '" + name + "' has no tensor type; give it with --input");
     auto dims = cli::resolve_input_shape(name, *type, shapes, &notes);
@@ -187,9 +201,42 @@ int cmd_run(const RunArgs& args) {
              "] (seed " + std::to_string(args.seed + i) + ")\n";
   }
   std::cerr << notes;
+  cli::check_inputs(g0, inputs);
+  const std::vector<std::string> output_names = g0.outputs;
+  const size_t nodes_in_file = g0.nodes.size();
+
   const auto t1 = std::chrono::steady_clock::now();
-  auto outputs = exec.run(inputs);
-  const auto t2 = std::chrono::steady_clock::now();
+  reference::TensorMap outputs;
+  std::string backend_line;
+  double prepare_ms = 0, run_ms = 0;
+  if (args.backend == "reference") {
+    reference::Executor exec(std::move(model));
+    const auto t2 = std::chrono::steady_clock::now();
+    outputs = exec.run(inputs);
+    prepare_ms = ms_between(t1, t2);
+    run_ms = ms_between(t2, std::chrono::steady_clock::now());
+    backend_line = "reference executor, 1 thread";
+  } else {
+    std::map<std::string, std::vector<int64_t>> actual;
+    for (const auto& [name, t] : inputs) actual[name] = t.shape();
+    cli::CpuEngine engine = is_engine ? cli::cpu_engine_from_file(std::move(model), info, args.threads)
+                                      : cli::cpu_engine_from_onnx(std::move(model), actual, args.opt_level, args.threads);
+    // Compiled (or checked against the profiles) before the clock starts: the run is timed alone.
+    auto program = engine.runtime->program_for(actual);
+    Context ctx(engine.runtime);
+    const auto t2 = std::chrono::steady_clock::now();
+    outputs = ctx.run(inputs);
+    prepare_ms = ms_between(t1, t2);
+    run_ms = ms_between(t2, std::chrono::steady_clock::now());
+    std::ostringstream os;
+    os << "cpu, " << program->threads() << " threads, " << program->kernel_count() << " kernels, peak activations "
+       << cli::mib(program->arena_bytes());
+    if (!is_engine)
+      os << "; built in memory: " << engine.nodes_before << " -> " << engine.runtime->model().graph.nodes.size()
+         << " nodes (opt level " << args.opt_level << "), passes " << cli::fixed(engine.pass_ms, 1)
+         << " ms, tactic selection " << cli::fixed(engine.tactic_ms, 1) << " ms";
+    backend_line = os.str();
+  }
 
   if (!args.output_dir.empty()) {
     fs::create_directories(args.output_dir);
@@ -197,14 +244,17 @@ int cmd_run(const RunArgs& args) {
     if (args.save_inputs)
       for (const auto& [name, t] : inputs) write_npy(fs::path(args.output_dir) / ("input." + name + ".npy"), t);
   }
-  std::cout << "model: " << args.model << " (" << g.nodes.size() << " nodes, reference executor)\n";
-  for (const auto& name : g.outputs) {
-    std::cout << "output " << name << ": " << cli::summarize(outputs.at(name));
+  std::cout << "model: " << args.model << " (" << (is_engine ? "engine, " : "") << nodes_in_file << " nodes)\n";
+  std::cout << "backend: " << backend_line << "\n";
+  for (const auto& name : output_names) {
+    auto it = outputs.find(name);
+    if (it == outputs.end()) throw Error(ErrorCode::kInternal, "output '" + name + "' was not produced");
+    std::cout << "output " << name << ": " << cli::summarize(it->second);
     if (!args.output_dir.empty()) std::cout << " -> " << (fs::path(args.output_dir) / (name + ".npy")).string();
     std::cout << "\n";
   }
-  auto ms = [](auto a, auto b) { return std::chrono::duration<double, std::milli>(b - a).count(); };
-  std::cout << "load " << ms(t0, t1) << " ms, run " << ms(t1, t2) << " ms\n";
+  std::cout << "load " << cli::fixed(ms_between(t0, t1), 3) << " ms, " << (args.backend == "reference" ? "prepare " : "build/compile ")
+            << cli::fixed(prepare_ms, 3) << " ms, run " << cli::fixed(run_ms, 3) << " ms (" << args.backend << ")\n";
   return 0;
 }
 
@@ -214,16 +264,22 @@ int main(int argc, char** argv) {
   CLI::App app{"kiln: compiles ONNX models into optimized inference engines"};
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string("kiln ") + KILN_VERSION);
+  // Custom-op libraries (include/kiln/plugin.h), loaded before any model or engine; accepted
+  // after every subcommand (kiln build m.onnx --plugin lib.so), repeatable.
+  std::vector<std::string> plugins;
+  app.add_option("--plugin", plugins, "Load a plugin library (custom ops; repeatable)")->check(CLI::ExistingFile);
+  app.fallthrough();
 
   std::string inspect_path;
   bool inspect_json = false, inspect_dump = false;
-  auto* inspect = app.add_subcommand("inspect", "Show a model's inputs, outputs, opsets, ops and unsupported nodes");
+  auto* inspect = app.add_subcommand("inspect", "Show a model's inputs, outputs, opsets, ops and unsupported nodes; "
+                                                   "for an engine also its profiles, memory and per-node tactics");
   inspect->add_option("model", inspect_path, "ONNX model or Kiln engine")->required();
   inspect->add_flag("--json", inspect_json, "Print JSON");
   inspect->add_flag("--dump", inspect_dump, "Also print the whole graph as text");
 
   RunArgs run_args;
-  auto* run = app.add_subcommand("run", "Run a model and write its outputs as .npy");
+  auto* run = app.add_subcommand("run", "Run a model or engine (cpu backend) and write its outputs as .npy");
   run->add_option("model", run_args.model, "ONNX model or Kiln engine")->required();
   run->add_option("--input,-i", run_args.inputs, "NAME=FILE.npy, or FILE.npz holding named inputs (repeatable)");
   run->add_option("--output-dir,-o", run_args.output_dir, "Write one NAME.npy per output here");
@@ -231,6 +287,15 @@ int main(int argc, char** argv) {
   run->add_option("--seed", run_args.seed, "Seed of generated inputs");
   run->add_option("--int-range", run_args.int_range, "Range [LO,HI) of generated integer inputs")->expected(2)->delimiter(',');
   run->add_flag("--save-inputs", run_args.save_inputs, "Also write the inputs used to --output-dir");
+  run->add_option("--backend", run_args.backend, "cpu (default: the engine, or the model built in memory) or reference")
+      ->check(CLI::IsMember({"cpu", "reference"}));
+  run->add_option("--threads", run_args.threads, "Threads of the cpu backend (default: the engine's, else the cores)")
+      ->check(CLI::Range(1, 4096));
+  run->add_option("--opt-level", run_args.opt_level, "Graph optimization level 0-5 of an ONNX model built for cpu (default 3)")
+      ->check(CLI::Range(0, 5));
+  run->footer("An ONNX model runs on the cpu backend after an in-memory build at the input shapes (tactics timed);\n"
+              "an engine runs with its tactics, at any shapes inside its profiles (default: profile 0's opt shapes).\n"
+              "Errors exit 1; bad flags exit 2.");
 
   std::function<int()> run_bench;
   auto* bench = cli::add_bench_command(app, &run_bench);
@@ -247,6 +312,7 @@ int main(int argc, char** argv) {
     return code != 0 ? 2 : 0;
   }
   try {
+    for (const auto& lib : plugins) kiln::loadPluginLibrary(lib);
     if (*inspect) return cmd_inspect(inspect_path, inspect_json, inspect_dump);
     if (*run) return cmd_run(run_args);
     if (*bench) return run_bench();

@@ -549,6 +549,7 @@ TargetFingerprint probe_host() {
   f.cpu_model = cpu_brand();
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx2")) f.isa_features.push_back("avx2");
+  if (__builtin_cpu_supports("fma")) f.isa_features.push_back("fma");
   if (__builtin_cpu_supports("avx512f")) f.isa_features.push_back("avx512f");
   unsigned a, b, c, d;
   if (__get_cpuid_count(7, 0, &a, &b, &c, &d)) {

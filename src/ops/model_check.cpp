@@ -51,7 +51,7 @@ std::vector<ModelIssue> check_model(const Model& model, const OpRegistry& regist
       if (versions.empty()) {
         issues.push_back({n.name, op, opset,
                           "unknown op: Kiln has no implementation of " + op +
-                              " at any opset (see docs/troubleshooting.md#unknown-op)",
+                              " at any opset; a plugin library can provide it (see docs/troubleshooting.md#unknown-op)",
                           ErrorCode::kUnsupported});
       } else {
         std::string ranges;

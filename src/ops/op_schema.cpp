@@ -38,8 +38,10 @@ std::vector<std::string> OpRegistry::op_names() const {
   return out;
 }
 
-const OpRegistry& OpRegistry::global() {
-  static const OpRegistry registry = [] {
+const OpRegistry& OpRegistry::global() { return mutable_global(); }
+
+OpRegistry& OpRegistry::mutable_global() {
+  static OpRegistry registry = [] {
     OpRegistry r;
     register_elementwise_schemas(r);
     register_math_schemas(r);

@@ -61,6 +61,8 @@ class OpRegistry {
 
   // All ops Kiln knows, registered once.
   static const OpRegistry& global();
+  // The same registry, for plugins (src/plugins) to add ops at load time, before any use.
+  static OpRegistry& mutable_global();
 
  private:
   std::map<std::pair<std::string, std::string>, std::vector<OpSchema>> entries_;

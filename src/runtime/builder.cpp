@@ -6,6 +6,7 @@
 #include "backends/reference/executor.h"
 #include "ops/model_check.h"
 #include "passes/pass.h"
+#include "plugins/plugins.h"
 
 namespace kiln {
 
@@ -69,8 +70,11 @@ cpu::ShapeMap opt_shapes(const Model& model, const OptimizationProfile* profile)
   return shapes;
 }
 
-BuildResult build_engine(Model model, const BuildConfig& config) {
+BuildResult build_engine(Model model, const BuildConfig& user_config) {
   BuildResult r;
+  // A plugin that replaces a built-in op turns off the passes that could fuse that op away.
+  BuildConfig config = user_config;
+  std::vector<std::string> plugin_notes = plugins::adapt_build_config(model, config);
   require_supported(model);
   validate_profiles(model, config.profiles);
   const OptimizationProfile* p0 = config.profiles.empty() ? nullptr : &config.profiles.front();
@@ -98,7 +102,8 @@ BuildResult build_engine(Model model, const BuildConfig& config) {
   if (config.opt_level > 0) PassManager::standard().run(model, ctx);
   infer_types(model, infer);
   r.pass_ms = ms_since(t0);
-  r.pass_log = ctx.log;
+  r.pass_log = plugin_notes;
+  r.pass_log.insert(r.pass_log.end(), ctx.log.begin(), ctx.log.end());
 
   t0 = std::chrono::steady_clock::now();
   cpu::CompileOptions co;
@@ -123,6 +128,7 @@ BuildResult build_engine(Model model, const BuildConfig& config) {
   r.info.memory_total = r.program->activation_bytes_total();
   r.info.kernels = r.program->kernel_count();
   r.model = std::move(model);
+  plugins::pin_plugin_tactics(r);  // the engine names the plugin whatever won the timing
   return r;
 }
 

@@ -6,6 +6,16 @@ namespace kiln {
 EngineRuntime::EngineRuntime(Model optimized, EngineInfo info, int threads)
     : model_(std::move(optimized)), info_(std::move(info)) {
   threads_ = threads > 0 ? threads : info_.threads > 0 ? info_.threads : cpu::default_threads();
+  // A plugin's tactic (include/kiln/plugin.h) must be loaded: the program would otherwise quietly
+  // reselect a built-in kernel for an op the plugin replaced.
+  const auto& nodes = model_.graph.nodes;
+  for (size_t i = 0; i < info_.node_tactics.size() && i < nodes.size(); ++i) {
+    const std::string& t = info_.node_tactics[i];
+    if (t.starts_with("plugin:") && !cpu::TacticRegistry::global().find_named(nodes[i].domain, nodes[i].op_type, t))
+      throw Error(ErrorCode::kUnsupported, nodes[i].describe() + ": the engine was built with plugin '" + t +
+                                               "', which is not loaded: load the plugin library that provides it " +
+                                               "first (kiln::loadPluginLibrary(path), or kiln --plugin LIB.so)");
+  }
 }
 
 int EngineRuntime::check_shapes(const cpu::ShapeMap& shapes) const {

@@ -1,6 +1,7 @@
 // `kiln bench` end to end on a tiny model: the JSON figures and their consistency, the timing
-// rules (--iterations, --duration, warm-up), --threads, --opt-level, --dump-profile, and the
-// errors (bad flags exit 2, bad shapes and files exit 1).
+// rules (--iterations, --duration, warm-up), --threads, --opt-level, --dump-profile, on the cpu
+// backend (the default) and the reference executor, and the errors (bad flags exit 2, bad shapes
+// and files exit 1). Engines, profiles and --streams: build_cli_test.cpp.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -100,34 +101,47 @@ void expect_sane_latency(const json& j) {
 }  // namespace
 
 TEST_F(BenchCliTest, IterationsAndJsonFields) {
-  const fs::path out = dir_ / "r.json";
-  Result r = kiln_cli("bench " + model_ + " --shapes x:4x3 --iterations 7 --warmup-ms 0 --seed 3 --json " +
-                      out.string());
-  ASSERT_EQ(r.code, 0) << r.out;
-  EXPECT_NE(r.out.find("executor:   reference"), std::string::npos) << r.out;
-  EXPECT_NE(r.out.find("inferences/s"), std::string::npos) << r.out;
-  EXPECT_NE(r.out.find("items/s (batch 4)"), std::string::npos) << r.out;
-  EXPECT_NE(r.out.find("median"), std::string::npos) << r.out;
-  EXPECT_NE(r.out.find("p99"), std::string::npos) << r.out;
-  json j = read_json(out);
-  EXPECT_EQ(j.at("tool"), "kiln bench");
-  EXPECT_EQ(j.at("executor"), "reference");
-  EXPECT_EQ(j.at("iterations"), 7);
-  EXPECT_EQ(j.at("latencies_ms").size(), 7u);
-  EXPECT_EQ(j.at("batch"), 4);
-  EXPECT_EQ(j.at("seed"), 3);
-  EXPECT_EQ(j.at("threads"), 1);
-  EXPECT_EQ(j.at("threads_used"), 1);
-  EXPECT_FALSE(j.contains("threads_note"));
-  EXPECT_EQ(j.at("warmup").at("iterations"), 0);
-  ASSERT_EQ(j.at("inputs").size(), 1u);
-  EXPECT_EQ(j["inputs"][0].at("name"), "x");
-  EXPECT_EQ(j["inputs"][0].at("dtype"), "f32");
-  EXPECT_EQ(j["inputs"][0].at("shape"), json::array({4, 3}));
-  EXPECT_EQ(j.at("model"), model_);
-  for (const char* k : {"load", "optimize", "prepare"}) EXPECT_GE(j.at("setup_ms").at(k).get<double>(), 0.0) << k;
-  EXPECT_FALSE(j.contains("profile"));
-  expect_sane_latency(j);
+  for (const std::string backend : {"cpu", "reference"}) {
+    SCOPED_TRACE(backend);
+    const fs::path out = dir_ / ("r_" + backend + ".json");
+    Result r = kiln_cli("bench " + model_ + " --backend " + backend + " --shapes x:4x3 --iterations 7 --warmup-ms 0 --seed 3 --json " +
+                        out.string());
+    ASSERT_EQ(r.code, 0) << r.out;
+    EXPECT_NE(r.out.find("executor:   " + backend), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("inferences/s"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("items/s (batch 4)"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("median"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("p99"), std::string::npos) << r.out;
+    json j = read_json(out);
+    EXPECT_EQ(j.at("tool"), "kiln bench");
+    EXPECT_EQ(j.at("executor"), backend);
+    EXPECT_EQ(j.at("iterations"), 7);
+    EXPECT_EQ(j.at("latencies_ms").size(), 7u);
+    EXPECT_EQ(j.at("batch"), 4);
+    EXPECT_EQ(j.at("seed"), 3);
+    EXPECT_EQ(j.at("streams"), 1);
+    EXPECT_EQ(j.at("engine_file"), false);
+    if (backend == "reference") {
+      EXPECT_EQ(j.at("threads"), 1);
+      EXPECT_EQ(j.at("threads_used"), 1);
+      EXPECT_FALSE(j.contains("engine"));
+    } else {  // default: every core (one stream)
+      EXPECT_GE(j.at("threads").get<int>(), 1);
+      EXPECT_EQ(j.at("threads_used"), j.at("threads"));
+      EXPECT_GT(j.at("engine").at("kernels").get<int>(), 0);
+    }
+    EXPECT_FALSE(j.contains("threads_note"));
+    EXPECT_EQ(j.at("warmup").at("iterations"), 0);
+    ASSERT_EQ(j.at("inputs").size(), 1u);
+    EXPECT_EQ(j["inputs"][0].at("name"), "x");
+    EXPECT_EQ(j["inputs"][0].at("dtype"), "f32");
+    EXPECT_EQ(j["inputs"][0].at("shape"), json::array({4, 3}));
+    EXPECT_EQ(j.at("model"), model_);
+    for (const char* k : {"load", "optimize", "tactics", "prepare"})
+      EXPECT_GE(j.at("setup_ms").at(k).get<double>(), 0.0) << k;
+    EXPECT_FALSE(j.contains("profile"));
+    expect_sane_latency(j);
+  }
 }
 
 TEST_F(BenchCliTest, DurationAndWarmup) {
@@ -146,16 +160,27 @@ TEST_F(BenchCliTest, DurationAndWarmup) {
 
 TEST_F(BenchCliTest, ThreadsAreRecordedAndTheReferenceExecutorSaysItUsesOne) {
   const fs::path out = dir_ / "t.json";
-  Result r = kiln_cli("bench " + model_ + " --threads 2 --iterations 3 --warmup-ms 0 --json " + out.string());
+  Result r = kiln_cli("bench " + model_ + " --backend reference --threads 2 --iterations 3 --warmup-ms 0 --json " +
+                      out.string());
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("single-threaded"), std::string::npos) << r.out;
   json j = read_json(out);
   EXPECT_EQ(j.at("threads"), 2);
   EXPECT_EQ(j.at("threads_used"), 1);
   EXPECT_NE(j.at("threads_note").get<std::string>().find("single-threaded"), std::string::npos);
+
+  // The cpu backend uses what it is given.
+  const fs::path cpu = dir_ / "tc.json";
+  r = kiln_cli("bench " + model_ + " --threads 2 --iterations 3 --warmup-ms 0 --json " + cpu.string());
+  ASSERT_EQ(r.code, 0) << r.out;
+  j = read_json(cpu);
+  EXPECT_EQ(j.at("executor"), "cpu");
+  EXPECT_EQ(j.at("threads"), 2);
+  EXPECT_EQ(j.at("threads_used"), 2);
+  EXPECT_FALSE(j.contains("threads_note"));
 }
 
-TEST_F(BenchCliTest, OptLevel) {
+TEST_F(BenchCliTest, OptLevel) {  // on the cpu backend: the in-memory build runs the passes
   const fs::path o0 = dir_ / "o0.json", o3 = dir_ / "o3.json";
   Result r0 = kiln_cli("bench " + model_ + " --opt-level 0 --iterations 2 --warmup-ms 0 --json " + o0.string());
   Result r3 = kiln_cli("bench " + model_ + " --opt-level 3 --iterations 2 --warmup-ms 0 --json " + o3.string());
@@ -172,9 +197,9 @@ TEST_F(BenchCliTest, OptLevel) {
   EXPECT_FALSE(j3.at("passes").empty());
 }
 
-TEST_F(BenchCliTest, DumpProfile) {
+TEST_F(BenchCliTest, DumpProfileReference) {  // the cpu profile (per step): build_cli_test.cpp
   const fs::path out = dir_ / "p.json";
-  Result r = kiln_cli("bench " + model_ + " --opt-level 0 --iterations 5 --warmup-ms 0 --dump-profile --json " +
+  Result r = kiln_cli("bench " + model_ + " --backend reference --opt-level 0 --iterations 5 --warmup-ms 0 --dump-profile --json " +
                       out.string());
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("=== Profile"), std::string::npos) << r.out;

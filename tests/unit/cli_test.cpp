@@ -1,5 +1,6 @@
-// The kiln command end to end: inspect (text and JSON), run with given and generated inputs,
-// and the errors users meet (bad flags, wrong input shape or dtype, missing files).
+// The kiln command end to end: inspect (text and JSON), run with given and generated inputs (on
+// the cpu backend and the reference executor), and the errors users meet (bad flags, wrong input
+// shape or dtype, missing files).
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -64,12 +65,19 @@ TEST_F(CliTest, InspectJson) {
 
 TEST_F(CliTest, RunWithGivenInputWritesOutputs) {
   write_npy(dir_ / "x.npy", Tensor::from_vector<float>({2, 3}, {0, 0, 0, 1, 10, -1}));
-  Result r = kiln_cli("run " + model_ + " --input x=" + (dir_ / "x.npy").string() + " -o " + (dir_ / "out").string());
-  ASSERT_EQ(r.code, 0) << r.out;
-  Tensor y = read_npy(dir_ / "out" / "y.npy");
-  ASSERT_EQ(y.shape(), (std::vector<int64_t>{2, 3}));
-  auto v = y.values<float>();
-  EXPECT_EQ(std::vector<float>(v.begin(), v.end()), (std::vector<float>{1, 0, 0.5f, 2, 5, 0}));
+  for (const std::string backend : {"cpu", "reference"}) {  // cpu is the default
+    SCOPED_TRACE(backend);
+    const std::string flag = backend == "cpu" ? "" : " --backend reference";
+    Result r = kiln_cli("run " + model_ + flag + " --input x=" + (dir_ / "x.npy").string() + " -o " +
+                        (dir_ / backend).string());
+    ASSERT_EQ(r.code, 0) << r.out;
+    EXPECT_NE(r.out.find("backend: " + backend), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("run "), std::string::npos) << r.out;
+    Tensor y = read_npy(dir_ / backend / "y.npy");
+    ASSERT_EQ(y.shape(), (std::vector<int64_t>{2, 3}));
+    auto v = y.values<float>();
+    EXPECT_EQ(std::vector<float>(v.begin(), v.end()), (std::vector<float>{1, 0, 0.5f, 2, 5, 0}));
+  }
 }
 
 TEST_F(CliTest, RunGeneratesSeededInputsFromShapes) {
@@ -126,6 +134,9 @@ TEST_F(CliTest, BadInputs) {
   r = kiln_cli("run " + model_ + " --no-such-flag");
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.out.find("--no-such-flag"), std::string::npos) << r.out;
+  r = kiln_cli("run " + model_ + " --backend gpu");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("--backend"), std::string::npos) << r.out;
 }
 
 TEST(CliOptimize, FusesTheExampleAndKeepsItsOutputs) {

@@ -57,6 +57,11 @@ void TacticRegistry::add(const std::string& domain, const std::string& op, std::
   tactics_[{domain, op}].push_back(std::move(tactic));
 }
 
+void TacticRegistry::add_first(const std::string& domain, const std::string& op, std::shared_ptr<const Tactic> tactic) {
+  auto& list = tactics_[{domain, op}];
+  list.insert(list.begin(), std::move(tactic));
+}
+
 std::vector<const Tactic*> TacticRegistry::find(const std::string& domain, const std::string& op) const {
   std::vector<const Tactic*> out;
   auto it = tactics_.find({domain, op});

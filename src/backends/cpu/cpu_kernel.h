@@ -110,6 +110,8 @@ class Tactic {
 class TacticRegistry {
  public:
   void add(const std::string& domain, const std::string& op, std::shared_ptr<const Tactic> tactic);
+  // Adds a tactic ahead of the op's others (plugins, which replace the built-in kernels).
+  void add_first(const std::string& domain, const std::string& op, std::shared_ptr<const Tactic> tactic);
   std::vector<const Tactic*> find(const std::string& domain, const std::string& op) const;
   // The tactic with this stable name for this op, or nullptr.
   const Tactic* find_named(const std::string& domain, const std::string& op, const std::string& name) const;

@@ -29,8 +29,10 @@ KernelFn KernelRegistry::find(const std::string& domain, const std::string& op) 
   return it == kernels_.end() ? nullptr : it->second;
 }
 
-const KernelRegistry& KernelRegistry::global() {
-  static const KernelRegistry registry = [] {
+const KernelRegistry& KernelRegistry::global() { return mutable_global(); }
+
+KernelRegistry& KernelRegistry::mutable_global() {
+  static KernelRegistry registry = [] {
     KernelRegistry r;
     register_elementwise_kernels(r);
     register_math_kernels(r);

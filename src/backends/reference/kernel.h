@@ -40,6 +40,8 @@ class KernelRegistry {
   void add(const std::string& domain, const std::string& op, KernelFn fn);
   KernelFn find(const std::string& domain, const std::string& op) const;
   static const KernelRegistry& global();
+  // The same registry, for plugins (src/plugins) to add kernels at load time, before any use.
+  static KernelRegistry& mutable_global();
 
  private:
   std::map<std::pair<std::string, std::string>, KernelFn> kernels_;
