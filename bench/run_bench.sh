@@ -8,10 +8,13 @@
 #   bench/run_bench.sh                     # everything (about 10 minutes on 2 cores)
 #   ROWS="resnet50:1 bert:8" bench/run_bench.sh
 #
+# Kiln: `kiln build` (tactics timed, one timing cache shared by the rows) writes an engine per row,
+# then `kiln bench ENGINE` times it. ORT: bench/ort_bench.js (onnxruntime-node, CPU EP).
+#
 # Environment: KILN (the kiln binary, default build/kiln, built if missing), MODELS (default
 # ~/.cache/kiln/models, exported with scripts/export-models.sh if missing), THREADS (2),
-# KILN_ITERATIONS (3; the reference executor is slow), KILN_WARMUP_MS (1: one warm-up inference), ORT_DURATION (2 s),
-# ORT_WARMUP_MS (500), SEQ (128), ROWS (MODEL:BATCH ...), DATE (YYYY-MM-DD), OUT_DIR.
+# KILN_DURATION (2 s), KILN_WARMUP_MS (500), ORT_DURATION (2 s), ORT_WARMUP_MS (500), SEQ (128),
+# ROWS (MODEL:BATCH ...), DATE (YYYY-MM-DD), OUT_DIR.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
@@ -20,8 +23,8 @@ cd "$repo"
 KILN="${KILN:-$repo/build/kiln}"
 MODELS="${MODELS:-$HOME/.cache/kiln/models}"
 THREADS="${THREADS:-2}"
-KILN_ITERATIONS="${KILN_ITERATIONS:-3}"
-KILN_WARMUP_MS="${KILN_WARMUP_MS:-1}"  # any value > 0 runs at least one warm-up inference
+KILN_DURATION="${KILN_DURATION:-2}"
+KILN_WARMUP_MS="${KILN_WARMUP_MS:-500}"
 ORT_DURATION="${ORT_DURATION:-2}"
 ORT_WARMUP_MS="${ORT_WARMUP_MS:-500}"
 SEQ="${SEQ:-128}"
@@ -61,7 +64,7 @@ md="$OUT_DIR/$DATE-cpu.md"
 png="$OUT_DIR/$DATE-cpu.png"
 mkdir -p "$run_dir"
 tsv="$run_dir/results.tsv"
-printf 'model\tbatch\tkiln_median_ms\tort_median_ms\tkiln_items_per_s\tort_items_per_s\tkiln_iterations\tort_iterations\n' >"$tsv"
+printf 'model\tbatch\tkiln_median_ms\tort_median_ms\tkiln_items_per_s\tort_items_per_s\tkiln_iterations\tort_iterations\tkiln_kernels\tkiln_build_ms\tkiln_peak_mib\tkiln_total_mib\n' >"$tsv"
 
 shapes_for() {  # MODEL BATCH
   case "$1" in
@@ -84,18 +87,25 @@ for row in $ROWS; do
   kj="$run_dir/$m-b$b.kiln.json"
   oj="$run_dir/$m-b$b.ort.json"
   echo "=== $m batch $b ($shapes)"
-  "$KILN" bench "$MODELS/$m.onnx" --shapes "$shapes" --threads "$THREADS" --warmup-ms "$KILN_WARMUP_MS" \
-    --iterations "$KILN_ITERATIONS" --json "$kj" >"$run_dir/$m-b$b.kiln.log" 2>&1 ||
+  engine="$run_dir/$m-b$b.kiln"
+  "$KILN" build "$MODELS/$m.onnx" --shapes "$shapes" --threads "$THREADS" --timing-cache "$run_dir/timing-cache.json" \
+    -o "$engine" >"$run_dir/$m-b$b.build.log" 2>&1 ||
+    { cat "$run_dir/$m-b$b.build.log" >&2; die "kiln build failed on $m batch $b"; }
+  build_ms="$(sed -n 's/^build time: *\([0-9.]*\) ms.*/\1/p' "$run_dir/$m-b$b.build.log")"
+  "$KILN" bench "$engine" --threads "$THREADS" --warmup-ms "$KILN_WARMUP_MS" \
+    --duration "$KILN_DURATION" --json "$kj" >"$run_dir/$m-b$b.kiln.log" 2>&1 ||
     { cat "$run_dir/$m-b$b.kiln.log" >&2; die "kiln bench failed on $m batch $b"; }
+  rm -f "$engine"  # engines are large; the build log and JSON keep what matters
   grep -E '^(latency|throughput)' "$run_dir/$m-b$b.kiln.log" | sed 's/^/  kiln: /'
   node "$here/ort_bench.js" "$MODELS/$m.onnx" --shapes "$shapes" --threads "$THREADS" --warmup-ms "$ORT_WARMUP_MS" \
     --duration "$ORT_DURATION" --json "$oj" >"$run_dir/$m-b$b.ort.log" 2>&1 ||
     { cat "$run_dir/$m-b$b.ort.log" >&2; die "ort_bench.js failed on $m batch $b"; }
   grep -E '^(latency|throughput)' "$run_dir/$m-b$b.ort.log" | sed 's/^/  ort:  /'
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$m" "$b" \
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$m" "$b" \
     "$(jq .latency_ms.median "$kj")" "$(jq .latency_ms.median "$oj")" \
     "$(jq .throughput.items_per_s "$kj")" "$(jq .throughput.items_per_s "$oj")" \
-    "$(jq .iterations "$kj")" "$(jq .iterations "$oj")" >>"$tsv"
+    "$(jq .iterations "$kj")" "$(jq .iterations "$oj")" "$(jq .engine.kernels "$kj")" "$build_ms" \
+    "$(jq '.engine.memory_peak_bytes / 1048576' "$kj")" "$(jq '.engine.memory_total_bytes / 1048576' "$kj")" >>"$tsv"
 done
 elapsed=$((SECONDS - start_s))
 load_end="$(cut -d' ' -f1-3 /proc/loadavg)"
@@ -112,8 +122,8 @@ cmd="bench/run_bench.sh"
 env_prefix=""
 [ "$ROWS" != "resnet50:1 resnet50:16 mobilenet_v2:1 mobilenet_v2:16 efficientnet_b0:1 efficientnet_b0:16 bert:1 bert:8" ] && env_prefix+="ROWS=\"$ROWS\" "
 [ "$THREADS" != 2 ] && env_prefix+="THREADS=$THREADS "
-[ "$KILN_ITERATIONS" != 3 ] && env_prefix+="KILN_ITERATIONS=$KILN_ITERATIONS "
-[ "$KILN_WARMUP_MS" != 1 ] && env_prefix+="KILN_WARMUP_MS=$KILN_WARMUP_MS "
+[ "$KILN_DURATION" != 2 ] && env_prefix+="KILN_DURATION=$KILN_DURATION "
+[ "$KILN_WARMUP_MS" != 500 ] && env_prefix+="KILN_WARMUP_MS=$KILN_WARMUP_MS "
 [ "$ORT_DURATION" != 2 ] && env_prefix+="ORT_DURATION=$ORT_DURATION "
 [ "$ORT_WARMUP_MS" != 500 ] && env_prefix+="ORT_WARMUP_MS=$ORT_WARMUP_MS "
 [ "$SEQ" != 128 ] && env_prefix+="SEQ=$SEQ "
@@ -122,21 +132,21 @@ env_prefix=""
 {
   echo "# Kiln vs ONNX Runtime, CPU, $DATE"
   echo
-  echo "| Model | Batch | Kiln (reference executor) ms, median | ONNX Runtime ms, median | Kiln/ORT speed ratio | Kiln items/s | ORT items/s | Iterations (Kiln / ORT) |"
-  echo "|---|---:|---:|---:|---:|---:|---:|---:|"
-  tail -n +2 "$tsv" | while IFS=$'\t' read -r m b k o ki oi kn on; do
-    ratio="$(awk -v k="$k" -v o="$o" 'BEGIN { r = o / k; if (r >= 0.1) printf "%.2f", r; else if (r >= 0.001) printf "%.4f", r; else printf "%.2e", r }')"
-    printf '| %s | %s | %s | %s | %s | %s | %s | %s / %s |\n' "${PRETTY[$m]:-$m}" "$b" \
-      "$(awk -v v="$k" 'BEGIN { printf "%.1f", v }')" "$(awk -v v="$o" 'BEGIN { printf "%.2f", v }')" "$ratio" \
-      "$(awk -v v="$ki" 'BEGIN { printf "%.3g", v }')" "$(awk -v v="$oi" 'BEGIN { printf "%.4g", v }')" "$kn" "$on"
+  echo "| Model | Batch | Kiln ms, median | ONNX Runtime ms, median | Speed-up (ORT ms / Kiln ms) | Kiln items/s | ORT items/s | Kiln kernels per inference | Kiln peak / summed activations, MiB | Kiln build, s |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+  tail -n +2 "$tsv" | while IFS=$'\t' read -r m b k o ki oi kn on kk kb kp kt; do
+    ratio="$(awk -v k="$k" -v o="$o" 'BEGIN { printf "%.2f", o / k }')"
+    printf '| %s | %s | %s | %s | **%s** | %s | %s | %s | %s / %s | %s |\n' "${PRETTY[$m]:-$m}" "$b" \
+      "$(awk -v v="$k" 'BEGIN { printf "%.2f", v }')" "$(awk -v v="$o" 'BEGIN { printf "%.2f", v }')" "$ratio" \
+      "$(awk -v v="$ki" 'BEGIN { printf "%.4g", v }')" "$(awk -v v="$oi" 'BEGIN { printf "%.4g", v }')" "$kk" \
+      "$(awk -v v="$kp" 'BEGIN { printf "%.1f", v }')" "$(awk -v v="$kt" 'BEGIN { printf "%.1f", v }')" \
+      "$(awk -v v="$kb" 'BEGIN { printf "%.1f", v / 1000 }')"
   done
   echo
-  echo "- **Kiln/ORT speed ratio** = ORT median latency / Kiln median latency: 1.0 is parity, below 1 Kiln is slower"
-  echo "  (0.01 = Kiln takes 100x as long)."
-  echo "- **Kiln (reference executor)**: \`kiln bench\` at --opt-level 3 (the standard passes), with the reference executor,"
-  echo "  the only Kiln executor today: plain, single-threaded kernels written for correctness (it is the oracle for later"
-  echo "  backends). It ignores --threads $THREADS. $KILN_ITERATIONS timed iterations per row after --warmup-ms ${KILN_WARMUP_MS}"
-  echo "  (at least one warm-up inference)."
+  echo "- **Speed-up** = ORT median latency / Kiln median latency: above 1.0 Kiln is faster."
+  echo "- **Kiln**: \`kiln build\` at --opt-level 3 with --threads $THREADS (tactics timed on this machine at the row's"
+  echo "  shapes; one timing cache shared by all rows, so later rows may reuse earlier timings), then \`kiln bench ENGINE\`:"
+  echo "  ${KILN_WARMUP_MS} ms of warm-up, then at least ${KILN_DURATION} s of timed iterations. FP32, CPU backend."
   echo "- **ONNX Runtime**: onnxruntime-node $ort_version, CPU execution provider, intraOpNumThreads=$THREADS,"
   echo "  interOpNumThreads=1, graphOptimizationLevel 'all'; ${ORT_WARMUP_MS} ms of warm-up, then at least ${ORT_DURATION} s of"
   echo "  timed iterations per row."
@@ -149,7 +159,7 @@ env_prefix=""
   echo "|---|---|"
   echo "| Date | $DATE |"
   echo "| Machine | $cpu_model; $cpus CPUs visible (cores per socket $cores_per_socket, threads per core $threads_per_core) |"
-  echo "| Threads | $THREADS for both (Kiln's reference executor uses 1) |"
+  echo "| Threads | $THREADS for both |"
   echo "| Load average (1/5/15 min) | $load_start at start, $load_end at end (shared machine) |"
   echo "| Kiln commit | $commit |"
   echo "| ONNX Runtime | onnxruntime-node $ort_version (npm, CPU) |"
@@ -160,5 +170,5 @@ env_prefix=""
   echo "![Kiln vs ONNX Runtime]($(basename "$png"))"
 } >"$md"
 
-$PY "$here/make_chart.py" "$tsv" "$png" --seq "$SEQ" --title "Kiln (reference executor) vs ONNX Runtime, CPU, $THREADS threads, $DATE"
+$PY "$here/make_chart.py" "$tsv" "$png" --seq "$SEQ" --title "Kiln vs ONNX Runtime, CPU FP32, $THREADS threads, $DATE"
 echo "run_bench: wrote $md and $png (${elapsed} s)"

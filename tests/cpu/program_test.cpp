@@ -179,3 +179,47 @@ TEST(Program, BadProfilesAreRefused) {
 
 }  // namespace
 }  // namespace kiln_cpu_test
+
+namespace kiln_cpu_test {
+namespace {
+
+// A residual FusedConv whose Z dies at the node writes its output into Z's buffer (a sum post-op
+// in place); the result must still match the reference, and Z's producer must not be clobbered
+// while another consumer still needs it.
+TEST(Program, ResidualConvAccumulatesInPlace) {
+  for (bool z_used_later : {false, true}) {
+    Model m;
+    m.opsets[""] = 17;
+    m.opsets["kiln"] = 1;
+    Graph& g = m.graph;
+    g.inputs = {"x"};
+    g.types["x"] = TensorType{DType::kF32, Shape{Dim(2), Dim(16), Dim(10), Dim(10)}};
+    g.initializers["wa"] = random_tensor(DType::kF32, {16, 16, 3, 3}, 21);
+    g.initializers["wb"] = random_tensor(DType::kF32, {16, 16, 1, 1}, 22);
+    g.initializers["wc"] = random_tensor(DType::kF32, {16, 16, 1, 1}, 23);
+    g.initializers["bc"] = random_tensor(DType::kF32, {16}, 24);
+    auto ints = [](std::vector<int64_t> v) { return Attribute::of_ints(std::move(v)); };
+    g.nodes.push_back(Node{"a", "Conv", "", {"x", "wa"}, {"za"}, {{"pads", ints({1, 1, 1, 1})}}});
+    g.nodes.push_back(Node{"b", "Conv", "", {"x", "wb"}, {"xb"}, {}});
+    g.nodes.push_back(Node{"c", "FusedConv", "kiln", {"xb", "wc", "bc", "za"}, {"yc"},
+                           {{"activation", Attribute::of_string("Relu")}}});
+    g.nodes.push_back(Node{"e", "Sigmoid", "", {"yc"}, {"y"}, {}});  // a graph output is never in place
+    g.outputs = {"y"};
+    if (z_used_later) {
+      g.nodes.push_back(Node{"d", "Relu", "", {"za"}, {"r"}, {}});
+      g.outputs.push_back("r");
+    }
+    reference::TensorMap in{{"x", random_tensor(DType::kF32, {2, 16, 10, 10}, 25)}};
+    cpu::CompileOptions untimed;
+    untimed.time_tactics = false;  // dnnl.conv.nhwc everywhere, so the residual can go in place
+    auto p = cpu::Program::compile(m, {{"x", {2, 16, 10, 10}}}, untimed);
+    bool inplace = false;
+    for (const auto& s : p->steps()) inplace |= s.impl.find("in place") != std::string::npos;
+    EXPECT_EQ(inplace, !z_used_later) << "Z may be overwritten only when nothing reads it later";
+    expect_engine_matches_reference(m, in, true);
+    expect_engine_matches_reference(m, in, false);
+  }
+}
+
+}  // namespace
+}  // namespace kiln_cpu_test

@@ -59,6 +59,9 @@ struct KernelConfig {
   std::vector<ValueInfo> inputs;   // one per node input; absent optional inputs are !present()
   std::vector<ValueInfo> outputs;  // one per node output; layout set by the tactic's output_layouts
   int threads = 1;                 // the engine's thread count
+  // When >= 0, output 0 is written into input k's buffer: the program found input k dead after
+  // this node (a residual add's Z), so args.outputs[0] == args.inputs[k] at run time.
+  int output0_inplace_of = -1;
 
   NodeView view() const { return NodeView(*node, *schema, opset); }
   bool has_input(size_t i) const { return i < inputs.size() && inputs[i].present(); }
@@ -101,6 +104,9 @@ class Tactic {
   // True when output 0 is input 0's bytes reinterpreted (Reshape, Flatten, Squeeze on plain data):
   // the program then shares the buffer and never calls create().
   virtual bool aliases_input(const KernelConfig& /*cfg*/) const { return false; }
+  // The input whose buffer output 0 could take over (same dtype, shape and layout) if the program
+  // finds it dead after this node, saving a copy (a convolution accumulating onto its residual).
+  virtual int inplace_input(const KernelConfig& /*cfg*/) const { return -1; }
   // Builds the kernel (prepacks weights: cfg.inputs[i].constant). Throws kiln::Error on failure.
   virtual std::unique_ptr<CpuKernel> create(const KernelConfig& cfg) const = 0;
 };

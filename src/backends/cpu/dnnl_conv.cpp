@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cstring>
 #include <optional>
 #include <string>
 #include <unordered_map>
@@ -155,6 +156,7 @@ struct ConvPlan {
   memory::desc x_md, y_md, w_user_md, b_md, zero_md;
   dnnl::convolution_forward::primitive_desc conv_pd;
   bool z_post_op = false;    // Z as the convolution's binary post-op (else in the epilogue)
+  bool z_sum = false;        // Z accumulated by a sum post-op: Y holds Z before the convolution runs
   bool act_post_op = false;  // activation as the convolution's post-op (else in the epilogue)
   // Y = act(Y + Z), or act(Y + 0) without Z: a separate pass where fusing into the convolution is slower.
   std::optional<dnnl::binary::primitive_desc> epilogue_pd;
@@ -234,17 +236,19 @@ ConvPlan make_conv_plan(const KernelConfig& cfg, ConvVariant variant) {
                                                                  p.b_md, dst_md, strides, dil, pl, pr)
                                : dnnl::convolution_forward::desc(dnnl::prop_kind::forward_inference, alg, src_md, w_any,
                                                                  dst_md, strides, dil, pl, pr);
-  auto make_pd = [&](bool z_op, bool act_op) {
+  auto make_pd = [&](bool z_op, bool act_op, bool z_sum = false) {
     dnnl::post_ops ops;
+    if (z_sum) ops.append_sum(1.f);
     if (z_op) ops.append_binary(dnnl::algorithm::binary_add, p.y_md);
     if (act_op) append_activation(ops, p.activation, p.act_params);
     dnnl::primitive_attr attr = user_scratchpad_attr();
     attr.set_post_ops(ops);
     return dnnl::convolution_forward::primitive_desc(desc, attr, eng);
   };
-  auto try_pd = [&](bool z_op, bool act_op) -> std::optional<dnnl::convolution_forward::primitive_desc> {
+  auto try_pd = [&](bool z_op, bool act_op,
+                    bool z_sum = false) -> std::optional<dnnl::convolution_forward::primitive_desc> {
     try {
-      return make_pd(z_op, act_op);
+      return make_pd(z_op, act_op, z_sum);
     } catch (const dnnl::error&) {
       return std::nullopt;
     }
@@ -262,7 +266,19 @@ ConvPlan make_conv_plan(const KernelConfig& cfg, ConvVariant variant) {
   dnnl::convolution_forward::primitive_desc bare = make_pd(false, false);  // throws when oneDNN refuses
   const std::string bare_impl = bare.impl_info_str();
   p.conv_pd = bare;
-  if (p.has_z || has_act) {
+  // When the program lets Y take over Z's buffer (Z dead after this node), a sum post-op
+  // accumulates onto Z in place with no copy and keeps brgconv: the cheapest residual add.
+  if (p.has_z && !wino && cfg.output0_inplace_of == 3 && !contains(bare_impl, "gemm")) {
+    if (auto f = try_pd(false, has_act, true)) {
+      const std::string impl = f->impl_info_str();
+      if (impl == bare_impl || contains(impl, "1x1") || contains(impl, "_dw")) {
+        p.conv_pd = *f;
+        p.z_sum = true;
+        p.act_post_op = has_act;
+      }
+    }
+  }
+  if ((p.has_z || has_act) && !p.z_sum) {
     if (!contains(bare_impl, "gemm")) {
       if (p.has_z && !wino) {
         if (auto f = try_pd(true, has_act)) {
@@ -375,6 +391,8 @@ class DnnlConvKernel final : public CpuKernel {
     if (p_.z_post_op)
       conv_args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1] =
           memory(p_.y_md, eng, const_cast<void*>(args.inputs[3]));
+    if (p_.z_sum && args.inputs[3] != args.outputs[0])
+      std::memcpy(args.outputs[0], args.inputs[3], p_.y_md.get_size());  // the sum post-op adds onto Y
     conv_.execute(strm, conv_args);
     if (p_.blocked)
       y_reorder_->execute(strm, {{DNNL_ARG_FROM, dst}, {DNNL_ARG_TO, y}, {DNNL_ARG_SCRATCHPAD, pad(*p_.y_reorder_pd)}});
@@ -395,6 +413,7 @@ class DnnlConvKernel final : public CpuKernel {
     std::string s = std::string(p_.conv_pd.impl_info_str()) + " " + layout_name(p_.layout);
     if (p_.blocked) s += " via blocked reorders";
     if (p_.z_post_op) s += " +Z post-op";
+    if (p_.z_sum) s += " +Z sum in place";
     if (p_.act_post_op) s += " +" + p_.activation + " post-op";
     if (epilogue_)
       s += std::string(" + ") + p_.epilogue_pd->impl_info_str() + " epilogue (" + (p_.has_z ? "Z" : "") +
@@ -439,6 +458,10 @@ class DnnlConvTactic final : public Tactic {
     l[0] = variant_ == ConvVariant::kWinograd ? Layout::kAny : act;
     if (l.size() > 3) l[3] = act;  // Z in Y's layout
     return l;
+  }
+
+  int inplace_input(const KernelConfig& cfg) const override {
+    return variant_ != ConvVariant::kWinograd && cfg.has_input(3) ? 3 : -1;
   }
 
   std::vector<Layout> output_layouts(const KernelConfig& cfg) const override {

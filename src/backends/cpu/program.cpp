@@ -107,7 +107,17 @@ class ProgramBuilder {
   void add_node(size_t index);
   std::string value_in_layout(const std::string& name, Layout want);
   std::string new_arena_value(const std::string& name, ValueInfo info);
-  double time_candidate(const Tactic& t, const KernelConfig& base, std::unique_ptr<CpuKernel>* made);
+  double time_candidate(const Tactic& t, const KernelConfig& base, std::unique_ptr<CpuKernel>* made,
+                        int* made_inplace);
+  // The name value_in_layout would give, without inserting anything.
+  std::string value_in_layout_name(const std::string& name, Layout want) const {
+    const Val& v = vals_.at(name);
+    if (want == Layout::kAny || v.info.layout == want || v.info.shape.size() < 3 || layouts_coincide(v.info.shape))
+      return name;
+    auto it = v.reordered.find(want);
+    return it != v.reordered.end() ? it->second : name;
+  }
+  size_t node_index_ = 0;
   double time_reorder(const ValueInfo& v, Layout to);
   std::string signature(const KernelConfig& cfg) const;
   void log(const std::string& line) {
@@ -126,6 +136,9 @@ class ProgramBuilder {
   std::map<std::string, size_t> output_index_;  // graph output name -> first index
   std::set<std::string> outputs_written_;
   std::map<std::pair<std::string, int>, double> reorder_ms_;
+  std::map<std::string, size_t> last_consumer_;  // value -> index of the last node reading it
+  int inplace_for(const Tactic& t, const KernelConfig& cfg, const std::vector<std::string>& in_names,
+                  size_t index) const;
 };
 
 void ProgramBuilder::prepare_model() {
@@ -309,7 +322,8 @@ double ProgramBuilder::time_reorder(const ValueInfo& v, Layout to) {
 
 // Builds the candidate's kernel at these shapes and measures one run (median of several);
 // includes the reorders its input layouts would need. Returns -1 when the tactic fails to build.
-double ProgramBuilder::time_candidate(const Tactic& t, const KernelConfig& base, std::unique_ptr<CpuKernel>* made) {
+double ProgramBuilder::time_candidate(const Tactic& t, const KernelConfig& base, std::unique_ptr<CpuKernel>* made,
+                                      int* made_inplace) {
   KernelConfig cfg = base;
   double reorder_cost = 0;
   const auto want = t.input_layouts(cfg);
@@ -325,6 +339,10 @@ double ProgramBuilder::time_candidate(const Tactic& t, const KernelConfig& base,
   for (size_t i = 0; i < cfg.outputs.size(); ++i)
     cfg.outputs[i].layout = cfg.outputs[i].shape.size() >= 3 && i < out_layouts.size() ? out_layouts[i] : Layout::kPlain;
   if (t.aliases_input(cfg)) return reorder_cost;
+  std::vector<std::string> names = cfg.node->inputs;
+  for (size_t i = 0; i < names.size(); ++i)
+    if (!names[i].empty() && cfg.inputs[i].present()) names[i] = value_in_layout_name(names[i], cfg.inputs[i].layout);
+  cfg.output0_inplace_of = inplace_for(t, cfg, names, node_index_);
   std::unique_ptr<CpuKernel> k;
   try {
     k = t.create(cfg);
@@ -358,6 +376,7 @@ double ProgramBuilder::time_candidate(const Tactic& t, const KernelConfig& base,
     bufs.emplace_back(cfg.outputs[i].dtype, cfg.outputs[i].shape);
     out[i] = bufs.back().mutable_raw();
   }
+  if (cfg.output0_inplace_of >= 0) in[cfg.output0_inplace_of] = out[0];
   Tensor scratch(DType::kU8, {static_cast<int64_t>(k->scratch_bytes()) + 64});
   KernelArgs args{in.data(), out.data(), scratch.mutable_raw()};
   std::vector<double> times;
@@ -375,8 +394,38 @@ double ProgramBuilder::time_candidate(const Tactic& t, const KernelConfig& base,
     return -1;
   }
   std::sort(times.begin(), times.end());
-  if (made) *made = std::move(k);
+  if (made) {
+    *made = std::move(k);
+    if (made_inplace) *made_inplace = cfg.output0_inplace_of;
+  }
   return times[times.size() / 2] + reorder_cost;
+}
+
+// Whether output 0 may take over input k's buffer (k from the tactic): the buffer must be an
+// arena buffer that no value read after this node shares, with the output's dtype, shape and layout.
+int ProgramBuilder::inplace_for(const Tactic& t, const KernelConfig& cfg, const std::vector<std::string>& in_names,
+                                size_t index) const {
+  const int k = t.inplace_input(cfg);
+  if (k < 0 || static_cast<size_t>(k) >= cfg.inputs.size() || !cfg.inputs[k].present() || cfg.outputs.empty())
+    return -1;
+  const ValueInfo& in = cfg.inputs[k];
+  const ValueInfo& out = cfg.outputs[0];
+  if (output_index_.count(cfg.node->outputs[0]) || in.dtype != out.dtype || in.shape != out.shape ||
+      in.layout != out.layout)
+    return -1;
+  const Val& v = vals_.at(in_names[k]);
+  if (v.slot.kind != Program::Slot::kArena) return -1;
+  // Every value living in that buffer must be dead after this node (and no other input of it).
+  for (const auto& [name, other] : vals_) {
+    if (other.slot.kind != Program::Slot::kArena || other.slot.index != v.slot.index) continue;
+    const std::string base = name.substr(0, name.find('@'));
+    if (output_index_.count(base)) return -1;
+    auto it = last_consumer_.find(base);
+    if (it != last_consumer_.end() && it->second > index) return -1;
+  }
+  for (size_t i = 0; i < in_names.size(); ++i)
+    if (static_cast<int>(i) != k && in_names[i] == in_names[k]) return -1;
+  return k;
 }
 
 void ProgramBuilder::add_node(size_t index) {
@@ -443,6 +492,8 @@ void ProgramBuilder::add_node(size_t index) {
   const Tactic* chosen = candidates.front();
   double chosen_ms = -1;
   std::unique_ptr<CpuKernel> prebuilt;
+  int prebuilt_inplace = -1;
+  node_index_ = index;
   if (candidates.size() > 1 && opt_.time_tactics) {
     const std::string key = signature(cfg);
     std::optional<TimingCache::Entry> hit = opt_.timing_cache ? opt_.timing_cache->find(key) : std::nullopt;
@@ -458,12 +509,14 @@ void ProgramBuilder::add_node(size_t index) {
       line << n.describe() << ":";
       for (const Tactic* t : candidates) {
         std::unique_ptr<CpuKernel> k;
-        const double ms = time_candidate(*t, cfg, &k);
+        int k_inplace = -1;
+        const double ms = time_candidate(*t, cfg, &k, &k_inplace);
         line << " " << t->name() << "=" << (ms < 0 ? std::string("n/a") : std::to_string(ms) + "ms");
         if (ms >= 0 && (chosen_ms < 0 || ms < chosen_ms)) {
           chosen = t;
           chosen_ms = ms;
           prebuilt = std::move(k);
+          prebuilt_inplace = k_inplace;
         }
       }
       log(line.str() + " -> " + chosen->name());
@@ -490,6 +543,8 @@ void ProgramBuilder::add_node(size_t index) {
   for (size_t i = 0; i < cfg.outputs.size(); ++i)
     cfg.outputs[i].layout = cfg.outputs[i].shape.size() >= 3 && i < out_layouts.size() ? out_layouts[i] : Layout::kPlain;
   p_->node_tactics_[index] = chosen->name();
+  cfg.output0_inplace_of = chosen->aliases_input(cfg) ? -1 : inplace_for(*chosen, cfg, in_names, index);
+  if (prebuilt && prebuilt_inplace != cfg.output0_inplace_of) prebuilt.reset();
 
   StepInfo info;
   info.name = n.name.empty() ? n.describe() : n.name;
@@ -543,6 +598,12 @@ void ProgramBuilder::add_node(size_t index) {
       v.slot = {Program::Slot::kOutput, oi->second};
       vals_[o] = v;
       outputs_written_.insert(o);
+    } else if (i == 0 && cfg.output0_inplace_of >= 0) {
+      Val v;
+      v.info = vi;
+      v.slot = vals_.at(in_names[cfg.output0_inplace_of]).slot;  // the dead input's buffer
+      vals_[o] = v;
+      info.impl += " (in place of input " + std::to_string(cfg.output0_inplace_of) + ")";
     } else {
       new_arena_value(o, vi);
       if (oi != output_index_.end()) late_reorders.emplace_back(o, oi->second);
@@ -614,6 +675,9 @@ std::shared_ptr<const Program> ProgramBuilder::build() {
     p_->outputs_.push_back(vi);
   }
 
+  for (size_t i = 0; i < g.nodes.size(); ++i)
+    for (const auto& in : g.nodes[i].inputs)
+      if (!in.empty()) last_consumer_[in] = i;
   const size_t total = g.nodes.size();
   for (size_t i = 0; i < total; ++i) {
     if (!folded_.count(i)) add_node(i);
