@@ -216,6 +216,29 @@ TEST(Program, ResidualConvAccumulatesInPlace) {
     bool inplace = false;
     for (const auto& s : p->steps()) inplace |= s.impl.find("in place") != std::string::npos;
     EXPECT_EQ(inplace, !z_used_later) << "Z may be overwritten only when nothing reads it later";
+    // Every conv tactic forced in turn: the ones that read Z after writing Y (gemm epilogue,
+    // Winograd) must not be given Z's buffer, and all must match the reference.
+    reference::Executor ref(m);
+    const auto want = ref.run(in);
+    for (const char* tactic : {"dnnl.conv.nhwc", "dnnl.conv.nchw", "dnnl.conv.winograd"}) {
+      SCOPED_TRACE(tactic);
+      std::vector<std::string> forced(g.nodes.size(), "");
+      forced[0] = forced[1] = forced[2] = tactic;
+      cpu::CompileOptions fo;
+      fo.time_tactics = false;
+      fo.forced_tactics = &forced;
+      auto fp = cpu::Program::compile(m, {{"x", {2, 16, 10, 10}}}, fo);
+      Tensor arena(DType::kU8, {static_cast<int64_t>(fp->arena_bytes()) + 64});
+      Tensor scratch(DType::kU8, {static_cast<int64_t>(fp->scratch_bytes()) + 64});
+      std::vector<Tensor> outs;
+      std::vector<void*> out_ptrs;
+      for (const auto& o : fp->outputs()) {
+        outs.emplace_back(o.dtype, o.shape);
+        out_ptrs.push_back(outs.back().mutable_raw());
+      }
+      fp->run(arena.mutable_raw(), scratch.mutable_raw(), {in.at("x").raw()}, out_ptrs);
+      for (size_t i = 0; i < outs.size(); ++i) expect_close(outs[i], want.at(fp->outputs()[i].name), 1e-4, 1e-4);
+    }
     expect_engine_matches_reference(m, in, true);
     expect_engine_matches_reference(m, in, false);
   }

@@ -278,6 +278,8 @@ ConvPlan make_conv_plan(const KernelConfig& cfg, ConvVariant variant) {
       }
     }
   }
+  if (cfg.output0_inplace_of >= 0 && !p.z_sum)
+    unsupported(cfg, "writing Y over Z needs the sum post-op, which oneDNN refused here");
   if ((p.has_z || has_act) && !p.z_sum) {
     if (!contains(bare_impl, "gemm")) {
       if (p.has_z && !wino) {
@@ -460,8 +462,17 @@ class DnnlConvTactic final : public Tactic {
     return l;
   }
 
+  // Only when the plan really accumulates with a sum post-op: the other residual paths read Z
+  // after the convolution has written Y, so Y must not be Z's buffer.
   int inplace_input(const KernelConfig& cfg) const override {
-    return variant_ != ConvVariant::kWinograd && cfg.has_input(3) ? 3 : -1;
+    if (variant_ == ConvVariant::kWinograd || !cfg.has_input(3)) return -1;
+    try {
+      KernelConfig c = cfg;
+      c.output0_inplace_of = 3;
+      return make_conv_plan(c, variant_).z_sum ? 3 : -1;
+    } catch (const std::exception&) {
+      return -1;
+    }
   }
 
   std::vector<Layout> output_layouts(const KernelConfig& cfg) const override {
