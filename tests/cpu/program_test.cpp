@@ -32,9 +32,10 @@ TEST(MemoryPlanner, LiveBuffersNeverOverlap) {
       sum += (reqs[i].bytes + 63) / 64 * 64;
       for (size_t j = 0; j < i; ++j) {
         const bool live_together = reqs[i].first_step <= reqs[j].last_step && reqs[j].first_step <= reqs[i].last_step;
-        if (live_together)
+        if (live_together) {
           EXPECT_FALSE(overlaps(plan.offsets[i], reqs[i].bytes, plan.offsets[j], reqs[j].bytes))
               << "buffers " << i << " and " << j;
+        }
       }
     }
     EXPECT_EQ(plan.total_bytes, sum);

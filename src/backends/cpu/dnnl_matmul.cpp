@@ -433,8 +433,10 @@ using EpilogueFn = void (*)(float* y, int64_t n, const float* c, int64_t c_step,
 
 // The vector math below is written as plain loops that GCC vectorizes for each ISA variant. Comparisons must
 // not be treated as trapping, or GCC keeps them as branches; nothing here reads the FP exception flags.
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC push_options
 #pragma GCC optimize("no-trapping-math")
+#endif
 
 #define KILN_INLINE static inline __attribute__((always_inline))
 
@@ -549,7 +551,9 @@ void epilogue_generic(float* y, int64_t n, const float* c, int64_t c_step, float
 }
 
 #undef KILN_INLINE
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC pop_options
+#endif
 
 // The best epilogue variant for this machine and the ISA features it needs.
 EpilogueFn pick_epilogue(std::vector<std::string>& isa) {

@@ -36,8 +36,12 @@ constexpr int64_t kParallelMin = 16384;  // smaller tensors run serially: a para
 const char* isa_name() {
   static const char* name = [] {
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("x86-64-v4")) return "avx512";
-    if (__builtin_cpu_supports("x86-64-v3")) return "avx2";
+    // The feature sets of the clones' x86-64-v4 and -v3 levels (clang 14 has no level names here).
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512cd"))
+      return "avx512";
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi2"))
+      return "avx2";
     return "generic";
   }();
   return name;

@@ -23,8 +23,10 @@ namespace {
 //
 // Written as plain loops that GCC vectorizes (`omp simd`) once per ISA variant below. Comparisons must not be
 // treated as trapping, or GCC keeps the selects as branches; nothing here reads the FP exception flags.
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC push_options
 #pragma GCC optimize("no-trapping-math")
+#endif
 
 #define KILN_INLINE static inline __attribute__((always_inline))
 
@@ -228,7 +230,9 @@ KILN_ROW_KERNELS(generic, )
 
 #undef KILN_ROW_KERNELS
 #undef KILN_INLINE
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC pop_options
+#endif
 
 // The best variant for this machine, chosen once.
 const RowKernels& row_kernels() {
