@@ -64,7 +64,8 @@ md="$OUT_DIR/$DATE-cpu.md"
 png="$OUT_DIR/$DATE-cpu.png"
 mkdir -p "$run_dir"
 tsv="$run_dir/results.tsv"
-printf 'model\tbatch\tkiln_median_ms\tort_median_ms\tkiln_items_per_s\tort_items_per_s\tkiln_iterations\tort_iterations\tkiln_kernels\tkiln_build_ms\tkiln_peak_mib\tkiln_total_mib\n' >"$tsv"
+rm -f "$run_dir/timing-cache.json"  # every run times its tactics afresh
+printf 'model\tbatch\tkiln_median_ms\tort_median_ms\tkiln_items_per_s\tort_items_per_s\tkiln_iterations\tort_iterations\tkiln_kernels\tkiln_build_ms\tkiln_peak_mib\tkiln_total_mib\tkiln_rebuild_ms\tsame_engine\n' >"$tsv"
 
 shapes_for() {  # MODEL BATCH
   case "$1" in
@@ -92,6 +93,13 @@ for row in $ROWS; do
     -o "$engine" >"$run_dir/$m-b$b.build.log" 2>&1 ||
     { cat "$run_dir/$m-b$b.build.log" >&2; die "kiln build failed on $m batch $b"; }
   build_ms="$(sed -n 's/^build time: *\([0-9.]*\) ms.*/\1/p' "$run_dir/$m-b$b.build.log")"
+  # The same build again: every tactic now comes from the timing cache.
+  "$KILN" build "$MODELS/$m.onnx" --shapes "$shapes" --threads "$THREADS" --timing-cache "$run_dir/timing-cache.json" \
+    -o "$engine.rebuild" >"$run_dir/$m-b$b.rebuild.log" 2>&1 ||
+    { cat "$run_dir/$m-b$b.rebuild.log" >&2; die "kiln rebuild failed on $m batch $b"; }
+  rebuild_ms="$(sed -n 's/^build time: *\([0-9.]*\) ms.*/\1/p' "$run_dir/$m-b$b.rebuild.log")"
+  cmp -s "$engine" "$engine.rebuild" && same_engine=yes || same_engine=no
+  rm -f "$engine.rebuild"
   "$KILN" bench "$engine" --threads "$THREADS" --warmup-ms "$KILN_WARMUP_MS" \
     --duration "$KILN_DURATION" --json "$kj" >"$run_dir/$m-b$b.kiln.log" 2>&1 ||
     { cat "$run_dir/$m-b$b.kiln.log" >&2; die "kiln bench failed on $m batch $b"; }
@@ -101,11 +109,12 @@ for row in $ROWS; do
     --duration "$ORT_DURATION" --json "$oj" >"$run_dir/$m-b$b.ort.log" 2>&1 ||
     { cat "$run_dir/$m-b$b.ort.log" >&2; die "ort_bench.js failed on $m batch $b"; }
   grep -E '^(latency|throughput)' "$run_dir/$m-b$b.ort.log" | sed 's/^/  ort:  /'
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$m" "$b" \
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$m" "$b" \
     "$(jq .latency_ms.median "$kj")" "$(jq .latency_ms.median "$oj")" \
     "$(jq .throughput.items_per_s "$kj")" "$(jq .throughput.items_per_s "$oj")" \
     "$(jq .iterations "$kj")" "$(jq .iterations "$oj")" "$(jq .engine.kernels "$kj")" "$build_ms" \
-    "$(jq '.engine.memory_peak_bytes / 1048576' "$kj")" "$(jq '.engine.memory_total_bytes / 1048576' "$kj")" >>"$tsv"
+    "$(jq '.engine.memory_peak_bytes / 1048576' "$kj")" "$(jq '.engine.memory_total_bytes / 1048576' "$kj")" \
+    "$rebuild_ms" "$same_engine" >>"$tsv"
 done
 elapsed=$((SECONDS - start_s))
 load_end="$(cut -d' ' -f1-3 /proc/loadavg)"
@@ -132,21 +141,25 @@ env_prefix=""
 {
   echo "# Kiln vs ONNX Runtime, CPU, $DATE"
   echo
-  echo "| Model | Batch | Kiln ms, median | ONNX Runtime ms, median | Speed-up (ORT ms / Kiln ms) | Kiln items/s | ORT items/s | Kiln kernels per inference | Kiln peak / summed activations, MiB | Kiln build, s |"
-  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-  tail -n +2 "$tsv" | while IFS=$'\t' read -r m b k o ki oi kn on kk kb kp kt; do
+  echo "| Model | Batch | Kiln ms, median | ONNX Runtime ms, median | Speed-up (ORT ms / Kiln ms) | Kiln items/s | ORT items/s | Kiln kernels per inference | Kiln peak / summed activations, MiB | Kiln build, s: timed / from the cache | Same engine bytes |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+  tail -n +2 "$tsv" | while IFS=$'\t' read -r m b k o ki oi kn on kk kb kp kt kr same; do
     ratio="$(awk -v k="$k" -v o="$o" 'BEGIN { printf "%.2f", o / k }')"
-    printf '| %s | %s | %s | %s | **%s** | %s | %s | %s | %s / %s | %s |\n' "${PRETTY[$m]:-$m}" "$b" \
+    printf '| %s | %s | %s | %s | **%s** | %s | %s | %s | %s / %s | %s / %s | %s |\n' "${PRETTY[$m]:-$m}" "$b" \
       "$(awk -v v="$k" 'BEGIN { printf "%.2f", v }')" "$(awk -v v="$o" 'BEGIN { printf "%.2f", v }')" "$ratio" \
       "$(awk -v v="$ki" 'BEGIN { printf "%.4g", v }')" "$(awk -v v="$oi" 'BEGIN { printf "%.4g", v }')" "$kk" \
       "$(awk -v v="$kp" 'BEGIN { printf "%.1f", v }')" "$(awk -v v="$kt" 'BEGIN { printf "%.1f", v }')" \
-      "$(awk -v v="$kb" 'BEGIN { printf "%.1f", v / 1000 }')"
+      "$(awk -v v="$kb" 'BEGIN { printf "%.1f", v / 1000 }')" "$(awk -v v="$kr" 'BEGIN { printf "%.2f", v / 1000 }')" "$same"
   done
   echo
   echo "- **Speed-up** = ORT median latency / Kiln median latency: above 1.0 Kiln is faster."
   echo "- **Kiln**: \`kiln build\` at --opt-level 3 with --threads $THREADS (tactics timed on this machine at the row's"
-  echo "  shapes; one timing cache shared by all rows, so later rows may reuse earlier timings), then \`kiln bench ENGINE\`:"
+  echo "  shapes; the run starts with an empty timing cache shared by the rows, so a row may reuse an earlier row's timing"
+  echo "  of an identical node), then \`kiln bench ENGINE\`:"
   echo "  ${KILN_WARMUP_MS} ms of warm-up, then at least ${KILN_DURATION} s of timed iterations. FP32, CPU backend."
+  echo "- **Build, s**: the first build (timing every tactic not yet in the cache) and the same build again with the"
+  echo "  cache filled; **Same engine bytes**: the two engine files are identical (builds are deterministic given the cache)."
+  echo "- **Kernels per inference**: kernel launches, reorders included; aliases (Reshape, Flatten) and folded nodes run none."
   echo "- **ONNX Runtime**: onnxruntime-node $ort_version, CPU execution provider, intraOpNumThreads=$THREADS,"
   echo "  interOpNumThreads=1, graphOptimizationLevel 'all'; ${ORT_WARMUP_MS} ms of warm-up, then at least ${ORT_DURATION} s of"
   echo "  timed iterations per row."
