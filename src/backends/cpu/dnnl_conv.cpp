@@ -11,6 +11,7 @@
 
 #include "backends/cpu/cpu_kernel.h"
 #include "backends/cpu/dnnl_util.h"
+#include "backends/reference/window.h"
 #include "kiln/error.h"
 
 namespace kiln::cpu {
@@ -49,61 +50,12 @@ Tag weight_tag(size_t rank, bool grouped) {
   }
 }
 
-// A resolved sliding window, computed exactly like the reference kernels' resolve_window()
-// (src/backends/reference/math.cpp): explicit begin/end pads and output extents.
-struct Window {
-  std::vector<int64_t> in, kernel, strides, dilations, pad_begin, pad_end, out;
-};
-
-std::vector<int64_t> window_ints(const KernelConfig& cfg, const char* name, size_t len, int64_t def, int64_t min) {
-  std::vector<int64_t> v;
-  if (cfg.schema->find_attr(name)) v = cfg.view().attr_ints(name);
-  if (v.empty()) v.assign(len, def);
-  if (v.size() != len) unsupported(cfg, std::string("attribute '") + name + "' has the wrong length");
-  for (int64_t x : v)
-    if (x < min) unsupported(cfg, std::string("attribute '") + name + "' has an invalid value");
-  return v;
-}
+// Windows are resolved by the reference kernels' own function, so both compute the same pads and
+// output extents; an invalid window makes supports() false (the reference then reports it).
+using reference::Window;
 
 Window resolve_window(const KernelConfig& cfg, const std::vector<int64_t>& in, const std::vector<int64_t>& kernel) {
-  const size_t n = in.size();
-  if (kernel.size() != n) unsupported(cfg, "kernel_shape does not match the spatial rank");
-  for (int64_t k : kernel)
-    if (k <= 0) unsupported(cfg, "non-positive kernel_shape");
-  Window w;
-  w.in = in;
-  w.kernel = kernel;
-  w.strides = window_ints(cfg, "strides", n, 1, 1);
-  w.dilations = window_ints(cfg, "dilations", n, 1, 1);
-  const std::vector<int64_t> pads = window_ints(cfg, "pads", 2 * n, 0, 0);
-  std::string auto_pad = cfg.schema->find_attr("auto_pad") ? cfg.view().attr_string("auto_pad") : "NOTSET";
-  if (auto_pad.empty()) auto_pad = "NOTSET";
-  if (auto_pad != "NOTSET" && auto_pad != "SAME_UPPER" && auto_pad != "SAME_LOWER" && auto_pad != "VALID")
-    unsupported(cfg, "invalid auto_pad '" + auto_pad + "'");
-  const bool ceil_mode = cfg.schema->find_attr("ceil_mode") && cfg.view().attr_int("ceil_mode") != 0;
-  w.pad_begin.resize(n);
-  w.pad_end.resize(n);
-  w.out.resize(n);
-  for (size_t i = 0; i < n; ++i) {
-    const int64_t s = w.strides[i], eff = (kernel[i] - 1) * w.dilations[i] + 1;
-    if (auto_pad == "SAME_UPPER" || auto_pad == "SAME_LOWER") {
-      w.out[i] = (in[i] + s - 1) / s;
-      const int64_t total = std::max<int64_t>(0, (w.out[i] - 1) * s + eff - in[i]);
-      w.pad_begin[i] = auto_pad == "SAME_UPPER" ? total / 2 : total - total / 2;
-      w.pad_end[i] = total - w.pad_begin[i];
-      continue;
-    }
-    if (auto_pad == "NOTSET") {
-      w.pad_begin[i] = pads[i];
-      w.pad_end[i] = pads[i + n];
-    }
-    const int64_t span = in[i] + w.pad_begin[i] + w.pad_end[i] - eff;
-    if (span < 0) unsupported(cfg, "the window is larger than the padded input");
-    const bool use_ceil = ceil_mode && auto_pad == "NOTSET";
-    w.out[i] = (use_ceil ? (span + s - 1) / s : span / s) + 1;
-    if (use_ceil && (w.out[i] - 1) * s >= in[i] + w.pad_begin[i]) --w.out[i];
-  }
-  return w;
+  return reference::resolve_window(cfg.view(), in, kernel);
 }
 
 std::vector<int64_t> minus_one(std::vector<int64_t> v) {

@@ -7,6 +7,7 @@
 #include <type_traits>
 
 #include "backends/reference/kernel.h"
+#include "backends/reference/window.h"
 
 namespace kiln::reference {
 
@@ -371,15 +372,11 @@ void gemm_kernel(KernelContext& ctx) {
   });
 }
 
-// ---- Sliding windows
+}  // namespace
 
-// A resolved window over `in` spatial extents: explicit begin/end pads and output extents.
-struct Window {
-  std::vector<int64_t> in, kernel, strides, dilations, pad_begin, pad_end, out;
-  size_t rank() const { return in.size(); }
-};
+// ---- Sliding windows (declared in window.h; shared with the CPU backend)
 
-std::vector<int64_t> window_ints(const KernelContext& ctx, const char* name, size_t len, int64_t def, int64_t min) {
+std::vector<int64_t> window_ints(const NodeView& ctx, const char* name, size_t len, int64_t def, int64_t min) {
   std::vector<int64_t> v;
   if (ctx.schema().find_attr(name)) v = ctx.attr_ints(name);
   if (v.empty()) v.assign(len, def);
@@ -391,14 +388,14 @@ std::vector<int64_t> window_ints(const KernelContext& ctx, const char* name, siz
   return v;
 }
 
-std::string auto_pad_of(const KernelContext& ctx) {
+std::string auto_pad_of(const NodeView& ctx) {
   std::string p = ctx.schema().find_attr("auto_pad") ? ctx.attr_string("auto_pad") : "NOTSET";
   if (p.empty()) p = "NOTSET";
   if (p != "NOTSET" && p != "SAME_UPPER" && p != "SAME_LOWER" && p != "VALID") ctx.fail("invalid auto_pad '" + p + "'");
   return p;
 }
 
-void check_kernel(const KernelContext& ctx, const std::vector<int64_t>& kernel, size_t n) {
+void check_kernel(const NodeView& ctx, const std::vector<int64_t>& kernel, size_t n) {
   if (kernel.size() != n)
     ctx.fail("kernel_shape " + ints_to_string(kernel) + " does not match " + std::to_string(n) + " spatial axes");
   for (int64_t k : kernel)
@@ -406,7 +403,7 @@ void check_kernel(const KernelContext& ctx, const std::vector<int64_t>& kernel, 
 }
 
 // Resolves auto_pad / pads / ceil_mode (where the schema has them) into explicit pads and output extents.
-Window resolve_window(const KernelContext& ctx, const std::vector<int64_t>& in, const std::vector<int64_t>& kernel) {
+Window resolve_window(const NodeView& ctx, const std::vector<int64_t>& in, const std::vector<int64_t>& kernel) {
   const size_t n = in.size();
   check_kernel(ctx, kernel, n);
   Window w;
@@ -445,6 +442,8 @@ Window resolve_window(const KernelContext& ctx, const std::vector<int64_t>& in, 
   }
   return w;
 }
+
+namespace {
 
 // Steps a row-major multi-index over `shape`; returns false after the last index.
 bool next_index(std::vector<int64_t>& idx, const std::vector<int64_t>& shape, size_t count) {
