@@ -45,6 +45,14 @@ bool layouts_coincide(const std::vector<int64_t>& shape) {
   return true;
 }
 
+bool all_f32(const KernelConfig& cfg) {
+  for (const auto& v : cfg.inputs)
+    if (v.present() && v.dtype != DType::kF32) return false;
+  for (const auto& v : cfg.outputs)
+    if (v.present() && v.dtype != DType::kF32) return false;
+  return true;
+}
+
 std::vector<Layout> Tactic::input_layouts(const KernelConfig& cfg) const {
   return std::vector<Layout>(cfg.inputs.size(), Layout::kPlain);
 }

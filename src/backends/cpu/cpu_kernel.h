@@ -138,6 +138,23 @@ void register_data_movement_tactics(TacticRegistry& r);  // Reshape family, Tran
 // plain layouts only, output shapes must match inference. Named "reference".
 const Tactic& reference_tactic();
 
+// True when every present input and output is f32 (the tactics that only have float32 kernels).
+bool all_f32(const KernelConfig& cfg);
+
+// Calls f(T{}) with the unsigned integer type T of `bytes` bytes (1, 2, 4 or 8), so a kernel that
+// only moves elements serves every dtype of that size with one instantiation. Returns false (and
+// calls nothing) for any other size.
+template <typename F>
+bool with_element_type(size_t bytes, F&& f) {
+  switch (bytes) {
+    case 1: f(uint8_t{}); return true;
+    case 2: f(uint16_t{}); return true;
+    case 4: f(uint32_t{}); return true;
+    case 8: f(uint64_t{}); return true;
+    default: return false;
+  }
+}
+
 // Copies a value between layouts (plain <-> channels-last; same layout is a memcpy). Parallel.
 void reorder(const void* src, Layout from, void* dst, Layout to, DType dtype, const std::vector<int64_t>& shape);
 

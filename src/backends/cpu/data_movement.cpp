@@ -76,23 +76,7 @@ class StridedCopy {
 
   void run(const void* src, void* dst) const {
     if (total_ == 0) return;
-    switch (elem_) {
-      case 1:
-        run_typed<uint8_t>(src, dst);
-        break;
-      case 2:
-        run_typed<uint16_t>(src, dst);
-        break;
-      case 4:
-        run_typed<uint32_t>(src, dst);
-        break;
-      case 8:
-        run_typed<uint64_t>(src, dst);
-        break;
-      default:
-        run_bytes(src, dst);
-        break;
-    }
+    if (!with_element_type(elem_, [&](auto t) { run_typed<decltype(t)>(src, dst); })) run_bytes(src, dst);
   }
 
   std::string describe() const {
@@ -771,20 +755,8 @@ class ResizeKernel final : public CpuKernel {
 
   void run(const KernelArgs& args) override {
     if (total_ == 0) return;
-    switch (elem_) {
-      case 1:
-        run_typed<uint8_t>(args);
-        break;
-      case 2:
-        run_typed<uint16_t>(args);
-        break;
-      case 4:
-        run_typed<uint32_t>(args);
-        break;
-      default:
-        run_typed<uint64_t>(args);
-        break;
-    }
+    if (!with_element_type(elem_, [&](auto t) { run_typed<decltype(t)>(args); }))
+      throw Error(ErrorCode::kInternal, "unsupported element size " + std::to_string(elem_));
   }
   std::string describe() const override {
     return std::string("nearest resize: ") + (inner_contiguous_ ? "row memcpy" : "row gather") +

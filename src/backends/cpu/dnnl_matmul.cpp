@@ -56,14 +56,6 @@ struct MatmulProblem {
   bool c_is_scalar() const { return shape_numel(c) == 1; }
 };
 
-bool all_f32(const KernelConfig& cfg) {
-  for (const auto& v : cfg.inputs)
-    if (v.present() && v.dtype != DType::kF32) return false;
-  for (const auto& v : cfg.outputs)
-    if (v.present() && v.dtype != DType::kF32) return false;
-  return true;
-}
-
 // The normalized problem, or nullopt when the node is outside what these tactics implement (dtypes, empty dims,
 // shapes that disagree with the planned output).
 std::optional<MatmulProblem> analyze(const KernelConfig& cfg) {

@@ -986,20 +986,8 @@ class WhereKernel final : public CpuKernel {
         plan_(plain_plan(cfg.outputs[0].shape, {cfg.inputs[0].shape, cfg.inputs[1].shape, cfg.inputs[2].shape})) {}
 
   void run(const KernelArgs& args) override {
-    switch (elem_) {
-      case 1:
-        run_typed<uint8_t>(args);
-        break;
-      case 2:
-        run_typed<uint16_t>(args);
-        break;
-      case 4:
-        run_typed<uint32_t>(args);
-        break;
-      default:
-        run_typed<uint64_t>(args);
-        break;
-    }
+    if (!with_element_type(elem_, [&](auto t) { run_typed<decltype(t)>(args); }))
+      throw Error(ErrorCode::kInternal, "unsupported element size " + std::to_string(elem_));
   }
   std::string describe() const override { return "where loop"; }
 

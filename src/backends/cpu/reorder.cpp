@@ -9,11 +9,6 @@ namespace kiln::cpu {
 
 namespace {
 
-template <size_t kBytes>
-struct Elem {
-  unsigned char b[kBytes];
-};
-
 // dst[s * C + c] = src[c * S + s] for each image when to_last, else the reverse.
 template <typename T>
 void transpose_images(const T* src, T* dst, int64_t n, int64_t c, int64_t s, bool to_last) {
@@ -47,13 +42,11 @@ void reorder(const void* src, Layout from, void* dst, Layout to, DType dtype, co
   int64_t s = 1;
   for (size_t i = 2; i < shape.size(); ++i) s *= shape[i];
   const bool to_last = to == Layout::kChannelsLast;
-  switch (dtype_size(dtype)) {
-    case 1: transpose_images(static_cast<const Elem<1>*>(src), static_cast<Elem<1>*>(dst), n, c, s, to_last); break;
-    case 2: transpose_images(static_cast<const Elem<2>*>(src), static_cast<Elem<2>*>(dst), n, c, s, to_last); break;
-    case 4: transpose_images(static_cast<const Elem<4>*>(src), static_cast<Elem<4>*>(dst), n, c, s, to_last); break;
-    case 8: transpose_images(static_cast<const Elem<8>*>(src), static_cast<Elem<8>*>(dst), n, c, s, to_last); break;
-    default: throw Error(ErrorCode::kInternal, "reorder: unsupported element size");
-  }
+  const bool done = with_element_type(dtype_size(dtype), [&](auto t) {
+    using T = decltype(t);
+    transpose_images(static_cast<const T*>(src), static_cast<T*>(dst), n, c, s, to_last);
+  });
+  if (!done) throw Error(ErrorCode::kInternal, "reorder: unsupported element size");
 }
 
 }  // namespace kiln::cpu

@@ -231,14 +231,6 @@ const RowKernels& row_kernels() {
   return k;
 }
 
-bool all_f32(const KernelConfig& cfg) {
-  for (const auto& v : cfg.inputs)
-    if (v.present() && v.dtype != DType::kF32) return false;
-  for (const auto& v : cfg.outputs)
-    if (v.present() && v.dtype != DType::kF32) return false;
-  return true;
-}
-
 std::string unsupported_message(const KernelConfig& cfg, const std::string& tactic) {
   return cfg.node->describe() + ": tactic " + tactic + " does not support this node";
 }
