@@ -67,6 +67,18 @@ bool is_concrete(const std::vector<int64_t>& dims) {
   return std::all_of(dims.begin(), dims.end(), [](int64_t d) { return d >= 0; });
 }
 
+// True when a value stored as `v` can be read in layout `want` without a reorder.
+bool readable_as(const ValueInfo& v, Layout want) {
+  return want == Layout::kAny || v.layout == want || v.shape.size() < 3 || layouts_coincide(v.shape);
+}
+
+// Sets each output's layout from the tactic (values of rank < 3 are always plain).
+void set_output_layouts(const Tactic& t, KernelConfig& cfg) {
+  const auto layouts = t.output_layouts(cfg);
+  for (size_t i = 0; i < cfg.outputs.size(); ++i)
+    cfg.outputs[i].layout = cfg.outputs[i].shape.size() >= 3 && i < layouts.size() ? layouts[i] : Layout::kPlain;
+}
+
 bool is_random_op(const Node& n) {
   return n.op_type.starts_with("Random") || n.op_type == "Bernoulli" || n.op_type == "Multinomial";
 }
@@ -107,13 +119,17 @@ class ProgramBuilder {
   void add_node(size_t index);
   std::string value_in_layout(const std::string& name, Layout want);
   std::string new_arena_value(const std::string& name, ValueInfo info);
+  // The value naming graph output `index`'s buffer (plain, the caller's memory).
+  std::string output_value(size_t index);
+  // Appends a one-input, one-output step the program inserted (a reorder or a copy).
+  void add_transfer_step(std::unique_ptr<CpuKernel> kernel, const std::string& in, const std::string& out,
+                         std::string label, const char* op, const char* tactic, Layout out_layout);
   double time_candidate(const Tactic& t, const KernelConfig& base, std::unique_ptr<CpuKernel>* made,
                         int* made_inplace);
   // The name value_in_layout would give, without inserting anything.
   std::string value_in_layout_name(const std::string& name, Layout want) const {
     const Val& v = vals_.at(name);
-    if (want == Layout::kAny || v.info.layout == want || v.info.shape.size() < 3 || layouts_coincide(v.info.shape))
-      return name;
+    if (readable_as(v.info, want)) return name;
     auto it = v.reordered.find(want);
     return it != v.reordered.end() ? it->second : name;
   }
@@ -134,7 +150,6 @@ class ProgramBuilder {
   std::vector<PendingStep> steps_;
   std::vector<BufferRequest> buffers_;
   std::map<std::string, size_t> output_index_;  // graph output name -> first index
-  std::set<std::string> outputs_written_;
   std::map<std::pair<std::string, int>, double> reorder_ms_;
   std::map<std::string, size_t> last_consumer_;  // value -> index of the last node reading it
   int inplace_for(const Tactic& t, const KernelConfig& cfg, const std::vector<std::string>& in_names,
@@ -251,11 +266,33 @@ std::string ProgramBuilder::new_arena_value(const std::string& name, ValueInfo i
   return name;
 }
 
+std::string ProgramBuilder::output_value(size_t index) {
+  const std::string name = "#out" + std::to_string(index);
+  Val v;
+  v.info = p_->outputs_[index];
+  v.slot = {Program::Slot::kOutput, index};
+  vals_[name] = v;
+  return name;
+}
+
+void ProgramBuilder::add_transfer_step(std::unique_ptr<CpuKernel> kernel, const std::string& in, const std::string& out,
+                                       std::string label, const char* op, const char* tactic, Layout out_layout) {
+  PendingStep s;
+  s.info.name = std::move(label);
+  s.info.op = op;
+  s.info.tactic = tactic;
+  s.info.impl = kernel->describe();
+  s.info.output_layouts = layout_name(out_layout);
+  s.kernel = std::move(kernel);
+  s.inputs = {in};
+  s.outputs = {out};
+  steps_.push_back(std::move(s));
+}
+
 // The name of a value holding `name`'s data in layout `want` (inserting a reorder step once).
 std::string ProgramBuilder::value_in_layout(const std::string& name, Layout want) {
   Val& v = vals_.at(name);
-  if (want == Layout::kAny || v.info.layout == want || v.info.shape.size() < 3 || layouts_coincide(v.info.shape))
-    return name;
+  if (readable_as(v.info, want)) return name;
   auto it = v.reordered.find(want);
   if (it != v.reordered.end()) return it->second;
   const std::string copy = name + "@" + layout_name(want);
@@ -274,16 +311,8 @@ std::string ProgramBuilder::value_in_layout(const std::string& name, Layout want
   } else {
     const Layout from = v.info.layout;
     new_arena_value(copy, info);
-    PendingStep s;
-    s.kernel = std::make_unique<ReorderKernel>(info.dtype, info.shape, from, want);
-    s.inputs = {name};
-    s.outputs = {copy};
-    s.info.name = "reorder " + name;
-    s.info.op = "Reorder";
-    s.info.tactic = "kiln.reorder";
-    s.info.impl = s.kernel->describe();
-    s.info.output_layouts = layout_name(want);
-    steps_.push_back(std::move(s));
+    add_transfer_step(std::make_unique<ReorderKernel>(info.dtype, info.shape, from, want), name, copy,
+                      "reorder " + name, "Reorder", "kiln.reorder", want);
   }
   vals_.at(name).reordered[want] = copy;
   return copy;
@@ -329,15 +358,11 @@ double ProgramBuilder::time_candidate(const Tactic& t, const KernelConfig& base,
   const auto want = t.input_layouts(cfg);
   for (size_t i = 0; i < cfg.inputs.size(); ++i) {
     ValueInfo& v = cfg.inputs[i];
-    if (!v.present() || i >= want.size() || want[i] == Layout::kAny || want[i] == v.layout || v.shape.size() < 3 ||
-        layouts_coincide(v.shape))
-      continue;
+    if (!v.present() || i >= want.size() || readable_as(v, want[i])) continue;
     if (!v.constant) reorder_cost += time_reorder(v, want[i]);
     v.layout = want[i];
   }
-  const auto out_layouts = t.output_layouts(cfg);
-  for (size_t i = 0; i < cfg.outputs.size(); ++i)
-    cfg.outputs[i].layout = cfg.outputs[i].shape.size() >= 3 && i < out_layouts.size() ? out_layouts[i] : Layout::kPlain;
+  set_output_layouts(t, cfg);
   if (t.aliases_input(cfg)) return reorder_cost;
   std::vector<std::string> names = cfg.node->inputs;
   for (size_t i = 0; i < names.size(); ++i)
@@ -539,9 +564,7 @@ void ProgramBuilder::add_node(size_t index) {
       if (rv.slot.kind == Program::Slot::kConstant) cfg.inputs[i].constant = &p_->constants_[rv.slot.index];
     }
   }
-  const auto out_layouts = chosen->output_layouts(cfg);
-  for (size_t i = 0; i < cfg.outputs.size(); ++i)
-    cfg.outputs[i].layout = cfg.outputs[i].shape.size() >= 3 && i < out_layouts.size() ? out_layouts[i] : Layout::kPlain;
+  set_output_layouts(*chosen, cfg);
   p_->node_tactics_[index] = chosen->name();
   cfg.output0_inplace_of = chosen->aliases_input(cfg) ? -1 : inplace_for(*chosen, cfg, in_names, index);
   if (prebuilt && prebuilt_inplace != cfg.output0_inplace_of) prebuilt.reset();
@@ -597,7 +620,6 @@ void ProgramBuilder::add_node(size_t index) {
       v.info = vi;
       v.slot = {Program::Slot::kOutput, oi->second};
       vals_[o] = v;
-      outputs_written_.insert(o);
     } else if (i == 0 && cfg.output0_inplace_of >= 0) {
       Val v;
       v.info = vi;
@@ -614,23 +636,9 @@ void ProgramBuilder::add_node(size_t index) {
   steps_.push_back(std::move(s));
   p_->nodes_.push_back(std::move(node));
   for (const auto& [o, idx] : late_reorders) {
-    const Val& v = vals_.at(o);
-    PendingStep r;
-    r.kernel = std::make_unique<ReorderKernel>(v.info.dtype, v.info.shape, v.info.layout, Layout::kPlain);
-    r.inputs = {o};
-    r.outputs = {"#out:" + o};
-    Val ov;
-    ov.info = v.info;
-    ov.info.layout = Layout::kPlain;
-    ov.slot = {Program::Slot::kOutput, idx};
-    vals_["#out:" + o] = ov;
-    r.info.name = "reorder " + o + " to the output";
-    r.info.op = "Reorder";
-    r.info.tactic = "kiln.reorder";
-    r.info.impl = r.kernel->describe();
-    r.info.output_layouts = "plain";
-    steps_.push_back(std::move(r));
-    outputs_written_.insert(o);
+    const ValueInfo& v = vals_.at(o).info;
+    add_transfer_step(std::make_unique<ReorderKernel>(v.dtype, v.shape, v.layout, Layout::kPlain), o,
+                      output_value(idx), "reorder " + o + " to the output", "Reorder", "kiln.reorder", Layout::kPlain);
   }
 }
 
@@ -688,22 +696,9 @@ std::shared_ptr<const Program> ProgramBuilder::build() {
     const std::string& o = g.outputs[i];
     const Val& src = vals_.at(o);
     if (src.slot.kind == Program::Slot::kOutput && src.slot.index == i) continue;
-    std::string from = value_in_layout(o, Layout::kPlain);
-    PendingStep c;
-    c.kernel = std::make_unique<CopyKernel>(p_->outputs_[i].nbytes());
-    c.inputs = {from};
-    const std::string dst = "#out" + std::to_string(i) + ":" + o;
-    Val ov;
-    ov.info = p_->outputs_[i];
-    ov.slot = {Program::Slot::kOutput, i};
-    vals_[dst] = ov;
-    c.outputs = {dst};
-    c.info.name = "copy " + o + " to the output";
-    c.info.op = "Copy";
-    c.info.tactic = "kiln.copy";
-    c.info.impl = "copy";
-    c.info.output_layouts = "plain";
-    steps_.push_back(std::move(c));
+    const std::string from = value_in_layout(o, Layout::kPlain);
+    add_transfer_step(std::make_unique<CopyKernel>(p_->outputs_[i].nbytes()), from, output_value(i),
+                      "copy " + o + " to the output", "Copy", "kiln.copy", Layout::kPlain);
   }
 
   // Lifetimes, then offsets.
