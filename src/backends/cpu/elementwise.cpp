@@ -21,6 +21,7 @@
 #include <type_traits>
 
 #include "backends/cpu/cpu_kernel.h"
+#include "backends/reference/cast_rules.h"
 
 namespace kiln::cpu {
 
@@ -1009,29 +1010,9 @@ class WhereKernel final : public CpuKernel {
   Plan plan_;
 };
 
-// Cast conversions, exactly as the reference's (src/backends/reference/elementwise.cpp).
-template <typename To>
-To float_to_int(double v) {
-  if (std::isnan(v)) return To(0);
-  const double t = std::trunc(v);
-  const double hi = std::ldexp(1.0, std::numeric_limits<To>::digits);
-  const double lo = std::is_signed_v<To> ? -hi : 0.0;
-  if (t < lo) return std::numeric_limits<To>::min();
-  if (t >= hi) return std::numeric_limits<To>::max();
-  return static_cast<To>(t);
-}
-
-// Rounds toward zero and sets the last bit when inexact, so that rounding on to f16/bf16 is exact.
-float to_float_round_odd(double d) {
-  float f = static_cast<float>(d);
-  if (std::isnan(d) || static_cast<double>(f) == d) return f;
-  if (std::fabs(static_cast<double>(f)) > std::fabs(d)) f = std::nextafter(f, 0.0f);
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  u |= 1u;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
+// Cast conversions: the reference's own rules (src/backends/reference/cast_rules.h).
+using reference::float_to_int;
+using reference::to_float_round_odd;
 
 template <typename T>
 constexpr bool kFloatLike = std::is_same_v<T, float> || std::is_same_v<T, Half> || std::is_same_v<T, BFloat16>;

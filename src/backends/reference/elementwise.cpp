@@ -6,6 +6,7 @@
 #include <optional>
 #include <type_traits>
 
+#include "backends/reference/cast_rules.h"
 #include "backends/reference/kernel.h"
 
 namespace kiln::reference {
@@ -68,32 +69,6 @@ template <typename C> C mul_wrap(C a, C b) {
 template <typename C> C neg_wrap(C a) {
   if constexpr (kIsInt<C>) return static_cast<C>(uint64_t{0} - static_cast<uint64_t>(a));
   else return -a;
-}
-
-// Float to integer: truncation toward zero. ONNX leaves NaN and out-of-range values undefined;
-// the reference saturates them (NaN -> 0) so that the result is at least deterministic.
-template <typename To>
-To float_to_int(double v) {
-  if (std::isnan(v)) return To(0);
-  const double t = std::trunc(v);
-  const double hi = std::ldexp(1.0, std::numeric_limits<To>::digits);  // 2^7 for i8, 2^64 for u64
-  const double lo = std::is_signed_v<To> ? -hi : 0.0;
-  if (t < lo) return std::numeric_limits<To>::min();
-  if (t >= hi) return std::numeric_limits<To>::max();
-  return static_cast<To>(t);
-}
-
-// Double to float rounding toward zero with the last bit forced to 1 when inexact ("round to
-// odd"): a second rounding of that float to f16/bf16 is then the correct single rounding of `d`.
-float to_float_round_odd(double d) {
-  float f = static_cast<float>(d);
-  if (std::isnan(d) || static_cast<double>(f) == d) return f;
-  if (std::fabs(static_cast<double>(f)) > std::fabs(d)) f = std::nextafter(f, 0.0f);
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  u |= 1u;
-  std::memcpy(&f, &u, 4);
-  return f;
 }
 
 // One element of Cast, for every pair of non-fp8 numeric/bool dtypes.
