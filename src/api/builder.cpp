@@ -204,15 +204,15 @@ std::vector<uint8_t> Builder::Impl::build(const NetworkDefinition::Impl& net, co
   }
   std::vector<std::string> tactic_log;
   bc.log = &tactic_log;
-  for (const auto& note : plugins::adapt_build_config(model, bc)) info(note);
 
   info("building engine" + (g.name.empty() ? std::string() : " '" + g.name + "'") + ": " +
        std::to_string(g.nodes.size()) + " nodes, " + std::to_string(g.inputs.size()) + " inputs, " +
        std::to_string(bc.profiles.size()) + " optimization profiles, optimization level " +
        std::to_string(bc.opt_level));
   const auto t0 = std::chrono::steady_clock::now();
+  // build_engine applies the plugin rules itself (passes that would fuse a replaced op away are
+  // turned off, with a note in pass_log; plugin nodes keep their plugin's tactic).
   BuildResult r = build_engine(std::move(model), bc);
-  plugins::pin_plugin_tactics(r);
   for (const auto& line : r.pass_log) info("pass " + line);
   info("graph optimized: " + std::to_string(r.nodes_before) + " -> " + std::to_string(r.model.graph.nodes.size()) +
        " nodes in " + fmt_ms(r.pass_ms));

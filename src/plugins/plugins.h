@@ -42,7 +42,8 @@ void register_plugin(PluginEntry entry);
 const PluginEntry* find_plugin(const std::string& domain, const std::string& op);
 std::vector<const PluginEntry*> all_plugins();
 
-// ---- Build and load helpers (the public API uses them; the kiln tool should too).
+// ---- Build and load helpers. build_engine() (src/runtime/builder.cpp) applies the first two to
+// every build, whichever front end (API, kiln build, kiln run) starts it.
 
 // Before build_engine: when the model uses a built-in op a plugin replaces, turns off the passes
 // that could fuse it away (the plugin would then never run). Returns one line per change made.
