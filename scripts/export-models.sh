@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Exports the test models into a cache folder (default ~/.cache/kiln/models) with Debian's
-# python3 and torch. Exits 77 (skip) when torch is not available.
+# python3 and torch, then trains the handwritten-digits accuracy model (models/digits.py, which
+# also needs scikit-learn) into the same folder. Exits 77 (skip) when torch is not available.
+# Models whose files exist are skipped by both scripts.
 set -euo pipefail
 out="${1:-$HOME/.cache/kiln/models}"
 here="$(cd "$(dirname "$0")/.." && pwd)"
@@ -9,4 +11,11 @@ if ! /usr/bin/python3 -c "import torch, torchvision, onnx" 2>/dev/null; then
   exit 77
 fi
 mkdir -p "$out"
-exec /usr/bin/python3 "$here/models/export.py" --out "$out" --set all
+status=0
+/usr/bin/python3 "$here/models/export.py" --out "$out" --set all || status=$?
+if /usr/bin/python3 -c "import sklearn" 2>/dev/null; then
+  /usr/bin/python3 "$here/models/digits.py" --out "$out" || status=$?
+else
+  echo "SKIP: digits model: Debian's /usr/bin/python3 lacks scikit-learn (python3-sklearn; run scripts/setup.sh)"
+fi
+exit "$status"

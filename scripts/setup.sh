@@ -10,7 +10,7 @@ PACKAGES=(
   libzip-dev zlib1g-dev libcli11-dev nlohmann-json3-dev libflatbuffers-dev flatbuffers-compiler
   libgtest-dev libgmock-dev libbenchmark-dev
   clang libclang-rt-14-dev libomp-14-dev
-  python3 python3-numpy python3-onnx python3-torch python3-torchvision
+  python3 python3-numpy python3-onnx python3-torch python3-torchvision python3-sklearn
 )
 
 missing=()

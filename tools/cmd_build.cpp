@@ -19,6 +19,7 @@
 #include "cli_common.h"
 #include "engine/engine_file.h"
 #include "onnx/onnx_import.h"
+#include "quant/calibration.h"
 #include "runtime/builder.h"
 
 namespace kiln::cli {
@@ -44,6 +45,13 @@ struct BuildArgs {
   std::string disabled;      // comma-separated pass names
   bool no_timing = false;
   bool verbose = false;
+  // Precision
+  bool int8 = false;
+  std::string calib, calib_method = "entropy", calib_cache, precision_constraints = "prefer", layer_precision;
+  size_t calib_samples = 0;  // 0: all
+  int64_t calib_batch = 0;   // 0: 8, or the input's static batch
+  std::string accuracy_budget, accuracy_metric = "auto", validation;
+  size_t validation_samples = 64;
   // --plugin LIB.so is a global option (tools/kiln_main.cpp): libraries load before the model.
 };
 
@@ -166,7 +174,53 @@ int cmd_build(const BuildArgs& args) {
   if (::isatty(STDERR_FILENO)) cfg.progress = [bar](size_t done, size_t total) { bar->update(done, total); };
   std::cerr << notes;
 
+  // Precision flags.
+  std::unique_ptr<quant::FileCalibrator> calibrator;
+  cfg.precision.int8 = args.int8;
+  cfg.precision.constraints = args.precision_constraints;
+  cfg.precision.calib_method = quant::parse_calib_method(args.calib_method);
+  cfg.precision.calib_cache = args.calib_cache;
+  std::stringstream lp(args.layer_precision);
+  for (std::string item; std::getline(lp, item, ',');) {
+    if (item.empty()) continue;
+    const auto colon = item.rfind(':');
+    if (colon == std::string::npos || colon == 0 || colon + 1 == item.size())
+      throw Error(ErrorCode::kInvalidArgument, "--layer-precision: expected NAME:fp32 or NAME:int8, got '" + item + "'");
+    cfg.precision.layer_precision[item.substr(0, colon)] = item.substr(colon + 1);
+  }
+  if (!args.int8 && (!args.calib.empty() || !args.calib_cache.empty()))
+    throw Error(ErrorCode::kInvalidArgument, "--calib and --calib-cache need --int8");
+  if (args.int8 && !args.calib.empty() && !(std::filesystem::exists(args.calib_cache))) {
+    int64_t batch = args.calib_batch;
+    if (batch <= 0) {
+      batch = 8;
+      for (const auto& in : model.graph.inputs)
+        if (const TensorType* t = model.graph.type_of(in); t && t->shape && !t->shape->empty() && (*t->shape)[0].known())
+          batch = (*t->shape)[0].value;
+    }
+    calibrator = std::make_unique<quant::FileCalibrator>(args.calib, model, batch, args.calib_samples);
+    cfg.precision.calibrator = calibrator.get();
+  }
+  std::unique_ptr<quant::FileCalibrator> validation;
+  if (!args.accuracy_budget.empty()) {
+    if (!args.int8) throw Error(ErrorCode::kInvalidArgument, "--accuracy-budget needs --int8");
+    cfg.precision.accuracy_budget = quant::parse_accuracy_budget(args.accuracy_budget);
+    cfg.precision.accuracy_metric = quant::parse_accuracy_metric(args.accuracy_metric);
+    cfg.precision.validation_samples = args.validation_samples;
+    const std::string data = !args.validation.empty() ? args.validation : args.calib;
+    if (data.empty())
+      throw Error(ErrorCode::kInvalidArgument, "--accuracy-budget needs validation data (--validation DATA or --calib DATA)");
+    validation = std::make_unique<quant::FileCalibrator>(data, model, 1, args.validation_samples);
+    cfg.precision.validation = validation.get();
+    if (args.verbose) cfg.precision.guard_progress = [](const std::string& line) { std::cerr << "guard: " << line << "\n"; };
+  } else if (!args.validation.empty()) {
+    throw Error(ErrorCode::kInvalidArgument, "--validation needs --accuracy-budget");
+  }
+  if (::isatty(STDERR_FILENO))
+    cfg.precision.calib_progress = [](size_t n) { std::fprintf(stderr, "\rcalibrating: %zu samples", n); };
+
   BuildResult r = build_engine(std::move(model), cfg);
+  if (cfg.precision.calib_progress) std::fputc('\n', stderr);
   const auto t_write = std::chrono::steady_clock::now();
   save_engine(r.model, r.info, args.output);
   const double write_ms = ms_since(t_write);
@@ -180,6 +234,10 @@ int cmd_build(const BuildArgs& args) {
   std::cout << "nodes:        " << r.nodes_before << " -> " << r.model.graph.nodes.size() << " (opt level "
             << args.opt_level << (args.opt_level > 3 ? ", which behaves as 3 for now" : "") << ")\n";
   for (const auto& line : r.pass_log) std::cout << "  " << line << "\n";
+  if (!r.precision_log.empty()) {
+    std::cout << "precision:\n";
+    for (const auto& line : r.precision_log) std::cout << "  " << line << "\n";
+  }
   if (info.profiles.empty()) {
     std::cout << "profiles:     none (every input is static)\n";
   } else {
@@ -204,7 +262,9 @@ int cmd_build(const BuildArgs& args) {
   std::cout << "\n";
   if (cfg.workspace_bytes) std::cout << "workspace:    " << mib(cfg.workspace_bytes) << " per kernel at most\n";
   std::cout << "build time:   " << fixed(total_ms, 1) << " ms (passes " << fixed(r.pass_ms, 1) << " ms, tactic selection "
-            << fixed(r.tactic_ms, 1) << " ms, writing " << fixed(write_ms, 1) << " ms)\n";
+            << fixed(r.tactic_ms, 1) << " ms, " << (r.calib_ms > 0 ? "calibration " + fixed(r.calib_ms, 1) + " ms, " : "")
+            << (r.guard_ms > 0 ? "accuracy guard " + fixed(r.guard_ms, 1) + " ms, " : "")
+            << "writing " << fixed(write_ms, 1) << " ms)\n";
   std::cout << "timing cache: " << cache.hits() << " hits, " << cache.misses() << " misses";
   if (!args.timing_cache.empty())
     std::cout << "; " << args.timing_cache << " (" << cache.size() << " entries" << (cache_warning.empty() ? "" : ", rebuilt")
@@ -399,6 +459,25 @@ CLI::App* add_build_command(CLI::App& app, std::function<int()>* run) {
   sub->add_option("--disable-pass", args->disabled, "Comma-separated pass names to skip");
   sub->add_flag("--no-timing", args->no_timing, "Do not time tactics: take the first supporting one per node");
   sub->add_flag("--verbose,-v", args->verbose, "Also print the tactic timing log and the chosen kernel of every step");
+  sub->add_flag("--int8", args->int8,
+                "Run convolutions and matmuls in INT8 (needs --calib or --calib-cache; explicit Q/DQ models need neither)");
+  sub->add_option("--calib", args->calib,
+                  "Calibration data: a folder of .npy/.npz files or one .npz of stacked samples (docs/calibration.md)");
+  sub->add_option("--calib-method", args->calib_method, "entropy (default), minmax or percentile[=99.99]");
+  sub->add_option("--calib-cache", args->calib_cache,
+                  "Calibration cache: read when it exists (no data needed), else written after calibrating");
+  sub->add_option("--calib-samples", args->calib_samples, "Use at most this many calibration samples (default: all)");
+  sub->add_option("--calib-batch", args->calib_batch, "Samples per calibration batch (default 8, or the static batch)");
+  sub->add_option("--precision-constraints", args->precision_constraints,
+                  "prefer (default): layers that cannot take the asked precision fall back; obey: that is an error");
+  sub->add_option("--accuracy-budget", args->accuracy_budget,
+                  "INT8 accuracy guard: keep the most sensitive layers in fp32 until the metric loss is within this (1%)");
+  sub->add_option("--accuracy-metric", args->accuracy_metric,
+                  "auto (default: top-1 agreement for classifiers, else cosine), top1 or cosine");
+  sub->add_option("--validation", args->validation, "Validation data for the accuracy guard (default: --calib)");
+  sub->add_option("--validation-samples", args->validation_samples, "Validation samples the guard uses (default 64)");
+  sub->add_option("--layer-precision", args->layer_precision,
+                  "Per-layer precision by node name: NAME:fp32,NAME:int8,...");
   sub->footer(
       "Profiles: --shapes fixes inputs to one shape. For a dynamic input give --min-shapes, --opt-shapes and\n"
       "--max-shapes (all three, same names); repeat the three flags to define several profiles: the k-th\n"

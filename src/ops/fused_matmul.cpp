@@ -5,6 +5,7 @@
 
 #include "ops/fused_activation.h"
 #include "ops/op_schema.h"
+#include "ops/quant_rules.h"
 
 namespace kiln {
 
@@ -83,6 +84,9 @@ constexpr std::array<ActivationSpec, 8> kActivations = {{{"", 0, 0},
                                                          {"Clip", 2, 2}}};
 
 // The shape of op(A) x op(B) with numpy matmul rules, or nullopt when either rank is unknown.
+}  // namespace
+
+// Declared in ops/quant_rules.h (kiln::QMatMul shares it).
 std::optional<Shape> fused_matmul_shape(const InferContext& ctx) {
   const bool ta = ctx.attr_int("transA") != 0, tb = ctx.attr_int("transB") != 0;
   for (size_t i = 0; i < 2; ++i) {
@@ -108,6 +112,8 @@ std::optional<Shape> fused_matmul_shape(const InferContext& ctx) {
   if (!b_vec) out.push_back(b.back());
   return out;
 }
+
+namespace {
 
 void infer_fused_matmul(InferContext& ctx) {
   check_activation(ctx, kActivations);

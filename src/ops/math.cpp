@@ -2,6 +2,7 @@
 #include <algorithm>
 
 #include "ops/op_schema.h"
+#include "ops/quant_rules.h"
 
 namespace kiln {
 
@@ -180,6 +181,9 @@ void check_kernel_positive(const NodeView& ctx, const std::vector<int64_t>& kern
     if (k <= 0) ctx.fail("kernel_shape " + ints_to_string(kernel) + " has non-positive values");
 }
 
+}  // namespace
+
+// Declared in ops/quant_rules.h (kiln::QConv shares it).
 // Conv, ConvInteger and QLinearConv: X at ix, W at iw.
 void infer_conv_like(InferContext& ctx, size_t ix, size_t iw, DType out_dtype) {
   require_min_rank(ctx, ix, 3, "X");
@@ -224,6 +228,8 @@ void infer_conv_like(InferContext& ctx, size_t ix, size_t iw, DType out_dtype) {
   for (size_t i = 0; i < n; ++i) out.push_back(window_output_dim(ctx, i, x[i + 2], kernel[i], w));
   ctx.set_output(0, out_dtype, out);
 }
+
+namespace {
 
 void infer_conv(InferContext& ctx) {
   const DType x = ctx.input_type(0).dtype, w = ctx.input_type(1).dtype;

@@ -52,6 +52,7 @@ OpRegistry& OpRegistry::mutable_global() {
     register_fused_conv_schemas(r);
     register_fused_matmul_schemas(r);
     register_fused_attention_schemas(r);
+    register_quantized_schemas(r);
     return r;
   }();
   return registry;

@@ -150,5 +150,6 @@ void register_extra_schemas(OpRegistry& r);
 void register_fused_conv_schemas(OpRegistry& r);
 void register_fused_matmul_schemas(OpRegistry& r);
 void register_fused_attention_schemas(OpRegistry& r);
+void register_quantized_schemas(OpRegistry& r);         // kiln::QConv, kiln::QMatMul
 
 }  // namespace kiln

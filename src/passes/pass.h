@@ -97,6 +97,7 @@ std::unique_ptr<Pass> make_fuse_gelu();                    // Erf and tanh GELU 
 std::unique_ptr<Pass> make_fuse_attention();               // MatMul/scale/mask/Softmax/MatMul -> kiln::Attention
 std::unique_ptr<Pass> make_fuse_conv_bias_activation();    // Conv + bias + activation + residual -> kiln::FusedConv
 std::unique_ptr<Pass> make_fuse_matmul_bias_activation();  // MatMul/Gemm + bias + activation -> kiln::FusedMatMul
+std::unique_ptr<Pass> make_fuse_qdq();                     // DQ -> Conv/MatMul/MaxPool -> Q -> kiln::QConv, QMatMul, int8 MaxPool
 std::unique_ptr<Pass> make_fuse_elementwise_chains();      // chains of elementwise ops -> kiln::ElementwiseChain
 std::unique_ptr<Pass> make_dead_node_elimination();
 

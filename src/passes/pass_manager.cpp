@@ -51,6 +51,7 @@ PassManager PassManager::standard() {
   pm.add(make_fuse_attention());
   pm.add(make_fuse_conv_bias_activation());
   pm.add(make_fuse_matmul_bias_activation());
+  pm.add(make_fuse_qdq());
   pm.add(make_fuse_elementwise_chains());
   pm.add(make_dead_node_elimination());
   return pm;

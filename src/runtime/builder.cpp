@@ -2,11 +2,16 @@
 #include "runtime/builder.h"
 
 #include <chrono>
+#include <filesystem>
+#include <optional>
+#include <set>
+#include <sstream>
 
 #include "backends/reference/executor.h"
 #include "ops/model_check.h"
 #include "passes/pass.h"
 #include "plugins/plugins.h"
+#include "quant/qdq.h"
 
 namespace kiln {
 
@@ -14,6 +19,101 @@ namespace {
 double ms_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 }
+bool has_qdq(const Model& model) {
+  for (const Node& n : model.graph.nodes)
+    if (n.domain.empty() && (n.op_type == "QuantizeLinear" || n.op_type == "DequantizeLinear")) return true;
+  return false;
+}
+
+// Checks --layer-precision against the model's node names and values; returns the layers kept float.
+std::set<std::string> check_layer_precision(const Model& model, const PrecisionConfig& p) {
+  std::set<std::string> names;
+  for (const Node& n : model.graph.nodes) names.insert(n.name);
+  std::set<std::string> keep_float;
+  for (const auto& [layer, prec] : p.layer_precision) {
+    if (!names.count(layer))
+      throw Error(ErrorCode::kInvalidArgument, "--layer-precision: the model has no layer (node) named '" + layer + "'");
+    if (prec == "fp32") keep_float.insert(layer);
+    else if (prec != "int8")
+      throw Error(ErrorCode::kInvalidArgument, "--layer-precision " + layer + ":" + prec +
+                                                   ": the precision must be fp32 or int8");
+  }
+  if (p.constraints != "prefer" && p.constraints != "obey")
+    throw Error(ErrorCode::kInvalidArgument,
+                "--precision-constraints must be prefer or obey, got '" + p.constraints + "'");
+  return keep_float;
+}
+
+// Calibrates (or reads the cache) and rewrites the optimized graph for INT8.
+void apply_int8(Model& model, const Model& original, const BuildConfig& config, BuildResult& r) {
+  const PrecisionConfig& p = config.precision;
+  quant::Int8Options o;
+  o.keep_float = check_layer_precision(original, p);
+  const std::vector<std::string> tensors = quant::int8_tensors(model, o);
+  quant::CalibrationTable table;
+  const auto t0 = std::chrono::steady_clock::now();
+  if (!p.calib_cache.empty() && std::filesystem::exists(p.calib_cache)) {
+    table = quant::read_calibration_cache(p.calib_cache);
+    quant::check_calibration_table(table, original, tensors, p.calib_cache);
+    r.precision_log.push_back("calibration: cache " + p.calib_cache + " (" + quant::to_string(table.method) + ", " +
+                              std::to_string(table.samples) + " samples)");
+  } else if (p.calibrator) {
+    quant::CalibrateOptions co;
+    co.method = p.calib_method;
+    co.threads = config.threads;
+    co.progress = p.calib_progress;
+    table = quant::calibrate(model, *p.calibrator, tensors, co);
+    table.model_fingerprint = quant::model_fingerprint(original);
+    r.precision_log.push_back("calibration: " + std::to_string(table.samples) + " samples, " +
+                              quant::to_string(table.method) + ", " + std::to_string(tensors.size()) + " tensors");
+    if (!p.calib_cache.empty()) {
+      quant::write_calibration_cache(p.calib_cache, table);
+      r.precision_log.push_back("calibration cache written: " + p.calib_cache);
+    }
+  } else {
+    throw Error(ErrorCode::kInvalidArgument,
+                "--int8 needs calibration data (--calib DATA) or an existing calibration cache (--calib-cache FILE)");
+  }
+  r.calib_ms = ms_since(t0);
+  if (p.accuracy_budget >= 0) {
+    quant::Calibrator* val = p.validation ? p.validation : p.calibrator;
+    if (!val)
+      throw Error(ErrorCode::kInvalidArgument,
+                  "--accuracy-budget needs validation data (--validation DATA, or --calib DATA)");
+    quant::GuardOptions go;
+    go.budget = p.accuracy_budget;
+    go.metric = p.accuracy_metric;
+    go.max_samples = p.validation_samples;
+    go.threads = config.threads;
+    go.progress = p.guard_progress;
+    const auto tg = std::chrono::steady_clock::now();
+    const quant::GuardResult g = quant::accuracy_guard(model, table, o, *val, go);
+    r.guard_ms = ms_since(tg);
+    o.keep_float.insert(g.keep_float.begin(), g.keep_float.end());
+    std::istringstream report(quant::format_guard_report(g, p.accuracy_budget));
+    for (std::string line; std::getline(report, line);) r.precision_log.push_back(line);
+  }
+  const int layers = quant::quantize_int8(model, table, o);
+  r.precision_log.push_back("int8: " + std::to_string(layers) + " layers" +
+                            (o.keep_float.empty() ? "" : ", " + std::to_string(o.keep_float.size()) +
+                                                             " kept in fp32 (--layer-precision, accuracy guard)"));
+  if (p.constraints == "obey") {
+    // Every layer asked for int8 must have become an int8 kernel.
+    for (const auto& [layer, prec] : p.layer_precision) {
+      if (prec != "int8") continue;
+      bool ok = false;
+      for (const Node& n : model.graph.nodes)
+        if (n.domain == "kiln" && (n.op_type == "QConv" || n.op_type == "QMatMul") &&
+            quant::node_matches_layer(n, {layer}))
+          ok = true;
+      if (!ok)
+        throw Error(ErrorCode::kInvalidArgument, "--layer-precision " + layer +
+                                                     ":int8 with --precision-constraints obey: the layer cannot run "
+                                                     "in int8 (only convolutions and matmuls with constant weights can)");
+    }
+  }
+}
+
 }  // namespace
 
 void validate_profiles(const Model& model, const std::vector<OptimizationProfile>& profiles) {
@@ -84,6 +184,12 @@ BuildResult build_engine(Model model, const BuildConfig& user_config) {
   infer.evaluator = reference::constant_evaluator();
   infer_types(model, infer);
   r.nodes_before = model.graph.nodes.size();
+  const bool int8 = config.precision.int8 && !has_qdq(model);
+  if (config.precision.int8 && !int8)
+    r.precision_log.push_back("int8: the model has explicit Q/DQ nodes; their scales are used, no calibration");
+  if (!config.precision.int8) check_layer_precision(model, config.precision);
+  std::optional<Model> original;
+  if (int8) original = model;
 
   auto t0 = std::chrono::steady_clock::now();
   PassContext ctx;
@@ -102,6 +208,7 @@ BuildResult build_engine(Model model, const BuildConfig& user_config) {
   if (config.opt_level > 0) PassManager::standard().run(model, ctx);
   infer_types(model, infer);
   r.pass_ms = ms_since(t0);
+  if (int8) apply_int8(model, *original, config, r);
   r.pass_log = plugin_notes;
   r.pass_log.insert(r.pass_log.end(), ctx.log.begin(), ctx.log.end());
 

@@ -3,6 +3,7 @@
 // `kiln build` are thin layers over build_engine().
 #pragma once
 #include <functional>
+#include <map>
 #include <memory>
 #include <set>
 #include <string>
@@ -10,8 +11,30 @@
 
 #include "backends/cpu/program.h"
 #include "engine/engine_file.h"
+#include "quant/accuracy_guard.h"
+#include "quant/calibration.h"
 
 namespace kiln {
+
+// Reduced precision (kiln build --int8 --calib ...). Explicit Q/DQ models need none of this: their
+// Q/DQ pairs are fused into int8 kernels by the standard passes.
+struct PrecisionConfig {
+  bool int8 = false;
+  // Per-layer overrides by node name of the original model: "fp32" keeps a layer in float, "int8"
+  // asks for int8 (with constraints "obey", a layer that cannot run in int8 is an error).
+  std::map<std::string, std::string> layer_precision;
+  std::string constraints = "prefer";         // "prefer" or "obey"
+  quant::Calibrator* calibrator = nullptr;    // calibration data
+  quant::CalibMethodSpec calib_method;
+  std::string calib_cache;                    // read when the file exists, else written after calibrating
+  std::function<void(size_t samples)> calib_progress;
+  // The accuracy guard (src/quant/accuracy_guard.h): off when accuracy_budget < 0.
+  double accuracy_budget = -1;
+  quant::AccuracyMetric accuracy_metric = quant::AccuracyMetric::kAuto;
+  quant::Calibrator* validation = nullptr;  // default: the calibration data
+  size_t validation_samples = 64;
+  std::function<void(const std::string&)> guard_progress;
+};
 
 struct BuildConfig {
   int opt_level = 3;                         // pass level 0-5 (0: no passes)
@@ -25,6 +48,7 @@ struct BuildConfig {
   cpu::TimingCache* timing_cache = nullptr;  // consulted and filled
   std::function<void(size_t done, size_t total)> progress;
   std::vector<std::string>* log = nullptr;   // verbose lines (tactic timings)
+  PrecisionConfig precision;
 };
 
 struct BuildResult {
@@ -33,7 +57,8 @@ struct BuildResult {
   std::shared_ptr<const cpu::Program> program;  // compiled at profile 0's opt shapes
   size_t nodes_before = 0;
   std::vector<std::string> pass_log;
-  double pass_ms = 0, tactic_ms = 0;
+  double pass_ms = 0, tactic_ms = 0, calib_ms = 0, guard_ms = 0;
+  std::vector<std::string> precision_log;  // calibration source, int8 layers, layers kept in float
 };
 
 // Checks the profiles against the model's inputs: ranks, static dims, 0 < min <= opt <= max.

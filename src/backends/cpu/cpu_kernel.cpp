@@ -94,6 +94,7 @@ TacticRegistry& TacticRegistry::global() {
     register_transformer_tactics(*reg);
     register_elementwise_tactics(*reg);
     register_data_movement_tactics(*reg);
+    register_int8_tactics(*reg);
     return reg;
   }();
   return *r;

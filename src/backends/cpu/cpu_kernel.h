@@ -133,6 +133,7 @@ void register_dnnl_matmul_tactics(TacticRegistry& r);    // FusedMatMul, MatMul,
 void register_transformer_tactics(TacticRegistry& r);    // Attention, Softmax, LayerNormalization
 void register_elementwise_tactics(TacticRegistry& r);    // ElementwiseChain, unary/binary ops, Gelu
 void register_data_movement_tactics(TacticRegistry& r);  // Reshape family, Transpose, Concat, Slice, ...
+void register_int8_tactics(TacticRegistry& r);           // QMatMul, QuantizeLinear, DequantizeLinear (QConv: dnnl_conv)
 
 // The reference kernels wrapped as a CPU tactic: supports every op the reference backend has,
 // plain layouts only, output shapes must match inference. Named "reference".

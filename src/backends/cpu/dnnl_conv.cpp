@@ -70,29 +70,6 @@ void check_output_shape(const KernelConfig& cfg, int64_t channels, const Window&
   if (cfg.outputs.empty() || cfg.outputs[0].shape != want) unsupported(cfg, "unexpected output shape");
 }
 
-// oneDNN's jit kernels split their work for the thread count current when the primitive is created
-// and keep that split: build them under the engine's thread count (the caller's team size at run time).
-class ThreadCountScope {
- public:
-  explicit ThreadCountScope(int threads) : saved_(omp_get_max_threads()) {
-    if (threads > 0) omp_set_num_threads(threads);
-  }
-  ~ThreadCountScope() { omp_set_num_threads(saved_); }
-  ThreadCountScope(const ThreadCountScope&) = delete;
-  ThreadCountScope& operator=(const ThreadCountScope&) = delete;
-
- private:
-  int saved_;
-};
-
-// Scratchpads are always the caller's (args.scratch): no hidden per-primitive buffers, and
-// concurrent runs on different scratch buffers stay independent.
-dnnl::primitive_attr user_scratchpad_attr() {
-  dnnl::primitive_attr a;
-  a.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-  return a;
-}
-
 // ---- Convolution
 
 enum class ConvVariant { kChannelsLast, kPlain, kWinograd };
@@ -448,6 +425,207 @@ class DnnlConvTactic final : public Tactic {
   ConvVariant variant_;
 };
 
+// ---- Int8 convolution (kiln::QConv)
+//
+// oneDNN's u8/s8 x s8 convolution with s32 accumulation. The real-valued result is formed by the
+// output scales (x_scale * w_scale[c]) with the bias pre-divided into accumulator units (oneDNN 2.x
+// adds the bias before scaling); then, as post-ops in the real domain, the residual (a sum post-op
+// reading Z's int8 bytes in Y's buffer with Z's scale and zero point, or a binary add of a float
+// Z), the activation, and for an int8 output the requantization y / y_scale + y_zero_point as a
+// linear post-op before oneDNN's saturating conversion. Activations are channels-last.
+
+struct QConvPlan {
+  size_t rank = 0;
+  int64_t group = 1;
+  bool has_bias = false, has_z = false;
+  bool z_sum = false;       // Z (Y's size) accumulated by the sum post-op; else a float Z as binary post-op
+  bool src_zp = false;      // X has a nonzero zero point, passed at run time
+  int32_t x_zp = 0;
+  DType y_dtype = DType::kF32;
+  std::vector<float> acc_scale;  // x_scale * w_scale[c], per output channel (or one)
+  memory::desc x_md, y_md, z_md, w_user_md, b_md;
+  dnnl::convolution_forward::primitive_desc pd;
+};
+
+bool is_8bit(DType d) { return d == DType::kI8 || d == DType::kU8; }
+
+QConvPlan make_qconv_plan(const KernelConfig& cfg) {
+  if (cfg.inputs.size() < 2 || !cfg.has_input(0) || !cfg.has_input(1)) unsupported(cfg, "missing X or W");
+  if (cfg.outputs.empty() || !cfg.outputs[0].present()) unsupported(cfg, "missing Y");
+  const ValueInfo& x = cfg.inputs[0];
+  const ValueInfo& w = cfg.inputs[1];
+  const NodeView v = cfg.view();
+  QConvPlan p;
+  p.rank = x.shape.size();
+  if (p.rank < 3 || p.rank > 5 || w.shape.size() != p.rank) unsupported(cfg, "only 1-D, 2-D and 3-D convolutions");
+  if (!is_8bit(x.dtype) || w.dtype != DType::kI8) unsupported(cfg, "X must be 8-bit and W int8");
+  if (!w.constant) unsupported(cfg, "W must be constant");
+  p.y_dtype = cfg.outputs[0].dtype;
+  if (p.y_dtype != DType::kF32 && !is_8bit(p.y_dtype)) unsupported(cfg, "Y type");
+  p.has_bias = cfg.has_input(2);
+  if (p.has_bias && (cfg.inputs[2].dtype != DType::kF32 || !cfg.inputs[2].constant ||
+                     cfg.inputs[2].shape != std::vector<int64_t>{w.shape[0]}))
+    unsupported(cfg, "B must be a constant float32 [M]");
+  p.has_z = cfg.has_input(3);
+  if (p.has_z) {
+    const ValueInfo& z = cfg.inputs[3];
+    if (z.shape != cfg.outputs[0].shape) unsupported(cfg, "Z must have Y's shape");
+    if (z.dtype == p.y_dtype || (is_8bit(z.dtype) && is_8bit(p.y_dtype))) p.z_sum = true;
+    else if (z.dtype != DType::kF32) unsupported(cfg, "an 8-bit Z needs an 8-bit Y");
+  }
+  if (x.numel() == 0 || w.numel() == 0 || cfg.outputs[0].numel() == 0) unsupported(cfg, "empty tensors");
+  p.group = v.attr_int("group");
+  const int64_t channels = x.shape[1], maps = w.shape[0];
+  if (p.group < 1 || channels != w.shape[1] * p.group || maps % p.group != 0) unsupported(cfg, "bad group");
+  const std::vector<int64_t> kernel(w.shape.begin() + 2, w.shape.end());
+  const auto& ks = v.attr_ints("kernel_shape");
+  if (!ks.empty() && ks != kernel) unsupported(cfg, "kernel_shape does not match W");
+  const Window win = resolve_window(cfg, std::vector<int64_t>(x.shape.begin() + 2, x.shape.end()), kernel);
+  check_output_shape(cfg, maps, win);
+
+  const float x_scale = v.attr_float("x_scale");
+  const auto& w_scale = v.attr_floats("w_scale");
+  if (w_scale.size() != 1 && static_cast<int64_t>(w_scale.size()) != maps) unsupported(cfg, "w_scale size");
+  for (float s : w_scale) p.acc_scale.push_back(x_scale * s);
+  p.x_zp = static_cast<int32_t>(v.attr_int("x_zero_point"));
+  p.src_zp = p.x_zp != 0;
+
+  const std::string activation = v.attr_string("activation");
+  const std::vector<float> act_params = v.attr_floats("activation_params");
+  dnnl::post_ops ops;
+  if (p.has_z) {
+    if (p.z_sum) {
+      const bool int8 = is_8bit(p.y_dtype);
+      ops.append_sum(int8 ? v.attr_float("z_scale") : 1.f, int8 ? static_cast<int32_t>(v.attr_int("z_zero_point")) : 0,
+                     dnnl_dtype(cfg.inputs[3].dtype));
+    } else {
+      ops.append_binary(dnnl::algorithm::binary_add,
+                        memory::desc(cfg.outputs[0].shape, memory::data_type::f32, act_tag(p.rank, Layout::kChannelsLast)));
+    }
+  }
+  if (!append_activation(ops, activation, act_params)) unsupported(cfg, "activation " + activation);
+  if (is_8bit(p.y_dtype))
+    ops.append_eltwise(1.f, dnnl::algorithm::eltwise_linear, 1.f / v.attr_float("y_scale"),
+                       static_cast<float>(v.attr_int("y_zero_point")));
+
+  const Tag tag = act_tag(p.rank, Layout::kChannelsLast);
+  p.x_md = memory::desc(x.shape, dnnl_dtype(x.dtype), tag);
+  p.y_md = memory::desc(cfg.outputs[0].shape, dnnl_dtype(p.y_dtype), tag);
+  if (p.has_z) p.z_md = memory::desc(cfg.outputs[0].shape, dnnl_dtype(cfg.inputs[3].dtype), tag);
+  memory::dims wdims = w.shape;
+  if (p.group > 1) {
+    wdims = {p.group, maps / p.group, w.shape[1]};
+    wdims.insert(wdims.end(), kernel.begin(), kernel.end());
+  }
+  p.w_user_md = memory::desc(wdims, memory::data_type::s8, weight_tag(p.rank, p.group > 1));
+  p.b_md = memory::desc({maps}, memory::data_type::f32, Tag::x);
+  const memory::desc w_any(wdims, memory::data_type::s8, Tag::any);
+  const auto dil = minus_one(win.dilations);
+  const auto desc =
+      p.has_bias ? dnnl::convolution_forward::desc(dnnl::prop_kind::forward_inference,
+                                                   dnnl::algorithm::convolution_direct, p.x_md, w_any, p.b_md, p.y_md,
+                                                   win.strides, dil, win.pad_begin, win.pad_end)
+                 : dnnl::convolution_forward::desc(dnnl::prop_kind::forward_inference,
+                                                   dnnl::algorithm::convolution_direct, p.x_md, w_any, p.y_md,
+                                                   win.strides, dil, win.pad_begin, win.pad_end);
+  dnnl::primitive_attr attr = user_scratchpad_attr();
+  attr.set_output_scales(p.acc_scale.size() == 1 ? 0 : 1 << 1, p.acc_scale);
+  if (p.src_zp) attr.set_zero_points(DNNL_ARG_SRC, 0, {DNNL_RUNTIME_S32_VAL});
+  attr.set_post_ops(ops);
+  p.pd = dnnl::convolution_forward::primitive_desc(desc, attr, dnnl_engine());
+  if (p.pd.src_desc() != p.x_md || p.pd.dst_desc() != p.y_md) unsupported(cfg, "oneDNN chose other activation formats");
+  return p;
+}
+
+class DnnlQConvKernel final : public CpuKernel {
+ public:
+  DnnlQConvKernel(const KernelConfig& cfg, QConvPlan plan) : p_(std::move(plan)), conv_(p_.pd) {
+    auto& eng = dnnl_engine();
+    auto& strm = dnnl_stream();
+    packed_w_ = memory(p_.pd.weights_desc(), eng);
+    memory user(p_.w_user_md, eng, const_cast<void*>(cfg.inputs[1].constant->raw()));
+    dnnl::reorder(user, packed_w_).execute(strm, user, packed_w_);
+    strm.wait();
+    if (p_.has_bias) {
+      // Bias in accumulator units: B[c] / (x_scale * w_scale[c]).
+      const float* b = cfg.inputs[2].constant->data<float>();
+      bias_.resize(static_cast<size_t>(cfg.inputs[2].numel()));
+      for (size_t c = 0; c < bias_.size(); ++c) bias_[c] = b[c] / p_.acc_scale[p_.acc_scale.size() == 1 ? 0 : c];
+    }
+    scratch_bytes_ = align64(p_.pd.scratchpad_desc().get_size());
+  }
+
+  void run(const KernelArgs& args) override {
+    auto& eng = dnnl_engine();
+    auto& strm = dnnl_stream();
+    memory x(p_.x_md, eng, const_cast<void*>(args.inputs[0]));
+    memory y(p_.y_md, eng, args.outputs[0]);
+    std::unordered_map<int, memory> a = {{DNNL_ARG_SRC, x},
+                                         {DNNL_ARG_WEIGHTS, packed_w_},
+                                         {DNNL_ARG_DST, y},
+                                         {DNNL_ARG_SCRATCHPAD, memory(p_.pd.scratchpad_desc(), eng, args.scratch)}};
+    if (p_.has_bias) a[DNNL_ARG_BIAS] = memory(p_.b_md, eng, bias_.data());
+    if (p_.src_zp)
+      a[DNNL_ARG_ATTR_ZERO_POINTS | DNNL_ARG_SRC] =
+          memory(memory::desc({1}, memory::data_type::s32, Tag::x), eng, const_cast<int32_t*>(&p_.x_zp));
+    if (p_.has_z && !p_.z_sum)
+      a[DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1] = memory(p_.z_md, eng, const_cast<void*>(args.inputs[3]));
+    if (p_.z_sum && args.inputs[3] != args.outputs[0])
+      std::memcpy(args.outputs[0], args.inputs[3], p_.y_md.get_size());  // the sum post-op adds onto Y
+    conv_.execute(strm, a);
+    strm.wait();
+  }
+
+  size_t scratch_bytes() const override { return scratch_bytes_; }
+  std::string describe() const override {
+    std::string s = std::string(p_.pd.impl_info_str()) + " channels_last int8";
+    if (p_.z_sum) s += " +Z sum";
+    else if (p_.has_z) s += " +Z post-op";
+    return s + " -> " + std::string(dtype_name(p_.y_dtype));
+  }
+  std::vector<std::string> required_isa() const override { return isa_of_impl(p_.pd.impl_info_str()); }
+
+ private:
+  QConvPlan p_;
+  dnnl::convolution_forward conv_;
+  memory packed_w_;
+  std::vector<float> bias_;
+  size_t scratch_bytes_ = 0;
+};
+
+class DnnlQConvTactic final : public Tactic {
+ public:
+  std::string name() const override { return "dnnl.qconv.nhwc"; }
+  bool supports(const KernelConfig& cfg) const override {
+    try {
+      make_qconv_plan(cfg);
+      return true;
+    } catch (const std::exception&) {
+      return false;
+    }
+  }
+  std::vector<Layout> input_layouts(const KernelConfig& cfg) const override {
+    std::vector<Layout> l(cfg.inputs.size(), Layout::kPlain);
+    l[0] = Layout::kChannelsLast;
+    if (l.size() > 3) l[3] = Layout::kChannelsLast;
+    return l;
+  }
+  std::vector<Layout> output_layouts(const KernelConfig& cfg) const override {
+    return std::vector<Layout>(cfg.outputs.size(), Layout::kChannelsLast);
+  }
+  int inplace_input(const KernelConfig& cfg) const override {
+    return cfg.has_input(3) && cfg.inputs[3].dtype == cfg.outputs[0].dtype ? 3 : -1;
+  }
+  std::unique_ptr<CpuKernel> create(const KernelConfig& cfg) const override {
+    const ThreadCountScope threads(cfg.threads);
+    try {
+      return std::make_unique<DnnlQConvKernel>(cfg, make_qconv_plan(cfg));
+    } catch (const dnnl::error& e) {
+      unsupported(cfg, std::string("oneDNN: ") + e.what());
+    }
+  }
+};
+
 // ---- Pooling
 
 bool is_global_pool(const std::string& op) { return op == "GlobalAveragePool" || op == "GlobalMaxPool"; }
@@ -715,6 +893,7 @@ class GlobalPoolTactic final : public PoolTacticBase {
 }  // namespace
 
 void register_dnnl_conv_tactics(TacticRegistry& r) {
+  r.add("kiln", "QConv", std::make_shared<DnnlQConvTactic>());
   for (const char* domain : {"", "kiln"}) {
     const char* op = *domain ? "FusedConv" : "Conv";
     r.add(domain, op, std::make_shared<DnnlConvTactic>("dnnl.conv.nhwc", ConvVariant::kChannelsLast));

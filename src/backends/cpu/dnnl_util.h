@@ -1,6 +1,7 @@
 // Shared oneDNN plumbing for the CPU tactics: the engine, per-thread streams, dtype and activation
 // mapping. oneDNN (Debian libdnnl-dev 2.6, OpenMP runtime) runs on the calling thread's OpenMP team.
 #pragma once
+#include <omp.h>
 #include <oneapi/dnnl/dnnl.hpp>
 
 #include <string>
@@ -27,5 +28,28 @@ bool append_activation(dnnl::post_ops& ops, const std::string& activation, const
 // "brgconv:avx512_core" -> {"avx512f"}; "jit:avx2" -> {"avx2"}; "gemm:jit", "ref" -> {} (oneDNN's
 // gemm dispatches at run time on whatever the machine has).
 std::vector<std::string> isa_of_impl(const std::string& impl_info);
+
+// oneDNN's jit kernels split their work for the thread count current when the primitive is created
+// and keep that split: build them under the engine's thread count (the caller's team size at run time).
+class ThreadCountScope {
+ public:
+  explicit ThreadCountScope(int threads) : saved_(omp_get_max_threads()) {
+    if (threads > 0) omp_set_num_threads(threads);
+  }
+  ~ThreadCountScope() { omp_set_num_threads(saved_); }
+  ThreadCountScope(const ThreadCountScope&) = delete;
+  ThreadCountScope& operator=(const ThreadCountScope&) = delete;
+
+ private:
+  int saved_;
+};
+
+// Scratchpads are always the caller's (args.scratch): no hidden per-primitive buffers, and
+// concurrent runs on different scratch buffers stay independent.
+inline dnnl::primitive_attr user_scratchpad_attr() {
+  dnnl::primitive_attr a;
+  a.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return a;
+}
 
 }  // namespace kiln::cpu

@@ -43,6 +43,7 @@ KernelRegistry& KernelRegistry::mutable_global() {
     register_fused_conv_kernels(r);
     register_fused_matmul_kernels(r);
     register_fused_attention_kernels(r);
+    register_quantized_kernels(r);
     return r;
   }();
   return registry;

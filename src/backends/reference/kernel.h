@@ -57,6 +57,7 @@ void register_extra_kernels(KernelRegistry& r);
 void register_fused_conv_kernels(KernelRegistry& r);
 void register_fused_matmul_kernels(KernelRegistry& r);
 void register_fused_attention_kernels(KernelRegistry& r);
+void register_quantized_kernels(KernelRegistry& r);
 
 // ---- Helpers for kernels.
 

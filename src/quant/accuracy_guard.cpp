@@ -1,0 +1,230 @@
+// The INT8 accuracy guard: per-layer sensitivity, then the fewest most-sensitive layers kept in
+// floating point that bring the model within budget (see accuracy_guard.h).
+#include "quant/accuracy_guard.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <map>
+#include <sstream>
+
+#include "backends/cpu/program.h"
+#include "backends/reference/executor.h"
+#include "kiln/error.h"
+
+namespace kiln::quant {
+
+namespace {
+
+[[noreturn]] void invalid(const std::string& m) { throw Error(ErrorCode::kInvalidArgument, m); }
+
+using Outputs = std::vector<std::vector<Tensor>>;  // per batch, per graph output
+
+// Runs `model` on every batch (programs compiled once per shape set, first supporting tactic).
+Outputs run_model(Model model, const std::vector<TensorMap>& batches, int threads) {
+  InferOptions io;
+  io.evaluator = reference::constant_evaluator();
+  infer_types(model, io);
+  std::map<cpu::ShapeMap, std::shared_ptr<const cpu::Program>> programs;
+  Tensor arena, scratch;
+  Outputs out;
+  for (const auto& batch : batches) {
+    cpu::ShapeMap shapes;
+    for (const auto& in : model.graph.inputs) shapes[in] = batch.at(in).shape();
+    auto& p = programs[shapes];
+    if (!p) {
+      cpu::CompileOptions co;
+      co.threads = threads;
+      co.time_tactics = false;
+      p = cpu::Program::compile(model, shapes, co);
+    }
+    if (static_cast<size_t>(arena.numel()) < p->arena_bytes() + 64)
+      arena = Tensor(DType::kU8, {static_cast<int64_t>(p->arena_bytes()) + 64});
+    if (static_cast<size_t>(scratch.numel()) < p->scratch_bytes() + 64)
+      scratch = Tensor(DType::kU8, {static_cast<int64_t>(p->scratch_bytes()) + 64});
+    std::vector<const void*> in;
+    for (const auto& v : p->inputs()) in.push_back(batch.at(v.name).raw());
+    std::vector<Tensor> o;
+    std::vector<void*> optr;
+    for (const auto& v : p->outputs()) o.emplace_back(v.dtype, v.shape);
+    for (auto& t : o) optr.push_back(t.mutable_raw());
+    p->run(arena.mutable_raw(), scratch.mutable_raw(), in, optr);
+    out.push_back(std::move(o));
+  }
+  return out;
+}
+
+bool is_classifier(const Outputs& ref) {
+  if (ref.empty() || ref[0].empty()) return false;
+  for (const Tensor& t : ref[0])
+    if (t.dtype() != DType::kF32 || t.rank() != 2 || t.dim(1) < 2) return false;
+  return true;
+}
+
+double top1_agreement(const Outputs& got, const Outputs& want) {
+  int64_t agree = 0, total = 0;
+  for (size_t b = 0; b < want.size(); ++b)
+    for (size_t o = 0; o < want[b].size(); ++o) {
+      const Tensor& g = got[b][o];
+      const Tensor& w = want[b][o];
+      const int64_t rows = w.dim(0), cols = w.dim(1);
+      for (int64_t r = 0; r < rows; ++r) {
+        const float* gr = g.data<float>() + r * cols;
+        const float* wr = w.data<float>() + r * cols;
+        agree += std::max_element(gr, gr + cols) - gr == std::max_element(wr, wr + cols) - wr;
+        ++total;
+      }
+    }
+  return total ? static_cast<double>(agree) / static_cast<double>(total) : 1.0;
+}
+
+// The smallest cosine similarity over the outputs, each accumulated over every batch.
+double min_cosine(const Outputs& got, const Outputs& want) {
+  double worst = 1.0;
+  for (size_t o = 0; !want.empty() && o < want[0].size(); ++o) {
+    double dot = 0, gg = 0, ww = 0;
+    for (size_t b = 0; b < want.size(); ++b) {
+      const auto g = got[b][o].to_double_vector(), w = want[b][o].to_double_vector();
+      for (size_t i = 0; i < w.size(); ++i) {
+        dot += g[i] * w[i];
+        gg += g[i] * g[i];
+        ww += w[i] * w[i];
+      }
+    }
+    const double c = (gg == 0 && ww == 0) ? 1.0 : (gg == 0 || ww == 0) ? 0.0 : dot / std::sqrt(gg * ww);
+    worst = std::min(worst, std::isnan(c) ? 0.0 : c);
+  }
+  return worst;
+}
+
+}  // namespace
+
+AccuracyMetric parse_accuracy_metric(const std::string& text) {
+  if (text == "auto") return AccuracyMetric::kAuto;
+  if (text == "top1") return AccuracyMetric::kTop1;
+  if (text == "cosine") return AccuracyMetric::kCosine;
+  invalid("--accuracy-metric must be auto, top1 or cosine, got '" + text + "'");
+}
+
+double parse_accuracy_budget(const std::string& text) {
+  std::string s = text;
+  const bool percent = !s.empty() && s.back() == '%';
+  if (percent) s.pop_back();
+  char* end = nullptr;
+  const double v = s.empty() ? NAN : std::strtod(s.c_str(), &end);
+  if (s.empty() || !end || *end != '\0' || !std::isfinite(v))
+    invalid("--accuracy-budget: expected a percentage like 1% or a fraction like 0.01, got '" + text + "'");
+  const double b = percent ? v / 100.0 : v;
+  if (b < 0 || b >= 1) invalid("--accuracy-budget must be in [0%, 100%), got '" + text + "'");
+  return b;
+}
+
+GuardResult accuracy_guard(const Model& optimized, const CalibrationTable& table, const Int8Options& base,
+                           Calibrator& validation, const GuardOptions& options) {
+  GuardResult r;
+  // The validation batches, kept in memory (each evaluation runs them all).
+  std::vector<TensorMap> batches;
+  validation.reset();
+  for (TensorMap b; validation.next_batch(b); b.clear()) {
+    batches.push_back(b);
+    if (options.max_samples && validation.samples_read() >= options.max_samples) break;
+  }
+  if (batches.empty()) invalid("accuracy guard: the validation data yielded no batch");
+  r.samples = validation.samples_read();
+
+  const Outputs reference = run_model(optimized, batches, options.threads);
+  const bool top1 = options.metric == AccuracyMetric::kTop1 ||
+                    (options.metric == AccuracyMetric::kAuto && is_classifier(reference));
+  if (top1 && !is_classifier(reference))
+    invalid("--accuracy-metric top1 needs every output to be [batch, classes] float32");
+  r.metric_name = top1 ? "top-1 agreement" : "cosine";
+  const double target = 1.0 - options.budget;
+
+  auto evaluate = [&](const std::set<std::string>& keep_float) {
+    Model m = optimized;
+    Int8Options o = base;
+    o.keep_float.insert(keep_float.begin(), keep_float.end());
+    quantize_int8(m, table, o);
+    const Outputs got = run_model(std::move(m), batches, options.threads);
+    ++r.evaluations;
+    return top1 ? top1_agreement(got, reference) : min_cosine(got, reference);
+  };
+
+  const std::vector<std::string> layers = int8_layers(optimized, base);
+  std::map<std::string, std::string> op_of;
+  for (const Node& n : optimized.graph.nodes) op_of[n.name] = n.op_type;
+  const std::set<std::string> all(layers.begin(), layers.end());
+
+  r.all_int8_metric = evaluate({});
+  if (options.progress) options.progress("all " + std::to_string(layers.size()) + " layers int8: " + r.metric_name +
+                                         " " + std::to_string(r.all_int8_metric));
+  // Sensitivity: only layer i in INT8.
+  for (const auto& l : layers) {
+    std::set<std::string> others = all;
+    others.erase(l);
+    LayerSensitivity s{l, op_of[l], evaluate(others), true};
+    r.layers.push_back(s);
+    if (options.progress) options.progress("only " + l + " int8: " + std::to_string(s.metric));
+  }
+  // Most sensitive (lowest metric) first; ties keep graph order.
+  std::stable_sort(r.layers.begin(), r.layers.end(),
+                   [](const LayerSensitivity& a, const LayerSensitivity& b) { return a.metric < b.metric; });
+
+  // The fewest most-sensitive layers kept in float that meet the target: grow k by doubling, then
+  // bisect between the last failing and the first passing k.
+  auto keep_top = [&](size_t k) {
+    std::set<std::string> s;
+    for (size_t i = 0; i < k && i < r.layers.size(); ++i) s.insert(r.layers[i].layer);
+    return s;
+  };
+  std::map<size_t, double> tried = {{0, r.all_int8_metric}};
+  auto metric_at = [&](size_t k) {
+    auto it = tried.find(k);
+    if (it != tried.end()) return it->second;
+    const double m = evaluate(keep_top(k));
+    if (options.progress) options.progress(std::to_string(k) + " most sensitive layers kept float: " + std::to_string(m));
+    return tried[k] = m;
+  };
+  size_t lo = 0, hi = 0;  // metric_at(lo) fails, metric_at(hi) passes
+  if (metric_at(0) >= target) {
+    hi = 0;
+  } else {
+    size_t k = 1;
+    while (k < r.layers.size() && metric_at(k) < target) {
+      lo = k;
+      k *= 2;
+    }
+    hi = std::min(k, r.layers.size());
+    if (hi == r.layers.size()) tried[hi] = 1.0;  // every layer float: the FP32 model itself
+    while (hi - lo > 1) {
+      const size_t mid = (lo + hi) / 2;
+      if (metric_at(mid) >= target) hi = mid;
+      else lo = mid;
+    }
+  }
+  r.keep_float = keep_top(hi);
+  r.metric = tried.count(hi) ? tried[hi] : metric_at(hi);
+  r.within_budget = r.metric >= target;
+  for (auto& s : r.layers) s.int8 = !r.keep_float.count(s.layer);
+  return r;
+}
+
+std::string format_guard_report(const GuardResult& r, double budget) {
+  std::ostringstream os;
+  char buf[256];
+  std::snprintf(buf, sizeof buf, "accuracy guard: %s >= %.4f needed (budget %.2f%%), %zu validation samples\n",
+                r.metric_name.c_str(), 1.0 - budget, budget * 100.0, r.samples);
+  os << buf;
+  std::snprintf(buf, sizeof buf, "  all int8: %.6f; chosen: %.6f with %zu of %zu layers kept in fp32 (%d evaluations)\n",
+                r.all_int8_metric, r.metric, r.keep_float.size(), r.layers.size(), r.evaluations);
+  os << buf;
+  os << "  per layer, most sensitive first (" << r.metric_name << " with only that layer in int8):\n";
+  for (const auto& s : r.layers) {
+    std::snprintf(buf, sizeof buf, "    %-6s %.6f  %-12s %s\n", s.int8 ? "int8" : "fp32", s.metric, s.op.c_str(),
+                  s.layer.c_str());
+    os << buf;
+  }
+  return os.str();
+}
+
+}  // namespace kiln::quant

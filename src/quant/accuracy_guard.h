@@ -1,0 +1,59 @@
+// The INT8 accuracy guard (kiln build --int8 --accuracy-budget 1%): measures how sensitive each
+// int8-capable layer is (the end-to-end metric when only that layer is INT8), then keeps the most
+// sensitive layers in floating point until the whole model is within the budget.
+//
+// The metric compares the INT8 engine's outputs with the FP32 model's on a validation set:
+// top-1 agreement for classifiers (every output is [N, classes]), otherwise the smallest cosine
+// similarity over the outputs. Within budget means metric >= 1 - budget.
+#pragma once
+#include <functional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "ir/graph.h"
+#include "quant/calibration.h"
+#include "quant/qdq.h"
+
+namespace kiln::quant {
+
+enum class AccuracyMetric { kAuto, kTop1, kCosine };
+AccuracyMetric parse_accuracy_metric(const std::string& text);  // "auto", "top1", "cosine"
+
+// "1%", "0.5%" or a fraction "0.01"; must be in [0, 1). Throws kInvalidArgument.
+double parse_accuracy_budget(const std::string& text);
+
+struct GuardOptions {
+  double budget = 0.01;
+  AccuracyMetric metric = AccuracyMetric::kAuto;
+  size_t max_samples = 64;  // validation samples used (0: all)
+  int threads = 0;
+  std::function<void(const std::string&)> progress;  // one line per evaluation
+};
+
+struct LayerSensitivity {
+  std::string layer;      // node name in the optimized graph
+  std::string op;         // FusedConv, FusedMatMul, MatMul
+  double metric = 0;      // the model's metric with only this layer in INT8
+  bool int8 = true;       // the guard's decision
+};
+
+struct GuardResult {
+  std::string metric_name;             // "top-1 agreement" or "cosine"
+  double metric = 0;                   // with the chosen precisions
+  double all_int8_metric = 0;          // with every candidate layer in INT8
+  bool within_budget = false;          // false only when even all-FP32 layers... cannot happen; kept for reports
+  std::set<std::string> keep_float;    // layers the guard keeps in floating point
+  std::vector<LayerSensitivity> layers;  // most sensitive first
+  size_t samples = 0;
+  int evaluations = 0;
+};
+
+// `optimized` is the FP32 optimized graph; `base` carries user-forced float layers (never INT8).
+GuardResult accuracy_guard(const Model& optimized, const CalibrationTable& table, const Int8Options& base,
+                           Calibrator& validation, const GuardOptions& options);
+
+// The per-layer report the build prints.
+std::string format_guard_report(const GuardResult& r, double budget);
+
+}  // namespace kiln::quant
