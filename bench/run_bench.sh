@@ -7,6 +7,7 @@
 #
 #   bench/run_bench.sh                     # everything (about 10 minutes on 2 cores)
 #   ROWS="resnet50:1 bert:8" bench/run_bench.sh
+#   SKIP_PRECISION=1 bench/run_bench.sh   # FP32 table only (else bench/run_precision_bench.sh runs after it)
 #
 # Kiln: `kiln build` (tactics timed, one timing cache shared by the rows) writes an engine per row,
 # then `kiln bench ENGINE` times it. ORT: bench/ort_bench.js (onnxruntime-node, CPU EP).
@@ -185,3 +186,9 @@ env_prefix=""
 
 $PY "$here/make_chart.py" "$tsv" "$png" --seq "$SEQ" --title "Kiln vs ONNX Runtime, CPU FP32, $THREADS threads, $DATE"
 echo "run_bench: wrote $md and $png (${elapsed} s)"
+
+# Reduced precision rows (BF16, INT8, INT8 with the accuracy guard, ORT on Kiln's QDQ export).
+if [ "${SKIP_PRECISION:-0}" != 1 ]; then
+  KILN="$KILN" MODELS="$MODELS" THREADS="$THREADS" DATE="$DATE" OUT_DIR="$OUT_DIR" SEQ="$SEQ" \
+    "$here/run_precision_bench.sh"
+fi

@@ -13,6 +13,7 @@ fi
 mkdir -p "$out"
 status=0
 /usr/bin/python3 "$here/models/export.py" --out "$out" --set all || status=$?
+/usr/bin/python3 "$here/models/pytorch_qdq.py" --out "$out" || status=$?
 if /usr/bin/python3 -c "import sklearn" 2>/dev/null; then
   /usr/bin/python3 "$here/models/digits.py" --out "$out" || status=$?
 else

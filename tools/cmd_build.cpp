@@ -20,6 +20,7 @@
 #include "engine/engine_file.h"
 #include "onnx/onnx_import.h"
 #include "quant/calibration.h"
+#include "quant/qdq.h"
 #include "runtime/builder.h"
 
 namespace kiln::cli {
@@ -46,7 +47,7 @@ struct BuildArgs {
   bool no_timing = false;
   bool verbose = false;
   // Precision
-  bool int8 = false;
+  bool int8 = false, bf16 = false, fp16 = false;
   std::string calib, calib_method = "entropy", calib_cache, precision_constraints = "prefer", layer_precision;
   size_t calib_samples = 0;  // 0: all
   int64_t calib_batch = 0;   // 0: 8, or the input's static batch
@@ -177,6 +178,8 @@ int cmd_build(const BuildArgs& args) {
   // Precision flags.
   std::unique_ptr<quant::FileCalibrator> calibrator;
   cfg.precision.int8 = args.int8;
+  cfg.precision.bf16 = args.bf16;
+  cfg.precision.fp16 = args.fp16;
   cfg.precision.constraints = args.precision_constraints;
   cfg.precision.calib_method = quant::parse_calib_method(args.calib_method);
   cfg.precision.calib_cache = args.calib_cache;
@@ -185,7 +188,7 @@ int cmd_build(const BuildArgs& args) {
     if (item.empty()) continue;
     const auto colon = item.rfind(':');
     if (colon == std::string::npos || colon == 0 || colon + 1 == item.size())
-      throw Error(ErrorCode::kInvalidArgument, "--layer-precision: expected NAME:fp32 or NAME:int8, got '" + item + "'");
+      throw Error(ErrorCode::kInvalidArgument, "--layer-precision: expected NAME:PRECISION (fp32, bf16, fp16, int8), got '" + item + "'");
     cfg.precision.layer_precision[item.substr(0, colon)] = item.substr(colon + 1);
   }
   if (!args.int8 && (!args.calib.empty() || !args.calib_cache.empty()))
@@ -193,10 +196,15 @@ int cmd_build(const BuildArgs& args) {
   if (args.int8 && !args.calib.empty() && !(std::filesystem::exists(args.calib_cache))) {
     int64_t batch = args.calib_batch;
     if (batch <= 0) {
+      // The optimized graph may be specialized to profile 0's shapes (shape chains folded), so
+      // calibrate at its opt batch; else at the static batch; else 8 samples per batch.
       batch = 8;
       for (const auto& in : model.graph.inputs)
         if (const TensorType* t = model.graph.type_of(in); t && t->shape && !t->shape->empty() && (*t->shape)[0].known())
           batch = (*t->shape)[0].value;
+      if (!cfg.profiles.empty())
+        for (const auto& [name, d] : cfg.profiles[0].inputs)
+          if (!d.opt.empty()) batch = d.opt[0];
     }
     calibrator = std::make_unique<quant::FileCalibrator>(args.calib, model, batch, args.calib_samples);
     cfg.precision.calibrator = calibrator.get();
@@ -360,6 +368,11 @@ void describe(const LoadedEngine& e, std::string* text, std::string* js) {
   const bool have_tactics = info.node_tactics.size() == nodes.size();
   size_t wn = 4, wo = 2, wt = 6;
   std::vector<std::string> tactics(nodes.size(), "-");
+  std::map<std::string, int> by_precision;
+  for (const Node& n : nodes) ++by_precision[quant::node_precision(e.model.graph, n)];
+  os << "precision: ";
+  for (const auto& [p, count] : by_precision) os << " " << p << " x" << count;
+  os << "\n";
   for (size_t i = 0; i < nodes.size(); ++i) {
     if (have_tactics && !info.node_tactics[i].empty()) tactics[i] = info.node_tactics[i];
     wn = std::max(wn, nodes[i].name.size());
@@ -370,7 +383,7 @@ void describe(const LoadedEngine& e, std::string* text, std::string* js) {
   os << "nodes:      " << nodes.size() << " (tactic per node; '-': none, folded at the opt shapes"
      << (have_tactics ? "" : " or not recorded") << ")\n";
   os << "  " << std::left << std::setw(static_cast<int>(wn)) << "node" << "  " << std::setw(static_cast<int>(wo)) << "op"
-     << "  " << std::setw(static_cast<int>(wt)) << "tactic" << "  fused\n";
+     << "  " << std::setw(static_cast<int>(wt)) << "tactic" << "  " << std::setw(10) << "precision" << "  fused\n";
   j["nodes"] = json::array();
   j["fused_nodes"] = json::array();
   for (size_t i = 0; i < nodes.size(); ++i) {
@@ -380,9 +393,11 @@ void describe(const LoadedEngine& e, std::string* text, std::string* js) {
     if (f)
       for (size_t k = 0; k < f->strings.size(); ++k) fused += (k ? " + " : "") + f->strings[k];
     os << "  " << std::setw(static_cast<int>(wn)) << n.name << "  " << std::setw(static_cast<int>(wo)) << op_name(n)
-       << "  " << std::setw(static_cast<int>(wt)) << tactics[i] << "  " << (f ? "<- " + fused : std::string()) << "\n";
+       << "  " << std::setw(static_cast<int>(wt)) << tactics[i] << "  " << std::setw(10)
+       << quant::node_precision(e.model.graph, n) << "  " << (f ? "<- " + fused : std::string()) << "\n";
     json nj = {{"index", i}, {"name", n.name}, {"op", op_name(n)},
-               {"tactic", have_tactics ? info.node_tactics[i] : std::string()}};
+               {"tactic", have_tactics ? info.node_tactics[i] : std::string()},
+               {"precision", quant::node_precision(e.model.graph, n)}};
     nj["fused_ops"] = f ? f->strings : std::vector<std::string>{};
     j["nodes"].push_back(nj);
     if (f) j["fused_nodes"].push_back({{"name", n.name}, {"op", op_name(n)}, {"fused_ops", f->strings}});
@@ -459,6 +474,8 @@ CLI::App* add_build_command(CLI::App& app, std::function<int()>* run) {
   sub->add_option("--disable-pass", args->disabled, "Comma-separated pass names to skip");
   sub->add_flag("--no-timing", args->no_timing, "Do not time tactics: take the first supporting one per node");
   sub->add_flag("--verbose,-v", args->verbose, "Also print the tactic timing log and the chosen kernel of every step");
+  sub->add_flag("--bf16", args->bf16, "Run convolutions and matmuls in BF16 (AVX512_BF16/AMX; fp32 on CPUs without)");
+  sub->add_flag("--fp16", args->fp16, "Allow FP16 (no CPU kernels: those layers stay fp32; combines with --bf16/--int8)");
   sub->add_flag("--int8", args->int8,
                 "Run convolutions and matmuls in INT8 (needs --calib or --calib-cache; explicit Q/DQ models need neither)");
   sub->add_option("--calib", args->calib,
@@ -477,7 +494,7 @@ CLI::App* add_build_command(CLI::App& app, std::function<int()>* run) {
   sub->add_option("--validation", args->validation, "Validation data for the accuracy guard (default: --calib)");
   sub->add_option("--validation-samples", args->validation_samples, "Validation samples the guard uses (default 64)");
   sub->add_option("--layer-precision", args->layer_precision,
-                  "Per-layer precision by node name: NAME:fp32,NAME:int8,...");
+                  "Per-layer precision by node name: NAME:fp32,NAME:bf16,NAME:int8,...");
   sub->footer(
       "Profiles: --shapes fixes inputs to one shape. For a dynamic input give --min-shapes, --opt-shapes and\n"
       "--max-shapes (all three, same names); repeat the three flags to define several profiles: the k-th\n"

@@ -28,6 +28,8 @@ CLI::App* add_bench_command(CLI::App& app, std::function<int()>* run);
 CLI::App* add_optimize_command(CLI::App& app, std::function<int()>* run);
 // tools/cmd_build.cpp: registers `kiln build` (engine files).
 CLI::App* add_build_command(CLI::App& app, std::function<int()>* run);
+// tools/cmd_quantize.cpp: registers `kiln quantize` (calibrated model -> standard QDQ ONNX).
+CLI::App* add_quantize_command(CLI::App& app, std::function<int()>* run);
 // tools/cmd_compare.cpp: registers `kiln compare` (accuracy against the fp32 reference).
 CLI::App* add_compare_command(CLI::App& app, std::function<int()>* run);
 }  // namespace kiln::cli
@@ -305,6 +307,8 @@ int main(int argc, char** argv) {
   auto* optimize = cli::add_optimize_command(app, &run_optimize);
   std::function<int()> run_build;
   auto* build = cli::add_build_command(app, &run_build);
+  std::function<int()> run_quantize;
+  auto* quantize = cli::add_quantize_command(app, &run_quantize);
   std::function<int()> run_compare;
   auto* compare = cli::add_compare_command(app, &run_compare);
 
@@ -322,6 +326,7 @@ int main(int argc, char** argv) {
     if (*bench) return run_bench();
     if (*optimize) return run_optimize();
     if (*build) return run_build();
+    if (*quantize) return run_quantize();
     if (*compare) return run_compare();
   } catch (const Error& e) {
     std::cerr << "kiln: error (" << error_code_name(e.code()) << "): " << e.what() << "\n";

@@ -26,6 +26,9 @@ constexpr std::array<ActivationSpec, 11> kActivations = {{{"", 0, 0},
 
 void infer_fused_conv(InferContext& ctx) {
   check_activation(ctx, kActivations);
+  // "bf16": the CPU tactics multiply in bfloat16 (tensors stay as typed; the reference ignores it).
+  if (const std::string& p = ctx.attr_string("compute_precision"); !p.empty() && p != "bf16")
+    ctx.fail("compute_precision must be \"\" (float32) or \"bf16\", got \"" + p + "\"");
   // The convolution part is Conv's own inference, run on this node: FusedConv declares Conv's
   // attributes with Conv's defaults, so the view reads them identically.
   const OpSchema* conv = OpRegistry::global().find("", "Conv", 11);
@@ -79,9 +82,11 @@ void register_fused_conv_schemas(OpRegistry& r) {
          .max_inputs = 4,
          .attrs = {attr_string("auto_pad", "NOTSET"), attr_ints("dilations"), attr_int("group", 1),
                    attr_ints("kernel_shape"), attr_ints("pads"), attr_ints("strides"), attr_string("activation", ""),
-                   attr_floats("activation_params"), attr_optional("fused_ops", AttrKind::kStrings)},
+                   attr_floats("activation_params"), attr_string("compute_precision", ""),
+                   attr_optional("fused_ops", AttrKind::kStrings)},
          .infer = infer_fused_conv,
-         .doc = "act(Conv(X, W, B) + Z): convolution with optional bias, residual input Z and activation"});
+         .doc = "act(Conv(X, W, B) + Z): convolution with optional bias, residual input Z and activation; "
+                "compute_precision \"bf16\" multiplies in bfloat16 with float32 accumulation"});
 }
 
 }  // namespace kiln

@@ -117,6 +117,9 @@ namespace {
 
 void infer_fused_matmul(InferContext& ctx) {
   check_activation(ctx, kActivations);
+  // "bf16": the CPU tactics multiply in bfloat16 (tensors stay as typed; the reference ignores it).
+  if (const std::string& p = ctx.attr_string("compute_precision"); !p.empty() && p != "bf16")
+    ctx.fail("compute_precision must be \"\" (float32) or \"bf16\", got \"" + p + "\"");
   for (const char* flag : {"transA", "transB"}) {
     const int64_t v = ctx.attr_int(flag);
     if (v != 0 && v != 1) ctx.fail(std::string(flag) + " must be 0 or 1, got " + std::to_string(v));
@@ -146,9 +149,11 @@ void register_fused_matmul_schemas(OpRegistry& r) {
          .doc = "(X - mean) / sqrt(var + epsilon) * Scale + B over the trailing axes from 'axis' (Y only)"});
   r.add({.domain = "kiln", .name = "FusedMatMul", .since_version = 1, .min_inputs = 2, .max_inputs = 3,
          .attrs = {attr_int("transA", 0), attr_int("transB", 0), attr_float("alpha", 1.0f), attr_float("beta", 1.0f),
-                   attr_string("activation", ""), attr_floats("activation_params"), fused_ops},
+                   attr_string("activation", ""), attr_floats("activation_params"),
+                   attr_string("compute_precision", ""), fused_ops},
          .infer = infer_fused_matmul,
-         .doc = "act(alpha * op(A) x op(B) + beta * C): numpy matmul batching, C broadcast to the output"});
+         .doc = "act(alpha * op(A) x op(B) + beta * C): numpy matmul batching, C broadcast to the output; "
+                "compute_precision \"bf16\" multiplies in bfloat16 with float32 accumulation"});
 }
 
 }  // namespace kiln

@@ -136,7 +136,7 @@ class FuseQdq : public Pass {
     for (const Node& n : g.nodes)
       if (n.domain.empty() && (n.op_type == "QuantizeLinear" || n.op_type == "DequantizeLinear")) any = true;
     if (!any) return 0;
-    int rewrites = merge_quantize(g) + fold_constant_dq(model, ctx, /*eight_bit=*/false);
+    int rewrites = fold_constant_q(model, ctx) + merge_quantize(g) + fold_constant_dq(model, ctx, /*eight_bit=*/false);
     for (bool changed = true; changed;) {
       changed = false;
       const UseIndex u(g);
@@ -182,6 +182,47 @@ class FuseQdq : public Pass {
       }
     }
     return merged;
+  }
+
+  // Folds QuantizeLinear of constants into 8-bit initializers: weights fake-quantized in the graph
+  // (PyTorch exports Q(W) -> DQ with W and its scale computed from parameters) become the int8
+  // weights the kernels take; the DequantizeLinear after them stays for the matching.
+  static int fold_constant_q(Model& model, PassContext& ctx) {
+    if (!ctx.evaluator) return 0;
+    Graph& g = model.graph;
+    int folded = 0;
+    for (size_t i = 0; i < g.nodes.size();) {
+      const Node& n = g.nodes[i];
+      bool fold = n.domain.empty() && n.op_type == "QuantizeLinear" && n.outputs.size() == 1;
+      std::vector<const Tensor*> in;
+      for (size_t k = 0; fold && k < n.inputs.size(); ++k) {
+        if (n.inputs[k].empty()) {
+          in.push_back(nullptr);
+          continue;
+        }
+        auto it = g.initializers.find(n.inputs[k]);
+        fold = it != g.initializers.end();
+        if (fold) in.push_back(&it->second);
+      }
+      const int64_t opset = model.default_opset();
+      const OpSchema* schema = fold ? OpRegistry::global().find("", "QuantizeLinear", opset) : nullptr;
+      std::vector<Tensor> out;
+      if (schema) {
+        try {
+          out = ctx.evaluator(n, *schema, opset, in);
+        } catch (const Error&) {
+          out.clear();  // left to run (and report) at execution
+        }
+      }
+      if (out.size() != 1 || !out[0].defined()) {
+        ++i;
+        continue;
+      }
+      g.initializers[n.outputs[0]] = std::move(out[0]);
+      g.nodes.erase(g.nodes.begin() + static_cast<std::ptrdiff_t>(i));
+      ++folded;
+    }
+    return folded;
   }
 
   // Folds DequantizeLinear of constants: non-8-bit ones (int32 biases) before matching, 8-bit ones

@@ -158,6 +158,14 @@ GuardResult accuracy_guard(const Model& optimized, const CalibrationTable& table
   r.all_int8_metric = evaluate({});
   if (options.progress) options.progress("all " + std::to_string(layers.size()) + " layers int8: " + r.metric_name +
                                          " " + std::to_string(r.all_int8_metric));
+  if (r.all_int8_metric >= target) {
+    // Within budget with every layer in INT8: nothing to keep in float, so the per-layer
+    // sensitivities (one evaluation each) are not measured.
+    for (const auto& l : layers) r.layers.push_back(LayerSensitivity{l, op_of[l], -1, true});
+    r.metric = r.all_int8_metric;
+    r.within_budget = true;
+    return r;
+  }
   // Sensitivity: only layer i in INT8.
   for (const auto& l : layers) {
     std::set<std::string> others = all;
@@ -212,13 +220,17 @@ GuardResult accuracy_guard(const Model& optimized, const CalibrationTable& table
 std::string format_guard_report(const GuardResult& r, double budget) {
   std::ostringstream os;
   char buf[256];
-  std::snprintf(buf, sizeof buf, "accuracy guard: %s >= %.4f needed (budget %.2f%%), %zu validation samples\n",
+  std::snprintf(buf, sizeof buf, "accuracy guard: %s >= %.6g needed (budget %.4g%%), %zu validation samples\n",
                 r.metric_name.c_str(), 1.0 - budget, budget * 100.0, r.samples);
   os << buf;
   std::snprintf(buf, sizeof buf, "  all int8: %.6f; chosen: %.6f with %zu of %zu layers kept in fp32 (%d evaluations)\n",
                 r.all_int8_metric, r.metric, r.keep_float.size(), r.layers.size(), r.evaluations);
   os << buf;
   os << "  per layer, most sensitive first (" << r.metric_name << " with only that layer in int8):\n";
+  if (!r.layers.empty() && r.layers.front().metric < 0) {
+    os << "  every layer int8 is within budget: per-layer sensitivities not measured\n";
+    return os.str();
+  }
   for (const auto& s : r.layers) {
     std::snprintf(buf, sizeof buf, "    %-6s %.6f  %-12s %s\n", s.int8 ? "int8" : "fp32", s.metric, s.op.c_str(),
                   s.layer.c_str());

@@ -34,7 +34,7 @@ struct GuardOptions {
 struct LayerSensitivity {
   std::string layer;      // node name in the optimized graph
   std::string op;         // FusedConv, FusedMatMul, MatMul
-  double metric = 0;      // the model's metric with only this layer in INT8
+  double metric = 0;      // the model's metric with only this layer in INT8 (-1: not measured)
   bool int8 = true;       // the guard's decision
 };
 
@@ -42,7 +42,7 @@ struct GuardResult {
   std::string metric_name;             // "top-1 agreement" or "cosine"
   double metric = 0;                   // with the chosen precisions
   double all_int8_metric = 0;          // with every candidate layer in INT8
-  bool within_budget = false;          // false only when even all-FP32 layers... cannot happen; kept for reports
+  bool within_budget = false;          // the chosen precisions meet the budget
   std::set<std::string> keep_float;    // layers the guard keeps in floating point
   std::vector<LayerSensitivity> layers;  // most sensitive first
   size_t samples = 0;

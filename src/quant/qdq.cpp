@@ -263,7 +263,8 @@ int quantize_int8(Model& optimized, const CalibrationTable& table, const Int8Opt
     auto r = t.ranges.find(n.inputs[0]);
     if (r != t.ranges.end()) t.ranges[n.outputs[0]] = r->second;
   }
-  Inserter ins(optimized, t, true);
+  // Per-channel DequantizeLinear needs opset 13; older models get per-tensor weight scales.
+  Inserter ins(optimized, t, optimized.default_opset() >= 13);
   std::vector<std::pair<size_t, std::vector<std::pair<size_t, std::string>>>> rewires;
   for (const Layer& l : p.layers) {
     const Node& n = g.nodes[l.node];
@@ -329,6 +330,73 @@ int export_qdq(Model& model, const CalibrationTable& table, const Int8Options& o
   }
   ins.commit();
   return static_cast<int>(p.layers.size());
+}
+
+void check_qdq_params(const Model& model) {
+  const Graph& g = model.graph;
+  for (const Node& n : g.nodes) {
+    if (!n.domain.empty() || (n.op_type != "QuantizeLinear" && n.op_type != "DequantizeLinear")) continue;
+    auto bad = [&](const std::string& what) {
+      throw Error(ErrorCode::kInvalidModel, n.describe() + ": " + what);
+    };
+    if (n.inputs.size() > 1) {
+      auto it = g.initializers.find(n.inputs[1]);
+      if (it != g.initializers.end() && (it->second.dtype() == DType::kF32 || it->second.dtype() == DType::kF16 ||
+                                         it->second.dtype() == DType::kBF16)) {
+        for (double v : it->second.to_double_vector())
+          if (!(v > 0) || !std::isfinite(v))
+            bad("scale '" + n.inputs[1] + "' must be positive and finite, got " + std::to_string(v));
+      }
+    }
+    if (n.inputs.size() > 2 && !n.inputs[2].empty()) {
+      auto it = g.initializers.find(n.inputs[2]);
+      if (it == g.initializers.end()) continue;
+      const Tensor& z = it->second;
+      const bool quantize = n.op_type == "QuantizeLinear";
+      const TensorType* qt = g.type_of(quantize ? n.outputs[0] : n.inputs[0]);
+      if (qt && qt->dtype != DType::kUndefined && z.dtype() != qt->dtype)
+        bad("zero point '" + n.inputs[2] + "' has dtype " + std::string(dtype_name(z.dtype())) + ", the quantized "
+            "tensor is " + std::string(dtype_name(qt->dtype)));
+      if (quantize && z.dtype() != DType::kI8 && z.dtype() != DType::kU8 && z.dtype() != DType::kI16 &&
+          z.dtype() != DType::kU16)
+        bad("zero point '" + n.inputs[2] + "' has dtype " + std::string(dtype_name(z.dtype())) +
+            ", not a quantized type (int8, uint8, int16, uint16)");
+      if (!quantize && z.dtype() == DType::kI32)
+        for (double v : z.to_double_vector())
+          if (v != 0) bad("zero point of an int32 input must be 0 (ONNX DequantizeLinear), got " +
+                          std::to_string(static_cast<int64_t>(v)));
+      double lo = 0, hi = 0;
+      switch (z.dtype()) {
+        case DType::kI8: lo = -128, hi = 127; break;
+        case DType::kU8: lo = 0, hi = 255; break;
+        case DType::kI16: lo = -32768, hi = 32767; break;
+        default: continue;
+      }
+      for (double v : z.to_double_vector())
+        if (v < lo || v > hi) bad("zero point " + std::to_string(static_cast<int64_t>(v)) + " is out of range");
+    }
+  }
+}
+
+std::string node_precision(const Graph& g, const Node& n) {
+  auto type_name = [](DType d) -> std::string {
+    switch (d) {
+      case DType::kF32: return "fp32";
+      case DType::kF16: return "fp16";
+      case DType::kBF16: return "bf16";
+      case DType::kI8: return "int8";
+      case DType::kU8: return "uint8";
+      default: return std::string(dtype_name(d));
+    }
+  };
+  if (n.domain == "kiln" && (n.op_type == "QConv" || n.op_type == "QMatMul")) return "int8";
+  if (n.domain.empty() && n.op_type == "QuantizeLinear") return "fp32->int8";
+  if (n.domain.empty() && n.op_type == "DequantizeLinear") return "int8->fp32";
+  if (const Attribute* p = n.attr("compute_precision"); p && !p->s.empty()) return p->s;
+  if (n.outputs.empty() || n.outputs[0].empty()) return "-";
+  const TensorType* t = g.type_of(n.outputs[0]);
+  if (!t) return "-";
+  return t->dtype == DType::kU8 ? "int8" : type_name(t->dtype);
 }
 
 std::map<std::string, QuantizedValue> quantized_values(const Model& model) {

@@ -32,21 +32,34 @@ std::vector<std::string> int8_layers(const Model& optimized, const Int8Options& 
 
 // Rewrites an optimized f32 graph for INT8: inserts QuantizeLinear/DequantizeLinear pairs on the
 // activations of int8_tensors() (per-tensor, symmetric: int8, or uint8 when calibration saw no
-// negative value) and quantizes the constant weights per output channel (int8, symmetric), then
+// negative value) and quantizes the constant weights per output channel (int8, symmetric; per
+// tensor for models below opset 13, which lack per-axis DequantizeLinear), then
 // runs the fuse-qdq pass so the pairs become kiln::QConv / kiln::QMatMul / int8 MaxPool kernels.
 // Returns the number of int8 compute layers. Throws kInvalidArgument when the table lacks a tensor.
 int quantize_int8(Model& optimized, const CalibrationTable& table, const Int8Options& options);
+
+// Checks the constant parameters of every QuantizeLinear/DequantizeLinear: scales positive and
+// finite, zero points of the quantized type and within its range. Throws kInvalidModel naming the
+// node and the bad value (a zero scale would divide by zero; an out-of-range zero point cannot be
+// represented).
+void check_qdq_params(const Model& model);
 
 // ---- Exporting calibration as a standard QDQ model (kiln quantize)
 
 // Inserts Q/DQ pairs into a standard-ONNX (unfused) model from a calibration table: activations
 // (per-tensor) and weights (per output channel) of Conv, Gemm and MatMul with a constant B, plus
 // the inputs of Add nodes whose both inputs are calibrated activations, in the placement ONNX
-// Runtime's QDQ tooling produces, so other runtimes can run it. The model keeps its opset when
-// >= 13 (per-axis DequantizeLinear), else it is raised to 13. Returns the number of layers quantized.
+// Runtime's QDQ tooling produces, so other runtimes can run it. The model keeps its opset; weights
+// are per output channel from opset 13 (per-axis DequantizeLinear), per tensor below. Returns the
+// number of layers quantized.
 int export_qdq(Model& model, const CalibrationTable& table, const Int8Options& options);
 // The tensors export_qdq() needs ranges for.
 std::vector<std::string> export_qdq_tensors(const Model& model, const Int8Options& options);
+
+// The precision a node of an optimized graph computes in, for inspect: "int8" (QConv, QMatMul,
+// 8-bit pools), "fp32->int8" / "int8->fp32" (Quantize/DequantizeLinear), "bf16" (compute_precision),
+// else its first output's type ("fp32", "int64", ...).
+std::string node_precision(const Graph& graph, const Node& node);
 
 // An int8/uint8 activation of a graph: the f32 tensor it stands for (`source`, a name of the
 // original model) and how to read it back: x = (q - zero_point) * scale.

@@ -33,10 +33,14 @@ std::set<std::string> check_layer_precision(const Model& model, const PrecisionC
   for (const auto& [layer, prec] : p.layer_precision) {
     if (!names.count(layer))
       throw Error(ErrorCode::kInvalidArgument, "--layer-precision: the model has no layer (node) named '" + layer + "'");
-    if (prec == "fp32") keep_float.insert(layer);
+    if (prec == "fp32" || prec == "bf16" || prec == "fp16") keep_float.insert(layer);
     else if (prec != "int8")
       throw Error(ErrorCode::kInvalidArgument, "--layer-precision " + layer + ":" + prec +
-                                                   ": the precision must be fp32 or int8");
+                                                   ": the precision must be fp32, bf16, fp16 or int8");
+    if (prec == "fp16" && p.constraints == "obey")
+      throw Error(ErrorCode::kInvalidArgument, "--layer-precision " + layer +
+                                                   ":fp16 with --precision-constraints obey: the CPU backend has no "
+                                                   "FP16 kernels");
   }
   if (p.constraints != "prefer" && p.constraints != "obey")
     throw Error(ErrorCode::kInvalidArgument,
@@ -114,6 +118,29 @@ void apply_int8(Model& model, const Model& original, const BuildConfig& config, 
   }
 }
 
+// Marks the float convolutions and matmuls that run in BF16 (compute_precision = "bf16"): every
+// one when --bf16 is on, except layers pinned to fp32/fp16; plus layers asked for bf16 explicitly.
+// Norms, softmax, attention, reductions and elementwise ops are never marked: they stay FP32.
+int mark_bf16(Model& model, const PrecisionConfig& p, std::vector<std::string>& log) {
+  int marked = 0;
+  for (Node& n : model.graph.nodes) {
+    if (n.domain != "kiln" || (n.op_type != "FusedConv" && n.op_type != "FusedMatMul")) continue;
+    const TensorType* t = n.outputs.empty() ? nullptr : model.graph.type_of(n.outputs[0]);
+    if (!t || t->dtype != DType::kF32) continue;
+    std::string asked;
+    for (const auto& [layer, prec] : p.layer_precision)
+      if (quant::node_matches_layer(n, {layer})) asked = prec;
+    const bool bf16 = asked == "bf16" || (p.bf16 && asked != "fp32" && asked != "fp16");
+    if (!bf16) continue;
+    n.attrs["compute_precision"] = Attribute::of_string("bf16");
+    ++marked;
+  }
+  // On a CPU without BF16 instructions the float tactics take these nodes (they run in fp32).
+  if (marked) log.push_back("bf16: " + std::to_string(marked) + " convolutions/matmuls");
+  if (p.fp16) log.push_back("fp16: the CPU backend has no FP16 kernels; those layers stay fp32 (or bf16 with --bf16)");
+  return marked;
+}
+
 }  // namespace
 
 void validate_profiles(const Model& model, const std::vector<OptimizationProfile>& profiles) {
@@ -184,6 +211,7 @@ BuildResult build_engine(Model model, const BuildConfig& user_config) {
   infer.evaluator = reference::constant_evaluator();
   infer_types(model, infer);
   r.nodes_before = model.graph.nodes.size();
+  quant::check_qdq_params(model);
   const bool int8 = config.precision.int8 && !has_qdq(model);
   if (config.precision.int8 && !int8)
     r.precision_log.push_back("int8: the model has explicit Q/DQ nodes; their scales are used, no calibration");
@@ -209,6 +237,10 @@ BuildResult build_engine(Model model, const BuildConfig& user_config) {
   infer_types(model, infer);
   r.pass_ms = ms_since(t0);
   if (int8) apply_int8(model, *original, config, r);
+  if (config.precision.bf16 || config.precision.fp16 || !config.precision.layer_precision.empty()) {
+    mark_bf16(model, config.precision, r.precision_log);
+    infer_types(model, infer);
+  }
   r.pass_log = plugin_notes;
   r.pass_log.insert(r.pass_log.end(), ctx.log.begin(), ctx.log.end());
 

@@ -19,9 +19,15 @@ namespace kiln {
 // Reduced precision (kiln build --int8 --calib ...). Explicit Q/DQ models need none of this: their
 // Q/DQ pairs are fused into int8 kernels by the standard passes.
 struct PrecisionConfig {
+  // Allowed reduced precisions; they combine ("best available"): INT8 where calibrated layers can
+  // run it, then BF16 for the other convolutions and matmuls, FP32 for everything else (norms,
+  // softmax, reductions, elementwise). FP16 has no CPU kernels: its layers stay FP32 (with a note).
   bool int8 = false;
-  // Per-layer overrides by node name of the original model: "fp32" keeps a layer in float, "int8"
-  // asks for int8 (with constraints "obey", a layer that cannot run in int8 is an error).
+  bool bf16 = false;
+  bool fp16 = false;
+  // Per-layer overrides by node name of the original model: "fp32", "bf16", "fp16" or "int8" (with
+  // constraints "obey", a layer that cannot run in the precision asked for is an error; with
+  // "prefer" it falls back to the best allowed one).
   std::map<std::string, std::string> layer_precision;
   std::string constraints = "prefer";         // "prefer" or "obey"
   quant::Calibrator* calibrator = nullptr;    // calibration data

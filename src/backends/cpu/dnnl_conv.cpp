@@ -89,7 +89,11 @@ struct ConvPlan {
   bool act_post_op = false;  // activation as the convolution's post-op (else in the epilogue)
   // Y = act(Y + Z), or act(Y + 0) without Z: a separate pass where fusing into the convolution is slower.
   std::optional<dnnl::binary::primitive_desc> epilogue_pd;
-  bool blocked = false;  // Winograd: X and Y pass through the primitive's blocked formats in scratch
+  // compute_precision "bf16": the primitive reads X and W as bfloat16 (W packed once, X converted into
+  // scratch on each run) and writes Y in float32; bias, Z and the activation stay float32.
+  bool bf16 = false;
+  bool x_via_scratch = false;  // X reordered into the primitive's source (Winograd's blocked format, or bf16)
+  bool y_via_scratch = false;  // Winograd: Y comes out blocked in scratch and is reordered into the output
   std::optional<dnnl::reorder::primitive_desc> x_reorder_pd, y_reorder_pd;
   std::optional<dnnl::reorder::primitive_desc> w_reorder_pd;  // W not constant: repacked on each run
 };
@@ -105,8 +109,9 @@ ConvPlan make_conv_plan(const KernelConfig& cfg, ConvVariant variant) {
   ConvPlan p;
   p.rank = x.shape.size();
   if (p.rank < 3 || p.rank > 5 || w.shape.size() != p.rank) unsupported(cfg, "only 1-D, 2-D and 3-D convolutions");
-  // f32 only: oneDNN's f16/bf16 convolutions round the sum and the residual add differently from the
-  // reference (which stores each fused step in the storage type).
+  // f32 tensors only: oneDNN's f16/bf16 convolutions round the sum and the residual add differently
+  // from the reference (which stores each fused step in the storage type). bf16 *compute* on f32
+  // tensors is compute_precision's business, below.
   auto f32 = [&](const ValueInfo& v) { return v.dtype == DType::kF32; };
   if (!f32(x) || !f32(w) || !f32(cfg.outputs[0])) unsupported(cfg, "only float32");
   p.has_bias = cfg.has_input(2);
@@ -116,6 +121,15 @@ ConvPlan make_conv_plan(const KernelConfig& cfg, ConvVariant variant) {
   if (p.has_z && (!f32(cfg.inputs[3]) || cfg.inputs[3].shape != cfg.outputs[0].shape))
     unsupported(cfg, "Z must be float32 with Y's shape");
   if (x.numel() == 0 || w.numel() == 0 || cfg.outputs[0].numel() == 0) unsupported(cfg, "empty tensors");
+  // A bf16-marked node runs in bf16 where the host has native bf16 kernels and in float32 elsewhere;
+  // never in float32 on a bf16 host, so the precision the user asked for is what runs. Winograd has
+  // no bf16 form: it takes such nodes only as float32 on hosts without bf16.
+  if (fused) {
+    const std::string& precision = cfg.view().attr_string("compute_precision");
+    if (!precision.empty() && precision != "bf16") unsupported(cfg, "compute_precision " + precision);
+    p.bf16 = precision == "bf16" && host_has_fast_bf16();
+  }
+  if (p.bf16 && variant == ConvVariant::kWinograd) unsupported(cfg, "no bf16 Winograd convolution");
 
   p.group = cfg.view().attr_int("group");
   const int64_t channels = x.shape[1], maps = w.shape[0];
@@ -141,6 +155,7 @@ ConvPlan make_conv_plan(const KernelConfig& cfg, ConvVariant variant) {
     case ConvVariant::kWinograd: p.layout = x.layout == Layout::kChannelsLast ? Layout::kChannelsLast : Layout::kPlain;
   }
   const auto dt = memory::data_type::f32;
+  const auto cdt = p.bf16 ? memory::data_type::bf16 : dt;  // what the primitive multiplies: X and W
   const Tag tag = act_tag(p.rank, p.layout);
   p.x_md = memory::desc(x.shape, dt, tag);
   p.y_md = memory::desc(cfg.outputs[0].shape, dt, tag);
@@ -157,9 +172,11 @@ ConvPlan make_conv_plan(const KernelConfig& cfg, ConvVariant variant) {
   const bool wino = variant == ConvVariant::kWinograd;
   const auto alg = wino ? dnnl::algorithm::convolution_winograd : dnnl::algorithm::convolution_direct;
   // Winograd exists only for blocked activations, so it picks them (format any) and the kernel reorders.
-  const memory::desc src_md = wino ? memory::desc(x.shape, dt, Tag::any) : p.x_md;
+  // bf16 reads X converted to bf16 in X's own layout.
+  const memory::desc src_md =
+      wino ? memory::desc(x.shape, dt, Tag::any) : (p.bf16 ? memory::desc(x.shape, cdt, tag) : p.x_md);
   const memory::desc dst_md = wino ? memory::desc(cfg.outputs[0].shape, dt, Tag::any) : p.y_md;
-  const memory::desc w_any(wdims, dt, Tag::any);
+  const memory::desc w_any(wdims, cdt, Tag::any);
   const auto strides = win.strides, dil = minus_one(win.dilations), pl = win.pad_begin, pr = win.pad_end;
   const auto desc = p.has_bias ? dnnl::convolution_forward::desc(dnnl::prop_kind::forward_inference, alg, src_md, w_any,
                                                                  p.b_md, dst_md, strides, dil, pl, pr)
@@ -194,6 +211,7 @@ ConvPlan make_conv_plan(const KernelConfig& cfg, ConvVariant variant) {
   // - eltwise post-ops on jit/brgconv kernels are nearly free: fused.
   dnnl::convolution_forward::primitive_desc bare = make_pd(false, false);  // throws when oneDNN refuses
   const std::string bare_impl = bare.impl_info_str();
+  if (p.bf16 && bare_impl.rfind("ref", 0) == 0) unsupported(cfg, "oneDNN has only its reference bf16 kernel here");
   p.conv_pd = bare;
   // When the program lets Y take over Z's buffer (Z dead after this node), a sum post-op
   // accumulates onto Z in place with no copy and keeps brgconv: the cheapest residual add.
@@ -237,14 +255,14 @@ ConvPlan make_conv_plan(const KernelConfig& cfg, ConvVariant variant) {
     }
   }
 
-  if (wino) {
-    p.blocked = true;
-    const dnnl::primitive_attr attr = user_scratchpad_attr();
-    p.x_reorder_pd = dnnl::reorder::primitive_desc(eng, p.x_md, eng, p.conv_pd.src_desc(), attr);
-    p.y_reorder_pd = dnnl::reorder::primitive_desc(eng, p.conv_pd.dst_desc(), eng, p.y_md, attr);
-  } else if (p.conv_pd.src_desc() != p.x_md || p.conv_pd.dst_desc() != p.y_md) {
+  if (!wino && (p.conv_pd.src_desc() != src_md || p.conv_pd.dst_desc() != p.y_md))
     unsupported(cfg, "oneDNN chose other activation formats");
-  }
+  p.x_via_scratch = wino || p.bf16;
+  p.y_via_scratch = wino;
+  const dnnl::primitive_attr attr = user_scratchpad_attr();
+  // f32 -> bf16 in the reorder rounds to nearest even (oneDNN's conversion, vcvtneps2bf16 in its jit).
+  if (p.x_via_scratch) p.x_reorder_pd = dnnl::reorder::primitive_desc(eng, p.x_md, eng, p.conv_pd.src_desc(), attr);
+  if (p.y_via_scratch) p.y_reorder_pd = dnnl::reorder::primitive_desc(eng, p.conv_pd.dst_desc(), eng, p.y_md, attr);
   if (!w.constant)
     p.w_reorder_pd =
         dnnl::reorder::primitive_desc(eng, p.w_user_md, eng, p.conv_pd.weights_desc(), user_scratchpad_attr());
@@ -271,15 +289,17 @@ class DnnlConvKernel final : public CpuKernel {
       const float* b = cfg.inputs[2].constant->data<float>();
       bias_.assign(b, b + cfg.inputs[2].numel());
     }
-    // Scratch: [X blocked][Y blocked][W packed][oneDNN scratchpad shared by the primitives, run in turn].
+    // Scratch: [X blocked or bf16][Y blocked][W packed][oneDNN scratchpad shared by the primitives, run in turn].
     size_t pad = p_.conv_pd.scratchpad_desc().get_size();
     if (p_.epilogue_pd) pad = std::max(pad, p_.epilogue_pd->scratchpad_desc().get_size());
     for (const auto* r : {&p_.x_reorder_pd, &p_.y_reorder_pd, &p_.w_reorder_pd})
       if (*r) pad = std::max(pad, (*r)->scratchpad_desc().get_size());
     size_t off = 0;
-    if (p_.blocked) {
+    if (p_.x_via_scratch) {
       off_x_ = off;
       off += align64(p_.conv_pd.src_desc().get_size());
+    }
+    if (p_.y_via_scratch) {
       off_y_ = off;
       off += align64(p_.conv_pd.dst_desc().get_size());
     }
@@ -309,11 +329,11 @@ class DnnlConvKernel final : public CpuKernel {
                           {{DNNL_ARG_FROM, user}, {DNNL_ARG_TO, w}, {DNNL_ARG_SCRATCHPAD, pad(*p_.w_reorder_pd)}});
     }
     memory src = x, dst = y;
-    if (p_.blocked) {
+    if (p_.x_via_scratch) {
       src = memory(p_.conv_pd.src_desc(), eng, scratch + off_x_);
-      dst = memory(p_.conv_pd.dst_desc(), eng, scratch + off_y_);
       x_reorder_->execute(strm, {{DNNL_ARG_FROM, x}, {DNNL_ARG_TO, src}, {DNNL_ARG_SCRATCHPAD, pad(*p_.x_reorder_pd)}});
     }
+    if (p_.y_via_scratch) dst = memory(p_.conv_pd.dst_desc(), eng, scratch + off_y_);
     std::unordered_map<int, memory> conv_args = {
         {DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_DST, dst}, {DNNL_ARG_SCRATCHPAD, pad(p_.conv_pd)}};
     if (p_.has_bias)
@@ -325,7 +345,7 @@ class DnnlConvKernel final : public CpuKernel {
     if (p_.z_sum && args.inputs[3] != args.outputs[0])
       std::memcpy(args.outputs[0], args.inputs[3], p_.y_md.get_size());  // the sum post-op adds onto Y
     conv_.execute(strm, conv_args);
-    if (p_.blocked)
+    if (p_.y_via_scratch)
       y_reorder_->execute(strm, {{DNNL_ARG_FROM, dst}, {DNNL_ARG_TO, y}, {DNNL_ARG_SCRATCHPAD, pad(*p_.y_reorder_pd)}});
     if (epilogue_) {
       memory src1 = p_.has_z ? memory(p_.y_md, eng, const_cast<void*>(args.inputs[3]))
@@ -342,7 +362,8 @@ class DnnlConvKernel final : public CpuKernel {
 
   std::string describe() const override {
     std::string s = std::string(p_.conv_pd.impl_info_str()) + " " + layout_name(p_.layout);
-    if (p_.blocked) s += " via blocked reorders";
+    if (p_.bf16) s += " bf16 (X, W bfloat16; f32 accumulation and output)";
+    if (p_.y_via_scratch) s += " via blocked reorders";
     if (p_.z_post_op) s += " +Z post-op";
     if (p_.z_sum) s += " +Z sum in place";
     if (p_.act_post_op) s += " +" + p_.activation + " post-op";
@@ -353,7 +374,11 @@ class DnnlConvKernel final : public CpuKernel {
     return s;
   }
 
-  std::vector<std::string> required_isa() const override { return isa_of_impl(p_.conv_pd.impl_info_str()); }
+  std::vector<std::string> required_isa() const override {
+    std::vector<std::string> isa = isa_of_impl(p_.conv_pd.impl_info_str());
+    if (p_.bf16) add_bf16_isa(isa);
+    return isa;
+  }
 
  private:
   static constexpr float kZero = 0.f;

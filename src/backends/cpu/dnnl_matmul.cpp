@@ -40,6 +40,9 @@ struct MatmulProblem {
   const Tensor* c_const = nullptr;
   std::string act;
   std::vector<float> act_params;
+  // compute_precision "bf16" on a host with native bf16: A and B multiply as bfloat16 (f32 accumulation,
+  // f32 Y and epilogue). Such a node is the oneDNN tactics' alone; without native bf16 it runs as f32.
+  bool bf16 = false;
 
   int64_t batches() const { return shape_numel(std::vector<int64_t>(y.begin(), y.end() - 2)); }
   bool b_has_batch() const {
@@ -81,6 +84,9 @@ std::optional<MatmulProblem> analyze(const KernelConfig& cfg) {
   if (fused) {
     p.act = v.attr_string("activation");
     p.act_params = v.attr_floats("activation_params");
+    const std::string& precision = v.attr_string("compute_precision");
+    if (!precision.empty() && precision != "bf16") return std::nullopt;
+    p.bf16 = precision == "bf16" && host_has_fast_bf16();
   }
   std::vector<int64_t> sa = cfg.inputs[0].shape, sb = cfg.inputs[1].shape;
   if (sa.empty() || sb.empty()) return std::nullopt;
@@ -168,8 +174,8 @@ std::vector<int64_t> dense_strides(const std::vector<int64_t>& dims) {
   return s;
 }
 
-memory::desc plain_desc(const std::vector<int64_t>& dims) {
-  return memory::desc(dims, memory::data_type::f32, dense_strides(dims));
+memory::desc plain_desc(const std::vector<int64_t>& dims, memory::data_type dt = memory::data_type::f32) {
+  return memory::desc(dims, dt, dense_strides(dims));
 }
 
 // op(A) as stored: plain, or for transA the [K, M] matrix read through swapped strides.
@@ -260,20 +266,67 @@ memory prepack_weights(const MatmulProblem& p, const memory::desc& user_md, cons
   return packed;
 }
 
+size_t align64(size_t n) { return (n + 63) & ~size_t{63}; }
+
+// The primitive's operands: A and B as stored in the step's buffers (`a`, `b`) and as the primitive reads them
+// (`prim_a`, `prim_b`). They differ for bf16, where a reorder converts the f32 operand into scratch on each run
+// (B only when it is not prepacked).
+struct Operands {
+  memory::desc a, b, prim_a, prim_b, y;
+};
+
 // Runs a oneDNN primitive with A, B (or prepacked weights), C and Y taken from the step's buffers.
 class DnnlMatmulKernel final : public CpuKernel {
  public:
-  DnnlMatmulKernel(std::string kind, dnnl::primitive prim, dnnl::primitive_desc_base pd, memory::desc src_md,
-                   memory::desc wei_md, memory::desc dst_md, std::optional<memory> packed, DnnlEpilogue epi)
-      : kind_(std::move(kind)), prim_(std::move(prim)), pd_(std::move(pd)), src_md_(src_md), wei_md_(wei_md),
-        dst_md_(dst_md), packed_(std::move(packed)), epi_(std::move(epi)) {}
+  DnnlMatmulKernel(std::string kind, dnnl::primitive prim, dnnl::primitive_desc_base pd, Operands md,
+                   std::optional<memory> packed, DnnlEpilogue epi, bool bf16)
+      : kind_(std::move(kind)), prim_(std::move(prim)), pd_(std::move(pd)), md_(std::move(md)),
+        packed_(std::move(packed)), epi_(std::move(epi)), bf16_(bf16) {
+    // Scratch: [A converted][B converted][oneDNN scratchpad, shared by the reorders and the primitive run in turn].
+    size_t pad = pd_.scratchpad_desc().get_size(), off = 0;
+    if (md_.prim_a != md_.a) {
+      a_convert_pd_.emplace(dnnl_engine(), md_.a, dnnl_engine(), md_.prim_a, user_scratchpad_attr());
+      a_convert_.emplace(*a_convert_pd_);
+      pad = std::max(pad, a_convert_pd_->scratchpad_desc().get_size());
+      off += align64(md_.prim_a.get_size());
+    }
+    if (!packed_ && md_.prim_b != md_.b) {
+      b_convert_pd_.emplace(dnnl_engine(), md_.b, dnnl_engine(), md_.prim_b, user_scratchpad_attr());
+      b_convert_.emplace(*b_convert_pd_);
+      pad = std::max(pad, b_convert_pd_->scratchpad_desc().get_size());
+      off_b_ = off;
+      off += align64(md_.prim_b.get_size());
+    }
+    off_pad_ = off;
+    scratch_bytes_ = pad > 0 ? off + pad : off;
+  }
 
   void run(const KernelArgs& args) override {
     dnnl::engine& eng = dnnl_engine();
+    dnnl::stream& s = dnnl_stream();
+    char* scratch = static_cast<char*>(args.scratch);
     std::unordered_map<int, memory> m;
-    m[DNNL_ARG_SRC] = memory(src_md_, eng, const_cast<void*>(args.inputs[0]));
-    m[DNNL_ARG_WEIGHTS] = packed_ ? *packed_ : memory(wei_md_, eng, const_cast<void*>(args.inputs[1]));
-    m[DNNL_ARG_DST] = memory(dst_md_, eng, args.outputs[0]);
+    // f32 -> bf16 in oneDNN's reorder rounds to nearest even.
+    auto convert = [&](const dnnl::reorder& prim, const dnnl::reorder::primitive_desc& pd, const memory::desc& from,
+                       const memory::desc& to, const void* src, size_t off) {
+      memory dst(to, eng, scratch + off);
+      std::unordered_map<int, memory> r = {{DNNL_ARG_FROM, memory(from, eng, const_cast<void*>(src))},
+                                           {DNNL_ARG_TO, dst}};
+      if (pd.scratchpad_desc().get_size() > 0)
+        r[DNNL_ARG_SCRATCHPAD] = memory(pd.scratchpad_desc(), eng, scratch + off_pad_);
+      prim.execute(s, r);
+      return dst;
+    };
+    m[DNNL_ARG_SRC] = a_convert_ ? convert(*a_convert_, *a_convert_pd_, md_.a, md_.prim_a, args.inputs[0], 0)
+                                 : memory(md_.a, eng, const_cast<void*>(args.inputs[0]));
+    if (packed_) {
+      m[DNNL_ARG_WEIGHTS] = *packed_;
+    } else if (b_convert_) {
+      m[DNNL_ARG_WEIGHTS] = convert(*b_convert_, *b_convert_pd_, md_.b, md_.prim_b, args.inputs[1], off_b_);
+    } else {
+      m[DNNL_ARG_WEIGHTS] = memory(md_.b, eng, const_cast<void*>(args.inputs[1]));
+    }
+    m[DNNL_ARG_DST] = memory(md_.y, eng, args.outputs[0]);
     if (epi_.c_mode != DnnlEpilogue::CMode::kNone) {
       void* c = epi_.c_owned.empty() ? const_cast<void*>(args.inputs[2]) : const_cast<float*>(epi_.c_owned.data());
       const int arg = epi_.c_mode == DnnlEpilogue::CMode::kBias
@@ -282,22 +335,31 @@ class DnnlMatmulKernel final : public CpuKernel {
       m[arg] = memory(epi_.c_md, eng, c);
     }
     const memory::desc scratch_md = pd_.scratchpad_desc();
-    if (scratch_md.get_size() > 0) m[DNNL_ARG_SCRATCHPAD] = memory(scratch_md, eng, args.scratch);
-    dnnl::stream& s = dnnl_stream();
+    if (scratch_md.get_size() > 0) m[DNNL_ARG_SCRATCHPAD] = memory(scratch_md, eng, scratch + off_pad_);
     prim_.execute(s, m);
     s.wait();
   }
-  size_t scratch_bytes() const override { return pd_.scratchpad_desc().get_size(); }
-  std::string describe() const override { return kind_ + " " + pd_.impl_info_str(); }
-  std::vector<std::string> required_isa() const override { return isa_of_impl(pd_.impl_info_str()); }
+  size_t scratch_bytes() const override { return scratch_bytes_; }
+  std::string describe() const override {
+    return kind_ + " " + pd_.impl_info_str() + (bf16_ ? " bf16 (A, B bfloat16; f32 accumulation and output)" : "");
+  }
+  std::vector<std::string> required_isa() const override {
+    std::vector<std::string> isa = isa_of_impl(pd_.impl_info_str());
+    if (bf16_) add_bf16_isa(isa);
+    return isa;
+  }
 
  private:
   std::string kind_;
   dnnl::primitive prim_;
   dnnl::primitive_desc_base pd_;
-  memory::desc src_md_, wei_md_, dst_md_;
+  Operands md_;
   std::optional<memory> packed_;  // prepacked constant weights
   DnnlEpilogue epi_;
+  bool bf16_ = false;
+  std::optional<dnnl::reorder::primitive_desc> a_convert_pd_, b_convert_pd_;
+  std::optional<dnnl::reorder> a_convert_, b_convert_;
+  size_t off_b_ = 0, off_pad_ = 0, scratch_bytes_ = 0;
 };
 
 dnnl::primitive_attr make_attr(const DnnlEpilogue& e) {
@@ -326,20 +388,25 @@ std::unique_ptr<CpuKernel> build_dnnl_matmul(const KernelConfig& cfg, bool prepa
   const float alpha_left = const_b ? 1.0f : p->alpha;
   std::optional<DnnlEpilogue> epi = plan_dnnl_epilogue(*p, alpha_left, p->rank);
   if (!epi) throw Error(ErrorCode::kUnsupported, unsupported_message(cfg, tactic, "activation or beta"));
-  const memory::desc src_md = a_desc(*p), user_wei_md = b_desc(*p), dst_md = plain_desc(p->y);
+  // bf16 reads A (and a run-time B) as dense bf16 copies of op(A), op(B); constant B is packed as bf16.
+  const auto cdt = p->bf16 ? memory::data_type::bf16 : memory::data_type::f32;
+  Operands md{a_desc(*p), b_desc(*p), {}, {}, plain_desc(p->y)};
+  md.prim_a = p->bf16 ? plain_desc(p->a, cdt) : md.a;  // p->a, p->b are op(A), op(B)'s dims
+  md.prim_b = p->bf16 ? plain_desc(p->b, cdt) : md.b;
   const memory::desc wei_md =
-      const_b ? memory::desc(memory::dims(p->b.begin(), p->b.end()), memory::data_type::f32, memory::format_tag::any)
-              : user_wei_md;
+      const_b ? memory::desc(memory::dims(p->b.begin(), p->b.end()), cdt, memory::format_tag::any) : md.prim_b;
   try {
     const dnnl::matmul::desc d = epi->c_mode == DnnlEpilogue::CMode::kBias
-                                     ? dnnl::matmul::desc(src_md, wei_md, epi->c_md, dst_md)
-                                     : dnnl::matmul::desc(src_md, wei_md, dst_md);
+                                     ? dnnl::matmul::desc(md.prim_a, wei_md, epi->c_md, md.y)
+                                     : dnnl::matmul::desc(md.prim_a, wei_md, md.y);
     const dnnl::matmul::primitive_desc pd(d, make_attr(*epi), dnnl_engine());
+    if (p->bf16 && std::string(pd.impl_info_str()).rfind("ref", 0) == 0)
+      throw Error(ErrorCode::kUnsupported, unsupported_message(cfg, tactic, "only oneDNN's reference bf16 kernel"));
     if (!prepack) return nullptr;
     std::optional<memory> packed;
-    if (const_b) packed = prepack_weights(*p, user_wei_md, pd.weights_desc(), p->alpha);
-    return std::make_unique<DnnlMatmulKernel>("matmul", dnnl::matmul(pd), pd, src_md, pd.weights_desc(), dst_md,
-                                              std::move(packed), std::move(*epi));
+    if (const_b) packed = prepack_weights(*p, md.b, pd.weights_desc(), p->alpha);
+    return std::make_unique<DnnlMatmulKernel>("matmul", dnnl::matmul(pd), pd, md, std::move(packed), std::move(*epi),
+                                              p->bf16);
   } catch (const dnnl::error& e) {
     throw Error(ErrorCode::kUnsupported, unsupported_message(cfg, tactic, std::string("oneDNN: ") + e.what()));
   }
@@ -354,21 +421,25 @@ std::unique_ptr<CpuKernel> build_dnnl_inner_product(const KernelConfig& cfg, boo
     throw Error(ErrorCode::kUnsupported, unsupported_message(cfg, tactic, "needs constant 2-D weights"));
   std::optional<DnnlEpilogue> epi = plan_dnnl_epilogue(*p, 1.0f, 1);
   if (!epi) throw Error(ErrorCode::kUnsupported, unsupported_message(cfg, tactic, "activation or beta"));
-  const memory::desc src_md = plain_desc(p->a), dst_md = plain_desc(p->y);
+  const auto cdt = p->bf16 ? memory::data_type::bf16 : memory::data_type::f32;
   // op(B)[k][n] as oneDNN's weights[n][k]: B stored [K, N] reads with strides {1, N}; a transB B is [N, K].
   const memory::dims wei_strides = p->trans_b ? memory::dims{p->k, 1} : memory::dims{1, p->n};
   const memory::desc user_wei_md({p->n, p->k}, memory::data_type::f32, wei_strides);
-  const memory::desc wei_md({p->n, p->k}, memory::data_type::f32, memory::format_tag::any);
+  const memory::desc wei_md({p->n, p->k}, cdt, memory::format_tag::any);
+  Operands md{plain_desc(p->a), user_wei_md, plain_desc(p->a, cdt), {}, plain_desc(p->y)};
   try {
     using ip = dnnl::inner_product_forward;
     const ip::desc d = epi->c_mode == DnnlEpilogue::CMode::kBias
-                           ? ip::desc(dnnl::prop_kind::forward_inference, src_md, wei_md, epi->c_md, dst_md)
-                           : ip::desc(dnnl::prop_kind::forward_inference, src_md, wei_md, dst_md);
+                           ? ip::desc(dnnl::prop_kind::forward_inference, md.prim_a, wei_md, epi->c_md, md.y)
+                           : ip::desc(dnnl::prop_kind::forward_inference, md.prim_a, wei_md, md.y);
     const ip::primitive_desc pd(d, make_attr(*epi), dnnl_engine());
+    if (p->bf16 && std::string(pd.impl_info_str()).rfind("ref", 0) == 0)
+      throw Error(ErrorCode::kUnsupported, unsupported_message(cfg, tactic, "only oneDNN's reference bf16 kernel"));
     if (!prepack) return nullptr;
     std::optional<memory> packed = prepack_weights(*p, user_wei_md, pd.weights_desc(), p->alpha);
-    return std::make_unique<DnnlMatmulKernel>("inner_product", ip(pd), pd, src_md, pd.weights_desc(), dst_md,
-                                              std::move(packed), std::move(*epi));
+    md.prim_b = pd.weights_desc();
+    return std::make_unique<DnnlMatmulKernel>("inner_product", ip(pd), pd, md, std::move(packed), std::move(*epi),
+                                              p->bf16);
   } catch (const dnnl::error& e) {
     throw Error(ErrorCode::kUnsupported, unsupported_message(cfg, tactic, std::string("oneDNN: ") + e.what()));
   }
@@ -639,7 +710,8 @@ class SgemmKernel final : public CpuKernel {
 
 std::optional<MatmulProblem> sgemm_problem(const KernelConfig& cfg) {
   std::optional<MatmulProblem> p = analyze(cfg);
-  if (!p || !parse_act(p->act)) return std::nullopt;
+  // dnnl_sgemm is float32 only: a bf16-marked node is left to the oneDNN tactics where bf16 is native.
+  if (!p || p->bf16 || !parse_act(p->act)) return std::nullopt;
   if (p->act == "Clip" && p->act_params.size() != 2) return std::nullopt;
   if (p->act == "LeakyRelu" && p->act_params.size() > 1) return std::nullopt;
   if (!p->act.empty() && p->act != "Clip" && p->act != "LeakyRelu" && !p->act_params.empty()) return std::nullopt;

@@ -1,6 +1,7 @@
 // oneDNN engine, streams, dtype and activation mapping shared by the CPU tactics.
 #include "backends/cpu/dnnl_util.h"
 
+#include <algorithm>
 #include <limits>
 
 #include "kiln/error.h"
@@ -65,10 +66,47 @@ bool append_activation(dnnl::post_ops& ops, const std::string& act, const std::v
   return true;
 }
 
+namespace {
+
+bool probe_fast_bf16() {
+  // The effective ISA honours both the CPU and DNNL_MAX_CPU_ISA; below avx512_core_bf16 oneDNN's
+  // bf16 kernels emulate the conversions ("jit_bf16:avx512_core") or are its reference code.
+  const auto isa = static_cast<unsigned>(dnnl::get_effective_cpu_isa());
+  const auto bf16 = static_cast<unsigned>(dnnl::cpu_isa::avx512_core_bf16);
+  if ((isa & bf16) != bf16) return false;
+  // And a small bf16 convolution must get a real kernel (a library build without them says "ref").
+  try {
+    using dnnl::memory;
+    const memory::desc x({1, 16, 8, 8}, memory::data_type::bf16, memory::format_tag::nhwc);
+    const memory::desc w({16, 16, 3, 3}, memory::data_type::bf16, memory::format_tag::any);
+    const memory::desc y({1, 16, 8, 8}, memory::data_type::f32, memory::format_tag::nhwc);
+    const dnnl::convolution_forward::primitive_desc pd(
+        dnnl::convolution_forward::desc(dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, x, w,
+                                        y, {1, 1}, {1, 1}, {1, 1}),
+        dnnl_engine());
+    return std::string(pd.impl_info_str()).rfind("ref", 0) != 0;
+  } catch (const dnnl::error&) {
+    return false;
+  }
+}
+
+}  // namespace
+
+bool host_has_fast_bf16() {
+  static const bool fast = probe_fast_bf16();
+  return fast;
+}
+
+void add_bf16_isa(std::vector<std::string>& isa) {
+  for (const char* f : {"avx512f", "avx512_bf16"})
+    if (std::find(isa.begin(), isa.end(), f) == isa.end()) isa.push_back(f);
+}
+
 std::vector<std::string> isa_of_impl(const std::string& impl) {
   // Names follow host_fingerprint()'s vocabulary (src/engine/engine_file.h).
-  if (impl.find("avx512_core_amx") != std::string::npos) return {"avx512f", "amx"};
-  if (impl.find("avx512_core_bf16") != std::string::npos) return {"avx512f", "avx512_bf16"};
+  // oneDNN uses an AMX kernel only where it also may use avx512_core_bf16 (which includes VNNI).
+  if (impl.find("amx") != std::string::npos) return {"avx512f", "avx512_vnni", "avx512_bf16", "amx"};
+  if (impl.find("avx512_core_bf16") != std::string::npos) return {"avx512f", "avx512_vnni", "avx512_bf16"};
   if (impl.find("avx512_core_vnni") != std::string::npos) return {"avx512f", "avx512_vnni"};
   if (impl.find("avx512") != std::string::npos) return {"avx512f"};
   if (impl.find("avx2") != std::string::npos) return {"avx2"};

@@ -26,8 +26,20 @@ bool append_activation(dnnl::post_ops& ops, const std::string& activation, const
 
 // The ISA features an implementation string implies, in host_fingerprint()'s names:
 // "brgconv:avx512_core" -> {"avx512f"}; "jit:avx2" -> {"avx2"}; "gemm:jit", "ref" -> {} (oneDNN's
-// gemm dispatches at run time on whatever the machine has).
+// gemm dispatches at run time on whatever the machine has). oneDNN's ISA levels nest (AMX implies
+// AVX512_BF16 implies VNNI), so "brgconv:avx512_core_amx_bf16" needs all of them.
 std::vector<std::string> isa_of_impl(const std::string& impl_info);
+
+// True when oneDNN runs bfloat16 convolutions and matmuls natively here (AVX512_BF16 or AMX-BF16,
+// within DNNL_MAX_CPU_ISA). Without it oneDNN would emulate bf16 on plain AVX-512 (slower than f32)
+// or use its reference kernels, so the bf16 tactics refuse and the f32 tactics run bf16-marked nodes
+// in float32. Decided once per process.
+bool host_has_fast_bf16();
+
+// Adds what a bf16 kernel needs beyond its impl string ({"avx512f", "avx512_bf16"}, once each): it was
+// chosen because host_has_fast_bf16(), so an engine holding it must not load where that is false,
+// even for impls whose string names no ISA ("gemm:jit" dispatches at run time).
+void add_bf16_isa(std::vector<std::string>& isa);
 
 // oneDNN's jit kernels split their work for the thread count current when the primitive is created
 // and keep that split: build them under the engine's thread count (the caller's team size at run time).
