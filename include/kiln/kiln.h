@@ -203,11 +203,22 @@ class OnnxParser {
 // ---------------------------------------------------------------------------------------------
 // Building
 
+// Reduced precisions are allowed, not forced, and combine ("best available"): kINT8 where a layer
+// can run it, then kBF16 for the other convolutions and matmuls, FP32 for everything else (norms,
+// softmax, reductions, elementwise). Details: docs/precision.md.
 enum class BuilderFlag : int32_t {
-  kFP16 = 0,                  // not available yet: Kiln builds FP32 engines only
-  kINT8 = 1,                  // not available yet
+  kFP16 = 0,  // accepted, but the CPU backend has no FP16 kernels: layers stay FP32 (a warning says so)
+  // Calibrated INT8 convolutions and matmuls: needs setInt8Calibrator() (or a calibration cache it
+  // returns), unless the network has explicit QuantizeLinear/DequantizeLinear nodes (their scales are
+  // used as written; no calibrator needed).
+  kINT8 = 1,
   kDISABLE_TIMING_CACHE = 6,  // ignore setTimingCache()
-  kBF16 = 17,                 // not available yet
+  // setLayerPrecision() is binding: a layer that cannot run in the precision asked for fails the build.
+  kOBEY_PRECISION_CONSTRAINTS = 10,
+  // setLayerPrecision() is a preference (also the default): such a layer falls back to the best
+  // allowed precision. kOBEY_PRECISION_CONSTRAINTS wins when both are set.
+  kPREFER_PRECISION_CONSTRAINTS = 11,
+  kBF16 = 17,  // BF16 convolutions and matmuls (FP32 accumulation) on CPUs with AVX512_BF16/AMX, else FP32
 };
 enum class MemoryPoolType : int32_t { kWORKSPACE = 0 };
 enum class OptProfileSelector : int32_t { kMIN = 0, kOPT = 1, kMAX = 2 };
@@ -225,6 +236,51 @@ class IOptimizationProfile {
 
  private:
   std::map<std::string, std::map<OptProfileSelector, Dims>> dims_;
+};
+
+// How INT8 calibration picks each tensor's clipping range (TensorRT's values where they exist).
+enum class CalibrationAlgoType : int32_t {
+  kENTROPY_CALIBRATION_2 = 2,     // minimizes the KL divergence of the quantized histogram
+  kMINMAX_CALIBRATION = 3,        // the largest |value| seen
+  kPERCENTILE_CALIBRATION = 100,  // Kiln's own: the getPercentile() percentile of |value|
+};
+
+// Feeds INT8 calibration (TensorRT's interface; subclass it, or IInt8EntropyCalibrator2 /
+// IInt8MinMaxCalibrator). The builder calls getBatch() until it returns false, once per build, on
+// the builder's thread. Kiln owns the buffers: bindings[i] is a HOST buffer for the network input
+// names[i] (every input, in the network's order), holding getBatchSize() samples of the input's
+// type, dense row-major, with dim 0 = the batch and the other dims from optimization profile 0's
+// kOPT shape (or the input's static dims). Fill them and return true, or return false at the end.
+class IInt8Calibrator {
+ public:
+  virtual ~IInt8Calibrator() = default;
+  // Samples per getBatch(); must be > 0.
+  virtual int32_t getBatchSize() const = 0;
+  virtual bool getBatch(void* bindings[], const char* names[], int32_t nbBindings) = 0;
+  // A calibration cache from an earlier build (the bytes writeCalibrationCache was given; plain text
+  // starting "kiln-calibration"): when it returns bytes, the build uses them and calls getBatch()
+  // only if the accuracy guard needs validation data. The bytes are copied before it returns.
+  virtual const void* readCalibrationCache(std::size_t& length) {
+    length = 0;
+    return nullptr;
+  }
+  // Called after a calibration run with the cache's bytes (valid during the call), to store them.
+  virtual void writeCalibrationCache(const void* /*ptr*/, std::size_t /*length*/) {}
+  virtual CalibrationAlgoType getAlgorithm() { return CalibrationAlgoType::kENTROPY_CALIBRATION_2; }
+  // kPERCENTILE_CALIBRATION only, in (0, 100]. Kiln extension.
+  virtual double getPercentile() { return 99.99; }
+};
+
+// The entropy (KL divergence) method, TensorRT's default for CNNs.
+class IInt8EntropyCalibrator2 : public IInt8Calibrator {
+ public:
+  CalibrationAlgoType getAlgorithm() override { return CalibrationAlgoType::kENTROPY_CALIBRATION_2; }
+};
+
+// The min/max method (often better for transformers, whose activations have rare large values).
+class IInt8MinMaxCalibrator : public IInt8Calibrator {
+ public:
+  CalibrationAlgoType getAlgorithm() override { return CalibrationAlgoType::kMINMAX_CALIBRATION; }
 };
 
 class BuilderConfig {
@@ -254,6 +310,21 @@ class BuilderConfig {
   // Threads the engine's kernels use (0, the default: every core). Stored in the engine.
   void setNbThreads(int32_t threads);
   int32_t getNbThreads() const;
+
+  // Reduced precision (with BuilderFlag kINT8 / kBF16 / kFP16).
+  // The calibration data for kINT8; not owned (it must outlive the build); nullptr clears it.
+  void setInt8Calibrator(IInt8Calibrator* calibrator);
+  IInt8Calibrator* getInt8Calibrator() const;
+  // The precision of one layer, by node name of the network (TensorRT sets it on ILayer): kFLOAT keeps
+  // it out of INT8 and BF16, kBF16 runs it in BF16, kINT8 asks for INT8 (with kINT8 set), kHALF is
+  // FP32 on the CPU. Names and types are checked at build.
+  void setLayerPrecision(const std::string& layerName, DataType type);
+  // The INT8 accuracy guard (Kiln extension): after calibrating, compares the INT8 engine with FP32
+  // on the calibrator's batches (the first 64 samples, kept in memory) and keeps the most sensitive
+  // layers in floating point until the metric (top-1 agreement for classifiers, else cosine) is
+  // >= 1 - fraction. fraction in [0, 1); < 0 (the default) turns it off. Needs kINT8 and a calibrator.
+  void setAccuracyBudget(double fraction);
+  double getAccuracyBudget() const;
 
  private:
   friend struct ApiAccess;

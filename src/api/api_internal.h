@@ -1,6 +1,7 @@
 // The public API's private parts shared between its files: the network's model and the loaded
 // engine's runtime.
 #pragma once
+#include <map>
 #include <memory>
 #include <set>
 #include <string>
@@ -33,6 +34,9 @@ struct BuilderConfig::Impl {
   int opt_level = 3;
   std::string timing_cache;
   int threads = 0;
+  IInt8Calibrator* calibrator = nullptr;       // not owned
+  std::map<std::string, DataType> layer_precision;  // by node name
+  double accuracy_budget = -1;                 // < 0: off
 };
 
 struct Engine::Impl {

@@ -329,6 +329,17 @@ int export_qdq(Model& model, const CalibrationTable& table, const Int8Options& o
     n.inputs[0] = ins.activation(n.inputs[0], n.inputs[0]);
   }
   ins.commit();
+  // The float weights the int8 ones replaced are no longer read: drop them (the file shrinks ~4x).
+  std::unordered_set<std::string> used(g.outputs.begin(), g.outputs.end());
+  for (const Node& n : g.nodes) used.insert(n.inputs.begin(), n.inputs.end());
+  for (auto it = g.initializers.begin(); it != g.initializers.end();) {
+    if (used.count(it->first)) {
+      ++it;
+      continue;
+    }
+    g.types.erase(it->first);
+    it = g.initializers.erase(it);
+  }
   return static_cast<int>(p.layers.size());
 }
 

@@ -53,7 +53,10 @@ void apply_int8(Model& model, const Model& original, const BuildConfig& config, 
   const PrecisionConfig& p = config.precision;
   quant::Int8Options o;
   o.keep_float = check_layer_precision(original, p);
+  // The cache holds every INT8-capable tensor, so it stays valid when --layer-precision or the
+  // accuracy guard later moves layers between FP32 and INT8; this build needs only `tensors`.
   const std::vector<std::string> tensors = quant::int8_tensors(model, o);
+  const std::vector<std::string> all_tensors = quant::int8_tensors(model, {});
   quant::CalibrationTable table;
   const auto t0 = std::chrono::steady_clock::now();
   if (!p.calib_cache.empty() && std::filesystem::exists(p.calib_cache)) {
@@ -66,10 +69,10 @@ void apply_int8(Model& model, const Model& original, const BuildConfig& config, 
     co.method = p.calib_method;
     co.threads = config.threads;
     co.progress = p.calib_progress;
-    table = quant::calibrate(model, *p.calibrator, tensors, co);
+    table = quant::calibrate(model, *p.calibrator, all_tensors, co);
     table.model_fingerprint = quant::model_fingerprint(original);
     r.precision_log.push_back("calibration: " + std::to_string(table.samples) + " samples, " +
-                              quant::to_string(table.method) + ", " + std::to_string(tensors.size()) + " tensors");
+                              quant::to_string(table.method) + ", " + std::to_string(all_tensors.size()) + " tensors");
     if (!p.calib_cache.empty()) {
       quant::write_calibration_cache(p.calib_cache, table);
       r.precision_log.push_back("calibration cache written: " + p.calib_cache);
