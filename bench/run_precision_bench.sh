@@ -41,6 +41,7 @@ command -v jq >/dev/null || die "jq not found (apt-get install jq)"
 
 run_dir="$OUT_DIR/$DATE-cpu-precision"
 md="$OUT_DIR/$DATE-cpu-precision.md"
+png="$OUT_DIR/$DATE-cpu-precision.png"
 mkdir -p "$run_dir"
 tsv="$run_dir/results.tsv"
 printf 'model\tbatch\tvariant\tmedian_ms\titems_per_s\tcosine\tnote\n' >"$tsv"
@@ -149,8 +150,12 @@ cpu="$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)"
       for (i = 2; i <= NR; ++i) {
         split(rows[i], f, "\t")
         key = f[1] "/" f[2]
-        printf "| %s | %s | %s | %.2f | %.1f | %.2fx | %s | %s |\n", f[1], f[2], f[3], f[4], f[5], base[key] / f[4], f[6], f[7]
+        cos = f[6] ~ /^[0-9.]+$/ ? sprintf("%.4f", f[6]) : f[6]
+        printf "| %s | %s | %s | %.2f | %.1f | %.2fx | %s | %s |\n", f[1], f[2], f[3], f[4], f[5], base[key] / f[4], cos, f[7]
       }
     }' "$tsv"
+  echo
+  echo "![speed-up over Kiln FP32]($(basename "$png"))"
 } >"$md"
-echo "wrote $md"
+$PY "$here/make_precision_chart.py" "$tsv" "$png" --title "Kiln reduced precision vs ONNX Runtime, CPU, $THREADS threads, $DATE"
+echo "wrote $md and $png"
