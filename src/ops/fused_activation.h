@@ -1,6 +1,7 @@
 // The activation attribute shared by the fused ops (kiln::FusedConv, kiln::FusedMatMul): each op
 // lists the activations it accepts and how many activation_params each takes.
 #pragma once
+#include <array>
 #include <span>
 #include <string>
 #include <string_view>
@@ -31,5 +32,19 @@ inline void check_activation(const InferContext& ctx, std::span<const Activation
   }
   ctx.fail("unknown activation \"" + act + "\"");
 }
+
+// Activations FusedConv and QConv apply after the residual add, with the number of activation_params each
+// accepts (Clip: exactly min,max; LeakyRelu: alpha or nothing; HardSigmoid: alpha,beta or nothing).
+inline constexpr std::array<ActivationSpec, 11> kConvActivations = {{{"", 0, 0},
+                                                          {"Relu", 0, 0},
+                                                          {"Clip", 2, 2},
+                                                          {"Sigmoid", 0, 0},
+                                                          {"SiLU", 0, 0},
+                                                          {"HardSwish", 0, 0},
+                                                          {"HardSigmoid", 0, 2},
+                                                          {"LeakyRelu", 0, 1},
+                                                          {"Gelu", 0, 0},
+                                                          {"GeluTanh", 0, 0},
+                                                          {"Tanh", 0, 0}}};
 
 }  // namespace kiln

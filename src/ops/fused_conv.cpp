@@ -10,22 +10,8 @@ namespace kiln {
 
 namespace {
 
-// Activations FusedConv applies after the residual add, with the number of activation_params each
-// accepts (Clip: exactly min,max; LeakyRelu: alpha or nothing; HardSigmoid: alpha,beta or nothing).
-constexpr std::array<ActivationSpec, 11> kActivations = {{{"", 0, 0},
-                                                          {"Relu", 0, 0},
-                                                          {"Clip", 2, 2},
-                                                          {"Sigmoid", 0, 0},
-                                                          {"SiLU", 0, 0},
-                                                          {"HardSwish", 0, 0},
-                                                          {"HardSigmoid", 0, 2},
-                                                          {"LeakyRelu", 0, 1},
-                                                          {"Gelu", 0, 0},
-                                                          {"GeluTanh", 0, 0},
-                                                          {"Tanh", 0, 0}}};
-
 void infer_fused_conv(InferContext& ctx) {
-  check_activation(ctx, kActivations);
+  check_activation(ctx, kConvActivations);
   // "bf16": the CPU tactics multiply in bfloat16 (tensors stay as typed; the reference ignores it).
   if (const std::string& p = ctx.attr_string("compute_precision"); !p.empty() && p != "bf16")
     ctx.fail("compute_precision must be \"\" (float32) or \"bf16\", got \"" + p + "\"");

@@ -28,18 +28,6 @@ DType quantized_output_type(const NodeView& v) {
 
 namespace {
 
-constexpr std::array<ActivationSpec, 11> kActivations = {{{"", 0, 0},
-                                                          {"Relu", 0, 0},
-                                                          {"Clip", 2, 2},
-                                                          {"Sigmoid", 0, 0},
-                                                          {"SiLU", 0, 0},
-                                                          {"HardSwish", 0, 0},
-                                                          {"HardSigmoid", 0, 2},
-                                                          {"LeakyRelu", 0, 1},
-                                                          {"Gelu", 0, 0},
-                                                          {"GeluTanh", 0, 0},
-                                                          {"Tanh", 0, 0}}};
-
 bool is_8bit(DType d) { return d == DType::kI8 || d == DType::kU8; }
 
 void require_8bit(const InferContext& ctx, size_t i, const char* what) {
@@ -81,7 +69,7 @@ void check_output_quant(const InferContext& ctx, DType y) {
 }
 
 void infer_qconv(InferContext& ctx) {
-  check_activation(ctx, kActivations);
+  check_activation(ctx, kConvActivations);
   require_8bit(ctx, 0, "X");
   require_dtype(ctx, 1, DType::kI8, "W");
   require_dtype(ctx, 2, DType::kF32, "B");
@@ -117,7 +105,7 @@ void infer_qconv(InferContext& ctx) {
 }
 
 void infer_qmatmul(InferContext& ctx) {
-  check_activation(ctx, kActivations);
+  check_activation(ctx, kConvActivations);
   require_8bit(ctx, 0, "A");
   require_dtype(ctx, 1, DType::kI8, "B");
   require_dtype(ctx, 2, DType::kF32, "C");

@@ -184,16 +184,19 @@ class FuseQdq : public Pass {
     return merged;
   }
 
-  // Folds QuantizeLinear of constants into 8-bit initializers: weights fake-quantized in the graph
-  // (PyTorch exports Q(W) -> DQ with W and its scale computed from parameters) become the int8
-  // weights the kernels take; the DequantizeLinear after them stays for the matching.
-  static int fold_constant_q(Model& model, PassContext& ctx) {
+  // Evaluates nodes of `op` whose inputs are all initializers and `accept` the first input into
+  // initializers of their output names. Evaluation errors leave the node to run (and report).
+  template <typename Accept>
+  static int fold_constants(Model& model, PassContext& ctx, const char* op, Accept accept) {
     if (!ctx.evaluator) return 0;
     Graph& g = model.graph;
+    const int64_t opset = model.default_opset();
+    const OpSchema* schema = OpRegistry::global().find("", op, opset);
+    if (!schema) return 0;
     int folded = 0;
     for (size_t i = 0; i < g.nodes.size();) {
       const Node& n = g.nodes[i];
-      bool fold = n.domain.empty() && n.op_type == "QuantizeLinear" && n.outputs.size() == 1;
+      bool fold = n.domain.empty() && n.op_type == op && n.outputs.size() == 1 && !n.inputs.empty();
       std::vector<const Tensor*> in;
       for (size_t k = 0; fold && k < n.inputs.size(); ++k) {
         if (n.inputs[k].empty()) {
@@ -204,14 +207,12 @@ class FuseQdq : public Pass {
         fold = it != g.initializers.end();
         if (fold) in.push_back(&it->second);
       }
-      const int64_t opset = model.default_opset();
-      const OpSchema* schema = fold ? OpRegistry::global().find("", "QuantizeLinear", opset) : nullptr;
       std::vector<Tensor> out;
-      if (schema) {
+      if (fold && accept(*in[0])) {
         try {
           out = ctx.evaluator(n, *schema, opset, in);
         } catch (const Error&) {
-          out.clear();  // left to run (and report) at execution
+          out.clear();
         }
       }
       if (out.size() != 1 || !out[0].defined()) {
@@ -225,46 +226,18 @@ class FuseQdq : public Pass {
     return folded;
   }
 
-  // Folds DequantizeLinear of constants: non-8-bit ones (int32 biases) before matching, 8-bit ones
+  // QuantizeLinear of constants becomes 8-bit initializers: weights fake-quantized in the graph
+  // (PyTorch exports Q(W) -> DQ with W and its scale computed from parameters) become the int8
+  // weights the kernels take; the DequantizeLinear after them stays for the matching.
+  static int fold_constant_q(Model& model, PassContext& ctx) {
+    return fold_constants(model, ctx, "QuantizeLinear", [](const Tensor&) { return true; });
+  }
+
+  // DequantizeLinear of constants: non-8-bit ones (int32 biases) before matching, 8-bit ones
   // (weights no int8 kernel took) after it.
   static int fold_constant_dq(Model& model, PassContext& ctx, bool eight_bit) {
-    if (!ctx.evaluator) return 0;
-    Graph& g = model.graph;
-    int folded = 0;
-    for (size_t i = 0; i < g.nodes.size();) {
-      const Node& n = g.nodes[i];
-      bool fold = n.domain.empty() && n.op_type == "DequantizeLinear" && n.outputs.size() == 1;
-      std::vector<const Tensor*> in;
-      for (size_t k = 0; fold && k < n.inputs.size(); ++k) {
-        if (n.inputs[k].empty()) {
-          in.push_back(nullptr);
-          continue;
-        }
-        auto it = g.initializers.find(n.inputs[k]);
-        fold = it != g.initializers.end();
-        if (fold) in.push_back(&it->second);
-      }
-      if (fold) fold = is_8bit(in[0]->dtype()) == eight_bit;
-      if (!fold) {
-        ++i;
-        continue;
-      }
-      const int64_t opset = model.default_opset();
-      const OpSchema* schema = OpRegistry::global().find("", "DequantizeLinear", opset);
-      if (!schema) {
-        ++i;
-        continue;
-      }
-      std::vector<Tensor> out = ctx.evaluator(n, *schema, opset, in);
-      if (out.size() != 1 || !out[0].defined()) {
-        ++i;
-        continue;
-      }
-      g.initializers[n.outputs[0]] = std::move(out[0]);
-      g.nodes.erase(g.nodes.begin() + static_cast<std::ptrdiff_t>(i));
-      ++folded;
-    }
-    return folded;
+    return fold_constants(model, ctx, "DequantizeLinear",
+                          [&](const Tensor& x) { return is_8bit(x.dtype()) == eight_bit; });
   }
 
   static void remove_dead_qdq(Graph& g) {

@@ -145,6 +145,7 @@ GuardResult accuracy_guard(const Model& optimized, const CalibrationTable& table
     Int8Options o = base;
     o.keep_float.insert(keep_float.begin(), keep_float.end());
     quantize_int8(m, table, o);
+    if (options.finalize) options.finalize(m);
     const Outputs got = run_model(std::move(m), batches, options.threads);
     ++r.evaluations;
     return top1 ? top1_agreement(got, reference) : min_cosine(got, reference);

@@ -29,6 +29,9 @@ struct GuardOptions {
   size_t max_samples = 64;  // validation samples used (0: all)
   int threads = 0;
   std::function<void(const std::string&)> progress;  // one line per evaluation
+  // Applied to each candidate graph after the INT8 rewrite, so layers kept out of INT8 are
+  // evaluated in the precision the engine will give them (BF16 when --bf16 is on).
+  std::function<void(Model&)> finalize;
 };
 
 struct LayerSensitivity {

@@ -48,6 +48,8 @@ std::set<std::string> check_layer_precision(const Model& model, const PrecisionC
   return keep_float;
 }
 
+int mark_bf16(Model& model, const PrecisionConfig& p, std::vector<std::string>& log);
+
 // Calibrates (or reads the cache) and rewrites the optimized graph for INT8.
 void apply_int8(Model& model, const Model& original, const BuildConfig& config, BuildResult& r) {
   const PrecisionConfig& p = config.precision;
@@ -93,6 +95,11 @@ void apply_int8(Model& model, const Model& original, const BuildConfig& config, 
     go.max_samples = p.validation_samples;
     go.threads = config.threads;
     go.progress = p.guard_progress;
+    if (p.bf16 || !p.layer_precision.empty())
+      go.finalize = [&p](Model& m) {
+        std::vector<std::string> ignored;
+        mark_bf16(m, p, ignored);
+      };
     const auto tg = std::chrono::steady_clock::now();
     const quant::GuardResult g = quant::accuracy_guard(model, table, o, *val, go);
     r.guard_ms = ms_since(tg);
