@@ -7,6 +7,7 @@
 #
 #   bench/run_precision_bench.sh
 #   PRECISION_ROWS="resnet50:1" bench/run_precision_bench.sh
+#   REPORT_ONLY=1 bench/run_precision_bench.sh   # redo the table and chart from results.tsv
 #
 # Calibration: 256 seeded random samples (normal images; random token ids for BERT), generated
 # into the run folder and deleted afterwards. Writes bench/results/<date>-cpu-precision.md and
@@ -44,7 +45,9 @@ md="$OUT_DIR/$DATE-cpu-precision.md"
 png="$OUT_DIR/$DATE-cpu-precision.png"
 mkdir -p "$run_dir"
 tsv="$run_dir/results.tsv"
-printf 'model\tbatch\tvariant\tmedian_ms\titems_per_s\tcosine\tnote\n' >"$tsv"
+# REPORT_ONLY=1: rewrite the table and chart from an existing results.tsv (rows appended by hand or
+# by another run), without running anything.
+[ "${REPORT_ONLY:-0}" = 1 ] && ROWS="" || printf 'model\tbatch\tvariant\tmedian_ms\titems_per_s\tcosine\tnote\n' >"$tsv"
 
 shapes_for() {
   case "$1" in
@@ -81,7 +84,7 @@ ort_bench() {  # MODEL.onnx SHAPES NAME
 }
 
 cosine_of() {  # ENGINE NAME -> cosine of the first output vs Kiln FP32 on the held-out inputs
-  "$KILN" compare "$1" --model "$model_path" --calib "$held" --reference cpu --threads "$THREADS" --json \
+  "$KILN" compare "$1" --model "$model_path" --calib "$held" --batch "$b" --reference cpu --threads "$THREADS" --json \
     >"$run_dir/$2.compare.json" 2>"$run_dir/$2.compare.log" || true
   jq -r '[.outputs[]?.cosine] | min // "n/a"' "$run_dir/$2.compare.json" 2>/dev/null || echo n/a
 }
@@ -98,7 +101,7 @@ for row in $ROWS; do
   held="$run_dir/$m.held.npz"
   make_data "$m" "$calib" "$CALIB_SAMPLES" 1
   make_data "$m" "$val" 16 2
-  make_data "$m" "$held" 8 3
+  make_data "$m" "$held" $((b > 8 ? b : 8)) 3
   common=(--shapes "$shapes" --threads "$THREADS" --timing-cache "$run_dir/timing-cache.json")
   "$KILN" build "$model_path" "${common[@]}" -o "$run_dir/$m-fp32.kiln" >"$run_dir/$m-fp32.build.log" 2>&1 ||
     die "fp32 build failed ($run_dir/$m-fp32.build.log)"
@@ -150,8 +153,8 @@ cpu="$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)"
       for (i = 2; i <= NR; ++i) {
         split(rows[i], f, "\t")
         key = f[1] "/" f[2]
-        cos = f[6] ~ /^[0-9.]+$/ ? sprintf("%.4f", f[6]) : f[6]
-        printf "| %s | %s | %s | %.2f | %.1f | %.2fx | %s | %s |\n", f[1], f[2], f[3], f[4], f[5], base[key] / f[4], cos, f[7]
+        if (f[6] ~ /^[0-9.]+$/) cv = sprintf("%.4f", f[6]); else cv = f[6]
+        printf "| %s | %s | %s | %.2f | %.1f | %.2fx | %s | %s |\n", f[1], f[2], f[3], f[4], f[5], base[key] / f[4], cv, f[7]
       }
     }' "$tsv"
   echo
