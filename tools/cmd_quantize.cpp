@@ -30,6 +30,7 @@ struct QuantizeArgs {
   size_t calib_samples = 0;  // 0: all
   int64_t calib_batch = 0;   // 0: 8, or the input's static batch
   int threads = 0;           // 0: the core count
+  std::string matmul_weights = "per-channel";
 };
 
 [[noreturn]] void invalid(const std::string& message) { throw Error(ErrorCode::kInvalidArgument, message); }
@@ -86,6 +87,9 @@ int cmd_quantize(const QuantizeArgs& args) {
 
   quant::Int8Options options;
   options.keep_float = parse_layer_precision(args.layer_precision, original);
+  if (args.matmul_weights != "per-channel" && args.matmul_weights != "per-tensor")
+    invalid("--matmul-weights must be per-channel or per-tensor, got '" + args.matmul_weights + "'");
+  options.per_channel_matmul_weights = args.matmul_weights == "per-channel";
   const quant::CalibMethodSpec method = quant::parse_calib_method(args.calib_method);
   const bool cache_exists = !args.calib_cache.empty() && fs::exists(args.calib_cache);
   if (args.calib.empty() && !cache_exists) {
@@ -225,6 +229,9 @@ CLI::App* add_quantize_command(CLI::App& app, std::function<int()>* run) {
   sub->add_option("--calib-batch", args->calib_batch, "Samples per calibration batch (default 8, or the static batch)")
       ->check(CLI::PositiveNumber);
   sub->add_option("--layer-precision", args->layer_precision, "Layers left in float, by node name: NAME:fp32,...");
+  sub->add_option("--matmul-weights", args->matmul_weights,
+                  "per-channel (default) or per-tensor weight scales for MatMul/Gemm (ONNX Runtime's default, "
+                  "which it runs faster)");
   sub->add_option("--threads", args->threads, "Threads of the calibration runs (default: cores)")
       ->check(CLI::Range(1, 4096));
   sub->footer(

@@ -35,6 +35,7 @@ struct Layer {
   std::vector<size_t> activations;  // input positions of f32 activations to quantize
   size_t weight = 1;                // input position of the constant weight
   int64_t weight_axis = 0;          // the output-channel axis of the weight
+  bool matmul = false;              // MatMul / Gemm / FusedMatMul (else a convolution)
 };
 
 std::optional<Layer> as_layer(const Graph& g, size_t i, bool fused_graph) {
@@ -61,7 +62,7 @@ std::optional<Layer> as_layer(const Graph& g, size_t i, bool fused_graph) {
   const Tensor* b = f32_initializer(g, n.inputs[1]);
   if (!b || b->rank() != 2) return std::nullopt;
   const bool tb = (fused_mm || gemm) && int_attr("transB", 0) != 0;
-  return Layer{i, {0}, 1, tb ? 0 : 1};
+  return Layer{i, {0}, 1, tb ? 0 : 1, true};
 }
 
 std::string unique_name(const Graph& g, const std::unordered_set<std::string>& taken, std::string base) {
@@ -107,8 +108,9 @@ class Inserter {
 
   // The dequantized stand-in for constant weight `w`: int8, symmetric, per output channel `axis`
   // (or per tensor when per-channel DequantizeLinear is unavailable).
-  std::string weight(const std::string& w, int64_t axis) {
-    const std::string key = w + "#" + std::to_string(axis);
+  std::string weight(const std::string& w, int64_t axis, bool allow_per_channel = true) {
+    const bool per_channel_ = this->per_channel_ && allow_per_channel;
+    const std::string key = w + "#" + std::to_string(axis) + (per_channel_ ? "" : "#t");
     if (auto it = dq_of_.find(key); it != dq_of_.end()) return it->second;
     const Tensor& t = g_.initializers.at(w);
     const auto& shape = t.shape();
@@ -315,7 +317,7 @@ int export_qdq(Model& model, const CalibrationTable& table, const Int8Options& o
   for (const Layer& l : p.layers) {
     Node& n = g.nodes[l.node];
     for (size_t a : l.activations) n.inputs[a] = ins.activation(n.inputs[a], n.inputs[a]);
-    n.inputs[l.weight] = ins.weight(n.inputs[l.weight], l.weight_axis);
+    n.inputs[l.weight] = ins.weight(n.inputs[l.weight], l.weight_axis, !l.matmul || options.per_channel_matmul_weights);
   }
   // Residual Adds: both inputs quantized, so runtimes can run the add in int8 too.
   for (Node& n : g.nodes) {

@@ -18,6 +18,9 @@ namespace kiln::quant {
 // fused node matches when its own name or any node it fused (its "fused_ops") is named.
 struct Int8Options {
   std::set<std::string> keep_float;  // layers forced to stay floating point
+  // export_qdq only: MatMul/Gemm weights per output column (true) or one scale per tensor (ONNX
+  // Runtime's quantize_static default, which its MatMul fusions run fastest).
+  bool per_channel_matmul_weights = true;
 };
 
 // True when `node` (a node of an optimized graph) is one of `layers`.

@@ -286,6 +286,37 @@ TEST_F(QuantizeCliTest, PerTensorWeightsBelowOpset13) {
   expect_python_checker_accepts(out);
 }
 
+// --matmul-weights per-tensor: the Gemm's weight gets one scale (ONNX Runtime's default), the
+// convolutions keep one per output channel; a bad value is refused.
+TEST_F(QuantizeCliTest, PerTensorMatMulWeights) {
+  const std::string out = path("pt.qdq.onnx");
+  Result r = kiln_cli("quantize " + model_ + " --calib " + calib_ + " --matmul-weights per-tensor -o " + out);
+  ASSERT_EQ(r.code, 0) << r.out;
+  Model m = load_onnx(out);
+  int gemm_checked = 0, conv_checked = 0;
+  for (const Node& n : m.graph.nodes) {
+    if (n.op_type != "Conv" && n.op_type != "Gemm") continue;
+    const int p = m.graph.producer_index(n.inputs[1]);
+    ASSERT_GE(p, 0) << n.name;
+    const Node& dq = m.graph.nodes[static_cast<size_t>(p)];
+    const int64_t scales = m.graph.initializers.at(dq.inputs[1]).numel();
+    if (n.op_type == "Gemm") {
+      EXPECT_EQ(scales, 1);
+      EXPECT_EQ(dq.attr("axis"), nullptr);
+      ++gemm_checked;
+    } else {
+      EXPECT_GT(scales, 1);
+      ++conv_checked;
+    }
+  }
+  EXPECT_EQ(gemm_checked, 1);
+  EXPECT_EQ(conv_checked, 3);
+  EXPECT_GE(accuracy_against_float(out, model_).cosine, 0.99);
+  Result bad = kiln_cli("quantize " + model_ + " --calib " + calib_ + " --matmul-weights per-row -o " + out);
+  EXPECT_EQ(bad.code, 1) << bad.out;
+  EXPECT_NE(bad.out.find("--matmul-weights must be per-channel or per-tensor"), std::string::npos) << bad.out;
+}
+
 TEST_F(QuantizeCliTest, OpsetBelow10IsRefused) {
   Result r = kiln_cli("quantize " + save(small_cnn(9), "cnn9.onnx") + " --calib " + calib_ + " -o " + path("o.onnx"));
   EXPECT_EQ(r.code, 1) << r.out;
