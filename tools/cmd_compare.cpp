@@ -62,7 +62,6 @@ struct CompareArgs {
 };
 
 bool is_float(DType dt) { return dtype_is_float(dt); }
-bool is_quantized(DType dt) { return dt == DType::kI8 || dt == DType::kU8; }
 
 std::string join(const std::vector<std::string>& v) {
   std::string s;
@@ -88,7 +87,7 @@ void expose_values(Model& model, const std::function<bool(const std::string&)>& 
     for (const auto& o : n.outputs) {
       if (o.empty() || present.count(o) || !want(o)) continue;
       const TensorType* t = g.type_of(o);
-      if (!t || !(is_float(t->dtype) || is_quantized(t->dtype))) continue;
+      if (!t || !(is_float(t->dtype) || dtype_is_8bit(t->dtype))) continue;
       g.outputs.push_back(o);
       present.insert(o);
     }
@@ -488,7 +487,7 @@ int cmd_compare(const CompareArgs& a) {
       // The engine's own float tensor of that name, else an int8 one read back as floats.
       Tensor engine_value;
       auto g = got.find(row.name);
-      if (g != got.end() && !is_quantized(g->second.dtype())) {
+      if (g != got.end() && !dtype_is_8bit(g->second.dtype())) {
         row.engine_name = row.name;
         engine_value = g->second;
       } else if (g != got.end() && qvalues.count(row.name)) {
@@ -587,7 +586,7 @@ int cmd_compare(const CompareArgs& a) {
         e["op"] = r.op;
         e["engine_tensor"] = r.engine_name;
         e["engine_dtype"] = std::string(dtype_name(r.engine_dtype));
-        e["dequantized"] = r.engine_name != r.name || is_quantized(r.engine_dtype);
+        e["dequantized"] = r.engine_name != r.name || dtype_is_8bit(r.engine_dtype);
         if (!r.error.empty()) e["error"] = r.error;
         e["first_divergence"] = static_cast<int>(i) == first_bad;
         j["per_layer"].push_back(e);
@@ -623,7 +622,7 @@ int cmd_compare(const CompareArgs& a) {
         if (r.stats.count == 0 && r.error.empty()) continue;
         std::string engine = std::string(dtype_name(r.engine_dtype));
         if (r.engine_name != r.name) engine += " " + r.engine_name;
-        if (r.engine_name != r.name || is_quantized(r.engine_dtype)) engine += " (dequantized)";
+        if (r.engine_name != r.name || dtype_is_8bit(r.engine_dtype)) engine += " (dequantized)";
         std::string mark = static_cast<int>(i) == first_bad ? "<- first divergence: " + first_reason : "";
         if (!r.error.empty())
           lt.push_back({std::to_string(++k), r.name, r.op, engine, "-", "-", "not compared: " + r.error});

@@ -37,6 +37,8 @@ DType dtype_from_name(std::string_view name);  // inverse of dtype_name (also ac
 bool dtype_is_float(DType dt);
 bool dtype_is_integer(DType dt);
 bool dtype_is_signed(DType dt);
+// int8 or uint8: the types of quantized activations and weights.
+inline bool dtype_is_8bit(DType dt) { return dt == DType::kI8 || dt == DType::kU8; }
 
 // ONNX TensorProto.DataType <-> DType. Unknown codes map to kUndefined.
 DType dtype_from_onnx(int onnx_type);

@@ -28,12 +28,10 @@ DType quantized_output_type(const NodeView& v) {
 
 namespace {
 
-bool is_8bit(DType d) { return d == DType::kI8 || d == DType::kU8; }
-
 void require_8bit(const InferContext& ctx, size_t i, const char* what) {
   if (!ctx.has_input(i)) return;
   const DType d = ctx.input_type(i).dtype;
-  if (d != DType::kUndefined && !is_8bit(d))
+  if (d != DType::kUndefined && !dtype_is_8bit(d))
     ctx.fail(std::string(what) + " must be int8 or uint8, got " + std::string(dtype_name(d)));
 }
 
@@ -79,9 +77,9 @@ void infer_qconv(InferContext& ctx) {
   check_output_quant(ctx, y);
   if (ctx.has_input(3)) {
     const DType z = ctx.input_type(3).dtype;
-    if (z != DType::kUndefined && z != DType::kF32 && !is_8bit(z))
+    if (z != DType::kUndefined && z != DType::kF32 && !dtype_is_8bit(z))
       ctx.fail("Z must be float32, int8 or uint8, got " + std::string(dtype_name(z)));
-    if (is_8bit(z)) check_quant_params(ctx, "z_scale", "z_zero_point", z);
+    if (dtype_is_8bit(z)) check_quant_params(ctx, "z_scale", "z_zero_point", z);
   }
   infer_conv_like(ctx, 0, 1, y);
   const TensorType* out = ctx.outputs()[0] ? &*ctx.outputs()[0] : nullptr;

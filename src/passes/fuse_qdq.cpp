@@ -24,8 +24,6 @@
 namespace kiln {
 namespace {
 
-bool is_8bit(DType d) { return d == DType::kI8 || d == DType::kU8; }
-
 // The quantization parameters of a QuantizeLinear or DequantizeLinear node.
 struct QParams {
   std::vector<float> scale;  // one value (per tensor) or one per index along axis
@@ -87,7 +85,7 @@ std::optional<Dq> dq_of(const Graph& g, const UseIndex& u, const std::string& v)
   const Node& n = g.nodes[static_cast<size_t>(p)];
   if (n.op_type != "DequantizeLinear" || !n.domain.empty()) return std::nullopt;
   auto q = qparams(g, u, n);
-  if (!q || !is_8bit(q->dtype)) return std::nullopt;
+  if (!q || !dtype_is_8bit(q->dtype)) return std::nullopt;
   return Dq{&n, *q};
 }
 
@@ -114,7 +112,7 @@ std::optional<std::pair<int, QParams>> sole_q(const Graph& g, const UseIndex& u,
   const Node& n = g.nodes[static_cast<size_t>(c)];
   if (n.op_type != "QuantizeLinear" || !n.domain.empty() || n.inputs[0] != v) return std::nullopt;
   auto q = qparams(g, u, n);
-  if (!q || !q->per_tensor() || !is_8bit(q->dtype)) return std::nullopt;
+  if (!q || !q->per_tensor() || !dtype_is_8bit(q->dtype)) return std::nullopt;
   return std::make_pair(c, *q);
 }
 
@@ -237,7 +235,7 @@ class FuseQdq : public Pass {
   // (weights no int8 kernel took) after it.
   static int fold_constant_dq(Model& model, PassContext& ctx, bool eight_bit) {
     return fold_constants(model, ctx, "DequantizeLinear",
-                          [&](const Tensor& x) { return is_8bit(x.dtype()) == eight_bit; });
+                          [&](const Tensor& x) { return dtype_is_8bit(x.dtype()) == eight_bit; });
   }
 
   static void remove_dead_qdq(Graph& g) {

@@ -418,7 +418,7 @@ std::map<std::string, QuantizedValue> quantized_values(const Model& model) {
   for (const Node& n : g.nodes) {
     if (n.outputs.empty() || n.outputs[0].empty()) continue;
     const TensorType* t = g.type_of(n.outputs[0]);
-    if (!t || (t->dtype != DType::kI8 && t->dtype != DType::kU8)) continue;
+    if (!t || !dtype_is_8bit(t->dtype)) continue;
     QuantizedValue q;
     q.dtype = t->dtype;
     if (n.domain == "kiln" && (n.op_type == "QConv" || n.op_type == "QMatMul")) {

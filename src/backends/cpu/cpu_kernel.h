@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "ir/graph.h"
+#include "kiln/error.h"
 #include "ops/op_schema.h"
 
 namespace kiln::cpu {
@@ -138,6 +139,12 @@ void register_int8_tactics(TacticRegistry& r);           // QMatMul, QuantizeLin
 // The reference kernels wrapped as a CPU tactic: supports every op the reference backend has,
 // plain layouts only, output shapes must match inference. Named "reference".
 const Tactic& reference_tactic();
+
+// Throws kUnsupported naming the node: a tactic's create() (or the plan its supports() tries)
+// refusing a node it cannot run as configured.
+[[noreturn]] inline void unsupported(const KernelConfig& cfg, const std::string& why) {
+  throw Error(ErrorCode::kUnsupported, cfg.node->describe() + ": " + why);
+}
 
 // True when every present input and output is f32 (the tactics that only have float32 kernels).
 bool all_f32(const KernelConfig& cfg);

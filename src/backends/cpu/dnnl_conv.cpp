@@ -23,10 +23,6 @@ using Tag = memory::format_tag;
 
 // ---- Shared helpers
 
-[[noreturn]] void unsupported(const KernelConfig& cfg, const std::string& why) {
-  throw Error(ErrorCode::kUnsupported, cfg.node->describe() + ": " + why);
-}
-
 size_t align64(size_t n) { return (n + 63) & ~size_t{63}; }
 
 // Activation tags by rank (3: 1-D, 4: 2-D, 5: 3-D spatial) and layout.
@@ -472,8 +468,6 @@ struct QConvPlan {
   dnnl::convolution_forward::primitive_desc pd;
 };
 
-bool is_8bit(DType d) { return d == DType::kI8 || d == DType::kU8; }
-
 QConvPlan make_qconv_plan(const KernelConfig& cfg) {
   if (cfg.inputs.size() < 2 || !cfg.has_input(0) || !cfg.has_input(1)) unsupported(cfg, "missing X or W");
   if (cfg.outputs.empty() || !cfg.outputs[0].present()) unsupported(cfg, "missing Y");
@@ -483,10 +477,10 @@ QConvPlan make_qconv_plan(const KernelConfig& cfg) {
   QConvPlan p;
   p.rank = x.shape.size();
   if (p.rank < 3 || p.rank > 5 || w.shape.size() != p.rank) unsupported(cfg, "only 1-D, 2-D and 3-D convolutions");
-  if (!is_8bit(x.dtype) || w.dtype != DType::kI8) unsupported(cfg, "X must be 8-bit and W int8");
+  if (!dtype_is_8bit(x.dtype) || w.dtype != DType::kI8) unsupported(cfg, "X must be 8-bit and W int8");
   if (!w.constant) unsupported(cfg, "W must be constant");
   p.y_dtype = cfg.outputs[0].dtype;
-  if (p.y_dtype != DType::kF32 && !is_8bit(p.y_dtype)) unsupported(cfg, "Y type");
+  if (p.y_dtype != DType::kF32 && !dtype_is_8bit(p.y_dtype)) unsupported(cfg, "Y type");
   p.has_bias = cfg.has_input(2);
   if (p.has_bias && (cfg.inputs[2].dtype != DType::kF32 || !cfg.inputs[2].constant ||
                      cfg.inputs[2].shape != std::vector<int64_t>{w.shape[0]}))
@@ -495,7 +489,7 @@ QConvPlan make_qconv_plan(const KernelConfig& cfg) {
   if (p.has_z) {
     const ValueInfo& z = cfg.inputs[3];
     if (z.shape != cfg.outputs[0].shape) unsupported(cfg, "Z must have Y's shape");
-    if (z.dtype == p.y_dtype || (is_8bit(z.dtype) && is_8bit(p.y_dtype))) p.z_sum = true;
+    if (z.dtype == p.y_dtype || (dtype_is_8bit(z.dtype) && dtype_is_8bit(p.y_dtype))) p.z_sum = true;
     else if (z.dtype != DType::kF32) unsupported(cfg, "an 8-bit Z needs an 8-bit Y");
   }
   if (x.numel() == 0 || w.numel() == 0 || cfg.outputs[0].numel() == 0) unsupported(cfg, "empty tensors");
@@ -520,7 +514,7 @@ QConvPlan make_qconv_plan(const KernelConfig& cfg) {
   dnnl::post_ops ops;
   if (p.has_z) {
     if (p.z_sum) {
-      const bool int8 = is_8bit(p.y_dtype);
+      const bool int8 = dtype_is_8bit(p.y_dtype);
       ops.append_sum(int8 ? v.attr_float("z_scale") : 1.f, int8 ? static_cast<int32_t>(v.attr_int("z_zero_point")) : 0,
                      dnnl_dtype(cfg.inputs[3].dtype));
     } else {
@@ -529,7 +523,7 @@ QConvPlan make_qconv_plan(const KernelConfig& cfg) {
     }
   }
   if (!append_activation(ops, activation, act_params)) unsupported(cfg, "activation " + activation);
-  if (is_8bit(p.y_dtype))
+  if (dtype_is_8bit(p.y_dtype))
     ops.append_eltwise(1.f, dnnl::algorithm::eltwise_linear, 1.f / v.attr_float("y_scale"),
                        static_cast<float>(v.attr_int("y_zero_point")));
 

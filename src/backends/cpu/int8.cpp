@@ -24,12 +24,6 @@ namespace {
 using dnnl::memory;
 using Tag = memory::format_tag;
 
-[[noreturn]] void unsupported(const KernelConfig& cfg, const std::string& why) {
-  throw Error(ErrorCode::kUnsupported, cfg.node->describe() + ": " + why);
-}
-
-bool is_8bit(DType d) { return d == DType::kI8 || d == DType::kU8; }
-
 // ---- kiln::QMatMul
 
 struct QMatmulPlan {
@@ -48,9 +42,9 @@ QMatmulPlan make_qmatmul_plan(const KernelConfig& cfg) {
   const ValueInfo& b = cfg.inputs[1];
   const ValueInfo& y = cfg.outputs[0];
   const NodeView v = cfg.view();
-  if (!is_8bit(a.dtype) || b.dtype != DType::kI8 || !b.constant || b.shape.size() != 2 || a.shape.size() < 2)
+  if (!dtype_is_8bit(a.dtype) || b.dtype != DType::kI8 || !b.constant || b.shape.size() != 2 || a.shape.size() < 2)
     unsupported(cfg, "needs 8-bit A of rank >= 2 and a constant 2-D int8 B");
-  if (y.dtype != DType::kF32 && !is_8bit(y.dtype)) unsupported(cfg, "Y type");
+  if (y.dtype != DType::kF32 && !dtype_is_8bit(y.dtype)) unsupported(cfg, "Y type");
   QMatmulPlan p;
   p.trans_b = v.attr_int("transB") != 0;
   p.k = a.shape.back();
@@ -71,7 +65,7 @@ QMatmulPlan make_qmatmul_plan(const KernelConfig& cfg) {
   dnnl::post_ops ops;
   if (!append_activation(ops, v.attr_string("activation"), v.attr_floats("activation_params")))
     unsupported(cfg, "activation");
-  if (is_8bit(y.dtype))
+  if (dtype_is_8bit(y.dtype))
     ops.append_eltwise(1.f, dnnl::algorithm::eltwise_linear, 1.f / v.attr_float("y_scale"),
                        static_cast<float>(v.attr_int("y_zero_point")));
   p.a_md = memory::desc({p.m, p.k}, dnnl_dtype(a.dtype), Tag::ab);
@@ -171,7 +165,7 @@ std::optional<QuantParams> per_tensor_params(const KernelConfig& cfg, bool quant
   q.scale = s.data<float>()[0];
   if (!(q.scale > 0.f) || !std::isfinite(q.scale)) return std::nullopt;
   q.qtype = quantize ? cfg.outputs[0].dtype : cfg.inputs[0].dtype;
-  if (!is_8bit(q.qtype)) return std::nullopt;
+  if (!dtype_is_8bit(q.qtype)) return std::nullopt;
   if (cfg.has_input(2)) {
     if (!cfg.inputs[2].constant || cfg.inputs[2].numel() != 1 || cfg.inputs[2].dtype != q.qtype) return std::nullopt;
     const Tensor& z = *cfg.inputs[2].constant;
