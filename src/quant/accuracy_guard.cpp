@@ -8,9 +8,10 @@
 #include <map>
 #include <sstream>
 
-#include "backends/cpu/program.h"
 #include "backends/reference/executor.h"
 #include "kiln/error.h"
+#include "quant/metrics.h"
+#include "runtime/runtime.h"
 
 namespace kiln::quant {
 
@@ -18,82 +19,50 @@ namespace {
 
 [[noreturn]] void invalid(const std::string& m) { throw Error(ErrorCode::kInvalidArgument, m); }
 
-using Outputs = std::vector<std::vector<Tensor>>;  // per batch, per graph output
+using Outputs = std::vector<TensorMap>;  // per batch: the graph outputs by name
 
-// Runs `model` on every batch (programs compiled once per shape set, first supporting tactic).
+// Runs `model` on every batch through the engine runtime (a program per shape set, first
+// supporting tactic per node).
 Outputs run_model(Model model, const std::vector<TensorMap>& batches, int threads) {
   InferOptions io;
   io.evaluator = reference::constant_evaluator();
   infer_types(model, io);
-  std::map<cpu::ShapeMap, std::shared_ptr<const cpu::Program>> programs;
-  Tensor arena, scratch;
+  Context ctx(std::make_shared<EngineRuntime>(std::move(model), EngineInfo{}, threads));
   Outputs out;
-  for (const auto& batch : batches) {
-    cpu::ShapeMap shapes;
-    for (const auto& in : model.graph.inputs) shapes[in] = batch.at(in).shape();
-    auto& p = programs[shapes];
-    if (!p) {
-      cpu::CompileOptions co;
-      co.threads = threads;
-      co.time_tactics = false;
-      p = cpu::Program::compile(model, shapes, co);
-    }
-    if (static_cast<size_t>(arena.numel()) < p->arena_bytes() + 64)
-      arena = Tensor(DType::kU8, {static_cast<int64_t>(p->arena_bytes()) + 64});
-    if (static_cast<size_t>(scratch.numel()) < p->scratch_bytes() + 64)
-      scratch = Tensor(DType::kU8, {static_cast<int64_t>(p->scratch_bytes()) + 64});
-    std::vector<const void*> in;
-    for (const auto& v : p->inputs()) in.push_back(batch.at(v.name).raw());
-    std::vector<Tensor> o;
-    std::vector<void*> optr;
-    for (const auto& v : p->outputs()) o.emplace_back(v.dtype, v.shape);
-    for (auto& t : o) optr.push_back(t.mutable_raw());
-    p->run(arena.mutable_raw(), scratch.mutable_raw(), in, optr);
-    out.push_back(std::move(o));
-  }
+  for (const auto& batch : batches) out.push_back(ctx.run(batch));
   return out;
+}
+
+// Every output's errors, accumulated over the batches.
+std::map<std::string, ErrorStats> errors(const Outputs& got, const Outputs& want) {
+  std::map<std::string, ErrorStats> stats;
+  for (size_t b = 0; b < want.size(); ++b)
+    for (const auto& [name, t] : want[b]) stats[name].add(got[b].at(name), t);
+  return stats;
 }
 
 bool is_classifier(const Outputs& ref) {
   if (ref.empty() || ref[0].empty()) return false;
-  for (const Tensor& t : ref[0])
+  for (const auto& [name, t] : ref[0])
     if (t.dtype() != DType::kF32 || t.rank() != 2 || t.dim(1) < 2) return false;
   return true;
 }
 
+// Top-1 agreement over the rows of every output; 0 when a NaN appeared.
 double top1_agreement(const Outputs& got, const Outputs& want) {
   int64_t agree = 0, total = 0;
-  for (size_t b = 0; b < want.size(); ++b)
-    for (size_t o = 0; o < want[b].size(); ++o) {
-      const Tensor& g = got[b][o];
-      const Tensor& w = want[b][o];
-      const int64_t rows = w.dim(0), cols = w.dim(1);
-      for (int64_t r = 0; r < rows; ++r) {
-        const float* gr = g.data<float>() + r * cols;
-        const float* wr = w.data<float>() + r * cols;
-        agree += std::max_element(gr, gr + cols) - gr == std::max_element(wr, wr + cols) - wr;
-        ++total;
-      }
-    }
+  for (const auto& [name, s] : errors(got, want)) {
+    if (s.has_nan) return 0.0;
+    agree += s.top1_agree;
+    total += s.top1_total;
+  }
   return total ? static_cast<double>(agree) / static_cast<double>(total) : 1.0;
 }
 
-// The smallest cosine similarity over the outputs, each accumulated over every batch.
+// The smallest cosine similarity over the outputs; 0 when a NaN appeared.
 double min_cosine(const Outputs& got, const Outputs& want) {
   double worst = 1.0;
-  for (size_t o = 0; !want.empty() && o < want[0].size(); ++o) {
-    double dot = 0, gg = 0, ww = 0;
-    for (size_t b = 0; b < want.size(); ++b) {
-      const auto g = got[b][o].to_double_vector(), w = want[b][o].to_double_vector();
-      for (size_t i = 0; i < w.size(); ++i) {
-        dot += g[i] * w[i];
-        gg += g[i] * g[i];
-        ww += w[i] * w[i];
-      }
-    }
-    const double c = (gg == 0 && ww == 0) ? 1.0 : (gg == 0 || ww == 0) ? 0.0 : dot / std::sqrt(gg * ww);
-    worst = std::min(worst, std::isnan(c) ? 0.0 : c);
-  }
+  for (const auto& [name, s] : errors(got, want)) worst = std::min(worst, s.has_nan ? 0.0 : s.cosine);
   return worst;
 }
 

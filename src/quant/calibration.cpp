@@ -15,7 +15,7 @@
 #include <limits>
 #include <set>
 
-#include "backends/cpu/program.h"
+#include "runtime/runtime.h"
 #include "backends/reference/executor.h"
 #include "ops/model_check.h"
 
@@ -484,14 +484,9 @@ CalibrationTable calibrate(const Model& model, Calibrator& data, const std::vect
   for (const auto& n : names)
     if (std::find(g.outputs.begin(), g.outputs.end(), n) == g.outputs.end()) g.outputs.push_back(n);
 
-  struct Compiled {
-    std::shared_ptr<const cpu::Program> program;
-    std::vector<Tensor> outputs;       // one per program output
-    std::vector<size_t> output_of;     // per calibrated name: its index in outputs
-  };
-  std::map<cpu::ShapeMap, Compiled> programs;
+  // The engine runtime compiles a program per batch shape (first supporting tactic per node).
+  Context ctx(std::make_shared<EngineRuntime>(m, EngineInfo{}, options.threads));
   std::vector<TensorHistogram> hists(names.size());
-  Tensor arena, scratch;
 
   data.reset();
   TensorMap batch;
@@ -501,7 +496,6 @@ CalibrationTable calibrate(const Model& model, Calibrator& data, const std::vect
     if (!data.next_batch(batch)) break;
     ++batches;
     const std::string where = "calibration batch " + std::to_string(batches);
-    cpu::ShapeMap shapes;
     for (const auto& [name, t] : batch)
       if (std::find(g.inputs.begin(), g.inputs.end(), name) == g.inputs.end())
         invalid(where + ": '" + name + "' is not an input of the model");
@@ -512,43 +506,17 @@ CalibrationTable calibrate(const Model& model, Calibrator& data, const std::vect
       if (decl && decl->dtype != DType::kUndefined && decl->dtype != it->second.dtype())
         invalid(where + ": input '" + in + "' must be " + std::string(dtype_name(decl->dtype)) + ", got " +
                 std::string(dtype_name(it->second.dtype())));
-      shapes[in] = it->second.shape();
     }
-    auto pit = programs.find(shapes);
-    if (pit == programs.end()) {
-      Compiled c;
-      cpu::CompileOptions co;
-      co.threads = options.threads;
-      co.time_tactics = false;
-      try {
-        c.program = cpu::Program::compile(m, shapes, co);
-      } catch (const Error& e) {
-        throw Error(e.code(), where + ": " + e.what());
-      }
-      for (const auto& v : c.program->outputs()) c.outputs.emplace_back(v.dtype, v.shape);
-      for (const auto& n : names) {
-        const auto& outs = c.program->outputs();
-        size_t k = 0;
-        while (k < outs.size() && outs[k].name != n) ++k;
-        if (k == outs.size() || outs[k].dtype != DType::kF32)
-          throw Error(ErrorCode::kInternal, "calibration: the program does not output f32 tensor '" + n + "'");
-        c.output_of.push_back(k);
-      }
-      pit = programs.emplace(shapes, std::move(c)).first;
+    reference::TensorMap outputs;
+    try {
+      outputs = ctx.run(batch);
+    } catch (const Error& e) {
+      throw Error(e.code(), where + ": " + e.what());
     }
-    Compiled& c = pit->second;
-    const cpu::Program& p = *c.program;
-    if (static_cast<size_t>(arena.numel()) < p.arena_bytes() + 64)
-      arena = Tensor(DType::kU8, {static_cast<int64_t>(p.arena_bytes()) + 64});
-    if (static_cast<size_t>(scratch.numel()) < p.scratch_bytes() + 64)
-      scratch = Tensor(DType::kU8, {static_cast<int64_t>(p.scratch_bytes()) + 64});
-    std::vector<const void*> in_ptrs;
-    for (const auto& v : p.inputs()) in_ptrs.push_back(batch.at(v.name).raw());
-    std::vector<void*> out_ptrs;
-    for (auto& t : c.outputs) out_ptrs.push_back(t.mutable_raw());
-    p.run(arena.mutable_raw(), scratch.mutable_raw(), in_ptrs, out_ptrs);
     for (size_t k = 0; k < names.size(); ++k) {
-      const Tensor& t = c.outputs[c.output_of[k]];
+      const Tensor& t = outputs.at(names[k]);
+      if (t.dtype() != DType::kF32)
+        throw Error(ErrorCode::kInternal, "calibration: the program does not output f32 tensor '" + names[k] + "'");
       hists[k].add(t.data<float>(), static_cast<size_t>(t.numel()));
     }
     if (options.progress) options.progress(data.samples_read());
