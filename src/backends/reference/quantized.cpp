@@ -1,9 +1,9 @@
 // Reference kernels of kiln::QConv and kiln::QMatMul: dequantize the inputs to float32, run the
 // float fused kernel (kiln::FusedConv / kiln::FusedMatMul) on a node with the same attributes,
-// and quantize the result exactly as QuantizeLinear does (round half to even, saturate). This is
-// the meaning of the DequantizeLinear -> op -> QuantizeLinear pattern the op replaces.
-#include <algorithm>
-#include <cmath>
+// and quantize the result, each step through the reference DequantizeLinear / QuantizeLinear
+// kernels: this is the meaning of the DequantizeLinear -> op -> QuantizeLinear pattern the op
+// replaces.
+#include <map>
 
 #include "backends/reference/kernel.h"
 #include "ops/quant_rules.h"
@@ -12,62 +12,63 @@ namespace kiln::reference {
 
 namespace {
 
-// x = (q - zero_point) * scale, per tensor (scales.size() == 1) or per index along `axis`.
-Tensor dequantize(const KernelContext& ctx, const Tensor& q, const std::vector<float>& scales, int32_t zero_point,
-                  int64_t axis, const char* what) {
-  if (q.dtype() != DType::kI8 && q.dtype() != DType::kU8)
-    ctx.fail(std::string(what) + " must be int8 or uint8, got " + std::string(dtype_name(q.dtype())));
-  const std::vector<int64_t>& shape = q.shape();
-  int64_t dim = 1, inner = 1;
-  if (scales.size() != 1) {
-    if (axis < 0 || axis >= static_cast<int64_t>(shape.size()) || shape[static_cast<size_t>(axis)] !=
-                                                                        static_cast<int64_t>(scales.size()))
-      ctx.fail(std::string(what) + ": " + std::to_string(scales.size()) + " scales do not match shape " +
-               shape_to_string(shape));
-    dim = shape[static_cast<size_t>(axis)];
-    for (size_t d = static_cast<size_t>(axis) + 1; d < shape.size(); ++d) inner *= shape[d];
-  }
-  Tensor out(DType::kF32, shape);
-  float* y = out.mutable_data<float>();
-  const int64_t n = q.numel();
-  for (int64_t i = 0; i < n; ++i) {
-    const int32_t v = q.dtype() == DType::kI8 ? q.data<int8_t>()[i] : q.data<uint8_t>()[i];
-    const float s = scales.size() == 1 ? scales[0] : scales[static_cast<size_t>((i / inner) % dim)];
-    y[i] = static_cast<float>(v - zero_point) * s;
-  }
-  return out;
+// Runs the reference kernel of `domain`::`op` (schema of `opset`) on a node carrying this node's
+// name and the given attributes; returns its output 0.
+Tensor run_kernel(const KernelContext& ctx, const std::string& domain, const char* op, int64_t opset,
+                  std::map<std::string, Attribute> attrs, std::vector<const Tensor*> inputs) {
+  const OpSchema* schema = OpRegistry::global().find(domain, op, opset);
+  const KernelFn fn = KernelRegistry::global().find(domain, op);
+  if (!schema || !fn) ctx.fail(std::string("the reference ") + op + " kernel is not registered");
+  Node n;
+  n.name = ctx.node().name;
+  n.domain = domain;
+  n.op_type = op;
+  n.outputs = {"y"};
+  n.attrs = std::move(attrs);
+  KernelContext inner(n, *schema, opset, std::move(inputs));
+  fn(inner);
+  if (inner.outputs().empty() || !inner.outputs()[0].defined()) ctx.fail(std::string(op) + " produced no output");
+  return std::move(inner.outputs()[0]);
 }
 
-Tensor quantize(const Tensor& x, DType dtype, float scale, int32_t zero_point) {
-  Tensor out(dtype, x.shape());
-  const float* v = x.data<float>();
-  const float lo = dtype == DType::kU8 ? 0.f : -128.f, hi = dtype == DType::kU8 ? 255.f : 127.f;
-  for (int64_t i = 0; i < x.numel(); ++i) {
-    // std::nearbyint rounds half to even in the default rounding mode, as QuantizeLinear specifies.
-    const float q = std::clamp(std::nearbyint(v[i] / scale) + static_cast<float>(zero_point), lo, hi);
-    if (dtype == DType::kU8) out.mutable_data<uint8_t>()[i] = static_cast<uint8_t>(q);
-    else out.mutable_data<int8_t>()[i] = static_cast<int8_t>(q);
+// The zero point tensor of an 8-bit type: one value, or `count` equal ones.
+Tensor zero_point(DType dtype, int32_t value, int64_t count) {
+  Tensor z = count ? Tensor(dtype, {count}) : Tensor(dtype, {});
+  for (int64_t i = 0; i < z.numel(); ++i) {
+    if (dtype == DType::kU8) z.mutable_data<uint8_t>()[i] = static_cast<uint8_t>(value);
+    else z.mutable_data<int8_t>()[i] = static_cast<int8_t>(value);
   }
-  return out;
+  return z;
+}
+
+// DequantizeLinear (opset 13): per tensor (one scale) or per index along `axis`.
+Tensor dequantize(const KernelContext& ctx, const Tensor& q, const std::vector<float>& scales, int32_t zp,
+                  int64_t axis, const char* what) {
+  if (!dtype_is_8bit(q.dtype()))
+    ctx.fail(std::string(what) + " must be int8 or uint8, got " + std::string(dtype_name(q.dtype())));
+  const bool per_tensor = scales.size() == 1;
+  const int64_t n = static_cast<int64_t>(scales.size());
+  const Tensor s = per_tensor ? Tensor::scalar<float>(scales[0]) : Tensor::from_vector<float>({n}, scales);
+  const Tensor z = zero_point(q.dtype(), zp, per_tensor ? 0 : n);
+  std::map<std::string, Attribute> attrs;
+  if (!per_tensor) attrs["axis"] = Attribute::of_int(axis);
+  return run_kernel(ctx, "", "DequantizeLinear", 13, std::move(attrs), {&q, &s, &z});
+}
+
+// QuantizeLinear (opset 13): round half to even, saturate.
+Tensor quantize(const KernelContext& ctx, const Tensor& x, DType dtype, float scale, int32_t zp) {
+  const Tensor s = Tensor::scalar<float>(scale);
+  const Tensor z = zero_point(dtype, zp, 0);
+  return run_kernel(ctx, "", "QuantizeLinear", 13, {}, {&x, &s, &z});
 }
 
 // Runs the float fused kernel `op` on a copy of this node's float attributes.
 Tensor run_float(const KernelContext& ctx, const char* op, const std::vector<std::string>& attrs,
                  std::vector<const Tensor*> inputs) {
-  const OpSchema* schema = OpRegistry::global().find("kiln", op, 1);
-  const KernelFn fn = KernelRegistry::global().find("kiln", op);
-  if (!schema || !fn) ctx.fail(std::string("the reference kiln::") + op + " kernel is not registered");
-  Node n;
-  n.name = ctx.node().name;
-  n.domain = "kiln";
-  n.op_type = op;
-  n.outputs = {"y"};
+  std::map<std::string, Attribute> copied;
   for (const auto& a : attrs)
-    if (const Attribute* v = ctx.node().attr(a)) n.attrs[a] = *v;
-  KernelContext inner(n, *schema, 1, std::move(inputs));
-  fn(inner);
-  if (inner.outputs().empty() || !inner.outputs()[0].defined()) ctx.fail(std::string(op) + " produced no output");
-  return std::move(inner.outputs()[0]);
+    if (const Attribute* v = ctx.node().attr(a)) copied[a] = *v;
+  return run_kernel(ctx, "kiln", op, 1, std::move(copied), std::move(inputs));
 }
 
 void finish(KernelContext& ctx, const Tensor& y) {
@@ -76,7 +77,8 @@ void finish(KernelContext& ctx, const Tensor& y) {
     ctx.set_output(0, y);
     return;
   }
-  ctx.set_output(0, quantize(y, out, ctx.attr_float("y_scale"), static_cast<int32_t>(ctx.attr_int("y_zero_point"))));
+  ctx.set_output(0,
+                 quantize(ctx, y, out, ctx.attr_float("y_scale"), static_cast<int32_t>(ctx.attr_int("y_zero_point"))));
 }
 
 void qconv_kernel(KernelContext& ctx) {
