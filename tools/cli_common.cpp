@@ -179,4 +179,27 @@ std::string fixed(double v, int digits) {
 
 std::string mib(uint64_t bytes) { return fixed(static_cast<double>(bytes) / (1024.0 * 1024.0)) + " MiB"; }
 
+std::map<std::string, std::string> parse_layer_precision(const std::string& spec, const std::string& form) {
+  std::map<std::string, std::string> out;
+  std::stringstream ss(spec);
+  for (std::string item; std::getline(ss, item, ',');) {
+    if (item.empty()) continue;
+    const auto colon = item.rfind(':');
+    if (colon == std::string::npos || colon == 0 || colon + 1 == item.size())
+      throw Error(ErrorCode::kInvalidArgument, "--layer-precision: expected " + form + ", got '" + item + "'");
+    out[item.substr(0, colon)] = item.substr(colon + 1);
+  }
+  return out;
+}
+
+int64_t default_calib_batch(const Model& model, const std::vector<OptimizationProfile>& profiles) {
+  if (!profiles.empty())
+    for (const auto& [name, d] : profiles[0].inputs)
+      if (!d.opt.empty()) return d.opt[0];
+  for (const auto& in : model.graph.inputs)
+    if (const TensorType* t = model.graph.type_of(in); t && t->shape && !t->shape->empty() && (*t->shape)[0].known())
+      return (*t->shape)[0].value;
+  return 8;
+}
+
 }  // namespace kiln::cli

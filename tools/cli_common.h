@@ -17,6 +17,15 @@ namespace kiln::cli {
 // the bad part.
 std::map<std::string, std::vector<int64_t>> parse_shapes(const std::string& spec, const std::string& flag = "--shapes");
 
+// --layer-precision "NAME:PRECISION,...": layer -> precision. An item without both parts throws
+// kInvalidArgument "--layer-precision: expected <form>, got 'ITEM'". Names and precisions are
+// checked by the caller (they differ between build and quantize).
+std::map<std::string, std::string> parse_layer_precision(const std::string& spec, const std::string& form);
+
+// The calibration batch when --calib-batch is not given: profile 0's opt batch (the optimized graph
+// may be specialized to it), else the first input's static batch, else 8.
+int64_t default_calib_batch(const Model& model, const std::vector<OptimizationProfile>& profiles);
+
 // Throws kInvalidArgument when a name in `shapes` is not an input of `graph` (listing the inputs).
 void check_shape_names(const Graph& graph, const std::map<std::string, std::vector<int64_t>>& shapes,
                        const std::string& flag, const std::string& model_path);

@@ -183,29 +183,11 @@ int cmd_build(const BuildArgs& args) {
   cfg.precision.constraints = args.precision_constraints;
   cfg.precision.calib_method = quant::parse_calib_method(args.calib_method);
   cfg.precision.calib_cache = args.calib_cache;
-  std::stringstream lp(args.layer_precision);
-  for (std::string item; std::getline(lp, item, ',');) {
-    if (item.empty()) continue;
-    const auto colon = item.rfind(':');
-    if (colon == std::string::npos || colon == 0 || colon + 1 == item.size())
-      throw Error(ErrorCode::kInvalidArgument, "--layer-precision: expected NAME:PRECISION (fp32, bf16, fp16, int8), got '" + item + "'");
-    cfg.precision.layer_precision[item.substr(0, colon)] = item.substr(colon + 1);
-  }
+  cfg.precision.layer_precision = parse_layer_precision(args.layer_precision, "NAME:PRECISION (fp32, bf16, fp16, int8)");
   if (!args.int8 && (!args.calib.empty() || !args.calib_cache.empty()))
     throw Error(ErrorCode::kInvalidArgument, "--calib and --calib-cache need --int8");
   if (args.int8 && !args.calib.empty() && !(std::filesystem::exists(args.calib_cache))) {
-    int64_t batch = args.calib_batch;
-    if (batch <= 0) {
-      // The optimized graph may be specialized to profile 0's shapes (shape chains folded), so
-      // calibrate at its opt batch; else at the static batch; else 8 samples per batch.
-      batch = 8;
-      for (const auto& in : model.graph.inputs)
-        if (const TensorType* t = model.graph.type_of(in); t && t->shape && !t->shape->empty() && (*t->shape)[0].known())
-          batch = (*t->shape)[0].value;
-      if (!cfg.profiles.empty())
-        for (const auto& [name, d] : cfg.profiles[0].inputs)
-          if (!d.opt.empty()) batch = d.opt[0];
-    }
+    const int64_t batch = args.calib_batch > 0 ? args.calib_batch : default_calib_batch(model, cfg.profiles);
     calibrator = std::make_unique<quant::FileCalibrator>(args.calib, model, batch, args.calib_samples);
     cfg.precision.calibrator = calibrator.get();
   }

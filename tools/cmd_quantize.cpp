@@ -37,36 +37,16 @@ struct QuantizeArgs {
 
 // --layer-precision NAME:fp32,NAME:int8,...: the layers left in float, checked against the model's
 // node names (the same rules as `kiln build`).
-std::set<std::string> parse_layer_precision(const std::string& spec, const Model& model) {
+std::set<std::string> keep_float_layers(const std::string& spec, const Model& model) {
   std::set<std::string> names;
   for (const Node& n : model.graph.nodes) names.insert(n.name);
   std::set<std::string> keep_float;
-  std::stringstream ss(spec);
-  for (std::string item; std::getline(ss, item, ',');) {
-    if (item.empty()) continue;
-    const auto colon = item.rfind(':');
-    if (colon == std::string::npos || colon == 0 || colon + 1 == item.size())
-      invalid("--layer-precision: expected NAME:fp32 or NAME:int8, got '" + item + "'");
-    const std::string layer = item.substr(0, colon), prec = item.substr(colon + 1);
+  for (const auto& [layer, prec] : cli::parse_layer_precision(spec, "NAME:fp32 or NAME:int8")) {
     if (!names.count(layer)) invalid("--layer-precision: the model has no layer (node) named '" + layer + "'");
     if (prec == "fp32") keep_float.insert(layer);
-    else if (prec != "int8") invalid("--layer-precision " + item + ": the precision must be fp32 or int8");
+    else if (prec != "int8") invalid("--layer-precision " + layer + ":" + prec + ": the precision must be fp32 or int8");
   }
   return keep_float;
-}
-
-bool has_qdq(const Model& model) {
-  for (const Node& n : model.graph.nodes)
-    if (n.domain.empty() && (n.op_type == "QuantizeLinear" || n.op_type == "DequantizeLinear")) return true;
-  return false;
-}
-
-// The default calibration batch: the first input's static batch dim, else 8 (as `kiln build`).
-int64_t default_batch(const Model& model) {
-  for (const auto& in : model.graph.inputs)
-    if (const TensorType* t = model.graph.type_of(in); t && t->shape && !t->shape->empty() && (*t->shape)[0].known())
-      return (*t->shape)[0].value;
-  return 8;
 }
 
 int cmd_quantize(const QuantizeArgs& args) {
@@ -77,7 +57,7 @@ int cmd_quantize(const QuantizeArgs& args) {
             " of the default domain; QuantizeLinear/DequantizeLinear need opset 10 or later (13 or later for "
             "per-channel weights): convert the model to a newer opset first");
   require_supported(model);
-  if (has_qdq(model))
+  if (quant::has_qdq_nodes(model.graph))
     invalid(args.model + " already has QuantizeLinear/DequantizeLinear nodes; quantize its float version instead");
   InferOptions infer;
   infer.evaluator = reference::constant_evaluator();
@@ -86,7 +66,7 @@ int cmd_quantize(const QuantizeArgs& args) {
   const size_t nodes_in = model.graph.nodes.size();
 
   quant::Int8Options options;
-  options.keep_float = parse_layer_precision(args.layer_precision, original);
+  options.keep_float = keep_float_layers(args.layer_precision, original);
   if (args.matmul_weights != "per-channel" && args.matmul_weights != "per-tensor")
     invalid("--matmul-weights must be per-channel or per-tensor, got '" + args.matmul_weights + "'");
   options.per_channel_matmul_weights = args.matmul_weights == "per-channel";
@@ -150,7 +130,7 @@ int cmd_quantize(const QuantizeArgs& args) {
     calib_line = "cache " + args.calib_cache + " (" + quant::to_string(table.method) + ", " +
                  std::to_string(table.samples) + " samples)";
   } else {
-    const int64_t batch = args.calib_batch > 0 ? args.calib_batch : default_batch(original);
+    const int64_t batch = args.calib_batch > 0 ? args.calib_batch : cli::default_calib_batch(original, {});
     quant::FileCalibrator data(args.calib, original, batch, args.calib_samples);
     quant::CalibrateOptions co;
     co.method = method;

@@ -14,6 +14,7 @@
 #include "api/api_internal.h"
 #include "backends/cpu/timing_cache.h"
 #include "plugins/plugins.h"
+#include "quant/qdq.h"
 #include "runtime/builder.h"
 
 namespace kiln {
@@ -163,12 +164,6 @@ void complete_opsets(Model& m) {
 }
 
 // ---- Reduced precision
-
-bool has_qdq(const Graph& g) {
-  for (const Node& n : g.nodes)
-    if (n.domain.empty() && (n.op_type == "QuantizeLinear" || n.op_type == "DequantizeLinear")) return true;
-  return false;
-}
 
 // setLayerPrecision's types as the builder's layer_precision values; "" for one without a meaning.
 std::string precision_name(DataType t) {
@@ -335,7 +330,7 @@ std::vector<uint8_t> Builder::Impl::build(const NetworkDefinition::Impl& net, co
   // speak of `kiln build` flags).
   const bool int8 = cfg.flags.count(BuilderFlag::kINT8) != 0;
   const bool obey = cfg.flags.count(BuilderFlag::kOBEY_PRECISION_CONSTRAINTS) != 0;
-  const bool qdq = has_qdq(g);
+  const bool qdq = quant::has_qdq_nodes(g);
   PrecisionConfig& pc = bc.precision;
   pc.int8 = int8;
   pc.bf16 = cfg.flags.count(BuilderFlag::kBF16) != 0;

@@ -345,6 +345,12 @@ int export_qdq(Model& model, const CalibrationTable& table, const Int8Options& o
   return static_cast<int>(p.layers.size());
 }
 
+bool has_qdq_nodes(const Graph& g) {
+  for (const Node& n : g.nodes)
+    if (n.domain.empty() && (n.op_type == "QuantizeLinear" || n.op_type == "DequantizeLinear")) return true;
+  return false;
+}
+
 void check_qdq_params(const Model& model) {
   const Graph& g = model.graph;
   for (const Node& n : g.nodes) {

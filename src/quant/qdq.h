@@ -41,6 +41,9 @@ std::vector<std::string> int8_layers(const Model& optimized, const Int8Options& 
 // Returns the number of int8 compute layers. Throws kInvalidArgument when the table lacks a tensor.
 int quantize_int8(Model& optimized, const CalibrationTable& table, const Int8Options& options);
 
+// True when the graph has QuantizeLinear or DequantizeLinear nodes (an explicitly quantized model).
+bool has_qdq_nodes(const Graph& graph);
+
 // Checks the constant parameters of every QuantizeLinear/DequantizeLinear: scales positive and
 // finite, zero points of the quantized type and within its range. Throws kInvalidModel naming the
 // node and the bad value (a zero scale would divide by zero; an out-of-range zero point cannot be

@@ -19,11 +19,6 @@ namespace {
 double ms_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 }
-bool has_qdq(const Model& model) {
-  for (const Node& n : model.graph.nodes)
-    if (n.domain.empty() && (n.op_type == "QuantizeLinear" || n.op_type == "DequantizeLinear")) return true;
-  return false;
-}
 
 // Checks --layer-precision against the model's node names and values; returns the layers kept float.
 std::set<std::string> check_layer_precision(const Model& model, const PrecisionConfig& p) {
@@ -222,7 +217,7 @@ BuildResult build_engine(Model model, const BuildConfig& user_config) {
   infer_types(model, infer);
   r.nodes_before = model.graph.nodes.size();
   quant::check_qdq_params(model);
-  const bool int8 = config.precision.int8 && !has_qdq(model);
+  const bool int8 = config.precision.int8 && !quant::has_qdq_nodes(model.graph);
   if (config.precision.int8 && !int8)
     r.precision_log.push_back("int8: the model has explicit Q/DQ nodes; their scales are used, no calibration");
   if (!config.precision.int8) check_layer_precision(model, config.precision);
