@@ -13,6 +13,7 @@
 
 #include "onnx/onnx_import.h"
 #include "test_support.h"
+#include "util/mapped_file.h"
 #include "util/npy.h"
 
 namespace fs = std::filesystem;
@@ -33,11 +34,6 @@ Tensor seeded(const std::vector<int64_t>& shape, uint32_t seed) {
     p[i] = static_cast<float>(s >> 8) / static_cast<float>(1 << 24) - 0.5f;
   }
   return t;
-}
-
-std::vector<uint8_t> file_bytes(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
 }
 
 class BuildCliTest : public ::testing::Test {
@@ -180,9 +176,9 @@ TEST_F(BuildCliTest, TimingCacheIsReusedAndBuildsAreByteIdentical) {
   // Same tactics from the cache: the same engine, byte for byte, every time.
   Result b2 = kiln_cli("build " + model_ + " -o " + path("b2.kiln") + flags);
   ASSERT_EQ(b2.code, 0) << b2.out;
-  const auto bytes_a = file_bytes(path("a.kiln")), bytes_b = file_bytes(path("b.kiln"));
+  const auto bytes_a = read_file_bytes(path("a.kiln")), bytes_b = read_file_bytes(path("b.kiln"));
   EXPECT_FALSE(bytes_b.empty());
-  EXPECT_TRUE(bytes_b == file_bytes(path("b2.kiln")));
+  EXPECT_TRUE(bytes_b == read_file_bytes(path("b2.kiln")));
   EXPECT_TRUE(bytes_a == bytes_b);  // the cache holds the first build's winners
 
   // A cache measured on another machine is ignored with a warning, then rewritten.

@@ -15,6 +15,7 @@
 
 #include "onnx/onnx_import.h"
 #include "test_support.h"
+#include "util/mapped_file.h"
 #include "util/npy.h"
 
 namespace fs = std::filesystem;
@@ -25,22 +26,7 @@ namespace {
 using Result = kiln_test::CliResult;
 Result kiln_cli(const std::string& args) { return kiln_test::run_kiln_cli(args); }
 
-// Uniform in [-scale, scale), from a fixed LCG.
-Tensor seeded(const std::vector<int64_t>& shape, uint32_t seed, float scale = 0.5f) {
-  Tensor t(DType::kF32, shape);
-  float* p = t.mutable_data<float>();
-  uint32_t s = seed * 2654435761u + 1;
-  for (int64_t i = 0; i < t.numel(); ++i) {
-    s = s * 1664525u + 1013904223u;
-    p[i] = (static_cast<float>(s >> 8) / static_cast<float>(1 << 24) * 2.f - 1.f) * scale;
-  }
-  return t;
-}
-
-std::vector<uint8_t> file_bytes(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
-}
+using kiln_test::seeded;
 
 // x[N,3,8,8] -> conv1(3->8)+relu1 -> conv2(8->8)+relu2 -> pool(2x2) -> conv3(8->8) -> add(conv3, pool)
 //   -> gap -> flat -> fc (Gemm 8->10) -> y[N,10]
@@ -158,12 +144,12 @@ TEST_F(Int8CliTest, CalibrationCacheIsWrittenAndReused) {
   Result b = build("--int8 --calib-cache " + cache, "b.kiln");
   ASSERT_EQ(b.code, 0) << b.out;
   EXPECT_NE(b.out.find("calibration: cache " + cache + " (entropy, 32 samples)"), std::string::npos) << b.out;
-  EXPECT_EQ(file_bytes(path("a.kiln")), file_bytes(path("b.kiln")));
+  EXPECT_EQ(read_file_bytes(path("a.kiln")), read_file_bytes(path("b.kiln")));
   // With data too, an existing cache wins (no calibration run).
   Result c = build("--int8 --calib " + calib_ + " --calib-cache " + cache, "c.kiln");
   ASSERT_EQ(c.code, 0) << c.out;
   EXPECT_NE(c.out.find("calibration: cache"), std::string::npos) << c.out;
-  EXPECT_EQ(file_bytes(path("a.kiln")), file_bytes(path("c.kiln")));
+  EXPECT_EQ(read_file_bytes(path("a.kiln")), read_file_bytes(path("c.kiln")));
 }
 
 TEST_F(Int8CliTest, BadCalibrationData) {

@@ -19,6 +19,7 @@
 #include "ops/model_check.h"
 #include "quant/metrics.h"
 #include "test_support.h"
+#include "util/mapped_file.h"
 #include "util/npy.h"
 
 namespace fs = std::filesystem;
@@ -29,17 +30,7 @@ namespace {
 using Result = kiln_test::CliResult;
 Result kiln_cli(const std::string& args) { return kiln_test::run_kiln_cli(args); }
 
-// Uniform in [-scale, scale), from a fixed LCG so every run sees the same values.
-Tensor seeded(const std::vector<int64_t>& shape, uint32_t seed, float scale = 0.5f) {
-  Tensor t(DType::kF32, shape);
-  float* p = t.mutable_data<float>();
-  uint32_t s = seed * 2654435761u + 1;
-  for (int64_t i = 0; i < t.numel(); ++i) {
-    s = s * 1664525u + 1013904223u;
-    p[i] = (static_cast<float>(s >> 8) / static_cast<float>(1 << 24) * 2.f - 1.f) * scale;
-  }
-  return t;
-}
+using kiln_test::seeded;
 
 Tensor positive(const std::vector<int64_t>& shape, uint32_t seed) {
   Tensor t = seeded(shape, seed, 0.25f);
@@ -81,11 +72,6 @@ Model small_cnn(int64_t opset) {
   b.m.graph.outputs = {"y"};
   b.m.ir_version = 8;
   return b.m;
-}
-
-std::vector<uint8_t> file_bytes(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
 }
 
 const Node* producer(const Graph& g, const std::string& v) {
@@ -338,7 +324,7 @@ TEST_F(QuantizeCliTest, CalibrationCache) {
   r = kiln_cli("quantize " + model_ + " --calib-cache " + cache + " -o " + b);
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("calibration:  cache " + cache + " (entropy, 32 samples)"), std::string::npos) << r.out;
-  EXPECT_EQ(file_bytes(a), file_bytes(b));
+  EXPECT_EQ(read_file_bytes(a), read_file_bytes(b));
   // `kiln build --int8` takes the export's cache (a superset of the fused graph's tensors).
   Result build = kiln_cli("build " + model_ + " -o " + path("e.kiln") + " --shapes x:1x3x8x8 --no-timing --int8 "
                           "--calib-cache " + cache);

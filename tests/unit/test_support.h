@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "ir/graph.h"
+#include "ir/tensor.h"
 
 namespace kiln_test {
 
@@ -37,6 +38,18 @@ struct ModelBuilder {
     return *this;
   }
 };
+
+// Uniform in [-scale, scale) float32 values from a fixed LCG: the same on every run and platform.
+inline Tensor seeded(const std::vector<int64_t>& shape, uint32_t seed, float scale = 0.5f) {
+  Tensor t(DType::kF32, shape);
+  float* p = t.mutable_data<float>();
+  uint32_t s = seed * 2654435761u + 1;
+  for (int64_t i = 0; i < t.numel(); ++i) {
+    s = s * 1664525u + 1013904223u;
+    p[i] = (static_cast<float>(s >> 8) / static_cast<float>(1 << 24) * 2.f - 1.f) * scale;
+  }
+  return t;
+}
 
 // Where the exported real models are: $KILN_MODEL_DIR when set (an empty value means none), else
 // the cache that scripts/export-models.sh fills (~/.cache/kiln/models). Tests that need a model
