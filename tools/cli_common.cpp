@@ -2,6 +2,7 @@
 #include "cli_common.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <iomanip>
 #include <limits>
@@ -200,6 +201,32 @@ int64_t default_calib_batch(const Model& model, const std::vector<OptimizationPr
     if (const TensorType* t = model.graph.type_of(in); t && t->shape && !t->shape->empty() && (*t->shape)[0].known())
       return (*t->shape)[0].value;
   return 8;
+}
+
+std::string safe_file_stem(const std::string& name) {
+  std::string out = name;
+  for (char& c : out) {
+    const auto u = static_cast<unsigned char>(c);
+    if (!std::isalnum(u) && c != '.' && c != '_' && c != '-') c = '_';
+  }
+  if (out.empty() || out == "." || out == "..") out = "_";
+  return out;
+}
+
+nlohmann::json type_json(const TensorType* t) {
+  nlohmann::json j;
+  j["dtype"] = t && t->dtype != DType::kUndefined ? nlohmann::json(std::string(dtype_name(t->dtype))) : nlohmann::json(nullptr);
+  if (t && t->shape) {
+    nlohmann::json dims = nlohmann::json::array();
+    for (const Dim& d : *t->shape) {
+      if (d.known()) dims.push_back(d.value);
+      else dims.push_back(d.symbol.empty() ? "?" : d.symbol);
+    }
+    j["shape"] = dims;
+  } else {
+    j["shape"] = nullptr;
+  }
+  return j;
 }
 
 }  // namespace kiln::cli

@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "backends/reference/executor.h"
 #include "engine/engine_file.h"
 #include "runtime/runtime.h"
@@ -65,6 +67,12 @@ CpuEngine cpu_engine_from_onnx(Model model, const std::map<std::string, std::vec
 
 // "f32[1x1000] min=-2.1 max=3.4 mean=0.01"
 std::string summarize(const Tensor& t);
+// A tensor name as a file name stem: characters outside [A-Za-z0-9._-] become '_' ("/a/Relu" ->
+// "_a_Relu"), and "", "." and ".." become "_".
+std::string safe_file_stem(const std::string& name);
+// A value's type as JSON: {"dtype": "float32" or null, "shape": [1, "batch", "?", ...] or null}
+// (`kiln inspect --json`, `kiln check --json`).
+nlohmann::json type_json(const TensorType* t);
 
 // Bytes as MiB with 3 decimals: "1.250 MiB".
 std::string mib(uint64_t bytes);

@@ -1,12 +1,27 @@
-// `kiln compare`: runs an engine (or an ONNX model built for the CPU backend) and the FP32
-// reference of its ONNX model on the same inputs, and reports per output the max abs/rel error,
-// cosine similarity and top-1 agreement, checked against tolerances (Polygraphy-style); with
-// --per-layer also every intermediate tensor both graphs have, marking where the error first jumps.
+// `kiln compare`: runs an engine (or an ONNX model built for the CPU backend) and a reference of its
+// ONNX model (Kiln's FP32 reference executor, the fp32 CPU build, ONNX Runtime through
+// tools/onnxrt_runner.js, or outputs saved earlier) on the same inputs, and reports per output the max
+// abs/rel error, cosine similarity and top-1 agreement, checked against tolerances (Polygraphy-style);
+// with --per-layer/--mark-all also every intermediate tensor both sides have, marking where the error
+// first jumps. Inputs and outputs can be saved to .npz and loaded on another machine.
 #include <CLI/CLI.hpp>
+#include <fcntl.h>
+#include <google/protobuf/io/coded_stream.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <zlib.h>
 
 #include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <climits>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <functional>
 #include <iomanip>
 #include <iostream>
@@ -18,13 +33,17 @@
 
 #include "backends/reference/executor.h"
 #include "cli_common.h"
+#include "onnx/onnx.pb.h"
 #include "onnx/onnx_import.h"
 #include "quant/calibration.h"
 #include "quant/metrics.h"
 #include "quant/qdq.h"
 #include "runtime/builder.h"
 #include "runtime/runtime.h"
+#include "util/mapped_file.h"
 #include "util/npy.h"
+
+extern char** environ;
 
 namespace kiln::cli {
 namespace {
@@ -33,6 +52,7 @@ using json = nlohmann::json;
 using ShapeMap = std::map<std::string, std::vector<int64_t>>;
 using reference::TensorMap;
 using quant::ErrorStats;
+namespace fs = std::filesystem;
 
 // Per-layer: below this cosine (when --min-cosine is not given) a tensor counts as divergent.
 constexpr double kDefaultLayerCosine = 0.999;
@@ -45,8 +65,9 @@ constexpr double kJumpNoiseFloor = 1e-4;
 
 struct CompareArgs {
   std::string target;  // engine file or ONNX model under test
-  std::string model;   // the ONNX model of the FP32 reference
+  std::string model;   // the ONNX model the reference runs
   std::vector<std::string> inputs;
+  std::string input_flag = "--input";  // or --load-inputs, for messages
   std::string calib;
   int64_t samples = 0;  // 0: 1 random sample, every calibration sample, every --input
   int64_t batch = 1;
@@ -56,7 +77,10 @@ struct CompareArgs {
   double atol = 0, rtol = 0, min_cosine = 0;
   bool has_atol = false, has_rtol = false, has_min_cosine = false;
   bool per_layer = false;
-  std::string reference = "reference";
+  std::string reference = "reference";  // reference, cpu, onnxrt, or "loaded" (--load-outputs)
+  bool onnxrt = false;  // --onnxrt: reference = "onnxrt"
+  std::string onnxrt_opt_level = "disabled";
+  std::string save_inputs, save_outputs, save_target_outputs, load_outputs;
   bool json = false;
   int threads = 0;
 };
@@ -102,6 +126,392 @@ void mark_outputs(Model& model, const std::function<bool(const std::string&)>& w
   expose_values(typed, want);
   model.graph.outputs = typed.graph.outputs;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Tensor-set files (--save-inputs/--save-outputs/--save-target-outputs, read by --input,
+// --load-inputs and --load-outputs): one .npz where member "K/NAME" is tensor NAME of input set K
+// (K = 0, 1, ...), so several sets of any shapes fit in one file. Members "kiln.*" are metadata:
+// "kiln.input_crc32" (uint32[sets]: a checksum of each input set the outputs came from) and
+// "kiln.source" (uint8 text: what produced them).
+
+constexpr const char* kCrcMember = "kiln.input_crc32";
+constexpr const char* kSourceMember = "kiln.source";
+
+// CRC-32 of an input set: names, dtypes, shapes and bytes, in name order.
+uint32_t input_set_crc(const TensorMap& inputs) {
+  uLong crc = crc32(0L, Z_NULL, 0);
+  auto feed = [&crc](const void* p, size_t n) {
+    const auto* b = static_cast<const Bytef*>(p);
+    while (n > 0) {
+      const uInt chunk = static_cast<uInt>(std::min<size_t>(n, 1u << 30));
+      crc = crc32(crc, b, chunk);
+      b += chunk;
+      n -= chunk;
+    }
+  };
+  for (const auto& [name, t] : inputs) {
+    feed(name.data(), name.size() + 1);
+    const std::string dt(dtype_name(t.dtype()));
+    feed(dt.data(), dt.size() + 1);
+    for (int64_t d : t.shape()) feed(&d, sizeof d);
+    feed(t.raw(), t.nbytes());
+  }
+  return static_cast<uint32_t>(crc);
+}
+
+Tensor text_tensor(const std::string& s) {
+  return Tensor::from_vector<uint8_t>({static_cast<int64_t>(s.size())}, std::vector<uint8_t>(s.begin(), s.end()));
+}
+
+// .npy has no bfloat16: such tensors are saved as float32 (exactly).
+Tensor npy_writable(const Tensor& t) {
+  if (t.dtype() != DType::kBF16) return t;
+  const std::vector<double> v = t.to_double_vector();
+  return Tensor::from_vector<float>(t.shape(), std::vector<float>(v.begin(), v.end()));
+}
+
+// Accumulates sets for one file, written at the end.
+class SetFileWriter {
+ public:
+  SetFileWriter(std::string path, std::string source) : path_(std::move(path)), source_(std::move(source)) {}
+  bool active() const { return !path_.empty(); }
+  // Set `k`'s tensors; `inputs` (for the checksum) may be null when the file holds inputs itself.
+  void add(size_t k, const TensorMap& tensors, const TensorMap* inputs) {
+    if (!active()) return;
+    for (const auto& [name, t] : tensors) members_.emplace_back(std::to_string(k) + "/" + name, npy_writable(t));
+    if (inputs) crcs_.push_back(input_set_crc(*inputs));
+  }
+  void write() const {
+    if (!active()) return;
+    NamedTensors all = members_;
+    if (!crcs_.empty())
+      all.emplace_back(kCrcMember, Tensor::from_vector<uint32_t>({static_cast<int64_t>(crcs_.size())}, crcs_));
+    all.emplace_back(kSourceMember, text_tensor(source_));
+    write_npz(path_, all);
+  }
+
+ private:
+  std::string path_, source_;
+  NamedTensors members_;
+  std::vector<uint32_t> crcs_;
+};
+
+// A file of sets as written by SetFileWriter.
+struct SetFile {
+  std::string path;
+  std::vector<TensorMap> sets;
+  std::vector<uint32_t> input_crc;  // empty when the file has none
+  std::string source;               // what wrote it, when recorded
+};
+
+// Splits "K/NAME" into K and NAME; false for any other member name.
+bool split_set_member(const std::string& member, size_t* k, std::string* name) {
+  const size_t slash = member.find('/');
+  if (slash == 0 || slash == std::string::npos || slash + 1 == member.size() || slash > 9) return false;
+  for (size_t i = 0; i < slash; ++i)
+    if (!std::isdigit(static_cast<unsigned char>(member[i]))) return false;
+  *k = std::stoul(member.substr(0, slash));
+  *name = member.substr(slash + 1);
+  return true;
+}
+
+SetFile read_set_file(const std::string& path, const std::string& flag) {
+  SetFile f;
+  f.path = path;
+  std::map<size_t, TensorMap> sets;
+  for (auto& [member, t] : read_npz(path)) {
+    if (member == kCrcMember) {
+      if (t.dtype() != DType::kU32 || t.rank() != 1)
+        throw Error(ErrorCode::kInvalidArgument,
+                    flag + " " + path + ": member '" + member + "' should be uint32[sets]");
+      auto v = t.values<uint32_t>();
+      f.input_crc.assign(v.begin(), v.end());
+      continue;
+    }
+    if (member == kSourceMember) {
+      if (t.dtype() == DType::kU8) f.source.assign(t.data<uint8_t>(), t.data<uint8_t>() + t.numel());
+      continue;
+    }
+    if (member.rfind("kiln.", 0) == 0) continue;  // metadata of a later version
+    size_t k = 0;
+    std::string name;
+    if (!split_set_member(member, &k, &name))
+      throw Error(ErrorCode::kInvalidArgument, flag + " " + path + ": member '" + member +
+                                                   "' is not SET/NAME (a file written by --save-outputs holds tensor "
+                                                   "NAME of input set K as member 'K/NAME')");
+    sets[k][name] = std::move(t);
+  }
+  size_t expect = 0;
+  for (auto& [k, set] : sets) {
+    if (k != expect)
+      throw Error(ErrorCode::kInvalidArgument, flag + " " + path + ": holds input set " + std::to_string(k) +
+                                                   " but no set " + std::to_string(expect));
+    f.sets.push_back(std::move(set));
+    ++expect;
+  }
+  if (f.sets.empty())
+    throw Error(ErrorCode::kInvalidArgument, flag + " " + path + ": holds no tensors (expected members 'K/NAME')");
+  if (!f.input_crc.empty() && f.input_crc.size() != f.sets.size())
+    throw Error(ErrorCode::kInvalidArgument, flag + " " + path + ": holds tensors of " + std::to_string(f.sets.size()) +
+                                                 " input sets but was saved "
+                                                 "from " +
+                                                 std::to_string(f.input_crc.size()) + " ('" + kCrcMember +
+                                                 "'): a set is missing");
+  return f;
+}
+
+// ---------------------------------------------------------------------------------------------
+// ONNX Runtime as the reference: tools/onnxrt_runner.js under node, run once over every input set.
+
+// A scratch folder, removed with everything in it.
+class TempDir {
+ public:
+  TempDir() {
+    std::string tmpl = (fs::temp_directory_path() / "kiln-compare-XXXXXX").string();
+    if (!mkdtemp(tmpl.data()))
+      throw Error(ErrorCode::kIo,
+                  "cannot create a folder in " + fs::temp_directory_path().string() + ": " + std::strerror(errno));
+    path_ = tmpl;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const fs::path& path() const { return path_; }
+
+ private:
+  fs::path path_;
+};
+
+constexpr const char* kOrtHelp = "docs/compare.md#onnx-runtime-setup";
+
+bool is_executable(const fs::path& p) {
+  std::error_code ec;
+  return fs::is_regular_file(p, ec) && ::access(p.c_str(), X_OK) == 0;
+}
+
+// $KILN_NODE (a path, or a name looked up on PATH), else `node` on PATH.
+fs::path find_node() {
+  const char* env = std::getenv("KILN_NODE");
+  const std::string want = env && *env ? env : "node";
+  if (want.find('/') != std::string::npos) {
+    if (is_executable(want)) return want;
+    throw Error(ErrorCode::kIo, "KILN_NODE=" + want + " is not an executable file (" + kOrtHelp + ")");
+  }
+  const char* path = std::getenv("PATH");
+  std::stringstream ss(path ? path : "");
+  for (std::string dir; std::getline(ss, dir, ':');)
+    if (!dir.empty() && is_executable(fs::path(dir) / want)) return fs::path(dir) / want;
+  throw Error(ErrorCode::kIo, std::string(env && *env ? "KILN_NODE=" + want + ": not found on PATH"
+                                                      : "node (Node.js) not found on PATH") +
+                                  ": --onnxrt runs ONNX Runtime through onnxruntime-node; install both with "
+                                  "scripts/setup-bench.sh, or set KILN_NODE to the node binary (" +
+                                  kOrtHelp + ")");
+}
+
+// $KILN_ORT_RUNNER, else tools/onnxrt_runner.js of the source tree this kiln was built in (a build
+// folder sits inside it), else share/kiln/onnxrt_runner.js next to an installed bin/kiln.
+fs::path find_runner() {
+  if (const char* env = std::getenv("KILN_ORT_RUNNER"); env && *env) {
+    if (fs::is_regular_file(env)) return env;
+    throw Error(ErrorCode::kIo, std::string("KILN_ORT_RUNNER=") + env + ": no such file (" + kOrtHelp + ")");
+  }
+  std::vector<fs::path> tried;
+  std::error_code ec;
+  const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    fs::path dir = exe.parent_path();
+    for (int up = 0; up < 4 && !dir.empty(); ++up, dir = dir.parent_path()) {
+      tried.push_back(dir / "tools" / "onnxrt_runner.js");
+      if (dir == dir.parent_path()) break;
+    }
+    tried.push_back(exe.parent_path().parent_path() / "share" / "kiln" / "onnxrt_runner.js");
+  }
+  std::string looked;
+  for (const auto& p : tried) {
+    if (fs::is_regular_file(p, ec)) return p;
+    looked += (looked.empty() ? "" : ", ") + p.string();
+  }
+  throw Error(ErrorCode::kIo, "cannot find onnxrt_runner.js (looked at " + looked +
+                                  "): set KILN_ORT_RUNNER to tools/onnxrt_runner.js of the Kiln sources (" + kOrtHelp +
+                                  ")");
+}
+
+// $KILN_ORT_MODULES, else bench/node_modules beside the runner's tools/ folder when it exists, else
+// none (node's own search path).
+std::string ort_modules(const fs::path& runner) {
+  if (const char* env = std::getenv("KILN_ORT_MODULES"); env && *env) return env;
+  std::error_code ec;
+  const fs::path bench = runner.parent_path().parent_path() / "bench" / "node_modules";
+  return fs::is_directory(bench, ec) ? bench.string() : std::string();
+}
+
+// Runs argv (argv[0] a path) with stdout and stderr into `log`; returns the wait status.
+int run_process(const std::vector<std::string>& argv, const fs::path& log) {
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_adddup2(&actions, 1, 2);
+  std::vector<char*> args;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  pid_t pid = 0;
+  const int rc = posix_spawn(&pid, argv[0].c_str(), &actions, nullptr, args.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  if (rc != 0) throw Error(ErrorCode::kIo, "cannot start " + argv[0] + ": " + std::strerror(rc));
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0)
+    if (errno != EINTR) throw Error(ErrorCode::kIo, "waiting for " + argv[0] + ": " + std::strerror(errno));
+  return status;
+}
+
+// What the runner printed, without its prefix, trimmed to a readable length.
+std::string runner_message(const fs::path& log) {
+  std::ifstream in(log);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  for (const std::string prefix : {"onnxrt_runner: error: ", "onnxrt_runner: "})
+    if (const size_t at = text.find(prefix); at != std::string::npos) {
+      text = text.substr(at + prefix.size());
+      break;
+    }
+  while (!text.empty() && std::isspace(static_cast<unsigned char>(text.back()))) text.pop_back();
+  constexpr size_t kMax = 4000;
+  if (text.size() > kMax) text = text.substr(0, kMax) + " ...";
+  return text.empty() ? std::string("(no message)") : text;
+}
+
+// Writes a copy of the ONNX file with `values` added as graph outputs, edited at the protobuf level
+// so ONNX Runtime runs the model exactly as written. External-data files are linked next to it.
+// (The locations were checked to stay inside the model's folder when the model was loaded.)
+fs::path write_marked_model(const std::string& model, const std::vector<std::string>& values, const fs::path& dir) {
+  auto file = MappedFile::open(model);
+  onnx::ModelProto proto;
+  google::protobuf::io::CodedInputStream stream(file->data(),
+                                                static_cast<int>(std::min<size_t>(file->size(), INT_MAX)));
+  stream.SetTotalBytesLimit(INT_MAX);
+  if (file->size() > static_cast<size_t>(INT_MAX) || !proto.ParseFromCodedStream(&stream))
+    throw Error(ErrorCode::kUnsupported, model +
+                                             ": cannot parse it to mark its intermediate tensors as outputs "
+                                             "(models over 2 GiB need their weights in external data)");
+  onnx::GraphProto* g = proto.mutable_graph();
+  std::set<std::string> present;
+  for (const auto& o : g->output()) present.insert(o.name());
+  for (const auto& v : values)
+    if (present.insert(v).second) g->add_output()->set_name(v);  // no type: ONNX Runtime infers it
+  // External-data files appear in `dir` under the same relative names: hard links (ONNX Runtime
+  // resolves symbolic links and refuses files outside the model's folder), copies across file systems.
+  const fs::path model_dir = fs::absolute(fs::path(model)).parent_path();
+  auto link = [&](const onnx::TensorProto& t) {
+    if (t.data_location() != onnx::TensorProto::EXTERNAL) return;
+    for (const auto& kv : t.external_data()) {
+      if (kv.key() != "location") continue;
+      const fs::path to = dir / kv.value();
+      std::error_code ec;
+      if (fs::exists(to, ec)) continue;
+      fs::create_directories(to.parent_path());
+      fs::create_hard_link(model_dir / kv.value(), to, ec);
+      if (ec) fs::copy_file(model_dir / kv.value(), to);
+    }
+  };
+  for (const auto& t : g->initializer()) link(t);
+  for (const auto& n : g->node())
+    for (const auto& a : n.attribute())
+      if (a.has_t()) link(a.t());
+  const fs::path out = dir / "marked.onnx";
+  std::ofstream os(out, std::ios::binary | std::ios::trunc);
+  if (!os || !proto.SerializeToOstream(&os))
+    throw Error(ErrorCode::kIo, out.string() + ": cannot write the model with its intermediate tensors as outputs");
+  return out;
+}
+
+// Every input set goes to a temporary folder; one runner process computes the outputs of all of
+// them; they are read back one set at a time.
+class OrtReference {
+ public:
+  OrtReference(const CompareArgs& a, const std::vector<std::string>& mark)
+      : a_(a), mark_(mark), in_(tmp_.path() / "inputs"), out_(tmp_.path() / "outputs") {
+    node_ = find_node();
+    runner_ = find_runner();
+    modules_ = ort_modules(runner_);
+    fs::create_directories(in_);
+  }
+
+  // Writes input set `k` (sets come in order 0, 1, ...).
+  void add_inputs(const TensorMap& inputs) {
+    const size_t k = manifest_.size();
+    json items = json::array();
+    size_t i = 0;
+    for (const auto& [name, t] : inputs) {
+      const std::string file = std::to_string(k) + "_" + std::to_string(i++) + ".npy";
+      write_npy(in_ / file, t);
+      items.push_back({{"name", name}, {"file", file}});
+    }
+    manifest_.push_back({{"inputs", items}});
+  }
+  size_t sets() const { return manifest_.size(); }
+
+  // Runs ONNX Runtime over the sets written so far.
+  void run() {
+    {
+      std::ofstream m(in_ / "manifest.json");
+      m << json{{"sets", manifest_}}.dump() << "\n";
+      if (!m) throw Error(ErrorCode::kIo, (in_ / "manifest.json").string() + ": cannot write");
+    }
+    const std::string model = mark_.empty() ? a_.model : write_marked_model(a_.model, mark_, tmp_.path()).string();
+    std::vector<std::string> argv = {node_.string(), runner_.string(), model,         "--inputs",         in_.string(),
+                                     "--outputs",    out_.string(),    "--opt-level", a_.onnxrt_opt_level};
+    if (a_.threads > 0) argv.insert(argv.end(), {"--threads", std::to_string(a_.threads)});
+    if (!modules_.empty()) argv.insert(argv.end(), {"--modules", modules_});
+    const fs::path log = tmp_.path() / "runner.log";
+    const int status = run_process(argv, log);
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 3)
+      throw Error(ErrorCode::kIo, "ONNX Runtime is not available: " + runner_message(log) +
+                                      ". Install onnxruntime-node with scripts/setup-bench.sh (or: cd bench && npm "
+                                      "install --ignore-scripts), or set KILN_ORT_MODULES to a node_modules folder "
+                                      "that holds it (" +
+                                      kOrtHelp + ")");
+    if (WIFEXITED(status) && WEXITSTATUS(status) != 0)
+      throw Error(ErrorCode::kInvalidModel, "ONNX Runtime failed on " + a_.model + ": " + runner_message(log));
+    if (!WIFEXITED(status))
+      throw Error(ErrorCode::kInternal, node_.string() + " " + runner_.string() + " was killed by signal " +
+                                            std::to_string(WTERMSIG(status)) + ": " + runner_message(log));
+    std::ifstream m(out_ / "manifest.json");
+    try {
+      result_ = json::parse(m);
+    } catch (const std::exception& e) {
+      throw Error(ErrorCode::kInternal, (out_ / "manifest.json").string() + ": unreadable runner output: " + e.what());
+    }
+    if (!result_.contains("sets") || result_["sets"].size() != manifest_.size())
+      throw Error(ErrorCode::kInternal, "onnxrt_runner.js returned outputs of " +
+                                            std::to_string(result_.value("sets", json::array()).size()) + " sets for " +
+                                            std::to_string(manifest_.size()));
+  }
+
+  TensorMap inputs(size_t k) const { return read_set(in_, manifest_.at(k)["inputs"]); }
+  TensorMap outputs(size_t k) const { return read_set(out_, result_["sets"].at(k)["outputs"]); }
+
+  std::string description() const {
+    return "onnxruntime-node " + result_.value("ort_version", std::string("?")) + ", CPU EP, graph optimizations " +
+           a_.onnxrt_opt_level;
+  }
+
+ private:
+  static TensorMap read_set(const fs::path& dir, const json& items) {
+    TensorMap m;
+    for (const auto& it : items) m[it.at("name").get<std::string>()] = read_npy(dir / it.at("file").get<std::string>());
+    return m;
+  }
+
+  const CompareArgs& a_;
+  std::vector<std::string> mark_;
+  TempDir tmp_;
+  fs::path in_, out_, node_, runner_;
+  std::string modules_;
+  json manifest_ = json::array();
+  json result_;
+};
 
 // One side of the comparison.
 class Runner {
@@ -269,7 +679,8 @@ class SampleSource {
         const std::string name = spec.substr(0, eq);
         auto tensors = read_tensor_file(spec.substr(eq + 1));
         if (tensors.size() != 1)
-          throw Error(ErrorCode::kInvalidArgument, "--input " + spec + ": expected a file holding one tensor, found " +
+          throw Error(ErrorCode::kInvalidArgument, a_.input_flag + " " + spec +
+                                                       ": expected a file holding one tensor, found " +
                                                        std::to_string(tensors.size()));
         named[name] = std::move(tensors.front().second);
         continue;
@@ -278,16 +689,39 @@ class SampleSource {
       auto tensors = read_tensor_file(spec);
       if (spec.size() >= 4 && spec.compare(spec.size() - 4, 4, ".npy") == 0) {
         if (g.inputs.size() != 1)
-          throw Error(ErrorCode::kInvalidArgument, "--input " + spec + ": a .npy file feeds a model with one input; " +
-                                                       "this one has " + std::to_string(g.inputs.size()) + " (" +
-                                                       join(g.inputs) + "): use NAME=FILE.npy or a .npz");
+          throw Error(ErrorCode::kInvalidArgument,
+                      a_.input_flag + " " + spec + ": a .npy file feeds a model with one input; " + "this one has " +
+                          std::to_string(g.inputs.size()) + " (" + join(g.inputs) + "): use NAME=FILE.npy or a .npz");
         sample[g.inputs[0]] = std::move(tensors.front().second);
       } else {
-        for (auto& [name, t] : tensors)
-          if (std::find(g.inputs.begin(), g.inputs.end(), name) != g.inputs.end()) sample[name] = std::move(t);
+        auto is_input = [&g](const std::string& name) {
+          return std::find(g.inputs.begin(), g.inputs.end(), name) != g.inputs.end();
+        };
+        // Members named after inputs make one set; else members "K/NAME" (--save-inputs) make set K each.
+        std::map<size_t, TensorMap> sets;
+        for (auto& [name, t] : tensors) {
+          size_t k = 0;
+          std::string base;
+          if (is_input(name))
+            sample[name] = std::move(t);
+          else if (split_set_member(name, &k, &base) && is_input(base))
+            sets[k][base] = std::move(t);
+        }
+        if (sample.empty() && !sets.empty()) {
+          for (auto& [k, set] : sets) {
+            try {
+              check_inputs(g, set);
+            } catch (const Error& e) {
+              throw Error(e.code(), a_.input_flag + " " + spec + ": input set " + std::to_string(k) + ": " + e.what());
+            }
+            files_.push_back(std::move(set));
+          }
+          continue;
+        }
         if (sample.empty())
-          throw Error(ErrorCode::kInvalidArgument, "--input " + spec + ": no member is named after an input of " +
-                                                       a_.model + " (inputs: " + join(g.inputs) + ")");
+          throw Error(ErrorCode::kInvalidArgument, a_.input_flag + " " + spec +
+                                                       ": no member is named after an input of " + a_.model +
+                                                       " (inputs: " + join(g.inputs) + "), nor 'K/NAME'");
       }
       check_inputs(g, sample);
       files_.push_back(std::move(sample));
@@ -298,7 +732,8 @@ class SampleSource {
     }
     if (a_.samples > 0 && files_.size() > static_cast<size_t>(a_.samples))
       files_.resize(static_cast<size_t>(a_.samples));
-    description_ = std::to_string(files_.size()) + " input set" + (files_.size() == 1 ? "" : "s") + " from --input";
+    description_ =
+        std::to_string(files_.size()) + " input set" + (files_.size() == 1 ? "" : "s") + " from " + a_.input_flag;
   }
 
   const CompareArgs& a_;
@@ -373,6 +808,7 @@ int cmd_compare(const CompareArgs& a) {
   Model ref = load_onnx(a.model);
   topological_sort(ref.graph);
   const std::vector<std::string> ref_outputs = ref.graph.outputs;
+  const std::set<std::string> ref_outputs_set(ref_outputs.begin(), ref_outputs.end());
 
   // Same interface, or the comparison means nothing.
   {
@@ -431,8 +867,15 @@ int cmd_compare(const CompareArgs& a) {
     if (a.per_layer) mark_outputs(target, expose);
     under_test = std::make_unique<CpuRunner>(std::move(target), a.threads);
   }
+
+  // The reference: run per input set (reference executor, cpu build), run once over every set
+  // beforehand (ONNX Runtime), or loaded from a file.
   std::unique_ptr<Runner> reference_side;
+  std::unique_ptr<OrtReference> ort;
+  std::optional<SetFile> loaded;
   std::string reference_text;
+  // The next set of inputs: from the source, or read back from where ONNX Runtime read it.
+  std::function<bool(TensorMap&)> next_inputs = [&source](TensorMap& in) { return source.next(in); };
   if (a.reference == "cpu") {
     Model m = ref;
     // Every reference tensor is read back, which only keeps the fp32 reference closer to the model
@@ -440,10 +883,76 @@ int cmd_compare(const CompareArgs& a) {
     if (a.per_layer) mark_outputs(m, [&](const std::string& v) { return layer_names.count(v) != 0; });
     reference_side = std::make_unique<CpuRunner>(std::move(m), a.threads);
     reference_text = "cpu backend, fp32 build";
+  } else if (a.reference == "onnxrt") {
+    // Intermediates become graph outputs of a copy of the model (Polygraphy's `mark all`).
+    std::vector<std::string> mark;
+    for (const LayerRow& r : layers)
+      if (std::find(ref.graph.inputs.begin(), ref.graph.inputs.end(), r.name) == ref.graph.inputs.end())
+        mark.push_back(r.name);
+    ort = std::make_unique<OrtReference>(a, mark);
+    TensorMap in;
+    while (source.next(in)) ort->add_inputs(in);
+    if (ort->sets() > 0) ort->run();
+    reference_text = ort->description();
+    next_inputs = [&ort, k = size_t{0}](TensorMap& in) mutable {
+      if (k >= ort->sets()) return false;
+      in = ort->inputs(k++);
+      return true;
+    };
+  } else if (a.reference == "loaded") {
+    loaded = read_set_file(a.load_outputs, "--load-outputs");
+    reference_text = "outputs loaded from " + a.load_outputs +
+                     (loaded->source.empty() ? std::string() : " (saved from " + loaded->source + ")");
+    if (a.per_layer) {
+      bool any = false;
+      for (const auto& set : loaded->sets)
+        for (const auto& [name, t] : set) any = any || (layer_names.count(name) && !ref_outputs_set.count(name));
+      if (!any && !layers.empty())
+        throw Error(ErrorCode::kInvalidArgument, "--load-outputs " + a.load_outputs +
+                                                     ": holds no intermediate tensors of " + a.model +
+                                                     " for --mark-all: save them with --mark-all --save-outputs");
+    }
   } else {
     reference_side = std::make_unique<ReferenceRunner>(ref, a.per_layer);
     reference_text = "reference executor";
   }
+  const std::string target_text = a.target + (is_engine ? " (kiln engine)" : " (kiln cpu build)");
+  SetFileWriter save_inputs(a.save_inputs, "kiln compare input sets");
+  SetFileWriter save_outputs(a.save_outputs, a.model + " (" + reference_text + ")");
+  SetFileWriter save_target(a.save_target_outputs, target_text);
+
+  // The reference outputs of input set k.
+  auto reference_outputs = [&](size_t k, const TensorMap& in) -> TensorMap {
+    if (ort) return ort->outputs(k);
+    if (!loaded) return reference_side->run(in);
+    const std::string file = "--load-outputs " + a.load_outputs;
+    const size_t n = loaded->sets.size();
+    if (k >= n)
+      throw Error(ErrorCode::kInvalidArgument,
+                  file + ": holds the outputs of " + std::to_string(n) + " input set" + (n == 1 ? "" : "s") +
+                      " but more are compared: load the inputs they were saved with (--load-inputs)");
+    if (!loaded->input_crc.empty() && loaded->input_crc[k] != input_set_crc(in))
+      throw Error(ErrorCode::kInvalidArgument,
+                  file + ": input set " + std::to_string(k) +
+                      " is not the one these outputs were computed from: load the inputs they were saved with "
+                      "(--load-inputs)");
+    TensorMap out = loaded->sets[k];
+    for (const auto& o : ref_outputs) {
+      auto it = out.find(o);
+      if (it == out.end()) {
+        std::vector<std::string> names;
+        for (const auto& [name, t] : out) names.push_back(name);
+        throw Error(ErrorCode::kInvalidArgument, file + ": input set " + std::to_string(k) + " has no output '" + o +
+                                                     "' of " + a.model + " (it holds: " + join(names) + ")");
+      }
+      const TensorType* declared = ref.graph.type_of(o);
+      if (declared && declared->dtype != DType::kUndefined && it->second.dtype() != declared->dtype)
+        throw Error(ErrorCode::kInvalidArgument, file + ": output '" + o + "' of input set " + std::to_string(k) +
+                                                     " is " + std::string(dtype_name(it->second.dtype())) + " but " +
+                                                     a.model + " declares " + std::string(dtype_name(declared->dtype)));
+    }
+    return out;
+  };
 
   std::map<std::string, ErrorStats> out_stats;
   for (const auto& o : ref_outputs) {
@@ -455,60 +964,88 @@ int cmd_compare(const CompareArgs& a) {
   const Model* qvalues_of = nullptr;
   int64_t runs = 0, rows = 0;
   TensorMap inputs;
-  while (source.next(inputs)) {
-    TensorMap want = reference_side->run(inputs);
+  while (next_inputs(inputs)) {
+    const size_t k = static_cast<size_t>(runs);
+    TensorMap want = reference_outputs(k, inputs);
     TensorMap got = under_test->run(inputs);
     ++runs;
     if (!inputs.empty()) {
       const Tensor& first = inputs.begin()->second;
       rows += first.rank() > 0 ? first.dim(0) : 1;
     }
+    save_inputs.add(k, inputs, nullptr);
+    TensorMap saved_want, saved_got;  // this set's outputs and compared intermediates
     for (const auto& o : ref_outputs) {
       auto g = got.find(o), w = want.find(o);
-      if (g == got.end() || w == want.end())
-        throw Error(ErrorCode::kInternal, "output '" + o + "' was not produced");
+      if (g == got.end() || w == want.end()) throw Error(ErrorCode::kInternal, "output '" + o + "' was not produced");
+      if (loaded && g->second.shape() != w->second.shape())
+        throw Error(ErrorCode::kInvalidArgument, "--load-outputs " + a.load_outputs + ": output '" + o +
+                                                     "' of input set " + std::to_string(k) + " has shape " +
+                                                     shape_to_string(w->second.shape()) + " but " + a.target +
+                                                     " produced " + shape_to_string(g->second.shape()));
+      if (loaded && g->second.dtype() != w->second.dtype())
+        throw Error(ErrorCode::kInvalidArgument, "--load-outputs " + a.load_outputs + ": output '" + o +
+                                                     "' of input set " + std::to_string(k) + " is " +
+                                                     std::string(dtype_name(w->second.dtype())) + " but " + a.target +
+                                                     " produced " + std::string(dtype_name(g->second.dtype())));
       try {
         out_stats[o].add(g->second, w->second);
       } catch (const Error& e) {
         throw Error(e.code(), "output '" + o + "': " + e.what());
       }
+      saved_want[o] = w->second;
+      saved_got[o] = g->second;
     }
-    if (!a.per_layer) continue;
-    if (under_test->engine_model() != qvalues_of) {
-      qvalues_of = under_test->engine_model();
-      qvalues = qvalues_of ? quant::quantized_values(*qvalues_of) : decltype(qvalues){};
-    }
-    std::map<std::string, std::string> by_source;  // reference name -> engine int8 value
-    for (const auto& [name, qv] : qvalues)
-      if (got.count(name)) by_source.emplace(qv.source, name);
-    for (LayerRow& row : layers) {
-      auto w = want.find(row.name);
-      if (w == want.end() || !is_float(w->second.dtype()) || !row.error.empty()) continue;
-      // The engine's own float tensor of that name, else an int8 one read back as floats.
-      Tensor engine_value;
-      auto g = got.find(row.name);
-      if (g != got.end() && !dtype_is_8bit(g->second.dtype())) {
-        row.engine_name = row.name;
-        engine_value = g->second;
-      } else if (g != got.end() && qvalues.count(row.name)) {
-        row.engine_name = row.name;
-        engine_value = dequantize(g->second, qvalues.at(row.name));
-      } else if (auto s = by_source.find(row.name); s != by_source.end()) {
-        row.engine_name = s->second;
-        engine_value = dequantize(got.at(s->second), qvalues.at(s->second));
-      } else {
-        continue;  // fused away, or an 8-bit value of unknown scale
+    if (a.per_layer) {
+      if (under_test->engine_model() != qvalues_of) {
+        qvalues_of = under_test->engine_model();
+        qvalues = qvalues_of ? quant::quantized_values(*qvalues_of) : decltype(qvalues){};
       }
-      row.engine_dtype = got.at(row.engine_name).dtype();
-      try {
-        row.stats.add(engine_value, w->second);
-      } catch (const Error& e) {
-        row.error = e.what();
+      std::map<std::string, std::string> by_source;  // reference name -> engine int8 value
+      for (const auto& [name, qv] : qvalues)
+        if (got.count(name)) by_source.emplace(qv.source, name);
+      for (LayerRow& row : layers) {
+        auto w = want.find(row.name);
+        if (w == want.end()) continue;
+        saved_want.emplace(row.name, w->second);
+        if (!is_float(w->second.dtype()) || !row.error.empty()) continue;
+        // The engine's own float tensor of that name, else an int8 one read back as floats.
+        Tensor engine_value;
+        auto g = got.find(row.name);
+        if (g != got.end() && !dtype_is_8bit(g->second.dtype())) {
+          row.engine_name = row.name;
+          engine_value = g->second;
+        } else if (g != got.end() && qvalues.count(row.name)) {
+          row.engine_name = row.name;
+          engine_value = dequantize(g->second, qvalues.at(row.name));
+        } else if (auto s = by_source.find(row.name); s != by_source.end()) {
+          row.engine_name = s->second;
+          engine_value = dequantize(got.at(s->second), qvalues.at(s->second));
+        } else {
+          continue;  // fused away, or an 8-bit value of unknown scale
+        }
+        row.engine_dtype = got.at(row.engine_name).dtype();
+        saved_got.emplace(row.name, engine_value);
+        try {
+          row.stats.add(engine_value, w->second);
+        } catch (const Error& e) {
+          row.error = e.what();
+        }
       }
     }
+    save_outputs.add(k, saved_want, &inputs);
+    save_target.add(k, saved_got, &inputs);
   }
   if (runs == 0)
     throw Error(ErrorCode::kInvalidArgument, "no inputs to compare: " + source.description() + " is empty");
+  if (loaded && static_cast<size_t>(runs) != loaded->sets.size())
+    throw Error(ErrorCode::kInvalidArgument,
+                "--load-outputs " + a.load_outputs + ": holds the outputs of " + std::to_string(loaded->sets.size()) +
+                    " input sets but " + std::to_string(runs) +
+                    " were compared: load the inputs they were saved with (--load-inputs)");
+  save_inputs.write();
+  save_outputs.write();
+  save_target.write();
   if (source.skipped() > 0)
     std::cerr << "note: the last " << source.skipped() << " calibration samples (a partial batch of --batch " << a.batch
               << ") were not compared\n";
@@ -559,7 +1096,8 @@ int cmd_compare(const CompareArgs& a) {
   if (a.json) {
     json j;
     j["under_test"] = {{"path", a.target}, {"kind", is_engine ? "engine" : "model"}};
-    j["reference"] = {{"path", a.model}, {"kind", a.reference}};
+    j["reference"] = {{"path", a.model}, {"kind", a.reference}, {"description", reference_text}};
+    if (loaded) j["reference"]["file"] = a.load_outputs;
     j["inputs"] = source.description();
     j["runs"] = runs;
     j["samples"] = rows;
@@ -596,6 +1134,11 @@ int cmd_compare(const CompareArgs& a) {
       j["first_divergence"] =
           first_bad >= 0 ? json{{"name", layers[first_bad].name}, {"reason", first_reason}} : json(nullptr);
     }
+    json saved = json::object();
+    if (!a.save_inputs.empty()) saved["inputs"] = a.save_inputs;
+    if (!a.save_outputs.empty()) saved["outputs"] = a.save_outputs;
+    if (!a.save_target_outputs.empty()) saved["target_outputs"] = a.save_target_outputs;
+    if (!saved.empty()) j["saved"] = saved;
     j["failures"] = failures;
     j["passed"] = passed;
     std::cout << j.dump(2) << "\n";
@@ -641,6 +1184,10 @@ int cmd_compare(const CompareArgs& a) {
     if (a.has_atol || a.has_rtol) checks.push_back("|a-b| <= " + sci(a.atol) + " + " + sci(a.rtol) + "*|b|");
     if (a.has_min_cosine) checks.push_back("cosine >= " + cos_text(a.min_cosine));
     std::cout << "checks:     " << (checks.empty() ? std::string("none given (only NaNs fail)") : join(checks)) << "\n";
+    if (!a.save_inputs.empty()) std::cout << "saved:      input sets to " << a.save_inputs << "\n";
+    if (!a.save_outputs.empty()) std::cout << "saved:      reference outputs to " << a.save_outputs << "\n";
+    if (!a.save_target_outputs.empty())
+      std::cout << "saved:      outputs under test to " << a.save_target_outputs << "\n";
     for (const auto& f : failures) std::cout << "FAILED: " << f << "\n";
     std::cout << (passed ? "PASSED" : "FAILED") << "\n";
   }
@@ -653,10 +1200,11 @@ int cmd_compare(const CompareArgs& a) {
 CLI::App* add_compare_command(CLI::App& app, std::function<int()>* run) {
   auto args = std::make_shared<CompareArgs>();
   auto* sub = app.add_subcommand("compare",
-                                 "Compare an engine (or model) against the FP32 reference of its ONNX model: "
-                                 "per-output errors, cosine, top-1, tolerance checks");
+                                 "Compare an engine (or model) against a reference of its ONNX model (Kiln's FP32 "
+                                 "reference executor or ONNX Runtime): per-output errors, cosine, top-1, tolerance "
+                                 "checks");
   sub->add_option("engine", args->target, "Kiln engine or ONNX model under test")->required();
-  sub->add_option("--model,-m", args->model, "The ONNX model of the FP32 reference")->required();
+  sub->add_option("--model,-m", args->model, "The ONNX model the reference runs")->required();
   auto* input = sub->add_option("--input,-i", args->inputs,
                                 "FILE.npz of named inputs or FILE.npy of the single input: one set of inputs each; "
                                 "NAME=FILE.npy items make one set together (repeatable)");
@@ -680,11 +1228,44 @@ CLI::App* add_compare_command(CLI::App& app, std::function<int()>* run) {
   auto* min_cos =
       sub->add_option("--min-cosine", args->min_cosine, "Fail when an output's cosine similarity is below this")
           ->check(CLI::Range(-1.0, 1.0));
-  sub->add_flag("--per-layer", args->per_layer,
-                "Also compare every intermediate tensor both graphs have; mark the first where the error jumps");
-  sub->add_option("--reference", args->reference,
-                  "reference (default: the reference executor) or cpu (the fp32 model built for the cpu backend)")
-      ->check(CLI::IsMember({"reference", "cpu"}));
+  sub->add_flag("--per-layer,--mark-all", args->per_layer,
+                "Also compare every intermediate tensor both sides have (Polygraphy's `mark all`); name the first "
+                "where the error jumps");
+  auto* reference = sub->add_option("--reference", args->reference,
+                                    "reference (default: Kiln's reference executor), cpu (the fp32 model built for "
+                                    "the cpu backend) or onnxrt (ONNX Runtime, as --onnxrt)")
+                        ->check(CLI::IsMember({"reference", "cpu", "onnxrt"}));
+  auto* onnxrt = sub->add_flag("--onnxrt", args->onnxrt,
+                               "The reference is ONNX Runtime (CPU EP) running --model "
+                               "(tools/onnxrt_runner.js under node; see docs/compare.md)");
+  onnxrt->excludes(reference);
+  auto* ort_opt = sub->add_option("--onnxrt-opt-level", args->onnxrt_opt_level,
+                                  "ONNX Runtime's graph optimization level (default disabled: the graph as written)")
+                      ->check(CLI::IsMember({"disabled", "basic", "extended", "all"}));
+  auto npz = [](const std::string& v) {
+    return v.size() > 4 && v.compare(v.size() - 4, 4, ".npz") == 0 ? std::string() : "expected a FILE.npz, got " + v;
+  };
+  sub->add_option("--save-inputs", args->save_inputs, "Write the input sets compared to FILE.npz (members K/NAME)")
+      ->check(npz);
+  auto* load_in = sub->add_option("--load-inputs", args->inputs,
+                                  "Compare on the input sets of a FILE.npz written by --save-inputs (as --input)")
+                      ->check(npz);
+  load_in->excludes(input);
+  load_in->excludes(calib);
+  auto* save_out = sub->add_option("--save-outputs", args->save_outputs,
+                                   "Write the reference's outputs (and with --mark-all its intermediates) to FILE.npz")
+                       ->check(npz);
+  sub->add_option("--save-target-outputs", args->save_target_outputs,
+                  "Write the outputs under test (and with --mark-all the compared intermediates) to FILE.npz")
+      ->check(npz);
+  auto* load_out = sub->add_option("--load-outputs", args->load_outputs,
+                                   "The reference is FILE.npz written by --save-outputs (or --save-target-outputs): "
+                                   "only the thing under test runs")
+                       ->check(npz);
+  load_out->excludes(reference);
+  load_out->excludes(onnxrt);
+  load_out->excludes(ort_opt);
+  load_out->excludes(save_out);
   sub->add_option("--threads", args->threads, "Threads of the cpu backend (default: the engine's, else the cores)")
       ->check(CLI::Range(1, 4096));
   sub->add_flag("--json", args->json, "Print JSON");
@@ -694,11 +1275,18 @@ CLI::App* add_compare_command(CLI::App& app, std::function<int()>* run) {
       "b = reference. Inputs: --input files, else --calib batches (up to --samples), else --samples seeded random\n"
       "sets. Exit 0 when every check passes, 1 when one fails (--atol/--rtol elementwise, --min-cosine; a NaN\n"
       "always fails) or on errors, 2 on bad flags.\n"
-      "--per-layer reads back every tensor of the reference that the thing under test also has (int8 tensors\n"
-      "dequantized and compared to their source; an ONNX model under test is built with those tensors as outputs)\n"
-      "and marks the first whose cosine falls below --min-cosine (default 0.999) or whose max abs error grows more\n"
-      "than 10x over the previous one (and above 1e-4 of the tensor's scale).");
-  *run = [args, atol, rtol, min_cos] {
+      "--per-layer (alias --mark-all) reads back every tensor of the reference that the thing under test also\n"
+      "has (int8 tensors dequantized and compared to their source; an ONNX model under test is built with those\n"
+      "tensors as outputs) and marks the first whose cosine falls below --min-cosine (default 0.999) or whose max\n"
+      "abs error grows more than 10x over the previous one (and above 1e-4 of the tensor's scale).\n"
+      "--onnxrt runs --model in ONNX Runtime (node + onnxruntime-node; env KILN_NODE, KILN_ORT_MODULES).\n"
+      "Saved files hold tensor NAME of input set K as member 'K/NAME'; see docs/compare.md.");
+  *run = [args, atol, rtol, min_cos, onnxrt, ort_opt, load_in, load_out] {
+    if (onnxrt->count() > 0) args->reference = "onnxrt";
+    if (ort_opt->count() > 0 && args->reference != "onnxrt")
+      throw Error(ErrorCode::kInvalidArgument, "--onnxrt-opt-level needs --onnxrt (ONNX Runtime as the reference)");
+    if (load_out->count() > 0) args->reference = "loaded";
+    if (load_in->count() > 0) args->input_flag = "--load-inputs";
     args->has_atol = atol->count() > 0;
     args->has_rtol = rtol->count() > 0;
     args->has_min_cosine = min_cos->count() > 0;

@@ -9,6 +9,8 @@
 #include <filesystem>
 #include <functional>
 #include <iostream>
+#include <map>
+#include <set>
 #include <sstream>
 #include <nlohmann/json.hpp>
 
@@ -32,26 +34,13 @@ CLI::App* add_build_command(CLI::App& app, std::function<int()>* run);
 CLI::App* add_quantize_command(CLI::App& app, std::function<int()>* run);
 // tools/cmd_compare.cpp: registers `kiln compare` (accuracy against the fp32 reference).
 CLI::App* add_compare_command(CLI::App& app, std::function<int()>* run);
+// tools/cmd_check.cpp: registers `kiln check` (lint, capability, supported subgraphs).
+CLI::App* add_check_command(CLI::App& app, std::function<int()>* run);
+// tools/cmd_debug.cpp: registers `kiln debug reduce` (smallest failing subgraph).
+CLI::App* add_debug_command(CLI::App& app, std::function<int()>* run);
 }  // namespace kiln::cli
 
 namespace {
-
-json type_json(const TensorType* t) {
-  json j;
-  if (!t) return j;
-  j["dtype"] = std::string(dtype_name(t->dtype));
-  if (t->shape) {
-    json dims = json::array();
-    for (const Dim& d : *t->shape) {
-      if (d.known()) dims.push_back(d.value);
-      else dims.push_back(d.symbol.empty() ? "?" : d.symbol);
-    }
-    j["shape"] = dims;
-  } else {
-    j["shape"] = nullptr;
-  }
-  return j;
-}
 
 int cmd_inspect(const std::string& path, bool as_json, bool dump) {
   bool is_engine = false;
@@ -93,13 +82,13 @@ int cmd_inspect(const std::string& path, bool as_json, bool dump) {
     j["opsets"] = opsets;
     j["inputs"] = json::array();
     for (const auto& in : model.graph.inputs) {
-      json e = type_json(model.graph.type_of(in));
+      json e = cli::type_json(model.graph.type_of(in));
       e["name"] = in;
       j["inputs"].push_back(e);
     }
     j["outputs"] = json::array();
     for (const auto& out : model.graph.outputs) {
-      json e = type_json(model.graph.type_of(out));
+      json e = cli::type_json(model.graph.type_of(out));
       e["name"] = out;
       j["outputs"].push_back(e);
     }
@@ -242,11 +231,24 @@ int cmd_run(const RunArgs& args) {
     backend_line = os.str();
   }
 
+  // Tensor names become file names: PyTorch's ("/layer1/Relu_output_0") hold '/', so every
+  // character outside [A-Za-z0-9._-] becomes '_', and a name that then collides gets a suffix.
+  std::map<std::string, fs::path> files;
   if (!args.output_dir.empty()) {
     fs::create_directories(args.output_dir);
-    for (const auto& [name, t] : outputs) write_npy(fs::path(args.output_dir) / (name + ".npy"), t);
+    std::set<std::string> taken;
+    auto file_for = [&](const std::string& stem) {
+      std::string base = cli::safe_file_stem(stem), candidate = base;
+      for (int k = 2; !taken.insert(candidate).second; ++k) candidate = base + "~" + std::to_string(k);
+      return fs::path(args.output_dir) / (candidate + ".npy");
+    };
+    for (const auto& name : output_names) files[name] = file_for(name);
+    for (const auto& [name, t] : outputs) {
+      if (!files.count(name)) files[name] = file_for(name);
+      write_npy(files[name], t);
+    }
     if (args.save_inputs)
-      for (const auto& [name, t] : inputs) write_npy(fs::path(args.output_dir) / ("input." + name + ".npy"), t);
+      for (const auto& [name, t] : inputs) write_npy(file_for("input." + name), t);
   }
   std::cout << "model: " << args.model << " (" << (is_engine ? "engine, " : "") << nodes_in_file << " nodes)\n";
   std::cout << "backend: " << backend_line << "\n";
@@ -254,7 +256,7 @@ int cmd_run(const RunArgs& args) {
     auto it = outputs.find(name);
     if (it == outputs.end()) throw Error(ErrorCode::kInternal, "output '" + name + "' was not produced");
     std::cout << "output " << name << ": " << cli::summarize(it->second);
-    if (!args.output_dir.empty()) std::cout << " -> " << (fs::path(args.output_dir) / (name + ".npy")).string();
+    if (!args.output_dir.empty()) std::cout << " -> " << files.at(name).string();
     std::cout << "\n";
   }
   std::cout << "load " << cli::fixed(ms_between(t0, t1), 3) << " ms, " << (args.backend == "reference" ? "prepare " : "build/compile ")
@@ -311,6 +313,10 @@ int main(int argc, char** argv) {
   auto* quantize = cli::add_quantize_command(app, &run_quantize);
   std::function<int()> run_compare;
   auto* compare = cli::add_compare_command(app, &run_compare);
+  std::function<int()> run_check;
+  auto* check = cli::add_check_command(app, &run_check);
+  std::function<int()> run_debug;
+  auto* debug = cli::add_debug_command(app, &run_debug);
 
   try {
     app.parse(argc, argv);
@@ -328,11 +334,17 @@ int main(int argc, char** argv) {
     if (*build) return run_build();
     if (*quantize) return run_quantize();
     if (*compare) return run_compare();
+    if (*check) return run_check();
+    if (*debug) return run_debug();
   } catch (const Error& e) {
-    std::cerr << "kiln: error (" << error_code_name(e.code()) << "): " << e.what() << "\n";
+    std::cerr << "kiln: error (" << error_code_name(e.code()) << "): " << error_message_with_help(e) << "\n";
+    return 1;
+  } catch (const std::filesystem::filesystem_error& e) {
+    std::cerr << "kiln: error (" << error_code_name(ErrorCode::kIo) << "): "
+              << error_message_with_help(Error(ErrorCode::kIo, e.what())) << "\n";
     return 1;
   } catch (const std::exception& e) {
-    std::cerr << "kiln: error: " << e.what() << "\n";
+    std::cerr << "kiln: error: " << e.what() << " (see docs/troubleshooting.md#internal-error)\n";
     return 1;
   }
   return 0;

@@ -16,6 +16,15 @@ enum class ErrorCode {
 
 const char* error_code_name(ErrorCode code);
 
+class Error;
+// The troubleshooting section of docs/troubleshooting.md that explains `e`: the one the message
+// already names ("see docs/troubleshooting.md#unknown-op"), else the section of its kind
+// ("invalid-model", "unsupported", "invalid-argument", "io-error", "internal-error").
+std::string troubleshooting_section(const Error& e);
+// The message as the tools print it: e.what(), followed by " (see docs/troubleshooting.md#SECTION)"
+// unless the message already links to a section. The CLI and the Python package both use it.
+std::string error_message_with_help(const Error& e);
+
 class Error : public std::runtime_error {
  public:
   Error(ErrorCode code, const std::string& message) : std::runtime_error(message), code_(code) {}

@@ -19,8 +19,10 @@ namespace fs = std::filesystem;
 
 namespace {
 
+constexpr const char* kEngineHelp = " (see docs/troubleshooting.md#engine-file)";
+
 [[noreturn]] void bad(const std::string& source, const std::string& what) {
-  throw Error(ErrorCode::kInvalidModel, source + ": " + what);
+  throw Error(ErrorCode::kInvalidModel, source + ": " + what + kEngineHelp);
 }
 
 uint64_t align_up(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
@@ -350,7 +352,7 @@ LoadedEngine decode(const uint8_t* data, uint64_t size, std::shared_ptr<const vo
   if (h.format_version != kEngineFormatVersion)
     throw Error(ErrorCode::kUnsupported, source + ": engine format version " + std::to_string(h.format_version) +
                                              "; this Kiln (" + options.kiln_version + ") reads format version " +
-                                             std::to_string(kEngineFormatVersion) + ": rebuild the engine with 'kiln build'");
+                                             std::to_string(kEngineFormatVersion) + ": rebuild the engine with 'kiln build'" + kEngineHelp);
   if (h.header_size != kEngineHeaderSize)
     bad(source, "header size is " + std::to_string(h.header_size) + ", expected " + std::to_string(kEngineHeaderSize));
   auto range = [&](const char* what, uint64_t off, uint64_t len) {
@@ -398,7 +400,7 @@ LoadedEngine decode(const uint8_t* data, uint64_t size, std::shared_ptr<const vo
   info.kiln_version = str(fe->kiln_version());
   if (info.kiln_version != options.kiln_version)
     throw Error(ErrorCode::kUnsupported, source + ": engine built by Kiln " + info.kiln_version + ", this is Kiln " +
-                                             options.kiln_version + ": rebuild the engine with 'kiln build'");
+                                             options.kiln_version + ": rebuild the engine with 'kiln build'" + kEngineHelp);
   if (!fe->target()) bad(source, "the engine has no target fingerprint");
   info.target.cpu_vendor = str(fe->target()->cpu_vendor());
   info.target.cpu_model = str(fe->target()->cpu_model());
@@ -407,11 +409,11 @@ LoadedEngine decode(const uint8_t* data, uint64_t size, std::shared_ptr<const vo
   info.target.backend = str(fe->target()->backend());
   if (info.target.backend != "reference" && info.target.backend != "cpu")
     throw Error(ErrorCode::kUnsupported, source + ": engine backend '" + info.target.backend +
-                                             "' is not available in this Kiln (it has: cpu, reference)");
+                                             "' is not available in this Kiln (it has: cpu, reference)" + kEngineHelp);
   const TargetFingerprint host = options.host ? *options.host : host_fingerprint();
   if (auto missing = missing_isa_features(info.target, host); !missing.empty())
     throw Error(ErrorCode::kUnsupported, source + ": engine was built for " + info.target.cpu_model + " and needs CPU features this machine (" +
-                                             host.cpu_model + ") lacks: " + join(missing) + "; rebuild it here with 'kiln build'");
+                                             host.cpu_model + ") lacks: " + join(missing) + "; rebuild it here with 'kiln build'" + kEngineHelp);
   if (const auto* bo = fe->build()) {
     info.opt_level = bo->opt_level();
     if (bo->profile_shapes())

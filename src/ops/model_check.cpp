@@ -198,19 +198,7 @@ void infer_types(Model& model, const InferOptions& options, const OpRegistry& re
     if (n.op_type == "Shape" && n.domain.empty() && !n.inputs.empty()) {
       const TensorType* t = g.type_of(n.inputs[0]);
       if (t && t->shape && shape_is_static(*t->shape)) {
-        std::vector<int64_t> dims = static_dims(*t->shape);
-        int64_t rank = static_cast<int64_t>(dims.size());
-        int64_t start = 0, end = rank;
-        if (opset >= 15) {
-          if (const Attribute* a = n.attr("start")) start = a->i;
-          if (const Attribute* a = n.attr("end")) end = a->i;
-          if (start < 0) start += rank;
-          if (end < 0) end += rank;
-          start = std::clamp<int64_t>(start, 0, rank);
-          end = std::clamp<int64_t>(end, start, rank);
-        }
-        std::vector<int64_t> v(dims.begin() + start, dims.begin() + end);
-        constants[n.outputs[0]] = Tensor::from_vector<int64_t>({static_cast<int64_t>(v.size())}, v);
+        constants[n.outputs[0]] = shape_op_value(n, opset, static_dims(*t->shape));
       }
       continue;
     }
@@ -296,6 +284,21 @@ std::string dump_model(const Model& model) {
   }
   for (const auto& out : g.outputs) os << "  output %" << out << ": " << type_str(out) << "\n";
   return os.str();
+}
+
+Tensor shape_op_value(const Node& n, int64_t opset, const std::vector<int64_t>& dims) {
+  const int64_t rank = static_cast<int64_t>(dims.size());
+  int64_t start = 0, end = rank;
+  if (opset >= 15) {
+    if (const Attribute* a = n.attr("start")) start = a->i;
+    if (const Attribute* a = n.attr("end")) end = a->i;
+    if (start < 0) start += rank;
+    if (end < 0) end += rank;
+    start = std::clamp<int64_t>(start, 0, rank);
+    end = std::clamp<int64_t>(end, start, rank);
+  }
+  std::vector<int64_t> v(dims.begin() + start, dims.begin() + end);
+  return Tensor::from_vector<int64_t>({static_cast<int64_t>(v.size())}, v);
 }
 
 }  // namespace kiln

@@ -42,6 +42,10 @@ struct InferOptions {
 // Requires require_supported() to have passed.
 void infer_types(Model& model, const InferOptions& options = {}, const OpRegistry& registry = OpRegistry::global());
 
+// The value a Shape node `n` (default domain, at `opset`) returns for a static input of shape
+// `dims`: the dims, sliced by start/end from opset 15. Constant propagation uses it.
+Tensor shape_op_value(const Node& n, int64_t opset, const std::vector<int64_t>& dims);
+
 // Structural invariants of a graph (SSA, topological order, every use defined, initializer
 // sizes, every output produced). Throws kInternal naming the violation. Run after every pass
 // in debug builds.

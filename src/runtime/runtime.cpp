@@ -56,7 +56,7 @@ int EngineRuntime::check_shapes(const cpu::ShapeMap& shapes) const {
     if (inside) return static_cast<int>(p);
   }
   throw Error(ErrorCode::kInvalidArgument, why + (info_.profiles.size() > 1 ? " and every other profile" : "") +
-                                               "; rebuild the engine with a profile that covers it");
+                                               "; rebuild the engine with a profile that covers it (see docs/troubleshooting.md#engine-profile)");
 }
 
 std::shared_ptr<const cpu::Program> EngineRuntime::program_for(const cpu::ShapeMap& shapes) const {

@@ -65,9 +65,11 @@ struct CliResult {
   std::string out;  // stdout and stderr together
 };
 
-// Runs the kiln binary under test with `args` (a shell-quoted string).
-inline CliResult run_kiln_cli(const std::string& args) {
-  std::string cmd = std::string(KILN_CLI_PATH) + " " + args + " 2>&1";
+// Runs the kiln binary under test with `args` (a shell-quoted string); `out` holds stdout and
+// stderr, or stdout alone (a JSON report) with stderr dropped.
+enum class Stderr { kMerge, kDrop };
+inline CliResult run_kiln_cli(const std::string& args, Stderr err = Stderr::kMerge) {
+  std::string cmd = std::string(KILN_CLI_PATH) + " " + args + (err == Stderr::kMerge ? " 2>&1" : " 2>/dev/null");
   FILE* p = popen(cmd.c_str(), "r");
   if (!p) return {-1, "popen failed"};
   std::string out;

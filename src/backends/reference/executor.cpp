@@ -7,6 +7,10 @@
 namespace kiln::reference {
 
 namespace {
+constexpr const char* kInputHelp = " (see docs/troubleshooting.md#input-mismatch)";
+}  // namespace
+
+namespace {
 
 std::string prefix(const Model& m) { return m.source_path.empty() ? std::string() : m.source_path + ": "; }
 
@@ -60,7 +64,7 @@ void Executor::validate_inputs(const TensorMap& inputs) const {
     if (!known) {
       std::string names;
       for (const auto& in : g.inputs) names += (names.empty() ? "" : ", ") + in;
-      throw Error(ErrorCode::kInvalidArgument, prefix(model_) + "'" + name + "' is not an input of the model (inputs: " + names + ")");
+      throw Error(ErrorCode::kInvalidArgument, prefix(model_) + "'" + name + "' is not an input of the model (inputs: " + names + ")" + kInputHelp);
     }
   }
   std::unordered_map<std::string, int64_t> symbols;
@@ -69,18 +73,18 @@ void Executor::validate_inputs(const TensorMap& inputs) const {
     const TensorType* declared = g.type_of(name);
     if (it == inputs.end())
       throw Error(ErrorCode::kInvalidArgument, prefix(model_) + "missing input '" + name + "'" +
-                                                   (declared ? " of type " + declared->to_string() : std::string()));
+                                                   (declared ? " of type " + declared->to_string() : std::string()) + kInputHelp);
     const Tensor& t = it->second;
     if (!declared) continue;
     if (declared->dtype != DType::kUndefined && t.dtype() != declared->dtype)
       throw Error(ErrorCode::kInvalidArgument, prefix(model_) + "input '" + name + "' has dtype " +
                                                    std::string(dtype_name(t.dtype())) + ", expected " +
-                                                   std::string(dtype_name(declared->dtype)));
+                                                   std::string(dtype_name(declared->dtype)) + kInputHelp);
     if (!declared->shape) continue;
     if (!shape_compatible(*declared->shape, t.shape()))
       throw Error(ErrorCode::kInvalidArgument, prefix(model_) + "input '" + name + "' has shape " +
                                                    shape_to_string(t.shape()) + ", expected " +
-                                                   shape_to_string(*declared->shape));
+                                                   shape_to_string(*declared->shape) + kInputHelp);
     for (size_t i = 0; i < t.rank(); ++i) {
       const Dim& d = (*declared->shape)[i];
       if (d.known() || d.symbol.empty()) continue;
@@ -88,7 +92,7 @@ void Executor::validate_inputs(const TensorMap& inputs) const {
       if (!inserted && sit->second != t.dim(i))
         throw Error(ErrorCode::kInvalidArgument, prefix(model_) + "input '" + name + "' has " + d.symbol + "=" +
                                                      std::to_string(t.dim(i)) + " but another input has " + d.symbol +
-                                                     "=" + std::to_string(sit->second));
+                                                     "=" + std::to_string(sit->second) + kInputHelp);
     }
   }
 }
