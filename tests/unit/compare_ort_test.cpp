@@ -311,10 +311,11 @@ TEST_F(CompareOrtTest, MarkAllWithExternalData) {
   const fs::path folder = dir_ / "ext";
   fs::create_directories(folder / "weights");
   onnx::ModelProto proto;
-  model_to_proto(cnn(), &proto);
+  const Model m = cnn();  // w2 below refers into it: it must outlive the loop
+  model_to_proto(m, &proto);
   for (auto& init : *proto.mutable_graph()->mutable_initializer()) {
     if (init.name() != "w2") continue;
-    const Tensor& w2 = cnn().graph.initializers.at("w2");
+    const Tensor& w2 = m.graph.initializers.at("w2");
     std::ofstream(folder / "weights" / "w2.bin", std::ios::binary)
         .write(static_cast<const char*>(w2.raw()), static_cast<std::streamsize>(w2.nbytes()));
     init.clear_raw_data();
