@@ -49,6 +49,8 @@ const IndexEntry* find_entry(const std::vector<IndexEntry>& index, const std::st
     if (e.name == name && e.version == version) return &e;
   return nullptr;
 }
+// The result points into `index`: a temporary would leave it dangling.
+const IndexEntry* find_entry(std::vector<IndexEntry>&& index, const std::string& name, const std::string& version) = delete;
 
 class ServeRepository : public ::testing::Test {
  protected:
@@ -243,11 +245,14 @@ TEST_F(ServeRepository, LoadingAnOnnxVersionBuildsAndRuns) {
   // Batch 5 is beyond max_batch_size, so beyond the profile.
   EXPECT_THROW(ctx.run({{"x", Tensor(DType::kF32, {5, 4})}}), Error);
 
-  const IndexEntry* e = find_entry(repo.index(), "addrelu", "1");
+  const auto index = repo.index();  // find_entry points into it
+  const IndexEntry* e = find_entry(index, "addrelu", "1");
   ASSERT_NE(e, nullptr);
   EXPECT_EQ(e->state, "READY");
   repo.mark_unloaded("addrelu", 1);
-  EXPECT_EQ(find_entry(repo.index(), "addrelu", "1")->reason, "not loaded");
+  const auto after = repo.index();
+  ASSERT_NE(find_entry(after, "addrelu", "1"), nullptr);
+  EXPECT_EQ(find_entry(after, "addrelu", "1")->reason, "not loaded");
 }
 
 TEST_F(ServeRepository, TimingCacheOptions) {
@@ -275,7 +280,8 @@ TEST_F(ServeRepository, MemoryBudgetRefusesAModelThatDoesNotFit) {
   const std::string msg = error_of([&] { repo.load_model_version("tight", 1); });
   EXPECT_NE(msg.find("model \"tight\" version 1 needs"), std::string::npos) << msg;
   EXPECT_NE(msg.find("over its memory_budget_bytes 8"), std::string::npos) << msg;
-  const IndexEntry* e = find_entry(repo.index(), "tight", "1");
+  const auto index = repo.index();  // find_entry points into it
+  const IndexEntry* e = find_entry(index, "tight", "1");
   ASSERT_NE(e, nullptr);
   EXPECT_EQ(e->state, "UNAVAILABLE");
   EXPECT_NE(e->reason.find("memory_budget_bytes"), std::string::npos);
