@@ -512,7 +512,8 @@ void check_against_model(ModelConfig& config, const Model& model, const EngineIn
     for (const auto& in : config.inputs)
       if (!w.inputs.count(in.name))
         fail(src, "model_warmup \"" + w.name + "\": input \"" + in.name + "\" has no warmup data");
-    for (const auto& [name, wi] : w.inputs) {
+    for (const auto& [input_name, wi] : w.inputs) {
+      const std::string& name = input_name;  // clang 14 cannot capture a structured binding
       auto it = std::find_if(config.inputs.begin(), config.inputs.end(), [&](const auto& c) { return c.name == name; });
       if (it == config.inputs.end()) fail(src, "model_warmup \"" + w.name + "\": \"" + name + "\" is not an input");
       TensorConfig sample{name, wi.data_type, wi.dims, false};
