@@ -47,20 +47,10 @@ std::vector<std::string> names_of(const json& values) {
   return names;
 }
 
-class CheckCliTest : public ::testing::Test {
+class CheckCliTest : public kiln_test::TempDirTest {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("kiln_check_test_" + std::to_string(::getpid()));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
+  CheckCliTest() : TempDirTest("kiln_check_test_") {}
 
-  std::string save(const Model& m, const std::string& name) {
-    const std::string path = (dir_ / name).string();
-    save_onnx(m, path);
-    return path;
-  }
   std::string save_proto(const onnx::ModelProto& p, const std::string& name) {
     const std::string path = (dir_ / name).string();
     std::ofstream out(path, std::ios::binary);
@@ -97,23 +87,12 @@ class CheckCliTest : public ::testing::Test {
     }
     return save_proto(p, name);
   }
-
-  fs::path dir_;
 };
 
 }  // namespace
 
 TEST_F(CheckCliTest, CleanModelIsBuildableAndEveryNodeSupported) {
-  // y = Relu(x + w), x: f32[batch,3]
-  Model m;
-  m.opsets[""] = 17;
-  m.graph.inputs = {"x"};
-  m.graph.outputs = {"y"};
-  m.graph.types["x"] = TensorType{DType::kF32, Shape{Dim::sym("batch"), Dim(3)}};
-  m.graph.initializers["w"] = Tensor::from_vector<float>({3}, {1, -5, 0.5f});
-  m.graph.nodes.push_back(Node{"add", "Add", "", {"x", "w"}, {"s"}, {}});
-  m.graph.nodes.push_back(Node{"relu", "Relu", "", {"s"}, {"y"}, {}});
-  const std::string path = save(m, "clean.onnx");
+  const std::string path = save(kiln_test::add_relu_model(), "clean.onnx");
 
   Result r = kiln_cli("check " + path);
   EXPECT_EQ(r.code, 0) << r.out;

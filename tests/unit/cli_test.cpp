@@ -27,17 +27,8 @@ class CliTest : public ::testing::Test {
     dir_ = fs::temp_directory_path() / ("kiln_cli_test_" + std::to_string(::getpid()));
     fs::remove_all(dir_);
     fs::create_directories(dir_);
-    // y = Relu(x + w), x: f32[batch,3]
-    Model m;
-    m.opsets[""] = 17;
-    m.graph.inputs = {"x"};
-    m.graph.outputs = {"y"};
-    m.graph.types["x"] = TensorType{DType::kF32, Shape{Dim::sym("batch"), Dim(3)}};
-    m.graph.initializers["w"] = Tensor::from_vector<float>({3}, {1, -5, 0.5f});
-    m.graph.nodes.push_back(Node{"add", "Add", "", {"x", "w"}, {"s"}, {}});
-    m.graph.nodes.push_back(Node{"relu", "Relu", "", {"s"}, {"y"}, {}});
     model_ = (dir_ / "m.onnx").string();
-    save_onnx(m, model_);
+    save_onnx(kiln_test::add_relu_model(), model_);
   }
   void TearDown() override { fs::remove_all(dir_); }
   fs::path dir_;

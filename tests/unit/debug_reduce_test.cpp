@@ -119,24 +119,12 @@ std::vector<std::string> ops_of(const Model& m) {
   return ops;
 }
 
-class DebugReduceTest : public ::testing::Test {
+class DebugReduceTest : public kiln_test::TempDirTest {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("kiln_reduce_test_" + std::to_string(::getpid()) + "_" +
-                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
+  DebugReduceTest() : TempDirTest("kiln_reduce_test_") {}
 
-  std::string save(const Model& m, const std::string& name) {
-    const std::string path = (dir_ / name).string();
-    save_onnx(m, path);
-    return path;
-  }
   // The check that finds unsupported nodes: `kiln check` exits 1 when a node cannot be built.
   static std::string unsupported_check() { return "--check '" + kKiln + " check {model}'"; }
-  fs::path dir_;
 };
 
 }  // namespace

@@ -1,6 +1,8 @@
 // Helpers shared by the unit tests: building small models in C++ and running the kiln binary.
 #pragma once
+#include <gtest/gtest.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <array>
 #include <cstdio>
@@ -12,6 +14,7 @@
 
 #include "ir/graph.h"
 #include "ir/tensor.h"
+#include "onnx/onnx_import.h"
 
 namespace kiln_test {
 
@@ -80,4 +83,44 @@ inline CliResult run_kiln_cli(const std::string& args, Stderr err = Stderr::kMer
   return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
 }
 
+// y = Relu(x + w) with x: f32[batch,3] and w = {1, -5, 0.5}: the smallest model the CLI tests run.
+inline Model add_relu_model() {
+  Model m;
+  m.opsets[""] = 17;
+  m.graph.inputs = {"x"};
+  m.graph.outputs = {"y"};
+  m.graph.types["x"] = TensorType{DType::kF32, Shape{Dim::sym("batch"), Dim(3)}};
+  m.graph.initializers["w"] = Tensor::from_vector<float>({3}, {1, -5, 0.5f});
+  m.graph.nodes.push_back(Node{"add", "Add", "", {"x", "w"}, {"s"}, {}});
+  m.graph.nodes.push_back(Node{"relu", "Relu", "", {"s"}, {"y"}, {}});
+  return m;
+}
+
+// A fixture with a fresh folder per test, named after the process and the test (parallel ctest
+// processes never share one) and removed afterwards; save() writes a model into it.
+class TempDirTest : public ::testing::Test {
+ protected:
+  explicit TempDirTest(std::string prefix) : prefix_(std::move(prefix)) {}
+  void SetUp() override {
+    dir_ = std::filesystem::temp_directory_path() /
+           (prefix_ + std::to_string(::getpid()) + "_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    std::filesystem::remove_all(dir_);
+    std::filesystem::create_directories(dir_);
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  std::string save(const Model& m, const std::string& name) const {
+    const std::string path = (dir_ / name).string();
+    save_onnx(m, path);
+    return path;
+  }
+
+  std::filesystem::path dir_;
+
+ private:
+  std::string prefix_;
+};
+
 }  // namespace kiln_test
+
