@@ -38,6 +38,8 @@ CLI::App* add_compare_command(CLI::App& app, std::function<int()>* run);
 CLI::App* add_check_command(CLI::App& app, std::function<int()>* run);
 // tools/cmd_debug.cpp: registers `kiln debug reduce` (smallest failing subgraph).
 CLI::App* add_debug_command(CLI::App& app, std::function<int()>* run);
+// tools/cmd_serve.cpp: registers `kiln serve` (KServe v2 server over a model repository).
+CLI::App* add_serve_command(CLI::App& app, std::function<int()>* run);
 }  // namespace kiln::cli
 
 namespace {
@@ -317,6 +319,8 @@ int main(int argc, char** argv) {
   auto* check = cli::add_check_command(app, &run_check);
   std::function<int()> run_debug;
   auto* debug = cli::add_debug_command(app, &run_debug);
+  std::function<int()> run_serve;
+  auto* serve = cli::add_serve_command(app, &run_serve);
 
   try {
     app.parse(argc, argv);
@@ -336,6 +340,7 @@ int main(int argc, char** argv) {
     if (*compare) return run_compare();
     if (*check) return run_check();
     if (*debug) return run_debug();
+    if (*serve) return run_serve();
   } catch (const Error& e) {
     std::cerr << "kiln: error (" << error_code_name(e.code()) << "): " << error_message_with_help(e) << "\n";
     return 1;

@@ -300,7 +300,7 @@ std::vector<Batcher::Pending> Batcher::next_batch(int64_t now, int64_t& wake) {
   if (!head) return {};
 
   size_t take = 1;
-  if (options_.max_batch_size > 0) {
+  if (options_.max_batch_size > 0 && options_.merge) {
     int64_t rows = 0, oldest = head->arrival_us;
     size_t count = 0, preferred = 0;
     bool closed = false;

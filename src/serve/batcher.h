@@ -62,6 +62,9 @@ struct BatcherOptions {
   QueuePolicy default_queue_policy;
   std::map<int, QueuePolicy> priority_queue_policy;  // by level; others use the default policy
   int instance_count = 1;                    // worker threads, each with its own instance
+  // false: requests are never merged; each runs alone with its own batch (Triton's default
+  // scheduler, for a batching model without dynamic_batching).
+  bool merge = true;
 };
 
 struct InferResponse {
