@@ -197,6 +197,30 @@ httplib::Server::Handler guarded(F f) {
   };
 }
 
+// A POST handler that receives the body itself (streamed by cpp-httplib's content reader), so the
+// library never parses it as a form: an `application/x-www-form-urlencoded` body, which curl -d and
+// urllib send by default, would otherwise be refused past 8 KiB. The size limit still applies (413).
+template <typename F>
+httplib::Server::HandlerWithContentReader with_body(F f) {
+  return [f](const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& reader) {
+    auto body = std::make_shared<std::string>();
+    if (req.has_header("Content-Length")) {
+      const std::string n = req.get_header_value("Content-Length");
+      if (n.size() < 12 && n.find_first_not_of("0123456789") == std::string::npos && !n.empty())
+        body->reserve(std::min<size_t>(std::stoull(n), size_t{1} << 30));
+    }
+    const bool ok = reader([&](const char* data, size_t n) {
+      body->append(data, n);
+      return true;
+    });
+    if (!ok) {
+      if (res.status < 400) res.status = 400;  // the library set 413 for an oversized body
+      return;
+    }
+    guarded([&f, &body](const httplib::Request& rq, httplib::Response& rs) { f(rq, rs, body); })(req, res);
+  };
+}
+
 std::string version_of(const httplib::Request& req, size_t index) {
   return req.matches.size() > index ? std::string(req.matches[index]) : std::string();
 }
@@ -472,7 +496,8 @@ void HttpFrontEnd::install_routes() {
                     {"inputs", tensors(m.inputs)},
                     {"outputs", tensors(m.outputs)}});
   }));
-  s.Post(model + "/infer", guarded([&srv, this](const httplib::Request& req, httplib::Response& res) {
+  s.Post(model + "/infer", with_body([&srv, this](const httplib::Request& req, httplib::Response& res,
+                                                  std::shared_ptr<std::string> body) {
     srv.require_model(req.matches[1], version_of(req, 2));  // an unknown model is 404 whatever the body
     std::optional<size_t> header_length;
     if (req.has_header("Inference-Header-Content-Length")) {
@@ -481,8 +506,6 @@ void HttpFrontEnd::install_routes() {
         bad("Inference-Header-Content-Length must be a non-negative integer, got " + dq(v));
       header_length = static_cast<size_t>(std::stoull(v));
     }
-    // The handler owns the request from here on: the body moves into a buffer the inputs view.
-    auto body = std::make_shared<std::string>(std::move(const_cast<httplib::Request&>(req).body));
     HttpInferRequest parsed = parse_infer_request(body, header_length, options_.max_json_depth);
     parsed.request.model = req.matches[1];
     parsed.request.version = version_of(req, 2);
@@ -504,10 +527,11 @@ void HttpFrontEnd::install_routes() {
     if (auth.rfind(prefix, 0) != 0 || !srv.check_api_key(std::string_view(auth).substr(prefix.size())))
       throw ServeError(Status::kUnauthorized, "this call needs the server's API key (header \"Authorization: Bearer KEY\")");
   };
-  s.Post("/v2/repository/index", guarded([&srv](const httplib::Request& req, httplib::Response& res) {
+  s.Post("/v2/repository/index", with_body([&srv](const httplib::Request&, httplib::Response& res,
+                                                  std::shared_ptr<std::string> body) {
     bool ready_only = false;
-    if (!req.body.empty()) {
-      json j = json::parse(req.body, nullptr, false);
+    if (!body->empty()) {
+      json j = json::parse(*body, nullptr, false);
       if (j.is_discarded() || !j.is_object()) bad("the index request body must be a JSON object");
       if (j.contains("ready")) {
         if (!j["ready"].is_boolean()) bad("\"ready\" must be true or false");
@@ -522,14 +546,16 @@ void HttpFrontEnd::install_routes() {
     }
     send_json(res, list);
   }));
-  s.Post(R"(/v2/repository/models/([^/]+)/load)", guarded([&srv, authorize](const httplib::Request& req,
-                                                                              httplib::Response& res) {
+  s.Post(R"(/v2/repository/models/([^/]+)/load)", with_body([&srv, authorize](const httplib::Request& req,
+                                                                                httplib::Response& res,
+                                                                                std::shared_ptr<std::string>) {
     authorize(req);
     srv.load_model(req.matches[1]);
     res.status = 200;
   }));
-  s.Post(R"(/v2/repository/models/([^/]+)/unload)", guarded([&srv, authorize](const httplib::Request& req,
-                                                                                httplib::Response& res) {
+  s.Post(R"(/v2/repository/models/([^/]+)/unload)", with_body([&srv, authorize](const httplib::Request& req,
+                                                                                  httplib::Response& res,
+                                                                                  std::shared_ptr<std::string>) {
     authorize(req);
     srv.unload_model(req.matches[1]);
     res.status = 200;

@@ -94,7 +94,7 @@ uint64_t now_ms() {
 }
 
 // Fills a warmup input: zeros, seeded random values in [0, 1) (or 0/1 for integers and bools), or
-// the raw bytes of <model>/warmup/<file>.
+// the raw bytes of a file inside the model folder.
 Tensor warmup_tensor(const WarmupInput& in, std::vector<int64_t> shape, const fs::path& model_dir,
                      const std::string& what) {
   std::optional<DType> dt = to_dtype(in.data_type);
@@ -111,7 +111,7 @@ Tensor warmup_tensor(const WarmupInput& in, std::vector<int64_t> shape, const fs
       for (size_t i = 0; i < t.nbytes(); i += dtype_size(*dt)) bytes[i] = static_cast<uint8_t>(rng() & 1);
     }
   } else if (in.source == WarmupInput::Source::kFile) {
-    const fs::path file = model_dir / "warmup" / in.input_data_file;
+    const fs::path file = model_dir / in.input_data_file;  // relative, inside the model folder (checked at parse)
     std::ifstream f(file, std::ios::binary);
     if (!f) throw Error(ErrorCode::kIo, what + ": cannot read " + file.string());
     std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());

@@ -67,6 +67,20 @@ class HttpClient(unittest.TestCase):
         y = np.array(out["outputs"][0]["data"], dtype=np.float32).reshape(out["outputs"][0]["shape"])
         np.testing.assert_allclose(y, ss.add_relu_reference(x), rtol=0, atol=1e-6)
 
+    def test_form_content_type_is_not_parsed_as_a_form(self):
+        # curl -d and urllib send application/x-www-form-urlencoded unless told otherwise; a body of
+        # any size must still be read as the v2 request it is.
+        x = np.arange(8 * 3, dtype=np.float32).reshape(8, 3) / 7
+        body = json.dumps({"inputs": [{"name": "x", "shape": [8, 3], "datatype": "FP32",
+                                       "data": [float(v) for v in x.flatten()] * 1}],
+                           "id": "p" * 9000}).encode()
+        self.assertGreater(len(body), 8192)
+        status, _, out = self.server.request("POST", "/v2/models/addrelu/infer", body,
+                                             {"Content-Type": "application/x-www-form-urlencoded"})
+        self.assertEqual(status, 200, out[:300])
+        y = np.array(json.loads(out)["outputs"][0]["data"], dtype=np.float32).reshape(8, 3)
+        np.testing.assert_allclose(y, ss.add_relu_reference(x), atol=1e-6)
+
     def test_binary_inference(self):
         x = np.random.default_rng(3).standard_normal((4, 3)).astype(np.float32)
         header = json.dumps({
