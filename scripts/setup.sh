@@ -12,7 +12,7 @@ PACKAGES=(
   clang libclang-rt-14-dev libomp-14-dev
   python3 python3-numpy python3-onnx python3-torch python3-torchvision python3-sklearn
   python3-dev pybind11-dev python3-yaml
-  libcpp-httplib-dev libgrpc++-dev protobuf-compiler-grpc curl
+  libcpp-httplib-dev libgrpc++-dev protobuf-compiler-grpc curl python3-grpcio python3-grpc-tools
 )
 
 missing=()

@@ -40,6 +40,8 @@ CLI::App* add_check_command(CLI::App& app, std::function<int()>* run);
 CLI::App* add_debug_command(CLI::App& app, std::function<int()>* run);
 // tools/cmd_serve.cpp: registers `kiln serve` (KServe v2 server over a model repository).
 CLI::App* add_serve_command(CLI::App& app, std::function<int()>* run);
+// tools/cmd_perf.cpp: registers `kiln perf` (a KServe v2 load generator like perf_analyzer).
+CLI::App* add_perf_command(CLI::App& app, std::function<int()>* run);
 }  // namespace kiln::cli
 
 namespace {
@@ -321,6 +323,8 @@ int main(int argc, char** argv) {
   auto* debug = cli::add_debug_command(app, &run_debug);
   std::function<int()> run_serve;
   auto* serve = cli::add_serve_command(app, &run_serve);
+  std::function<int()> run_perf;
+  auto* perf = cli::add_perf_command(app, &run_perf);
 
   try {
     app.parse(argc, argv);
@@ -341,6 +345,7 @@ int main(int argc, char** argv) {
     if (*check) return run_check();
     if (*debug) return run_debug();
     if (*serve) return run_serve();
+    if (*perf) return run_perf();
   } catch (const Error& e) {
     std::cerr << "kiln: error (" << error_code_name(e.code()) << "): " << error_message_with_help(e) << "\n";
     return 1;

@@ -29,7 +29,7 @@ enum class Status {
   kOk,
   kBadRequest,       // malformed request, unknown input, wrong dtype or shape (400 / INVALID_ARGUMENT)
   kUnauthorized,     // a management call without the API key (401 / UNAUTHENTICATED)
-  kForbidden,        // a call the server's mode does not allow (403 / PERMISSION_DENIED)
+  kForbidden,        // a call the server's mode does not allow (403 / UNAVAILABLE, as Triton refuses it)
   kNotFound,         // unknown model or version, or not loaded (404 / NOT_FOUND)
   kPayloadTooLarge,  // request body over the limit (413 / RESOURCE_EXHAUSTED)
   kTimeout,          // the request's queue timeout expired (504 / DEADLINE_EXCEEDED)

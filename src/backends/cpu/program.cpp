@@ -339,18 +339,23 @@ double ProgramBuilder::time_reorder(const ValueInfo& v, Layout to) {
   Tensor a(v.dtype, v.shape), b(v.dtype, v.shape);
   reorder(a.raw(), v.layout, b.mutable_raw(), to, v.dtype, v.shape);
   int iters = 0;
+  double ms = 1e300;
   const auto t0 = Clock::now();
   while (iters < opt_.timing_max_iterations && (iters < 3 || ms_since(t0) < opt_.timing_min_ms)) {
+    const auto t1 = Clock::now();
     reorder(a.raw(), v.layout, b.mutable_raw(), to, v.dtype, v.shape);
+    ms = std::min(ms, ms_since(t1));  // the fastest run: see time_candidate
     ++iters;
   }
-  const double ms = ms_since(t0) / iters;
   reorder_ms_[key] = ms;
   return ms;
 }
 
-// Builds the candidate's kernel at these shapes and measures one run (median of several);
+// Builds the candidate's kernel at these shapes and measures one run (the fastest of several);
 // includes the reorders its input layouts would need. Returns -1 when the tactic fails to build.
+// The fastest run, not the median: when other processes hold a core, a multi-threaded kernel waits
+// at its barriers for a descheduled thread in most runs, and a median then prefers single-threaded
+// kernels that are slower on an idle machine, the one the engine is built for.
 double ProgramBuilder::time_candidate(const Tactic& t, const KernelConfig& base, std::unique_ptr<CpuKernel>* made,
                                       int* made_inplace) {
   KernelConfig cfg = base;
@@ -418,12 +423,11 @@ double ProgramBuilder::time_candidate(const Tactic& t, const KernelConfig& base,
     log("  " + t.name() + ": failed on timing inputs (" + e.what() + ")");
     return -1;
   }
-  std::sort(times.begin(), times.end());
   if (made) {
     *made = std::move(k);
     if (made_inplace) *made_inplace = cfg.output0_inplace_of;
   }
-  return times[times.size() / 2] + reorder_cost;
+  return *std::min_element(times.begin(), times.end()) + reorder_cost;
 }
 
 // Whether output 0 may take over input k's buffer (k from the tactic): the buffer must be an

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <mutex>
 #include <new>
+#include <thread>
 #include <type_traits>
 #include <utility>
 
@@ -237,8 +238,9 @@ bool has_value(const inference::InferParameter& p) {
   }
 }
 
-// ModelInferRequest -> InferenceRequest. Raw contents are viewed in place (the request outlives the
-// synchronous call); typed contents are packed into buffers the request owns.
+// ModelInferRequest -> InferenceRequest. Raw contents are pointed at where they are (the gRPC request
+// outlives the synchronous call, and the server copies them into its tensors); typed contents are
+// packed into aligned buffers the request owns, which the server views without a copy.
 grpc::Status to_request(const inference::ModelInferRequest& req, InferenceRequest* out) {
   out->model = req.model_name();
   out->version = req.model_version();
@@ -247,7 +249,8 @@ grpc::Status to_request(const inference::ModelInferRequest& req, InferenceReques
     if (name == "priority") {
       uint64_t v = 0;
       if (auto st = unsigned_param(name, p, &v); !st.ok()) return st;
-      if (v > static_cast<uint64_t>(INT_MAX)) return invalid("parameter \"priority\" is too large: " + std::to_string(v));
+      if (v > static_cast<uint64_t>(INT_MAX))
+        return invalid("parameter \"priority\" is too large: " + std::to_string(v));
       out->priority = static_cast<int>(v);
     } else if (name == "timeout") {
       uint64_t v = 0;
@@ -278,8 +281,8 @@ grpc::Status to_request(const inference::ModelInferRequest& req, InferenceReques
     in.name = t.name();
     in.datatype = parse_v2_datatype(t.datatype());
     if (in.datatype == DataType::kInvalid)
-      return invalid(who + " has unknown datatype " + dq(t.datatype()) +
-                     " (BOOL, UINT8, UINT16, UINT32, UINT64, INT8, INT16, INT32, INT64, FP16, BF16, FP32, FP64, BYTES)");
+      return invalid(who + " has unknown datatype " + dq(t.datatype()) + " (BOOL, UINT8, UINT16, UINT32, UINT64, " +
+                     "INT8, INT16, INT32, INT64, FP16, BF16, FP32, FP64, BYTES)");
     int64_t numel = 1;
     for (int64_t d : t.shape()) {
       if (d < 0) return invalid(who + " has a negative dim in shape " + shape_text(t.shape()));
@@ -334,21 +337,25 @@ class GrpcService final : public inference::GRPCInferenceService::Service {
  public:
   explicit GrpcService(InferenceServer& server) : server_(server) {}
   void begin_shutdown() { stopping_ = true; }
+  int active() const { return active_.load(); }
 
   grpc::Status ServerLive(grpc::ServerContext*, const inference::ServerLiveRequest*,
                           inference::ServerLiveResponse* resp) override {
+    const Active active(active_);
     resp->set_live(server_.live());
     return grpc::Status::OK;
   }
 
   grpc::Status ServerReady(grpc::ServerContext*, const inference::ServerReadyRequest*,
                            inference::ServerReadyResponse* resp) override {
+    const Active active(active_);
     resp->set_ready(!stopping_ && server_.ready());
     return grpc::Status::OK;
   }
 
   grpc::Status ModelReady(grpc::ServerContext*, const inference::ModelReadyRequest* req,
                           inference::ModelReadyResponse* resp) override {
+    const Active active(active_);
     return guarded([&] {
       resp->set_ready(!stopping_ && server_.model_ready(req->name(), req->version()));
       return grpc::Status::OK;
@@ -357,6 +364,7 @@ class GrpcService final : public inference::GRPCInferenceService::Service {
 
   grpc::Status ServerMetadata(grpc::ServerContext*, const inference::ServerMetadataRequest*,
                               inference::ServerMetadataResponse* resp) override {
+    const Active active(active_);
     return guarded([&] {
       const serve::ServerMetadata m = server_.server_metadata();
       resp->set_name(m.name);
@@ -368,6 +376,7 @@ class GrpcService final : public inference::GRPCInferenceService::Service {
 
   grpc::Status ModelMetadata(grpc::ServerContext*, const inference::ModelMetadataRequest* req,
                              inference::ModelMetadataResponse* resp) override {
+    const Active active(active_);
     return guarded([&] {
       const serve::ModelMetadata m = server_.model_metadata(req->name(), req->version());
       resp->set_name(m.name);
@@ -381,6 +390,7 @@ class GrpcService final : public inference::GRPCInferenceService::Service {
 
   grpc::Status ModelInfer(grpc::ServerContext*, const inference::ModelInferRequest* req,
                           inference::ModelInferResponse* resp) override {
+    const Active active(active_);
     return guarded([&] {
       if (stopping_)
         return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down and accepts no new requests");
@@ -406,6 +416,7 @@ class GrpcService final : public inference::GRPCInferenceService::Service {
 
   grpc::Status ModelStatistics(grpc::ServerContext*, const inference::ModelStatisticsRequest* req,
                                inference::ModelStatisticsResponse* resp) override {
+    const Active active(active_);
     return guarded([&] {
       for (const ModelVersionStats& m : server_.model_stats(req->name(), req->version())) {
         const StatsSnapshot& s = m.stats;
@@ -438,6 +449,7 @@ class GrpcService final : public inference::GRPCInferenceService::Service {
 
   grpc::Status RepositoryIndex(grpc::ServerContext*, const inference::RepositoryIndexRequest* req,
                                inference::RepositoryIndexResponse* resp) override {
+    const Active active(active_);
     return guarded([&] {
       for (const IndexEntry& e : server_.repository_index(req->ready())) {
         auto* m = resp->add_models();
@@ -452,6 +464,7 @@ class GrpcService final : public inference::GRPCInferenceService::Service {
 
   grpc::Status RepositoryModelLoad(grpc::ServerContext* ctx, const inference::RepositoryModelLoadRequest* req,
                                    inference::RepositoryModelLoadResponse*) override {
+    const Active active(active_);
     return guarded([&] {
       if (auto st = check_management(ctx); !st.ok()) return st;
       // Triton's "config" and "file:<version>/<name>" overrides would load something other than
@@ -466,6 +479,7 @@ class GrpcService final : public inference::GRPCInferenceService::Service {
 
   grpc::Status RepositoryModelUnload(grpc::ServerContext* ctx, const inference::RepositoryModelUnloadRequest* req,
                                      inference::RepositoryModelUnloadResponse*) override {
+    const Active active(active_);
     return guarded([&] {
       if (auto st = check_management(ctx); !st.ok()) return st;
       for (const auto& [name, p] : req->parameters())
@@ -502,8 +516,16 @@ class GrpcService final : public inference::GRPCInferenceService::Service {
     return grpc::Status::OK;
   }
 
+  // Counts a handler while it runs, so shutdown knows when the last one has returned.
+  struct Active {
+    explicit Active(std::atomic<int>& n) : n_(n) { ++n_; }
+    ~Active() { --n_; }
+    std::atomic<int>& n_;
+  };
+
   InferenceServer& server_;
   std::atomic<bool> stopping_{false};
+  std::atomic<int> active_{0};
 };
 
 GrpcFrontEnd::GrpcFrontEnd(InferenceServer& server, std::string host, int port, GrpcOptions options) {
@@ -551,7 +573,13 @@ void GrpcFrontEnd::shutdown(std::chrono::system_clock::time_point deadline) {
   if (stopped_ || !server_) return;
   stopped_ = true;
   service_->begin_shutdown();
-  server_->Shutdown(deadline);
+  // gRPC's Shutdown(deadline) also waits out idle client connections whose client does not react to
+  // GOAWAY (a Python client polls only while it has a call in progress), so it would hold every
+  // shutdown for the whole grace period. Wait for the running handlers here instead, then give the
+  // last responses a moment to be written before the remaining connections are closed.
+  while (service_->active() > 0 && std::chrono::system_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  server_->Shutdown(std::min(deadline, std::chrono::system_clock::now() + std::chrono::milliseconds(200)));
   server_->Wait();
 }
 

@@ -45,10 +45,11 @@ class GrpcFrontEnd {
   // "host:port" as listened on.
   const std::string& address() const { return address_; }
 
-  // Stops taking calls: ServerReady answers false and new calls are refused at once; calls in
-  // progress may finish until `deadline`, after which they are cancelled. Returns when every
-  // handler has returned. Idempotent. Call it after InferenceServer::shutdown(drain) so that the
-  // drained requests' responses still reach their clients.
+  // Stops taking calls: ServerReady answers false and new ModelInfer calls are refused
+  // (UNAVAILABLE); calls in progress may finish until `deadline`, after which they are cancelled.
+  // Then the listener and every connection close (idle ones do not hold the shutdown up). Returns
+  // when every handler has returned. Idempotent. Call it after InferenceServer::shutdown(drain), so
+  // the drained requests' responses still reach their clients.
   void shutdown(std::chrono::system_clock::time_point deadline);
   void shutdown(std::chrono::milliseconds grace) { shutdown(std::chrono::system_clock::now() + grace); }
 

@@ -2,11 +2,12 @@
 // the request encoders, the response parsers and HttpTransport on a keep-alive cpp-httplib client.
 #include <httplib.h>
 
+#include <algorithm>
+#include <cctype>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
-#include <sstream>
 
-#include "ir/dtype.h"
 #include "kiln/error.h"
 #include "serve/perf/perf_inputs.h"
 #include "serve/perf/perf_transport.h"
@@ -347,16 +348,18 @@ class HttpTransport final : public PerfTransport {
     // server answered with outputs.
     size_t json_length = res->body.size();
     if (res->has_header("Inference-Header-Content-Length")) {
-      try {
-        json_length = std::min<size_t>(json_length, std::stoull(res->get_header_value("Inference-Header-Content-Length")));
-      } catch (const std::exception&) {
-      }
+      const std::string value = res->get_header_value("Inference-Header-Content-Length");
+      char* end = nullptr;
+      const unsigned long long n = std::strtoull(value.c_str(), &end, 10);
+      if (end && *end == '\0' && !value.empty()) json_length = std::min<size_t>(json_length, n);
     }
-    json j = json::parse(res->body.begin(), res->body.begin() + static_cast<std::ptrdiff_t>(json_length), nullptr, false);
+    const auto json_end = res->body.begin() + static_cast<std::ptrdiff_t>(json_length);
+    json j = json::parse(res->body.begin(), json_end, nullptr, false);
     r.recv_ns = ns_between(t1, Clock::now());
     if (j.is_discarded() || !j.is_object() || !j.contains("outputs") || !j["outputs"].is_array()) {
       r.error_kind = "bad_response";
-      r.error_message = "HTTP 200 without an \"outputs\" array: " + res->body.substr(0, std::min<size_t>(json_length, 200));
+      r.error_message =
+          "HTTP 200 without an \"outputs\" array: " + res->body.substr(0, std::min<size_t>(json_length, 200));
       return r;
     }
     r.ok = true;

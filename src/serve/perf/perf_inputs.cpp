@@ -226,7 +226,8 @@ std::vector<Inputs> make_inputs(const ModelInfo& model, const InputOptions& opti
   // A JSON data file: {"data": [{"NAME": [values] or {"content": [values], "shape": [dims]}}, ...]},
   // each entry one sample (repeated -b times for a batching model).
   std::ifstream file(options.data);
-  if (!file) throw Error(ErrorCode::kIo, "--input-data " + options.data + ": cannot open the file (or use zero or random)");
+  if (!file)
+    throw Error(ErrorCode::kIo, "--input-data " + options.data + ": cannot open the file (or use zero or random)");
   json doc = json::parse(file, nullptr, false);
   if (doc.is_discarded()) throw bad("--input-data " + options.data + ": not valid JSON");
   if (!doc.is_object() || !doc.contains("data") || !doc["data"].is_array() || doc["data"].empty())
@@ -253,7 +254,8 @@ std::vector<Inputs> make_inputs(const ModelInfo& model, const InputOptions& opti
         if (value.contains("shape")) {
           if (!value["shape"].is_array()) throw bad(context + ": \"shape\" is not an array of dims");
           for (const auto& d : value["shape"]) {
-            if (!d.is_number_integer() || d.get<int64_t>() <= 0) throw bad(context + ": \"shape\" has a dim that is not positive");
+            if (!d.is_number_integer() || d.get<int64_t>() <= 0)
+              throw bad(context + ": \"shape\" has a dim that is not positive");
             file_shape.push_back(d.get<int64_t>());
           }
           has_file_shape = true;

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <iomanip>
 #include <condition_variable>
 #include <deque>
 #include <mutex>
@@ -141,9 +142,10 @@ LevelResult run_level(PerfTransport& control, const PerfOptions& o, double level
     figures.push_back({throughput(m, o.batch), static_cast<double>(stabilizing_latency_us(m, o.percentile))});
     if (verbose) {
       std::ostringstream os;
-      os << "  Pass [" << trial << "] throughput: " << figures.back().throughput << " infer/sec. "
+      os << std::fixed << std::setprecision(1) << "  Pass [" << trial << "] throughput: " << figures.back().throughput
+         << " infer/sec. "
          << (o.percentile > 0 ? "p" + std::to_string(o.percentile) : std::string("Avg")) << " latency: "
-         << figures.back().latency_us << " usec";
+         << static_cast<uint64_t>(figures.back().latency_us) << " usec";
       if (m.failed()) os << " (" << m.failed() << " failed)";
       verbose(os.str());
     }

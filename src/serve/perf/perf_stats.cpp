@@ -275,7 +275,8 @@ std::string text_summary(const std::vector<LevelResult>& levels, int pct) {
     for (const auto& row : rows) width[c] = std::max(width[c], row[c].size());
   }
   auto line = [&](const std::vector<std::string>& cells) {
-    for (size_t c = 0; c < cells.size(); ++c) os << (c ? "  " : "") << std::setw(static_cast<int>(width[c])) << cells[c];
+    for (size_t c = 0; c < cells.size(); ++c)
+      os << (c ? "  " : "") << std::setw(static_cast<int>(width[c])) << cells[c];
     os << "\n";
   };
   line(head);
