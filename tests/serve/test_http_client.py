@@ -4,12 +4,15 @@ errors, metrics, concurrent clients, and graceful shutdown on SIGTERM.
 
 Usage: /usr/bin/python3 test_http_client.py --kiln PATH/TO/kiln"""
 import argparse
+import csv
 import json
+import os
 import shutil
 import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import unittest
@@ -168,6 +171,50 @@ class HttpClient(unittest.TestCase):
                             url + "/v2/models/addrelu/infer"], capture_output=True, text=True)
         out = json.loads(r.stdout)
         self.assertEqual(out["outputs"][0]["data"], [2.5, 0.0, 3.5])
+
+
+class Perf(unittest.TestCase):
+    """kiln perf against the real server, over HTTP and gRPC."""
+
+    def test_perf_http_and_grpc(self):
+        repo = ss.make_repository({"addrelu": "max_batch_size: 8\ndynamic_batching { }\n"})
+        server = ss.Server(KILN, repo)
+        work = tempfile.mkdtemp(prefix="kiln_perf_e2e_")
+        try:
+            csv_path, json_path = os.path.join(work, "perf.csv"), os.path.join(work, "perf.json")
+            r = subprocess.run([KILN, "perf", "-m", "addrelu", "-u", "127.0.0.1:%d" % server.http, "-b", "2",
+                                "--concurrency-range", "1:2", "-p", "200", "-r", "5", "-s", "50",
+                                "-f", csv_path, "--json", json_path], capture_output=True, text=True, timeout=300)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            with open(csv_path) as f:
+                rows = list(csv.DictReader(f))
+            self.assertEqual(sorted(int(row["Concurrency"]) for row in rows), [1, 2])
+            for row in rows:
+                self.assertEqual(int(row["Failed"]), 0)
+                self.assertGreater(float(row["Inferences/Second"]), 0)
+                self.assertNotEqual(row["Server Compute Infer"], "")
+            with open(json_path) as f:
+                report = json.load(f)
+            sent = sum(level["requests"]["success"] for level in report["levels"])
+            stats = json.loads(server.get("/v2/models/addrelu/stats")[2])["model_stats"][0]
+            # Every request the client counted as answered was counted by the server (it may also
+            # count a few that finished after the client's last window closed).
+            self.assertGreaterEqual(stats["inference_stats"]["success"]["count"], sent)
+            self.assertGreater(sent, 0)
+            if server.grpc:
+                r = subprocess.run([KILN, "perf", "-m", "addrelu", "-i", "grpc", "-u", "127.0.0.1:%d" % server.grpc,
+                                    "--shape", "x:1,3", "-p", "200", "-r", "5", "-s", "50", "--json", json_path],
+                                   capture_output=True, text=True, timeout=300)
+                self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+                with open(json_path) as f:
+                    level = json.load(f)["levels"][0]
+                self.assertEqual(level["requests"]["failed"], 0)
+                self.assertGreater(level["requests"]["success"], 0)
+        finally:
+            server.stop()
+            server.close()
+            shutil.rmtree(repo, ignore_errors=True)
+            shutil.rmtree(work, ignore_errors=True)
 
 
 class Shutdown(unittest.TestCase):

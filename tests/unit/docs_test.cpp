@@ -92,7 +92,7 @@ TEST(Docs, SlugFollowsGitHub) {
 TEST(Docs, CliReferenceHasEveryFlag) {
   const std::string doc = read(kRoot / "docs" / "cli.md");
   const std::vector<std::string> commands = {"inspect", "check", "optimize", "build", "run",
-                                             "bench", "compare", "quantize", "debug reduce", "serve"};
+                                             "bench", "compare", "quantize", "debug reduce", "serve", "perf"};
   const std::regex flag(R"((?:^|[ ,])(--[a-z0-9][a-z0-9-]*))");
   for (const auto& cmd : commands) {
     const size_t begin = doc.find("\n## kiln " + cmd + "\n");
