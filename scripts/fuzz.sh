@@ -6,10 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs="${FUZZ_RUNS:-500000}"
-scripts/build.sh fuzz fuzz_model_loader fuzz_tensor_files fuzz_engine_loader
+scripts/build.sh fuzz fuzz_model_loader fuzz_tensor_files fuzz_engine_loader fuzz_serve_requests
 data=/usr/include/onnx/backend/test/data
 work="build-fuzz/corpus"
-mkdir -p "$work/models" "$work/tensors" "$work/engines"
+mkdir -p "$work/models" "$work/tensors" "$work/engines" "$work/serve"
 if [ -d "$data" ]; then
   i=0
   for m in "$data"/node/*/model.onnx "$data"/pytorch-converted/*/model.onnx "$data"/simple/*/model.onnx; do
@@ -38,4 +38,14 @@ echo "fuzz_tensor_files: $runs runs"
 ./build-fuzz/fuzz/fuzz_tensor_files -seed=1 -runs="$runs" -max_len=4096 -rss_limit_mb=2048 -timeout=10 "$work/tensors" 2>&1 | tail -3
 echo "fuzz_engine_loader: $runs runs"
 ./build-fuzz/fuzz/fuzz_engine_loader -seed=1 -runs="$runs" -max_len=65536 -rss_limit_mb=4096 -timeout=20 "$work/engines" 2>&1 | tail -3
+# Serve seeds: a JSON request (mode 0), a binary-extension request (mode 1, header length 92) and a
+# config (mode 2); the first byte picks the parser, the next two a header length.
+printf '\x00\x00\x00{"id":"1","inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","data":[1,2,3]}],"outputs":[{"name":"y"}]}' \
+  > "$work/serve/json"
+printf '\x01\x5c\x00{"inputs":[{"name":"x","shape":[2],"datatype":"BYTES","parameters":{"binary_data_size":9}}]}\x01\x00\x00\x00a\x00\x00\x00\x00' \
+  > "$work/serve/binary"
+printf '\x02\x00\x00max_batch_size: 4\ninput [ { name: "x" data_type: TYPE_FP32 dims: [ 3 ] } ]\ndynamic_batching { preferred_batch_size: [ 2 ] }\n' \
+  > "$work/serve/config"
+echo "fuzz_serve_requests: $runs runs"
+./build-fuzz/fuzz/fuzz_serve_requests -seed=1 -runs="$runs" -max_len=8192 -rss_limit_mb=2048 -timeout=10 "$work/serve" 2>&1 | tail -3
 echo "fuzz: no crashes"

@@ -64,7 +64,7 @@ def main():
         off, on = level(os.path.join(a.dir, "off-c%d.json" % c)), level(os.path.join(a.dir, "on-c%d.json" % c))
         rows.append((c, off, on))
 
-    m = batch_stats(os.path.join(a.dir, "metrics.txt"), "on")
+    m = batch_stats(os.path.join(a.dir, "metrics-on.txt"), "on")
     avg_batch = m["nv_inference_count"] / max(1.0, m["nv_inference_exec_count"])
     # Per level: the batches formed while that level ran (metrics taken after each level).
     level_batch, before = {}, {"nv_inference_count": 0.0, "nv_inference_exec_count": 0.0}
@@ -80,7 +80,7 @@ def main():
     w("Machine: %s, %d cores; CPU backend. Reproduce: `%s`.\n" % (cpu_name(), os.cpu_count(), a.command))
     w("Clients: `kiln perf` over HTTP with binary tensors, batch 1 per request, concurrency N (each client sends its "
       "next request when the last is answered), windows until p99 is stable within 10%%. Server: one instance using "
-      "every core. **off**: `max_batch_size: 1`, no `dynamic_batching` (each request runs alone on an engine tuned "
+      "every core; each configuration in its own server process. **off**: `max_batch_size: 1`, no `dynamic_batching` (each request runs alone on an engine tuned "
       "for batch 1). **on**: `max_batch_size: %d`, `dynamic_batching { max_queue_delay_microseconds: %d }`.\n"
       % (a.max_batch, a.delay_us))
     w("| clients | off: infer/s | on: infer/s | on / off | off: p50 / p99 ms | on: p50 / p99 ms | on: avg batch "

@@ -270,6 +270,11 @@ void ModelRepository::mark_unloaded(const std::string& name, int64_t version) {
   load_state_.erase({name, version});
 }
 
+void ModelRepository::mark_failed(const std::string& name, int64_t version, const std::string& reason) {
+  std::lock_guard<std::mutex> lock(mu_);
+  load_state_[{name, version}] = reason.empty() ? "failed" : reason;
+}
+
 std::shared_ptr<LoadedModel> ModelRepository::load_model_version(const std::string& name, int64_t version) {
   const ModelEntry& m = model(name);
   if (!m.error.empty()) throw Error(ErrorCode::kInvalidArgument, "model \"" + name + "\" is unavailable: " + m.error);

@@ -100,6 +100,9 @@ class ModelRepository {
   std::shared_ptr<LoadedModel> load_model_version(const std::string& name, int64_t version);
   // Marks a version no longer loaded (the server drops its LoadedModel).
   void mark_unloaded(const std::string& name, int64_t version);
+  // Records why a loaded version could not be served after all (its warmup failed): the index
+  // shows it UNAVAILABLE with that reason.
+  void mark_failed(const std::string& name, int64_t version, const std::string& reason);
 
  private:
   std::filesystem::path root_;  // canonical

@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <exception>
+#include <thread>
 #include <fstream>
 #include <future>
 #include <random>
@@ -85,6 +87,25 @@ int64_t numel_of(const std::vector<int64_t>& shape) {
   int64_t n = 1;
   for (int64_t d : shape) n *= d;
   return n;
+}
+
+// Runs `f` on a thread of its own and waits, rethrowing what it threw. Loading (the engine build's
+// tactic timing, warmup) runs OpenMP parallel regions, and libgomp keeps a thread team alive for
+// every thread that ever ran one; when the teams' threads outnumber the cores, libgomp stops
+// spin-waiting and every later kernel launch of the serving threads pays a futex wake-up (an
+// engine call 2-3x slower on 2 cores). A load thread that exits takes its team with it.
+template <typename F>
+void on_own_thread(F&& f) {
+  std::exception_ptr error;
+  std::thread t([&] {
+    try {
+      f();
+    } catch (...) {
+      error = std::current_exception();
+    }
+  });
+  t.join();
+  if (error) std::rethrow_exception(error);
 }
 
 uint64_t now_ms() {
@@ -183,7 +204,7 @@ void InferenceServer::start() {
       required_.insert(name);
     }
     try {
-      load_model_locked(name);
+      on_own_thread([&] { load_model_locked(name); });
     } catch (const std::exception&) {
       if (options_.exit_on_error) throw;  // otherwise the model stays UNAVAILABLE and the server unready
     }
@@ -513,7 +534,8 @@ std::shared_ptr<InferenceServer::Served> InferenceServer::load_version(const std
   auto engine = loaded.engine;
   auto shared = served->loaded;
   // Each instance owns a context, warmed up here (on the loading thread, before it serves).
-  served->batcher = std::make_unique<Batcher>(
+  try {
+    served->batcher = std::make_unique<Batcher>(
       o,
       [engine, shared, model](int) -> ExecuteFn {
         auto ctx = std::make_shared<Context>(engine);
@@ -521,6 +543,10 @@ std::shared_ptr<InferenceServer::Served> InferenceServer::load_version(const std
         return [ctx](const TensorMap& in) { return ctx->run(in); };
       },
       nullptr);
+  } catch (const std::exception& e) {
+    repository_->mark_failed(model, version, e.what());
+    throw;
+  }
   return served;
 }
 
@@ -571,7 +597,7 @@ void InferenceServer::load_model(const std::string& model) {
     required_.insert(model);
   }
   try {
-    load_model_locked(model);
+    on_own_thread([&] { load_model_locked(model); });
   } catch (const Error& e) {
     throw ServeError(Status::kBadRequest, "failed to load " + dq(model) + ": " + e.what());
   }

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -157,6 +158,16 @@ class HttpClient(unittest.TestCase):
         self.assertGreaterEqual(values[key], 1)
         self.assertIn('nv_inference_queue_duration_us{model="addrelu",version="1"}', values)
         self.assertGreater(values["nv_cpu_memory_used_bytes"], 0)
+
+    def test_binds_to_loopback_by_default(self):
+        # Started without --host: reachable on 127.0.0.1, refused on the machine's other addresses.
+        out = subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split()
+        others = [a for a in out if ":" not in a and not a.startswith("127.")]
+        if not others:
+            self.skipTest("this machine has no non-loopback IPv4 address")
+        for addr in others:
+            with self.assertRaises(OSError, msg="reachable on " + addr):
+                socket.create_connection((addr, self.server.http), timeout=5).close()
 
     def test_curl(self):
         curl = shutil.which("curl")

@@ -569,6 +569,39 @@ TEST_F(ServeHttp, ShutdownDrainsAcceptedRequestsAndRefusesNewOnes) {
   EXPECT_NE(error_of(late).find("shutting down"), std::string::npos);
 }
 
+TEST_F(ServeHttp, WarmupRunsOnEveryInstanceBeforeReady) {
+  // Each instance runs the warmup samples while the model loads: a data file of the wrong size
+  // fails the load (naming the warmup), the right one and random data load and serve.
+  const std::string warm = "max_batch_size: 4\ninstance_group [ { count: 2 } ]\nmodel_warmup [ { name: \"w\" batch_size: 2 "
+                           "inputs { key: \"x\" value { data_type: TYPE_FP32 dims: [ 3 ] %s } } } ]\n";
+  auto config = [&](const std::string& source) {
+    std::string c = warm;
+    c.replace(c.find("%s"), 2, source);
+    return c;
+  };
+  add_model("filed", config("input_data_file: \"sample.bin\""));
+  add_model("random", config("random_data: true"));
+  add_model("short", config("input_data_file: \"short.bin\""));
+  const float sample[3] = {1, 2, 3};
+  std::ofstream(repo() / "filed" / "sample.bin", std::ios::binary).write(reinterpret_cast<const char*>(sample), 12);
+  std::ofstream(repo() / "short" / "short.bin", std::ios::binary).write("12345", 5);
+  ServerOptions o;
+  o.exit_on_error = false;
+  start(o);
+  EXPECT_EQ(client_->Get("/v2/models/filed/ready")->status, 200);
+  EXPECT_EQ(client_->Get("/v2/models/random/ready")->status, 200);
+  EXPECT_EQ(client_->Get("/v2/models/short/ready")->status, 503);
+  json index = json::parse(client_->Post("/v2/repository/index", "", "application/json")->body);
+  std::string reason;
+  for (const json& e : index)
+    if (e["name"] == "short") reason = e["reason"];
+  EXPECT_NE(reason.find("warmup \"w\""), std::string::npos) << reason;
+  EXPECT_NE(reason.find("has 5 bytes; the input needs 24"), std::string::npos) << reason;
+  // Warmup runs are not requests: the statistics start at zero.
+  EXPECT_EQ(server_->model_stats("filed", "")[0].stats.success, 0u);
+  EXPECT_EQ(server_->model_stats("filed", "")[0].stats.execution_count, 0u);
+}
+
 TEST_F(ServeHttp, ListenErrorsAreClear) {
   add_model("addrelu", "max_batch_size: 4\n");
   start();
