@@ -1,0 +1,138 @@
+// CUDA runtime helpers of the GPU backend (see cuda_util.h).
+#include "backends/cuda/cuda_util.h"
+
+#include <cublasLt.h>
+
+namespace kiln::cuda {
+
+namespace {
+// Errors after which the CUDA context is corrupted and every later call fails.
+bool is_sticky(cudaError_t e) {
+  switch (e) {
+    case cudaErrorIllegalAddress:
+    case cudaErrorLaunchFailure:
+    case cudaErrorIllegalInstruction:
+    case cudaErrorMisalignedAddress:
+    case cudaErrorInvalidAddressSpace:
+    case cudaErrorInvalidPc:
+    case cudaErrorHardwareStackError:
+    case cudaErrorAssert:
+      return true;
+    default:
+      return false;
+  }
+}
+}  // namespace
+
+void check(cudaError_t e, const char* what) {
+  if (e == cudaSuccess) return;
+  // Clears a non-sticky error, which the runtime otherwise reports again at the next launch check.
+  cudaGetLastError();
+  throw CudaError(std::string(what) + ": " + cudaGetErrorName(e) + ": " + cudaGetErrorString(e) +
+                      (is_sticky(e) ? " (the GPU context is unusable now; restart the process)" : ""),
+                  is_sticky(e));
+}
+
+void check_launch(const char* kernel) {
+  cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) check(e, (std::string("launching ") + kernel).c_str());
+}
+
+int device_count(std::string* why) {
+  int n = 0;
+  cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess) {
+    if (why) {
+      const std::string cuda = std::string(cudaGetErrorName(e)) + ": " + cudaGetErrorString(e);
+      *why = e == cudaErrorInsufficientDriver || e == cudaErrorNoDevice
+                 ? "no NVIDIA driver or GPU on this machine (CUDA says " + cuda + ")"
+                 : cuda;
+    }
+    cudaGetLastError();  // clear it
+    return 0;
+  }
+  if (n == 0 && why) *why = "the driver reports no device";
+  return n;
+}
+
+DeviceInfo query_device(int id) {
+  std::string why;
+  const int n = device_count(&why);
+  if (n == 0) throw CudaError("no CUDA GPU: " + why + " (see docs/troubleshooting.md#gpu)");
+  if (id < 0 || id >= n)
+    throw CudaError("GPU " + std::to_string(id) + " does not exist; this machine has " + std::to_string(n) +
+                    (n == 1 ? " (GPU 0)" : " (GPUs 0-" + std::to_string(n - 1) + ")"));
+  cudaDeviceProp p{};
+  KILN_CUDA_CHECK(cudaGetDeviceProperties(&p, id));
+  DeviceInfo d;
+  d.id = id;
+  d.name = p.name;
+  d.sm_major = p.major;
+  d.sm_minor = p.minor;
+  d.multiprocessors = p.multiProcessorCount;
+  d.total_memory = p.totalGlobalMem;
+  d.l2_bytes = static_cast<size_t>(p.l2CacheSize);
+  KILN_CUDA_CHECK(cudaDriverGetVersion(&d.driver_version));
+  KILN_CUDA_CHECK(cudaRuntimeGetVersion(&d.runtime_version));
+  d.cublaslt_version = cublasLtGetVersion();
+  return d;
+}
+
+void require_compute_capability(const DeviceInfo& d, int major, int minor) {
+  if (d.sm_major > major || (d.sm_major == major && d.sm_minor >= minor)) return;
+  throw CudaError("GPU " + std::to_string(d.id) + " (" + d.name + ") is " + d.sm() + "; Kiln's CUDA backend needs sm_" +
+                  std::to_string(major) + std::to_string(minor) + " or newer (see docs/troubleshooting.md#gpu)");
+}
+
+DeviceBuffer::DeviceBuffer(size_t bytes) : bytes_(bytes) {
+  if (bytes == 0) return;
+  cudaError_t e = cudaMalloc(&ptr_, bytes);
+  if (e != cudaSuccess) {
+    ptr_ = nullptr;
+    cudaGetLastError();
+    size_t free_b = 0, total_b = 0;
+    cudaMemGetInfo(&free_b, &total_b);
+    throw CudaError("cannot allocate " + std::to_string(bytes) + " bytes of GPU memory (" + std::to_string(free_b) +
+                    " of " + std::to_string(total_b) + " free): " + cudaGetErrorString(e));
+  }
+}
+
+DeviceBuffer::~DeviceBuffer() {
+  if (ptr_) cudaFree(ptr_);
+}
+
+DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& o) noexcept {
+  if (this != &o) {
+    if (ptr_) cudaFree(ptr_);
+    ptr_ = o.ptr_;
+    bytes_ = o.bytes_;
+    o.ptr_ = nullptr;
+    o.bytes_ = 0;
+  }
+  return *this;
+}
+
+Stream::Stream() { KILN_CUDA_CHECK(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking)); }
+Stream::~Stream() {
+  if (s_) cudaStreamDestroy(s_);
+}
+void Stream::synchronize() const { KILN_CUDA_CHECK(cudaStreamSynchronize(s_)); }
+
+EventTimer::EventTimer() {
+  KILN_CUDA_CHECK(cudaEventCreate(&a_));
+  KILN_CUDA_CHECK(cudaEventCreate(&b_));
+}
+EventTimer::~EventTimer() {
+  cudaEventDestroy(a_);
+  cudaEventDestroy(b_);
+}
+void EventTimer::start(cudaStream_t s) { KILN_CUDA_CHECK(cudaEventRecord(a_, s)); }
+float EventTimer::stop(cudaStream_t s) {
+  KILN_CUDA_CHECK(cudaEventRecord(b_, s));
+  KILN_CUDA_CHECK(cudaEventSynchronize(b_));
+  float ms = 0;
+  KILN_CUDA_CHECK(cudaEventElapsedTime(&ms, a_, b_));
+  return ms;
+}
+
+}  // namespace kiln::cuda

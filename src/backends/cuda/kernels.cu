@@ -1,0 +1,186 @@
+// Kiln's own CUDA kernels (see kernels.h). Rows are reduced by one block each (warp shuffles,
+// then shared memory across warps); element loops are grid-stride. Statistics accumulate in FP32.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cmath>
+#include <string>
+
+#include "backends/cuda/cuda_util.h"
+#include "backends/cuda/kernels.h"
+
+namespace kiln::cuda {
+
+const char* dtype_name(DType t) { return t == DType::kF32 ? "fp32" : t == DType::kF16 ? "fp16" : "bf16"; }
+
+namespace {
+
+template <typename T>
+__device__ __forceinline__ float to_f(T v);
+template <>
+__device__ __forceinline__ float to_f<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ float to_f<__half>(__half v) { return __half2float(v); }
+template <>
+__device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T>
+__device__ __forceinline__ T from_f(float v);
+template <>
+__device__ __forceinline__ float from_f<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+constexpr int kBlock = 256;
+
+// Sum over the block; every thread gets the result.
+__device__ __forceinline__ float block_sum(float v, float* shared) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  __syncthreads();  // `shared` may still be read from a previous reduction
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  float total = 0;
+  for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w) total += shared[w];
+  return total;
+}
+
+__device__ __forceinline__ float block_max(float v, float* shared) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  __syncthreads();
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  float m = -INFINITY;
+  for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w) m = fmaxf(m, shared[w]);
+  return m;
+}
+
+// Two passes over the row (mean, then the centred variance: no cancellation), a third to write.
+template <typename T>
+__global__ void layer_norm_kernel(const T* __restrict__ x, const T* __restrict__ gamma, const T* __restrict__ beta,
+                                  T* __restrict__ y, int64_t cols, float eps) {
+  __shared__ float shared[32];
+  const T* row = x + blockIdx.x * cols;
+  T* out = y + blockIdx.x * cols;
+  float s = 0;
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) s += to_f(row[c]);
+  const float mean = block_sum(s, shared) / static_cast<float>(cols);
+  float v = 0;
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+    const float d = to_f(row[c]) - mean;
+    v += d * d;
+  }
+  const float rstd = rsqrtf(block_sum(v, shared) / static_cast<float>(cols) + eps);
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+    float r = (to_f(row[c]) - mean) * rstd;
+    if (gamma) r *= to_f(gamma[c]);
+    if (beta) r += to_f(beta[c]);
+    out[c] = from_f<T>(r);
+  }
+}
+
+template <typename T>
+__global__ void softmax_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t cols) {
+  __shared__ float shared[32];
+  const T* row = x + blockIdx.x * cols;
+  T* out = y + blockIdx.x * cols;
+  float m = -INFINITY;
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) m = fmaxf(m, to_f(row[c]));
+  m = block_max(m, shared);
+  float s = 0;
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) s += __expf(to_f(row[c]) - m);
+  const float inv = 1.f / block_sum(s, shared);
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) out[c] = from_f<T>(__expf(to_f(row[c]) - m) * inv);
+}
+
+template <typename T>
+__global__ void bias_gelu_kernel(const T* __restrict__ x, const T* __restrict__ bias, T* __restrict__ y, int64_t n,
+                                 int64_t cols) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    float v = to_f(x[i]);
+    if (bias) v += to_f(bias[i % cols]);
+    y[i] = from_f<T>(0.5f * v * (1.f + erff(v * 0.70710678118654752f)));
+  }
+}
+
+template <typename T>
+__global__ void add_kernel(const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ y, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    y[i] = from_f<T>(to_f(a[i]) + to_f(b[i]));
+}
+
+int grid_for(int64_t n) {
+  const int64_t blocks = (n + kBlock - 1) / kBlock;
+  return static_cast<int>(blocks < 65536 ? (blocks > 0 ? blocks : 1) : 65536);
+}
+
+void check_rows(int64_t rows, int64_t cols, const char* what) {
+  if (rows < 0 || cols <= 0 || rows > 0x7fffffff)
+    throw CudaError(std::string(what) + ": bad shape rows=" + std::to_string(rows) + " cols=" + std::to_string(cols));
+}
+
+// Calls f<T>() with T the CUDA type of `t`.
+template <typename F>
+void dispatch(DType t, F&& f) {
+  switch (t) {
+    case DType::kF32: f(float{}); break;
+    case DType::kF16: f(__half{}); break;
+    case DType::kBF16: f(__nv_bfloat16{}); break;
+  }
+}
+
+}  // namespace
+
+void layer_norm(DType t, const void* x, const void* gamma, const void* beta, void* y, int64_t rows, int64_t cols,
+                float eps, cudaStream_t stream) {
+  check_rows(rows, cols, "layer_norm");
+  if (rows == 0) return;
+  dispatch(t, [&](auto tag) {
+    using T = decltype(tag);
+    layer_norm_kernel<T><<<static_cast<unsigned>(rows), kBlock, 0, stream>>>(
+        static_cast<const T*>(x), static_cast<const T*>(gamma), static_cast<const T*>(beta), static_cast<T*>(y), cols,
+        eps);
+  });
+  check_launch("layer_norm");
+}
+
+void softmax_rows(DType t, const void* x, void* y, int64_t rows, int64_t cols, cudaStream_t stream) {
+  check_rows(rows, cols, "softmax");
+  if (rows == 0) return;
+  dispatch(t, [&](auto tag) {
+    using T = decltype(tag);
+    softmax_kernel<T><<<static_cast<unsigned>(rows), kBlock, 0, stream>>>(static_cast<const T*>(x),
+                                                                            static_cast<T*>(y), cols);
+  });
+  check_launch("softmax");
+}
+
+void bias_gelu(DType t, const void* x, const void* bias, void* y, int64_t rows, int64_t cols, cudaStream_t stream) {
+  check_rows(rows, cols, "bias_gelu");
+  const int64_t n = rows * cols;
+  if (n == 0) return;
+  dispatch(t, [&](auto tag) {
+    using T = decltype(tag);
+    bias_gelu_kernel<T><<<grid_for(n), kBlock, 0, stream>>>(static_cast<const T*>(x), static_cast<const T*>(bias),
+                                                            static_cast<T*>(y), n, cols);
+  });
+  check_launch("bias_gelu");
+}
+
+void add(DType t, const void* a, const void* b, void* y, int64_t n, cudaStream_t stream) {
+  if (n < 0) throw CudaError("add: negative element count");
+  if (n == 0) return;
+  dispatch(t, [&](auto tag) {
+    using T = decltype(tag);
+    add_kernel<T><<<grid_for(n), kBlock, 0, stream>>>(static_cast<const T*>(a), static_cast<const T*>(b),
+                                                      static_cast<T*>(y), n);
+  });
+  check_launch("add");
+}
+
+}  // namespace kiln::cuda

@@ -1,0 +1,25 @@
+// Kiln's own CUDA kernels for what the libraries do not fuse: LayerNormalization over the last
+// dim, Softmax over the last dim, bias + GELU (erf, ONNX's Gelu) and residual Add. Each takes
+// FP32, FP16 or BF16 tensors (statistics always in FP32) and launches on the given stream.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace kiln::cuda {
+
+enum class DType { kF32, kF16, kBF16 };
+const char* dtype_name(DType t);
+
+// y = (x - mean) / sqrt(var + eps) * gamma + beta, per row of `cols`; gamma and beta may be null
+// (1 and 0).
+void layer_norm(DType t, const void* x, const void* gamma, const void* beta, void* y, int64_t rows, int64_t cols,
+                float eps, cudaStream_t stream);
+// y = softmax(x) along each row of `cols`.
+void softmax_rows(DType t, const void* x, void* y, int64_t rows, int64_t cols, cudaStream_t stream);
+// y = gelu(x + bias[col]) with gelu(v) = 0.5 v (1 + erf(v / sqrt 2)); bias may be null.
+void bias_gelu(DType t, const void* x, const void* bias, void* y, int64_t rows, int64_t cols, cudaStream_t stream);
+// y = a + b (same shape).
+void add(DType t, const void* a, const void* b, void* y, int64_t n, cudaStream_t stream);
+
+}  // namespace kiln::cuda

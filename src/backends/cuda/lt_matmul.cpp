@@ -1,0 +1,157 @@
+// MatMul / Gemm on cuBLASLt with fused epilogues (see lt_matmul.h).
+#include "backends/cuda/lt_matmul.h"
+
+#include <algorithm>
+
+namespace kiln::cuda {
+
+void check_cublas(cublasStatus_t s, const char* what) {
+  if (s == CUBLAS_STATUS_SUCCESS) return;
+  throw CudaError(std::string(what) + ": " + cublasLtGetStatusName(s) + " (" + cublasLtGetStatusString(s) + ")");
+}
+
+#define KILN_CUBLAS_CHECK(call) ::kiln::cuda::check_cublas((call), #call)
+
+const char* epilogue_name(Epilogue e) {
+  switch (e) {
+    case Epilogue::kNone: return "none";
+    case Epilogue::kRelu: return "relu";
+    case Epilogue::kGelu: return "gelu";
+    case Epilogue::kBias: return "bias";
+    case Epilogue::kBiasRelu: return "bias+relu";
+    case Epilogue::kBiasGelu: return "bias+gelu";
+  }
+  return "?";
+}
+
+namespace {
+cudaDataType_t data_type(GemmType t) {
+  switch (t) {
+    case GemmType::kF16: return CUDA_R_16F;
+    case GemmType::kBF16: return CUDA_R_16BF;
+    case GemmType::kF32: return CUDA_R_32F;
+  }
+  return CUDA_R_32F;
+}
+const char* type_name(GemmType t) { return t == GemmType::kF16 ? "fp16" : t == GemmType::kBF16 ? "bf16" : "fp32"; }
+size_t type_size(GemmType t) { return t == GemmType::kF32 ? 4 : 2; }
+cublasLtEpilogue_t lt_epilogue(Epilogue e) {
+  switch (e) {
+    case Epilogue::kNone: return CUBLASLT_EPILOGUE_DEFAULT;
+    case Epilogue::kRelu: return CUBLASLT_EPILOGUE_RELU;
+    case Epilogue::kGelu: return CUBLASLT_EPILOGUE_GELU;
+    case Epilogue::kBias: return CUBLASLT_EPILOGUE_BIAS;
+    case Epilogue::kBiasRelu: return CUBLASLT_EPILOGUE_RELU_BIAS;
+    case Epilogue::kBiasGelu: return CUBLASLT_EPILOGUE_GELU_BIAS;
+  }
+  return CUBLASLT_EPILOGUE_DEFAULT;
+}
+bool has_bias(Epilogue e) { return e == Epilogue::kBias || e == Epilogue::kBiasRelu || e == Epilogue::kBiasGelu; }
+}  // namespace
+
+// Row-major Y[M,N] = X[M,K] W[K,N] is column-major Y^T[N,M] = W^T[N,K] X^T[K,M]: cuBLASLt's A is W
+// (N x K, ld N), B is X (K x M, ld K) and D is Y (N x M, ld N); the bias runs along D's rows, N.
+LtMatmul::LtMatmul(GemmShape shape, GemmType type, Epilogue epilogue, size_t workspace_limit, int candidates,
+                   cudaStream_t stream)
+    : shape_(shape), type_(type), epilogue_(epilogue) {
+  if (shape.m <= 0 || shape.n <= 0 || shape.k <= 0)
+    throw CudaError("matmul: bad shape M=" + std::to_string(shape.m) + " N=" + std::to_string(shape.n) +
+                    " K=" + std::to_string(shape.k));
+  KILN_CUBLAS_CHECK(cublasLtCreate(&lt_));
+  const cudaDataType_t dt = data_type(type);
+  const cublasComputeType_t compute = type == GemmType::kF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+  KILN_CUBLAS_CHECK(cublasLtMatmulDescCreate(&op_, compute, CUDA_R_32F));
+  const cublasOperation_t no = CUBLAS_OP_N;
+  KILN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op_, CUBLASLT_MATMUL_DESC_TRANSA, &no, sizeof(no)));
+  KILN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op_, CUBLASLT_MATMUL_DESC_TRANSB, &no, sizeof(no)));
+  const cublasLtEpilogue_t epi = lt_epilogue(epilogue);
+  KILN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op_, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
+  if (has_bias(epilogue))
+    KILN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op_, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &dt, sizeof(dt)));
+  KILN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&a_, dt, shape.n, shape.k, shape.n));
+  KILN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&b_, dt, shape.k, shape.m, shape.k));
+  KILN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&c_, dt, shape.n, shape.m, shape.n));
+
+  cublasLtMatmulPreference_t pref = nullptr;
+  KILN_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+  KILN_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                         &workspace_limit, sizeof(workspace_limit)));
+  std::vector<cublasLtMatmulHeuristicResult_t> found(static_cast<size_t>(std::max(1, candidates)));
+  int returned = 0;
+  cublasStatus_t hs = cublasLtMatmulAlgoGetHeuristic(lt_, op_, a_, b_, c_, c_, pref, static_cast<int>(found.size()),
+                                                     found.data(), &returned);
+  cublasLtMatmulPreferenceDestroy(pref);
+  const std::string what = "matmul M=" + std::to_string(shape.m) + " N=" + std::to_string(shape.n) +
+                           " K=" + std::to_string(shape.k) + " " + type_name(type) + " epilogue " +
+                           epilogue_name(epilogue);
+  if (hs != CUBLAS_STATUS_SUCCESS || returned == 0)
+    throw CudaError(what + ": cuBLASLt has no algorithm within a " + std::to_string(workspace_limit) +
+                    "-byte workspace" + (hs != CUBLAS_STATUS_SUCCESS ? std::string(" (") + cublasLtGetStatusName(hs) + ")" : ""));
+
+  size_t ws = 0;
+  for (int i = 0; i < returned; ++i) ws = std::max(ws, found[i].workspaceSize);
+  workspace_ = DeviceBuffer(ws);
+  // Time every candidate on scratch operands (random-ish bytes: a constant pattern, not zeros).
+  const size_t es = type_size(type);
+  DeviceBuffer x(static_cast<size_t>(shape.m * shape.k) * es), w(static_cast<size_t>(shape.k * shape.n) * es),
+      y(static_cast<size_t>(shape.m * shape.n) * es), bias(static_cast<size_t>(shape.n) * es);
+  KILN_CUDA_CHECK(cudaMemsetAsync(x.get(), 0x3c, x.bytes(), stream));
+  KILN_CUDA_CHECK(cudaMemsetAsync(w.get(), 0x31, w.bytes(), stream));
+  KILN_CUDA_CHECK(cudaMemsetAsync(bias.get(), 0x30, bias.bytes(), stream));
+  EventTimer timer;
+  float best = 0;
+  for (int i = 0; i < returned; ++i) {
+    AlgoTiming t;
+    t.index = i;
+    t.workspace = found[i].workspaceSize;
+    algo_ = found[i].algo;
+    try {
+      run(x.get(), w.get(), bias.get(), y.get(), stream);  // warm-up
+      std::vector<float> ms;
+      for (int r = 0; r < 5; ++r) {
+        timer.start(stream);
+        run(x.get(), w.get(), bias.get(), y.get(), stream);
+        ms.push_back(timer.stop(stream));
+      }
+      std::sort(ms.begin(), ms.end());
+      t.ms = ms[ms.size() / 2];
+    } catch (const CudaError&) {
+      t.ms = -1;  // this candidate does not run here
+    }
+    timings_.push_back(t);
+    if (t.ms >= 0 && (chosen_ < 0 || t.ms < best)) {
+      chosen_ = i;
+      best = t.ms;
+    }
+  }
+  if (chosen_ < 0) throw CudaError(what + ": none of cuBLASLt's " + std::to_string(returned) + " candidates ran");
+  algo_ = found[static_cast<size_t>(chosen_)].algo;
+  KILN_CUDA_CHECK(cudaStreamSynchronize(stream));
+}
+
+LtMatmul::~LtMatmul() {
+  if (c_) cublasLtMatrixLayoutDestroy(c_);
+  if (b_) cublasLtMatrixLayoutDestroy(b_);
+  if (a_) cublasLtMatrixLayoutDestroy(a_);
+  if (op_) cublasLtMatmulDescDestroy(op_);
+  if (lt_) cublasLtDestroy(lt_);
+}
+
+void LtMatmul::run(const void* x, const void* w, const void* bias, void* y, cudaStream_t stream) const {
+  if (has_bias(epilogue_)) {
+    if (!bias) throw CudaError(std::string("matmul: epilogue ") + epilogue_name(epilogue_) + " needs a bias");
+    KILN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op_, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+  }
+  const float alpha = 1.f, beta = 0.f;
+  KILN_CUBLAS_CHECK(cublasLtMatmul(lt_, op_, &alpha, w, a_, x, b_, &beta, y, c_, y, c_, &algo_, workspace_.get(),
+                                   workspace_.bytes(), stream));
+}
+
+std::string LtMatmul::describe() const {
+  std::string s = "cublasLt " + std::string(type_name(type_)) + " " + epilogue_name(epilogue_) + ": candidate " +
+                  std::to_string(chosen_) + " of " + std::to_string(timings_.size()) + " [";
+  for (const AlgoTiming& t : timings_) s += (t.index ? " " : "") + (t.ms < 0 ? std::string("x") : std::to_string(t.ms));
+  return s + " ms]";
+}
+
+}  // namespace kiln::cuda

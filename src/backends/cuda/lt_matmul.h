@@ -1,0 +1,67 @@
+// MatMul / Gemm on cuBLASLt with fused epilogues: Y[M,N] = X[M,K] · W[K,N] (+ bias[N]) (then ReLU
+// or GELU), row major, in FP16, BF16 or FP32 (TF32 tensor cores). The algorithm is chosen by
+// timing cuBLASLt's heuristic candidates on the actual shapes, not by taking its first answer.
+#pragma once
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include "backends/cuda/cuda_util.h"
+
+namespace kiln::cuda {
+
+enum class GemmType { kF16, kBF16, kF32 };  // inputs, outputs and bias share the type
+enum class Epilogue { kNone, kRelu, kGelu, kBias, kBiasRelu, kBiasGelu };
+const char* epilogue_name(Epilogue e);
+// cuBLASLt's GELU epilogue is the tanh approximation, 0.5x(1 + tanh(sqrt(2/pi)(x + 0.044715x^3))).
+
+struct GemmShape {
+  int64_t m = 0, n = 0, k = 0;
+};
+
+// One candidate's timing, for logs and the timing cache.
+struct AlgoTiming {
+  int index = 0;  // in the heuristic's order
+  float ms = -1;  // -1: failed to run
+  size_t workspace = 0;
+};
+
+class LtMatmul {
+ public:
+  // Creates the descriptors and picks the algorithm: up to `candidates` heuristic answers that fit
+  // `workspace_limit` bytes are run on scratch buffers and timed (median of a few runs each).
+  // Throws CudaError when cuBLASLt has no algorithm for the problem (naming shape, type, epilogue).
+  LtMatmul(GemmShape shape, GemmType type, Epilogue epilogue, size_t workspace_limit = 32u << 20,
+           int candidates = 8, cudaStream_t stream = nullptr);
+  ~LtMatmul();
+  LtMatmul(const LtMatmul&) = delete;
+  LtMatmul& operator=(const LtMatmul&) = delete;
+
+  // y = epilogue(x · w + bias). bias may be null only for epilogues without bias.
+  void run(const void* x, const void* w, const void* bias, void* y, cudaStream_t stream) const;
+
+  const std::vector<AlgoTiming>& timings() const { return timings_; }
+  int chosen() const { return chosen_; }
+  size_t workspace_bytes() const { return workspace_.bytes(); }
+  std::string describe() const;
+
+ private:
+  GemmShape shape_;
+  GemmType type_;
+  Epilogue epilogue_;
+  cublasLtHandle_t lt_ = nullptr;
+  cublasLtMatmulDesc_t op_ = nullptr;
+  cublasLtMatrixLayout_t a_ = nullptr, b_ = nullptr, c_ = nullptr;
+  cublasLtMatmulAlgo_t algo_{};
+  DeviceBuffer workspace_;
+  std::vector<AlgoTiming> timings_;
+  int chosen_ = -1;
+};
+
+// Throws CudaError for a failed cuBLAS(Lt) status: "<what>: <status name>".
+void check_cublas(cublasStatus_t s, const char* what);
+
+}  // namespace kiln::cuda

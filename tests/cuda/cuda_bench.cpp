@@ -1,0 +1,131 @@
+// Microbenchmarks of the CUDA backend's building blocks on the GPU at hand: cuBLASLt matmuls with
+// and without fused epilogues (TFLOP/s, the chosen candidate among those timed), and the
+// memory-bound kernels (GB/s counting bytes read and written once). Median of timed repeats after a
+// warm-up, with device events; inputs are seeded random values (never zeros or constants, which
+// run faster than real data).
+//
+//   kiln_cuda_bench            # prints a table; exit 1 with the error when there is no GPU
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <cstdio>
+#include <functional>
+#include <vector>
+
+#include "backends/cuda/cuda_util.h"
+#include "backends/cuda/kernels.h"
+#include "backends/cuda/lt_matmul.h"
+
+using namespace kiln::cuda;
+
+namespace {
+float median_ms(const std::function<void(cudaStream_t)>& f, cudaStream_t s, int reps = 20) {
+  for (int i = 0; i < 3; ++i) f(s);
+  EventTimer t;
+  std::vector<float> ms;
+  for (int i = 0; i < reps; ++i) {
+    t.start(s);
+    f(s);
+    ms.push_back(t.stop(s));
+  }
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
+// Uniform random values in [-1, 1) as fp32, or as fp16 / bf16 bit patterns (es == 2, `bf16`).
+DeviceBuffer filled(size_t bytes, int seed, bool bf16 = false) {
+  std::mt19937 rng(static_cast<unsigned>(seed));
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  std::vector<uint16_t> h16;
+  std::vector<float> h32;
+  DeviceBuffer d(bytes);
+  if (bytes % 4 == 0 && !bf16 && seed < 0) {
+    h32.resize(bytes / 4);
+    for (float& v : h32) v = u(rng);
+    KILN_CUDA_CHECK(cudaMemcpy(d.get(), h32.data(), bytes, cudaMemcpyHostToDevice));
+    return d;
+  }
+  h16.resize(bytes / 2);
+  for (uint16_t& v : h16) {
+    const float f = u(rng);
+    uint32_t bits;
+    std::memcpy(&bits, &f, 4);
+    if (bf16) {
+      v = static_cast<uint16_t>((bits + 0x7fff + ((bits >> 16) & 1)) >> 16);
+    } else {  // fp16 from fp32 for |f| < 1 (normal range; subnormals flushed)
+      const uint32_t sign = (bits >> 16) & 0x8000, exp = (bits >> 23) & 0xff, man = bits & 0x7fffff;
+      const int e = static_cast<int>(exp) - 127 + 15;
+      v = static_cast<uint16_t>(e <= 0 ? sign : sign | (e << 10) | (man >> 13));
+    }
+  }
+  KILN_CUDA_CHECK(cudaMemcpy(d.get(), h16.data(), bytes, cudaMemcpyHostToDevice));
+  return d;
+}
+}  // namespace
+
+int main() {
+  try {
+    DeviceInfo d = query_device(0);
+    std::printf("device: %s (%s, %d SMs, %.1f GiB), driver %d, runtime %d, cuBLASLt %zu\n", d.name.c_str(),
+                d.sm().c_str(), d.multiprocessors, d.total_memory / 1073741824.0, d.driver_version, d.runtime_version,
+                d.cublaslt_version);
+    Stream stream;
+    std::printf("\n%-44s %10s %10s  %s\n", "matmul (Y[M,N] = X[M,K] W[K,N])", "ms", "TFLOP/s", "algorithm");
+    struct Row {
+      const char* name;
+      GemmShape s;
+      GemmType t;
+      Epilogue e;
+    };
+    const Row rows[] = {
+        {"fp16 8192^3", {8192, 8192, 8192}, GemmType::kF16, Epilogue::kNone},
+        {"fp16 8192^3 +bias+gelu", {8192, 8192, 8192}, GemmType::kF16, Epilogue::kBiasGelu},
+        {"bf16 8192^3", {8192, 8192, 8192}, GemmType::kBF16, Epilogue::kNone},
+        {"tf32 8192^3", {8192, 8192, 8192}, GemmType::kF32, Epilogue::kNone},
+        {"fp16 BERT FFN1 b32 s128 (4096x3072x768) +bias+gelu", {4096, 3072, 768}, GemmType::kF16, Epilogue::kBiasGelu},
+        {"fp16 BERT FFN2 b32 s128 (4096x768x3072) +bias", {4096, 768, 3072}, GemmType::kF16, Epilogue::kBias},
+        {"fp16 BERT QKV b1 s128 (128x2304x768) +bias", {128, 2304, 768}, GemmType::kF16, Epilogue::kBias},
+    };
+    for (const Row& r : rows) {
+      const size_t es = r.t == GemmType::kF32 ? 4 : 2;
+      const bool bf = r.t == GemmType::kBF16;
+      const int sg = r.t == GemmType::kF32 ? -1 : 1;  // negative seed: fp32 values
+      DeviceBuffer x = filled(r.s.m * r.s.k * es, sg * 1, bf), w = filled(r.s.k * r.s.n * es, sg * 2, bf),
+                   b = filled(r.s.n * es, sg * 3, bf), y(r.s.m * r.s.n * es);
+      LtMatmul mm(r.s, r.t, r.e, 32u << 20, 8, stream.get());
+      const float ms = median_ms([&](cudaStream_t s) { mm.run(x.get(), w.get(), b.get(), y.get(), s); }, stream.get());
+      const double tflops = 2.0 * r.s.m * r.s.n * r.s.k / (ms * 1e-3) / 1e12;
+      std::printf("%-44s %10.3f %10.1f  candidate %d of %zu\n", r.name, ms, tflops, mm.chosen(), mm.timings().size());
+    }
+    std::printf("\n%-44s %10s %10s\n", "memory-bound kernel", "ms", "GB/s");
+    {
+      const int64_t rows = 32 * 128, cols = 768;  // BERT b32 s128 hidden
+      for (DType t : {DType::kF16, DType::kF32}) {
+        const size_t es = t == DType::kF32 ? 4 : 2;
+        const int sg = t == DType::kF32 ? -1 : 1;
+        DeviceBuffer x = filled(rows * cols * es, sg * 4), g = filled(cols * es, sg * 5), b = filled(cols * es, sg * 6),
+                     y(rows * cols * es);
+        float ms = median_ms(
+            [&](cudaStream_t s) { layer_norm(t, x.get(), g.get(), b.get(), y.get(), rows, cols, 1e-5f, s); },
+            stream.get());
+        std::printf("layer_norm %s 4096x768 %28s %10.4f %10.1f\n", dtype_name(t), "", ms,
+                    2.0 * rows * cols * es / (ms * 1e-3) / 1e9);
+        DeviceBuffer big = filled(64 * 1024 * 1024 * es / 4, sg * 7), out(64 * 1024 * 1024 * es / 4);
+        const int64_t n = 16 * 1024 * 1024;
+        ms = median_ms([&](cudaStream_t s) { add(t, big.get(), big.get(), out.get(), n, s); }, stream.get());
+        std::printf("add %s 16M %36s %10.4f %10.1f\n", dtype_name(t), "", ms, 3.0 * n * es / (ms * 1e-3) / 1e9);
+      }
+      const int64_t srows = 32 * 12 * 128, scols = 128;  // attention probabilities, BERT b32
+      DeviceBuffer x = filled(srows * scols * 2, 8), y(srows * scols * 2);
+      float ms = median_ms([&](cudaStream_t s) { softmax_rows(DType::kF16, x.get(), y.get(), srows, scols, s); },
+                           stream.get());
+      std::printf("softmax fp16 49152x128 %28s %10.4f %10.1f\n", "", ms, 2.0 * srows * scols * 2 / (ms * 1e-3) / 1e9);
+    }
+    KILN_CUDA_CHECK(cudaDeviceSynchronize());
+  } catch (const CudaError& e) {
+    std::fprintf(stderr, "kiln_cuda_bench: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,250 @@
+// The CUDA backend's kernels against float64 references computed here on the host, on fresh random
+// inputs every run, with per-dtype tolerances on ||out - ref|| / ||ref||; outputs are poisoned
+// (NaN) before each run so an unwritten element fails. Skips with a message when there is no GPU.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "backends/cuda/cuda_util.h"
+#include "backends/cuda/kernels.h"
+#include "backends/cuda/lt_matmul.h"
+
+namespace kiln::cuda {
+namespace {
+
+class Cuda : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string why;
+    if (device_count(&why) == 0) GTEST_SKIP() << "no CUDA GPU (" << why << "): the GPU tests are skipped";
+    rng_.seed(std::random_device{}());
+  }
+  std::vector<float> random(size_t n, float lo = -2.f, float hi = 2.f) {
+    std::uniform_real_distribution<float> u(lo, hi);
+    std::vector<float> v(n);
+    for (float& x : v) x = u(rng_);
+    return v;
+  }
+  std::mt19937 rng_;
+};
+
+size_t dsize(DType t) { return t == DType::kF32 ? 4 : 2; }
+
+// Rounds values to the dtype (so the reference sees exactly what the GPU sees) and uploads them.
+DeviceBuffer upload(DType t, std::vector<float>& v) {
+  std::vector<uint8_t> bytes(v.size() * dsize(t));
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (t == DType::kF32) {
+      std::memcpy(&bytes[i * 4], &v[i], 4);
+    } else if (t == DType::kF16) {
+      __half h = __float2half_rn(v[i]);
+      v[i] = __half2float(h);
+      std::memcpy(&bytes[i * 2], &h, 2);
+    } else {
+      __nv_bfloat16 b = __float2bfloat16_rn(v[i]);
+      v[i] = __bfloat162float(b);
+      std::memcpy(&bytes[i * 2], &b, 2);
+    }
+  }
+  DeviceBuffer d(bytes.size());
+  KILN_CUDA_CHECK(cudaMemcpy(d.get(), bytes.data(), bytes.size(), cudaMemcpyHostToDevice));
+  return d;
+}
+
+DeviceBuffer poisoned(DType t, size_t n) {
+  DeviceBuffer d(n * dsize(t));
+  KILN_CUDA_CHECK(cudaMemset(d.get(), 0xff, d.bytes()));  // NaN in every float type
+  return d;
+}
+
+std::vector<float> download(DType t, const DeviceBuffer& d, size_t n) {
+  std::vector<uint8_t> bytes(n * dsize(t));
+  KILN_CUDA_CHECK(cudaDeviceSynchronize());
+  KILN_CUDA_CHECK(cudaMemcpy(bytes.data(), d.get(), bytes.size(), cudaMemcpyDeviceToHost));
+  std::vector<float> v(n);
+  for (size_t i = 0; i < n; ++i) {
+    if (t == DType::kF32) {
+      std::memcpy(&v[i], &bytes[i * 4], 4);
+    } else if (t == DType::kF16) {
+      __half h;
+      std::memcpy(&h, &bytes[i * 2], 2);
+      v[i] = __half2float(h);
+    } else {
+      __nv_bfloat16 b;
+      std::memcpy(&b, &bytes[i * 2], 2);
+      v[i] = __bfloat162float(b);
+    }
+  }
+  return v;
+}
+
+// ||out - ref|| / ||ref||; infinity when any output is NaN (unwritten or broken).
+double rel_error(const std::vector<float>& out, const std::vector<double>& ref) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < out.size(); ++i) {
+    if (std::isnan(out[i])) return INFINITY;
+    num += (out[i] - ref[i]) * (out[i] - ref[i]);
+    den += ref[i] * ref[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-30));
+}
+
+double tolerance(DType t) { return t == DType::kF32 ? 1e-5 : t == DType::kF16 ? 2e-3 : 1e-2; }
+
+const DType kTypes[] = {DType::kF32, DType::kF16, DType::kBF16};
+
+TEST_F(Cuda, DeviceQueryAndClearErrors) {
+  DeviceInfo d = query_device(0);
+  EXPECT_FALSE(d.name.empty());
+  EXPECT_GE(d.sm_major, 8) << d.sm();
+  EXPECT_GT(d.total_memory, size_t{1} << 30);
+  EXPECT_GT(d.driver_version, 0);
+  EXPECT_GT(d.cublaslt_version, 0u);
+  require_compute_capability(d, 8, 0);  // what the backend needs: passes on Ampere and Hopper
+  try {
+    require_compute_capability(d, 99, 0);
+    FAIL() << "an impossible SM requirement passed";
+  } catch (const CudaError& e) {
+    EXPECT_NE(std::string(e.what()).find("Kiln's CUDA backend needs sm_990 or newer"), std::string::npos) << e.what();
+  }
+  const int n = device_count();
+  try {
+    query_device(n + 3);
+    FAIL();
+  } catch (const CudaError& e) {
+    EXPECT_NE(std::string(e.what()).find("GPU " + std::to_string(n + 3) + " does not exist"), std::string::npos);
+  }
+  try {
+    DeviceBuffer huge(size_t{1} << 50);
+    FAIL() << "a 1 PiB allocation succeeded";
+  } catch (const CudaError& e) {
+    EXPECT_NE(std::string(e.what()).find("cannot allocate"), std::string::npos) << e.what();
+    EXPECT_FALSE(e.sticky());
+  }
+  // A failed call leaves the context usable: the next kernel still runs correctly.
+  EXPECT_THROW(KILN_CUDA_CHECK(cudaMemcpy(nullptr, reinterpret_cast<void*>(1), 16, cudaMemcpyDeviceToDevice)),
+               CudaError);
+  std::vector<float> a = {1, 2, 3}, b = {10, 20, 30};
+  DeviceBuffer da = upload(DType::kF32, a), db = upload(DType::kF32, b), dy = poisoned(DType::kF32, 3);
+  add(DType::kF32, da.get(), db.get(), dy.get(), 3, nullptr);
+  EXPECT_EQ(download(DType::kF32, dy, 3), std::vector<float>({11, 22, 33}));
+}
+
+TEST_F(Cuda, LayerNormMatchesReference) {
+  for (DType t : kTypes) {
+    for (auto [rows, cols] : {std::pair<int64_t, int64_t>{3, 768}, {257, 1000}, {1, 4096}, {64, 33}}) {
+      std::vector<float> x = random(static_cast<size_t>(rows * cols)), g = random(cols, 0.5f, 1.5f),
+                         b = random(cols, -0.5f, 0.5f);
+      DeviceBuffer dx = upload(t, x), dg = upload(t, g), db = upload(t, b), dy = poisoned(t, x.size());
+      layer_norm(t, dx.get(), dg.get(), db.get(), dy.get(), rows, cols, 1e-5f, nullptr);
+      std::vector<double> ref(x.size());
+      for (int64_t r = 0; r < rows; ++r) {
+        double mean = 0, var = 0;
+        for (int64_t c = 0; c < cols; ++c) mean += x[r * cols + c];
+        mean /= cols;
+        for (int64_t c = 0; c < cols; ++c) var += (x[r * cols + c] - mean) * (x[r * cols + c] - mean);
+        var /= cols;
+        for (int64_t c = 0; c < cols; ++c)
+          ref[r * cols + c] = (x[r * cols + c] - mean) / std::sqrt(var + 1e-5) * g[c] + b[c];
+      }
+      EXPECT_LT(rel_error(download(t, dy, x.size()), ref), tolerance(t))
+          << dtype_name(t) << " " << rows << "x" << cols;
+    }
+  }
+}
+
+TEST_F(Cuda, SoftmaxMatchesReference) {
+  for (DType t : kTypes) {
+    for (auto [rows, cols] : {std::pair<int64_t, int64_t>{12 * 128, 128}, {5, 1000}, {2, 30001}}) {
+      std::vector<float> x = random(static_cast<size_t>(rows * cols), -8.f, 8.f);
+      DeviceBuffer dx = upload(t, x), dy = poisoned(t, x.size());
+      softmax_rows(t, dx.get(), dy.get(), rows, cols, nullptr);
+      std::vector<double> ref(x.size());
+      for (int64_t r = 0; r < rows; ++r) {
+        double m = -INFINITY, s = 0;
+        for (int64_t c = 0; c < cols; ++c) m = std::max(m, double(x[r * cols + c]));
+        for (int64_t c = 0; c < cols; ++c) s += std::exp(x[r * cols + c] - m);
+        for (int64_t c = 0; c < cols; ++c) ref[r * cols + c] = std::exp(x[r * cols + c] - m) / s;
+      }
+      // __expf is a fast approximation: a looser FP32 bound.
+      EXPECT_LT(rel_error(download(t, dy, x.size()), ref), std::max(tolerance(t), 1e-5 * 20))
+          << dtype_name(t) << " " << rows << "x" << cols;
+    }
+  }
+}
+
+TEST_F(Cuda, BiasGeluAndAddMatchReference) {
+  for (DType t : kTypes) {
+    const int64_t rows = 77, cols = 3072;
+    std::vector<float> x = random(static_cast<size_t>(rows * cols), -4.f, 4.f), bias = random(cols);
+    std::vector<float> other = random(x.size());
+    DeviceBuffer dx = upload(t, x), db = upload(t, bias), dy = poisoned(t, x.size());
+    bias_gelu(t, dx.get(), db.get(), dy.get(), rows, cols, nullptr);
+    std::vector<double> ref(x.size());
+    for (size_t i = 0; i < x.size(); ++i) {
+      const double v = double(x[i]) + bias[i % cols];
+      ref[i] = 0.5 * v * (1 + std::erf(v / std::sqrt(2.0)));
+    }
+    EXPECT_LT(rel_error(download(t, dy, x.size()), ref), tolerance(t)) << dtype_name(t);
+    DeviceBuffer dother = upload(t, other), dsum = poisoned(t, x.size());
+    add(t, dx.get(), dother.get(), dsum.get(), static_cast<int64_t>(x.size()), nullptr);
+    for (size_t i = 0; i < x.size(); ++i) ref[i] = double(x[i]) + other[i];
+    EXPECT_LT(rel_error(download(t, dsum, x.size()), ref), tolerance(t)) << dtype_name(t);
+  }
+}
+
+TEST_F(Cuda, MatmulEpiloguesMatchReference) {
+  const std::pair<GemmType, DType> types[] = {
+      {GemmType::kF32, DType::kF32}, {GemmType::kF16, DType::kF16}, {GemmType::kBF16, DType::kBF16}};
+  for (auto [gt, dt] : types) {
+    for (GemmShape s : {GemmShape{128, 768, 768}, GemmShape{1, 3072, 768}, GemmShape{257, 1000, 512}}) {
+      for (Epilogue e : {Epilogue::kNone, Epilogue::kRelu, Epilogue::kGelu, Epilogue::kBias, Epilogue::kBiasRelu,
+                         Epilogue::kBiasGelu}) {
+        std::vector<float> x = random(static_cast<size_t>(s.m * s.k), -1.f, 1.f),
+                           w = random(static_cast<size_t>(s.k * s.n), -1.f, 1.f), b = random(s.n);
+        DeviceBuffer dx = upload(dt, x), dw = upload(dt, w), db = upload(dt, b), dy = poisoned(dt, s.m * s.n);
+        LtMatmul mm(s, gt, e);
+        ASSERT_GE(mm.chosen(), 0);
+        ASSERT_FALSE(mm.timings().empty());
+        mm.run(dx.get(), dw.get(), db.get(), dy.get(), nullptr);
+        std::vector<double> ref(static_cast<size_t>(s.m * s.n));
+        const bool bias = e == Epilogue::kBias || e == Epilogue::kBiasRelu || e == Epilogue::kBiasGelu;
+        for (int64_t i = 0; i < s.m; ++i)
+          for (int64_t j = 0; j < s.n; ++j) {
+            double acc = bias ? b[j] : 0;
+            for (int64_t k = 0; k < s.k; ++k) acc += double(x[i * s.k + k]) * w[k * s.n + j];
+            if (e == Epilogue::kRelu || e == Epilogue::kBiasRelu) acc = std::max(acc, 0.0);
+            if (e == Epilogue::kGelu || e == Epilogue::kBiasGelu)  // cuBLASLt's tanh form
+              acc = 0.5 * acc * (1 + std::tanh(0.7978845608028654 * (acc + 0.044715 * acc * acc * acc)));
+            ref[i * s.n + j] = acc;
+          }
+        // TF32 rounds operands to 10 mantissa bits: FP16-like accuracy.
+        const double tol = gt == GemmType::kF32 ? 2e-3 : tolerance(dt);
+        EXPECT_LT(rel_error(download(dt, dy, ref.size()), ref), tol)
+            << dtype_name(dt) << " M=" << s.m << " N=" << s.n << " K=" << s.k << " " << epilogue_name(e) << " "
+            << mm.describe();
+      }
+    }
+  }
+}
+
+TEST_F(Cuda, MatmulBadInputIsAClearError) {
+  EXPECT_THROW(LtMatmul(GemmShape{0, 8, 8}, GemmType::kF16, Epilogue::kNone), CudaError);
+  LtMatmul mm(GemmShape{4, 8, 8}, GemmType::kF16, Epilogue::kBias);
+  DeviceBuffer x(64), w(128), y(64);
+  try {
+    mm.run(x.get(), w.get(), nullptr, y.get(), nullptr);
+    FAIL() << "a bias epilogue ran without a bias";
+  } catch (const CudaError& e) {
+    EXPECT_NE(std::string(e.what()).find("needs a bias"), std::string::npos);
+  }
+}
+
+}  // namespace
+}  // namespace kiln::cuda
