@@ -4,7 +4,10 @@
 #include <cuda_fp16.h>
 
 #include <cmath>
+#include <cstdint>
+#include <initializer_list>
 #include <string>
+#include <type_traits>
 
 #include "backends/cuda/cuda_util.h"
 #include "backends/cuda/kernels.h"
@@ -96,6 +99,147 @@ __global__ void softmax_kernel(const T* __restrict__ x, T* __restrict__ y, int64
   for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) out[c] = from_f<T>(__expf(to_f(row[c]) - m) * inv);
 }
 
+// Rows of up to 32 * VPL * N elements, one warp per row, 16-byte loads (N elements each) kept in
+// registers: the row is read from memory once and written once, and no thread idles on short rows
+// (a block per row leaves most of 256 threads without work at 768 or 128 columns).
+template <typename T>
+struct Vec {
+  static constexpr int N = 16 / static_cast<int>(sizeof(T));
+  union {
+    uint4 raw;
+    T v[N];
+  };
+};
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+constexpr int kWarpsPerBlock = 4;
+
+template <typename T, int VPL>
+__global__ void layer_norm_warp_kernel(const T* __restrict__ x, const T* __restrict__ gamma,
+                                       const T* __restrict__ beta, T* __restrict__ y, int64_t rows, int cols,
+                                       float eps) {
+  constexpr int N = Vec<T>::N;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
+  if (row >= rows) return;
+  const int lane = threadIdx.x % 32;
+  const int vecs = cols / N;
+  const uint4* in = reinterpret_cast<const uint4*>(x + row * cols);
+  float vals[VPL][N];
+  float s = 0;
+#pragma unroll
+  for (int j = 0; j < VPL; ++j) {
+    const int v = lane + 32 * j;
+    Vec<T> a;
+    a.raw = v < vecs ? in[v] : make_uint4(0, 0, 0, 0);
+#pragma unroll
+    for (int e = 0; e < N; ++e) {
+      vals[j][e] = v < vecs ? to_f(a.v[e]) : 0.f;
+      s += vals[j][e];
+    }
+  }
+  const float mean = warp_sum(s) / static_cast<float>(cols);
+  float q = 0;
+#pragma unroll
+  for (int j = 0; j < VPL; ++j) {
+    if (lane + 32 * j >= vecs) continue;
+#pragma unroll
+    for (int e = 0; e < N; ++e) {
+      const float d = vals[j][e] - mean;
+      q += d * d;
+    }
+  }
+  const float rstd = rsqrtf(warp_sum(q) / static_cast<float>(cols) + eps);
+  uint4* out = reinterpret_cast<uint4*>(y + row * cols);
+#pragma unroll
+  for (int j = 0; j < VPL; ++j) {
+    const int v = lane + 32 * j;
+    if (v >= vecs) continue;
+    Vec<T> g, b, o;
+    if (gamma) g.raw = reinterpret_cast<const uint4*>(gamma)[v];
+    if (beta) b.raw = reinterpret_cast<const uint4*>(beta)[v];
+#pragma unroll
+    for (int e = 0; e < N; ++e) {
+      float r = (vals[j][e] - mean) * rstd;
+      if (gamma) r *= to_f(g.v[e]);
+      if (beta) r += to_f(b.v[e]);
+      o.v[e] = from_f<T>(r);
+    }
+    out[v] = o.raw;
+  }
+}
+
+template <typename T, int VPL>
+__global__ void softmax_warp_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t rows, int cols) {
+  constexpr int N = Vec<T>::N;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
+  if (row >= rows) return;
+  const int lane = threadIdx.x % 32;
+  const int vecs = cols / N;
+  const uint4* in = reinterpret_cast<const uint4*>(x + row * cols);
+  float vals[VPL][N];
+  float m = -INFINITY;
+#pragma unroll
+  for (int j = 0; j < VPL; ++j) {
+    const int v = lane + 32 * j;
+    Vec<T> a;
+    a.raw = v < vecs ? in[v] : make_uint4(0, 0, 0, 0);
+#pragma unroll
+    for (int e = 0; e < N; ++e) {
+      vals[j][e] = v < vecs ? to_f(a.v[e]) : -INFINITY;
+      m = fmaxf(m, vals[j][e]);
+    }
+  }
+  m = warp_max(m);
+  float s = 0;
+#pragma unroll
+  for (int j = 0; j < VPL; ++j)
+#pragma unroll
+    for (int e = 0; e < N; ++e) {
+      vals[j][e] = lane + 32 * j < vecs ? __expf(vals[j][e] - m) : 0.f;
+      s += vals[j][e];
+    }
+  const float inv = 1.f / warp_sum(s);
+  uint4* out = reinterpret_cast<uint4*>(y + row * cols);
+#pragma unroll
+  for (int j = 0; j < VPL; ++j) {
+    const int v = lane + 32 * j;
+    if (v >= vecs) continue;
+    Vec<T> o;
+#pragma unroll
+    for (int e = 0; e < N; ++e) o.v[e] = from_f<T>(vals[j][e] * inv);
+    out[v] = o.raw;
+  }
+}
+
+// Whether rows of `cols` take the warp path: 16-byte aligned rows of at most 32 * 16 vectors.
+template <typename T>
+bool warp_path(int64_t cols, std::initializer_list<const void*> ptrs) {
+  constexpr int N = Vec<T>::N;
+  if (cols % N != 0 || cols > 32 * 16 * N) return false;
+  for (const void* p : ptrs)
+    if (p && reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
+  return true;
+}
+
+// Calls f(std::integral_constant<int, VPL>) with the smallest VPL in {1, 2, 4, 8, 16} that covers
+// `vecs` vectors per row.
+template <typename F>
+void with_vpl(int64_t vecs, F&& f) {
+  if (vecs <= 32) f(std::integral_constant<int, 1>{});
+  else if (vecs <= 64) f(std::integral_constant<int, 2>{});
+  else if (vecs <= 128) f(std::integral_constant<int, 4>{});
+  else if (vecs <= 256) f(std::integral_constant<int, 8>{});
+  else f(std::integral_constant<int, 16>{});
+}
+
 template <typename T>
 __global__ void bias_gelu_kernel(const T* __restrict__ x, const T* __restrict__ bias, T* __restrict__ y, int64_t n,
                                  int64_t cols) {
@@ -142,6 +286,15 @@ void layer_norm(DType t, const void* x, const void* gamma, const void* beta, voi
   if (rows == 0) return;
   dispatch(t, [&](auto tag) {
     using T = decltype(tag);
+    if (warp_path<T>(cols, {x, gamma, beta, y})) {
+      with_vpl(cols / Vec<T>::N, [&](auto vpl) {
+        const unsigned blocks = static_cast<unsigned>((rows + kWarpsPerBlock - 1) / kWarpsPerBlock);
+        layer_norm_warp_kernel<T, decltype(vpl)::value><<<blocks, 32 * kWarpsPerBlock, 0, stream>>>(
+            static_cast<const T*>(x), static_cast<const T*>(gamma), static_cast<const T*>(beta), static_cast<T*>(y),
+            rows, static_cast<int>(cols), eps);
+      });
+      return;
+    }
     layer_norm_kernel<T><<<static_cast<unsigned>(rows), kBlock, 0, stream>>>(
         static_cast<const T*>(x), static_cast<const T*>(gamma), static_cast<const T*>(beta), static_cast<T*>(y), cols,
         eps);
@@ -154,6 +307,14 @@ void softmax_rows(DType t, const void* x, void* y, int64_t rows, int64_t cols, c
   if (rows == 0) return;
   dispatch(t, [&](auto tag) {
     using T = decltype(tag);
+    if (warp_path<T>(cols, {x, y})) {
+      with_vpl(cols / Vec<T>::N, [&](auto vpl) {
+        const unsigned blocks = static_cast<unsigned>((rows + kWarpsPerBlock - 1) / kWarpsPerBlock);
+        softmax_warp_kernel<T, decltype(vpl)::value><<<blocks, 32 * kWarpsPerBlock, 0, stream>>>(
+            static_cast<const T*>(x), static_cast<T*>(y), rows, static_cast<int>(cols));
+      });
+      return;
+    }
     softmax_kernel<T><<<static_cast<unsigned>(rows), kBlock, 0, stream>>>(static_cast<const T*>(x),
                                                                             static_cast<T*>(y), cols);
   });
