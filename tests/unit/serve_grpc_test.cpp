@@ -27,18 +27,8 @@ namespace fs = std::filesystem;
 using inference::ModelInferRequest;
 using inference::ModelInferResponse;
 
-void write(const fs::path& p, const std::string& text) {
-  fs::create_directories(p.parent_path());
-  std::ofstream(p) << text;
-}
-
-// y = relu(x + [1, -5, 0.5]) (kiln_test::add_relu_model), computed here independently of Kiln.
-std::vector<float> add_relu(const std::vector<float>& x) {
-  const float w[3] = {1, -5, 0.5f};
-  std::vector<float> y(x.size());
-  for (size_t i = 0; i < x.size(); ++i) y[i] = std::max(0.f, x[i] + w[i % 3]);
-  return y;
-}
+using kiln_test::add_relu_reference;
+using kiln_test::write_text;
 
 // Three computations side by side, each on a [batch, 2] tensor:
 //   y_i64 = a_i64 + [10, -20]   y_bool = not a_bool   y_u8 = a_u8 + [1, 2]
@@ -94,7 +84,7 @@ class ServeGrpc : public kiln_test::TempDirTest {
 
   fs::path repo() const { return dir_ / "repo"; }
   void add_model(const std::string& name, const std::string& config, const Model& model = kiln_test::add_relu_model()) {
-    write(repo() / name / "config.pbtxt", config);
+    write_text(repo() / name / "config.pbtxt", config);
     fs::create_directories(repo() / name / "1");
     save_onnx(model, repo() / name / "1" / "model.onnx");
   }
@@ -140,7 +130,7 @@ class ServeGrpc : public kiln_test::TempDirTest {
     ModelInferResponse r = infer(addrelu_request(x, 1), &st);
     ASSERT_TRUE(st.ok()) << st.error_message();
     ASSERT_EQ(r.raw_output_contents_size(), 1);
-    EXPECT_EQ(values_of<float>(r.raw_output_contents(0)), add_relu(x));
+    EXPECT_EQ(values_of<float>(r.raw_output_contents(0)), add_relu_reference(x));
   }
   template <typename Req, typename Resp, typename Method>
   grpc::Status call(Method method, const Req& req, Resp* resp, const std::string& auth = "") {
@@ -238,7 +228,7 @@ TEST_F(ServeGrpc, RawAndTypedFp32Inference) {
   add_model("addrelu", "max_batch_size: 4\n");
   start();
   const std::vector<float> x = {-2, 3, 7, 0.25f, 6, -1};
-  const std::vector<float> want = add_relu(x);  // {0, 0, 7.5, 1.25, 1, 0}
+  const std::vector<float> want = add_relu_reference(x);  // {0, 0, 7.5, 1.25, 1, 0}
 
   ModelInferRequest raw = addrelu_request(x, 2);
   raw.set_id("req-7");
@@ -522,7 +512,7 @@ TEST_F(ServeGrpc, ConcurrentClientsEachGetTheirOwnResults) {
   for (int i = 0; i < 8; ++i) {
     auto [id, y] = futures[i].get();
     EXPECT_EQ(id, "c" + std::to_string(i));
-    EXPECT_EQ(y, add_relu({float(i), float(-i), float(2 * i)})) << i;
+    EXPECT_EQ(y, add_relu_reference({float(i), float(-i), float(2 * i)})) << i;
   }
 
   // Statistics through the protocol: 8 requests, 8 samples, one execution of batch 8.
@@ -555,7 +545,7 @@ TEST_F(ServeGrpc, ConcurrentClientsEachGetTheirOwnResults) {
         GrpcInferRequest req;
         req.model = "addrelu";
         req.inputs.push_back({"x", "FP32", {1, 3}, bytes_of(x)});
-        bad += values_of<float>(client.infer(req).output("y").data) != add_relu(x);
+        bad += values_of<float>(client.infer(req).output("y").data) != add_relu_reference(x);
       }
       return bad;
     }));
@@ -580,7 +570,7 @@ TEST_F(ServeGrpc, PriorityAndQueueTimeoutParameters) {
   const std::vector<float> x = {1, 2, 3};
   ModelInferRequest r = addrelu_request(x, 1);
   (*r.mutable_parameters())["priority"].set_int64_param(1);
-  EXPECT_EQ(values_of<float>(infer(r, &st).raw_output_contents(0)), add_relu(x));
+  EXPECT_EQ(values_of<float>(infer(r, &st).raw_output_contents(0)), add_relu_reference(x));
   EXPECT_TRUE(st.ok()) << st.error_message();
   (*r.mutable_parameters())["priority"].set_uint64_param(3);
   infer(r, &st);
@@ -749,7 +739,7 @@ TEST_F(ServeGrpc, ClientWrapperReportsHealthMetadataAndErrors) {
   const RawTensor& y = resp.output("y");
   EXPECT_EQ(y.datatype, "FP32");
   EXPECT_EQ(y.shape, (std::vector<int64_t>{2, 3}));
-  EXPECT_EQ(values_of<float>(y.data), add_relu(x));
+  EXPECT_EQ(values_of<float>(y.data), add_relu_reference(x));
   EXPECT_THROW(resp.output("nope"), std::out_of_range);
 
   req.model = "nosuch";
@@ -806,7 +796,7 @@ TEST_F(ServeGrpc, ShutdownTurnsReadinessOffAndRefusesNewRequests) {
 
   server_->resume_model("addrelu");
   stopping.get();
-  EXPECT_EQ(held.get(), add_relu(x));
+  EXPECT_EQ(held.get(), add_relu_reference(x));
 
   grpc_->shutdown(std::chrono::seconds(5));
   grpc_->shutdown(std::chrono::seconds(5));  // idempotent
@@ -840,7 +830,7 @@ TEST_F(ServeGrpc, CallsInProgressFinishWhenTheFrontEndShutsDown) {
   EXPECT_STATUS(st, UNAVAILABLE, "shutting down");
   // ...which gets its answer once the model runs again.
   server_->resume_model("addrelu");
-  EXPECT_EQ(held.get(), add_relu(x));
+  EXPECT_EQ(held.get(), add_relu_reference(x));
   closing.get();
 }
 

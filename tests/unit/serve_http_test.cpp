@@ -27,18 +27,8 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-void write(const fs::path& p, const std::string& text) {
-  fs::create_directories(p.parent_path());
-  std::ofstream(p) << text;
-}
-
-// y = relu(x + [1, -5, 0.5]), computed here independently of Kiln.
-std::vector<float> add_relu(const std::vector<float>& x) {
-  const float w[3] = {1, -5, 0.5f};
-  std::vector<float> y(x.size());
-  for (size_t i = 0; i < x.size(); ++i) y[i] = std::max(0.f, x[i] + w[i % 3]);
-  return y;
-}
+using kiln_test::add_relu_reference;
+using kiln_test::write_text;
 
 // One Identity per datatype: input in_T -> output out_T, shape [batch, 2].
 Model identity_model() {
@@ -62,7 +52,7 @@ class ServeHttp : public kiln_test::TempDirTest {
 
   fs::path repo() const { return dir_ / "repo"; }
   void add_model(const std::string& name, const std::string& config, const Model& model = kiln_test::add_relu_model()) {
-    write(repo() / name / "config.pbtxt", config);
+    write_text(repo() / name / "config.pbtxt", config);
     fs::create_directories(repo() / name / "1");
     save_onnx(model, repo() / name / "1" / "model.onnx");
   }
@@ -147,7 +137,7 @@ TEST_F(ServeHttp, JsonInferenceMatchesIndependentResult) {
   EXPECT_EQ(out["outputs"][0]["name"], "y");
   EXPECT_EQ(out["outputs"][0]["datatype"], "FP32");
   EXPECT_EQ(out["outputs"][0]["shape"], json({2, 3}));
-  const std::vector<float> want = add_relu(x);
+  const std::vector<float> want = add_relu_reference(x);
   const auto got = out["outputs"][0]["data"].get<std::vector<float>>();
   ASSERT_EQ(got.size(), want.size());
   for (size_t i = 0; i < want.size(); ++i) EXPECT_FLOAT_EQ(got[i], want[i]) << i;
@@ -179,7 +169,7 @@ TEST_F(ServeHttp, BinaryTensorExtension) {
   ASSERT_EQ(r->body.size(), hl + 24);
   std::vector<float> y(6);
   std::memcpy(y.data(), r->body.data() + hl, 24);
-  const std::vector<float> want = add_relu(x);
+  const std::vector<float> want = add_relu_reference(x);
   for (size_t i = 0; i < 6; ++i) EXPECT_FLOAT_EQ(y[i], want[i]);
 
   // binary_data_output asks for every output in binary.
@@ -360,7 +350,7 @@ TEST_F(ServeHttp, ConcurrentRequestsAreBatchedAndEachGetsItsRows) {
   for (int i = 0; i < 8; ++i) {
     json out = futures[i].get();
     ASSERT_TRUE(out.contains("outputs")) << out.dump();
-    const std::vector<float> want = add_relu({float(i), float(-i), float(2 * i)});
+    const std::vector<float> want = add_relu_reference({float(i), float(-i), float(2 * i)});
     EXPECT_EQ(out["outputs"][0]["data"].get<std::vector<float>>(), want) << i;
   }
   const StatsSnapshot st = server_->model_stats("addrelu", "")[0].stats;

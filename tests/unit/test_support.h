@@ -4,10 +4,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <string>
 #include <vector>
@@ -94,6 +96,21 @@ inline Model add_relu_model() {
   m.graph.nodes.push_back(Node{"add", "Add", "", {"x", "w"}, {"s"}, {}});
   m.graph.nodes.push_back(Node{"relu", "Relu", "", {"s"}, {"y"}, {}});
   return m;
+}
+
+// add_relu_model()'s function, y = relu(x + [1, -5, 0.5]) along the last dim, computed here
+// independently of Kiln, for tests that check served or built results.
+inline std::vector<float> add_relu_reference(const std::vector<float>& x) {
+  const float w[3] = {1, -5, 0.5f};
+  std::vector<float> y(x.size());
+  for (size_t i = 0; i < x.size(); ++i) y[i] = std::max(0.f, x[i] + w[i % 3]);
+  return y;
+}
+
+// Writes `text` to `p`, creating its folders.
+inline void write_text(const std::filesystem::path& p, const std::string& text) {
+  std::filesystem::create_directories(p.parent_path());
+  std::ofstream(p) << text;
 }
 
 // A fixture with a fresh folder per test, named after the process and the test (parallel ctest
