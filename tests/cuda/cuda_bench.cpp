@@ -122,6 +122,19 @@ int main() {
                            stream.get());
       std::printf("softmax fp16 49152x128 %28s %10.4f %10.1f\n", "", ms, 2.0 * srows * scols * 2 / (ms * 1e-3) / 1e9);
     }
+    std::printf("\n%-44s %10s %10s\n", "fused attention (FP32 FMA version)", "ms", "TFLOP/s");
+    for (int64_t batch : {1, 32}) {
+      const int64_t heads = 12, seq = 128, dim = 64, n = batch * heads * seq * dim;
+      DeviceBuffer q = filled(n * 2, 9), k = filled(n * 2, 10), v = filled(n * 2, 11), o(n * 2);
+      const float ms = median_ms(
+          [&](cudaStream_t s) {
+            attention(DType::kF16, q.get(), k.get(), v.get(), o.get(), batch, heads, seq, seq, dim, 0.125f, nullptr,
+                      false, s);
+          },
+          stream.get());
+      std::printf("attention fp16 BERT b%-3ld h12 s128 d64 %20s %10.4f %10.2f\n", static_cast<long>(batch), "", ms,
+                  4.0 * batch * heads * seq * seq * dim / (ms * 1e-3) / 1e12);
+    }
     KILN_CUDA_CHECK(cudaDeviceSynchronize());
   } catch (const CudaError& e) {
     std::fprintf(stderr, "kiln_cuda_bench: %s\n", e.what());

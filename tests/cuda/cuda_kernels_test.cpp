@@ -199,6 +199,70 @@ TEST_F(Cuda, BiasGeluAndAddMatchReference) {
   }
 }
 
+TEST_F(Cuda, AttentionMatchesReference) {
+  struct Case {
+    int64_t b, h, sq, sk, d;
+    bool mask, causal;
+  };
+  const Case cases[] = {{2, 3, 128, 128, 64, true, false}, {1, 12, 77, 77, 64, false, true},
+                        {2, 2, 5, 200, 32, true, false},   {1, 2, 65, 65, 128, false, false},
+                        {1, 1, 33, 33, 16, true, true},     {1, 2, 10, 4, 32, false, true}};
+  for (DType t : kTypes) {
+    for (const Case& c : cases) {
+      std::vector<float> q = random(static_cast<size_t>(c.b * c.h * c.sq * c.d), -1.f, 1.f),
+                         k = random(static_cast<size_t>(c.b * c.h * c.sk * c.d), -1.f, 1.f),
+                         v = random(static_cast<size_t>(c.b * c.h * c.sk * c.d), -1.f, 1.f);
+      // BERT's padding mask: each batch row keeps a random number of keys (at least one).
+      std::vector<float> mask(static_cast<size_t>(c.b * c.sk), 0.f);
+      if (c.mask)
+        for (int64_t b = 0; b < c.b; ++b) {
+          const int64_t keep = 1 + static_cast<int64_t>(rng_() % static_cast<unsigned>(c.sk));
+          for (int64_t j = keep; j < c.sk; ++j) mask[b * c.sk + j] = -10000.f;
+        }
+      DeviceBuffer dq = upload(t, q), dk = upload(t, k), dv = upload(t, v), dout = poisoned(t, q.size());
+      DeviceBuffer dmask(mask.size() * 4);
+      KILN_CUDA_CHECK(cudaMemcpy(dmask.get(), mask.data(), mask.size() * 4, cudaMemcpyHostToDevice));
+      const float scale = 1.f / std::sqrt(static_cast<float>(c.d));
+      attention(t, dq.get(), dk.get(), dv.get(), dout.get(), c.b, c.h, c.sq, c.sk, c.d, scale,
+                c.mask ? dmask.as<float>() : nullptr, c.causal, nullptr);
+      std::vector<double> ref(q.size(), 0.0);
+      for (int64_t b = 0; b < c.b; ++b)
+        for (int64_t h = 0; h < c.h; ++h)
+          for (int64_t i = 0; i < c.sq; ++i) {
+            const int64_t bh = b * c.h + h;
+            std::vector<double> s(static_cast<size_t>(c.sk), -INFINITY);
+            double mx = -INFINITY;
+            for (int64_t j = 0; j < c.sk; ++j) {
+              if (c.causal && j > i + (c.sk - c.sq)) continue;
+              double dot = 0;
+              for (int64_t d = 0; d < c.d; ++d) dot += double(q[(bh * c.sq + i) * c.d + d]) * k[(bh * c.sk + j) * c.d + d];
+              s[j] = dot * scale + (c.mask ? mask[b * c.sk + j] : 0.f);
+              mx = std::max(mx, s[j]);
+            }
+            if (mx == -INFINITY) continue;  // sees no key: zeros
+            double sum = 0;
+            for (int64_t j = 0; j < c.sk; ++j) sum += s[j] == -INFINITY ? 0 : std::exp(s[j] - mx);
+            for (int64_t j = 0; j < c.sk; ++j) {
+              if (s[j] == -INFINITY) continue;
+              const double p = std::exp(s[j] - mx) / sum;
+              for (int64_t d = 0; d < c.d; ++d) ref[(bh * c.sq + i) * c.d + d] += p * v[(bh * c.sk + j) * c.d + d];
+            }
+          }
+      const double tol = t == DType::kF32 ? 1e-4 : tolerance(t);  // __expf: a looser FP32 bound
+      EXPECT_LT(rel_error(download(t, dout, q.size()), ref), tol)
+          << dtype_name(t) << " b=" << c.b << " h=" << c.h << " sq=" << c.sq << " sk=" << c.sk << " d=" << c.d
+          << (c.mask ? " mask" : "") << (c.causal ? " causal" : "");
+    }
+  }
+  DeviceBuffer x(64);
+  try {
+    attention(DType::kF16, x.get(), x.get(), x.get(), x.get(), 1, 1, 1, 1, 48, 1.f, nullptr, false, nullptr);
+    FAIL() << "head_dim 48 was accepted";
+  } catch (const CudaError& e) {
+    EXPECT_NE(std::string(e.what()).find("head_dim 48 is not supported"), std::string::npos) << e.what();
+  }
+}
+
 TEST_F(Cuda, MatmulEpiloguesMatchReference) {
   const std::pair<GemmType, DType> types[] = {
       {GemmType::kF32, DType::kF32}, {GemmType::kF16, DType::kF16}, {GemmType::kBF16, DType::kBF16}};

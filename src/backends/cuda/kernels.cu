@@ -258,6 +258,72 @@ __global__ void add_kernel(const T* __restrict__ a, const T* __restrict__ b, T* 
     y[i] = from_f<T>(to_f(a[i]) + to_f(b[i]));
 }
 
+// One thread per query row: Q's row and the output accumulator live in registers, K and V tiles
+// of kTileK keys are staged in shared memory (as FP32) by the whole block, and each key updates the
+// running max, sum and accumulator (online softmax). FP32 FMA arithmetic: correct first; a tensor
+// core (mma/wgmma) version replaces it for large head counts and sequences.
+constexpr int kAttnQueries = 64;  // queries (threads) per block
+
+template <typename T, int D>
+__global__ void attention_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                                 T* __restrict__ o, int64_t heads, int64_t sq, int64_t sk, float scale,
+                                 const float* __restrict__ key_mask, bool causal) {
+  constexpr int kTileK = D <= 64 ? 64 : 32;
+  __shared__ float ks[kTileK][D];
+  __shared__ float vs[kTileK][D];
+  __shared__ float ms[kTileK];
+  const int64_t b = blockIdx.z, h = blockIdx.y;
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * kAttnQueries + threadIdx.x;
+  const int64_t bh = b * heads + h;
+  const bool active = i < sq;
+  float qr[D], acc[D];
+#pragma unroll
+  for (int d = 0; d < D; ++d) {
+    qr[d] = active ? to_f(q[(bh * sq + i) * D + d]) * scale : 0.f;
+    acc[d] = 0.f;
+  }
+  float m = -INFINITY, l = 0.f;
+  // Keys after `last` are hidden from this query by the causal mask.
+  const int64_t last = causal ? i + (sk - sq) : sk - 1;
+  // The block's last query decides how far any of its threads looks.
+  const int64_t block_last_q = min(static_cast<int64_t>(blockIdx.x) * kAttnQueries + kAttnQueries - 1, sq - 1);
+  const int64_t block_end = causal ? min(sk, block_last_q + (sk - sq) + 1) : sk;
+  for (int64_t t0 = 0; t0 < block_end; t0 += kTileK) {
+    __syncthreads();  // the previous tile is no longer read
+    for (int idx = threadIdx.x; idx < kTileK * D; idx += blockDim.x) {
+      const int r = idx / D, d = idx % D;
+      const int64_t j = t0 + r;
+      ks[r][d] = j < sk ? to_f(k[(bh * sk + j) * D + d]) : 0.f;
+      vs[r][d] = j < sk ? to_f(v[(bh * sk + j) * D + d]) : 0.f;
+    }
+    for (int r = threadIdx.x; r < kTileK; r += blockDim.x) {
+      const int64_t j = t0 + r;
+      ms[r] = j >= sk ? -INFINITY : key_mask ? key_mask[b * sk + j] : 0.f;
+    }
+    __syncthreads();
+    if (!active) continue;
+    const int n = static_cast<int>(min(static_cast<int64_t>(kTileK), sk - t0));
+    for (int r = 0; r < n; ++r) {
+      if (t0 + r > last) break;
+      float s = ms[r];
+#pragma unroll
+      for (int d = 0; d < D; ++d) s += qr[d] * ks[r][d];
+      if (s == -INFINITY) continue;  // a fully masked key
+      const float m_new = fmaxf(m, s);
+      const float corr = __expf(m - m_new);  // 0 on the first key (m = -inf)
+      const float p = __expf(s - m_new);
+      l = l * corr + p;
+#pragma unroll
+      for (int d = 0; d < D; ++d) acc[d] = acc[d] * corr + p * vs[r][d];
+      m = m_new;
+    }
+  }
+  if (!active) return;
+  const float inv = l > 0.f ? 1.f / l : 0.f;
+#pragma unroll
+  for (int d = 0; d < D; ++d) o[(bh * sq + i) * D + d] = from_f<T>(acc[d] * inv);
+}
+
 int grid_for(int64_t n) {
   const int64_t blocks = (n + kBlock - 1) / kBlock;
   return static_cast<int>(blocks < 65536 ? (blocks > 0 ? blocks : 1) : 65536);
@@ -342,6 +408,34 @@ void add(DType t, const void* a, const void* b, void* y, int64_t n, cudaStream_t
                                                       static_cast<T*>(y), n);
   });
   check_launch("add");
+}
+
+void attention(DType t, const void* q, const void* k, const void* v, void* o, int64_t batch, int64_t heads,
+               int64_t sq, int64_t sk, int64_t head_dim, float scale, const float* key_mask, bool causal,
+               cudaStream_t stream) {
+  if (batch < 0 || heads < 0 || sq < 0 || sk <= 0 || batch > 65535 || heads > 65535)
+    throw CudaError("attention: bad shape batch=" + std::to_string(batch) + " heads=" + std::to_string(heads) +
+                    " sq=" + std::to_string(sq) + " sk=" + std::to_string(sk));
+  if (head_dim != 16 && head_dim != 32 && head_dim != 64 && head_dim != 128)
+    throw CudaError("attention: head_dim " + std::to_string(head_dim) + " is not supported (16, 32, 64 or 128)");
+  if (batch == 0 || heads == 0 || sq == 0) return;
+  const dim3 grid(static_cast<unsigned>((sq + kAttnQueries - 1) / kAttnQueries), static_cast<unsigned>(heads),
+                  static_cast<unsigned>(batch));
+  dispatch(t, [&](auto tag) {
+    using T = decltype(tag);
+    auto launch = [&](auto dim) {
+      attention_kernel<T, decltype(dim)::value><<<grid, kAttnQueries, 0, stream>>>(
+          static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), static_cast<T*>(o), heads, sq,
+          sk, scale, key_mask, causal);
+    };
+    switch (head_dim) {
+      case 16: launch(std::integral_constant<int, 16>{}); break;
+      case 32: launch(std::integral_constant<int, 32>{}); break;
+      case 64: launch(std::integral_constant<int, 64>{}); break;
+      default: launch(std::integral_constant<int, 128>{}); break;
+    }
+  });
+  check_launch("attention");
 }
 
 }  // namespace kiln::cuda

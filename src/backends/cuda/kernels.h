@@ -22,4 +22,14 @@ void bias_gelu(DType t, const void* x, const void* bias, void* y, int64_t rows, 
 // y = a + b (same shape).
 void add(DType t, const void* a, const void* b, void* y, int64_t n, cudaStream_t stream);
 
+// Fused attention, flash-attention style (scores never reach memory; softmax online, statistics
+// in FP32): O = softmax(Q K^T * scale + mask) V per batch and head. Q and O are [batch, heads,
+// sq, head_dim], K and V [batch, heads, sk, head_dim], row major. `key_mask`, when given, is an
+// additive FP32 mask [batch, sk] (BERT's padding mask: 0 or a large negative); `causal` hides keys
+// after each query (key j > query i + sk - sq). A query that sees no key gets zeros. head_dim must
+// be 16, 32, 64 or 128 (CudaError otherwise).
+void attention(DType t, const void* q, const void* k, const void* v, void* o, int64_t batch, int64_t heads,
+               int64_t sq, int64_t sk, int64_t head_dim, float scale, const float* key_mask, bool causal,
+               cudaStream_t stream);
+
 }  // namespace kiln::cuda
