@@ -132,6 +132,7 @@ def main():
     ax1.set_xscale("log", base=2)
     ax1.set_xlabel("concurrent clients")
     ax1.set_ylabel("inferences / s")
+    ax1.set_ylim(bottom=0)
     ax1.set_title("Throughput")
     ax1.legend()
     ax2.plot(xs, [o["latency_us"]["p99"] / 1000 for _, o, _ in rows], "o-", label="batching off")
