@@ -536,13 +536,13 @@ std::shared_ptr<InferenceServer::Served> InferenceServer::load_version(const std
   // Each instance owns a context, warmed up here (on the loading thread, before it serves).
   try {
     served->batcher = std::make_unique<Batcher>(
-      o,
-      [engine, shared, model](int) -> ExecuteFn {
-        auto ctx = std::make_shared<Context>(engine);
-        warm_up(*shared, *ctx, model);
-        return [ctx](const TensorMap& in) { return ctx->run(in); };
-      },
-      nullptr);
+        o,
+        [engine, shared, model](int) -> ExecuteFn {
+          auto ctx = std::make_shared<Context>(engine);
+          warm_up(*shared, *ctx, model);
+          return [ctx](const TensorMap& in) { return ctx->run(in); };
+        },
+        nullptr);
   } catch (const std::exception& e) {
     repository_->mark_failed(model, version, e.what());
     throw;

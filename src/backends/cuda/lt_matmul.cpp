@@ -138,6 +138,7 @@ LtMatmul::~LtMatmul() {
 }
 
 void LtMatmul::run(const void* x, const void* w, const void* bias, void* y, cudaStream_t stream) const {
+  std::lock_guard<std::mutex> lock(run_mu_);
   if (has_bias(epilogue_)) {
     if (!bias) throw CudaError(std::string("matmul: epilogue ") + epilogue_name(epilogue_) + " needs a bias");
     KILN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op_, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));

@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -40,7 +41,9 @@ class LtMatmul {
   LtMatmul(const LtMatmul&) = delete;
   LtMatmul& operator=(const LtMatmul&) = delete;
 
-  // y = epilogue(x · w + bias). bias may be null only for epilogues without bias.
+  // y = epilogue(x · w + bias). bias may be null only for epilogues without bias. Safe to call from
+  // several threads (the bias pointer lives in the shared descriptor, so calls are serialized
+  // around setting it and enqueueing).
   void run(const void* x, const void* w, const void* bias, void* y, cudaStream_t stream) const;
 
   const std::vector<AlgoTiming>& timings() const { return timings_; }
@@ -59,6 +62,7 @@ class LtMatmul {
   DeviceBuffer workspace_;
   std::vector<AlgoTiming> timings_;
   int chosen_ = -1;
+  mutable std::mutex run_mu_;
 };
 
 // Throws CudaError for a failed cuBLAS(Lt) status: "<what>: <status name>".
