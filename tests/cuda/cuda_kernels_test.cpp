@@ -206,7 +206,9 @@ TEST_F(Cuda, AttentionMatchesReference) {
   };
   const Case cases[] = {{2, 3, 128, 128, 64, true, false}, {1, 12, 77, 77, 64, false, true},
                         {2, 2, 5, 200, 32, true, false},   {1, 2, 65, 65, 128, false, false},
-                        {1, 1, 33, 33, 16, true, true},     {1, 2, 10, 4, 32, false, true}};
+                        {1, 1, 33, 33, 16, true, true},     {1, 2, 10, 4, 32, false, true},
+                        // Enough query rows (b*h*sq >= 128 per SM) for the thread-per-query tactic:
+                        {8, 12, 200, 200, 64, true, false}, {4, 16, 300, 300, 32, false, true}};
   for (DType t : kTypes) {
     for (const Case& c : cases) {
       std::vector<float> q = random(static_cast<size_t>(c.b * c.h * c.sq * c.d), -1.f, 1.f),
