@@ -306,7 +306,7 @@ HttpInferRequest parse_infer_request(std::shared_ptr<const std::string> body, st
     if (!in.contains("shape")) bad(what + " has no \"shape\"");
     t.shape = parse_shape(in["shape"], what);
     const size_t elem = v2_element_size(t.datatype);
-    const int64_t n = checked_numel(t.shape, b.size() + (elem ? 0 : 0) + (1u << 30), what);
+    const int64_t n = checked_numel(t.shape, b.size() + (1u << 30), what);
     std::optional<uint64_t> binary_size;
     if (in.contains("parameters")) {
       const json& p = in["parameters"];

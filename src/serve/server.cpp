@@ -83,6 +83,13 @@ Status status_of(RequestError e) {
   return Status::kInternal;
 }
 
+// "a, b, c": the tensors' names, for error messages.
+std::string names_of(const std::vector<TensorConfig>& tensors) {
+  std::string names;
+  for (const TensorConfig& t : tensors) names += (names.empty() ? "" : ", ") + t.name;
+  return names;
+}
+
 int64_t numel_of(const std::vector<int64_t>& shape) {
   int64_t n = 1;
   for (int64_t d : shape) n *= d;
@@ -327,6 +334,25 @@ std::string InferenceServer::model_config_json(const std::string& model, const s
   return j.dump();
 }
 
+std::vector<std::shared_ptr<InferenceServer::Served>> InferenceServer::all_served() const {
+  std::lock_guard lock(mu_);
+  std::vector<std::shared_ptr<Served>> list;
+  for (const auto& [name, versions] : models_)
+    for (const auto& [v, s] : versions) list.push_back(s);
+  return list;
+}
+
+ModelVersionStats InferenceServer::stats_of(const Served& s) {
+  ModelVersionStats st;
+  st.name = s.name;
+  st.version = std::to_string(s.version);
+  st.last_inference_ms = s.last_inference_ms.load();
+  st.stats = s.batcher->stats();
+  // Requests refused by validation never reached the batcher; they count as invalid failures too.
+  st.stats.failure[static_cast<size_t>(RequestError::kInvalid)] += s.rejected.load();
+  return st;
+}
+
 std::vector<ModelVersionStats> InferenceServer::model_stats(const std::string& model,
                                                             const std::string& version) const {
   std::vector<std::shared_ptr<Served>> list;
@@ -339,20 +365,10 @@ std::vector<ModelVersionStats> InferenceServer::model_stats(const std::string& m
       list.push_back(find(model, version));
     }
   } else {
-    std::lock_guard lock(mu_);
-    for (const auto& [name, versions] : models_)
-      for (const auto& [v, s] : versions) list.push_back(s);
+    list = all_served();
   }
   std::vector<ModelVersionStats> out;
-  for (const auto& s : list) {
-    ModelVersionStats st;
-    st.name = s->name;
-    st.version = std::to_string(s->version);
-    st.last_inference_ms = s->last_inference_ms.load();
-    st.stats = s->batcher->stats();
-    st.stats.failure[static_cast<size_t>(RequestError::kInvalid)] += s->rejected.load();
-    out.push_back(std::move(st));
-  }
+  for (const auto& s : list) out.push_back(stats_of(*s));
   return out;
 }
 
@@ -383,9 +399,7 @@ void InferenceServer::infer(InferenceRequest request, InferCallback done) {
   for (InputTensor& in : request.inputs) {
     auto it = std::find_if(c.inputs.begin(), c.inputs.end(), [&](const TensorConfig& t) { return t.name == in.name; });
     if (it == c.inputs.end()) {
-      std::string names;
-      for (const TensorConfig& t : c.inputs) names += (names.empty() ? "" : ", ") + t.name;
-      return reject("unknown input " + dq(in.name) + " (inputs: " + names + ")");
+      return reject("unknown input " + dq(in.name) + " (inputs: " + names_of(c.inputs) + ")");
     }
     if (r.inputs.count(in.name)) return reject("input " + dq(in.name) + " is given twice");
     if (in.datatype != it->data_type)
@@ -435,9 +449,7 @@ void InferenceServer::infer(InferenceRequest request, InferCallback done) {
   std::vector<std::string> order = request.outputs;
   for (const std::string& o : order) {
     if (std::none_of(c.outputs.begin(), c.outputs.end(), [&](const TensorConfig& t) { return t.name == o; })) {
-      std::string names;
-      for (const TensorConfig& t : c.outputs) names += (names.empty() ? "" : ", ") + t.name;
-      return reject("unknown output " + dq(o) + " (outputs: " + names + ")");
+      return reject("unknown output " + dq(o) + " (outputs: " + names_of(c.outputs) + ")");
     }
   }
   if (order.empty())
@@ -657,20 +669,7 @@ uint64_t resident_bytes() {
 
 std::string InferenceServer::metrics_text() const {
   std::vector<std::pair<std::shared_ptr<Served>, ModelVersionStats>> rows;
-  {
-    std::vector<std::shared_ptr<Served>> list;
-    {
-      std::lock_guard lock(mu_);
-      for (const auto& [name, versions] : models_)
-        for (const auto& [v, s] : versions) list.push_back(s);
-    }
-    for (auto& s : list) {
-      ModelVersionStats st;
-      st.stats = s->batcher->stats();
-      st.stats.failure[static_cast<size_t>(RequestError::kInvalid)] += s->rejected.load();
-      rows.emplace_back(s, st);
-    }
-  }
+  for (auto& s : all_served()) rows.emplace_back(s, stats_of(*s));
   std::ostringstream out;
   auto labels = [](const Served& s) {
     return "model=\"" + s.name + "\",version=\"" + std::to_string(s.version) + "\"";
@@ -720,13 +719,7 @@ void InferenceServer::shutdown(bool drain) {
     return;
   }
   std::lock_guard lock(load_mu_);
-  std::vector<std::shared_ptr<Served>> list;
-  {
-    std::lock_guard l(mu_);
-    for (const auto& [name, versions] : models_)
-      for (const auto& [v, s] : versions) list.push_back(s);
-  }
-  for (auto& s : list) s->batcher->shutdown(drain);
+  for (auto& s : all_served()) s->batcher->shutdown(drain);
   stopped_ = true;
 }
 

@@ -197,6 +197,8 @@ class InferenceServer {
   struct Instance;
   struct Served;  // one loaded version with its batcher
   std::shared_ptr<Served> find(const std::string& model, const std::string& version) const;
+  std::vector<std::shared_ptr<Served>> all_served() const;  // every loaded version, under mu_
+  static ModelVersionStats stats_of(const Served& s);
   std::shared_ptr<Served> load_version(const std::string& model, int64_t version);
   void load_model_locked(const std::string& model);
 

@@ -19,6 +19,7 @@
 #include "serve/grpc/grpc_server.h"
 #include "serve/grpc_service.grpc.pb.h"
 #include "serve/server.h"
+#include "serve_test_support.h"
 #include "test_support.h"
 
 namespace kiln::serve {
@@ -78,21 +79,12 @@ ModelInferRequest addrelu_request(const std::vector<float>& x, int64_t batch) {
   return r;
 }
 
-class ServeGrpc : public kiln_test::TempDirTest {
+class ServeGrpc : public kiln_test::ServeRepositoryTest {
  protected:
-  ServeGrpc() : TempDirTest("kiln_serve_grpc_") {}
+  ServeGrpc() : ServeRepositoryTest("kiln_serve_grpc_") {}
 
-  fs::path repo() const { return dir_ / "repo"; }
-  void add_model(const std::string& name, const std::string& config, const Model& model = kiln_test::add_relu_model()) {
-    write_text(repo() / name / "config.pbtxt", config);
-    fs::create_directories(repo() / name / "1");
-    save_onnx(model, repo() / name / "1" / "model.onnx");
-  }
   void start(ServerOptions o = {}, GrpcOptions g = {}) {
-    o.model_repository = repo();
-    o.repository.time_tactics = false;
-    o.repository.threads = 1;
-    server_ = std::make_unique<InferenceServer>(o);
+    server_ = std::make_unique<InferenceServer>(fast_options(o));
     server_->start();
     grpc_ = std::make_unique<GrpcFrontEnd>(*server_, "127.0.0.1", 0, g);
     target_ = "127.0.0.1:" + std::to_string(grpc_->port());

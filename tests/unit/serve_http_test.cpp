@@ -20,6 +20,7 @@
 #include "onnx/onnx_import.h"
 #include "serve/http_server.h"
 #include "serve/server.h"
+#include "serve_test_support.h"
 #include "test_support.h"
 
 namespace kiln::serve {
@@ -46,21 +47,12 @@ Model identity_model() {
   return m;
 }
 
-class ServeHttp : public kiln_test::TempDirTest {
+class ServeHttp : public kiln_test::ServeRepositoryTest {
  protected:
-  ServeHttp() : TempDirTest("kiln_serve_http_") {}
+  ServeHttp() : ServeRepositoryTest("kiln_serve_http_") {}
 
-  fs::path repo() const { return dir_ / "repo"; }
-  void add_model(const std::string& name, const std::string& config, const Model& model = kiln_test::add_relu_model()) {
-    write_text(repo() / name / "config.pbtxt", config);
-    fs::create_directories(repo() / name / "1");
-    save_onnx(model, repo() / name / "1" / "model.onnx");
-  }
   void start(ServerOptions o = {}, HttpOptions h = {}) {
-    o.model_repository = repo();
-    o.repository.time_tactics = false;
-    o.repository.threads = 1;
-    server_ = std::make_unique<InferenceServer>(o);
+    server_ = std::make_unique<InferenceServer>(fast_options(o));
     h.port = 0;
     http_ = std::make_unique<HttpFrontEnd>(*server_, h);
     server_->start();
