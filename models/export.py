@@ -52,6 +52,7 @@ Coverage models:
 """
 
 import argparse
+import inspect
 import collections
 import math
 import os
@@ -75,7 +76,7 @@ MODEL_SETS = {"default": DEFAULT_MODELS, "coverage": COVERAGE_MODELS, "all": ALL
 # takes its fast path (aten::_native_multi_head_attention), which the ONNX exporter cannot
 # export; with grad on (and parameters requiring grad) it runs the composite ops instead.
 # PyTorch's reference outputs are computed on the same path as the export.
-EXPORT_WITH_GRAD = frozenset({"vit_b16_2layer"})
+EXPORT_WITH_GRAD = frozenset({"vit_b16_2layer", "vit_b16"})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -710,6 +711,20 @@ def build_convnext_tiny():
     return _build_torchvision_classifier(ctor)
 
 
+def build_vit_b16():
+    # vit_b16: torchvision's ViT-B/16 (12 encoder layers), for the GPU benchmark; not in the test
+    # sets (344 MB of weights): export it with --models vit_b16.
+    import torchvision
+
+    def ctor():
+        model = torchvision.models.vit_b_16(weights=None)
+        with torch.no_grad():
+            nn.init.normal_(model.heads.head.weight, std=0.02)
+            nn.init.normal_(model.heads.head.bias, std=0.02)
+        return model
+    return _build_torchvision_classifier(ctor)
+
+
 def build_vit_b16_2layer():
     # vit_b16_2layer: torchvision's VisionTransformer with ViT-B/16's structure (224x224 images,
     # 16x16 patches, hidden 768, 12 heads, MLP 3072) but 2 encoder layers instead of 12, to keep
@@ -753,6 +768,7 @@ BUILDERS = {
     "squeezenet1_1": build_squeezenet1_1,
     "convnext_tiny": build_convnext_tiny,
     "vit_b16_2layer": build_vit_b16_2layer,
+    "vit_b16": build_vit_b16,
     "yolov8_tiny": build_yolov8_tiny,
 }
 
@@ -794,13 +810,18 @@ def export_one(name, out_dir, opset):
     tmp_io = _tmp_name(io_path)
     try:
         with grad_mode():
+            # Newer torch (2.9+) defaults to the dynamo exporter; these models use the
+            # TorchScript one everywhere, so the graphs match across torch versions.
+            extra = {}
+            if "dynamo" in inspect.signature(torch.onnx.export).parameters:
+                extra["dynamo"] = False
             torch.onnx.export(model, args, tmp_onnx,
                               export_params=True,
                               opset_version=opset,
                               do_constant_folding=True,
                               input_names=input_names,
                               output_names=output_names,
-                              dynamic_axes=dynamic_axes)
+                              dynamic_axes=dynamic_axes, **extra)
         arrays = {k: _to_numpy(v) for k, v in inputs.items()}
         for k, v in zip(output_names, outputs):
             arrays[k] = _to_numpy(v)

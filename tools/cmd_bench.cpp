@@ -34,6 +34,8 @@
 #include <thread>
 #include <unordered_map>
 
+#include "backends/gpu/gpu_build.h"
+#include "backends/gpu/loader.h"
 #include "backends/reference/executor.h"
 #include "cli_common.h"
 #include "onnx/onnx_import.h"
@@ -66,6 +68,10 @@ struct BenchArgs {
   int opt_level = 3;
   uint64_t seed = 0;
   std::vector<int64_t> int_range = {0, 10};
+  std::string device = "cpu";      // cpu, cuda or cuda:N
+  std::string precision = "fp16";  // GPU: fp32 (TF32), fp16 or bf16
+  bool no_cuda_graph = false;
+  size_t workspace_mib = 1024;
 };
 
 // Defaults when neither --iterations nor --duration is given: whichever is longer of these.
@@ -402,6 +408,168 @@ json reference_profile(const Model& m, const TensorMap& inputs, int64_t runs_wan
   return pj;
 }
 
+// --- The GPU path (--device cuda[:N]): a GPU program built for the resolved shapes, run by one
+// GpuContext. Like trtexec it reports end-to-end latency (host to device copies, compute, device
+// to host copies; host wall clock) and GPU compute time (CUDA events around the graph launch)
+// separately, and a compute-only loop (inputs already on the device, what PyTorch's CUDA-event
+// timings measure).
+int bench_gpu(const BenchArgs& args, int gpu_index, Model model, bool is_engine,
+              const std::map<std::string, std::vector<int64_t>>& resolved,
+              const std::vector<std::pair<std::string, DType>>& input_types, std::ofstream& json_file) {
+  gpu::CompileOptions opt;
+  opt.precision = gpu::parse_precision(args.precision);
+  opt.workspace_limit = args.workspace_mib << 20;
+  std::vector<std::string> build_log;
+  gpu::GpuBuild built = gpu::build_gpu_program(std::move(model), resolved, gpu_index, opt, is_engine ? 0 : args.opt_level);
+  const gpu::GpuProgram& prog = *built.program;
+  const gpu::DeviceProps& dp = prog.device().props();
+  TensorMap inputs;
+  json inputs_json = json::array();
+  for (size_t i = 0; i < input_types.size(); ++i) {
+    const auto& [name, dtype] = input_types[i];
+    inputs[name] = random_tensor(dtype, resolved.at(name), args.seed + i, args.int_range[0], args.int_range[1]);
+    inputs_json.push_back({{"name", name}, {"dtype", std::string(dtype_name(dtype))}, {"shape", resolved.at(name)}});
+  }
+  int64_t batch = 1;
+  if (!input_types.empty() && !resolved.at(input_types.front().first).empty())
+    batch = resolved.at(input_types.front().first).front();
+  gpu::GpuContext ctx(built.program, !args.no_cuda_graph);
+
+  std::cout << "model:      " << args.model << (is_engine ? " (engine)" : "") << "\n";
+  std::cout << "device:     cuda:" << dp.id << " " << dp.name << " (" << dp.sm() << ", " << dp.multiprocessors
+            << " SMs, driver " << dp.driver_version << ", runtime " << dp.runtime_version << ", cuBLASLt "
+            << dp.cublaslt_version << ", cuDNN " << dp.cudnn_version << ")\n";
+  std::cout << "precision:  " << gpu::precision_name(opt.precision) << " (FP32 at the inputs and outputs)\n";
+  std::cout << "build:      " << built.nodes_before << " nodes -> " << built.nodes_after << " nodes -> "
+            << prog.steps().size() << " kernels; passes " << fixed(built.pass_ms, 1) << " ms, kernels chosen in "
+            << fixed(built.compile_ms, 1) << " ms\n";
+  std::cout << "memory:     weights " << mib(prog.weight_bytes()) << ", activations " << mib(prog.arena_bytes())
+            << " (vs " << mib(prog.activation_bytes_total()) << " summed), workspace " << mib(prog.workspace_bytes())
+            << "; CUDA graph " << (args.no_cuda_graph ? "off" : "on") << "\n";
+  for (const auto& line : build_log) std::cout << "  " << line << "\n";
+  std::cout << "inputs:     ";
+  for (size_t i = 0; i < input_types.size(); ++i)
+    std::cout << (i ? ", " : "") << input_types[i].first << " " << dtype_name(input_types[i].second) << "["
+              << shape_to_string(resolved.at(input_types[i].first)) << "]";
+  std::cout << " (random, seed " << args.seed << "); batch " << batch << "\n" << std::flush;
+
+  int64_t min_iterations = kDefaultMinIterations;
+  double min_ms = kDefaultMinSeconds * 1000;
+  if (args.iterations > 0) min_iterations = args.iterations, min_ms = 0;
+  else if (args.duration_s > 0) min_iterations = 1, min_ms = args.duration_s * 1000;
+  // Warm-up (the first run captures the CUDA graph).
+  const auto tw = Clock::now();
+  int64_t warm = 0;
+  do {
+    ctx.run(inputs);
+    ++warm;
+  } while (ms_between(tw, Clock::now()) < args.warmup_ms);
+  // End to end.
+  std::vector<double> e2e, compute, h2d, d2h, compute_only;
+  const auto t0 = Clock::now();
+  while (static_cast<int64_t>(e2e.size()) < min_iterations || ms_between(t0, Clock::now()) < min_ms) {
+    const auto a = Clock::now();
+    ctx.run(inputs);
+    e2e.push_back(ms_between(a, Clock::now()));
+    compute.push_back(ctx.last_timing().compute_ms);
+    h2d.push_back(ctx.last_timing().h2d_ms);
+    d2h.push_back(ctx.last_timing().d2h_ms);
+  }
+  const double e2e_total = ms_between(t0, Clock::now());
+  // Compute only, as many runs.
+  for (size_t i = 0; i < e2e.size(); ++i) compute_only.push_back(ctx.run_compute_only());
+  const json lat = latency_stats(e2e), comp = latency_stats(compute_only), h = latency_stats(h2d),
+             d = latency_stats(d2h);
+  const double e2e_per_s = static_cast<double>(e2e.size()) / (e2e_total / 1000.0);
+  const double compute_per_s = 1000.0 / comp["median"].get<double>();
+  // Per-step profile (kernel by kernel, so launch gaps are included): the median of 5 runs.
+  std::vector<double> profile;
+  if (args.dump_profile) {
+    std::vector<std::vector<float>> runs;
+    for (int r = 0; r < 5; ++r) runs.push_back(ctx.profile_steps());
+    for (size_t i = 0; i < prog.steps().size(); ++i) {
+      std::vector<float> v;
+      for (const auto& r : runs) v.push_back(r[i]);
+      std::sort(v.begin(), v.end());
+      profile.push_back(v[v.size() / 2]);
+    }
+  }
+
+  std::cout << "warm-up:    " << warm << " iterations\n";
+  std::cout << "timed:      " << e2e.size() << " end-to-end iterations in " << fixed(e2e_total / 1000.0, 3)
+            << " s, then as many compute-only runs\n";
+  std::cout << "=== Performance summary ===\n";
+  std::cout << "throughput: " << fixed(compute_per_s, 3) << " inferences/s, "
+            << fixed(compute_per_s * static_cast<double>(batch), 1) << " items/s on GPU compute (median); "
+            << fixed(e2e_per_s * static_cast<double>(batch), 1) << " items/s end to end (batch " << batch << ")\n";
+  std::cout << "GPU compute: min " << fixed(comp["min"]) << " ms, mean " << fixed(comp["mean"]) << " ms, median "
+            << fixed(comp["median"]) << " ms, p99 " << fixed(comp["p99"]) << " ms, max " << fixed(comp["max"]) << " ms\n";
+  std::cout << "H2D copies: median " << fixed(h["median"]) << " ms; D2H copies: median " << fixed(d["median"]) << " ms\n";
+  std::cout << "latency:    min " << fixed(lat["min"]) << " ms, mean " << fixed(lat["mean"]) << " ms, median "
+            << fixed(lat["median"]) << " ms, p99 " << fixed(lat["p99"]) << " ms, max " << fixed(lat["max"])
+            << " ms (end to end, host clock)\n";
+  if (!profile.empty()) {
+    // By op, then the slowest steps.
+    std::map<std::string, std::pair<double, int>> by_op;
+    double total = 0;
+    for (size_t i = 0; i < profile.size(); ++i) {
+      auto& e = by_op[prog.steps()[i].op];
+      e.first += profile[i], ++e.second, total += profile[i];
+    }
+    std::cout << "=== Profile (kernel by kernel, median of 5 runs, " << fixed(total) << " ms in all) ===\n";
+    for (const auto& [op, e] : by_op)
+      std::cout << "  " << std::left << std::setw(20) << op << std::right << std::setw(4) << e.second << " steps "
+                << fixed(e.first) << " ms (" << fixed(100 * e.first / total, 1) << "%)\n";
+    std::vector<size_t> order(profile.size());
+    std::iota(order.begin(), order.end(), 0);
+    std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return profile[a] > profile[b]; });
+    for (size_t k = 0; k < order.size() && k < 12; ++k) {
+      const auto& s = prog.steps()[order[k]];
+      std::cout << "  " << fixed(profile[order[k]]) << " ms  " << s.op << " '" << s.name << "': " << s.kernel << "\n";
+    }
+  }
+  if (json_file.is_open()) {
+    json j;
+    j["tool"] = "kiln bench";
+    j["kiln_version"] = KILN_VERSION;
+    j["model"] = args.model;
+    j["executor"] = "cuda";
+    j["device"] = {{"index", dp.id}, {"name", dp.name}, {"sm", dp.sm()}, {"driver", dp.driver_version},
+                   {"runtime", dp.runtime_version}, {"cublaslt", dp.cublaslt_version}, {"cudnn", dp.cudnn_version}};
+    j["precision"] = gpu::precision_name(opt.precision);
+    j["cuda_graph"] = !args.no_cuda_graph;
+    j["nodes_before"] = built.nodes_before;
+    j["nodes"] = built.nodes_after;
+    j["kernels"] = prog.steps().size();
+    j["memory_bytes"] = {{"weights", prog.weight_bytes()}, {"activations", prog.arena_bytes()},
+                         {"workspace", prog.workspace_bytes()}};
+    j["setup_ms"] = {{"passes", built.pass_ms}, {"compile", built.compile_ms}};
+    j["inputs"] = inputs_json;
+    j["batch"] = batch;
+    j["iterations"] = e2e.size();
+    j["throughput"] = {{"compute_inferences_per_s", compute_per_s},
+                       {"compute_items_per_s", compute_per_s * static_cast<double>(batch)},
+                       {"end_to_end_items_per_s", e2e_per_s * static_cast<double>(batch)}};
+    j["gpu_compute_ms"] = comp;
+    j["gpu_compute_in_e2e_ms"] = latency_stats(compute);
+    j["h2d_ms"] = h;
+    j["d2h_ms"] = d;
+    j["latency_ms"] = lat;
+    if (args.dump_profile) {
+      j["steps"] = json::array();
+      for (size_t i = 0; i < prog.steps().size(); ++i) {
+        const auto& s = prog.steps()[i];
+        j["steps"].push_back({{"name", s.name}, {"op", s.op}, {"kernel", s.kernel}, {"timed_ms", s.timed_ms},
+                              {"gpu_ms", profile.empty() ? -1.0 : profile[i]}});
+      }
+    }
+    json_file << j.dump(2) << "\n";
+    if (!json_file.flush()) throw Error(ErrorCode::kIo, args.json_path + ": write failed");
+    std::cout << "json:       " << args.json_path << "\n";
+  }
+  return 0;
+}
+
 int cmd_bench(const BenchArgs& args) {
   // Opened first, so an unwritable --json fails before minutes of benchmarking.
   std::ofstream json_file;
@@ -442,6 +610,12 @@ int cmd_bench(const BenchArgs& args) {
       throw Error(ErrorCode::kInvalidArgument, "input '" + name + "' has no tensor type; kiln bench cannot generate it");
     resolved[name] = resolve_input_shape(name, *type, shapes, &notes);
     input_types.emplace_back(name, type->dtype);
+  }
+  if (const int gpu_index = gpu::parse_device(args.device); gpu_index >= 0) {
+    if (args.backend != "cpu") throw Error(ErrorCode::kInvalidArgument, "--backend " + args.backend + " runs on the CPU; drop it with --device " + args.device);
+    if (args.streams > 1) throw Error(ErrorCode::kInvalidArgument, "--streams is not supported with --device cuda yet");
+    std::cerr << notes;
+    return bench_gpu(args, gpu_index, std::move(model), is_engine, resolved, input_types, json_file);
   }
   const int streams = args.streams;
   const int threads_requested =
@@ -662,6 +836,12 @@ CLI::App* add_bench_command(CLI::App& app, std::function<int()>* run) {
                 "Also time each step (cpu: kernel, tactic, implementation; reference: node) in separate runs");
   sub->add_option("--opt-level", args->opt_level, "Graph optimization level 0-3 of an ONNX model (default 3; 0: no passes)")
       ->check(CLI::Range(0, 3));
+  sub->add_option("--device", args->device, "cpu (default), cuda or cuda:N (the GPU backend module)");
+  sub->add_option("--precision", args->precision, "GPU precision of float layers: fp16 (default), bf16 or fp32 (TF32)")
+      ->check(CLI::IsMember({"fp32", "fp16", "bf16"}));
+  sub->add_flag("--no-cuda-graph", args->no_cuda_graph, "GPU: launch kernel by kernel instead of replaying a CUDA graph");
+  sub->add_option("--workspace", args->workspace_mib, "GPU: scratch limit per library kernel in MiB (default 1024)")
+      ->check(CLI::Range(0, 1 << 20));
   sub->add_option("--seed", args->seed, "Seed of the generated inputs");
   sub->add_option("--int-range", args->int_range, "Range [LO,HI) of generated integer inputs (default 0,10)")
       ->expected(2)

@@ -15,6 +15,8 @@
 #include <nlohmann/json.hpp>
 
 #include "backends/reference/executor.h"
+#include "backends/gpu/gpu_build.h"
+#include "backends/gpu/loader.h"
 #include "cli_common.h"
 #include "onnx/onnx_import.h"
 #include "util/npy.h"
@@ -149,6 +151,8 @@ struct RunArgs {
   std::string backend = "cpu";
   int threads = 0;  // 0: the engine's, else the core count
   int opt_level = 3;
+  std::string device = "cpu";
+  std::string precision = "fp16";
 };
 
 double ms_between(std::chrono::steady_clock::time_point a, std::chrono::steady_clock::time_point b) {
@@ -206,7 +210,27 @@ int cmd_run(const RunArgs& args) {
   reference::TensorMap outputs;
   std::string backend_line;
   double prepare_ms = 0, run_ms = 0;
-  if (args.backend == "reference") {
+  const int gpu_index = gpu::parse_device(args.device);
+  if (gpu_index >= 0 && args.backend != "cpu")
+    throw Error(ErrorCode::kInvalidArgument, "--backend " + args.backend + " runs on the CPU; drop it with --device " + args.device);
+  if (gpu_index >= 0) {
+    std::map<std::string, std::vector<int64_t>> actual;
+    for (const auto& [name, t] : inputs) actual[name] = t.shape();
+    gpu::CompileOptions opt;
+    opt.precision = gpu::parse_precision(args.precision);
+    gpu::GpuBuild built = gpu::build_gpu_program(std::move(model), actual, gpu_index, opt, is_engine ? 0 : args.opt_level);
+    gpu::GpuContext ctx(built.program);
+    const auto t2 = std::chrono::steady_clock::now();
+    outputs = ctx.run(inputs);
+    prepare_ms = ms_between(t1, t2);
+    run_ms = ms_between(t2, std::chrono::steady_clock::now());
+    const auto& dp = built.program->device().props();
+    std::ostringstream os;
+    os << "cuda:" << dp.id << " " << dp.name << " (" << dp.sm() << "), " << gpu::precision_name(opt.precision) << ", "
+       << built.program->steps().size() << " kernels, GPU compute " << cli::fixed(ctx.last_timing().compute_ms, 3)
+       << " ms (first run captures the CUDA graph)";
+    backend_line = os.str();
+  } else if (args.backend == "reference") {
     reference::Executor exec(std::move(model));
     const auto t2 = std::chrono::steady_clock::now();
     outputs = exec.run(inputs);
@@ -299,6 +323,9 @@ int main(int argc, char** argv) {
   run->add_flag("--save-inputs", run_args.save_inputs, "Also write the inputs used to --output-dir");
   run->add_option("--backend", run_args.backend, "cpu (default: the engine, or the model built in memory) or reference")
       ->check(CLI::IsMember({"cpu", "reference"}));
+  run->add_option("--device", run_args.device, "cpu (default), cuda or cuda:N (the GPU backend module)");
+  run->add_option("--precision", run_args.precision, "GPU precision of float layers: fp16 (default), bf16 or fp32 (TF32)")
+      ->check(CLI::IsMember({"fp32", "fp16", "bf16"}));
   run->add_option("--threads", run_args.threads, "Threads of the cpu backend (default: the engine's, else the cores)")
       ->check(CLI::Range(1, 4096));
   run->add_option("--opt-level", run_args.opt_level, "Graph optimization level 0-5 of an ONNX model built for cpu (default 3)")

@@ -13,6 +13,7 @@
 #include <functional>
 #include <vector>
 
+#include "backends/cuda/conv.h"
 #include "backends/cuda/cuda_util.h"
 #include "backends/cuda/kernels.h"
 #include "backends/cuda/lt_matmul.h"
@@ -134,6 +135,45 @@ int main() {
           stream.get());
       std::printf("attention fp16 BERT b%-3ld h12 s128 d64 %20s %10.4f %10.2f\n", static_cast<long>(batch), "", ms,
                   4.0 * batch * heads * seq * seq * dim / (ms * 1e-3) / 1e12);
+    }
+    // cuDNN convolutions, NHWC fp16 with the epilogue a ResNet-50 layer fuses (bias + ReLU; the
+    // last 1x1 of a bottleneck also adds the residual), batch 32 and 256.
+    std::printf("\n%-44s %10s %10s  %s\n", "conv (ResNet-50 layers, fp16 NHWC)", "ms", "TFLOP/s", "algorithm");
+    struct ConvRow {
+      const char* name;
+      int64_t c, hw, k, rs;
+      int pad, stride;
+      bool residual;
+    };
+    const ConvRow convs[] = {
+        {"stem 7x7/2 3->64 224", 3, 224, 64, 7, 3, 2, false},
+        {"res2 1x1 256->64 56", 256, 56, 64, 1, 0, 1, false},
+        {"res2 3x3 64->64 56", 64, 56, 64, 3, 1, 1, false},
+        {"res2 1x1 64->256 56 +residual", 64, 56, 256, 1, 0, 1, true},
+        {"res3 3x3/2 128->128 56", 128, 56, 128, 3, 1, 2, false},
+        {"res3 3x3 128->128 28", 128, 28, 128, 3, 1, 1, false},
+        {"res4 3x3 256->256 14", 256, 14, 256, 3, 1, 1, false},
+        {"res5 1x1/2 1024->2048 14 (downsample)", 1024, 14, 2048, 1, 0, 2, false},
+        {"res5 3x3 512->512 7", 512, 7, 512, 3, 1, 1, false},
+    };
+    for (int64_t batch : {32, 256}) {
+      for (const ConvRow& r : convs) {
+        ConvParams p;
+        p.n = batch, p.c = r.c, p.h = p.w = r.hw, p.k = r.k, p.r = p.s = r.rs;
+        p.pad_h = p.pad_w = r.pad, p.stride_h = p.stride_w = r.stride;
+        p.type = DType::kF16, p.bias = true, p.residual = r.residual, p.act = ConvAct::kRelu;
+        const int64_t oh = p.out_h(), ow = p.out_w();
+        DeviceBuffer x = filled(p.n * p.h * p.w * p.c * 2, 12), w = filled(p.k * p.r * p.s * p.c * 2, 13),
+                     b = filled(p.k * 2, 14), y(p.n * oh * ow * p.k * 2);
+        DeviceBuffer z = r.residual ? filled(p.n * oh * ow * p.k * 2, 15) : DeviceBuffer();
+        CudnnConv conv(p, 64u << 20, stream.get());
+        const float ms = median_ms(
+            [&](cudaStream_t s) { conv.run(x.get(), w.get(), b.get(), r.residual ? z.get() : nullptr, y.get(), s); },
+            stream.get());
+        const double tflops = 2.0 * p.n * oh * ow * p.k * p.r * p.s * p.c / (ms * 1e-3) / 1e12;
+        std::printf("b%-3ld %-40s %10.3f %10.1f  %s\n", static_cast<long>(batch), r.name, ms, tflops,
+                    conv.describe().c_str());
+      }
     }
     KILN_CUDA_CHECK(cudaDeviceSynchronize());
   } catch (const CudaError& e) {

@@ -63,22 +63,25 @@ __device__ __forceinline__ float block_max(float v, float* shared) {
 
 // Two passes over the row (mean, then the centred variance: no cancellation), a third to write.
 template <typename T>
-__global__ void layer_norm_kernel(const T* __restrict__ x, const T* __restrict__ gamma, const T* __restrict__ beta,
-                                  T* __restrict__ y, int64_t cols, float eps) {
+__global__ void layer_norm_kernel(const T* __restrict__ x, const T* __restrict__ res, const T* __restrict__ gamma,
+                                  const T* __restrict__ beta, T* __restrict__ y, int64_t cols, float eps) {
   __shared__ float shared[32];
   const T* row = x + blockIdx.x * cols;
+  const T* rrow = res ? res + blockIdx.x * cols : nullptr;
   T* out = y + blockIdx.x * cols;
+  // x + residual, rounded to T like the unfused Add's output.
+  auto at = [&](int64_t c) { return rrow ? to_f(from_f<T>(to_f(row[c]) + to_f(rrow[c]))) : to_f(row[c]); };
   float s = 0;
-  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) s += to_f(row[c]);
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) s += at(c);
   const float mean = block_sum(s, shared) / static_cast<float>(cols);
   float v = 0;
   for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
-    const float d = to_f(row[c]) - mean;
+    const float d = at(c) - mean;
     v += d * d;
   }
   const float rstd = rsqrtf(block_sum(v, shared) / static_cast<float>(cols) + eps);
   for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
-    float r = (to_f(row[c]) - mean) * rstd;
+    float r = (at(c) - mean) * rstd;
     if (gamma) r *= to_f(gamma[c]);
     if (beta) r += to_f(beta[c]);
     out[c] = from_f<T>(r);
@@ -123,7 +126,7 @@ __device__ __forceinline__ float warp_max(float v) {
 constexpr int kWarpsPerBlock = 4;
 
 template <typename T, int VPL>
-__global__ void layer_norm_warp_kernel(const T* __restrict__ x, const T* __restrict__ gamma,
+__global__ void layer_norm_warp_kernel(const T* __restrict__ x, const T* __restrict__ res, const T* __restrict__ gamma,
                                        const T* __restrict__ beta, T* __restrict__ y, int64_t rows, int cols,
                                        float eps) {
   constexpr int N = Vec<T>::N;
@@ -132,16 +135,19 @@ __global__ void layer_norm_warp_kernel(const T* __restrict__ x, const T* __restr
   const int lane = threadIdx.x % 32;
   const int vecs = cols / N;
   const uint4* in = reinterpret_cast<const uint4*>(x + row * cols);
+  const uint4* rin = res ? reinterpret_cast<const uint4*>(res + row * cols) : nullptr;
   float vals[VPL][N];
   float s = 0;
 #pragma unroll
   for (int j = 0; j < VPL; ++j) {
     const int v = lane + 32 * j;
-    Vec<T> a;
+    Vec<T> a, r;
     a.raw = v < vecs ? in[v] : make_uint4(0, 0, 0, 0);
+    r.raw = rin && v < vecs ? rin[v] : make_uint4(0, 0, 0, 0);
 #pragma unroll
     for (int e = 0; e < N; ++e) {
-      vals[j][e] = v < vecs ? to_f(a.v[e]) : 0.f;
+      // x + residual, rounded to T like the unfused Add's output.
+      vals[j][e] = v < vecs ? (rin ? to_f(from_f<T>(to_f(a.v[e]) + to_f(r.v[e]))) : to_f(a.v[e])) : 0.f;
       s += vals[j][e];
     }
   }
@@ -266,20 +272,25 @@ constexpr int kAttnQueries = 64;  // queries (threads) per block
 
 template <typename T, int D>
 __global__ void attention_thread_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
-                                 T* __restrict__ o, int64_t heads, int64_t sq, int64_t sk, float scale,
-                                 const float* __restrict__ key_mask, bool causal) {
+                                 T* __restrict__ o, AttnLayout L, int64_t sq, int64_t sk, float scale,
+                                 const float* __restrict__ mask, bool causal) {
   constexpr int kTileK = D <= 64 ? 64 : 32;
   __shared__ float ks[kTileK][D];
   __shared__ float vs[kTileK][D];
   __shared__ float ms[kTileK];
   const int64_t b = blockIdx.z, h = blockIdx.y;
   const int64_t i = static_cast<int64_t>(blockIdx.x) * kAttnQueries + threadIdx.x;
-  const int64_t bh = b * heads + h;
   const bool active = i < sq;
+  const T* kb = k + b * L.k[0] + h * L.k[1];
+  const T* vb = v + b * L.v[0] + h * L.v[1];
+  // The mask row: shared by the block's queries unless it varies along the query rows.
+  const float* mrow = mask ? mask + b * L.mask[0] + h * L.mask[1] : nullptr;
+  const bool row_mask = mask && L.mask[2] != 0;
+  const float* my_mask = row_mask && active ? mrow + i * L.mask[2] : nullptr;
   float qr[D], acc[D];
 #pragma unroll
   for (int d = 0; d < D; ++d) {
-    qr[d] = active ? to_f(q[(bh * sq + i) * D + d]) * scale : 0.f;
+    qr[d] = active ? to_f(q[b * L.q[0] + h * L.q[1] + i * L.q[2] + d]) * scale : 0.f;
     acc[d] = 0.f;
   }
   float m = -INFINITY, l = 0.f;
@@ -293,19 +304,19 @@ __global__ void attention_thread_kernel(const T* __restrict__ q, const T* __rest
     for (int idx = threadIdx.x; idx < kTileK * D; idx += blockDim.x) {
       const int r = idx / D, d = idx % D;
       const int64_t j = t0 + r;
-      ks[r][d] = j < sk ? to_f(k[(bh * sk + j) * D + d]) : 0.f;
-      vs[r][d] = j < sk ? to_f(v[(bh * sk + j) * D + d]) : 0.f;
+      ks[r][d] = j < sk ? to_f(kb[j * L.k[2] + d]) : 0.f;
+      vs[r][d] = j < sk ? to_f(vb[j * L.v[2] + d]) : 0.f;
     }
     for (int r = threadIdx.x; r < kTileK; r += blockDim.x) {
       const int64_t j = t0 + r;
-      ms[r] = j >= sk ? -INFINITY : key_mask ? key_mask[b * sk + j] : 0.f;
+      ms[r] = j >= sk ? -INFINITY : (mrow && !row_mask) ? mrow[j] : 0.f;
     }
     __syncthreads();
     if (!active) continue;
     const int n = static_cast<int>(min(static_cast<int64_t>(kTileK), sk - t0));
     for (int r = 0; r < n; ++r) {
       if (t0 + r > last) break;
-      float s = ms[r];
+      float s = my_mask ? my_mask[t0 + r] : ms[r];
 #pragma unroll
       for (int d = 0; d < D; ++d) s += qr[d] * ks[r][d];
       if (s == -INFINITY) continue;  // a fully masked key
@@ -321,7 +332,7 @@ __global__ void attention_thread_kernel(const T* __restrict__ q, const T* __rest
   if (!active) return;
   const float inv = l > 0.f ? 1.f / l : 0.f;
 #pragma unroll
-  for (int d = 0; d < D; ++d) o[(bh * sq + i) * D + d] = from_f<T>(acc[d] * inv);
+  for (int d = 0; d < D; ++d) o[b * L.o[0] + h * L.o[1] + i * L.o[2] + d] = from_f<T>(acc[d] * inv);
 }
 
 // A warp per query, kAttnWarps queries per block. K and V tiles of kTileK keys are staged in shared
@@ -334,18 +345,22 @@ constexpr int kAttnWarps = 8;
 
 template <typename T, int D>
 __global__ void __launch_bounds__(32 * kAttnWarps) attention_warp_kernel(
-    const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ o, int64_t heads,
-    int64_t sq, int64_t sk, float scale, const float* __restrict__ key_mask, bool causal) {
+    const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ o, AttnLayout L,
+    int64_t sq, int64_t sk, float scale, const float* __restrict__ mask, bool causal) {
   constexpr int kTileK = D <= 64 ? 64 : 32;
   constexpr int DPL = D >= 32 ? D / 32 : 1;  // head dims per lane
   __shared__ float ks[kTileK][D + 1];
   __shared__ float vs[kTileK][D];
   __shared__ float qs[kAttnWarps][D];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t b = blockIdx.z, h = blockIdx.y, bh = b * heads + h;
+  const int64_t b = blockIdx.z, h = blockIdx.y;
   const int64_t i = static_cast<int64_t>(blockIdx.x) * kAttnWarps + warp;
   const bool active = i < sq;
-  for (int d = lane; d < D; d += 32) qs[warp][d] = active ? to_f(q[(bh * sq + i) * D + d]) * scale : 0.f;
+  const T* kb = k + b * L.k[0] + h * L.k[1];
+  const T* vb = v + b * L.v[0] + h * L.v[1];
+  const float* mrow = mask ? mask + b * L.mask[0] + h * L.mask[1] + (active ? i * L.mask[2] : 0) : nullptr;
+  for (int d = lane; d < D; d += 32)
+    qs[warp][d] = active ? to_f(q[b * L.q[0] + h * L.q[1] + i * L.q[2] + d]) * scale : 0.f;
   float acc[DPL];
 #pragma unroll
   for (int c = 0; c < DPL; ++c) acc[c] = 0.f;
@@ -358,8 +373,8 @@ __global__ void __launch_bounds__(32 * kAttnWarps) attention_warp_kernel(
     for (int idx = threadIdx.x; idx < kTileK * D; idx += blockDim.x) {
       const int r = idx / D, d = idx % D;
       const int64_t j = t0 + r;
-      ks[r][d] = j < sk ? to_f(k[(bh * sk + j) * D + d]) : 0.f;
-      vs[r][d] = j < sk ? to_f(v[(bh * sk + j) * D + d]) : 0.f;
+      ks[r][d] = j < sk ? to_f(kb[j * L.k[2] + d]) : 0.f;
+      vs[r][d] = j < sk ? to_f(vb[j * L.v[2] + d]) : 0.f;
     }
     __syncthreads();
     if (!active) continue;
@@ -369,7 +384,7 @@ __global__ void __launch_bounds__(32 * kAttnWarps) attention_warp_kernel(
       const int64_t j = t0 + r;
       float s = -INFINITY;
       if (j < sk && j <= last) {
-        s = key_mask ? key_mask[b * sk + j] : 0.f;
+        s = mrow ? mrow[j] : 0.f;
 #pragma unroll 16
         for (int d = 0; d < D; ++d) s += qs[warp][d] * ks[r][d];
       }
@@ -398,7 +413,7 @@ __global__ void __launch_bounds__(32 * kAttnWarps) attention_warp_kernel(
 #pragma unroll
   for (int c = 0; c < DPL; ++c) {
     const int d = lane + 32 * c;
-    if (d < D) o[(bh * sq + i) * D + d] = from_f<T>(acc[c] * inv);
+    if (d < D) o[b * L.o[0] + h * L.o[1] + i * L.o[2] + d] = from_f<T>(acc[c] * inv);
   }
 }
 
@@ -426,22 +441,27 @@ void dispatch(DType t, F&& f) {
 
 void layer_norm(DType t, const void* x, const void* gamma, const void* beta, void* y, int64_t rows, int64_t cols,
                 float eps, cudaStream_t stream) {
+  layer_norm(t, x, nullptr, gamma, beta, y, rows, cols, eps, stream);
+}
+
+void layer_norm(DType t, const void* x, const void* residual, const void* gamma, const void* beta, void* y, int64_t rows,
+                int64_t cols, float eps, cudaStream_t stream) {
   check_rows(rows, cols, "layer_norm");
   if (rows == 0) return;
   dispatch(t, [&](auto tag) {
     using T = decltype(tag);
-    if (warp_path<T>(cols, {x, gamma, beta, y})) {
+    if (warp_path<T>(cols, {x, residual, gamma, beta, y})) {
       with_vpl(cols / Vec<T>::N, [&](auto vpl) {
         const unsigned blocks = static_cast<unsigned>((rows + kWarpsPerBlock - 1) / kWarpsPerBlock);
         layer_norm_warp_kernel<T, decltype(vpl)::value><<<blocks, 32 * kWarpsPerBlock, 0, stream>>>(
-            static_cast<const T*>(x), static_cast<const T*>(gamma), static_cast<const T*>(beta), static_cast<T*>(y),
-            rows, static_cast<int>(cols), eps);
+            static_cast<const T*>(x), static_cast<const T*>(residual), static_cast<const T*>(gamma),
+            static_cast<const T*>(beta), static_cast<T*>(y), rows, static_cast<int>(cols), eps);
       });
       return;
     }
     layer_norm_kernel<T><<<static_cast<unsigned>(rows), kBlock, 0, stream>>>(
-        static_cast<const T*>(x), static_cast<const T*>(gamma), static_cast<const T*>(beta), static_cast<T*>(y), cols,
-        eps);
+        static_cast<const T*>(x), static_cast<const T*>(residual), static_cast<const T*>(gamma),
+        static_cast<const T*>(beta), static_cast<T*>(y), cols, eps);
   });
   check_launch("layer_norm");
 }
@@ -491,6 +511,15 @@ void add(DType t, const void* a, const void* b, void* y, int64_t n, cudaStream_t
 void attention(DType t, const void* q, const void* k, const void* v, void* o, int64_t batch, int64_t heads,
                int64_t sq, int64_t sk, int64_t head_dim, float scale, const float* key_mask, bool causal,
                cudaStream_t stream) {
+  const int64_t D = head_dim;
+  AttnLayout L{{heads * sq * D, sq * D, D}, {heads * sk * D, sk * D, D}, {heads * sk * D, sk * D, D},
+               {heads * sq * D, sq * D, D}, {sk, 0, 0}};
+  attention(t, q, k, v, o, batch, heads, sq, sk, head_dim, scale, L, key_mask, causal, stream);
+}
+
+void attention(DType t, const void* q, const void* k, const void* v, void* o, int64_t batch, int64_t heads,
+               int64_t sq, int64_t sk, int64_t head_dim, float scale, const AttnLayout& layout, const float* mask,
+               bool causal, cudaStream_t stream) {
   if (batch < 0 || heads < 0 || sq < 0 || sk <= 0 || batch > 65535 || heads > 65535)
     throw CudaError("attention: bad shape batch=" + std::to_string(batch) + " heads=" + std::to_string(heads) +
                     " sq=" + std::to_string(sq) + " sk=" + std::to_string(sk));
@@ -513,12 +542,12 @@ void attention(DType t, const void* q, const void* k, const void* v, void* o, in
       constexpr int D = decltype(dim)::value;
       if (per_thread)
         attention_thread_kernel<T, D><<<grid, kAttnQueries, 0, stream>>>(
-            static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), static_cast<T*>(o), heads,
-            sq, sk, scale, key_mask, causal);
+            static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), static_cast<T*>(o), layout,
+            sq, sk, scale, mask, causal);
       else
         attention_warp_kernel<T, D><<<grid, 32 * kAttnWarps, 0, stream>>>(
-            static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), static_cast<T*>(o), heads,
-            sq, sk, scale, key_mask, causal);
+            static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), static_cast<T*>(o), layout,
+            sq, sk, scale, mask, causal);
     };
     switch (head_dim) {
       case 16: launch(std::integral_constant<int, 16>{}); break;

@@ -15,6 +15,10 @@ const char* dtype_name(DType t);
 // (1 and 0).
 void layer_norm(DType t, const void* x, const void* gamma, const void* beta, void* y, int64_t rows, int64_t cols,
                 float eps, cudaStream_t stream);
+// The same on x + residual (a fused residual Add; the sum is rounded to the dtype first, as the
+// unfused Add's output would be). residual may be null.
+void layer_norm(DType t, const void* x, const void* residual, const void* gamma, const void* beta, void* y, int64_t rows,
+                int64_t cols, float eps, cudaStream_t stream);
 // y = softmax(x) along each row of `cols`.
 void softmax_rows(DType t, const void* x, void* y, int64_t rows, int64_t cols, cudaStream_t stream);
 // y = gelu(x + bias[col]) with gelu(v) = 0.5 v (1 + erf(v / sqrt 2)); bias may be null.
@@ -31,5 +35,23 @@ void add(DType t, const void* a, const void* b, void* y, int64_t n, cudaStream_t
 void attention(DType t, const void* q, const void* k, const void* v, void* o, int64_t batch, int64_t heads,
                int64_t sq, int64_t sk, int64_t head_dim, float scale, const float* key_mask, bool causal,
                cudaStream_t stream);
+// The same with explicit strides (elements; head dims contiguous): batch, head and row strides of
+// Q, K, V and O, so [B, S, H*D] projections (kiln::Attention's layout) are read in place; and an
+// FP32 additive mask whose last dim is the keys (contiguous) with batch, head and query-row strides
+// (0 where it broadcasts; BERT's [B,1,1,S] padding mask is {S, 0, 0}, a [S,S] mask {0, 0, S}).
+struct AttnLayout {
+  int64_t q[3], k[3], v[3], o[3];
+  int64_t mask[3];
+};
+void attention(DType t, const void* q, const void* k, const void* v, void* o, int64_t batch, int64_t heads,
+               int64_t sq, int64_t sk, int64_t head_dim, float scale, const AttnLayout& layout, const float* mask,
+               bool causal, cudaStream_t stream);
+
+// The tensor-core version (attention_tc.cu): FP16 or BF16 with head_dim 32, 64 or 128; FP32
+// accumulation and softmax statistics. attention_tc_supported says whether it takes the problem.
+bool attention_tc_supported(DType t, int64_t head_dim, const AttnLayout& layout);
+void attention_tc(DType t, const void* q, const void* k, const void* v, void* o, int64_t batch, int64_t heads,
+                  int64_t sq, int64_t sk, int64_t head_dim, float scale, const AttnLayout& layout, const float* mask,
+                  bool causal, cudaStream_t stream);
 
 }  // namespace kiln::cuda

@@ -71,6 +71,18 @@ LtMatmul::LtMatmul(GemmShape shape, GemmType type, Epilogue epilogue, size_t wor
   KILN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&a_, dt, shape.n, shape.k, shape.n));
   KILN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&b_, dt, shape.k, shape.m, shape.k));
   KILN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&c_, dt, shape.n, shape.m, shape.n));
+  if (shape.batch < 1 || shape.batch > 0x7fffffff || shape.w_stride < 0)
+    throw CudaError("matmul: bad batch " + std::to_string(shape.batch));
+  if (shape.batch > 1) {
+    const int32_t count = static_cast<int32_t>(shape.batch);
+    const int64_t strides[3] = {shape.w_stride, shape.m * shape.k, shape.m * shape.n};
+    cublasLtMatrixLayout_t layouts[3] = {a_, b_, c_};
+    for (int i = 0; i < 3; ++i) {
+      KILN_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(layouts[i], CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof(count)));
+      KILN_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(layouts[i], CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
+                                                         &strides[i], sizeof(strides[i])));
+    }
+  }
 
   cublasLtMatmulPreference_t pref = nullptr;
   KILN_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
@@ -81,7 +93,7 @@ LtMatmul::LtMatmul(GemmShape shape, GemmType type, Epilogue epilogue, size_t wor
   cublasStatus_t hs = cublasLtMatmulAlgoGetHeuristic(lt_, op_, a_, b_, c_, c_, pref, static_cast<int>(found.size()),
                                                      found.data(), &returned);
   cublasLtMatmulPreferenceDestroy(pref);
-  const std::string what = "matmul M=" + std::to_string(shape.m) + " N=" + std::to_string(shape.n) +
+  const std::string what = (shape.batch > 1 ? std::to_string(shape.batch) + "x " : std::string()) + "matmul M=" + std::to_string(shape.m) + " N=" + std::to_string(shape.n) +
                            " K=" + std::to_string(shape.k) + " " + type_name(type) + " epilogue " +
                            epilogue_name(epilogue);
   if (hs != CUBLAS_STATUS_SUCCESS || returned == 0)
@@ -93,8 +105,10 @@ LtMatmul::LtMatmul(GemmShape shape, GemmType type, Epilogue epilogue, size_t wor
   workspace_ = DeviceBuffer(ws);
   // Time every candidate on scratch operands (random-ish bytes: a constant pattern, not zeros).
   const size_t es = type_size(type);
-  DeviceBuffer x(static_cast<size_t>(shape.m * shape.k) * es), w(static_cast<size_t>(shape.k * shape.n) * es),
-      y(static_cast<size_t>(shape.m * shape.n) * es), bias(static_cast<size_t>(shape.n) * es);
+  const int64_t w_batches = shape.w_stride ? shape.batch : 1;
+  DeviceBuffer x(static_cast<size_t>(shape.batch * shape.m * shape.k) * es),
+      w(static_cast<size_t>(w_batches * shape.k * shape.n) * es),
+      y(static_cast<size_t>(shape.batch * shape.m * shape.n) * es), bias(static_cast<size_t>(shape.n) * es);
   KILN_CUDA_CHECK(cudaMemsetAsync(x.get(), 0x3c, x.bytes(), stream));
   KILN_CUDA_CHECK(cudaMemsetAsync(w.get(), 0x31, w.bytes(), stream));
   KILN_CUDA_CHECK(cudaMemsetAsync(bias.get(), 0x30, bias.bytes(), stream));
@@ -126,6 +140,8 @@ LtMatmul::LtMatmul(GemmShape shape, GemmType type, Epilogue epilogue, size_t wor
   }
   if (chosen_ < 0) throw CudaError(what + ": none of cuBLASLt's " + std::to_string(returned) + " candidates ran");
   algo_ = found[static_cast<size_t>(chosen_)].algo;
+  chosen_workspace_ = found[static_cast<size_t>(chosen_)].workspaceSize;
+  best_ms_ = best;
   KILN_CUDA_CHECK(cudaStreamSynchronize(stream));
 }
 
@@ -138,14 +154,20 @@ LtMatmul::~LtMatmul() {
 }
 
 void LtMatmul::run(const void* x, const void* w, const void* bias, void* y, cudaStream_t stream) const {
+  run(x, w, bias, y, stream, workspace_.get(), workspace_.bytes());
+}
+
+void LtMatmul::run(const void* x, const void* w, const void* bias, void* y, cudaStream_t stream, void* workspace,
+                   size_t workspace_bytes, const void* c) const {
+  if (shape_.accumulate && !c) c = y;  // timing runs: Y itself as C
   std::lock_guard<std::mutex> lock(run_mu_);
   if (has_bias(epilogue_)) {
     if (!bias) throw CudaError(std::string("matmul: epilogue ") + epilogue_name(epilogue_) + " needs a bias");
     KILN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op_, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
   }
-  const float alpha = 1.f, beta = 0.f;
-  KILN_CUBLAS_CHECK(cublasLtMatmul(lt_, op_, &alpha, w, a_, x, b_, &beta, y, c_, y, c_, &algo_, workspace_.get(),
-                                   workspace_.bytes(), stream));
+  const float alpha = 1.f, beta = shape_.accumulate ? 1.f : 0.f;
+  KILN_CUBLAS_CHECK(cublasLtMatmul(lt_, op_, &alpha, w, a_, x, b_, &beta, shape_.accumulate ? c : y, c_, y, c_, &algo_, workspace,
+                                   workspace_bytes, stream));
 }
 
 std::string LtMatmul::describe() const {

@@ -21,6 +21,12 @@ const char* epilogue_name(Epilogue e);
 
 struct GemmShape {
   int64_t m = 0, n = 0, k = 0;
+  // Strided batches: `batch` products, X and Y dense one after the other; W advances by
+  // w_stride elements per batch (0: one W shared by every batch).
+  int64_t batch = 1;
+  int64_t w_stride = 0;
+  // Y = epilogue(X W + C (+ bias)): a Y-shaped C (a residual) added before the activation.
+  bool accumulate = false;
 };
 
 // One candidate's timing, for logs and the timing cache.
@@ -45,6 +51,12 @@ class LtMatmul {
   // several threads (the bias pointer lives in the shared descriptor, so calls are serialized
   // around setting it and enqueueing).
   void run(const void* x, const void* w, const void* bias, void* y, cudaStream_t stream) const;
+  // The same with the caller's workspace of at least chosen_workspace_bytes() (a context's own, so
+  // concurrent runs on several streams never share scratch).
+  void run(const void* x, const void* w, const void* bias, void* y, cudaStream_t stream, void* workspace,
+           size_t workspace_bytes, const void* c = nullptr) const;
+  size_t chosen_workspace_bytes() const { return chosen_workspace_; }
+  float chosen_ms() const { return best_ms_; }
 
   const std::vector<AlgoTiming>& timings() const { return timings_; }
   int chosen() const { return chosen_; }
@@ -62,6 +74,8 @@ class LtMatmul {
   DeviceBuffer workspace_;
   std::vector<AlgoTiming> timings_;
   int chosen_ = -1;
+  size_t chosen_workspace_ = 0;
+  float best_ms_ = -1;
   mutable std::mutex run_mu_;
 };
 

@@ -1,0 +1,393 @@
+// The CUDA module's implementation of the core's device interface (src/backends/gpu/device_api.h):
+// memory, streams, events and graphs over the CUDA runtime, and Kernel objects wrapping cuBLASLt
+// (lt_matmul.h), cuDNN (conv.h) and Kiln's own kernels (kernels.h, ops.h). Exported through three
+// C entry points that the core finds with dlsym.
+#include <algorithm>
+#include <cstring>
+#include <vector>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "backends/cuda/conv.h"
+#include "backends/cuda/cuda_util.h"
+#include "backends/cuda/kernels.h"
+#include "backends/cuda/lt_matmul.h"
+#include "backends/cuda/ops.h"
+#include "backends/gpu/device_api.h"
+
+#include <cudnn.h>
+
+namespace kiln::cuda {
+namespace {
+
+using gpu::ElemType;
+
+cudaStream_t st(void* s) { return static_cast<cudaStream_t>(s); }
+
+DType float_type(ElemType t, const char* what) {
+  switch (t) {
+    case ElemType::kF32: return DType::kF32;
+    case ElemType::kF16: return DType::kF16;
+    case ElemType::kBF16: return DType::kBF16;
+    default: throw CudaError(std::string(what) + ": needs fp32, fp16 or bf16 tensors, got " + elem_type_name(t));
+  }
+}
+
+class MatmulKernel final : public gpu::Kernel {
+ public:
+  MatmulKernel(const gpu::MatmulDesc& d, size_t limit) : d_(d) {
+    GemmType type = d.type == ElemType::kF16 ? GemmType::kF16 : d.type == ElemType::kBF16 ? GemmType::kBF16 : GemmType::kF32;
+    if (d.type != ElemType::kF16 && d.type != ElemType::kBF16 && d.type != ElemType::kF32)
+      throw CudaError(std::string("matmul: unsupported type ") + elem_type_name(d.type));
+    Epilogue e = Epilogue::kNone;
+    using E = gpu::MatmulDesc::Epilogue;
+    if (d.bias) e = d.epilogue == E::kRelu ? Epilogue::kBiasRelu : d.epilogue == E::kGeluTanh ? Epilogue::kBiasGelu : Epilogue::kBias;
+    else e = d.epilogue == E::kRelu ? Epilogue::kRelu : d.epilogue == E::kGeluTanh ? Epilogue::kGelu : Epilogue::kNone;
+    mm_ = std::make_unique<LtMatmul>(GemmShape{d.m, d.n, d.k, d.batch, d.w_stride, d.residual}, type, e, limit);
+  }
+  // Inputs: x, w, bias (when desc.bias).
+  void launch(const void* const* in, void* const* out, void* ws, void* s) const override {
+    mm_->run(in[0], in[1], d_.bias ? in[2] : nullptr, out[0], st(s), ws, mm_->chosen_workspace_bytes(),
+             d_.residual ? in[d_.bias ? 3 : 2] : nullptr);
+  }
+  size_t workspace_bytes() const override { return mm_->chosen_workspace_bytes(); }
+  std::string describe() const override { return mm_->describe(); }
+  double timed_ms() const override { return mm_->chosen_ms(); }
+
+ private:
+  gpu::MatmulDesc d_;
+  std::unique_ptr<LtMatmul> mm_;
+};
+
+class ConvKernel final : public gpu::Kernel {
+ public:
+  ConvKernel(const gpu::ConvDesc& d, size_t limit) : d_(d) {
+    ConvParams p;
+    p.n = d.n, p.c = d.c, p.h = d.h, p.w = d.w, p.k = d.k, p.r = d.r, p.s = d.s, p.groups = d.groups;
+    p.pad_h = d.pad_h, p.pad_w = d.pad_w, p.stride_h = d.stride_h, p.stride_w = d.stride_w;
+    p.dil_h = d.dil_h, p.dil_w = d.dil_w;
+    p.type = float_type(d.type, "conv");
+    p.bias = d.bias, p.residual = d.residual;
+    p.act = d.act == gpu::Act::kRelu ? ConvAct::kRelu : d.act == gpu::Act::kClip ? ConvAct::kClip : ConvAct::kNone;
+    p.clip_lo = d.clip_lo, p.clip_hi = d.clip_hi;
+    conv_ = std::make_unique<CudnnConv>(p, limit);
+  }
+  // Inputs: x, w, bias (when desc.bias), z (when desc.residual).
+  void launch(const void* const* in, void* const* out, void* ws, void* s) const override {
+    const void* bias = d_.bias ? in[2] : nullptr;
+    const void* z = d_.residual ? in[d_.bias ? 3 : 2] : nullptr;
+    conv_->run(in[0], in[1], bias, z, out[0], st(s), ws, conv_->workspace_bytes());
+  }
+  size_t workspace_bytes() const override { return conv_->workspace_bytes(); }
+  std::string describe() const override { return conv_->describe(); }
+  double timed_ms() const override { return conv_->chosen_ms(); }
+
+ private:
+  gpu::ConvDesc d_;
+  std::unique_ptr<CudnnConv> conv_;
+};
+
+class DepthwiseKernel final : public gpu::Kernel {
+ public:
+  explicit DepthwiseKernel(const gpu::ConvDesc& d) : d_(d) {
+    if (d.groups != d.c || d.k != d.c) throw CudaError("depthwise: needs groups == in channels == out channels");
+    p_.n = d.n, p_.h = d.h, p_.w = d.w, p_.c = d.c;
+    p_.r = static_cast<int>(d.r), p_.s = static_cast<int>(d.s);
+    p_.sh = d.stride_h, p_.sw = d.stride_w, p_.pad_t = d.pad_h, p_.pad_l = d.pad_w, p_.dh = d.dil_h, p_.dw = d.dil_w;
+    p_.oh = (d.h + 2 * d.pad_h - d.dil_h * (d.r - 1) - 1) / d.stride_h + 1;
+    p_.ow = (d.w + 2 * d.pad_w - d.dil_w * (d.s - 1) - 1) / d.stride_w + 1;
+    if (p_.oh <= 0 || p_.ow <= 0) throw CudaError("depthwise: the kernel is larger than the padded input");
+    if (d.act == gpu::Act::kRelu) p_.lo = 0;
+    if (d.act == gpu::Act::kClip) p_.lo = d.clip_lo, p_.hi = d.clip_hi;
+    // Timed on scratch buffers (median of 5 after a warm-up), to compete with cuDNN.
+    const size_t es = elem_size(d.type);
+    DeviceBuffer x(static_cast<size_t>(d.n * d.h * d.w * d.c) * es), w(static_cast<size_t>(d.r * d.s * d.c) * es),
+        b(static_cast<size_t>(d.c) * es), y(static_cast<size_t>(d.n * p_.oh * p_.ow * d.c) * es);
+    KILN_CUDA_CHECK(cudaMemset(x.get(), 0, x.bytes()));
+    KILN_CUDA_CHECK(cudaMemset(w.get(), 0, w.bytes()));
+    KILN_CUDA_CHECK(cudaMemset(b.get(), 0, b.bytes()));
+    EventTimer timer;
+    depthwise_nhwc(d.type, x.get(), w.get(), d.bias ? b.get() : nullptr, d.residual ? y.get() : nullptr, y.get(), p_, nullptr);
+    std::vector<float> ms;
+    for (int r = 0; r < 5; ++r) {
+      timer.start(nullptr);
+      depthwise_nhwc(d.type, x.get(), w.get(), d.bias ? b.get() : nullptr, d.residual ? y.get() : nullptr, y.get(), p_,
+                     nullptr);
+      ms.push_back(timer.stop(nullptr));
+    }
+    std::sort(ms.begin(), ms.end());
+    ms_ = ms[2];
+  }
+  void launch(const void* const* in, void* const* out, void*, void* s) const override {
+    const void* bias = d_.bias ? in[2] : nullptr;
+    const void* z = d_.residual ? in[d_.bias ? 3 : 2] : nullptr;
+    depthwise_nhwc(d_.type, in[0], in[1], bias, z, out[0], p_, st(s));
+  }
+  std::string describe() const override {
+    return std::string("kiln depthwise nhwc ") + elem_type_name(d_.type) + " (" + std::to_string(ms_) + " ms)";
+  }
+  double timed_ms() const override { return ms_; }
+
+ private:
+  gpu::ConvDesc d_;
+  Depthwise2d p_;
+  float ms_ = -1;
+};
+
+// A kernel from a lambda over (inputs, outputs, stream) with a fixed description.
+template <typename F>
+class FnKernel final : public gpu::Kernel {
+ public:
+  FnKernel(std::string what, F f) : what_(std::move(what)), f_(std::move(f)) {}
+  void launch(const void* const* in, void* const* out, void*, void* s) const override { f_(in, out, st(s)); }
+  std::string describe() const override { return what_; }
+
+ private:
+  std::string what_;
+  F f_;
+};
+template <typename F>
+std::unique_ptr<gpu::Kernel> fn_kernel(std::string what, F f) {
+  return std::make_unique<FnKernel<F>>(std::move(what), std::move(f));
+}
+
+bool is_sticky(cudaError_t e) {
+  return e == cudaErrorIllegalAddress || e == cudaErrorLaunchFailure || e == cudaErrorIllegalInstruction ||
+         e == cudaErrorMisalignedAddress || e == cudaErrorHardwareStackError || e == cudaErrorAssert ||
+         e == cudaErrorInvalidPc || e == cudaErrorInvalidAddressSpace;
+}
+
+class CudaDevice final : public gpu::Device {
+ public:
+  explicit CudaDevice(int id) {
+    DeviceInfo info = query_device(id);
+    require_compute_capability(info, 8, 0);
+    props_.id = id;
+    props_.name = info.name;
+    props_.sm_major = info.sm_major;
+    props_.sm_minor = info.sm_minor;
+    props_.multiprocessors = info.multiprocessors;
+    props_.total_memory = info.total_memory;
+    props_.driver_version = info.driver_version;
+    props_.runtime_version = info.runtime_version;
+    props_.cublaslt_version = info.cublaslt_version;
+    props_.cudnn_version = cudnnGetVersion();
+  }
+  const gpu::DeviceProps& props() const override { return props_; }
+  void bind() const override { KILN_CUDA_CHECK(cudaSetDevice(props_.id)); }
+  bool broken() const override {
+    const cudaError_t e = cudaPeekAtLastError();
+    return broken_ || is_sticky(e);
+  }
+
+  void* alloc(size_t bytes) override {
+    bind();
+    void* p = nullptr;
+    if (bytes == 0) return nullptr;
+    const cudaError_t e = cudaMalloc(&p, bytes);
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      size_t free_b = 0, total = 0;
+      cudaMemGetInfo(&free_b, &total);
+      throw CudaError("out of GPU memory: asked for " + std::to_string(bytes >> 20) + " MiB, " +
+                      std::to_string(free_b >> 20) + " MiB of " + std::to_string(total >> 20) + " MiB free on GPU " +
+                      std::to_string(props_.id) + " (" + cudaGetErrorString(e) + ")");
+    }
+    return p;
+  }
+  void free(void* p) override {
+    if (p) cudaFree(p);
+  }
+  void* alloc_host(size_t bytes) override {
+    void* p = nullptr;
+    if (bytes == 0) return nullptr;
+    KILN_CUDA_CHECK(cudaMallocHost(&p, bytes));
+    return p;
+  }
+  void free_host(void* p) override {
+    if (p) cudaFreeHost(p);
+  }
+  size_t free_memory() const override {
+    bind();
+    size_t f = 0, t = 0;
+    KILN_CUDA_CHECK(cudaMemGetInfo(&f, &t));
+    return f;
+  }
+  void upload(void* dst, const void* src, size_t bytes) override {
+    bind();
+    if (bytes) KILN_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDefault));
+  }
+  void copy_async(void* dst, const void* src, size_t bytes, void* s) override {
+    if (bytes) guard([&] { KILN_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, st(s))); });
+  }
+  void memset_async(void* dst, int value, size_t bytes, void* s) override {
+    if (bytes) guard([&] { KILN_CUDA_CHECK(cudaMemsetAsync(dst, value, bytes, st(s))); });
+  }
+  void* create_stream() override {
+    bind();
+    cudaStream_t s = nullptr;
+    KILN_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    return s;
+  }
+  void destroy_stream(void* s) override {
+    if (s) cudaStreamDestroy(st(s));
+  }
+  void synchronize(void* s) override {
+    guard([&] { KILN_CUDA_CHECK(cudaStreamSynchronize(st(s))); });
+  }
+  void* create_event() override {
+    bind();
+    cudaEvent_t e = nullptr;
+    KILN_CUDA_CHECK(cudaEventCreate(&e));
+    return e;
+  }
+  void destroy_event(void* e) override {
+    if (e) cudaEventDestroy(static_cast<cudaEvent_t>(e));
+  }
+  void record(void* e, void* s) override { KILN_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(e), st(s))); }
+  float elapsed_ms(void* a, void* b) override {
+    float ms = 0;
+    guard([&] {
+      KILN_CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(b)));
+      KILN_CUDA_CHECK(cudaEventElapsedTime(&ms, static_cast<cudaEvent_t>(a), static_cast<cudaEvent_t>(b)));
+    });
+    return ms;
+  }
+  void begin_capture(void* s) override {
+    bind();
+    KILN_CUDA_CHECK(cudaStreamBeginCapture(st(s), cudaStreamCaptureModeThreadLocal));
+  }
+  void* end_capture(void* s) override {
+    cudaGraph_t g = nullptr;
+    KILN_CUDA_CHECK(cudaStreamEndCapture(st(s), &g));
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t e = cudaGraphInstantiate(&exec, g, 0);
+    cudaGraphDestroy(g);
+    check(e, "cudaGraphInstantiate");
+    return exec;
+  }
+  void launch_graph(void* g, void* s) override {
+    guard([&] { KILN_CUDA_CHECK(cudaGraphLaunch(static_cast<cudaGraphExec_t>(g), st(s))); });
+  }
+  void destroy_graph(void* g) override {
+    if (g) cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(g));
+  }
+
+  std::unique_ptr<gpu::Kernel> matmul(const gpu::MatmulDesc& d, size_t limit) override {
+    bind();
+    return std::make_unique<MatmulKernel>(d, limit);
+  }
+  std::unique_ptr<gpu::Kernel> conv(const gpu::ConvDesc& d, size_t limit) override {
+    bind();
+    return std::make_unique<ConvKernel>(d, limit);
+  }
+  std::unique_ptr<gpu::Kernel> depthwise(const gpu::ConvDesc& d) override {
+    bind();
+    return std::make_unique<DepthwiseKernel>(d);
+  }
+  std::unique_ptr<gpu::Kernel> copy(ElemType x, ElemType y, const gpu::StridedCopy& c) override {
+    return fn_kernel(std::string("copy ") + elem_type_name(x) + "->" + elem_type_name(y),
+                     [x, y, c](const void* const* in, void* const* out, cudaStream_t s) {
+                       copy_strided(x, in[0], y, out[0], c, s);
+                     });
+  }
+  std::unique_ptr<gpu::Kernel> elementwise(const gpu::EwProgram& p) override {
+    return fn_kernel("elementwise " + std::to_string(p.num_steps) + " steps",
+                     [p](const void* const* in, void* const* out, cudaStream_t s) {
+                       cuda::elementwise(p, in, out[0], s);
+                     });
+  }
+  std::unique_ptr<gpu::Kernel> gather(ElemType idx, size_t elem_bytes, int64_t outer, int64_t axis_dim,
+                                      int64_t inner, int64_t count) override {
+    return fn_kernel("gather", [=](const void* const* in, void* const* out, cudaStream_t s) {
+      cuda::gather(idx, in[0], in[1], out[0], outer, axis_dim, inner, count, elem_bytes, s);
+    });
+  }
+  std::unique_ptr<gpu::Kernel> pool(ElemType t, const gpu::Pool2d& p) override {
+    return fn_kernel(p.max ? "maxpool nhwc" : "avgpool nhwc", [t, p](const void* const* in, void* const* out, cudaStream_t s) {
+      pool2d_nhwc(t, in[0], out[0], p, s);
+    });
+  }
+  std::unique_ptr<gpu::Kernel> mean_middle(ElemType t, int64_t n, int64_t sz, int64_t c) override {
+    return fn_kernel("mean", [=](const void* const* in, void* const* out, cudaStream_t s) {
+      cuda::mean_middle(t, in[0], out[0], n, sz, c, s);
+    });
+  }
+  std::unique_ptr<gpu::Kernel> layer_norm(ElemType t, int64_t rows, int64_t cols, float eps) override {
+    const DType dt = float_type(t, "layer_norm");
+    return fn_kernel(std::string("layer_norm ") + dtype_name(dt), [=](const void* const* in, void* const* out, cudaStream_t s) {
+      cuda::layer_norm(dt, in[0], in[3], in[1], in[2], out[0], rows, cols, eps, s);
+    });
+  }
+  std::unique_ptr<gpu::Kernel> softmax(ElemType t, int64_t rows, int64_t cols) override {
+    const DType dt = float_type(t, "softmax");
+    return fn_kernel(std::string("softmax ") + dtype_name(dt), [=](const void* const* in, void* const* out, cudaStream_t s) {
+      softmax_rows(dt, in[0], out[0], rows, cols, s);
+    });
+  }
+  std::unique_ptr<gpu::Kernel> attention(const gpu::AttentionDesc& d) override {
+    const DType dt = float_type(d.type, "attention");
+    if (d.head_dim != 16 && d.head_dim != 32 && d.head_dim != 64 && d.head_dim != 128)
+      throw CudaError("attention: head_dim " + std::to_string(d.head_dim) + " is not supported (16, 32, 64 or 128)");
+    AttnLayout L;
+    for (int i = 0; i < 3; ++i) L.q[i] = d.q[i], L.k[i] = d.k[i], L.v[i] = d.v[i], L.o[i] = d.o[i], L.mask[i] = d.mask[i];
+    // Tensor cores (WMMA) for FP16/BF16; the FP32 FMA kernels otherwise.
+    const bool tc = attention_tc_supported(dt, d.head_dim, L);
+    return fn_kernel(std::string(tc ? "attention tensor-core " : "attention ") + dtype_name(dt) +
+                         (d.causal ? " causal" : "") + (d.has_mask ? " masked" : ""),
+                     [=](const void* const* in, void* const* out, cudaStream_t s) {
+                       const float* mask = d.has_mask ? static_cast<const float*>(in[3]) : nullptr;
+                       if (tc)
+                         cuda::attention_tc(dt, in[0], in[1], in[2], out[0], d.batch, d.heads, d.sq, d.sk, d.head_dim,
+                                            d.scale, L, mask, d.causal, s);
+                       else
+                         cuda::attention(dt, in[0], in[1], in[2], out[0], d.batch, d.heads, d.sq, d.sk, d.head_dim,
+                                         d.scale, L, mask, d.causal, s);
+                     });
+  }
+
+ private:
+  // Runs f; a sticky CUDA error marks the device broken before the exception goes on.
+  template <typename F>
+  void guard(F&& f) {
+    try {
+      f();
+    } catch (const CudaError& e) {
+      if (e.sticky()) broken_ = true;
+      throw;
+    }
+  }
+
+  gpu::DeviceProps props_;
+  bool broken_ = false;
+};
+
+void copy_message(const std::string& m, char* buf, size_t len) {
+  if (!buf || len == 0) return;
+  const size_t n = std::min(len - 1, m.size());
+  std::memcpy(buf, m.data(), n);
+  buf[n] = 0;
+}
+
+}  // namespace
+}  // namespace kiln::cuda
+
+extern "C" __attribute__((visibility("default"))) int kiln_gpu_api_version() { return kiln::gpu::kApiVersion; }
+
+extern "C" __attribute__((visibility("default"))) int kiln_gpu_device_count(char* why, size_t why_len) {
+  std::string reason;
+  const int n = kiln::cuda::device_count(&reason);
+  if (n == 0) kiln::cuda::copy_message(reason, why, why_len);
+  return n;
+}
+
+extern "C" __attribute__((visibility("default"))) kiln::gpu::Device* kiln_gpu_open_device(int index, char* error,
+                                                                                         size_t error_len) {
+  try {
+    return new kiln::cuda::CudaDevice(index);
+  } catch (const std::exception& e) {
+    kiln::cuda::copy_message(e.what(), error, error_len);
+    return nullptr;
+  }
+}

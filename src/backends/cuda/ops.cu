@@ -1,0 +1,638 @@
+// Kiln's generic CUDA kernels (see ops.h): one thread per output element, grid-stride loops, the
+// element's multi-index decomposed once and reused for every input's offset.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+
+#include "backends/cuda/cuda_util.h"
+#include "backends/cuda/ops.h"
+
+namespace kiln::cuda {
+
+size_t elem_size(ElemType t) {
+  switch (t) {
+    case ElemType::kF32: case ElemType::kI32: return 4;
+    case ElemType::kF16: case ElemType::kBF16: return 2;
+    case ElemType::kF64: case ElemType::kI64: return 8;
+    default: return 1;
+  }
+}
+
+const char* elem_type_name(ElemType t) {
+  static const char* names[] = {"fp32", "fp16", "bf16", "fp64", "int64", "int32", "int8", "uint8", "bool"};
+  return names[static_cast<int>(t)];
+}
+
+namespace {
+
+constexpr int kThreads = 256;
+
+unsigned blocks_for(int64_t n) {
+  const int64_t b = (n + kThreads - 1) / kThreads;
+  return static_cast<unsigned>(b < 1 ? 1 : b > (1 << 20) ? (1 << 20) : b);
+}
+
+// Loads element i of a typed buffer as float (integers exactly up to 2^24).
+__device__ __forceinline__ float load_f(ElemType t, const void* p, int64_t i) {
+  switch (t) {
+    case ElemType::kF32: return static_cast<const float*>(p)[i];
+    case ElemType::kF16: return __half2float(static_cast<const __half*>(p)[i]);
+    case ElemType::kBF16: return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
+    case ElemType::kF64: return static_cast<float>(static_cast<const double*>(p)[i]);
+    case ElemType::kI64: return static_cast<float>(static_cast<const int64_t*>(p)[i]);
+    case ElemType::kI32: return static_cast<float>(static_cast<const int32_t*>(p)[i]);
+    case ElemType::kI8: return static_cast<float>(static_cast<const int8_t*>(p)[i]);
+    case ElemType::kU8: return static_cast<float>(static_cast<const uint8_t*>(p)[i]);
+    default: return static_cast<const uint8_t*>(p)[i] ? 1.f : 0.f;
+  }
+}
+
+// Stores float v as element i (integers truncate toward zero like a C cast, as ONNX Cast does).
+__device__ __forceinline__ void store_f(ElemType t, void* p, int64_t i, float v) {
+  switch (t) {
+    case ElemType::kF32: static_cast<float*>(p)[i] = v; break;
+    case ElemType::kF16: static_cast<__half*>(p)[i] = __float2half_rn(v); break;
+    case ElemType::kBF16: static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(v); break;
+    case ElemType::kF64: static_cast<double*>(p)[i] = v; break;
+    case ElemType::kI64: static_cast<int64_t*>(p)[i] = static_cast<int64_t>(v); break;
+    case ElemType::kI32: static_cast<int32_t*>(p)[i] = static_cast<int32_t>(v); break;
+    case ElemType::kI8: static_cast<int8_t*>(p)[i] = static_cast<int8_t>(v); break;
+    case ElemType::kU8: static_cast<uint8_t*>(p)[i] = static_cast<uint8_t>(v); break;
+    default: static_cast<uint8_t*>(p)[i] = v != 0.f ? 1 : 0; break;
+  }
+}
+
+// A raw copy of `bytes` bytes (same types), or a conversion through float (integers of 8 bytes are
+// copied exactly when both sides are integers of the same size).
+__device__ __forceinline__ void move_elem(ElemType xt, const void* x, int64_t xi, ElemType yt, void* y, int64_t yi) {
+  if (xt == yt) {
+    switch (xt == ElemType::kF64 || xt == ElemType::kI64 ? 8 : xt == ElemType::kF32 || xt == ElemType::kI32 ? 4
+            : xt == ElemType::kF16 || xt == ElemType::kBF16                     ? 2
+                                                                                : 1) {
+      case 8: static_cast<uint64_t*>(y)[yi] = static_cast<const uint64_t*>(x)[xi]; return;
+      case 4: static_cast<uint32_t*>(y)[yi] = static_cast<const uint32_t*>(x)[xi]; return;
+      case 2: static_cast<uint16_t*>(y)[yi] = static_cast<const uint16_t*>(x)[xi]; return;
+      default: static_cast<uint8_t*>(y)[yi] = static_cast<const uint8_t*>(x)[xi]; return;
+    }
+  }
+  if (xt == ElemType::kI64 && yt == ElemType::kI32) {
+    static_cast<int32_t*>(y)[yi] = static_cast<int32_t>(static_cast<const int64_t*>(x)[xi]);
+    return;
+  }
+  if (xt == ElemType::kI32 && yt == ElemType::kI64) {
+    static_cast<int64_t*>(y)[yi] = static_cast<const int32_t*>(x)[xi];
+    return;
+  }
+  store_f(yt, y, yi, load_f(xt, x, xi));
+}
+
+template <typename I>
+__global__ void copy_strided_kernel(ElemType xt, const void* x, ElemType yt, void* y, StridedCopy copy, I n) {
+  __shared__ StridedCopy c;  // see elementwise_kernel: no runtime-indexed kernel parameters
+  if (threadIdx.x == 0) c = copy;
+  __syncthreads();
+  for (I e = blockIdx.x * static_cast<I>(blockDim.x) + threadIdx.x; e < n; e += static_cast<I>(gridDim.x) * blockDim.x) {
+    I rest = e;
+    int64_t xo = 0, yo = 0;
+    for (int d = c.rank - 1; d >= 0; --d) {
+      const I dim = static_cast<I>(c.dims[d]);
+      const I i = rest % dim;
+      rest /= dim;
+      xo += static_cast<int64_t>(i) * c.x_strides[d];
+      yo += static_cast<int64_t>(i) * c.y_strides[d];
+    }
+    move_elem(xt, x, xo, yt, y, yo);
+  }
+}
+
+// Batched 2-D transpose through 32x32 shared-memory tiles (both sides coalesced), converting the
+// type: y[b][c][r] = x[b][r][c] for r < rows, c < cols. NCHW <-> NHWC layout changes are this with
+// (rows, cols) = (C, H*W) or (H*W, C).
+__global__ void transpose_tiles_kernel(ElemType xt, const void* x, ElemType yt, void* y, int64_t rows, int64_t cols) {
+  __shared__ float tile[32][33];
+  const int64_t b = blockIdx.z;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.y) * 32, c0 = static_cast<int64_t>(blockIdx.x) * 32;
+  const int64_t base = b * rows * cols;
+  for (int i = threadIdx.y; i < 32; i += blockDim.y) {
+    const int64_t r = r0 + i, c = c0 + threadIdx.x;
+    if (r < rows && c < cols) tile[i][threadIdx.x] = load_f(xt, x, base + r * cols + c);
+  }
+  __syncthreads();
+  for (int i = threadIdx.y; i < 32; i += blockDim.y) {
+    const int64_t c = c0 + i, r = r0 + threadIdx.x;
+    if (r < rows && c < cols) store_f(yt, y, base + c * rows + r, tile[threadIdx.x][i]);
+  }
+}
+
+// NCHW -> NHWC for few channels (a network's image input): a thread per pixel reads its C values
+// (coalesced across threads) and writes them contiguously.
+__global__ void nchw_to_nhwc_small_kernel(ElemType xt, const void* x, ElemType yt, void* y, int64_t n, int c, int64_t hw) {
+  const int64_t total = n * hw;
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t b = e / hw, p = e % hw;
+    for (int ch = 0; ch < c; ++ch) store_f(yt, y, e * c + ch, load_f(xt, x, (b * c + ch) * hw + p));
+  }
+}
+
+__device__ __forceinline__ float sigmoidf(float v) { return 1.f / (1.f + __expf(-v)); }
+
+__device__ float apply_unary(EwOp op, float v, float p0, float p1) {
+  switch (op) {
+    case EwOp::kRelu: return v > 0.f ? v : 0.f;
+    case EwOp::kSigmoid: return sigmoidf(v);
+    case EwOp::kTanh: return tanhf(v);
+    case EwOp::kErf: return erff(v);
+    case EwOp::kExp: return expf(v);
+    case EwOp::kLog: return logf(v);
+    case EwOp::kSqrt: return sqrtf(v);
+    case EwOp::kNeg: return -v;
+    case EwOp::kAbs: return fabsf(v);
+    case EwOp::kReciprocal: return 1.f / v;
+    case EwOp::kFloor: return floorf(v);
+    case EwOp::kCeil: return ceilf(v);
+    case EwOp::kRound: return rintf(v);  // half to even, as ONNX Round
+    case EwOp::kSign: return v > 0.f ? 1.f : v < 0.f ? -1.f : 0.f;
+    case EwOp::kNot: return v != 0.f ? 0.f : 1.f;
+    case EwOp::kSin: return sinf(v);
+    case EwOp::kCos: return cosf(v);
+    case EwOp::kGelu: return 0.5f * v * (1.f + erff(v * 0.70710678118654752f));
+    case EwOp::kGeluTanh: return 0.5f * v * (1.f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+    case EwOp::kSiLU: return v * sigmoidf(v);
+    case EwOp::kHardSwish: return v * fminf(fmaxf(v / 6.f + 0.5f, 0.f), 1.f);
+    case EwOp::kHardSigmoid: return fminf(fmaxf(p0 * v + p1, 0.f), 1.f);
+    case EwOp::kLeakyRelu: return v < 0.f ? p0 * v : v;
+    case EwOp::kElu: return v < 0.f ? p0 * (expf(v) - 1.f) : v;
+    case EwOp::kClip: return fminf(fmaxf(v, p0), p1);
+    case EwOp::kAffine: return p0 * v + p1;
+    default: return v;
+  }
+}
+
+__device__ float apply_binary(EwOp op, float a, float b) {
+  switch (op) {
+    case EwOp::kAdd: return a + b;
+    case EwOp::kSub: return a - b;
+    case EwOp::kMul: return a * b;
+    case EwOp::kDiv: return a / b;
+    case EwOp::kPow: return powf(a, b);
+    case EwOp::kMin: return fminf(a, b);
+    case EwOp::kMax: return fmaxf(a, b);
+    case EwOp::kMod: return fmodf(a, b);
+    case EwOp::kEqual: return a == b ? 1.f : 0.f;
+    case EwOp::kLess: return a < b ? 1.f : 0.f;
+    case EwOp::kLessEqual: return a <= b ? 1.f : 0.f;
+    case EwOp::kGreater: return a > b ? 1.f : 0.f;
+    case EwOp::kGreaterEqual: return a >= b ? 1.f : 0.f;
+    case EwOp::kAnd: return (a != 0.f && b != 0.f) ? 1.f : 0.f;
+    case EwOp::kOr: return (a != 0.f || b != 0.f) ? 1.f : 0.f;
+    case EwOp::kXor: return ((a != 0.f) != (b != 0.f)) ? 1.f : 0.f;
+    default: return a;
+  }
+}
+
+struct EwPtrs {
+  const void* p[kMaxEwInputs];
+};
+
+// The program and the input pointers are copied to shared memory once per block: indexing a kernel
+// parameter with a runtime index would make every thread copy the whole struct to local memory.
+// `dense` has bit k set when input k is stored like the output (offset = element index) and
+// `scalar` when it is one broadcast value; other inputs take the general strided path. I is the
+// index type: 32-bit whenever the element count allows (64-bit division costs ~4x as much).
+template <typename I>
+__global__ void elementwise_kernel(EwProgram prog, EwPtrs ptrs, I n, void* y, unsigned dense, unsigned scalar) {
+  __shared__ EwProgram p;
+  __shared__ EwPtrs ins;
+  if (threadIdx.x == 0) {
+    p = prog;
+    ins = ptrs;
+  }
+  __syncthreads();
+  const bool all_simple = ((dense | scalar) & ((1u << p.num_inputs) - 1)) == ((1u << p.num_inputs) - 1);
+  for (I e = blockIdx.x * static_cast<I>(blockDim.x) + threadIdx.x; e < n; e += static_cast<I>(gridDim.x) * blockDim.x) {
+    I offs[kMaxEwInputs];
+    if (all_simple) {
+      for (int k = 0; k < p.num_inputs; ++k) offs[k] = (dense >> k) & 1u ? e : 0;
+    } else {
+      for (int k = 0; k < p.num_inputs; ++k) offs[k] = 0;
+      I rest = e;
+      for (int d = p.rank - 1; d >= 0; --d) {
+        const I dim = static_cast<I>(p.dims[d]);
+        const I i = rest % dim;
+        rest /= dim;
+        for (int k = 0; k < p.num_inputs; ++k) offs[k] += i * static_cast<I>(p.in_strides[k][d]);
+      }
+    }
+    float acc = 0.f;
+    for (int s = 0; s < p.num_steps; ++s) {
+      const EwStep st = p.steps[s];
+      if (st.op == EwOp::kLoad) {
+        acc = load_f(p.in_types[st.a], ins.p[st.a], offs[st.a]);
+      } else if (st.op == EwOp::kWhere) {
+        acc = acc != 0.f ? load_f(p.in_types[st.a], ins.p[st.a], offs[st.a])
+                         : load_f(p.in_types[st.b], ins.p[st.b], offs[st.b]);
+      } else if (st.op <= EwOp::kXor) {
+        const float v = load_f(p.in_types[st.a], ins.p[st.a], offs[st.a]);
+        acc = st.reversed ? apply_binary(st.op, v, acc) : apply_binary(st.op, acc, v);
+      } else {
+        acc = apply_unary(st.op, acc, st.p0, st.p1);
+      }
+    }
+    store_f(p.out_type, y, e, acc);
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ float ld_f(const T* p, uint32_t i);
+template <>
+__device__ __forceinline__ float ld_f<float>(const float* p, uint32_t i) { return p[i]; }
+template <>
+__device__ __forceinline__ float ld_f<__half>(const __half* p, uint32_t i) { return __half2float(p[i]); }
+template <>
+__device__ __forceinline__ float ld_f<__nv_bfloat16>(const __nv_bfloat16* p, uint32_t i) { return __bfloat162float(p[i]); }
+template <typename T>
+__device__ __forceinline__ T st_f(float v);
+template <>
+__device__ __forceinline__ float st_f<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ __half st_f<__half>(float v) { return __float2half_rn(v); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 st_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+// The common case of the interpreter: every input and the output of one float type T, every input
+// dense (offset = element index) or one broadcast scalar (offset 0). No index arithmetic, no type
+// dispatch; kPer consecutive elements per thread.
+template <typename T>
+__global__ void elementwise_dense_kernel(EwProgram prog, EwPtrs ptrs, uint32_t n, T* __restrict__ y, unsigned scalar) {
+  constexpr int kPer = 4;
+  __shared__ EwProgram p;
+  __shared__ EwPtrs ins;
+  if (threadIdx.x == 0) {
+    p = prog;
+    ins = ptrs;
+  }
+  __syncthreads();
+  const uint32_t stride = gridDim.x * blockDim.x * kPer;
+  for (uint32_t e0 = (blockIdx.x * blockDim.x + threadIdx.x) * kPer; e0 < n; e0 += stride) {
+    float acc[kPer];
+#pragma unroll
+    for (int u = 0; u < kPer; ++u) acc[u] = 0.f;
+    for (int s = 0; s < p.num_steps; ++s) {
+      const EwStep st = p.steps[s];
+      if (st.op >= EwOp::kRelu) {
+#pragma unroll
+        for (int u = 0; u < kPer; ++u) acc[u] = apply_unary(st.op, acc[u], st.p0, st.p1);
+        continue;
+      }
+      const T* a = static_cast<const T*>(ins.p[st.a]);
+      const bool sa = (scalar >> st.a) & 1u;
+      const T* b = static_cast<const T*>(ins.p[st.b]);
+      const bool sb = (scalar >> st.b) & 1u;
+#pragma unroll
+      for (int u = 0; u < kPer; ++u) {
+        const uint32_t e = e0 + u;
+        if (e >= n) break;
+        const float va = ld_f(a, sa ? 0u : e);
+        if (st.op == EwOp::kLoad) acc[u] = va;
+        else if (st.op == EwOp::kWhere) acc[u] = acc[u] != 0.f ? va : ld_f(b, sb ? 0u : e);
+        else acc[u] = st.reversed ? apply_binary(st.op, va, acc[u]) : apply_binary(st.op, acc[u], va);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kPer; ++u)
+      if (e0 + u < n) y[e0 + u] = st_f<T>(acc[u]);
+  }
+}
+
+__global__ void gather_kernel(ElemType it, const uint8_t* __restrict__ data, const void* __restrict__ idx,
+                              uint8_t* __restrict__ y, int64_t outer, int64_t axis_dim, int64_t inner, int64_t count,
+                              int64_t elem_bytes) {
+  const int64_t n = outer * count * inner;
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < n;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t i = e % inner, t = (e / inner) % count, o = e / (inner * count);
+    int64_t j = it == ElemType::kI64 ? static_cast<const int64_t*>(idx)[t] : static_cast<const int32_t*>(idx)[t];
+    if (j < 0) j += axis_dim;
+    uint8_t* dst = y + e * elem_bytes;
+    if (j < 0 || j >= axis_dim) {
+      for (int64_t b = 0; b < elem_bytes; ++b) dst[b] = 0;
+      continue;
+    }
+    const uint8_t* src = data + ((o * axis_dim + j) * inner + i) * elem_bytes;
+    for (int64_t b = 0; b < elem_bytes; ++b) dst[b] = src[b];
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ float to_float(T v) { return static_cast<float>(v); }
+template <>
+__device__ __forceinline__ float to_float<__half>(__half v) { return __half2float(v); }
+template <>
+__device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <typename T>
+__device__ __forceinline__ T from_float(float v) { return static_cast<T>(v); }
+template <>
+__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+// One thread per output element (channels fastest, so a warp reads 32 neighbouring channels).
+template <typename T, typename I>
+__global__ void pool2d_nhwc_kernel(const T* __restrict__ x, T* __restrict__ y, Pool2d p, I n) {
+  const I C = static_cast<I>(p.c), OW = static_cast<I>(p.ow), OH = static_cast<I>(p.oh);
+  for (I e = blockIdx.x * static_cast<I>(blockDim.x) + threadIdx.x; e < n; e += static_cast<I>(gridDim.x) * blockDim.x) {
+    const I c = e % C, r = e / C;
+    const I ox = r % OW, r2 = r / OW;
+    const I oy = r2 % OH, b = r2 / OH;
+    float acc = p.max ? -INFINITY : 0.f;
+    int count = 0;
+    for (int ky = 0; ky < p.kh; ++ky) {
+      const int64_t iy = static_cast<int64_t>(oy) * p.sh - p.pad_t + ky * p.dh;
+      for (int kx = 0; kx < p.kw; ++kx) {
+        const int64_t ix = static_cast<int64_t>(ox) * p.sw - p.pad_l + kx * p.dw;
+        if (iy < 0 || iy >= p.h || ix < 0 || ix >= p.w) {
+          if (p.count_include_pad) ++count;
+          continue;
+        }
+        const float v = to_float(x[((static_cast<int64_t>(b) * p.h + iy) * p.w + ix) * p.c + c]);
+        acc = p.max ? fmaxf(acc, v) : acc + v;
+        ++count;
+      }
+    }
+    y[e] = from_float<T>(p.max ? acc : (count ? acc / count : 0.f));
+  }
+}
+
+// The same with 16 bytes (8 or 4 channels) per thread when the channel count allows: one index
+// computation and one 16-byte load per tap for 8 outputs (the scalar kernel is bound by its
+// integer arithmetic, not by memory).
+template <typename T>
+__global__ void pool2d_nhwc_vec_kernel(const T* __restrict__ x, T* __restrict__ y, Pool2d p, uint32_t n) {
+  constexpr int V = 16 / sizeof(T);
+  const uint32_t CV = static_cast<uint32_t>(p.c / V), OW = static_cast<uint32_t>(p.ow), OH = static_cast<uint32_t>(p.oh);
+  for (uint32_t e = blockIdx.x * blockDim.x + threadIdx.x; e < n; e += gridDim.x * blockDim.x) {
+    const uint32_t cv = e % CV, r = e / CV;
+    const uint32_t ox = r % OW, r2 = r / OW;
+    const uint32_t oy = r2 % OH, b = r2 / OH;
+    float acc[V];
+#pragma unroll
+    for (int u = 0; u < V; ++u) acc[u] = p.max ? -INFINITY : 0.f;
+    int count = 0;
+    for (int ky = 0; ky < p.kh; ++ky) {
+      const int iy = static_cast<int>(oy) * p.sh - p.pad_t + ky * p.dh;
+      for (int kx = 0; kx < p.kw; ++kx) {
+        const int ix = static_cast<int>(ox) * p.sw - p.pad_l + kx * p.dw;
+        if (iy < 0 || iy >= p.h || ix < 0 || ix >= p.w) {
+          if (p.count_include_pad) ++count;
+          continue;
+        }
+        union {
+          uint4 raw;
+          T v[V];
+        } in;
+        in.raw = *reinterpret_cast<const uint4*>(x + ((static_cast<size_t>(b) * p.h + iy) * p.w + ix) * p.c + cv * V);
+#pragma unroll
+        for (int u = 0; u < V; ++u) acc[u] = p.max ? fmaxf(acc[u], to_float(in.v[u])) : acc[u] + to_float(in.v[u]);
+        ++count;
+      }
+    }
+    union {
+      uint4 raw;
+      T v[V];
+    } out;
+#pragma unroll
+    for (int u = 0; u < V; ++u) out.v[u] = from_float<T>(p.max ? acc[u] : (count ? acc[u] / count : 0.f));
+    *reinterpret_cast<uint4*>(y + static_cast<size_t>(e) * V) = out.raw;
+  }
+}
+
+// A thread per output pixel and V channels (16 bytes when the channel count allows, else 1):
+// one 16-byte load per tap of the input and of the [R][S][C] filter.
+template <typename T, int V>
+__global__ void depthwise_nhwc_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
+                                      const T* __restrict__ z, T* __restrict__ y, Depthwise2d p, uint32_t n) {
+  const uint32_t CV = static_cast<uint32_t>(p.c / V), OW = static_cast<uint32_t>(p.ow), OH = static_cast<uint32_t>(p.oh);
+  const int C = static_cast<int>(p.c);
+  for (uint32_t e = blockIdx.x * blockDim.x + threadIdx.x; e < n; e += gridDim.x * blockDim.x) {
+    const uint32_t cv = e % CV, r = e / CV;
+    const uint32_t ox = r % OW, r2 = r / OW;
+    const uint32_t oy = r2 % OH, b = r2 / OH;
+    const int c0 = static_cast<int>(cv) * V;
+    float acc[V];
+#pragma unroll
+    for (int u = 0; u < V; ++u) acc[u] = bias ? to_float(bias[c0 + u]) : 0.f;
+    for (int ky = 0; ky < p.r; ++ky) {
+      const int iy = static_cast<int>(oy) * p.sh - p.pad_t + ky * p.dh;
+      if (iy < 0 || iy >= p.h) continue;
+      for (int kx = 0; kx < p.s; ++kx) {
+        const int ix = static_cast<int>(ox) * p.sw - p.pad_l + kx * p.dw;
+        if (ix < 0 || ix >= p.w) continue;
+        const T* xp = x + ((static_cast<size_t>(b) * p.h + iy) * p.w + ix) * C + c0;
+        const T* wp = w + (static_cast<size_t>(ky) * p.s + kx) * C + c0;
+        if constexpr (V == 1) {
+          acc[0] += to_float(*xp) * to_float(*wp);
+        } else {
+          union {
+            uint4 raw;
+            T v[V];
+          } xv, wv;
+          xv.raw = __ldg(reinterpret_cast<const uint4*>(xp));
+          wv.raw = __ldg(reinterpret_cast<const uint4*>(wp));
+#pragma unroll
+          for (int u = 0; u < V; ++u) acc[u] += to_float(xv.v[u]) * to_float(wv.v[u]);
+        }
+      }
+    }
+    const size_t o = static_cast<size_t>(e) * V;
+#pragma unroll
+    for (int u = 0; u < V; ++u) {
+      float v = acc[u];
+      if (z) v += to_float(z[o + u]);
+      v = fminf(fmaxf(v, p.lo), p.hi);
+      y[o + u] = from_float<T>(v);
+    }
+  }
+}
+
+__global__ void mean_middle_kernel(ElemType t, const void* x, void* y, int64_t n, int64_t s, int64_t c) {
+  const int64_t total = n * c;
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t ch = e % c, b = e / c;
+    float acc = 0.f;
+    for (int64_t i = 0; i < s; ++i) acc += load_f(t, x, (b * s + i) * c + ch);
+    store_f(t, y, e, acc / static_cast<float>(s));
+  }
+}
+
+int64_t count_of(int rank, const int64_t* dims, const char* what) {
+  if (rank < 0 || rank > kMaxRank) throw CudaError(std::string(what) + ": rank " + std::to_string(rank) + " > 6");
+  int64_t n = 1;
+  for (int d = 0; d < rank; ++d) {
+    if (dims[d] < 0) throw CudaError(std::string(what) + ": negative dimension");
+    n *= dims[d];
+  }
+  return n;
+}
+
+}  // namespace
+
+void copy_strided(ElemType xt, const void* x, ElemType yt, void* y, const StridedCopy& c, cudaStream_t stream) {
+  const int64_t n = count_of(c.rank, c.dims, "copy_strided");
+  if (n == 0) return;
+  // NCHW <-> NHWC of floats: tiled transposes. dims are the logical [N, C, H, W].
+  const bool floats = xt != ElemType::kI64 && xt != ElemType::kI32 && yt != ElemType::kI64 && yt != ElemType::kI32 &&
+                      xt != ElemType::kF64 && yt != ElemType::kF64;
+  if (c.rank == 4 && floats && n < (int64_t{1} << 31)) {
+    const int64_t N = c.dims[0], C = c.dims[1], HW = c.dims[2] * c.dims[3], W = c.dims[3];
+    const int64_t nchw[4] = {C * HW, HW, W, 1}, nhwc[4] = {HW * C, 1, W * C, C};
+    auto is = [](const int64_t* s, const int64_t* want) {
+      for (int d = 0; d < 4; ++d)
+        if (s[d] != want[d]) return false;
+      return true;
+    };
+    const bool to_nhwc = is(c.x_strides, nchw) && is(c.y_strides, nhwc);
+    const bool to_nchw = is(c.x_strides, nhwc) && is(c.y_strides, nchw);
+    if (to_nhwc && C <= 8) {
+      nchw_to_nhwc_small_kernel<<<blocks_for(N * HW), kThreads, 0, stream>>>(xt, x, yt, y, N, static_cast<int>(C), HW);
+      check_launch("nchw_to_nhwc_small");
+      return;
+    }
+    if ((to_nhwc || to_nchw) && N <= 65535 && C >= 32) {
+      const int64_t rows = to_nhwc ? C : HW, cols = to_nhwc ? HW : C;
+      const dim3 grid(static_cast<unsigned>((cols + 31) / 32), static_cast<unsigned>((rows + 31) / 32),
+                      static_cast<unsigned>(N));
+      if (grid.y <= 65535) {
+        transpose_tiles_kernel<<<grid, dim3(32, 8), 0, stream>>>(xt, x, yt, y, rows, cols);
+        check_launch("transpose_tiles");
+        return;
+      }
+    }
+  }
+  if (n < (int64_t{1} << 31))
+    copy_strided_kernel<uint32_t><<<blocks_for(n), kThreads, 0, stream>>>(xt, x, yt, y, c, static_cast<uint32_t>(n));
+  else
+    copy_strided_kernel<int64_t><<<blocks_for(n), kThreads, 0, stream>>>(xt, x, yt, y, c, n);
+  check_launch("copy_strided");
+}
+
+void elementwise(const EwProgram& p, const void* const* inputs, void* y, cudaStream_t stream) {
+  const int64_t n = count_of(p.rank, p.dims, "elementwise");
+  if (p.num_inputs < 0 || p.num_inputs > kMaxEwInputs || p.num_steps < 0 || p.num_steps > kMaxEwSteps)
+    throw CudaError("elementwise: too many inputs or steps");
+  for (int s = 0; s < p.num_steps; ++s)
+    if (p.steps[s].a < 0 || p.steps[s].a >= p.num_inputs || p.steps[s].b < 0 ||
+        (p.steps[s].op == EwOp::kWhere && p.steps[s].b >= p.num_inputs))
+      throw CudaError("elementwise: step " + std::to_string(s) + " reads an input that does not exist");
+  if (n == 0) return;
+  EwPtrs ptrs{};
+  unsigned dense = 0, scalar = 0;
+  for (int k = 0; k < p.num_inputs; ++k) {
+    ptrs.p[k] = inputs[k];
+    bool is_dense = true, is_scalar = true;
+    int64_t expect = 1;
+    for (int d = p.rank - 1; d >= 0; --d) {
+      if (p.dims[d] != 1 && p.in_strides[k][d] != expect) is_dense = false;
+      if (p.dims[d] != 1 && p.in_strides[k][d] != 0) is_scalar = false;
+      expect *= p.dims[d];
+    }
+    if (is_dense) dense |= 1u << k;
+    else if (is_scalar) scalar |= 1u << k;
+  }
+  // Uniform float type, dense or scalar inputs: the typed kernel.
+  bool uniform = p.out_type == ElemType::kF32 || p.out_type == ElemType::kF16 || p.out_type == ElemType::kBF16;
+  for (int k = 0; k < p.num_inputs; ++k) uniform = uniform && p.in_types[k] == p.out_type && (((dense | scalar) >> k) & 1u);
+  if (uniform && n < (int64_t{1} << 31)) {
+    const uint32_t un = static_cast<uint32_t>(n);
+    const unsigned blocks = blocks_for((n + 3) / 4);
+    if (p.out_type == ElemType::kF32)
+      elementwise_dense_kernel<float><<<blocks, kThreads, 0, stream>>>(p, ptrs, un, static_cast<float*>(y), scalar);
+    else if (p.out_type == ElemType::kF16)
+      elementwise_dense_kernel<__half><<<blocks, kThreads, 0, stream>>>(p, ptrs, un, static_cast<__half*>(y), scalar);
+    else
+      elementwise_dense_kernel<__nv_bfloat16><<<blocks, kThreads, 0, stream>>>(p, ptrs, un, static_cast<__nv_bfloat16*>(y),
+                                                                               scalar);
+  } else if (n < (int64_t{1} << 31))
+    elementwise_kernel<uint32_t><<<blocks_for(n), kThreads, 0, stream>>>(p, ptrs, static_cast<uint32_t>(n), y, dense, scalar);
+  else
+    elementwise_kernel<int64_t><<<blocks_for(n), kThreads, 0, stream>>>(p, ptrs, n, y, dense, scalar);
+  check_launch("elementwise");
+}
+
+void gather(ElemType idx_type, const void* data, const void* idx, void* y, int64_t outer, int64_t axis_dim,
+            int64_t inner, int64_t count, size_t elem_bytes, cudaStream_t stream) {
+  if (idx_type != ElemType::kI64 && idx_type != ElemType::kI32) throw CudaError("gather: indices must be int64 or int32");
+  if (outer < 0 || axis_dim < 0 || inner < 0 || count < 0) throw CudaError("gather: negative dimension");
+  const int64_t n = outer * count * inner;
+  if (n == 0) return;
+  gather_kernel<<<blocks_for(n), kThreads, 0, stream>>>(idx_type, static_cast<const uint8_t*>(data), idx,
+                                                        static_cast<uint8_t*>(y), outer, axis_dim, inner, count,
+                                                        static_cast<int64_t>(elem_bytes));
+  check_launch("gather");
+}
+
+void pool2d_nhwc(ElemType t, const void* x, void* y, const Pool2d& p, cudaStream_t stream) {
+  if (p.kh <= 0 || p.kw <= 0 || p.sh <= 0 || p.sw <= 0 || p.dh <= 0 || p.dw <= 0 || p.oh < 0 || p.ow < 0)
+    throw CudaError("pool2d: bad window");
+  const int64_t n = p.n * p.oh * p.ow * p.c;
+  if (n == 0) return;
+  auto launch = [&](auto tag) {
+    using T = decltype(tag);
+    constexpr int V = 16 / sizeof(T);
+    const bool aligned = (reinterpret_cast<uintptr_t>(x) & 15) == 0 && (reinterpret_cast<uintptr_t>(y) & 15) == 0;
+    if (p.c % V == 0 && aligned && n / V < (int64_t{1} << 31)) {
+      pool2d_nhwc_vec_kernel<T><<<blocks_for(n / V), kThreads, 0, stream>>>(static_cast<const T*>(x), static_cast<T*>(y), p,
+                                                                             static_cast<uint32_t>(n / V));
+    } else if (n < (int64_t{1} << 31))
+      pool2d_nhwc_kernel<T, uint32_t><<<blocks_for(n), kThreads, 0, stream>>>(static_cast<const T*>(x), static_cast<T*>(y), p,
+                                                                              static_cast<uint32_t>(n));
+    else
+      pool2d_nhwc_kernel<T, int64_t><<<blocks_for(n), kThreads, 0, stream>>>(static_cast<const T*>(x), static_cast<T*>(y), p, n);
+  };
+  if (t == ElemType::kF32) launch(float{});
+  else if (t == ElemType::kF16) launch(__half{});
+  else if (t == ElemType::kBF16) launch(__nv_bfloat16{});
+  else throw CudaError(std::string("pool2d: unsupported type ") + elem_type_name(t));
+  check_launch("pool2d_nhwc");
+}
+
+void depthwise_nhwc(ElemType t, const void* x, const void* w, const void* bias, const void* z, void* y,
+                    const Depthwise2d& p, cudaStream_t stream) {
+  if (p.r <= 0 || p.s <= 0 || p.sh <= 0 || p.sw <= 0 || p.dh <= 0 || p.dw <= 0 || p.c <= 0)
+    throw CudaError("depthwise: bad window");
+  const int64_t n = p.n * p.oh * p.ow * p.c;
+  if (n == 0) return;
+  if (n >= (int64_t{1} << 32)) throw CudaError("depthwise: more than 2^32 outputs");
+  auto launch = [&](auto tag) {
+    using T = decltype(tag);
+    constexpr int V = 16 / sizeof(T);
+    bool aligned = true;
+    for (const void* q : {x, w, static_cast<const void*>(y)}) aligned = aligned && (reinterpret_cast<uintptr_t>(q) & 15) == 0;
+    if (p.c % V == 0 && aligned)
+      depthwise_nhwc_kernel<T, V><<<blocks_for(n / V), kThreads, 0, stream>>>(
+          static_cast<const T*>(x), static_cast<const T*>(w), static_cast<const T*>(bias), static_cast<const T*>(z),
+          static_cast<T*>(y), p, static_cast<uint32_t>(n / V));
+    else
+      depthwise_nhwc_kernel<T, 1><<<blocks_for(n), kThreads, 0, stream>>>(
+          static_cast<const T*>(x), static_cast<const T*>(w), static_cast<const T*>(bias), static_cast<const T*>(z),
+          static_cast<T*>(y), p, static_cast<uint32_t>(n));
+  };
+  if (t == ElemType::kF32) launch(float{});
+  else if (t == ElemType::kF16) launch(__half{});
+  else if (t == ElemType::kBF16) launch(__nv_bfloat16{});
+  else throw CudaError(std::string("depthwise: unsupported type ") + elem_type_name(t));
+  check_launch("depthwise_nhwc");
+}
+
+void mean_middle(ElemType t, const void* x, void* y, int64_t n, int64_t s, int64_t c, cudaStream_t stream) {
+  if (n < 0 || s <= 0 || c < 0) throw CudaError("mean_middle: bad shape");
+  if (n * c == 0) return;
+  mean_middle_kernel<<<blocks_for(n * c), kThreads, 0, stream>>>(t, x, y, n, s, c);
+  check_launch("mean_middle");
+}
+
+}  // namespace kiln::cuda

@@ -1,0 +1,206 @@
+// The interface between Kiln's core and a GPU backend module (libkiln_cuda.so), loaded with dlopen
+// at run time (src/backends/gpu/loader.h). The core compiles graphs into GPU programs
+// (gpu_program.h) from the kernels a Device makes; the module owns everything CUDA. Neither side
+// links the other: the core never needs the CUDA libraries, the module never needs oneDNN.
+//
+// The header is plain C++ (no CUDA types): streams, events and graphs are opaque pointers. Both
+// sides are built by the same compiler from the same tree; kApiVersion guards against mixing
+// builds. Errors cross the boundary as std::runtime_error (the module's CudaError derives from it);
+// DeviceError-like stickiness is reported through Device::broken().
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace kiln::gpu {
+
+inline constexpr int kApiVersion = 1;
+
+// Element types of device tensors. kBool is one byte, 0 or 1.
+enum class ElemType : uint8_t { kF32, kF16, kBF16, kF64, kI64, kI32, kI8, kU8, kBool };
+
+constexpr int kMaxRank = 6;
+
+// y[sum_d i_d * y_strides[d]] = convert(x[sum_d i_d * x_strides[d]]) for every index i < dims.
+// Strides count elements and may be 0 (broadcast) or negative (reversed slices).
+struct StridedCopy {
+  int rank = 0;
+  int64_t dims[kMaxRank] = {};
+  int64_t x_strides[kMaxRank] = {};
+  int64_t y_strides[kMaxRank] = {};
+};
+
+// The elementwise interpreter: per output element an FP32 accumulator runs the steps in order;
+// `a`/`b` name inputs, read at the element's broadcast offset (per-input strides over the output
+// dims, 0 where it broadcasts).
+enum class EwOp : uint8_t {
+  kLoad,  // acc = in[a]
+  // acc = acc <op> in[a]  (reversed: in[a] <op> acc)
+  kAdd, kSub, kMul, kDiv, kPow, kMin, kMax, kMod,
+  // acc = (acc <op> in[a]) ? 1 : 0  (reversed swaps the operands)
+  kEqual, kLess, kLessEqual, kGreater, kGreaterEqual, kAnd, kOr, kXor,
+  kWhere,  // acc = acc != 0 ? in[a] : in[b]
+  // unary, on acc
+  kRelu, kSigmoid, kTanh, kErf, kExp, kLog, kSqrt, kNeg, kAbs, kReciprocal, kFloor, kCeil, kRound, kSign, kNot,
+  kSin, kCos,
+  kGelu,         // 0.5 x (1 + erf(x / sqrt 2))
+  kGeluTanh,     // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+  kSiLU,         // x * sigmoid(x)
+  kHardSwish,    // x * clamp(x / 6 + 1/2, 0, 1)
+  kHardSigmoid,  // clamp(p0 x + p1, 0, 1)
+  kLeakyRelu,    // x < 0 ? p0 x : x
+  kElu,          // x < 0 ? p0 (exp(x) - 1) : x
+  kClip,         // min(max(x, p0), p1)
+  kAffine,       // p0 x + p1
+};
+struct EwStep {
+  EwOp op = EwOp::kLoad;
+  int8_t a = 0, b = 0;
+  bool reversed = false;
+  float p0 = 0, p1 = 0;
+};
+constexpr int kMaxEwInputs = 8;
+constexpr int kMaxEwSteps = 24;
+struct EwProgram {
+  int rank = 0;
+  int64_t dims[kMaxRank] = {};
+  int num_inputs = 0;
+  ElemType in_types[kMaxEwInputs] = {};
+  int64_t in_strides[kMaxEwInputs][kMaxRank] = {};
+  int num_steps = 0;
+  EwStep steps[kMaxEwSteps] = {};
+  ElemType out_type = ElemType::kF32;
+};
+
+// Max or average pooling over NHWC. Padding never wins a max; averages divide by the window's
+// in-bounds count unless count_include_pad.
+struct Pool2d {
+  bool max = true;
+  bool count_include_pad = false;
+  int64_t n = 0, h = 0, w = 0, c = 0, oh = 0, ow = 0;
+  int kh = 1, kw = 1, sh = 1, sw = 1, pad_t = 0, pad_l = 0, dh = 1, dw = 1;
+};
+
+enum class Act : uint8_t { kNone, kRelu, kClip };
+
+// Y[M,N] = act(X[M,K] · W[K,N] + bias[N]) per batch; W row major [K,N]. type: kF32 (TF32 tensor cores),
+// kF16 or kBF16 for X, W, bias and Y. act kGeluTanh is fused by cuBLASLt; others run after.
+struct MatmulDesc {
+  int64_t m = 0, n = 0, k = 0;
+  int64_t batch = 1;     // strided batches: X, Y dense per batch; W advances by w_stride (0: shared)
+  int64_t w_stride = 0;
+  ElemType type = ElemType::kF16;
+  bool bias = false;
+  bool residual = false;  // a Y-shaped input added before the activation (inputs: x, w, [bias], residual)
+  enum class Epilogue : uint8_t { kNone, kRelu, kGeluTanh } epilogue = Epilogue::kNone;
+};
+
+// y = act(conv(x, w) + bias + z), NHWC activations, KRSC filter [k, r, s, c/groups].
+struct ConvDesc {
+  int64_t n = 0, c = 0, h = 0, w = 0, k = 0, r = 0, s = 0, groups = 1;
+  int pad_h = 0, pad_w = 0, stride_h = 1, stride_w = 1, dil_h = 1, dil_w = 1;
+  ElemType type = ElemType::kF16;
+  bool bias = false, residual = false;
+  Act act = Act::kNone;
+  float clip_lo = 0, clip_hi = 6;
+};
+
+// O = softmax(Q K^T * scale + mask) V. Strides in elements (head dims contiguous): batch, head and
+// row strides of Q, K, V, O; the FP32 mask's batch, head and query-row strides (keys contiguous).
+struct AttentionDesc {
+  int64_t batch = 0, heads = 0, sq = 0, sk = 0, head_dim = 0;
+  float scale = 1;
+  ElemType type = ElemType::kF16;
+  int64_t q[3] = {}, k[3] = {}, v[3] = {}, o[3] = {}, mask[3] = {};
+  bool has_mask = false, causal = false;
+};
+
+// One launchable step, made by the device for fixed shapes. launch() only enqueues on `stream`
+// (no allocation, no synchronization), so a program can be captured into a CUDA graph, and may be
+// called from several threads at once with different streams and workspaces.
+class Kernel {
+ public:
+  virtual ~Kernel() = default;
+  virtual void launch(const void* const* inputs, void* const* outputs, void* workspace, void* stream) const = 0;
+  virtual size_t workspace_bytes() const { return 0; }
+  virtual std::string describe() const = 0;
+  virtual double timed_ms() const { return -1; }  // the winning tactic's time when it was timed
+};
+
+struct DeviceProps {
+  int id = 0;
+  std::string name;
+  int sm_major = 0, sm_minor = 0;
+  int multiprocessors = 0;
+  size_t total_memory = 0;
+  int driver_version = 0, runtime_version = 0;  // e.g. 13000
+  size_t cublaslt_version = 0, cudnn_version = 0;
+  std::string sm() const { return "sm_" + std::to_string(sm_major) + std::to_string(sm_minor); }
+};
+
+class Device {
+ public:
+  virtual ~Device() = default;
+  virtual const DeviceProps& props() const = 0;
+  // Makes this device current on the calling thread (every entry point does it too).
+  virtual void bind() const = 0;
+  // True after a sticky CUDA error: the device must not be used again in this process.
+  virtual bool broken() const = 0;
+
+  virtual void* alloc(size_t bytes) = 0;  // throws "out of GPU memory: ..." with the sizes
+  virtual void free(void* p) = 0;
+  virtual void* alloc_host(size_t bytes) = 0;  // page-locked
+  virtual void free_host(void* p) = 0;
+  virtual size_t free_memory() const = 0;
+  // Synchronous copies (setup) and asynchronous ones (cudaMemcpyDefault) on a stream.
+  virtual void upload(void* dst, const void* src, size_t bytes) = 0;
+  virtual void copy_async(void* dst, const void* src, size_t bytes, void* stream) = 0;
+  virtual void memset_async(void* dst, int value, size_t bytes, void* stream) = 0;
+
+  virtual void* create_stream() = 0;
+  virtual void destroy_stream(void* stream) = 0;
+  virtual void synchronize(void* stream) = 0;  // throws the first error the stream's work hit
+  virtual void* create_event() = 0;
+  virtual void destroy_event(void* event) = 0;
+  virtual void record(void* event, void* stream) = 0;
+  virtual float elapsed_ms(void* start, void* stop) = 0;  // both recorded and complete
+
+  // CUDA graphs: capture everything enqueued on `stream` between begin and end, then replay.
+  virtual void begin_capture(void* stream) = 0;
+  virtual void* end_capture(void* stream) = 0;  // an executable graph
+  virtual void launch_graph(void* graph, void* stream) = 0;
+  virtual void destroy_graph(void* graph) = 0;
+
+  // Kernels. Each throws std::runtime_error naming what it cannot do. workspace_limit bounds the
+  // scratch a library kernel may ask for (its algorithms that need more are not considered).
+  virtual std::unique_ptr<Kernel> matmul(const MatmulDesc& d, size_t workspace_limit) = 0;
+  virtual std::unique_ptr<Kernel> conv(const ConvDesc& d, size_t workspace_limit) = 0;
+  // Kiln's depthwise convolution (groups == c == k): inputs x, w [r, s, c], [bias], [z]; timed on
+  // scratch buffers when made, so it can compete with conv() as a tactic.
+  virtual std::unique_ptr<Kernel> depthwise(const ConvDesc& d) = 0;
+  virtual std::unique_ptr<Kernel> copy(ElemType x, ElemType y, const StridedCopy& c) = 0;
+  virtual std::unique_ptr<Kernel> elementwise(const EwProgram& p) = 0;
+  // y[o, t, i] = data[o, idx[t], i]; idx kI64 or kI32 (negative counts from the end).
+  virtual std::unique_ptr<Kernel> gather(ElemType idx, size_t elem_bytes, int64_t outer, int64_t axis_dim,
+                                         int64_t inner, int64_t count) = 0;
+  virtual std::unique_ptr<Kernel> pool(ElemType t, const Pool2d& p) = 0;
+  virtual std::unique_ptr<Kernel> mean_middle(ElemType t, int64_t n, int64_t s, int64_t c) = 0;  // [n,s,c] -> [n,c]
+  // Inputs: x, gamma (or null), beta (or null), residual (or null: LayerNorm(x + residual)).
+  virtual std::unique_ptr<Kernel> layer_norm(ElemType t, int64_t rows, int64_t cols, float eps) = 0;
+  virtual std::unique_ptr<Kernel> softmax(ElemType t, int64_t rows, int64_t cols) = 0;
+  // Inputs: q, k, v, mask (FP32, or null).
+  virtual std::unique_ptr<Kernel> attention(const AttentionDesc& d) = 0;
+};
+
+}  // namespace kiln::gpu
+
+// The module's C entry points (looked up with dlsym).
+extern "C" {
+// kApiVersion of the module's build.
+using kiln_gpu_api_version_fn = int (*)();
+// The number of usable GPUs (0 with `why` filled when there is none).
+using kiln_gpu_device_count_fn = int (*)(char* why, size_t why_len);
+// Opens device `index`; null with `error` filled on failure. The caller deletes the Device.
+using kiln_gpu_open_device_fn = kiln::gpu::Device* (*)(int index, char* error, size_t error_len);
+}

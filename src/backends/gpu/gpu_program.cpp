@@ -1,0 +1,1249 @@
+// Compiles an optimized graph into a GPU program (see gpu_program.h) and runs it.
+#include "backends/gpu/gpu_program.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+#include <set>
+#include <sstream>
+
+#include "backends/cpu/memory_planner.h"
+#include "runtime/specialize.h"
+
+namespace kiln::gpu {
+
+const char* precision_name(Precision p) {
+  return p == Precision::kFP32 ? "fp32" : p == Precision::kFP16 ? "fp16" : "bf16";
+}
+
+Precision parse_precision(const std::string& s) {
+  if (s == "fp32") return Precision::kFP32;
+  if (s == "fp16") return Precision::kFP16;
+  if (s == "bf16") return Precision::kBF16;
+  throw Error(ErrorCode::kInvalidArgument, "precision '" + s + "' is not fp32, fp16 or bf16");
+}
+
+size_t TensorDesc::bytes() const {
+  size_t n = dtype_size(dtype);
+  for (int64_t d : shape) n *= static_cast<size_t>(d);
+  return n;
+}
+
+namespace {
+
+size_t elem_bytes(ElemType t) {
+  switch (t) {
+    case ElemType::kF32: case ElemType::kI32: return 4;
+    case ElemType::kF16: case ElemType::kBF16: return 2;
+    case ElemType::kF64: case ElemType::kI64: return 8;
+    default: return 1;
+  }
+}
+
+bool is_float(ElemType t) {
+  return t == ElemType::kF32 || t == ElemType::kF16 || t == ElemType::kBF16 || t == ElemType::kF64;
+}
+
+// The element type of a tensor as it is stored at the graph's edges (and for constants' sources).
+ElemType edge_type(DType dt) {
+  switch (dt) {
+    case DType::kF32: return ElemType::kF32;
+    case DType::kF16: return ElemType::kF16;
+    case DType::kBF16: return ElemType::kBF16;
+    case DType::kF64: return ElemType::kF64;
+    case DType::kI64: return ElemType::kI64;
+    case DType::kI32: return ElemType::kI32;
+    case DType::kI8: return ElemType::kI8;
+    case DType::kU8: return ElemType::kU8;
+    case DType::kBool: return ElemType::kBool;
+    default: throw Error(ErrorCode::kUnsupported, std::string("the GPU backend has no ") + std::string(dtype_name(dt)) + " tensors");
+  }
+}
+
+int64_t numel(const std::vector<int64_t>& d) {
+  return std::accumulate(d.begin(), d.end(), int64_t{1}, std::multiplies<int64_t>());
+}
+
+std::vector<int64_t> dense_strides(const std::vector<int64_t>& d) {
+  std::vector<int64_t> s(d.size(), 1);
+  for (int i = static_cast<int>(d.size()) - 2; i >= 0; --i) s[i] = s[i + 1] * d[i + 1];
+  return s;
+}
+
+// Reads element i of a host tensor as double.
+double host_value(const Tensor& t, int64_t i) {
+  const void* p = t.raw();
+  switch (t.dtype()) {
+    case DType::kF32: return static_cast<const float*>(p)[i];
+    case DType::kF64: return static_cast<const double*>(p)[i];
+    case DType::kF16: return half_to_float(static_cast<const uint16_t*>(p)[i]);
+    case DType::kBF16: return bf16_to_float(static_cast<const uint16_t*>(p)[i]);
+    case DType::kI64: return static_cast<double>(static_cast<const int64_t*>(p)[i]);
+    case DType::kI32: return static_cast<const int32_t*>(p)[i];
+    case DType::kI8: return static_cast<const int8_t*>(p)[i];
+    case DType::kU8: case DType::kBool: return static_cast<const uint8_t*>(p)[i];
+    default: throw Error(ErrorCode::kUnsupported, std::string("constant of dtype ") + std::string(dtype_name(t.dtype())));
+  }
+}
+
+// Appends element value v as type t.
+void put_value(std::vector<uint8_t>& out, ElemType t, double v, int64_t exact_int = 0, bool use_int = false) {
+  uint8_t b[8];
+  size_t n = elem_bytes(t);
+  switch (t) {
+    case ElemType::kF32: { float f = static_cast<float>(v); std::memcpy(b, &f, 4); break; }
+    case ElemType::kF64: std::memcpy(b, &v, 8); break;
+    case ElemType::kF16: { uint16_t h = float_to_half(static_cast<float>(v)); std::memcpy(b, &h, 2); break; }
+    case ElemType::kBF16: { uint16_t h = float_to_bf16(static_cast<float>(v)); std::memcpy(b, &h, 2); break; }
+    case ElemType::kI64: { int64_t x = use_int ? exact_int : static_cast<int64_t>(v); std::memcpy(b, &x, 8); break; }
+    case ElemType::kI32: { int32_t x = static_cast<int32_t>(use_int ? exact_int : static_cast<int64_t>(v)); std::memcpy(b, &x, 4); break; }
+    case ElemType::kI8: { int8_t x = static_cast<int8_t>(v); std::memcpy(b, &x, 1); break; }
+    case ElemType::kU8: { uint8_t x = static_cast<uint8_t>(v); std::memcpy(b, &x, 1); break; }
+    case ElemType::kBool: b[0] = v != 0 ? 1 : 0; break;
+  }
+  out.insert(out.end(), b, b + n);
+}
+
+int64_t attr_int(const Node& n, const char* name, int64_t def) {
+  const Attribute* a = n.attr(name);
+  return a ? a->i : def;
+}
+float attr_float(const Node& n, const char* name, float def) {
+  const Attribute* a = n.attr(name);
+  return a ? a->f : def;
+}
+std::string attr_string(const Node& n, const char* name, const std::string& def = "") {
+  const Attribute* a = n.attr(name);
+  return a ? a->s : def;
+}
+std::vector<int64_t> attr_ints(const Node& n, const char* name) {
+  const Attribute* a = n.attr(name);
+  return a ? a->ints : std::vector<int64_t>{};
+}
+
+const std::set<std::string> kAliasOps = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout"};
+
+// Unary ops the elementwise interpreter runs, by ONNX name.
+const std::map<std::string, EwOp> kUnary = {
+    {"Relu", EwOp::kRelu},   {"Sigmoid", EwOp::kSigmoid}, {"Tanh", EwOp::kTanh},   {"Erf", EwOp::kErf},
+    {"Exp", EwOp::kExp},     {"Log", EwOp::kLog},         {"Sqrt", EwOp::kSqrt},   {"Neg", EwOp::kNeg},
+    {"Abs", EwOp::kAbs},     {"Reciprocal", EwOp::kReciprocal}, {"Floor", EwOp::kFloor}, {"Ceil", EwOp::kCeil},
+    {"Round", EwOp::kRound}, {"Sign", EwOp::kSign},       {"Not", EwOp::kNot},     {"Sin", EwOp::kSin},
+    {"Cos", EwOp::kCos},     {"HardSwish", EwOp::kHardSwish}, {"SiLU", EwOp::kSiLU}, {"GeluTanh", EwOp::kGeluTanh}};
+const std::map<std::string, EwOp> kBinary = {
+    {"Add", EwOp::kAdd},     {"Sub", EwOp::kSub},         {"Mul", EwOp::kMul},     {"Div", EwOp::kDiv},
+    {"Pow", EwOp::kPow},     {"Min", EwOp::kMin},         {"Max", EwOp::kMax},     {"Mod", EwOp::kMod},
+    {"Equal", EwOp::kEqual}, {"Less", EwOp::kLess},       {"LessOrEqual", EwOp::kLessEqual},
+    {"Greater", EwOp::kGreater}, {"GreaterOrEqual", EwOp::kGreaterEqual}, {"And", EwOp::kAnd},
+    {"Or", EwOp::kOr},       {"Xor", EwOp::kXor},         {"Sum", EwOp::kAdd}};
+bool is_arith(EwOp op) { return op >= EwOp::kAdd && op <= EwOp::kMod; }
+
+// The activation of a fused op as interpreter steps (appended after the op's own result).
+bool activation_steps(const std::string& act, const std::vector<float>& p, std::vector<EwStep>& steps) {
+  EwStep s;
+  if (act.empty()) return true;
+  if (act == "Relu") s.op = EwOp::kRelu;
+  else if (act == "Sigmoid") s.op = EwOp::kSigmoid;
+  else if (act == "Tanh") s.op = EwOp::kTanh;
+  else if (act == "SiLU") s.op = EwOp::kSiLU;
+  else if (act == "HardSwish") s.op = EwOp::kHardSwish;
+  else if (act == "Gelu") s.op = EwOp::kGelu;
+  else if (act == "GeluTanh") s.op = EwOp::kGeluTanh;
+  else if (act == "Clip") s.op = EwOp::kClip, s.p0 = p.size() > 0 ? p[0] : -INFINITY, s.p1 = p.size() > 1 ? p[1] : INFINITY;
+  else if (act == "LeakyRelu") s.op = EwOp::kLeakyRelu, s.p0 = p.empty() ? 0.01f : p[0];
+  else if (act == "HardSigmoid") s.op = EwOp::kHardSigmoid, s.p0 = p.empty() ? 0.2f : p[0], s.p1 = p.size() > 1 ? p[1] : 0.5f;
+  else return false;
+  steps.push_back(s);
+  return true;
+}
+
+}  // namespace
+
+class GpuProgramBuilder {
+ public:
+  GpuProgramBuilder(std::shared_ptr<Device> dev, const Model& model, const ShapeMap& shapes, const CompileOptions& opt)
+      : dev_(std::move(dev)), src_(model), shapes_(shapes), opt_(opt) {
+    compute_ = opt.precision == Precision::kFP32 ? ElemType::kF32
+               : opt.precision == Precision::kFP16 ? ElemType::kF16 : ElemType::kBF16;
+  }
+  std::shared_ptr<const GpuProgram> build();
+
+ private:
+  struct Val {
+    ElemType type = ElemType::kF32;
+    std::vector<int64_t> dims;  // logical (ONNX) dims
+    bool nhwc = false;          // 4-D stored as N,H,W,C
+    GpuProgram::Slot slot;      // kArena: index is the buffer id until planning
+  };
+  struct Pending {
+    std::unique_ptr<Kernel> kernel;
+    std::vector<std::string> inputs, outputs;  // value names ("" = absent)
+    GpuStepInfo info;
+  };
+
+  ElemType internal_type(DType dt) const {
+    const ElemType e = edge_type(dt);
+    return is_float(e) ? compute_ : e;
+  }
+  const Graph& g() const { return m_.graph; }
+  std::vector<int64_t> dims_of(const std::string& v) const {
+    const TensorType* t = g().type_of(v);
+    if (!t || !t->shape) throw Error(ErrorCode::kUnsupported, "'" + v + "' has no concrete shape at these input shapes");
+    std::vector<int64_t> d;
+    for (const Dim& x : *t->shape) {
+      if (!x.known()) throw Error(ErrorCode::kUnsupported, "'" + v + "' has a data-dependent shape (the GPU backend needs concrete shapes)");
+      d.push_back(x.value);
+    }
+    return d;
+  }
+  // Per logical dim, the element stride of the stored value.
+  static std::vector<int64_t> logical_strides(const Val& v) {
+    if (!v.nhwc) return dense_strides(v.dims);
+    const int64_t c = v.dims[1], h = v.dims[2], w = v.dims[3];
+    return {h * w * c, 1, w * c, c};
+  }
+  std::string new_value(const std::string& name, ElemType t, std::vector<int64_t> dims, bool nhwc) {
+    Val v;
+    v.type = t;
+    v.dims = std::move(dims);
+    v.nhwc = nhwc;
+    v.slot.kind = GpuProgram::Slot::kArena;
+    v.slot.index = buffers_.size();
+    cpu::BufferRequest r;
+    r.bytes = static_cast<size_t>(numel(v.dims)) * elem_bytes(t);
+    r.first_step = r.last_step = static_cast<int>(steps_.size());
+    buffers_.push_back(r);
+    vals_[name] = v;
+    return name;
+  }
+  const Val& val(const std::string& name) {
+    auto it = vals_.find(name);
+    if (it != vals_.end()) return it->second;
+    auto c = g().initializers.find(name);
+    if (c == g().initializers.end()) throw Error(ErrorCode::kInternal, "GPU program: value '" + name + "' is not computed");
+    Val v;
+    v.type = internal_type(c->second.dtype());
+    v.dims = c->second.shape();
+    v.slot.kind = GpuProgram::Slot::kWeight;
+    v.slot.index = weight(name, v.type, {});
+    return vals_[name] = v;
+  }
+  bool is_const(const std::string& name) const { return g().initializers.count(name) != 0; }
+  const Tensor& constant(const std::string& name, const Node& n, const char* what) const {
+    auto it = g().initializers.find(name);
+    if (it == g().initializers.end())
+      throw Error(ErrorCode::kUnsupported, "node '" + n.name + "' (" + n.op_type + "): the GPU backend needs its " + what + " to be a constant");
+    return it->second;
+  }
+  // Uploads a constant converted to `type`, optionally reordered: element i of the result is
+  // source element order[i]. Returns its offset in the weights; cached by (name, type, variant).
+  size_t weight(const std::string& name, ElemType type, const std::vector<int64_t>& order, const std::string& variant = "",
+                double scale = 1.0) {
+    const auto key = name + "|" + std::to_string(static_cast<int>(type)) + "|" + variant;
+    if (auto it = weight_offsets_.find(key); it != weight_offsets_.end()) return it->second;
+    const Tensor& t = g().initializers.at(name);
+    const bool ints = t.dtype() == DType::kI64 || t.dtype() == DType::kI32;
+    weights_.resize((weights_.size() + 255) / 256 * 256);
+    const size_t off = weights_.size();
+    const int64_t n = order.empty() ? t.numel() : static_cast<int64_t>(order.size());
+    weights_.reserve(weights_.size() + static_cast<size_t>(n) * elem_bytes(type));
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t src = order.empty() ? i : order[static_cast<size_t>(i)];
+      int64_t exact = 0;
+      if (ints) exact = t.dtype() == DType::kI64 ? t.data<int64_t>()[src] : t.data<int32_t>()[src];
+      put_value(weights_, type, host_value(t, src) * scale, exact, ints && scale == 1.0);
+    }
+    weight_offsets_[key] = off;
+    return off;
+  }
+  std::string weight_value(const std::string& name, ElemType type, std::vector<int64_t> dims,
+                           const std::vector<int64_t>& order, const std::string& variant, double scale = 1.0) {
+    const std::string vname = name + "#" + variant + std::to_string(static_cast<int>(type));
+    if (vals_.count(vname)) return vname;
+    Val v;
+    v.type = type;
+    v.dims = std::move(dims);
+    v.slot.kind = GpuProgram::Slot::kWeight;
+    v.slot.index = weight(name, type, order, variant, scale);
+    vals_[vname] = v;
+    return vname;
+  }
+
+  // Records a step; input values' buffers live at least until it.
+  void add_step(std::unique_ptr<Kernel> k, std::vector<std::string> ins, std::vector<std::string> outs, GpuStepInfo info) {
+    const int idx = static_cast<int>(steps_.size());
+    for (const auto& i : ins)
+      if (!i.empty()) touch(i, idx);
+    for (const auto& o : outs)
+      if (!o.empty()) touch(o, idx);
+    info.kernel = k->describe();
+    info.timed_ms = k->timed_ms();
+    workspace_ = std::max(workspace_, k->workspace_bytes());
+    if (opt_.log) {
+      std::ostringstream os;
+      os << info.op << " '" << info.name << "': " << info.kernel;
+      opt_.log->push_back(os.str());
+    }
+    steps_.push_back({std::move(k), std::move(ins), std::move(outs), std::move(info)});
+  }
+  void touch(const std::string& name, int step) {
+    const Val& v = val(name);
+    if (v.slot.kind != GpuProgram::Slot::kArena) return;
+    auto& b = buffers_[v.slot.index];
+    b.last_step = std::max(b.last_step, step);
+  }
+
+  // A value holding `name`'s data in the given layout and type (inserting one converting copy).
+  std::string as(const std::string& name, bool nhwc, ElemType type) {
+    const Val v = val(name);
+    if (v.nhwc == nhwc && v.type == type) return name;
+    if (nhwc && v.dims.size() != 4) throw Error(ErrorCode::kInternal, "NHWC needs a 4-D value: " + name);
+    const std::string key = name + (nhwc ? "#nhwc" : "#nchw") + std::to_string(static_cast<int>(type));
+    if (vals_.count(key)) return key;
+    new_value(key, type, v.dims, nhwc);
+    emit_copy(name, key, std::string(nhwc ? "to nhwc " : "to nchw ") + name);
+    return key;
+  }
+  std::string plain(const std::string& name) { return as(name, false, val(name).type); }
+
+  // out = in (same logical dims), converting layout and type.
+  void emit_copy(const std::string& in, const std::string& out, const std::string& label) {
+    const Val& a = val(in);
+    const Val& b = val(out);
+    StridedCopy c;
+    c.rank = static_cast<int>(b.dims.size());
+    check_rank(c.rank, label);
+    const auto xs = logical_strides(a), ys = logical_strides(b);
+    for (int d = 0; d < c.rank; ++d) c.dims[d] = b.dims[d], c.x_strides[d] = xs[d], c.y_strides[d] = ys[d];
+    add_step(dev_->copy(a.type, b.type, c), {in}, {out}, {label, "Copy", "", -1});
+  }
+  static void check_rank(int rank, const std::string& what) {
+    if (rank > kMaxRank)
+      throw Error(ErrorCode::kUnsupported, what + ": rank " + std::to_string(rank) + " is above the GPU kernels' 6");
+  }
+
+  void add_node(const Node& n);
+  void lower_conv(const Node& n);
+  void lower_matmul(const Node& n);
+  void lower_elementwise(const Node& n);
+  void lower_pool(const Node& n);
+  void lower_attention(const Node& n);
+  void lower_data(const Node& n);
+  // Builds an elementwise step over `ins` writing output `out` (a new value) with `steps`.
+  void emit_elementwise(const std::string& label, const std::string& op, std::vector<std::string> ins,
+                        const std::vector<EwStep>& steps, const std::string& out, ElemType out_type,
+                        const std::vector<int64_t>& out_dims);
+  std::string unsupported_reason(const Node& n) const;
+  // True for an Add of two same-shaped float tensors whose only reader is a LayerNormalization over
+  // the last axis (BERT's residual connections): the LayerNorm kernel adds them itself.
+  bool fusable_into_layer_norm(const Node& n) {
+    const std::string& out = n.outputs[0];
+    auto it = readers_.find(out);
+    if (it == readers_.end() || it->second.size() != 1) return false;
+    const Node& ln = g().nodes[it->second.front()];
+    if (ln.op_type != "LayerNormalization" || ln.inputs.empty() || ln.inputs[0] != out) return false;
+    if (ln.outputs.size() > 1 && std::any_of(ln.outputs.begin() + 1, ln.outputs.end(), [](auto& o) { return !o.empty(); }))
+      return false;
+    const auto od = dims_of(out);
+    const int64_t axis = attr_int(ln, "axis", -1);
+    if (axis != -1 && axis != static_cast<int64_t>(od.size()) - 1) return false;
+    for (const auto& i : n.inputs) {
+      if (is_const(i) || dims_of(i) != od) return false;
+      if (!is_float(val(i).type)) return false;
+    }
+    return true;
+  }
+  ElemType compute_type_of(const std::vector<std::string>& ins);
+
+  std::shared_ptr<Device> dev_;
+  const Model& src_;
+  const ShapeMap& shapes_;
+  const CompileOptions& opt_;
+  ElemType compute_;
+  Model m_;
+  std::set<size_t> folded_;
+  std::map<std::string, Val> vals_;
+  std::map<std::string, std::vector<size_t>> readers_;  // value -> the unfolded nodes reading it (outputs: SIZE_MAX)
+  std::map<std::string, std::pair<std::string, std::string>> pending_add_;  // Add output -> its inputs
+  std::vector<Pending> steps_;
+  std::vector<cpu::BufferRequest> buffers_;
+  std::vector<uint8_t> weights_;
+  std::map<std::string, size_t> weight_offsets_;
+  size_t workspace_ = 0;
+};
+
+// Why node `n` cannot run on the GPU ("" when it can, as far as a static look tells).
+std::string GpuProgramBuilder::unsupported_reason(const Node& n) const {
+  const std::string& op = n.op_type;
+  if (n.domain == "kiln") {
+    static const std::set<std::string> ok = {"FusedConv", "FusedMatMul", "LayerNormalization", "Attention",
+                                             "ElementwiseChain", "Gelu"};
+    return ok.count(op) ? "" : "kiln::" + op + " has no GPU kernel";
+  }
+  if (!n.domain.empty() && n.domain != "ai.onnx") return "domain '" + n.domain + "' has no GPU kernels";
+  static const std::set<std::string> ok = {
+      "Conv", "MatMul", "Gemm", "LayerNormalization", "Softmax", "MaxPool", "AveragePool", "GlobalAveragePool",
+      "GlobalMaxPool", "Transpose", "Concat", "Split", "Slice", "Gather", "Expand", "Cast", "Where", "Clip",
+      "LeakyRelu", "Elu", "HardSigmoid", "Gelu", "Mean"};
+  if (ok.count(op) || kAliasOps.count(op) || kUnary.count(op) || kBinary.count(op)) return "";
+  return op + " has no GPU kernel";
+}
+
+void GpuProgramBuilder::add_node(const Node& n) {
+  const std::string& op = n.op_type;
+  if (n.domain.empty() && op == "Add" && n.inputs.size() == 2 && fusable_into_layer_norm(n)) {
+    pending_add_[n.outputs[0]] = {n.inputs[0], n.inputs[1]};
+    return;
+  }
+  if (n.domain == "kiln" && op == "FusedConv") return lower_conv(n);
+  if (n.domain.empty() && op == "Conv") return lower_conv(n);
+  if (op == "FusedMatMul" || op == "MatMul" || op == "Gemm") return lower_matmul(n);
+  if (op == "Attention") return lower_attention(n);
+  if (op == "MaxPool" || op == "AveragePool" || op == "GlobalAveragePool" || op == "GlobalMaxPool") return lower_pool(n);
+  if (op == "LayerNormalization") {
+    if (n.outputs.size() > 1 && std::any_of(n.outputs.begin() + 1, n.outputs.end(), [](auto& o) { return !o.empty(); }))
+      throw Error(ErrorCode::kUnsupported, "node '" + n.name + "': LayerNormalization's Mean/InvStdDev outputs have no GPU kernel");
+    const auto dims = dims_of(n.inputs[0]);
+    const int64_t axis = attr_int(n, "axis", -1);
+    if (axis != -1 && axis != static_cast<int64_t>(dims.size()) - 1)
+      throw Error(ErrorCode::kUnsupported, "node '" + n.name + "': LayerNormalization over several axes has no GPU kernel");
+    // A residual Add feeding only this LayerNorm was left for it to fuse (see the Add case below).
+    std::string x, residual;
+    if (auto it = pending_add_.find(n.inputs[0]); it != pending_add_.end()) {
+      x = as(it->second.first, false, compute_);
+      residual = as(it->second.second, false, compute_);
+    } else {
+      x = as(n.inputs[0], false, compute_);
+    }
+    std::string gamma, beta;
+    if (n.inputs.size() > 1 && !n.inputs[1].empty()) gamma = as(n.inputs[1], false, compute_);
+    if (n.inputs.size() > 2 && !n.inputs[2].empty()) beta = as(n.inputs[2], false, compute_);
+    const int64_t cols = dims.back();
+    new_value(n.outputs[0], compute_, dims, false);
+    add_step(dev_->layer_norm(compute_, numel(dims) / cols, cols, attr_float(n, "epsilon", 1e-5f)),
+             {x, gamma, beta, residual}, {n.outputs[0]}, {n.name, residual.empty() ? op : "Add+" + op, "", -1});
+    return;
+  }
+  if (op == "Softmax") {
+    const auto dims = dims_of(n.inputs[0]);
+    const int64_t opset = m_.opsets.count("") ? m_.opsets.at("") : 13;
+    int64_t axis = attr_int(n, "axis", opset >= 13 ? -1 : 1);
+    if (axis < 0) axis += static_cast<int64_t>(dims.size());
+    // Before opset 13 Softmax flattens from `axis`: the same as the last axis only when it is the last.
+    if (axis != static_cast<int64_t>(dims.size()) - 1)
+      throw Error(ErrorCode::kUnsupported, "node '" + n.name + "': Softmax over a non-last axis has no GPU kernel");
+    const std::string x = plain(n.inputs[0]);
+    new_value(n.outputs[0], val(x).type, dims, false);
+    add_step(dev_->softmax(val(x).type, numel(dims) / dims.back(), dims.back()), {x}, {n.outputs[0]}, {n.name, op, "", -1});
+    return;
+  }
+  if (kAliasOps.count(op) && n.domain.empty()) {
+    // The same bytes under new dims (plain layout only: NHWC is converted first).
+    const std::string x = plain(n.inputs[0]);
+    Val v = val(x);
+    v.dims = dims_of(n.outputs[0]);
+    v.nhwc = false;
+    vals_[n.outputs[0]] = v;
+    if (n.outputs.size() > 1 && !n.outputs[1].empty())
+      throw Error(ErrorCode::kUnsupported, "node '" + n.name + "': Dropout's mask output has no GPU kernel");
+    return;
+  }
+  if (op == "Transpose" || op == "Concat" || op == "Split" || op == "Slice" || op == "Gather" || op == "Expand")
+    return lower_data(n);
+  return lower_elementwise(n);
+}
+
+void GpuProgramBuilder::lower_conv(const Node& n) {
+  const auto xd = dims_of(n.inputs[0]);
+  const Tensor& w = constant(n.inputs[1], n, "weights");
+  if (xd.size() != 4) throw Error(ErrorCode::kUnsupported, "node '" + n.name + "': only 2-D convolutions run on the GPU");
+  const auto od = dims_of(n.outputs[0]);
+  const auto& wd = w.shape();
+  ConvDesc d;
+  d.n = xd[0], d.c = xd[1], d.h = xd[2], d.w = xd[3], d.k = wd[0], d.r = wd[2], d.s = wd[3];
+  d.groups = attr_int(n, "group", 1);
+  auto strides = attr_ints(n, "strides"), dil = attr_ints(n, "dilations"), pads = attr_ints(n, "pads");
+  if (strides.empty()) strides = {1, 1};
+  if (dil.empty()) dil = {1, 1};
+  const std::string auto_pad = attr_string(n, "auto_pad", "NOTSET");
+  if (auto_pad != "NOTSET" && auto_pad != "VALID") {
+    // SAME_UPPER / SAME_LOWER: total padding from the output size.
+    pads.assign(4, 0);
+    for (int i = 0; i < 2; ++i) {
+      const int64_t in = xd[2 + i], out = od[2 + i], k = (wd[2 + i] - 1) * dil[i] + 1;
+      const int64_t total = std::max<int64_t>(0, (out - 1) * strides[i] + k - in);
+      pads[i] = auto_pad == "SAME_UPPER" ? total / 2 : total - total / 2;
+      pads[i + 2] = total - pads[i];
+    }
+  }
+  if (pads.empty()) pads = {0, 0, 0, 0};
+  if (pads[0] != pads[2] || pads[1] != pads[3])
+    throw Error(ErrorCode::kUnsupported, "node '" + n.name + "': asymmetric convolution padding has no GPU kernel");
+  d.pad_h = static_cast<int>(pads[0]), d.pad_w = static_cast<int>(pads[1]);
+  d.stride_h = static_cast<int>(strides[0]), d.stride_w = static_cast<int>(strides[1]);
+  d.dil_h = static_cast<int>(dil[0]), d.dil_w = static_cast<int>(dil[1]);
+  d.type = compute_;
+  const bool has_b = n.inputs.size() > 2 && !n.inputs[2].empty();
+  const bool has_z = n.inputs.size() > 3 && !n.inputs[3].empty();
+  d.bias = has_b, d.residual = has_z;
+  const std::string act = attr_string(n, "activation");
+  std::vector<float> ap;
+  if (const Attribute* a = n.attr("activation_params")) ap = a->floats;
+  std::vector<EwStep> post;
+  if (act == "Relu") d.act = Act::kRelu;
+  else if (act == "Clip" && ap.size() == 2 && ap[0] == 0.f && std::isfinite(ap[1])) d.act = Act::kClip, d.clip_lo = 0, d.clip_hi = ap[1];
+  else if (!activation_steps(act, ap, post))
+    throw Error(ErrorCode::kUnsupported, "node '" + n.name + "': activation " + act + " has no GPU kernel");
+  // Filter OIHW -> KRSC (cuDNN's NHWC filter layout).
+  const int64_t K = wd[0], C = wd[1], R = wd[2], S = wd[3];
+  std::vector<int64_t> order(static_cast<size_t>(K * R * S * C));
+  size_t i = 0;
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t s = 0; s < S; ++s)
+        for (int64_t c = 0; c < C; ++c) order[i++] = ((k * C + c) * R + r) * S + s;
+  std::vector<std::string> ins = {as(n.inputs[0], true, compute_), ""};  // the weights once the kernel is chosen
+  if (has_b) ins.push_back(as(n.inputs[2], false, compute_));
+  if (has_z) ins.push_back(as(n.inputs[3], true, compute_));
+  const std::string out = post.empty() ? n.outputs[0] : n.outputs[0] + "#preact";
+  new_value(out, compute_, od, true);
+  // A 1x1 convolution with stride 1 and no padding is a GEMM over NHWC rows: [N*H*W, C] x [C, K],
+  // with the bias, the residual (cuBLASLt's C) and ReLU in cuBLASLt's epilogue.
+  const bool gemm_ok = R == 1 && S == 1 && d.stride_h == 1 && d.stride_w == 1 && d.pad_h == 0 && d.pad_w == 0 &&
+                       d.groups == 1 && (d.act == Act::kNone || d.act == Act::kRelu);
+  const std::string& tactic = opt_.conv1x1_tactic;
+  std::unique_ptr<Kernel> conv_k, gemm_k, dw_k;
+  const bool dw_ok = d.groups == d.c && d.k == d.c && d.groups > 1;
+  const std::string& dw_tactic = opt_.depthwise_tactic;
+  if (dw_ok && dw_tactic != "cudnn") dw_k = dev_->depthwise(d);
+  if ((!gemm_ok || tactic != "gemm") && !(dw_k && dw_tactic == "kiln")) conv_k = dev_->conv(d, opt_.workspace_limit);
+  if (gemm_ok && tactic != "cudnn") {
+    MatmulDesc md;
+    md.m = d.n * d.h * d.w, md.n = K, md.k = C, md.type = compute_, md.bias = has_b, md.residual = has_z;
+    md.epilogue = d.act == Act::kRelu ? MatmulDesc::Epilogue::kRelu : MatmulDesc::Epilogue::kNone;
+    gemm_k = dev_->matmul(md, opt_.workspace_limit);
+  }
+  // The fastest of the candidates, each timed on the device when it was made.
+  auto faster = [](const std::unique_ptr<Kernel>& a, const std::unique_ptr<Kernel>& b) {
+    return a && (!b || a->timed_ms() < b->timed_ms());
+  };
+  if (faster(dw_k, conv_k) && faster(dw_k, gemm_k)) {
+    std::vector<int64_t> rsc(static_cast<size_t>(R * S * K));
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t s2 = 0; s2 < S; ++s2)
+        for (int64_t k = 0; k < K; ++k) rsc[static_cast<size_t>((r * S + s2) * K + k)] = (k * R + r) * S + s2;
+    ins[1] = weight_value(n.inputs[1], compute_, {R, S, K}, rsc, "rsc");
+    add_step(std::move(dw_k), ins, {out}, {n.name, n.op_type, "", -1});
+  } else if (faster(gemm_k, conv_k)) {
+    std::vector<int64_t> ck(static_cast<size_t>(C * K));
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t k = 0; k < K; ++k) ck[static_cast<size_t>(c * K + k)] = k * C + c;
+    ins[1] = weight_value(n.inputs[1], compute_, {C, K}, ck, "ck");
+    add_step(std::move(gemm_k), ins, {out}, {n.name, n.op_type, "", -1});
+  } else {
+    ins[1] = weight_value(n.inputs[1], compute_, {K, R, S, C}, order, "krsc");
+    add_step(std::move(conv_k), ins, {out}, {n.name, n.op_type, "", -1});
+  }
+  if (!post.empty()) {
+    std::vector<EwStep> steps = {EwStep{}};
+    steps.insert(steps.end(), post.begin(), post.end());
+    emit_elementwise(n.name + " activation", act, {out}, steps, n.outputs[0], compute_, od);
+  }
+}
+
+void GpuProgramBuilder::lower_matmul(const Node& n) {
+  const bool gemm = n.op_type == "Gemm" || n.op_type == "FusedMatMul";
+  const bool ta = gemm && attr_int(n, "transA", 0) != 0, tb = gemm && attr_int(n, "transB", 0) != 0;
+  const float alpha = gemm ? attr_float(n, "alpha", 1.f) : 1.f, beta = gemm ? attr_float(n, "beta", 1.f) : 1.f;
+  const auto ad = dims_of(n.inputs[0]);
+  const auto od = dims_of(n.outputs[0]);
+  if (ta) throw Error(ErrorCode::kUnsupported, "node '" + n.name + "': a transposed A operand has no GPU kernel");
+  int64_t K = 0, N = 0, M = 0, batch = 1, w_stride = 0;
+  std::string w;
+  if (is_const(n.inputs[1])) {
+    const Tensor& b = g().initializers.at(n.inputs[1]);
+    const auto& bd = b.shape();
+    if (bd.size() != 2) throw Error(ErrorCode::kUnsupported, "node '" + n.name + "': only 2-D constant B operands run on the GPU");
+    K = tb ? bd[1] : bd[0], N = tb ? bd[0] : bd[1];
+    M = numel(ad) / K;
+    // W as [K, N] row major, alpha folded in.
+    std::vector<int64_t> order;
+    if (tb) {
+      order.resize(static_cast<size_t>(K * N));
+      for (int64_t k = 0; k < K; ++k)
+        for (int64_t j = 0; j < N; ++j) order[static_cast<size_t>(k * N + j)] = j * K + k;
+    }
+    w = weight_value(n.inputs[1], compute_, {K, N}, order, tb ? "t" : "kn", alpha);
+  } else {
+    // Both operands computed (attention that was not fused): strided batches over the leading dims.
+    const auto bd = dims_of(n.inputs[1]);
+    if (tb || alpha != 1.f || ad.size() < 2 || bd.size() < 2)
+      throw Error(ErrorCode::kUnsupported, "node '" + n.name + "': this form of a computed B operand has no GPU kernel");
+    K = bd[bd.size() - 2], N = bd.back();
+    const int64_t batch_b = numel(bd) / (K * N);
+    if (batch_b == 1) {
+      M = numel(ad) / K;
+    } else {
+      const std::vector<int64_t> lead_a(ad.begin(), ad.end() - 2), lead_b(bd.begin(), bd.end() - 2);
+      if (lead_a != lead_b)
+        throw Error(ErrorCode::kUnsupported, "node '" + n.name + "': a batched MatMul with broadcast batch dims has no GPU kernel");
+      M = ad[ad.size() - 2];
+      batch = batch_b;
+      w_stride = K * N;
+    }
+    w = as(n.inputs[1], false, compute_);
+  }
+  MatmulDesc d;
+  d.m = M, d.n = N, d.k = K, d.batch = batch, d.w_stride = w_stride, d.type = compute_;
+  std::vector<std::string> ins = {as(n.inputs[0], false, compute_), w};
+  // C: a [N] (or [1,N]) constant is the bias epilogue; anything else is added after.
+  std::string c_rest;
+  if (n.inputs.size() > 2 && !n.inputs[2].empty()) {
+    const std::string& c = n.inputs[2];
+    const auto cd = is_const(c) ? g().initializers.at(c).shape() : dims_of(c);
+    if (is_const(c) && numel(cd) == N && (cd.empty() || cd.back() == N)) {
+      d.bias = true;
+      ins.push_back(weight_value(c, compute_, {N}, {}, "bias", beta));
+    } else {
+      c_rest = c;
+    }
+  }
+  const std::string act = n.op_type == "FusedMatMul" ? attr_string(n, "activation") : "";
+  std::vector<float> ap;
+  if (const Attribute* a = n.attr("activation_params")) ap = a->floats;
+  std::vector<EwStep> post;
+  if (c_rest.empty() && act == "Relu") d.epilogue = MatmulDesc::Epilogue::kRelu;
+  else if (c_rest.empty() && act == "GeluTanh") d.epilogue = MatmulDesc::Epilogue::kGeluTanh;
+  else if (!activation_steps(act, ap, post))
+    throw Error(ErrorCode::kUnsupported, "node '" + n.name + "': activation " + act + " has no GPU kernel");
+  const bool after = !c_rest.empty() || !post.empty();
+  const std::string out = after ? n.outputs[0] + "#mm" : n.outputs[0];
+  new_value(out, compute_, od, false);
+  add_step(dev_->matmul(d, opt_.workspace_limit), ins, {out}, {n.name, n.op_type, "", -1});
+  if (after) {
+    std::vector<EwStep> steps = {EwStep{}};
+    std::vector<std::string> ew_ins = {out};
+    if (!c_rest.empty()) {
+      ew_ins.push_back(c_rest);
+      if (beta != 1.f) {
+        // acc = mm + beta * C: load C scaled, then add the product.
+        steps = {EwStep{EwOp::kLoad, 1}, EwStep{EwOp::kAffine, 0, 0, false, beta, 0}, EwStep{EwOp::kAdd, 0}};
+      } else {
+        steps.push_back(EwStep{EwOp::kAdd, 1});
+      }
+    }
+    steps.insert(steps.end(), post.begin(), post.end());
+    emit_elementwise(n.name + " epilogue", n.op_type, ew_ins, steps, n.outputs[0], compute_, od);
+  }
+}
+
+void GpuProgramBuilder::emit_elementwise(const std::string& label, const std::string& op, std::vector<std::string> ins,
+                                         const std::vector<EwStep>& steps, const std::string& out, ElemType out_type,
+                                         const std::vector<int64_t>& od) {
+  if (ins.size() > static_cast<size_t>(kMaxEwInputs) || steps.size() > static_cast<size_t>(kMaxEwSteps))
+    throw Error(ErrorCode::kUnsupported, label + ": more than 8 inputs or 24 steps in one elementwise kernel");
+  const int rank = static_cast<int>(od.size());
+  check_rank(rank, label);
+  // NHWC output when a full-size 4-D input is NHWC (the others are read through their strides).
+  bool nhwc = false;
+  for (const auto& i : ins)
+    if (val(i).nhwc && val(i).dims == od) nhwc = true;
+  const std::vector<int> perm = nhwc ? std::vector<int>{0, 2, 3, 1} : [&] {
+    std::vector<int> p(static_cast<size_t>(rank));
+    std::iota(p.begin(), p.end(), 0);
+    return p;
+  }();
+  EwProgram p;
+  p.rank = rank;
+  for (int k = 0; k < rank; ++k) p.dims[k] = od[static_cast<size_t>(perm[k])];
+  p.num_inputs = static_cast<int>(ins.size());
+  for (size_t i = 0; i < ins.size(); ++i) {
+    const Val& v = val(ins[i]);
+    p.in_types[i] = v.type;
+    const auto ls = logical_strides(v);
+    const int off = rank - static_cast<int>(v.dims.size());
+    if (off < 0) throw Error(ErrorCode::kInternal, label + ": input of higher rank than the output");
+    for (int k = 0; k < rank; ++k) {
+      const int j = perm[k] - off;  // the input's dim for output dim perm[k]
+      p.in_strides[i][k] = (j < 0 || v.dims[static_cast<size_t>(j)] == 1) ? 0 : ls[static_cast<size_t>(j)];
+    }
+  }
+  p.num_steps = static_cast<int>(steps.size());
+  for (size_t s = 0; s < steps.size(); ++s) p.steps[s] = steps[s];
+  p.out_type = out_type;
+  new_value(out, out_type, od, nhwc);
+  add_step(dev_->elementwise(p), ins, {out}, {label, op, "", -1});
+}
+
+void GpuProgramBuilder::lower_elementwise(const Node& n) {
+  const std::string& op = n.op_type;
+  const auto od = dims_of(n.outputs[0]);
+  const DType out_dt = g().type_of(n.outputs[0])->dtype;
+  const ElemType out_t = internal_type(out_dt);
+  std::vector<std::string> ins;
+  std::vector<EwStep> steps;
+  auto in = [&](const std::string& name) {
+    for (size_t i = 0; i < ins.size(); ++i)
+      if (ins[i] == name) return static_cast<int8_t>(i);
+    ins.push_back(name);
+    return static_cast<int8_t>(ins.size() - 1);
+  };
+  auto fail = [&](const std::string& why) {
+    throw Error(ErrorCode::kUnsupported, "node '" + n.name + "' (" + op + "): " + why);
+  };
+  if (op == "ElementwiseChain") {
+    steps.push_back({EwOp::kLoad, in(n.inputs[0])});
+    std::vector<float> params;
+    if (const Attribute* a = n.attr("params")) params = a->floats;
+    size_t pi = 0;
+    const Attribute* ops = n.attr("ops");
+    if (!ops) fail("no ops");
+    for (const std::string& s : ops->strings) {
+      std::vector<std::string> parts;
+      std::stringstream ss(s);
+      for (std::string t; std::getline(ss, t, ':');) parts.push_back(t);
+      EwStep st;
+      if (parts.size() >= 2) {
+        auto b = kBinary.find(parts[0]);
+        if (b == kBinary.end()) fail("chain step " + s);
+        st.op = b->second;
+        st.a = in(n.inputs.at(static_cast<size_t>(std::stoi(parts[1]))));
+        st.reversed = parts.size() > 2 && parts[2] == "r";
+      } else if (s == "LeakyRelu") {
+        st.op = EwOp::kLeakyRelu, st.p0 = params.at(pi++);
+      } else if (s == "Clip") {
+        st.op = EwOp::kClip, st.p0 = params.at(pi), st.p1 = params.at(pi + 1), pi += 2;
+      } else if (auto u = kUnary.find(s); u != kUnary.end()) {
+        st.op = u->second;
+      } else {
+        fail("chain step " + s);
+      }
+      steps.push_back(st);
+    }
+  } else if (op == "Cast") {
+    steps.push_back({EwOp::kLoad, in(n.inputs[0])});
+  } else if (op == "Where") {
+    steps.push_back({EwOp::kLoad, in(n.inputs[0])});
+    EwStep st{EwOp::kWhere};
+    st.a = in(n.inputs[1]);
+    st.b = in(n.inputs[2]);
+    steps.push_back(st);
+  } else if (auto u = kUnary.find(op); u != kUnary.end() && n.inputs.size() == 1) {
+    steps.push_back({EwOp::kLoad, in(n.inputs[0])});
+    steps.push_back({u->second});
+  } else if (auto b = kBinary.find(op); b != kBinary.end() || op == "Mean") {
+    if (is_arith(b == kBinary.end() ? EwOp::kAdd : b->second) && !is_float(out_t))
+      fail("integer arithmetic has no GPU kernel (the interpreter computes in FP32)");
+    steps.push_back({EwOp::kLoad, in(n.inputs[0])});
+    for (size_t i = 1; i < n.inputs.size(); ++i) steps.push_back({b == kBinary.end() ? EwOp::kAdd : b->second, in(n.inputs[i])});
+    if (op == "Mean") steps.push_back({EwOp::kAffine, 0, 0, false, 1.f / static_cast<float>(n.inputs.size()), 0});
+  } else if (op == "Clip") {
+    steps.push_back({EwOp::kLoad, in(n.inputs[0])});
+    float lo = -INFINITY, hi = INFINITY;
+    if (const Attribute* a = n.attr("min")) lo = a->f;
+    if (const Attribute* a = n.attr("max")) hi = a->f;
+    if (n.inputs.size() > 1 && !n.inputs[1].empty()) lo = static_cast<float>(host_value(constant(n.inputs[1], n, "min"), 0));
+    if (n.inputs.size() > 2 && !n.inputs[2].empty()) hi = static_cast<float>(host_value(constant(n.inputs[2], n, "max"), 0));
+    steps.push_back({EwOp::kClip, 0, 0, false, lo, hi});
+  } else if (op == "LeakyRelu" || op == "Elu" || op == "HardSigmoid") {
+    steps.push_back({EwOp::kLoad, in(n.inputs[0])});
+    EwStep st;
+    st.op = op == "LeakyRelu" ? EwOp::kLeakyRelu : op == "Elu" ? EwOp::kElu : EwOp::kHardSigmoid;
+    st.p0 = attr_float(n, "alpha", op == "LeakyRelu" ? 0.01f : op == "Elu" ? 1.f : 0.2f);
+    st.p1 = attr_float(n, "beta", 0.5f);
+    steps.push_back(st);
+  } else if (op == "Gelu") {
+    steps.push_back({EwOp::kLoad, in(n.inputs[0])});
+    steps.push_back({attr_string(n, "approximate", "none") == "tanh" ? EwOp::kGeluTanh : EwOp::kGelu});
+  } else {
+    fail("no GPU kernel");
+  }
+  emit_elementwise(n.name, op, ins, steps, n.outputs[0], out_t, od);
+}
+
+void GpuProgramBuilder::lower_pool(const Node& n) {
+  const auto xd = dims_of(n.inputs[0]);
+  const auto od = dims_of(n.outputs[0]);
+  if (xd.size() != 4) throw Error(ErrorCode::kUnsupported, "node '" + n.name + "': only 2-D pooling runs on the GPU");
+  const std::string x = as(n.inputs[0], true, is_float(val(n.inputs[0]).type) ? compute_ : val(n.inputs[0]).type);
+  const ElemType t = val(x).type;
+  if (n.op_type == "GlobalAveragePool") {
+    // [N, C, 1, 1]: the same bytes in both layouts.
+    new_value(n.outputs[0], t, od, false);
+    add_step(dev_->mean_middle(t, xd[0], xd[2] * xd[3], xd[1]), {x}, {n.outputs[0]}, {n.name, n.op_type, "", -1});
+    return;
+  }
+  Pool2d p;
+  p.max = n.op_type == "MaxPool" || n.op_type == "GlobalMaxPool";
+  p.n = xd[0], p.c = xd[1], p.h = xd[2], p.w = xd[3], p.oh = od[2], p.ow = od[3];
+  if (n.op_type == "GlobalMaxPool") {
+    p.kh = static_cast<int>(xd[2]), p.kw = static_cast<int>(xd[3]);
+  } else {
+    if (n.outputs.size() > 1 && !n.outputs[1].empty())
+      throw Error(ErrorCode::kUnsupported, "node '" + n.name + "': MaxPool's Indices output has no GPU kernel");
+    const auto k = attr_ints(n, "kernel_shape");
+    auto s = attr_ints(n, "strides"), d = attr_ints(n, "dilations"), pads = attr_ints(n, "pads");
+    if (s.empty()) s = {1, 1};
+    if (d.empty()) d = {1, 1};
+    if (pads.empty()) pads = {0, 0, 0, 0};
+    const std::string auto_pad = attr_string(n, "auto_pad", "NOTSET");
+    if (auto_pad == "SAME_UPPER" || auto_pad == "SAME_LOWER") {
+      for (int i = 0; i < 2; ++i) {
+        const int64_t total = std::max<int64_t>(0, (od[2 + i] - 1) * s[i] + (k[i] - 1) * d[i] + 1 - xd[2 + i]);
+        pads[i] = auto_pad == "SAME_UPPER" ? total / 2 : total - total / 2;
+      }
+    }
+    p.kh = static_cast<int>(k[0]), p.kw = static_cast<int>(k[1]);
+    p.sh = static_cast<int>(s[0]), p.sw = static_cast<int>(s[1]);
+    p.dh = static_cast<int>(d[0]), p.dw = static_cast<int>(d[1]);
+    p.pad_t = static_cast<int>(pads[0]), p.pad_l = static_cast<int>(pads[1]);
+    p.count_include_pad = attr_int(n, "count_include_pad", 0) != 0;
+  }
+  const bool nhwc_out = !(od[2] == 1 && od[3] == 1);
+  new_value(n.outputs[0], t, od, nhwc_out);
+  add_step(dev_->pool(t, p), {x}, {n.outputs[0]}, {n.name, n.op_type, "", -1});
+}
+
+void GpuProgramBuilder::lower_attention(const Node& n) {
+  const auto qd = dims_of(n.inputs[0]), kd = dims_of(n.inputs[1]), vd = dims_of(n.inputs[2]);
+  const int64_t H = attr_int(n, "num_heads", 0);
+  if (qd.size() != 3 || kd.size() != 3 || vd.size() != 3 || H <= 0 || qd[2] % H || vd[2] % H)
+    throw Error(ErrorCode::kUnsupported, "node '" + n.name + "': attention needs [B, S, H*D] inputs");
+  const int64_t B = qd[0], Sq = qd[1], Sk = kd[1], Dk = qd[2] / H, Dv = vd[2] / H;
+  if (Dk != Dv) throw Error(ErrorCode::kUnsupported, "node '" + n.name + "': attention with Dk != Dv has no GPU kernel");
+  AttentionDesc d;
+  d.batch = B, d.heads = H, d.sq = Sq, d.sk = Sk, d.head_dim = Dk, d.type = compute_;
+  const float scale = attr_float(n, "scale", 0.f);
+  d.scale = scale == 0.f ? 1.f / std::sqrt(static_cast<float>(Dk)) : scale;
+  const int64_t od = vd[2];
+  auto bshd = [&](int64_t s_len, int64_t width, int64_t* st) { st[0] = s_len * width, st[1] = Dk, st[2] = width; };
+  bshd(Sq, qd[2], d.q);
+  bshd(Sk, kd[2], d.k);
+  bshd(Sk, vd[2], d.v);
+  bshd(Sq, od, d.o);
+  std::vector<std::string> ins = {as(n.inputs[0], false, compute_), as(n.inputs[1], false, compute_),
+                                  as(n.inputs[2], false, compute_)};
+  if (n.inputs.size() > 3 && !n.inputs[3].empty()) {
+    const std::string m = as(n.inputs[3], false, ElemType::kF32);
+    const auto md = val(m).dims;
+    if (md.empty() || md.size() > 4 || md.back() != Sk)
+      throw Error(ErrorCode::kUnsupported, "node '" + n.name + "': the attention mask's last dim must be the keys");
+    std::vector<int64_t> m4(4 - md.size(), 1);
+    m4.insert(m4.end(), md.begin(), md.end());
+    const auto st = dense_strides(m4);
+    d.mask[0] = m4[0] == 1 ? 0 : st[0];
+    d.mask[1] = m4[1] == 1 ? 0 : st[1];
+    d.mask[2] = m4[2] == 1 ? 0 : st[2];
+    d.has_mask = true;
+    ins.push_back(m);
+  }
+  new_value(n.outputs[0], compute_, {B, Sq, od}, false);
+  add_step(dev_->attention(d), ins, {n.outputs[0]}, {n.name, "Attention", "", -1});
+}
+
+void GpuProgramBuilder::lower_data(const Node& n) {
+  const std::string& op = n.op_type;
+  auto strided = [&](const std::string& in, const std::string& out, const std::vector<int64_t>& dims,
+                     const std::vector<int64_t>& xs, const std::vector<int64_t>& ys, int64_t x_off, int64_t y_off,
+                     const std::string& label) {
+    StridedCopy c;
+    c.rank = static_cast<int>(dims.size());
+    check_rank(c.rank, label);
+    for (int d = 0; d < c.rank; ++d) c.dims[d] = dims[d], c.x_strides[d] = xs[d], c.y_strides[d] = ys[d];
+    const ElemType t = val(in).type;
+    // Offsets are applied through a view kernel: the copy kernel reads x + x_off, writes y + y_off.
+    struct Offset final : Kernel {
+      std::unique_ptr<Kernel> k;
+      int64_t xo, yo;
+      size_t es;
+      void launch(const void* const* i, void* const* o, void* ws, void* s) const override {
+        const void* x = static_cast<const char*>(i[0]) + xo * static_cast<int64_t>(es);
+        void* y = static_cast<char*>(o[0]) + yo * static_cast<int64_t>(es);
+        k->launch(&x, &y, ws, s);
+      }
+      std::string describe() const override { return k->describe(); }
+    };
+    auto k = std::make_unique<Offset>();
+    k->k = dev_->copy(t, t, c);
+    k->xo = x_off, k->yo = y_off, k->es = elem_bytes(t);
+    add_step(std::move(k), {in}, {out}, {label, op, "", -1});
+  };
+  if (op == "Gather") {
+    const auto dd = dims_of(n.inputs[0]);
+    const auto id = is_const(n.inputs[1]) ? g().initializers.at(n.inputs[1]).shape() : dims_of(n.inputs[1]);
+    int64_t axis = attr_int(n, "axis", 0);
+    if (axis < 0) axis += static_cast<int64_t>(dd.size());
+    int64_t outer = 1, inner = 1;
+    for (int64_t i = 0; i < axis; ++i) outer *= dd[static_cast<size_t>(i)];
+    for (size_t i = static_cast<size_t>(axis) + 1; i < dd.size(); ++i) inner *= dd[i];
+    const std::string data = plain(n.inputs[0]);
+    const std::string idx = n.inputs[1];
+    const ElemType it = val(idx).type;
+    if (it != ElemType::kI64 && it != ElemType::kI32)
+      throw Error(ErrorCode::kUnsupported, "node '" + n.name + "': Gather indices must be int64 or int32");
+    new_value(n.outputs[0], val(data).type, dims_of(n.outputs[0]), false);
+    add_step(dev_->gather(it, elem_bytes(val(data).type), outer, dd[static_cast<size_t>(axis)], inner, numel(id)),
+             {data, idx}, {n.outputs[0]}, {n.name, op, "", -1});
+    return;
+  }
+  const std::string x = plain(n.inputs[0]);
+  const Val xv = val(x);
+  const auto xs = dense_strides(xv.dims);
+  const int rank = static_cast<int>(xv.dims.size());
+  auto norm_axis = [&](int64_t a) { return a < 0 ? a + rank : a; };
+  if (op == "Transpose") {
+    auto perm = attr_ints(n, "perm");
+    if (perm.empty())
+      for (int i = rank - 1; i >= 0; --i) perm.push_back(i);
+    const auto od = dims_of(n.outputs[0]);
+    std::vector<int64_t> ps(static_cast<size_t>(rank));
+    for (int i = 0; i < rank; ++i) ps[i] = xs[static_cast<size_t>(perm[i])];
+    new_value(n.outputs[0], xv.type, od, false);
+    strided(x, n.outputs[0], od, ps, dense_strides(od), 0, 0, n.name);
+  } else if (op == "Expand") {
+    const auto od = dims_of(n.outputs[0]);
+    std::vector<int64_t> bs(od.size(), 0);
+    const size_t off = od.size() - xv.dims.size();
+    for (size_t i = 0; i < xv.dims.size(); ++i) bs[off + i] = xv.dims[i] == 1 ? 0 : xs[i];
+    new_value(n.outputs[0], xv.type, od, false);
+    strided(x, n.outputs[0], od, bs, dense_strides(od), 0, 0, n.name);
+  } else if (op == "Slice") {
+    const auto od = dims_of(n.outputs[0]);
+    std::vector<int64_t> starts, ends, axes, steps;
+    auto ints_of = [&](size_t i) {
+      std::vector<int64_t> v;
+      if (n.inputs.size() > i && !n.inputs[i].empty()) {
+        const Tensor& t = constant(n.inputs[i], n, "slice bounds");
+        for (int64_t k = 0; k < t.numel(); ++k) v.push_back(static_cast<int64_t>(host_value(t, k)));
+      }
+      return v;
+    };
+    if (n.attr("starts")) {
+      starts = attr_ints(n, "starts"), ends = attr_ints(n, "ends"), axes = attr_ints(n, "axes");
+    } else {
+      starts = ints_of(1), ends = ints_of(2), axes = ints_of(3), steps = ints_of(4);
+    }
+    if (axes.empty())
+      for (size_t i = 0; i < starts.size(); ++i) axes.push_back(static_cast<int64_t>(i));
+    if (steps.empty()) steps.assign(starts.size(), 1);
+    std::vector<int64_t> ss = xs;
+    int64_t offset = 0;
+    for (size_t i = 0; i < starts.size(); ++i) {
+      const int64_t a = norm_axis(axes[i]), dim = xv.dims[static_cast<size_t>(a)], st = steps[i];
+      int64_t s = starts[i];
+      if (s < 0) s += dim;
+      s = st > 0 ? std::clamp<int64_t>(s, 0, dim) : std::clamp<int64_t>(s, 0, dim - 1);
+      offset += s * xs[static_cast<size_t>(a)];
+      ss[static_cast<size_t>(a)] = xs[static_cast<size_t>(a)] * st;
+    }
+    new_value(n.outputs[0], xv.type, od, false);
+    strided(x, n.outputs[0], od, ss, dense_strides(od), offset, 0, n.name);
+  } else if (op == "Concat") {
+    const auto od = dims_of(n.outputs[0]);
+    const int64_t axis = norm_axis(attr_int(n, "axis", 0));
+    new_value(n.outputs[0], compute_type_of(n.inputs), od, false);
+    const auto ys = dense_strides(od);
+    int64_t pos = 0;
+    for (const auto& in : n.inputs) {
+      if (in.empty()) continue;
+      const std::string p = as(in, false, val(n.outputs[0]).type);
+      const auto pd = val(p).dims;
+      strided(p, n.outputs[0], pd, dense_strides(pd), ys, 0, pos * ys[static_cast<size_t>(axis)], n.name);
+      pos += pd[static_cast<size_t>(axis)];
+    }
+  } else if (op == "Split") {
+    const int64_t axis = norm_axis(attr_int(n, "axis", 0));
+    int64_t pos = 0;
+    for (const auto& out : n.outputs) {
+      if (out.empty()) continue;
+      const auto od = dims_of(out);
+      new_value(out, xv.type, od, false);
+      strided(x, out, od, xs, dense_strides(od), pos * xs[static_cast<size_t>(axis)], 0, n.name);
+      pos += od[static_cast<size_t>(axis)];
+    }
+  }
+}
+
+std::shared_ptr<const GpuProgram> GpuProgramBuilder::build() {
+  {
+    SpecializedModel sm = specialize_model(src_, shapes_);
+    m_ = std::move(sm.model);
+    folded_ = std::move(sm.folded);
+  }
+  std::shared_ptr<GpuProgram> p(new GpuProgram());
+  p->device_ = dev_;
+  p->precision_ = opt_.precision;
+  // Every node the GPU cannot run, named at once.
+  std::vector<std::string> missing;
+  for (size_t i = 0; i < g().nodes.size(); ++i) {
+    if (folded_.count(i)) continue;
+    const std::string why = unsupported_reason(g().nodes[i]);
+    if (!why.empty()) missing.push_back("'" + g().nodes[i].name + "': " + why);
+  }
+  if (!missing.empty()) {
+    std::string msg = std::to_string(missing.size()) + " node(s) cannot run on the GPU backend:";
+    for (size_t i = 0; i < missing.size() && i < 12; ++i) msg += "\n  " + missing[i];
+    if (missing.size() > 12) msg += "\n  ... and " + std::to_string(missing.size() - 12) + " more";
+    throw Error(ErrorCode::kUnsupported, msg);
+  }
+  dev_->bind();
+  for (size_t i = 0; i < g().nodes.size(); ++i)
+    if (!folded_.count(i))
+      for (const auto& in : g().nodes[i].inputs)
+        if (!in.empty()) readers_[in].push_back(i);
+  for (const auto& o : g().outputs) readers_[o].push_back(SIZE_MAX);
+  for (size_t i = 0; i < g().inputs.size(); ++i) {
+    const std::string& name = g().inputs[i];
+    const TensorType* t = g().type_of(name);
+    TensorDesc td{name, t->dtype, dims_of(name)};
+    p->inputs_.push_back(td);
+    Val v;
+    v.type = edge_type(t->dtype);
+    v.dims = td.shape;
+    v.slot.kind = GpuProgram::Slot::kInput;
+    v.slot.index = i;
+    // Kept in its own type: the first op that needs it converts it (with a layout change in the
+    // same copy, e.g. NCHW FP32 -> NHWC FP16 for a first convolution).
+    vals_[name] = v;
+  }
+  for (size_t i = 0; i < g().nodes.size(); ++i)
+    if (!folded_.count(i)) add_node(g().nodes[i]);
+  // Outputs: converted back to their declared dtype and plain layout, into the caller's buffers.
+  for (size_t i = 0; i < g().outputs.size(); ++i) {
+    const std::string& name = g().outputs[i];
+    const TensorType* t = g().type_of(name);
+    TensorDesc td{name, t->dtype, dims_of(name)};
+    p->outputs_.push_back(td);
+    Val v;
+    v.type = edge_type(t->dtype);
+    v.dims = td.shape;
+    v.slot.kind = GpuProgram::Slot::kOutput;
+    v.slot.index = i;
+    vals_[name + "#out"] = v;
+    emit_copy(name, name + "#out", "output " + name);
+  }
+  // Buffers, then weights.
+  const cpu::MemoryPlan plan = cpu::plan_memory(buffers_, 256);
+  p->arena_bytes_ = plan.arena_bytes;
+  p->activation_total_ = plan.total_bytes;
+  p->workspace_bytes_ = workspace_;
+  auto slot_of = [&](const std::string& name) {
+    if (name.empty()) return GpuProgram::Slot{};
+    GpuProgram::Slot s = val(name).slot;
+    if (s.kind == GpuProgram::Slot::kArena) s.index = plan.offsets[s.index];
+    return s;
+  };
+  for (auto& st : steps_) {
+    GpuProgram::Step step;
+    step.kernel = std::move(st.kernel);
+    for (const auto& i : st.inputs) step.inputs.push_back(slot_of(i));
+    for (const auto& o : st.outputs) step.outputs.push_back(slot_of(o));
+    p->steps_.push_back(std::move(step));
+    p->info_.push_back(std::move(st.info));
+  }
+  p->weight_bytes_ = weights_.size();
+  if (!weights_.empty()) {
+    p->weights_ = dev_->alloc(weights_.size());
+    dev_->upload(p->weights_, weights_.data(), weights_.size());
+  }
+  return p;
+}
+
+ElemType GpuProgramBuilder::compute_type_of(const std::vector<std::string>& ins) {
+  for (const auto& i : ins)
+    if (!i.empty()) return val(i).type;
+  return compute_;
+}
+
+std::shared_ptr<const GpuProgram> GpuProgram::compile(std::shared_ptr<Device> device, const Model& model,
+                                                      const ShapeMap& shapes, const CompileOptions& options) {
+  GpuProgramBuilder b(std::move(device), model, shapes, options);
+  try {
+    return b.build();
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {  // the module's CudaError
+    throw Error(ErrorCode::kUnsupported, std::string("GPU build failed: ") + e.what());
+  }
+}
+
+GpuProgram::~GpuProgram() {
+  steps_.clear();
+  if (weights_ && device_) device_->free(weights_);
+}
+
+void* GpuProgram::resolve(const Slot& s, char* arena, const std::vector<const void*>& in,
+                          const std::vector<void*>& out) const {
+  switch (s.kind) {
+    case Slot::kArena: return arena + s.index;
+    case Slot::kInput: return const_cast<void*>(in[s.index]);
+    case Slot::kOutput: return out[s.index];
+    case Slot::kWeight: return static_cast<char*>(weights_) + s.index;
+    default: return nullptr;
+  }
+}
+
+void GpuProgram::enqueue(void* arena, void* workspace, const std::vector<const void*>& inputs,
+                         const std::vector<void*>& outputs, void* stream, const std::vector<void*>* events) const {
+  std::vector<const void*> ins;
+  std::vector<void*> outs;
+  size_t k = 0;
+  for (const Step& s : steps_) {
+    if (events) device_->record((*events)[k++], stream);
+    ins.clear();
+    outs.clear();
+    for (const Slot& i : s.inputs) ins.push_back(resolve(i, static_cast<char*>(arena), inputs, outputs));
+    for (const Slot& o : s.outputs) outs.push_back(resolve(o, static_cast<char*>(arena), inputs, outputs));
+    s.kernel->launch(ins.data(), outs.data(), workspace, stream);
+  }
+  if (events) device_->record((*events)[k], stream);
+}
+
+std::vector<float> GpuContext::profile_steps() {
+  dev_.bind();
+  std::vector<void*> events;
+  for (size_t i = 0; i <= program_->steps().size(); ++i) events.push_back(dev_.create_event());
+  std::vector<float> ms;
+  try {
+    std::vector<const void*> in(d_in_.begin(), d_in_.end());
+    program_->enqueue(arena_, workspace_, in, d_out_, stream_, &events);
+    dev_.synchronize(stream_);
+    for (size_t i = 0; i + 1 < events.size(); ++i) ms.push_back(dev_.elapsed_ms(events[i], events[i + 1]));
+  } catch (...) {
+    for (void* e : events) dev_.destroy_event(e);
+    throw;
+  }
+  for (void* e : events) dev_.destroy_event(e);
+  return ms;
+}
+
+// --- GpuContext
+
+GpuContext::GpuContext(std::shared_ptr<const GpuProgram> program, bool use_graph)
+    : program_(std::move(program)), dev_(program_->device()), use_graph_(use_graph) {
+  dev_.bind();
+  stream_ = dev_.create_stream();
+  arena_ = dev_.alloc(program_->arena_bytes());
+  workspace_ = dev_.alloc(program_->workspace_bytes());
+  for (const auto& t : program_->inputs()) {
+    d_in_.push_back(dev_.alloc(std::max<size_t>(t.bytes(), 1)));
+    h_in_.push_back(dev_.alloc_host(std::max<size_t>(t.bytes(), 1)));
+  }
+  for (const auto& t : program_->outputs()) {
+    d_out_.push_back(dev_.alloc(std::max<size_t>(t.bytes(), 1)));
+    h_out_.push_back(dev_.alloc_host(std::max<size_t>(t.bytes(), 1)));
+  }
+  for (auto& e : ev_) e = dev_.create_event();
+}
+
+GpuContext::~GpuContext() {
+  try {
+    if (stream_) dev_.synchronize(stream_);
+  } catch (...) {
+  }
+  dev_.destroy_graph(graph_);
+  for (auto& e : ev_) dev_.destroy_event(e);
+  for (void* p : d_in_) dev_.free(p);
+  for (void* p : d_out_) dev_.free(p);
+  for (void* p : h_in_) dev_.free_host(p);
+  for (void* p : h_out_) dev_.free_host(p);
+  dev_.free(arena_);
+  dev_.free(workspace_);
+  dev_.destroy_stream(stream_);
+}
+
+void GpuContext::ensure_graph() {
+  if (!use_graph_ || graph_) return;
+  std::vector<const void*> in(d_in_.begin(), d_in_.end());
+  // A first plain run (library kernels may initialize lazily), then the capture.
+  program_->enqueue(arena_, workspace_, in, d_out_, stream_);
+  dev_.synchronize(stream_);
+  dev_.begin_capture(stream_);
+  try {
+    program_->enqueue(arena_, workspace_, in, d_out_, stream_);
+  } catch (...) {
+    try {
+      dev_.end_capture(stream_);
+    } catch (...) {
+    }
+    throw;
+  }
+  graph_ = dev_.end_capture(stream_);
+}
+
+void GpuContext::launch_compute() {
+  if (use_graph_) {
+    dev_.launch_graph(graph_, stream_);
+  } else {
+    std::vector<const void*> in(d_in_.begin(), d_in_.end());
+    program_->enqueue(arena_, workspace_, in, d_out_, stream_);
+  }
+}
+
+float GpuContext::run_compute_only() {
+  try {
+    dev_.bind();
+    ensure_graph();
+    dev_.record(ev_[1], stream_);
+    launch_compute();
+    dev_.record(ev_[2], stream_);
+    dev_.synchronize(stream_);
+    return dev_.elapsed_ms(ev_[1], ev_[2]);
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    if (dev_.broken()) throw Error(ErrorCode::kInternal, std::string("GPU context is broken: ") + e.what());
+    throw Error(ErrorCode::kInternal, std::string("GPU run failed (the context is still usable): ") + e.what());
+  }
+}
+
+reference::TensorMap GpuContext::run(const reference::TensorMap& inputs) {
+  const auto& ins = program_->inputs();
+  for (const auto& [name, t] : inputs)
+    if (std::none_of(ins.begin(), ins.end(), [&](const TensorDesc& d) { return d.name == name; }))
+      throw Error(ErrorCode::kInvalidArgument, "'" + name + "' is not an input of the model");
+  for (size_t i = 0; i < ins.size(); ++i) {
+    auto it = inputs.find(ins[i].name);
+    if (it == inputs.end()) throw Error(ErrorCode::kInvalidArgument, "input '" + ins[i].name + "' is missing");
+    const Tensor& t = it->second;
+    if (t.dtype() != ins[i].dtype)
+      throw Error(ErrorCode::kInvalidArgument, "input '" + ins[i].name + "' must be " + std::string(dtype_name(ins[i].dtype)) +
+                                                   ", got " + std::string(dtype_name(t.dtype())));
+    if (t.shape() != ins[i].shape)
+      throw Error(ErrorCode::kInvalidArgument, "input '" + ins[i].name + "' must have shape " +
+                                                   shape_to_string(ins[i].shape) + " (this program's), got " +
+                                                   shape_to_string(t.shape()));
+    std::memcpy(h_in_[i], t.raw(), ins[i].bytes());
+  }
+  reference::TensorMap out;
+  try {
+    dev_.bind();
+    ensure_graph();
+    dev_.record(ev_[0], stream_);
+    for (size_t i = 0; i < ins.size(); ++i) dev_.copy_async(d_in_[i], h_in_[i], ins[i].bytes(), stream_);
+    dev_.record(ev_[1], stream_);
+    launch_compute();
+    dev_.record(ev_[2], stream_);
+    const auto& outs = program_->outputs();
+    for (size_t i = 0; i < outs.size(); ++i) dev_.copy_async(h_out_[i], d_out_[i], outs[i].bytes(), stream_);
+    dev_.record(ev_[3], stream_);
+    dev_.synchronize(stream_);
+    timing_.h2d_ms = dev_.elapsed_ms(ev_[0], ev_[1]);
+    timing_.compute_ms = dev_.elapsed_ms(ev_[1], ev_[2]);
+    timing_.d2h_ms = dev_.elapsed_ms(ev_[2], ev_[3]);
+    for (size_t i = 0; i < outs.size(); ++i) {
+      Tensor t(outs[i].dtype, outs[i].shape);
+      std::memcpy(t.mutable_raw(), h_out_[i], outs[i].bytes());
+      out[outs[i].name] = std::move(t);
+    }
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    if (dev_.broken()) throw Error(ErrorCode::kInternal, std::string("GPU context is broken: ") + e.what());
+    throw Error(ErrorCode::kInternal, std::string("GPU run failed (the context is still usable): ") + e.what());
+  }
+  return out;
+}
+
+}  // namespace kiln::gpu

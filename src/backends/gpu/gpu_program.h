@@ -1,0 +1,150 @@
+// A GPU program: an optimized graph compiled for one set of concrete input shapes into a list of
+// device kernels (made by the GPU module, device_api.h) over one planned activation arena, plus the
+// weights, converted and uploaded once. A GpuContext runs it: its own arena, workspace, stream and
+// staging buffers, and a CUDA graph captured on its first run and replayed after.
+//
+// Compiling does, in order:
+//   1. specialization at the shapes (runtime/specialize.h: types, folded constants);
+//   2. a support check that names every node the GPU cannot run (an error, no silent fallback);
+//   3. per node: the kernel (library kernels time their candidates on the device), the layout
+//      its inputs need (4-D activations are NHWC between convolutions and pools, converted where
+//      an op needs the plain layout) and the value's precision (float activations in the
+//      program's precision, FP32 at the graph's edges, integer tensors as they are);
+//   4. buffer assignment with the CPU backend's planner: values whose lifetimes do not overlap
+//      share arena memory; Reshape-like ops alias their input.
+// The workspace (scratch of library kernels) is the largest any kernel asked for; a limit that no
+// algorithm of some kernel fits is a build error naming the kernel, not an out-of-memory crash.
+#pragma once
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backends/gpu/device_api.h"
+#include "backends/reference/executor.h"
+#include "ir/graph.h"
+
+namespace kiln::gpu {
+
+using ShapeMap = std::map<std::string, std::vector<int64_t>>;
+
+enum class Precision { kFP32, kFP16, kBF16 };
+const char* precision_name(Precision p);
+Precision parse_precision(const std::string& s);  // "fp32", "fp16", "bf16"; kInvalidArgument otherwise
+
+struct CompileOptions {
+  Precision precision = Precision::kFP16;
+  size_t workspace_limit = size_t{1} << 30;  // scratch any one library kernel may use
+  std::vector<std::string>* log = nullptr;   // one line per step: op, kernel, timed ms
+  // 1x1 convolutions (stride 1, no padding) are also GEMMs over NHWC: "auto" times cuDNN against
+  // cuBLASLt and keeps the faster; "cudnn" or "gemm" forces one (tests cover both).
+  std::string conv1x1_tactic = "auto";
+  // Depthwise convolutions: cuDNN or Kiln's own kernel ("auto" times both; "cudnn", "kiln" force one).
+  std::string depthwise_tactic = "auto";
+};
+
+struct GpuStepInfo {
+  std::string name;  // node name, or "to nhwc <value>" for inserted steps
+  std::string op;
+  std::string kernel;  // Kernel::describe()
+  double timed_ms = -1;
+};
+
+struct TensorDesc {
+  std::string name;
+  DType dtype = DType::kUndefined;
+  std::vector<int64_t> shape;
+  size_t bytes() const;
+};
+
+class GpuProgram {
+ public:
+  // Throws kiln::Error: kUnsupported listing the nodes the GPU backend cannot run, kInvalidArgument
+  // for shapes that do not fit, kResourceExhausted when a kernel needs more workspace than allowed
+  // or the weights do not fit in GPU memory.
+  static std::shared_ptr<const GpuProgram> compile(std::shared_ptr<Device> device, const Model& model,
+                                                   const ShapeMap& shapes, const CompileOptions& options = {});
+  ~GpuProgram();
+
+  const std::vector<TensorDesc>& inputs() const { return inputs_; }
+  const std::vector<TensorDesc>& outputs() const { return outputs_; }
+  const std::vector<GpuStepInfo>& steps() const { return info_; }
+  size_t arena_bytes() const { return arena_bytes_; }
+  size_t activation_bytes_total() const { return activation_total_; }
+  size_t workspace_bytes() const { return workspace_bytes_; }
+  size_t weight_bytes() const { return weight_bytes_; }
+  Precision precision() const { return precision_; }
+  Device& device() const { return *device_; }
+  const std::shared_ptr<Device>& device_ptr() const { return device_; }
+
+  // Enqueues every step on `stream`: inputs/outputs are device buffers in inputs()/outputs() order.
+  // With `events` (steps().size() + 1 of them), records events[i] before step i and the last after
+  // the last step, for per-step GPU times.
+  void enqueue(void* arena, void* workspace, const std::vector<const void*>& inputs, const std::vector<void*>& outputs,
+               void* stream, const std::vector<void*>* events = nullptr) const;
+
+ private:
+  GpuProgram() = default;
+  struct Slot {
+    enum Kind : uint8_t { kArena, kInput, kOutput, kWeight, kNone } kind = kNone;
+    size_t index = 0;  // arena offset (after planning), input/output index, weight offset
+  };
+  struct Step {
+    std::unique_ptr<Kernel> kernel;
+    std::vector<Slot> inputs, outputs;
+  };
+  void* resolve(const Slot& s, char* arena, const std::vector<const void*>& in, const std::vector<void*>& out) const;
+
+  std::shared_ptr<Device> device_;
+  Precision precision_ = Precision::kFP16;
+  std::vector<Step> steps_;
+  std::vector<GpuStepInfo> info_;
+  std::vector<TensorDesc> inputs_, outputs_;
+  void* weights_ = nullptr;
+  size_t weight_bytes_ = 0, arena_bytes_ = 0, activation_total_ = 0, workspace_bytes_ = 0;
+  friend class GpuProgramBuilder;
+};
+
+// Runs a program: owns an arena, a workspace, a stream, device and pinned host copies of the
+// inputs and outputs, and the CUDA graph captured on the first run. One thread at a time; several
+// contexts on one program run concurrently.
+class GpuContext {
+ public:
+  explicit GpuContext(std::shared_ptr<const GpuProgram> program, bool use_graph = true);
+  ~GpuContext();
+  GpuContext(const GpuContext&) = delete;
+  GpuContext& operator=(const GpuContext&) = delete;
+
+  // Validates names, dtypes and shapes (kInvalidArgument), copies in, runs, copies out. A CUDA
+  // error throws kiln::Error: kInternal "GPU context is broken" after a sticky error (the process
+  // must not reuse the GPU), kRuntime otherwise (the context stays usable).
+  reference::TensorMap run(const reference::TensorMap& inputs);
+
+  // Device-side milliseconds of the last run(): host-to-device copies, compute, device-to-host.
+  struct Timing {
+    float h2d_ms = 0, compute_ms = 0, d2h_ms = 0;
+  };
+  const Timing& last_timing() const { return timing_; }
+  // Enqueues only the compute (graph replay) and waits: what `kiln bench` times as GPU compute.
+  float run_compute_only();
+  const GpuProgram& program() const { return *program_; }
+  // One run launched step by step with an event between steps: each step's GPU milliseconds.
+  std::vector<float> profile_steps();
+
+ private:
+  void ensure_graph();
+  void launch_compute();
+
+  std::shared_ptr<const GpuProgram> program_;
+  Device& dev_;
+  bool use_graph_;
+  void* stream_ = nullptr;
+  void* graph_ = nullptr;
+  void* arena_ = nullptr;
+  void* workspace_ = nullptr;
+  std::vector<void*> d_in_, d_out_, h_in_, h_out_;
+  void* ev_[4] = {};
+  Timing timing_;
+};
+
+}  // namespace kiln::gpu
