@@ -15,7 +15,7 @@
 #                                    PyTorch side by side), accuracy (PyTorch's own FP16 error on the
 #                                    same models), exec CMD... (a command in this environment);
 #                                    default: kernels programs models.
-# Logs go to $OUT (or out/device). The GPU machine provides the CUDA runtime and cuBLASLt
+# Logs go to out/device, packed into $OUT/device-results.tgz when $OUT is set. The GPU machine provides the CUDA runtime and cuBLASLt
 # (/usr/local/cuda) and cuDNN (the nvidia-cudnn Python package); PyTorch there exports the models.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,7 +41,9 @@ case "${1:-}" in
     ;;
   run)
     shift
-    out="${OUT:-out/device}"
+    # Everything is written to out/device and packed into $OUT/device-results.tgz at the end: the
+    # device tool brings back only a few files from $OUT, so they travel as one.
+    out=out/device
     mkdir -p "$out"
     [ -f build-cuda/bundle.tar.xz ] && tar -C build-cuda -xJf build-cuda/bundle.tar.xz
     nvlibs=$(python3 - <<'EOF' 2>/dev/null || true
@@ -89,6 +91,7 @@ EOF
         *) echo "device-test: unknown part '$w' (kernels, programs, models, accuracy, bench, exec CMD...)" >&2; exit 2 ;;
       esac
     done
+    if [ -n "${OUT:-}" ]; then tar -C "$out" -czf "$OUT/device-results.tgz" . && cp "$out"/*.txt "$OUT"/ 2>/dev/null; fi
     exit "$rc"
     ;;
   *)

@@ -8,7 +8,9 @@
 //                   Transpose [0,2,3,1] or [0,2,1,3] then [0,1,3,2]; output Transpose [0,2,1,3].
 //   seq-first (torch MHA): proj [S,B,H*D] -> Reshape [S,B*H,D] -> Transpose [1,0,2]; K either
 //                   Transpose [1,2,0] or [1,0,2] then [0,2,1]; output Transpose [1,0,2]. The fused
-//                   node gets [B,S,H*D] views through inserted Transposes.
+//                   node gets [B,S,H*D] views through inserted Transposes. torch 2.x views the
+//                   heads as [B,H,S,D] (Reshape) before SDPA: then K is Transpose [0,1,3,2] of
+//                   that view and the output Transpose is [2,0,1,3] (-> [S,B,H,D]).
 // Scales may sit on Q, on K (torch SDPA scales both by d^-0.25) or on the scores, before any mask.
 // Where-masks with a fill of -inf (or <= -1e30, e.g. finfo.min) become additive masks
 // Where(cond, fill, 0): adding such a fill gives the same softmax as replacing by it.
@@ -38,6 +40,9 @@ enum class Layout { kBSHD, kSeqFirst };
 struct HeadInput {
   std::string proj;
   Layout layout = Layout::kBSHD;
+  // Seq-first heads viewed as [B, H, S, D] before the products (torch 2.x's
+  // multi_head_attention_forward, which calls scaled_dot_product_attention on 4-D views).
+  bool view4 = false;
   int64_t heads = 0, head_size = 0;
   double scale = 1;
   std::vector<size_t> nodes;
@@ -81,7 +86,7 @@ class Matcher {
     const Shape& scores_in = *st->shape;
     const int64_t rank = static_cast<int64_t>(scores_in.size());
     if (rank != 3 && rank != 4) return std::nullopt;
-    const Layout layout = rank == 4 ? Layout::kBSHD : Layout::kSeqFirst;
+    const Layout scores_layout = rank == 4 ? Layout::kBSHD : Layout::kSeqFirst;
     // Guard: softmax over the last axis (before opset 13 the coerced-2-D form, same thing).
     const Attribute* ax = sm.attr("axis");
     int64_t axis = ax ? ax->i : (opset_ >= 13 ? -1 : 1);
@@ -100,6 +105,11 @@ class Matcher {
     auto q = match_head(qk.inputs[0], 'q');
     auto k = match_head(qk.inputs[1], 'k');
     if (!q || !k) return std::nullopt;
+    // torch 2.x's seq-first heads viewed as 4-D: rank-4 scores, seq-first projections. Masks are not
+    // taken in this form (none of its exporters adds one to a 4-D view here).
+    const bool view4 = rank == 4 && q->view4;
+    const Layout layout = view4 ? Layout::kSeqFirst : scores_layout;
+    if (view4 && !m.masks.empty()) return std::nullopt;
 
     // P·V, then the head merge.
     const std::string& p = sm.outputs[0];
@@ -109,8 +119,9 @@ class Matcher {
     if (!v) return std::nullopt;
     m.nodes.push_back(index_of(pv));
     const Node* tr = single_consumer(pv->outputs[0], "Transpose");
-    const std::vector<int64_t> merge_perm = layout == Layout::kBSHD ? std::vector<int64_t>{0, 2, 1, 3}
-                                                                    : std::vector<int64_t>{1, 0, 2};
+    const std::vector<int64_t> merge_perm = view4                      ? std::vector<int64_t>{2, 0, 1, 3}
+                                            : layout == Layout::kBSHD ? std::vector<int64_t>{0, 2, 1, 3}
+                                                                      : std::vector<int64_t>{1, 0, 2};
     if (!tr || perm(*tr) != merge_perm) return std::nullopt;
     m.nodes.push_back(index_of(tr));
     const Node* rs = single_consumer(tr->outputs[0], "Reshape");
@@ -119,6 +130,7 @@ class Matcher {
 
     // Guard: one layout, consistent head counts and sizes, one float dtype.
     if (q->layout != layout || k->layout != layout || v->layout != layout) return std::nullopt;
+    if (q->view4 != view4 || k->view4 != view4 || v->view4 != view4) return std::nullopt;
     if (q->heads != k->heads || q->heads != v->heads || q->head_size != k->head_size) return std::nullopt;
     const TensorType* qt = g_.type_of(q->proj);
     const TensorType* kt = g_.type_of(k->proj);
@@ -292,13 +304,42 @@ class Matcher {
   // Q ('q'), K ('k') or V ('v') from the MatMul operand back to the head-splitting Reshape.
   std::optional<HeadInput> match_head(std::string v, char role) const {
     HeadInput h;
+    using P = std::vector<int64_t>;
     if (role != 'v') v = peel_all(v, h.scale, h.nodes);
+    // torch 2.x: Q and V are 4-D views of the seq-first heads.
+    if (role != 'k') {
+      if (const Node* view = seq_first_view(v)) {
+        h.nodes.push_back(index_of(view));
+        v = view->inputs[0];
+        h.view4 = true;
+      }
+    }
     const Node* t = producer(v, "Transpose");
     if (!t) return std::nullopt;
     const std::vector<int64_t> p = perm(*t);
     h.nodes.push_back(index_of(t));
-    using P = std::vector<int64_t>;
-    if (role != 'k' && p == P{0, 2, 1, 3}) {
+    if (h.view4 && p != P{1, 0, 2}) return std::nullopt;
+    if (role == 'k' && p == P{0, 1, 3, 2}) {
+      // K^T of the 4-D view (torch 2.x), possibly scaled in between.
+      const std::string u = peel_all(t->inputs[0], h.scale, h.nodes);
+      if (const Node* view = seq_first_view(u)) {
+        h.nodes.push_back(index_of(view));
+        const Node* t2 = producer(view->inputs[0], "Transpose");
+        if (!t2 || perm(*t2) != P{1, 0, 2}) return std::nullopt;
+        h.nodes.push_back(index_of(t2));
+        h.view4 = true;
+        h.layout = Layout::kSeqFirst;
+        std::string w = peel_all(t2->inputs[0], h.scale, h.nodes);
+        const Node* r = producer(w, "Reshape");
+        if (!r || r->inputs.size() < 2 || !head_split(*r, h)) return std::nullopt;
+        h.nodes.push_back(index_of(r));
+        h.proj = r->inputs[0];
+        return h;
+      }
+    }
+    if (h.view4) {
+      h.layout = Layout::kSeqFirst;
+    } else if (role != 'k' && p == P{0, 2, 1, 3}) {
       h.layout = Layout::kBSHD;
     } else if (role != 'k' && p == P{1, 0, 2}) {
       h.layout = Layout::kSeqFirst;
@@ -323,6 +364,22 @@ class Matcher {
     h.nodes.push_back(index_of(r));
     h.proj = r->inputs[0];
     return h;
+  }
+
+  // The Reshape producing v when it views seq-first heads [B*H, S, D] as [B, H, S, D] (from the
+  // inferred types: B*H = B * H, S and D kept), else nullptr.
+  const Node* seq_first_view(const std::string& v) const {
+    const Node* r = producer(v, "Reshape");
+    if (!r || r->inputs.empty()) return nullptr;
+    const TensorType* xt = g_.type_of(r->inputs[0]);
+    const TensorType* yt = g_.type_of(r->outputs[0]);
+    if (!xt || !yt || !xt->shape || !yt->shape || xt->shape->size() != 3 || yt->shape->size() != 4) return nullptr;
+    const Shape& x = *xt->shape;
+    const Shape& y = *yt->shape;
+    if (!y[1].known() || y[1].value <= 0 || !same_dim(x[1], y[2]) || !same_dim(x[2], y[3])) return nullptr;
+    if (x[0].known() && y[0].known() && x[0].value != y[0].value * y[1].value) return nullptr;
+    if (!(x[0].known() && y[0].known())) return nullptr;  // B*H = B * H must be provable
+    return r;
   }
 
   // Guard: Reshape r splits the heads of a [d0, d1, E] projection as h.layout says:

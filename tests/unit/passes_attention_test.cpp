@@ -353,6 +353,39 @@ Model build_seq_first(int64_t s, int64_t b, int64_t h, int64_t d, bool with_mask
   return bd.done({"y"});
 }
 
+// torch 2.x's nn.MultiheadAttention (need_weights=False): the seq-first heads are viewed as
+// [B,H,S,D] and go through scaled_dot_product_attention's export (both operands scaled by
+// d^-1/4, K^T as Transpose [0,1,3,2]); the output is permuted [2,0,1,3] back to [S,B,H,D].
+Model build_seq_first_sdpa(int64_t s, int64_t b, int64_t h, int64_t d) {
+  Builder bd;
+  const int64_t e = h * d;
+  bd.input("x", Shape{Dim(s), Dim(b), Dim(e)});
+  for (const char* p : {"q", "k", "v"}) {
+    const std::string n(p);
+    bd.add("MatMul", {"x", bd.weights("w" + n, {e, e})}, n + "m");
+    bd.add("Add", {n + "m", bd.weights("b" + n, {e})}, n);
+  }
+  bd.ints("shape3", {s, b * h, d});
+  bd.ints("shape4", {b, h, s, d});
+  const float root = std::pow(static_cast<float>(d), -0.25f);
+  for (const char* p : {"q", "k", "v"}) {
+    const std::string n(p);
+    bd.add("Reshape", {n, "shape3"}, n + "r");
+    bd.transpose(n + "r", n + "t", {1, 0, 2});
+    bd.add("Reshape", {n + "t", "shape4"}, n + "4");
+  }
+  bd.add("Mul", {"q4", bd.scalar("root_q", root)}, "qs");
+  bd.transpose("k4", "kT", {0, 1, 3, 2});
+  bd.add("Mul", {"kT", bd.scalar("root_k", root)}, "ks");
+  bd.add("MatMul", {"qs", "ks"}, "qk");
+  bd.add("Softmax", {"qk"}, "probs", {{"axis", Attribute::of_int(-1)}});
+  bd.add("MatMul", {"probs", "v4"}, "o");
+  bd.transpose("o", "ot", {2, 0, 1, 3});
+  bd.add("Reshape", {"ot", bd.ints("oshape", {s * b, e})}, "o2");
+  bd.add("MatMul", {"o2", bd.weights("wo", {e, e})}, "y");
+  return bd.done({"y"});
+}
+
 // Cross attention written out unfused: q [B,Sq,H*Dk], k [B,Sk,H*Dk], v [B,Sk,H*Dv], optional
 // additive mask input of `mask_shape`, scores scaled by `scale`.
 Model build_unfused(int64_t b, int64_t sq, int64_t sk, int64_t h, int64_t dk, int64_t dv,
@@ -505,6 +538,28 @@ TEST(FuseAttention, SequenceFirstMultiheadAttention) {
     EXPECT_NEAR(att->attr("scale")->f, 0.5f, 1e-7);
     for (unsigned seed : {3u, 4u}) expect_close(before, m, random_inputs(before, seed), kF32Tol);
   }
+}
+
+TEST(FuseAttention, SequenceFirstMultiheadAttentionTorch2) {
+  Model m = build_seq_first_sdpa(5, 2, 3, 4);
+  infer_types(m);
+  const Model before = m;
+  ASSERT_EQ(run_attention(m), 1);
+  EXPECT_EQ(summary(m), std::string(kProjections) +
+                            "Transpose(q)->q_bsd; Transpose(k)->k_bsd; Transpose(v)->v_bsd; "
+                            "kiln::Attention(q_bsd,k_bsd,v_bsd)->qr/attention; "
+                            "Transpose(qr/attention)->qr/attention_sbd; "
+                            "Reshape(qr/attention_sbd,oshape)->o2; MatMul(o2,wo)->y; out: y");
+  const Node* att = find_op(m, "Attention");
+  EXPECT_EQ(att->attr("num_heads")->i, 3);
+  EXPECT_NEAR(att->attr("scale")->f, 0.5f, 1e-6);
+  for (unsigned seed : {5u, 6u}) expect_close(before, m, random_inputs(before, seed), kF32Tol);
+  // Guard: the heads must be merged back by exactly [2,0,1,3].
+  Model bad = build_seq_first_sdpa(5, 2, 3, 4);
+  for (Node& n : bad.graph.nodes)
+    if (n.op_type == "Transpose" && n.outputs[0] == "ot") n.attrs["perm"] = Attribute::of_ints({2, 1, 0, 3});
+  infer_types(bad);
+  EXPECT_EQ(run_attention(bad), 0) << "an output permutation other than [2,0,1,3] must not fuse";
 }
 
 TEST(FuseAttention, TwoLayersFuseTwice) {

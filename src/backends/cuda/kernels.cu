@@ -417,6 +417,38 @@ __global__ void __launch_bounds__(32 * kAttnWarps) attention_warp_kernel(
   }
 }
 
+// Softmax with a warp per row for rows of any length up to 32 * 32 (scalar loads, values kept in
+// registers): rows whose length is not a multiple of the 16-byte vector (ViT's 197 tokens).
+template <typename T, int PER>
+__global__ void softmax_warp_scalar_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t rows, int cols) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
+  if (row >= rows) return;
+  const int lane = threadIdx.x % 32;
+  const T* in = x + row * cols;
+  float v[PER];
+  float m = -INFINITY;
+#pragma unroll
+  for (int j = 0; j < PER; ++j) {
+    const int c = lane + 32 * j;
+    v[j] = c < cols ? to_f(in[c]) : -INFINITY;
+    m = fmaxf(m, v[j]);
+  }
+  m = warp_max(m);
+  float sum = 0;
+#pragma unroll
+  for (int j = 0; j < PER; ++j) {
+    v[j] = lane + 32 * j < cols ? __expf(v[j] - m) : 0.f;
+    sum += v[j];
+  }
+  const float inv = 1.f / warp_sum(sum);
+  T* out = y + row * cols;
+#pragma unroll
+  for (int j = 0; j < PER; ++j) {
+    const int c = lane + 32 * j;
+    if (c < cols) out[c] = from_f<T>(v[j] * inv);
+  }
+}
+
 int grid_for(int64_t n) {
   const int64_t blocks = (n + kBlock - 1) / kBlock;
   return static_cast<int>(blocks < 65536 ? (blocks > 0 ? blocks : 1) : 65536);
@@ -477,6 +509,21 @@ void softmax_rows(DType t, const void* x, void* y, int64_t rows, int64_t cols, c
         softmax_warp_kernel<T, decltype(vpl)::value><<<blocks, 32 * kWarpsPerBlock, 0, stream>>>(
             static_cast<const T*>(x), static_cast<T*>(y), rows, static_cast<int>(cols));
       });
+      return;
+    }
+    if (cols <= 32 * 32) {
+      const unsigned blocks = static_cast<unsigned>((rows + kWarpsPerBlock - 1) / kWarpsPerBlock);
+      auto go = [&](auto per) {
+        softmax_warp_scalar_kernel<T, decltype(per)::value><<<blocks, 32 * kWarpsPerBlock, 0, stream>>>(
+            static_cast<const T*>(x), static_cast<T*>(y), rows, static_cast<int>(cols));
+      };
+      const int64_t per = (cols + 31) / 32;
+      if (per <= 1) go(std::integral_constant<int, 1>{});
+      else if (per <= 2) go(std::integral_constant<int, 2>{});
+      else if (per <= 4) go(std::integral_constant<int, 4>{});
+      else if (per <= 8) go(std::integral_constant<int, 8>{});
+      else if (per <= 16) go(std::integral_constant<int, 16>{});
+      else go(std::integral_constant<int, 32>{});
       return;
     }
     softmax_kernel<T><<<static_cast<unsigned>(rows), kBlock, 0, stream>>>(static_cast<const T*>(x),

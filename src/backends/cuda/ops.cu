@@ -138,6 +138,26 @@ __global__ void nchw_to_nhwc_small_kernel(ElemType xt, const void* x, ElemType y
   }
 }
 
+// A same-type strided copy in units of U (16 bytes: whole vectors of the last, contiguous dim).
+template <typename U>
+__global__ void copy_units_kernel(const U* __restrict__ x, U* __restrict__ y, StridedCopy copy, uint32_t n) {
+  __shared__ StridedCopy c;
+  if (threadIdx.x == 0) c = copy;
+  __syncthreads();
+  for (uint32_t e = blockIdx.x * blockDim.x + threadIdx.x; e < n; e += gridDim.x * blockDim.x) {
+    uint32_t rest = e;
+    int64_t xo = 0, yo = 0;
+    for (int d = c.rank - 1; d >= 0; --d) {
+      const uint32_t dim = static_cast<uint32_t>(c.dims[d]);
+      const uint32_t i = rest % dim;
+      rest /= dim;
+      xo += static_cast<int64_t>(i) * c.x_strides[d];
+      yo += static_cast<int64_t>(i) * c.y_strides[d];
+    }
+    y[yo] = x[xo];
+  }
+}
+
 __device__ __forceinline__ float sigmoidf(float v) { return 1.f / (1.f + __expf(-v)); }
 
 __device__ float apply_unary(EwOp op, float v, float p0, float p1) {
@@ -308,22 +328,21 @@ __global__ void elementwise_dense_kernel(EwProgram prog, EwPtrs ptrs, uint32_t n
   }
 }
 
-__global__ void gather_kernel(ElemType it, const uint8_t* __restrict__ data, const void* __restrict__ idx,
-                              uint8_t* __restrict__ y, int64_t outer, int64_t axis_dim, int64_t inner, int64_t count,
-                              int64_t elem_bytes) {
+// U: the unit copied (1, 4 or 16 bytes); inner counts units.
+template <typename U>
+__global__ void gather_kernel(ElemType it, const U* __restrict__ data, const void* __restrict__ idx, U* __restrict__ y,
+                              int64_t outer, int64_t axis_dim, int64_t inner, int64_t count) {
   const int64_t n = outer * count * inner;
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < n;
        e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t i = e % inner, t = (e / inner) % count, o = e / (inner * count);
     int64_t j = it == ElemType::kI64 ? static_cast<const int64_t*>(idx)[t] : static_cast<const int32_t*>(idx)[t];
     if (j < 0) j += axis_dim;
-    uint8_t* dst = y + e * elem_bytes;
     if (j < 0 || j >= axis_dim) {
-      for (int64_t b = 0; b < elem_bytes; ++b) dst[b] = 0;
+      y[e] = U{};
       continue;
     }
-    const uint8_t* src = data + ((o * axis_dim + j) * inner + i) * elem_bytes;
-    for (int64_t b = 0; b < elem_bytes; ++b) dst[b] = src[b];
+    y[e] = data[(o * axis_dim + j) * inner + i];
   }
 }
 
@@ -513,6 +532,23 @@ void copy_strided(ElemType xt, const void* x, ElemType yt, void* y, const Stride
       }
     }
   }
+  // Same type, last dim contiguous on both sides: move 16-byte vectors.
+  if (xt == yt && c.rank >= 1 && c.x_strides[c.rank - 1] == 1 && c.y_strides[c.rank - 1] == 1 &&
+      (reinterpret_cast<uintptr_t>(x) & 15) == 0 && (reinterpret_cast<uintptr_t>(y) & 15) == 0) {
+    const int64_t v = 16 / static_cast<int64_t>(elem_size(xt));
+    bool ok = c.dims[c.rank - 1] % v == 0;
+    for (int d = 0; d + 1 < c.rank; ++d) ok = ok && c.x_strides[d] % v == 0 && c.y_strides[d] % v == 0;
+    if (ok && n / v < (int64_t{1} << 31)) {
+      StridedCopy u = c;
+      u.dims[c.rank - 1] /= v;
+      for (int d = 0; d + 1 < c.rank; ++d) u.x_strides[d] /= v, u.y_strides[d] /= v;
+      copy_units_kernel<uint4><<<blocks_for(n / v), kThreads, 0, stream>>>(static_cast<const uint4*>(x),
+                                                                            static_cast<uint4*>(y), u,
+                                                                            static_cast<uint32_t>(n / v));
+      check_launch("copy_strided");
+      return;
+    }
+  }
   if (n < (int64_t{1} << 31))
     copy_strided_kernel<uint32_t><<<blocks_for(n), kThreads, 0, stream>>>(xt, x, yt, y, c, static_cast<uint32_t>(n));
   else
@@ -569,9 +605,24 @@ void gather(ElemType idx_type, const void* data, const void* idx, void* y, int64
   if (outer < 0 || axis_dim < 0 || inner < 0 || count < 0) throw CudaError("gather: negative dimension");
   const int64_t n = outer * count * inner;
   if (n == 0) return;
-  gather_kernel<<<blocks_for(n), kThreads, 0, stream>>>(idx_type, static_cast<const uint8_t*>(data), idx,
-                                                        static_cast<uint8_t*>(y), outer, axis_dim, inner, count,
-                                                        static_cast<int64_t>(elem_bytes));
+  // Whole rows of `inner` elements move together: copy them in the widest unit they allow.
+  const int64_t row_bytes = inner * static_cast<int64_t>(elem_bytes);
+  const bool a16 = (reinterpret_cast<uintptr_t>(data) & 15) == 0 && (reinterpret_cast<uintptr_t>(y) & 15) == 0;
+  const bool a4 = (reinterpret_cast<uintptr_t>(data) & 3) == 0 && (reinterpret_cast<uintptr_t>(y) & 3) == 0;
+  if (row_bytes % 16 == 0 && a16) {
+    const int64_t units = outer * count * (row_bytes / 16);
+    gather_kernel<uint4><<<blocks_for(units), kThreads, 0, stream>>>(idx_type, static_cast<const uint4*>(data), idx,
+                                                                      static_cast<uint4*>(y), outer, axis_dim,
+                                                                      row_bytes / 16, count);
+  } else if (row_bytes % 4 == 0 && a4) {
+    const int64_t units = outer * count * (row_bytes / 4);
+    gather_kernel<uint32_t><<<blocks_for(units), kThreads, 0, stream>>>(idx_type, static_cast<const uint32_t*>(data), idx,
+                                                                         static_cast<uint32_t*>(y), outer, axis_dim,
+                                                                         row_bytes / 4, count);
+  } else {
+    gather_kernel<uint8_t><<<blocks_for(n * static_cast<int64_t>(elem_bytes)), kThreads, 0, stream>>>(
+        idx_type, static_cast<const uint8_t*>(data), idx, static_cast<uint8_t*>(y), outer, axis_dim, row_bytes, count);
+  }
   check_launch("gather");
 }
 
