@@ -408,6 +408,33 @@ json reference_profile(const Model& m, const TensorMap& inputs, int64_t runs_wan
   return pj;
 }
 
+// The generated inputs of a run (seeded random data at the resolved shapes), their JSON description,
+// the batch (the first input's leading dim) and the "inputs:" line both executors print.
+struct BenchInputs {
+  TensorMap tensors;
+  json described = json::array();
+  int64_t batch = 1;
+  std::string line;
+};
+
+BenchInputs make_bench_inputs(const BenchArgs& args, const std::vector<std::pair<std::string, DType>>& input_types,
+                              const std::map<std::string, std::vector<int64_t>>& resolved) {
+  BenchInputs in;
+  std::ostringstream os;
+  for (size_t i = 0; i < input_types.size(); ++i) {
+    const auto& [name, dtype] = input_types[i];
+    const auto& dims = resolved.at(name);
+    in.tensors[name] = random_tensor(dtype, dims, args.seed + i, args.int_range[0], args.int_range[1]);
+    in.described.push_back({{"name", name}, {"dtype", std::string(dtype_name(dtype))}, {"shape", dims}});
+    os << (i ? ", " : "") << name << " " << dtype_name(dtype) << "[" << shape_to_string(dims) << "]";
+  }
+  if (!input_types.empty() && !resolved.at(input_types.front().first).empty())
+    in.batch = resolved.at(input_types.front().first).front();
+  os << " (random, seed " << args.seed << "); batch " << in.batch;
+  in.line = os.str();
+  return in;
+}
+
 // --- The GPU path (--device cuda[:N]): a GPU program built for the resolved shapes, run by one
 // GpuContext. Like trtexec it reports end-to-end latency (host to device copies, compute, device
 // to host copies; host wall clock) and GPU compute time (CUDA events around the graph launch)
@@ -419,20 +446,13 @@ int bench_gpu(const BenchArgs& args, int gpu_index, Model model, bool is_engine,
   gpu::CompileOptions opt;
   opt.precision = gpu::parse_precision(args.precision);
   opt.workspace_limit = args.workspace_mib << 20;
-  std::vector<std::string> build_log;
   gpu::GpuBuild built = gpu::build_gpu_program(std::move(model), resolved, gpu_index, opt, is_engine ? 0 : args.opt_level);
   const gpu::GpuProgram& prog = *built.program;
   const gpu::DeviceProps& dp = prog.device().props();
-  TensorMap inputs;
-  json inputs_json = json::array();
-  for (size_t i = 0; i < input_types.size(); ++i) {
-    const auto& [name, dtype] = input_types[i];
-    inputs[name] = random_tensor(dtype, resolved.at(name), args.seed + i, args.int_range[0], args.int_range[1]);
-    inputs_json.push_back({{"name", name}, {"dtype", std::string(dtype_name(dtype))}, {"shape", resolved.at(name)}});
-  }
-  int64_t batch = 1;
-  if (!input_types.empty() && !resolved.at(input_types.front().first).empty())
-    batch = resolved.at(input_types.front().first).front();
+  BenchInputs generated = make_bench_inputs(args, input_types, resolved);
+  const TensorMap& inputs = generated.tensors;
+  const json& inputs_json = generated.described;
+  const int64_t batch = generated.batch;
   gpu::GpuContext ctx(built.program, !args.no_cuda_graph);
 
   std::cout << "model:      " << args.model << (is_engine ? " (engine)" : "") << "\n";
@@ -446,12 +466,7 @@ int bench_gpu(const BenchArgs& args, int gpu_index, Model model, bool is_engine,
   std::cout << "memory:     weights " << mib(prog.weight_bytes()) << ", activations " << mib(prog.arena_bytes())
             << " (vs " << mib(prog.activation_bytes_total()) << " summed), workspace " << mib(prog.workspace_bytes())
             << "; CUDA graph " << (args.no_cuda_graph ? "off" : "on") << "\n";
-  for (const auto& line : build_log) std::cout << "  " << line << "\n";
-  std::cout << "inputs:     ";
-  for (size_t i = 0; i < input_types.size(); ++i)
-    std::cout << (i ? ", " : "") << input_types[i].first << " " << dtype_name(input_types[i].second) << "["
-              << shape_to_string(resolved.at(input_types[i].first)) << "]";
-  std::cout << " (random, seed " << args.seed << "); batch " << batch << "\n" << std::flush;
+  std::cout << "inputs:     " << generated.line << "\n" << std::flush;
 
   int64_t min_iterations = kDefaultMinIterations;
   double min_ms = kDefaultMinSeconds * 1000;
@@ -663,21 +678,13 @@ int cmd_bench(const BenchArgs& args) {
   // --- Inputs.
   BenchTarget& target = *targets.front();
   const Graph& g = final_model->graph;
-  TensorMap inputs;
-  json inputs_json = json::array();
-  for (size_t i = 0; i < input_types.size(); ++i) {
-    const auto& [name, dtype] = input_types[i];
-    const auto& dims = resolved.at(name);
-    inputs[name] = random_tensor(dtype, dims, args.seed + i, args.int_range[0], args.int_range[1]);
-    inputs_json.push_back({{"name", name}, {"dtype", std::string(dtype_name(dtype))}, {"shape", dims}});
-  }
+  BenchInputs generated = make_bench_inputs(args, input_types, resolved);
+  const TensorMap& inputs = generated.tensors;
+  const json& inputs_json = generated.described;
   // The program for these shapes, compiled (or refused as outside every profile) before timing.
   std::shared_ptr<const cpu::Program> program;
   if (cpu) program = runtime->program_for(resolved);
-  // Items per inference: the leading (batch) dim of the first input.
-  int64_t batch = 1;
-  if (!input_types.empty() && !resolved.at(input_types.front().first).empty())
-    batch = resolved.at(input_types.front().first).front();
+  const int64_t batch = generated.batch;  // items per inference
   const auto t_ready = Clock::now();
 
   std::cerr << notes;
@@ -699,11 +706,7 @@ int cmd_bench(const BenchArgs& args) {
     std::cout << "kernels:    " << program->kernel_count() << " per inference; peak activations "
               << mib(program->arena_bytes()) << " vs " << mib(program->activation_bytes_total())
               << " summed; tactic selection " << fixed(tactics_ms, 1) << " ms\n";
-  std::cout << "inputs:     ";
-  for (size_t i = 0; i < input_types.size(); ++i)
-    std::cout << (i ? ", " : "") << input_types[i].first << " " << dtype_name(input_types[i].second) << "["
-              << shape_to_string(resolved.at(input_types[i].first)) << "]";
-  std::cout << " (random, seed " << args.seed << "); batch " << batch << "\n" << std::flush;
+  std::cout << "inputs:     " << generated.line << "\n" << std::flush;
 
   // --- Warm-up and timed iterations.
   int64_t min_iterations = kDefaultMinIterations;

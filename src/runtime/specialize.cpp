@@ -12,17 +12,6 @@ namespace {
 
 using ShapeMap = std::map<std::string, std::vector<int64_t>>;
 
-std::vector<int64_t> concrete_dims(const TensorType* t) {
-  std::vector<int64_t> dims;
-  if (!t || !t->shape) return {-1};
-  for (const Dim& d : *t->shape) dims.push_back(d.known() ? d.value : -1);
-  return dims;
-}
-
-bool is_concrete(const std::vector<int64_t>& dims) {
-  return std::all_of(dims.begin(), dims.end(), [](int64_t d) { return d >= 0; });
-}
-
 bool is_random_op(const Node& n) {
   return n.op_type.starts_with("Random") || n.op_type == "Bernoulli" || n.op_type == "Multinomial";
 }
@@ -82,6 +71,17 @@ void fold_constants(Model& m, std::set<size_t>& folded) {
 }
 
 }  // namespace
+
+std::vector<int64_t> concrete_dims(const TensorType* t) {
+  std::vector<int64_t> dims;
+  if (!t || !t->shape) return {-1};
+  for (const Dim& d : *t->shape) dims.push_back(d.known() ? d.value : -1);
+  return dims;
+}
+
+bool is_concrete(const std::vector<int64_t>& dims) {
+  return std::all_of(dims.begin(), dims.end(), [](int64_t d) { return d >= 0; });
+}
 
 SpecializedModel specialize_model(const Model& model, const ShapeMap& shapes) {
   SpecializedModel out;

@@ -14,6 +14,7 @@
 #include "backends/cuda/cuda_util.h"
 #include "backends/cuda/kernels.h"
 #include "backends/cuda/lt_matmul.h"
+#include "cuda_test_support.h"
 
 namespace kiln::cuda {
 namespace {
@@ -34,66 +35,7 @@ class Cuda : public ::testing::Test {
   std::mt19937 rng_;
 };
 
-size_t dsize(DType t) { return t == DType::kF32 ? 4 : 2; }
-
-// Rounds values to the dtype (so the reference sees exactly what the GPU sees) and uploads them.
-DeviceBuffer upload(DType t, std::vector<float>& v) {
-  std::vector<uint8_t> bytes(v.size() * dsize(t));
-  for (size_t i = 0; i < v.size(); ++i) {
-    if (t == DType::kF32) {
-      std::memcpy(&bytes[i * 4], &v[i], 4);
-    } else if (t == DType::kF16) {
-      __half h = __float2half_rn(v[i]);
-      v[i] = __half2float(h);
-      std::memcpy(&bytes[i * 2], &h, 2);
-    } else {
-      __nv_bfloat16 b = __float2bfloat16_rn(v[i]);
-      v[i] = __bfloat162float(b);
-      std::memcpy(&bytes[i * 2], &b, 2);
-    }
-  }
-  DeviceBuffer d(bytes.size());
-  KILN_CUDA_CHECK(cudaMemcpy(d.get(), bytes.data(), bytes.size(), cudaMemcpyHostToDevice));
-  return d;
-}
-
-DeviceBuffer poisoned(DType t, size_t n) {
-  DeviceBuffer d(n * dsize(t));
-  KILN_CUDA_CHECK(cudaMemset(d.get(), 0xff, d.bytes()));  // NaN in every float type
-  return d;
-}
-
-std::vector<float> download(DType t, const DeviceBuffer& d, size_t n) {
-  std::vector<uint8_t> bytes(n * dsize(t));
-  KILN_CUDA_CHECK(cudaDeviceSynchronize());
-  KILN_CUDA_CHECK(cudaMemcpy(bytes.data(), d.get(), bytes.size(), cudaMemcpyDeviceToHost));
-  std::vector<float> v(n);
-  for (size_t i = 0; i < n; ++i) {
-    if (t == DType::kF32) {
-      std::memcpy(&v[i], &bytes[i * 4], 4);
-    } else if (t == DType::kF16) {
-      __half h;
-      std::memcpy(&h, &bytes[i * 2], 2);
-      v[i] = __half2float(h);
-    } else {
-      __nv_bfloat16 b;
-      std::memcpy(&b, &bytes[i * 2], 2);
-      v[i] = __bfloat162float(b);
-    }
-  }
-  return v;
-}
-
-// ||out - ref|| / ||ref||; infinity when any output is NaN (unwritten or broken).
-double rel_error(const std::vector<float>& out, const std::vector<double>& ref) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < out.size(); ++i) {
-    if (std::isnan(out[i])) return INFINITY;
-    num += (out[i] - ref[i]) * (out[i] - ref[i]);
-    den += ref[i] * ref[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-30));
-}
+using namespace test;
 
 double tolerance(DType t) { return t == DType::kF32 ? 1e-5 : t == DType::kF16 ? 2e-3 : 1e-2; }
 

@@ -57,17 +57,6 @@ std::string attr_signature(const Node& n) {
   return os.str();
 }
 
-std::vector<int64_t> concrete_dims(const TensorType* t) {
-  std::vector<int64_t> dims;
-  if (!t || !t->shape) return {-1};
-  for (const Dim& d : *t->shape) dims.push_back(d.known() ? d.value : -1);
-  return dims;
-}
-
-bool is_concrete(const std::vector<int64_t>& dims) {
-  return std::all_of(dims.begin(), dims.end(), [](int64_t d) { return d >= 0; });
-}
-
 // True when a value stored as `v` can be read in layout `want` without a reorder.
 bool readable_as(const ValueInfo& v, Layout want) {
   return want == Layout::kAny || v.layout == want || v.shape.size() < 3 || layouts_coincide(v.shape);

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <string>
 
+#include "backends/cuda/convert.cuh"
 #include "backends/cuda/cuda_util.h"
 #include "backends/cuda/kernels.h"
 
@@ -39,12 +40,7 @@ constexpr size_t smem_bytes(size_t elem) {
               static_cast<size_t>(kRows) * kOLd<D> * 4);
 }
 
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
 
 // Copies ROWS rows of D elements (row stride ld elements; rows past `valid` are zeros) into shared
 // memory with THREADS threads, 16 bytes at a time when `vec` (D % 8 == 0, ld % 8 == 0, 16-byte
@@ -160,7 +156,7 @@ __global__ void __launch_bounds__(32 * W) attention_tc_kernel(const T* __restric
     for (int c = 0; c < 32; ++c) {
       const float p = vals[c] == -INFINITY ? 0.f : __expf(vals[c] - m_new);
       sum += p;
-      ps[r * kPLd + 2 * c + half] = from_float<T>(p);
+      ps[r * kPLd + 2 * c + half] = from_f<T>(p);
     }
     sum += __shfl_xor_sync(0xffffffffu, sum, 1);
     l = l * corr + sum;
@@ -187,7 +183,7 @@ __global__ void __launch_bounds__(32 * W) attention_tc_kernel(const T* __restric
   if (qi >= sq) return;
   const float inv = l > 0.f ? 1.f / l : 0.f;
   T* orow = o + b * L.o[0] + h * L.o[1] + qi * L.o[2];
-  for (int d = half; d < D; d += 2) orow[d] = from_float<T>(os[r * kOLd<D> + d] * inv);
+  for (int d = half; d < D; d += 2) orow[d] = from_f<T>(os[r * kOLd<D> + d] * inv);
 }
 
 template <typename T, int D, int W>

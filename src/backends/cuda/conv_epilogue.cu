@@ -7,17 +7,13 @@
 #include <cmath>
 
 #include "backends/cuda/conv.h"
+#include "backends/cuda/convert.cuh"
 
 namespace kiln::cuda {
 
 namespace {
 
-__device__ __forceinline__ float load(const float* p, int64_t i) { return p[i]; }
-__device__ __forceinline__ float load(const __half* p, int64_t i) { return __half2float(p[i]); }
-__device__ __forceinline__ float load(const __nv_bfloat16* p, int64_t i) { return __bfloat162float(p[i]); }
-__device__ __forceinline__ void store(float* p, int64_t i, float v) { p[i] = v; }
-__device__ __forceinline__ void store(__half* p, int64_t i, float v) { p[i] = __float2half_rn(v); }
-__device__ __forceinline__ void store(__nv_bfloat16* p, int64_t i, float v) { p[i] = __float2bfloat16_rn(v); }
+
 
 // Grid-stride over the elements; the channel is the innermost index. The comparisons are written so
 // that a NaN passes through the clamp (ONNX's Relu and Clip propagate NaN).
@@ -25,12 +21,12 @@ __device__ __forceinline__ void store(__nv_bfloat16* p, int64_t i, float v) { p[
 template <typename T, typename I>
 __global__ void epilogue_kernel(T* y, const T* bias, const T* z, I n, I k, float lo, float hi) {
   for (I i = blockIdx.x * I{blockDim.x} + threadIdx.x; i < n; i += I{gridDim.x} * blockDim.x) {
-    float v = load(y, i);
-    if (bias) v += load(bias, i % k);
-    if (z) v += load(z, i);
+    float v = to_f(y[i]);
+    if (bias) v += to_f(bias[i % k]);
+    if (z) v += to_f(z[i]);
     v = v < lo ? lo : v;
     v = v > hi ? hi : v;
-    store(y, i, v);
+    y[i] = from_f<T>(v);
   }
 }
 

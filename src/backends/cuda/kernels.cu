@@ -9,6 +9,7 @@
 #include <string>
 #include <type_traits>
 
+#include "backends/cuda/convert.cuh"
 #include "backends/cuda/cuda_util.h"
 #include "backends/cuda/kernels.h"
 
@@ -18,23 +19,7 @@ const char* dtype_name(DType t) { return t == DType::kF32 ? "fp32" : t == DType:
 
 namespace {
 
-template <typename T>
-__device__ __forceinline__ float to_f(T v);
-template <>
-__device__ __forceinline__ float to_f<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ float to_f<__half>(__half v) { return __half2float(v); }
-template <>
-__device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
 
-template <typename T>
-__device__ __forceinline__ T from_f(float v);
-template <>
-__device__ __forceinline__ float from_f<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
 constexpr int kBlock = 256;
 

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <string>
 
+#include "backends/cuda/convert.cuh"
 #include "backends/cuda/cuda_util.h"
 #include "backends/cuda/ops.h"
 
@@ -266,22 +267,7 @@ __global__ void elementwise_kernel(EwProgram prog, EwPtrs ptrs, I n, void* y, un
   }
 }
 
-template <typename T>
-__device__ __forceinline__ float ld_f(const T* p, uint32_t i);
-template <>
-__device__ __forceinline__ float ld_f<float>(const float* p, uint32_t i) { return p[i]; }
-template <>
-__device__ __forceinline__ float ld_f<__half>(const __half* p, uint32_t i) { return __half2float(p[i]); }
-template <>
-__device__ __forceinline__ float ld_f<__nv_bfloat16>(const __nv_bfloat16* p, uint32_t i) { return __bfloat162float(p[i]); }
-template <typename T>
-__device__ __forceinline__ T st_f(float v);
-template <>
-__device__ __forceinline__ float st_f<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __half st_f<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 st_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
 
 // The common case of the interpreter: every input and the output of one float type T, every input
 // dense (offset = element index) or one broadcast scalar (offset 0). No index arithmetic, no type
@@ -316,15 +302,15 @@ __global__ void elementwise_dense_kernel(EwProgram prog, EwPtrs ptrs, uint32_t n
       for (int u = 0; u < kPer; ++u) {
         const uint32_t e = e0 + u;
         if (e >= n) break;
-        const float va = ld_f(a, sa ? 0u : e);
+        const float va = to_f(a[sa ? 0u : e]);
         if (st.op == EwOp::kLoad) acc[u] = va;
-        else if (st.op == EwOp::kWhere) acc[u] = acc[u] != 0.f ? va : ld_f(b, sb ? 0u : e);
+        else if (st.op == EwOp::kWhere) acc[u] = acc[u] != 0.f ? va : to_f(b[sb ? 0u : e]);
         else acc[u] = st.reversed ? apply_binary(st.op, va, acc[u]) : apply_binary(st.op, acc[u], va);
       }
     }
 #pragma unroll
     for (int u = 0; u < kPer; ++u)
-      if (e0 + u < n) y[e0 + u] = st_f<T>(acc[u]);
+      if (e0 + u < n) y[e0 + u] = from_f<T>(acc[u]);
   }
 }
 
@@ -346,18 +332,7 @@ __global__ void gather_kernel(ElemType it, const U* __restrict__ data, const voi
   }
 }
 
-template <typename T>
-__device__ __forceinline__ float to_float(T v) { return static_cast<float>(v); }
-template <>
-__device__ __forceinline__ float to_float<__half>(__half v) { return __half2float(v); }
-template <>
-__device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T>
-__device__ __forceinline__ T from_float(float v) { return static_cast<T>(v); }
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
 
 // One thread per output element (channels fastest, so a warp reads 32 neighbouring channels).
 template <typename T, typename I>
@@ -377,12 +352,12 @@ __global__ void pool2d_nhwc_kernel(const T* __restrict__ x, T* __restrict__ y, P
           if (p.count_include_pad) ++count;
           continue;
         }
-        const float v = to_float(x[((static_cast<int64_t>(b) * p.h + iy) * p.w + ix) * p.c + c]);
+        const float v = to_f(x[((static_cast<int64_t>(b) * p.h + iy) * p.w + ix) * p.c + c]);
         acc = p.max ? fmaxf(acc, v) : acc + v;
         ++count;
       }
     }
-    y[e] = from_float<T>(p.max ? acc : (count ? acc / count : 0.f));
+    y[e] = from_f<T>(p.max ? acc : (count ? acc / count : 0.f));
   }
 }
 
@@ -415,7 +390,7 @@ __global__ void pool2d_nhwc_vec_kernel(const T* __restrict__ x, T* __restrict__ 
         } in;
         in.raw = *reinterpret_cast<const uint4*>(x + ((static_cast<size_t>(b) * p.h + iy) * p.w + ix) * p.c + cv * V);
 #pragma unroll
-        for (int u = 0; u < V; ++u) acc[u] = p.max ? fmaxf(acc[u], to_float(in.v[u])) : acc[u] + to_float(in.v[u]);
+        for (int u = 0; u < V; ++u) acc[u] = p.max ? fmaxf(acc[u], to_f(in.v[u])) : acc[u] + to_f(in.v[u]);
         ++count;
       }
     }
@@ -424,7 +399,7 @@ __global__ void pool2d_nhwc_vec_kernel(const T* __restrict__ x, T* __restrict__ 
       T v[V];
     } out;
 #pragma unroll
-    for (int u = 0; u < V; ++u) out.v[u] = from_float<T>(p.max ? acc[u] : (count ? acc[u] / count : 0.f));
+    for (int u = 0; u < V; ++u) out.v[u] = from_f<T>(p.max ? acc[u] : (count ? acc[u] / count : 0.f));
     *reinterpret_cast<uint4*>(y + static_cast<size_t>(e) * V) = out.raw;
   }
 }
@@ -443,7 +418,7 @@ __global__ void depthwise_nhwc_kernel(const T* __restrict__ x, const T* __restri
     const int c0 = static_cast<int>(cv) * V;
     float acc[V];
 #pragma unroll
-    for (int u = 0; u < V; ++u) acc[u] = bias ? to_float(bias[c0 + u]) : 0.f;
+    for (int u = 0; u < V; ++u) acc[u] = bias ? to_f(bias[c0 + u]) : 0.f;
     for (int ky = 0; ky < p.r; ++ky) {
       const int iy = static_cast<int>(oy) * p.sh - p.pad_t + ky * p.dh;
       if (iy < 0 || iy >= p.h) continue;
@@ -453,7 +428,7 @@ __global__ void depthwise_nhwc_kernel(const T* __restrict__ x, const T* __restri
         const T* xp = x + ((static_cast<size_t>(b) * p.h + iy) * p.w + ix) * C + c0;
         const T* wp = w + (static_cast<size_t>(ky) * p.s + kx) * C + c0;
         if constexpr (V == 1) {
-          acc[0] += to_float(*xp) * to_float(*wp);
+          acc[0] += to_f(*xp) * to_f(*wp);
         } else {
           union {
             uint4 raw;
@@ -462,7 +437,7 @@ __global__ void depthwise_nhwc_kernel(const T* __restrict__ x, const T* __restri
           xv.raw = __ldg(reinterpret_cast<const uint4*>(xp));
           wv.raw = __ldg(reinterpret_cast<const uint4*>(wp));
 #pragma unroll
-          for (int u = 0; u < V; ++u) acc[u] += to_float(xv.v[u]) * to_float(wv.v[u]);
+          for (int u = 0; u < V; ++u) acc[u] += to_f(xv.v[u]) * to_f(wv.v[u]);
         }
       }
     }
@@ -470,9 +445,9 @@ __global__ void depthwise_nhwc_kernel(const T* __restrict__ x, const T* __restri
 #pragma unroll
     for (int u = 0; u < V; ++u) {
       float v = acc[u];
-      if (z) v += to_float(z[o + u]);
+      if (z) v += to_f(z[o + u]);
       v = fminf(fmaxf(v, p.lo), p.hi);
-      y[o + u] = from_float<T>(v);
+      y[o + u] = from_f<T>(v);
     }
   }
 }
