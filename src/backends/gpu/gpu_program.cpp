@@ -1200,9 +1200,11 @@ float GpuContext::run_compute_only() {
 
 reference::TensorMap GpuContext::run(const reference::TensorMap& inputs) {
   const auto& ins = program_->inputs();
-  for (const auto& [name, t] : inputs)
+  for (const auto& entry : inputs) {
+    const std::string& name = entry.first;
     if (std::none_of(ins.begin(), ins.end(), [&](const TensorDesc& d) { return d.name == name; }))
       throw Error(ErrorCode::kInvalidArgument, "'" + name + "' is not an input of the model");
+  }
   for (size_t i = 0; i < ins.size(); ++i) {
     auto it = inputs.find(ins[i].name);
     if (it == inputs.end()) throw Error(ErrorCode::kInvalidArgument, "input '" + ins[i].name + "' is missing");
