@@ -1122,22 +1122,29 @@ std::vector<float> GpuContext::profile_steps() {
 
 GpuContext::GpuContext(std::shared_ptr<const GpuProgram> program, bool use_graph)
     : program_(std::move(program)), dev_(program_->device()), use_graph_(use_graph) {
-  dev_.bind();
-  stream_ = dev_.create_stream();
-  arena_ = dev_.alloc(program_->arena_bytes());
-  workspace_ = dev_.alloc(program_->workspace_bytes());
-  for (const auto& t : program_->inputs()) {
-    d_in_.push_back(dev_.alloc(std::max<size_t>(t.bytes(), 1)));
-    h_in_.push_back(dev_.alloc_host(std::max<size_t>(t.bytes(), 1)));
+  try {
+    dev_.bind();
+    stream_ = dev_.create_stream();
+    arena_ = dev_.alloc(program_->arena_bytes());
+    workspace_ = dev_.alloc(program_->workspace_bytes());
+    for (const auto& t : program_->inputs()) {
+      d_in_.push_back(dev_.alloc(std::max<size_t>(t.bytes(), 1)));
+      h_in_.push_back(dev_.alloc_host(std::max<size_t>(t.bytes(), 1)));
+    }
+    for (const auto& t : program_->outputs()) {
+      d_out_.push_back(dev_.alloc(std::max<size_t>(t.bytes(), 1)));
+      h_out_.push_back(dev_.alloc_host(std::max<size_t>(t.bytes(), 1)));
+    }
+    for (auto& e : ev_) e = dev_.create_event();
+  } catch (...) {
+    release();  // an allocation failed (out of GPU memory): give back what was taken
+    throw;
   }
-  for (const auto& t : program_->outputs()) {
-    d_out_.push_back(dev_.alloc(std::max<size_t>(t.bytes(), 1)));
-    h_out_.push_back(dev_.alloc_host(std::max<size_t>(t.bytes(), 1)));
-  }
-  for (auto& e : ev_) e = dev_.create_event();
 }
 
-GpuContext::~GpuContext() {
+GpuContext::~GpuContext() { release(); }
+
+void GpuContext::release() {
   try {
     if (stream_) dev_.synchronize(stream_);
   } catch (...) {
@@ -1151,6 +1158,9 @@ GpuContext::~GpuContext() {
   dev_.free(arena_);
   dev_.free(workspace_);
   dev_.destroy_stream(stream_);
+  graph_ = arena_ = workspace_ = stream_ = nullptr;
+  for (auto& e : ev_) e = nullptr;
+  d_in_.clear(), d_out_.clear(), h_in_.clear(), h_out_.clear();
 }
 
 void GpuContext::ensure_graph() {

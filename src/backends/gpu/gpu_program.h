@@ -134,6 +134,7 @@ class GpuContext {
  private:
   void ensure_graph();
   void launch_compute();
+  void release();  // frees everything held (also after a constructor that failed half-way)
 
   std::shared_ptr<const GpuProgram> program_;
   Device& dev_;
