@@ -340,7 +340,8 @@ class GpuProgramBuilder {
   bool fusable_into_layer_norm(const Node& n) {
     const std::string& out = n.outputs[0];
     auto it = readers_.find(out);
-    if (it == readers_.end() || it->second.size() != 1) return false;
+    // Exactly one reader, a node (a graph output is listed as SIZE_MAX: it needs the sum itself).
+    if (it == readers_.end() || it->second.size() != 1 || it->second.front() >= g().nodes.size()) return false;
     const Node& ln = g().nodes[it->second.front()];
     if (ln.op_type != "LayerNormalization" || ln.inputs.empty() || ln.inputs[0] != out) return false;
     if (ln.outputs.size() > 1 && std::any_of(ln.outputs.begin() + 1, ln.outputs.end(), [](auto& o) { return !o.empty(); }))

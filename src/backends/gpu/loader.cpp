@@ -78,9 +78,21 @@ Module& module() {
   return m;
 }
 
+std::mutex override_mu;
+std::vector<std::shared_ptr<Device>> override_devices;
+
 }  // namespace
 
+void set_device_override(std::vector<std::shared_ptr<Device>> devices) {
+  std::lock_guard<std::mutex> lock(override_mu);
+  override_devices = std::move(devices);
+}
+
 int device_count(std::string* why) {
+  {
+    std::lock_guard<std::mutex> lock(override_mu);
+    if (!override_devices.empty()) return static_cast<int>(override_devices.size());
+  }
   Module& m = module();
   if (!m.handle) {
     if (why) *why = m.error;
@@ -93,6 +105,15 @@ int device_count(std::string* why) {
 }
 
 std::shared_ptr<Device> open_device(int index) {
+  {
+    std::lock_guard<std::mutex> lock(override_mu);
+    if (!override_devices.empty()) {
+      if (index < 0 || index >= static_cast<int>(override_devices.size()))
+        throw Error(ErrorCode::kInvalidArgument, "GPU " + std::to_string(index) + " does not exist; this machine has " +
+                                                     std::to_string(override_devices.size()));
+      return override_devices[static_cast<size_t>(index)];
+    }
+  }
   static std::mutex mu;
   static std::map<int, std::shared_ptr<Device>> open;
   std::lock_guard<std::mutex> lock(mu);

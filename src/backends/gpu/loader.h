@@ -5,6 +5,7 @@
 #pragma once
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "backends/gpu/device_api.h"
 
@@ -24,5 +25,9 @@ int parse_device(const std::string& spec);
 
 // Where the module was loaded from ("" when not loaded).
 std::string module_path();
+
+// Replaces the module's devices with these (tests: a host-simulated device stands in for GPUs, so
+// the GPU compiler and runtime run in CI); an empty list restores the module.
+void set_device_override(std::vector<std::shared_ptr<Device>> devices);
 
 }  // namespace kiln::gpu

@@ -1,0 +1,302 @@
+// The GPU program test cases, shared by two binaries: kiln_gpu_tests runs them on the real GPU
+// (tests/gpu/gpu_program_test.cpp, skipped without one) and kiln_unit_tests on the host-simulated
+// device (tests/unit/gpu_sim_test.cpp), so CI exercises the GPU compiler and runtime everywhere.
+// Each case builds a small graph covering ops the GPU backend lowers and compares the program's
+// outputs with Kiln's reference executor on fresh random inputs, in FP32 (TF32 matmuls and
+// convolutions) and FP16, with tolerances on ||out - ref|| / ||ref||, with and without the CUDA
+// graph; and the bad-input cases (unsupported nodes, wrong input shapes and dtypes).
+#pragma once
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <memory>
+#include <random>
+#include <string>
+
+#include "backends/gpu/gpu_build.h"
+#include "backends/gpu/loader.h"
+#include "backends/reference/executor.h"
+#include "../unit/sim_device.h"
+
+namespace kiln::gpu_cases {
+
+using namespace kiln;
+
+
+struct Builder {
+  Model m;
+  std::mt19937 rng{std::random_device{}()};
+  explicit Builder(int64_t opset = 17) { m.opsets[""] = opset, m.opsets["kiln"] = 1; }
+  Builder& input(const std::string& name, std::vector<int64_t> dims, DType dt = DType::kF32) {
+    m.graph.inputs.push_back(name);
+    Shape s;
+    for (int64_t d : dims) s.push_back(Dim(d));
+    m.graph.types[name] = TensorType{dt, s};
+    return *this;
+  }
+  Tensor random(std::vector<int64_t> dims, float lo = -1, float hi = 1) {
+    Tensor t(DType::kF32, std::move(dims));
+    std::uniform_real_distribution<float> u(lo, hi);
+    for (int64_t i = 0; i < t.numel(); ++i) t.mutable_data<float>()[i] = u(rng);
+    return t;
+  }
+  Builder& weight(const std::string& name, std::vector<int64_t> dims, float scale = 0.3f) {
+    m.graph.initializers[name] = random(std::move(dims), -scale, scale);
+    return *this;
+  }
+  Builder& init(const std::string& name, Tensor t) {
+    m.graph.initializers[name] = std::move(t);
+    return *this;
+  }
+  Builder& node(const std::string& op, std::vector<std::string> in, std::vector<std::string> out,
+                std::map<std::string, Attribute> attrs = {}, const std::string& domain = "") {
+    m.graph.nodes.push_back(Node{op + std::to_string(m.graph.nodes.size()), op, domain, std::move(in), std::move(out),
+                                 std::move(attrs)});
+    return *this;
+  }
+  Builder& output(const std::string& name) {
+    m.graph.outputs.push_back(name);
+    return *this;
+  }
+};
+
+inline Attribute ints(std::vector<int64_t> v) { return Attribute::of_ints(std::move(v)); }
+inline Attribute i64(int64_t v) { return Attribute::of_int(v); }
+inline Attribute f32(float v) { return Attribute::of_float(v); }
+
+inline double rel_error(const Tensor& got, const Tensor& want) {
+  EXPECT_EQ(got.shape(), want.shape());
+  if (got.shape() != want.shape()) return 1e9;
+  double num = 0, den = 0;
+  for (int64_t i = 0; i < want.numel(); ++i) {
+    const double g = got.dtype() == DType::kF32 ? got.data<float>()[i] : static_cast<double>(got.data<int64_t>()[i]);
+    const double w = want.dtype() == DType::kF32 ? want.data<float>()[i] : static_cast<double>(want.data<int64_t>()[i]);
+    if (!std::isfinite(g)) return 1e9;
+    num += (g - w) * (g - w);
+    den += w * w;
+  }
+  return std::sqrt(num / std::max(den, 1e-30));
+}
+
+class GpuProgram : public ::testing::TestWithParam<std::string> {
+ protected:
+  // "cuda": the real GPU (skipped without one); "sim": kiln_test::SimDevice (tests/unit/sim_device.h)
+  // installed as the only device, so the compiler and runtime run without a GPU.
+  void SetUp() override {
+    if (GetParam() == "sim") {
+      sim_ = std::make_shared<kiln_test::SimDevice>(0);
+      gpu::set_device_override({sim_});
+      return;
+    }
+    std::string why;
+    if (gpu::device_count(&why) == 0) GTEST_SKIP() << "no usable GPU (" << why << "): the GPU program tests are skipped";
+  }
+  void TearDown() override {
+    if (sim_) gpu::set_device_override({});
+  }
+  std::shared_ptr<kiln_test::SimDevice> sim_;
+
+  // Runs `m` on the reference executor and on the GPU (at each precision) with the same random
+  // inputs; checks the relative error of every output.
+  void check(Builder& b, const std::map<std::string, Tensor>& inputs, double tol32 = 1e-2, double tol16 = 2e-2,
+             int opt_level = 3, const std::string& conv1x1 = "auto", const std::string& depthwise = "auto") {
+    reference::Executor ref(b.m);
+    const auto want = ref.run(inputs);
+    gpu::ShapeMap shapes;
+    for (const auto& [n, t] : inputs) shapes[n] = t.shape();
+    for (auto p : {gpu::Precision::kFP32, gpu::Precision::kFP16}) {
+      gpu::CompileOptions opt;
+      opt.precision = p;
+      opt.conv1x1_tactic = conv1x1;
+      opt.depthwise_tactic = depthwise;
+      auto built = gpu::build_gpu_program(b.m, shapes, 0, opt, opt_level);
+      for (bool graph : {true, false}) {
+        gpu::GpuContext ctx(built.program, graph);
+        for (int rep = 0; rep < 2; ++rep) {  // the second run replays the captured graph
+          const auto got = ctx.run(inputs);
+          for (const auto& o : b.m.graph.outputs) {
+            const double e = rel_error(got.at(o), want.at(o));
+            EXPECT_LT(e, p == gpu::Precision::kFP32 ? tol32 : tol16)
+                << "output " << o << " at " << gpu::precision_name(p) << (graph ? " (graph)" : "");
+          }
+        }
+      }
+    }
+  }
+};
+
+TEST_P(GpuProgram, ConvBiasReluPoolGemm) {
+  Builder b;
+  b.input("x", {2, 3, 20, 20}).weight("w1", {16, 3, 3, 3}).weight("b1", {16}).weight("w2", {16, 16, 1, 1})
+      .weight("wf", {10, 16}).weight("bf", {10});
+  b.node("Conv", {"x", "w1", "b1"}, {"c1"}, {{"pads", ints({1, 1, 1, 1})}, {"strides", ints({1, 1})}})
+      .node("Relu", {"c1"}, {"r1"})
+      .node("MaxPool", {"r1"}, {"p1"}, {{"kernel_shape", ints({3, 3})}, {"strides", ints({2, 2})}, {"pads", ints({1, 1, 1, 1})}})
+      .node("Conv", {"p1", "w2"}, {"c2"})
+      .node("Add", {"c2", "p1"}, {"s2"})  // a residual add, fused into the convolution
+      .node("Relu", {"s2"}, {"r2"})
+      .node("GlobalAveragePool", {"r2"}, {"g"})
+      .node("Flatten", {"g"}, {"f"}, {{"axis", i64(1)}})
+      .node("Gemm", {"f", "wf", "bf"}, {"y"}, {{"transB", i64(1)}})
+      .output("y");
+  const Tensor x = b.random({2, 3, 20, 20});
+  // The 1x1 convolution with its residual and ReLU, on cuDNN and as a cuBLASLt GEMM.
+  for (const char* tactic : {"cudnn", "gemm"}) {
+    SCOPED_TRACE(std::string("1x1 convolutions on ") + tactic);
+    check(b, {{"x", x}}, 1e-2, 2e-2, 3, tactic);
+  }
+}
+
+TEST_P(GpuProgram, DepthwiseClipAveragePoolAndStridedConv) {
+  Builder b;
+  b.input("x", {1, 8, 17, 17}).weight("dw", {8, 1, 3, 3}).weight("w", {12, 8, 3, 3}).weight("b", {12});
+  b.node("Conv", {"x", "dw"}, {"d"}, {{"group", i64(8)}, {"pads", ints({1, 1, 1, 1})}, {"strides", ints({2, 2})}})
+      .node("Clip", {"d", "lo", "hi"}, {"c"})
+      .node("Conv", {"c", "w", "b"}, {"e"}, {{"dilations", ints({2, 2})}, {"pads", ints({2, 2, 2, 2})}})
+      .node("Sigmoid", {"e"}, {"s"})
+      .node("AveragePool", {"s"}, {"y"}, {{"kernel_shape", ints({2, 2})}, {"strides", ints({2, 2})}})
+      .output("y");
+  b.init("lo", Tensor::from_vector<float>({}, {0.f})).init("hi", Tensor::from_vector<float>({}, {0.5f}));
+  const Tensor x = b.random({1, 8, 17, 17});
+  for (const char* tactic : {"cudnn", "kiln"}) {  // the depthwise convolution on cuDNN and on Kiln's kernel
+    SCOPED_TRACE(std::string("depthwise on ") + tactic);
+    check(b, {{"x", x}}, 1e-2, 2e-2, 3, "auto", tactic);
+  }
+}
+
+TEST_P(GpuProgram, TransformerBlockWithLayerNormSoftmaxAndDataMovement) {
+  const int64_t B = 2, S = 12, H = 32;
+  Builder b;
+  b.input("x", {B, S, H}).weight("w1", {H, 4 * H}).weight("b1", {4 * H}).weight("w2", {4 * H, H}).weight("g", {H}, 1.f)
+      .weight("be", {H});
+  b.node("MatMul", {"x", "w1"}, {"m1"})
+      .node("Add", {"m1", "b1"}, {"a1"})
+      .node("Gelu", {"a1"}, {"ge"}, {}, "")
+      .node("MatMul", {"ge", "w2"}, {"m2"})
+      .node("Add", {"m2", "x"}, {"r"})
+      .node("LayerNormalization", {"r", "g", "be"}, {"ln"}, {{"axis", i64(-1)}, {"epsilon", f32(1e-5f)}})
+      .node("Reshape", {"ln", "shape4"}, {"rs"})
+      .node("Transpose", {"rs"}, {"tr"}, {{"perm", ints({0, 2, 1, 3})}})
+      .node("Softmax", {"tr"}, {"sm"}, {{"axis", i64(-1)}})
+      .node("Slice", {"sm", "st", "en", "ax"}, {"sl"})
+      .node("Split", {"sl", "split"}, {"sp0", "sp1"}, {{"axis", i64(1)}})
+      .node("Concat", {"sp1", "sp0"}, {"y"}, {{"axis", i64(1)}})
+      .output("y")
+      .output("ln");
+  b.init("shape4", Tensor::from_vector<int64_t>({4}, {B, S, 4, H / 4}));
+  b.init("st", Tensor::from_vector<int64_t>({2}, {1, 0}));
+  b.init("en", Tensor::from_vector<int64_t>({2}, {4, 7}));
+  b.init("ax", Tensor::from_vector<int64_t>({2}, {1, 3}));
+  b.init("split", Tensor::from_vector<int64_t>({2}, {1, 2}));
+  b.m.opsets[""] = 20;  // Gelu is an ONNX op from opset 20
+  check(b, {{"x", b.random({B, S, H})}});
+}
+
+TEST_P(GpuProgram, EmbeddingGatherMaskChainAndWhere) {
+  const int64_t B = 2, S = 9, V = 50, E = 16;
+  Builder b;
+  b.input("ids", {B, S}, DType::kI64).input("mask", {B, S}, DType::kI64).weight("emb", {V, E}, 1.f).weight("pos", {S, E});
+  b.node("Gather", {"emb", "ids"}, {"e"}, {{"axis", i64(0)}})
+      .node("Add", {"e", "pos"}, {"ep"})
+      .node("Cast", {"mask"}, {"mf"}, {{"to", i64(1)}})
+      .node("Unsqueeze", {"mf", "ax2"}, {"mu"})
+      .node("Sub", {"one", "mu"}, {"inv"})
+      .node("Mul", {"inv", "big"}, {"add_mask"})
+      .node("Equal", {"mask", "zero"}, {"is_pad"})
+      .node("Unsqueeze", {"is_pad", "ax2"}, {"pu"})
+      .node("Expand", {"pu", "eshape"}, {"pe"})
+      .node("Where", {"pe", "fill", "ep"}, {"y"})
+      .node("Add", {"y", "add_mask"}, {"z"})
+      .output("z");
+  b.init("ax2", Tensor::from_vector<int64_t>({1}, {2}));
+  b.init("one", Tensor::from_vector<float>({}, {1.f}));
+  b.init("big", Tensor::from_vector<float>({}, {-100.f}));
+  b.init("zero", Tensor::from_vector<int64_t>({}, {0}));
+  b.init("fill", Tensor::from_vector<float>({}, {7.f}));
+  b.init("eshape", Tensor::from_vector<int64_t>({3}, {B, S, E}));
+  Tensor ids(DType::kI64, {B, S}), mask(DType::kI64, {B, S});
+  for (int64_t i = 0; i < B * S; ++i) {
+    ids.mutable_data<int64_t>()[i] = static_cast<int64_t>(b.rng() % V);
+    mask.mutable_data<int64_t>()[i] = (i % S) < 6 ? 1 : 0;
+  }
+  check(b, {{"ids", ids}, {"mask", mask}});
+}
+
+// kiln::Attention (what fuse-attention makes) with a [B,1,1,S] padding mask and with a causal one.
+TEST_P(GpuProgram, FusedAttentionWithMasks) {
+  // Short (one partial tile) and long (several key tiles, a partial query tile) sequences.
+  for (auto [S, D] : {std::pair<int64_t, int64_t>{24, 32}, {150, 64}, {70, 128}})
+  for (bool causal : {false, true}) {
+    const int64_t B = 2, Hh = 3;
+    SCOPED_TRACE("S=" + std::to_string(S) + " D=" + std::to_string(D) + (causal ? " causal" : " padding mask"));
+    Builder b;
+    b.input("q", {B, S, Hh * D}).input("k", {B, S, Hh * D}).input("v", {B, S, Hh * D});
+    Tensor mask = causal ? Tensor(DType::kF32, {S, S}) : Tensor(DType::kF32, {B, 1, 1, S});
+    for (int64_t i = 0; i < mask.numel(); ++i)
+      mask.mutable_data<float>()[i] = causal ? ((i % S) > (i / S) ? -1e9f : 0.f) : ((i % S) >= S - 5 ? -10000.f : 0.f);
+    b.init("mask", mask);
+    b.node("Attention", {"q", "k", "v", "mask"}, {"y"}, {{"num_heads", i64(Hh)}}, "kiln").output("y");
+    check(b, {{"q", b.random({B, S, Hh * D})}, {"k", b.random({B, S, Hh * D})}, {"v", b.random({B, S, Hh * D})}},
+          1e-2, 2e-2, 0);
+  }
+}
+
+// Attention left unfused: MatMuls whose both operands are computed run as strided batches.
+TEST_P(GpuProgram, BatchedMatMulOfComputedOperands) {
+  const int64_t B = 2, H = 3, S = 10, D = 16;
+  Builder b;
+  b.input("q", {B, H, S, D}).input("k", {B, H, S, D}).input("v", {B, H, S, D}).input("x", {S, D});
+  b.node("Transpose", {"k"}, {"kt"}, {{"perm", ints({0, 1, 3, 2})}})
+      .node("MatMul", {"q", "kt"}, {"s"})
+      .node("Div", {"s", "scale"}, {"sd"})
+      .node("Softmax", {"sd"}, {"p"}, {{"axis", i64(-1)}})
+      .node("MatMul", {"p", "v"}, {"o"})
+      .node("Transpose", {"x"}, {"xt"})
+      .node("MatMul", {"o", "xt"}, {"y"})  // a computed 2-D B shared by every batch
+      .output("y");
+  b.init("scale", Tensor::from_vector<float>({}, {4.f}));
+  check(b, {{"q", b.random({B, H, S, D})}, {"k", b.random({B, H, S, D})}, {"v", b.random({B, H, S, D})},
+            {"x", b.random({S, D})}}, 1e-2, 2e-2, 0);
+}
+
+TEST_P(GpuProgram, UnsupportedNodesAreNamedAtBuild) {
+  Builder b;
+  b.input("x", {2, 8});
+  b.node("TopK", {"x", "k"}, {"v", "i"}, {{"axis", i64(-1)}}).output("v");
+  b.init("k", Tensor::from_vector<int64_t>({1}, {3}));
+  try {
+    gpu::build_gpu_program(b.m, {{"x", {2, 8}}}, 0, {}, 0);
+    FAIL() << "TopK built for the GPU";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kUnsupported);
+    EXPECT_NE(std::string(e.what()).find("TopK"), std::string::npos) << e.what();
+  }
+}
+
+TEST_P(GpuProgram, WrongInputsAreRefusedAndTheContextStaysUsable) {
+  Builder b;
+  b.input("x", {2, 3}).weight("w", {3});
+  b.node("Add", {"x", "w"}, {"y"}).output("y");
+  auto built = gpu::build_gpu_program(b.m, {{"x", {2, 3}}}, 0, {}, 0);
+  gpu::GpuContext ctx(built.program);
+  auto expect_refused = [&](const reference::TensorMap& in, const char* what) {
+    try {
+      ctx.run(in);
+      ADD_FAILURE() << what << " was accepted";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument) << e.what();
+    }
+  };
+  expect_refused({{"x", b.random({2, 4})}}, "a wrong shape");
+  expect_refused({{"x", Tensor(DType::kI64, {2, 3})}}, "a wrong dtype");
+  expect_refused({}, "a missing input");
+  expect_refused({{"x", b.random({2, 3})}, {"nope", b.random({1})}}, "an unknown input");
+  const Tensor x = b.random({2, 3});
+  const auto y = ctx.run({{"x", x}});
+  for (int64_t i = 0; i < 6; ++i)
+    EXPECT_NEAR(y.at("y").data<float>()[i],
+                x.data<float>()[i] + b.m.graph.initializers.at("w").data<float>()[i % 3], 2e-3);
+}
+
+}  // namespace kiln::gpu_cases

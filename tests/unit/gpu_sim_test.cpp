@@ -1,0 +1,125 @@
+// The GPU compiler and runtime on the host-simulated device (sim_device.h), so they are tested in
+// CI without a GPU: every GPU program case (tests/gpu/gpu_program_cases.h: lowering, layouts,
+// fusions, tactics, memory planning, CUDA-graph capture and replay, bad inputs) against the
+// reference executor, plus what only a simulation can count: graph capture and replay, memory
+// given back by programs and contexts (also when a context runs out of memory half-way), and
+// programs on two devices at once.
+#include <gtest/gtest.h>
+
+#include "../gpu/gpu_program_cases.h"
+#include "sim_device.h"
+
+namespace {
+
+using namespace kiln;
+using namespace kiln::gpu_cases;
+
+INSTANTIATE_TEST_SUITE_P(Sim, GpuProgram, ::testing::Values(std::string("sim")));
+
+// y = relu(x @ w + b) over [4, 8] x [8, 16]: a two-kernel program (matmul with its epilogue, the
+// output copy) on whichever device is asked for.
+Builder small_model() {
+  Builder b;
+  b.input("x", {4, 8}).weight("w", {8, 16}).weight("b", {16});
+  b.node("MatMul", {"x", "w"}, {"m"}).node("Add", {"m", "b"}, {"a"}).node("Relu", {"a"}, {"y"}).output("y");
+  return b;
+}
+
+class SimDevices : public ::testing::Test {
+ protected:
+  void install(int n, size_t memory = size_t{8} << 30) {
+    std::vector<std::shared_ptr<gpu::Device>> all;
+    for (int i = 0; i < n; ++i) {
+      devices_.push_back(std::make_shared<kiln_test::SimDevice>(i, memory));
+      all.push_back(devices_.back());
+    }
+    gpu::set_device_override(all);
+  }
+  void TearDown() override { gpu::set_device_override({}); }
+  std::vector<std::shared_ptr<kiln_test::SimDevice>> devices_;
+};
+
+TEST_F(SimDevices, GraphIsCapturedOnceAndReplayed) {
+  install(1);
+  Builder b = small_model();
+  auto built = gpu::build_gpu_program(b.m, {{"x", {4, 8}}}, 0, {}, 3);
+  gpu::GpuContext ctx(built.program);
+  const Tensor x = b.random({4, 8});
+  const auto want = reference::Executor(b.m).run({{"x", x}});
+  for (int i = 0; i < 3; ++i) {
+    const auto got = ctx.run({{"x", x}});
+    EXPECT_LT(rel_error(got.at("y"), want.at("y")), 2e-2);
+  }
+  // One capture (the first run, after one plain run), then a replay per run.
+  EXPECT_EQ(devices_[0]->graphs_made(), 1);
+  EXPECT_EQ(devices_[0]->graph_launches(), 3);
+  EXPECT_GT(ctx.run_compute_only(), -1.f);
+  EXPECT_EQ(devices_[0]->graph_launches(), 4);
+  gpu::GpuContext eager(built.program, /*use_graph=*/false);
+  eager.run({{"x", x}});
+  EXPECT_EQ(devices_[0]->graphs_made(), 1) << "a context without graphs captures nothing";
+}
+
+TEST_F(SimDevices, ProgramsAndContextsGiveTheirMemoryBack) {
+  install(1);
+  Builder b = small_model();
+  {
+    auto built = gpu::build_gpu_program(b.m, {{"x", {4, 8}}}, 0, {}, 3);
+    EXPECT_GE(devices_[0]->used_memory(), built.program->weight_bytes());
+    EXPECT_GT(built.program->weight_bytes(), 0u);
+    {
+      gpu::GpuContext ctx(built.program);
+      ctx.run({{"x", b.random({4, 8})}});
+      EXPECT_GT(devices_[0]->used_memory(), built.program->weight_bytes());
+    }
+    EXPECT_EQ(devices_[0]->used_memory(), built.program->weight_bytes()) << "the context's buffers were not freed";
+  }
+  EXPECT_EQ(devices_[0]->used_memory(), 0u) << "the program's weights were not freed";
+}
+
+// A context that runs out of device memory half-way through its allocations gives back what it took
+// and reports it; the program stays usable for a context that fits.
+TEST_F(SimDevices, OutOfMemoryInAContextLeavesNothingAllocated) {
+  Builder b;
+  b.input("x", {64, 256}).weight("w", {256, 256});
+  b.node("MatMul", {"x", "w"}, {"m"}).node("Relu", {"m"}, {"y"}).output("y");
+  // Weights (128 KiB in FP16) fit; the context's arena, input and output buffers do not all fit.
+  install(1, size_t{160} << 10);
+  auto built = gpu::build_gpu_program(b.m, {{"x", {64, 256}}}, 0, {}, 3);
+  const size_t after_build = devices_[0]->used_memory();
+  try {
+    gpu::GpuContext ctx(built.program);
+    FAIL() << "a context larger than the device's memory was created";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("out of GPU memory"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(devices_[0]->used_memory(), after_build) << "the failed context leaked device memory";
+}
+
+// Two simulated GPUs: a program per device, each with its own copy of the weights and its own
+// contexts, running side by side with the same results.
+TEST_F(SimDevices, ProgramsOnTwoDevices) {
+  install(2);
+  EXPECT_EQ(gpu::device_count(), 2);
+  Builder b = small_model();
+  auto on0 = gpu::build_gpu_program(b.m, {{"x", {4, 8}}}, 0, {}, 3);
+  auto on1 = gpu::build_gpu_program(b.m, {{"x", {4, 8}}}, 1, {}, 3);
+  EXPECT_EQ(&on0.program->device(), devices_[0].get());
+  EXPECT_EQ(&on1.program->device(), devices_[1].get());
+  EXPECT_EQ(devices_[0]->used_memory(), devices_[1]->used_memory()) << "each device holds its own weights";
+  gpu::GpuContext c0(on0.program), c1(on1.program);
+  const Tensor x = b.random({4, 8});
+  const auto y0 = c0.run({{"x", x}}), y1 = c1.run({{"x", x}});
+  EXPECT_EQ(rel_error(y0.at("y"), y1.at("y")), 0.0);
+  EXPECT_GT(devices_[0]->kernels_run(), 0);
+  EXPECT_GT(devices_[1]->kernels_run(), 0);
+  try {
+    gpu::open_device(2);
+    ADD_FAILURE() << "a third device opened";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
+    EXPECT_NE(std::string(e.what()).find("this machine has 2"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace

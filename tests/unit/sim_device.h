@@ -1,0 +1,485 @@
+// A host-simulated GPU for tests: implements the GPU module interface (src/backends/gpu/
+// device_api.h) with plain C++ loops on host memory, so the GPU compiler and runtime (lowering,
+// layouts, fusions, memory planning, graph capture and replay, contexts) run in CI without a GPU,
+// on any number of simulated devices. Each kernel follows the contract its CUDA counterpart
+// documents (same descriptors, same FP32 accumulation and rounding to the element type). Work
+// enqueued during a graph capture is recorded, not run, and runs when the graph is launched, as
+// on a GPU; everything else runs at once.
+#pragma once
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "backends/gpu/device_api.h"
+#include "ir/dtype.h"
+
+namespace kiln_test {
+
+using namespace kiln::gpu;
+
+inline float sim_load(ElemType t, const void* p, int64_t i) {
+  switch (t) {
+    case ElemType::kF32: return static_cast<const float*>(p)[i];
+    case ElemType::kF16: return kiln::half_to_float(static_cast<const uint16_t*>(p)[i]);
+    case ElemType::kBF16: return kiln::bf16_to_float(static_cast<const uint16_t*>(p)[i]);
+    case ElemType::kF64: return static_cast<float>(static_cast<const double*>(p)[i]);
+    case ElemType::kI64: return static_cast<float>(static_cast<const int64_t*>(p)[i]);
+    case ElemType::kI32: return static_cast<float>(static_cast<const int32_t*>(p)[i]);
+    case ElemType::kI8: return static_cast<const int8_t*>(p)[i];
+    case ElemType::kU8: return static_cast<const uint8_t*>(p)[i];
+    default: return static_cast<const uint8_t*>(p)[i] ? 1.f : 0.f;
+  }
+}
+
+inline void sim_store(ElemType t, void* p, int64_t i, float v) {
+  switch (t) {
+    case ElemType::kF32: static_cast<float*>(p)[i] = v; break;
+    case ElemType::kF16: static_cast<uint16_t*>(p)[i] = kiln::float_to_half(v); break;
+    case ElemType::kBF16: static_cast<uint16_t*>(p)[i] = kiln::float_to_bf16(v); break;
+    case ElemType::kF64: static_cast<double*>(p)[i] = v; break;
+    case ElemType::kI64: static_cast<int64_t*>(p)[i] = std::isfinite(v) ? static_cast<int64_t>(v) : 0; break;
+    case ElemType::kI32: static_cast<int32_t*>(p)[i] = std::isfinite(v) ? static_cast<int32_t>(v) : 0; break;
+    case ElemType::kI8: static_cast<int8_t*>(p)[i] = static_cast<int8_t>(std::clamp(v, -128.f, 127.f)); break;
+    case ElemType::kU8: static_cast<uint8_t*>(p)[i] = static_cast<uint8_t>(std::clamp(v, 0.f, 255.f)); break;
+    default: static_cast<uint8_t*>(p)[i] = v != 0.f ? 1 : 0; break;
+  }
+}
+
+inline size_t sim_size(ElemType t) {
+  switch (t) {
+    case ElemType::kF32: case ElemType::kI32: return 4;
+    case ElemType::kF16: case ElemType::kBF16: return 2;
+    case ElemType::kF64: case ElemType::kI64: return 8;
+    default: return 1;
+  }
+}
+
+// x rounded to the element type, as a kernel's stored intermediate would be.
+inline float sim_round(ElemType t, float v) {
+  if (t == ElemType::kF16) return kiln::half_to_float(kiln::float_to_half(v));
+  if (t == ElemType::kBF16) return kiln::bf16_to_float(kiln::float_to_bf16(v));
+  return v;
+}
+
+inline float sim_unary(EwOp op, float v, float p0, float p1) {
+  auto sig = [](float x) { return 1.f / (1.f + std::exp(-x)); };
+  switch (op) {
+    case EwOp::kRelu: return v > 0 ? v : 0;
+    case EwOp::kSigmoid: return sig(v);
+    case EwOp::kTanh: return std::tanh(v);
+    case EwOp::kErf: return std::erf(v);
+    case EwOp::kExp: return std::exp(v);
+    case EwOp::kLog: return std::log(v);
+    case EwOp::kSqrt: return std::sqrt(v);
+    case EwOp::kNeg: return -v;
+    case EwOp::kAbs: return std::fabs(v);
+    case EwOp::kReciprocal: return 1.f / v;
+    case EwOp::kFloor: return std::floor(v);
+    case EwOp::kCeil: return std::ceil(v);
+    case EwOp::kRound: return std::nearbyint(v);
+    case EwOp::kSign: return v > 0 ? 1.f : v < 0 ? -1.f : 0.f;
+    case EwOp::kNot: return v != 0 ? 0.f : 1.f;
+    case EwOp::kSin: return std::sin(v);
+    case EwOp::kCos: return std::cos(v);
+    case EwOp::kGelu: return 0.5f * v * (1.f + std::erf(v * 0.70710678118654752f));
+    case EwOp::kGeluTanh: return 0.5f * v * (1.f + std::tanh(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+    case EwOp::kSiLU: return v * sig(v);
+    case EwOp::kHardSwish: return v * std::clamp(v / 6.f + 0.5f, 0.f, 1.f);
+    case EwOp::kHardSigmoid: return std::clamp(p0 * v + p1, 0.f, 1.f);
+    case EwOp::kLeakyRelu: return v < 0 ? p0 * v : v;
+    case EwOp::kElu: return v < 0 ? p0 * (std::exp(v) - 1.f) : v;
+    case EwOp::kClip: return std::min(std::max(v, p0), p1);
+    case EwOp::kAffine: return p0 * v + p1;
+    default: return v;
+  }
+}
+
+inline float sim_binary(EwOp op, float a, float b) {
+  switch (op) {
+    case EwOp::kAdd: return a + b;
+    case EwOp::kSub: return a - b;
+    case EwOp::kMul: return a * b;
+    case EwOp::kDiv: return a / b;
+    case EwOp::kPow: return std::pow(a, b);
+    case EwOp::kMin: return std::min(a, b);
+    case EwOp::kMax: return std::max(a, b);
+    case EwOp::kMod: return std::fmod(a, b);
+    case EwOp::kEqual: return a == b;
+    case EwOp::kLess: return a < b;
+    case EwOp::kLessEqual: return a <= b;
+    case EwOp::kGreater: return a > b;
+    case EwOp::kGreaterEqual: return a >= b;
+    case EwOp::kAnd: return a != 0 && b != 0;
+    case EwOp::kOr: return a != 0 || b != 0;
+    case EwOp::kXor: return (a != 0) != (b != 0);
+    default: return a;
+  }
+}
+
+class SimDevice;
+
+// A kernel is a host function; during a capture its launches are recorded by the device.
+class SimKernel final : public Kernel {
+ public:
+  using Fn = std::function<void(const void* const*, void* const*, void*)>;
+  SimKernel(SimDevice* dev, std::string what, int inputs, Fn fn)
+      : dev_(dev), what_(std::move(what)), fn_(std::move(fn)), inputs_(inputs) {}
+  void launch(const void* const* in, void* const* out, void* ws, void* stream) const override;
+  std::string describe() const override { return "sim " + what_; }
+  double timed_ms() const override { return 1.0; }  // every simulated tactic costs the same
+
+ private:
+  SimDevice* dev_;
+  std::string what_;
+  Fn fn_;
+  int inputs_;  // how many input pointers the program passes (the launch copies them)
+};
+
+class SimDevice final : public Device {
+ public:
+  explicit SimDevice(int id, size_t memory = size_t{8} << 30) {
+    props_.id = id;
+    props_.name = "Kiln simulated GPU " + std::to_string(id);
+    props_.sm_major = 9;
+    props_.multiprocessors = 1;
+    props_.total_memory = memory;
+  }
+  ~SimDevice() override {
+    for (auto& [p, n] : live_) std::free(p);
+  }
+  const DeviceProps& props() const override { return props_; }
+  void bind() const override {}
+  bool broken() const override { return false; }
+
+  void* alloc(size_t bytes) override {
+    if (bytes == 0) return nullptr;
+    std::lock_guard<std::mutex> lock(mu_);
+    if (used_ + bytes > props_.total_memory)
+      throw std::runtime_error("out of GPU memory: asked for " + std::to_string(bytes >> 20) + " MiB on simulated GPU " +
+                               std::to_string(props_.id));
+    void* p = std::aligned_alloc(256, (bytes + 255) / 256 * 256);
+    live_[p] = bytes;
+    used_ += bytes;
+    return p;
+  }
+  void free(void* p) override {
+    if (!p) return;
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = live_.find(p);
+    if (it == live_.end()) throw std::runtime_error("sim: free of a pointer this device did not allocate");
+    used_ -= it->second;
+    live_.erase(it);
+    std::free(p);
+  }
+  void* alloc_host(size_t bytes) override { return bytes ? std::aligned_alloc(256, (bytes + 255) / 256 * 256) : nullptr; }
+  void free_host(void* p) override { std::free(p); }
+  size_t free_memory() const override { return props_.total_memory - used_; }
+  size_t used_memory() const { return used_; }
+  void upload(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
+  void copy_async(void* dst, const void* src, size_t bytes, void*) override { std::memcpy(dst, src, bytes); }
+  void memset_async(void* dst, int value, size_t bytes, void*) override { std::memset(dst, value, bytes); }
+  void* create_stream() override { return new int(0); }
+  void destroy_stream(void* s) override { delete static_cast<int*>(s); }
+  void synchronize(void*) override {}
+  void* create_event() override { return new std::chrono::steady_clock::time_point(); }
+  void destroy_event(void* e) override { delete static_cast<std::chrono::steady_clock::time_point*>(e); }
+  void record(void* e, void*) override { *static_cast<std::chrono::steady_clock::time_point*>(e) = std::chrono::steady_clock::now(); }
+  float elapsed_ms(void* a, void* b) override {
+    using TP = std::chrono::steady_clock::time_point;
+    return std::chrono::duration<float, std::milli>(*static_cast<TP*>(b) - *static_cast<TP*>(a)).count();
+  }
+  struct Graph {
+    std::vector<std::function<void()>> work;
+  };
+  void begin_capture(void* stream) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    capturing_[stream] = std::make_unique<Graph>();
+  }
+  void* end_capture(void* stream) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = capturing_.find(stream);
+    if (it == capturing_.end()) throw std::runtime_error("sim: end_capture without begin_capture");
+    Graph* g = it->second.release();
+    capturing_.erase(it);
+    ++graphs_made_;
+    return g;
+  }
+  void launch_graph(void* graph, void*) override {
+    ++graph_launches_;
+    for (auto& w : static_cast<Graph*>(graph)->work) w();
+  }
+  void destroy_graph(void* graph) override { delete static_cast<Graph*>(graph); }
+  int graphs_made() const { return graphs_made_; }
+  int graph_launches() const { return graph_launches_; }
+  int64_t kernels_run() const { return kernels_run_; }
+
+  // Runs `work` now, or records it when `stream` is being captured.
+  void enqueue(void* stream, std::function<void()> work) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = capturing_.find(stream);
+      if (it != capturing_.end()) {
+        it->second->work.push_back(std::move(work));
+        return;
+      }
+    }
+    work();
+  }
+  void count_kernel() { ++kernels_run_; }
+
+  std::unique_ptr<Kernel> matmul(const MatmulDesc& d, size_t) override {
+    return make("matmul", 2 + d.bias + d.residual, [d](const void* const* in, void* const* out, void*) {
+      const void* bias = d.bias ? in[2] : nullptr;
+      const void* res = d.residual ? in[d.bias ? 3 : 2] : nullptr;
+      for (int64_t b = 0; b < d.batch; ++b)
+        for (int64_t i = 0; i < d.m; ++i)
+          for (int64_t j = 0; j < d.n; ++j) {
+            double acc = 0;
+            for (int64_t k = 0; k < d.k; ++k)
+              acc += static_cast<double>(sim_load(d.type, in[0], (b * d.m + i) * d.k + k)) *
+                     sim_load(d.type, in[1], b * d.w_stride + k * d.n + j);
+            float v = static_cast<float>(acc);
+            const int64_t o = (b * d.m + i) * d.n + j;
+            if (res) v += sim_load(d.type, res, o);
+            if (bias) v += sim_load(d.type, bias, j);
+            if (d.epilogue == MatmulDesc::Epilogue::kRelu) v = std::max(v, 0.f);
+            if (d.epilogue == MatmulDesc::Epilogue::kGeluTanh) v = sim_unary(EwOp::kGeluTanh, v, 0, 0);
+            sim_store(d.type, out[0], o, v);
+          }
+    });
+  }
+  std::unique_ptr<Kernel> conv(const ConvDesc& d, size_t) override { return conv_kernel(d, false); }
+  std::unique_ptr<Kernel> depthwise(const ConvDesc& d) override {
+    if (d.groups != d.c || d.k != d.c) throw std::runtime_error("depthwise: needs groups == in channels == out channels");
+    return conv_kernel(d, true);
+  }
+  std::unique_ptr<Kernel> copy(ElemType xt, ElemType yt, const StridedCopy& c) override {
+    return make("copy", 1, [xt, yt, c](const void* const* in, void* const* out, void*) {
+      int64_t n = 1;
+      for (int d = 0; d < c.rank; ++d) n *= c.dims[d];
+      for (int64_t e = 0; e < n; ++e) {
+        int64_t rest = e, xo = 0, yo = 0;
+        for (int d = c.rank - 1; d >= 0; --d) {
+          const int64_t i = rest % c.dims[d];
+          rest /= c.dims[d];
+          xo += i * c.x_strides[d], yo += i * c.y_strides[d];
+        }
+        if (xt == yt) std::memcpy(static_cast<char*>(out[0]) + yo * static_cast<int64_t>(sim_size(yt)),
+                                  static_cast<const char*>(in[0]) + xo * static_cast<int64_t>(sim_size(xt)), sim_size(xt));
+        else sim_store(yt, out[0], yo, sim_load(xt, in[0], xo));
+      }
+    });
+  }
+  std::unique_ptr<Kernel> elementwise(const EwProgram& p) override {
+    return make("elementwise", p.num_inputs, [p](const void* const* in, void* const* out, void*) {
+      int64_t n = 1;
+      for (int d = 0; d < p.rank; ++d) n *= p.dims[d];
+      for (int64_t e = 0; e < n; ++e) {
+        int64_t offs[kMaxEwInputs] = {};
+        int64_t rest = e;
+        for (int d = p.rank - 1; d >= 0; --d) {
+          const int64_t i = rest % p.dims[d];
+          rest /= p.dims[d];
+          for (int k = 0; k < p.num_inputs; ++k) offs[k] += i * p.in_strides[k][d];
+        }
+        float acc = 0;
+        for (int s = 0; s < p.num_steps; ++s) {
+          const EwStep& st = p.steps[s];
+          auto ld = [&](int k) { return sim_load(p.in_types[k], in[k], offs[k]); };
+          if (st.op == EwOp::kLoad) acc = ld(st.a);
+          else if (st.op == EwOp::kWhere) acc = acc != 0 ? ld(st.a) : ld(st.b);
+          else if (st.op <= EwOp::kXor) acc = st.reversed ? sim_binary(st.op, ld(st.a), acc) : sim_binary(st.op, acc, ld(st.a));
+          else acc = sim_unary(st.op, acc, st.p0, st.p1);
+        }
+        sim_store(p.out_type, out[0], e, acc);
+      }
+    });
+  }
+  std::unique_ptr<Kernel> gather(ElemType idx, size_t eb, int64_t outer, int64_t axis_dim, int64_t inner,
+                                 int64_t count) override {
+    return make("gather", 2, [=](const void* const* in, void* const* out, void*) {
+      for (int64_t o = 0; o < outer; ++o)
+        for (int64_t t = 0; t < count; ++t) {
+          int64_t j = idx == ElemType::kI64 ? static_cast<const int64_t*>(in[1])[t] : static_cast<const int32_t*>(in[1])[t];
+          if (j < 0) j += axis_dim;
+          char* dst = static_cast<char*>(out[0]) + ((o * count + t) * inner) * static_cast<int64_t>(eb);
+          if (j < 0 || j >= axis_dim) std::memset(dst, 0, static_cast<size_t>(inner) * eb);
+          else std::memcpy(dst, static_cast<const char*>(in[0]) + ((o * axis_dim + j) * inner) * static_cast<int64_t>(eb),
+                           static_cast<size_t>(inner) * eb);
+        }
+    });
+  }
+  std::unique_ptr<Kernel> pool(ElemType t, const Pool2d& p) override {
+    return make("pool", 1, [t, p](const void* const* in, void* const* out, void*) {
+      for (int64_t b = 0; b < p.n; ++b)
+        for (int64_t oy = 0; oy < p.oh; ++oy)
+          for (int64_t ox = 0; ox < p.ow; ++ox)
+            for (int64_t c = 0; c < p.c; ++c) {
+              float acc = p.max ? -INFINITY : 0.f;
+              int count = 0;
+              for (int ky = 0; ky < p.kh; ++ky)
+                for (int kx = 0; kx < p.kw; ++kx) {
+                  const int64_t iy = oy * p.sh - p.pad_t + ky * p.dh, ix = ox * p.sw - p.pad_l + kx * p.dw;
+                  if (iy < 0 || iy >= p.h || ix < 0 || ix >= p.w) {
+                    if (p.count_include_pad) ++count;
+                    continue;
+                  }
+                  const float v = sim_load(t, in[0], ((b * p.h + iy) * p.w + ix) * p.c + c);
+                  acc = p.max ? std::max(acc, v) : acc + v;
+                  ++count;
+                }
+              sim_store(t, out[0], ((b * p.oh + oy) * p.ow + ox) * p.c + c, p.max ? acc : (count ? acc / count : 0.f));
+            }
+    });
+  }
+  std::unique_ptr<Kernel> mean_middle(ElemType t, int64_t n, int64_t s, int64_t c) override {
+    return make("mean", 1, [=](const void* const* in, void* const* out, void*) {
+      for (int64_t b = 0; b < n; ++b)
+        for (int64_t ch = 0; ch < c; ++ch) {
+          float acc = 0;
+          for (int64_t i = 0; i < s; ++i) acc += sim_load(t, in[0], (b * s + i) * c + ch);
+          sim_store(t, out[0], b * c + ch, acc / static_cast<float>(s));
+        }
+    });
+  }
+  std::unique_ptr<Kernel> layer_norm(ElemType t, int64_t rows, int64_t cols, float eps) override {
+    return make("layer_norm", 4, [=](const void* const* in, void* const* out, void*) {
+      std::vector<float> x(static_cast<size_t>(cols));
+      for (int64_t r = 0; r < rows; ++r) {
+        double mean = 0, var = 0;
+        for (int64_t c = 0; c < cols; ++c) {
+          float v = sim_load(t, in[0], r * cols + c);
+          if (in[3]) v = sim_round(t, v + sim_load(t, in[3], r * cols + c));  // the fused residual Add
+          x[static_cast<size_t>(c)] = v;
+          mean += v;
+        }
+        mean /= static_cast<double>(cols);
+        for (float v : x) var += (v - mean) * (v - mean);
+        const double rstd = 1.0 / std::sqrt(var / static_cast<double>(cols) + eps);
+        for (int64_t c = 0; c < cols; ++c) {
+          float v = static_cast<float>((x[static_cast<size_t>(c)] - mean) * rstd);
+          if (in[1]) v *= sim_load(t, in[1], c);
+          if (in[2]) v += sim_load(t, in[2], c);
+          sim_store(t, out[0], r * cols + c, v);
+        }
+      }
+    });
+  }
+  std::unique_ptr<Kernel> softmax(ElemType t, int64_t rows, int64_t cols) override {
+    return make("softmax", 1, [=](const void* const* in, void* const* out, void*) {
+      for (int64_t r = 0; r < rows; ++r) {
+        float m = -INFINITY;
+        for (int64_t c = 0; c < cols; ++c) m = std::max(m, sim_load(t, in[0], r * cols + c));
+        double sum = 0;
+        for (int64_t c = 0; c < cols; ++c) sum += std::exp(sim_load(t, in[0], r * cols + c) - m);
+        for (int64_t c = 0; c < cols; ++c)
+          sim_store(t, out[0], r * cols + c, static_cast<float>(std::exp(sim_load(t, in[0], r * cols + c) - m) / sum));
+      }
+    });
+  }
+  std::unique_ptr<Kernel> attention(const AttentionDesc& d) override {
+    return make("attention", 3 + d.has_mask, [d](const void* const* in, void* const* out, void*) {
+      const float* mask = d.has_mask ? static_cast<const float*>(in[3]) : nullptr;
+      std::vector<double> s(static_cast<size_t>(d.sk));
+      for (int64_t b = 0; b < d.batch; ++b)
+        for (int64_t h = 0; h < d.heads; ++h)
+          for (int64_t i = 0; i < d.sq; ++i) {
+            double m = -INFINITY;
+            for (int64_t j = 0; j < d.sk; ++j) {
+              double v = -INFINITY;
+              if (!d.causal || j <= i + (d.sk - d.sq)) {
+                v = 0;
+                for (int64_t e = 0; e < d.head_dim; ++e)
+                  v += static_cast<double>(sim_load(d.type, in[0], b * d.q[0] + h * d.q[1] + i * d.q[2] + e)) *
+                       sim_load(d.type, in[1], b * d.k[0] + h * d.k[1] + j * d.k[2] + e);
+                v *= d.scale;
+                if (mask) v += mask[b * d.mask[0] + h * d.mask[1] + i * d.mask[2] + j];
+              }
+              s[static_cast<size_t>(j)] = v;
+              m = std::max(m, v);
+            }
+            double sum = 0;
+            for (auto& v : s) sum += (v = m == -INFINITY ? 0 : std::exp(v - m));
+            for (int64_t e = 0; e < d.head_dim; ++e) {
+              double acc = 0;
+              for (int64_t j = 0; j < d.sk; ++j)
+                acc += s[static_cast<size_t>(j)] * sim_load(d.type, in[2], b * d.v[0] + h * d.v[1] + j * d.v[2] + e);
+              sim_store(d.type, out[0], b * d.o[0] + h * d.o[1] + i * d.o[2] + e,
+                        static_cast<float>(sum > 0 ? acc / sum : 0));
+            }
+          }
+    });
+  }
+
+ private:
+  std::unique_ptr<Kernel> make(std::string what, int inputs, SimKernel::Fn fn) {
+    return std::make_unique<SimKernel>(this, std::move(what), inputs, std::move(fn));
+  }
+  // NHWC convolution (KRSC filter; [R,S,C] for the depthwise kernel) with bias, residual, clamp.
+  std::unique_ptr<Kernel> conv_kernel(const ConvDesc& d, bool depthwise) {
+    const int64_t oh = (d.h + 2 * d.pad_h - d.dil_h * (d.r - 1) - 1) / d.stride_h + 1;
+    const int64_t ow = (d.w + 2 * d.pad_w - d.dil_w * (d.s - 1) - 1) / d.stride_w + 1;
+    if (oh <= 0 || ow <= 0 || d.c % d.groups || d.k % d.groups) throw std::runtime_error("conv: bad parameters");
+    return make(depthwise ? "depthwise" : "conv", 2 + d.bias + d.residual, [d, oh, ow, depthwise](const void* const* in, void* const* out, void*) {
+      const int64_t cg = d.c / d.groups, kg = d.k / d.groups;
+      const void* bias = d.bias ? in[2] : nullptr;
+      const void* z = d.residual ? in[d.bias ? 3 : 2] : nullptr;
+      for (int64_t n = 0; n < d.n; ++n)
+        for (int64_t y = 0; y < oh; ++y)
+          for (int64_t x = 0; x < ow; ++x)
+            for (int64_t k = 0; k < d.k; ++k) {
+              const int64_t g = k / kg;
+              double acc = 0;
+              for (int64_t r = 0; r < d.r; ++r)
+                for (int64_t s = 0; s < d.s; ++s) {
+                  const int64_t iy = y * d.stride_h - d.pad_h + r * d.dil_h, ix = x * d.stride_w - d.pad_w + s * d.dil_w;
+                  if (iy < 0 || iy >= d.h || ix < 0 || ix >= d.w) continue;
+                  for (int64_t ci = 0; ci < cg; ++ci) {
+                    const int64_t c = g * cg + ci;
+                    const int64_t wi = depthwise ? (r * d.s + s) * d.c + k : ((k * d.r + r) * d.s + s) * cg + ci;
+                    acc += static_cast<double>(sim_load(d.type, in[0], ((n * d.h + iy) * d.w + ix) * d.c + c)) *
+                           sim_load(d.type, in[1], wi);
+                  }
+                }
+              const int64_t o = ((n * oh + y) * ow + x) * d.k + k;
+              float v = static_cast<float>(acc);
+              if (bias) v += sim_load(d.type, bias, k);
+              if (z) v += sim_load(d.type, z, o);
+              if (d.act == Act::kRelu) v = std::max(v, 0.f);
+              if (d.act == Act::kClip) v = std::min(std::max(v, d.clip_lo), d.clip_hi);
+              sim_store(d.type, out[0], o, v);
+            }
+    });
+  }
+
+  DeviceProps props_;
+  std::mutex mu_;
+  std::map<void*, size_t> live_;
+  size_t used_ = 0;
+  std::map<void*, std::unique_ptr<Graph>> capturing_;
+  int graphs_made_ = 0, graph_launches_ = 0;
+  int64_t kernels_run_ = 0;
+};
+
+inline void SimKernel::launch(const void* const* in, void* const* out, void* ws, void* stream) const {
+  // The pointers are copied: a captured launch runs later, after the caller's arrays are gone.
+  std::vector<const void*> ins(in, in + inputs_);
+  std::vector<void*> outs(out, out + 1);
+  SimDevice* dev = dev_;
+  Fn fn = fn_;
+  dev_->enqueue(stream, [dev, fn, ins, outs, ws] {
+    dev->count_kernel();
+    fn(ins.data(), outs.data(), ws);
+  });
+}
+
+}  // namespace kiln_test
