@@ -6,8 +6,13 @@
 // programs on two devices at once.
 #include <gtest/gtest.h>
 
+#include <filesystem>
+
 #include "../gpu/gpu_program_cases.h"
+#include "onnx/onnx_import.h"
 #include "sim_device.h"
+#include "test_support.h"
+#include "util/npy.h"
 
 namespace {
 
@@ -120,6 +125,60 @@ TEST_F(SimDevices, ProgramsOnTwoDevices) {
     EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
     EXPECT_NE(std::string(e.what()).find("this machine has 2"), std::string::npos) << e.what();
   }
+}
+
+// Whole exported models (models/export.py) through the GPU compiler and runtime, run by the
+// simulated device in FP32, against PyTorch's outputs: the lowering (layouts, fusions, weight
+// reorders, data movement) must keep them to FP32 accuracy (measured 1e-7 to 5e-6). The models
+// chosen run in seconds on the simulation; models with ops the GPU backend lacks must name them.
+TEST_F(SimDevices, ExportedModelsMatchPyTorchInFp32) {
+  install(1);
+  const std::filesystem::path dir = kiln_test::model_dir();
+  int checked = 0;
+  for (const char* name : {"digits", "gpt", "squeezenet1_1", "mobilenet_v3_small"}) {
+    const auto onnx = dir / (std::string(name) + ".onnx"), io = dir / (std::string(name) + ".io.npz");
+    if (dir.empty() || !std::filesystem::exists(onnx) || !std::filesystem::exists(io)) continue;
+    Model m = load_onnx(onnx.string());
+    reference::TensorMap inputs, expected;
+    for (auto& [k, t] : read_tensor_file(io.string())) {
+      if (std::find(m.graph.inputs.begin(), m.graph.inputs.end(), k) != m.graph.inputs.end()) inputs[k] = t;
+      else expected[k] = t;
+    }
+    gpu::ShapeMap shapes;
+    for (const auto& [k, t] : inputs) shapes[k] = t.shape();
+    gpu::CompileOptions opt;
+    opt.precision = gpu::Precision::kFP32;
+    auto built = gpu::build_gpu_program(m, shapes, 0, opt);
+    gpu::GpuContext ctx(built.program);
+    const auto got = ctx.run(inputs);
+    for (const auto& [k, want] : expected) {
+      if (want.dtype() == DType::kF32) {
+        EXPECT_LT(rel_error(got.at(k), want), 1e-4) << name << " " << k;
+      }
+    }
+    ++checked;
+  }
+  // Ops without GPU kernels are named at build time (ShuffleNet's ReduceMean, the detector's Resize).
+  for (const auto& [name, op] : {std::pair<const char*, const char*>{"shufflenet_v2_x0_5", "ReduceMean"},
+                                 {"yolov8_tiny", "Resize"}}) {
+    const auto onnx = dir / (std::string(name) + ".onnx");
+    if (dir.empty() || !std::filesystem::exists(onnx)) continue;
+    Model m = load_onnx(onnx.string());
+    gpu::ShapeMap shapes;
+    for (const auto& in : m.graph.inputs) {
+      std::vector<int64_t> dims;
+      for (const Dim& d : *m.graph.type_of(in)->shape) dims.push_back(d.known() ? d.value : 1);
+      shapes[in] = dims;
+    }
+    try {
+      gpu::build_gpu_program(m, shapes, 0, {});
+      ADD_FAILURE() << name << " built for the GPU, but it has " << op;
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kUnsupported);
+      EXPECT_NE(std::string(e.what()).find(op), std::string::npos) << e.what();
+    }
+  }
+  if (checked == 0) GTEST_SKIP() << "no exported models in " << dir << " (scripts/export-models.sh)";
 }
 
 }  // namespace
