@@ -12,6 +12,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "backends/gpu/loader.h"
 #include "onnx/onnx_import.h"
 #include "test_support.h"
 
@@ -242,6 +243,32 @@ TEST_F(BenchCliTest, BadFlagsExit2) {
   r = kiln_cli("bench --help");
   EXPECT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("--dump-profile"), std::string::npos) << r.out;
+}
+
+// --device for `bench` and `run`: bad values are refused, and without a GPU (or without the CUDA
+// module, as in the sanitizer build) `--device cuda` fails with a clear message instead of running
+// on the CPU. On a machine with a GPU the last part is skipped (the GPU tests cover it there).
+TEST_F(BenchCliTest, DeviceFlag) {
+  Result r = kiln_cli("bench " + model_ + " --device cuda --precision fp8");
+  EXPECT_EQ(r.code, 2) << r.out;
+  for (const char* cmd : {"bench", "run"}) {
+    r = kiln_cli(std::string(cmd) + " " + model_ + " --device gpu7");
+    EXPECT_EQ(r.code, 1) << r.out;
+    EXPECT_NE(r.out.find("is not cpu, cuda or cuda:N"), std::string::npos) << r.out;
+    r = kiln_cli(std::string(cmd) + " " + model_ + " --device cuda --backend reference");
+    EXPECT_EQ(r.code, 1) << r.out;
+    EXPECT_NE(r.out.find("runs on the CPU"), std::string::npos) << r.out;
+  }
+  std::string why;
+  if (gpu::device_count(&why) > 0) GTEST_SKIP() << "this machine has a GPU: --device cuda runs there";
+  for (const char* cmd : {"bench", "run"}) {
+    r = kiln_cli(std::string(cmd) + " " + model_ + " --device cuda");
+    EXPECT_EQ(r.code, 1) << r.out;
+    EXPECT_NE(r.out.find("error (unsupported)"), std::string::npos) << r.out;
+    EXPECT_TRUE(r.out.find("no CUDA GPU") != std::string::npos ||
+                r.out.find("libkiln_cuda.so could not be loaded") != std::string::npos)
+        << r.out;
+  }
 }
 
 TEST_F(BenchCliTest, BadShapesAndFilesExit1) {
