@@ -435,6 +435,28 @@ BenchInputs make_bench_inputs(const BenchArgs& args, const std::vector<std::pair
   return in;
 }
 
+// When a timed loop stops: --iterations exactly, --duration at least, else both defaults.
+struct StopRule {
+  int64_t min_iterations = kDefaultMinIterations;
+  double min_ms = kDefaultMinSeconds * 1000;
+  std::string text = "at least " + std::to_string(kDefaultMinIterations) + " iterations and at least " +
+                     fixed(kDefaultMinSeconds, 1) + " s";
+};
+
+StopRule stop_rule_of(const BenchArgs& args) {
+  StopRule r;
+  if (args.iterations > 0) {
+    r.min_iterations = args.iterations;
+    r.min_ms = 0;
+    r.text = std::to_string(args.iterations) + " iterations";
+  } else if (args.duration_s > 0) {
+    r.min_iterations = 1;
+    r.min_ms = args.duration_s * 1000;
+    r.text = "at least " + fixed(args.duration_s, 3) + " s";
+  }
+  return r;
+}
+
 // --- The GPU path (--device cuda[:N]): a GPU program built for the resolved shapes, run by one
 // GpuContext. Like trtexec it reports end-to-end latency (host to device copies, compute, device
 // to host copies; host wall clock) and GPU compute time (CUDA events around the graph launch)
@@ -468,10 +490,7 @@ int bench_gpu(const BenchArgs& args, int gpu_index, Model model, bool is_engine,
             << "; CUDA graph " << (args.no_cuda_graph ? "off" : "on") << "\n";
   std::cout << "inputs:     " << generated.line << "\n" << std::flush;
 
-  int64_t min_iterations = kDefaultMinIterations;
-  double min_ms = kDefaultMinSeconds * 1000;
-  if (args.iterations > 0) min_iterations = args.iterations, min_ms = 0;
-  else if (args.duration_s > 0) min_iterations = 1, min_ms = args.duration_s * 1000;
+  const StopRule stop = stop_rule_of(args);
   // Warm-up (the first run captures the CUDA graph).
   const auto tw = Clock::now();
   int64_t warm = 0;
@@ -482,7 +501,7 @@ int bench_gpu(const BenchArgs& args, int gpu_index, Model model, bool is_engine,
   // End to end.
   std::vector<double> e2e, compute, h2d, d2h, compute_only;
   const auto t0 = Clock::now();
-  while (static_cast<int64_t>(e2e.size()) < min_iterations || ms_between(t0, Clock::now()) < min_ms) {
+  while (static_cast<int64_t>(e2e.size()) < stop.min_iterations || ms_between(t0, Clock::now()) < stop.min_ms) {
     const auto a = Clock::now();
     ctx.run(inputs);
     e2e.push_back(ms_between(a, Clock::now()));
@@ -709,21 +728,10 @@ int cmd_bench(const BenchArgs& args) {
   std::cout << "inputs:     " << generated.line << "\n" << std::flush;
 
   // --- Warm-up and timed iterations.
-  int64_t min_iterations = kDefaultMinIterations;
-  double min_ms = kDefaultMinSeconds * 1000;
-  std::string stop_rule = "at least " + std::to_string(kDefaultMinIterations) + " iterations and at least " +
-                          fixed(kDefaultMinSeconds, 1) + " s";
-  if (args.iterations > 0) {
-    min_iterations = args.iterations;
-    min_ms = 0;
-    stop_rule = std::to_string(args.iterations) + " iterations";
-  } else if (args.duration_s > 0) {
-    min_iterations = 1;
-    min_ms = args.duration_s * 1000;
-    stop_rule = "at least " + fixed(args.duration_s, 3) + " s";
-  }
+  const StopRule stop = stop_rule_of(args);
+  std::string stop_rule = stop.text;
   if (streams > 1) stop_rule += " per stream";
-  TimedRuns timed = run_streams(targets, inputs, args.warmup_ms, min_iterations, min_ms);
+  TimedRuns timed = run_streams(targets, inputs, args.warmup_ms, stop.min_iterations, stop.min_ms);
   std::vector<double> latencies;
   int64_t warmup_iterations = 0;
   for (const auto& s : timed.streams) {

@@ -10,13 +10,18 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 
 #include "backends/gpu/gpu_build.h"
 #include "backends/gpu/loader.h"
 #include "backends/reference/executor.h"
+#include "onnx/onnx_import.h"
+#include "util/npy.h"
+#include "../unit/model_dir.h"
 #include "../unit/sim_device.h"
 
 namespace kiln::gpu_cases {
@@ -77,6 +82,29 @@ inline double rel_error(const Tensor& got, const Tensor& want) {
     den += w * w;
   }
   return std::sqrt(num / std::max(den, 1e-30));
+}
+
+// An exported model (models/export.py) with its fixed inputs and PyTorch's outputs for them.
+struct ExportedModel {
+  Model model;
+  reference::TensorMap inputs, expected;
+  gpu::ShapeMap shapes;
+};
+
+// DIR/NAME.onnx and DIR/NAME.io.npz (split into the model's inputs and the expected outputs);
+// nullopt when either file is missing.
+inline std::optional<ExportedModel> load_exported(const std::filesystem::path& dir, const std::string& name) {
+  const auto onnx = dir / (name + ".onnx"), io = dir / (name + ".io.npz");
+  if (dir.empty() || !std::filesystem::exists(onnx) || !std::filesystem::exists(io)) return std::nullopt;
+  ExportedModel e;
+  e.model = load_onnx(onnx.string());
+  const auto& ins = e.model.graph.inputs;
+  for (auto& [k, t] : read_tensor_file(io.string())) {
+    if (std::find(ins.begin(), ins.end(), k) != ins.end()) e.inputs[k] = t;
+    else e.expected[k] = t;
+  }
+  for (const auto& [k, t] : e.inputs) e.shapes[k] = t.shape();
+  return e;
 }
 
 class GpuProgram : public ::testing::TestWithParam<std::string> {

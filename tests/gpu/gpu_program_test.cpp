@@ -80,22 +80,17 @@ TEST(GpuDevice, MissingGpuOrIndexIsAClearError) {
 // TF32. Their check is what a classifier's user needs: under 5e-2 relative error, cosine above
 // 0.999 and the same top-1 class for every sample.
 TEST_F(Gpu, ExportedModelsMatchPyTorch) {
-  const char* env = std::getenv("KILN_MODEL_DIR");
-  const fs::path dir = env ? fs::path(env) : fs::path(std::getenv("HOME") ? std::getenv("HOME") : "/") / ".cache/kiln/models";
+  const fs::path dir = kiln_test::model_dir();
   int checked = 0;
   for (const char* name : {"resnet50", "mobilenet_v2", "bert", "gpt", "vit_b16_2layer", "vit_b16", "efficientnet_b0",
                            "regnet_y_400mf", "convnext_tiny", "squeezenet1_1", "densenet121", "mobilenet_v3_small",
                            "shufflenet_v2_x0_5", "yolov8_tiny"}) {
-    const fs::path onnx = dir / (std::string(name) + ".onnx"), io = dir / (std::string(name) + ".io.npz");
-    if (!fs::exists(onnx) || !fs::exists(io)) continue;
-    Model m = load_onnx(onnx.string());
-    reference::TensorMap inputs, expected;
-    for (auto& [k, t] : read_tensor_file(io.string())) {
-      if (std::find(m.graph.inputs.begin(), m.graph.inputs.end(), k) != m.graph.inputs.end()) inputs[k] = t;
-      else expected[k] = t;
-    }
-    gpu::ShapeMap shapes;
-    for (const auto& [k, t] : inputs) shapes[k] = t.shape();
+    auto e = load_exported(dir, name);
+    if (!e) continue;
+    const Model& m = e->model;
+    const reference::TensorMap& inputs = e->inputs;
+    const reference::TensorMap& expected = e->expected;
+    const gpu::ShapeMap& shapes = e->shapes;
     for (auto p : {gpu::Precision::kFP32, gpu::Precision::kFP16}) {
       gpu::CompileOptions opt;
       opt.precision = p;

@@ -9,10 +9,7 @@
 #include <filesystem>
 
 #include "../gpu/gpu_program_cases.h"
-#include "onnx/onnx_import.h"
 #include "sim_device.h"
-#include "test_support.h"
-#include "util/npy.h"
 
 namespace {
 
@@ -136,22 +133,14 @@ TEST_F(SimDevices, ExportedModelsMatchPyTorchInFp32) {
   const std::filesystem::path dir = kiln_test::model_dir();
   int checked = 0;
   for (const char* name : {"digits", "gpt", "squeezenet1_1", "mobilenet_v3_small"}) {
-    const auto onnx = dir / (std::string(name) + ".onnx"), io = dir / (std::string(name) + ".io.npz");
-    if (dir.empty() || !std::filesystem::exists(onnx) || !std::filesystem::exists(io)) continue;
-    Model m = load_onnx(onnx.string());
-    reference::TensorMap inputs, expected;
-    for (auto& [k, t] : read_tensor_file(io.string())) {
-      if (std::find(m.graph.inputs.begin(), m.graph.inputs.end(), k) != m.graph.inputs.end()) inputs[k] = t;
-      else expected[k] = t;
-    }
-    gpu::ShapeMap shapes;
-    for (const auto& [k, t] : inputs) shapes[k] = t.shape();
+    auto e = load_exported(dir, name);
+    if (!e) continue;
     gpu::CompileOptions opt;
     opt.precision = gpu::Precision::kFP32;
-    auto built = gpu::build_gpu_program(m, shapes, 0, opt);
+    auto built = gpu::build_gpu_program(e->model, e->shapes, 0, opt);
     gpu::GpuContext ctx(built.program);
-    const auto got = ctx.run(inputs);
-    for (const auto& [k, want] : expected) {
+    const auto got = ctx.run(e->inputs);
+    for (const auto& [k, want] : e->expected) {
       if (want.dtype() == DType::kF32) {
         EXPECT_LT(rel_error(got.at(k), want), 1e-4) << name << " " << k;
       }

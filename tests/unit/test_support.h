@@ -16,6 +16,7 @@
 
 #include "ir/graph.h"
 #include "ir/tensor.h"
+#include "model_dir.h"
 #include "onnx/onnx_import.h"
 
 namespace kiln_test {
@@ -54,15 +55,6 @@ inline Tensor seeded(const std::vector<int64_t>& shape, uint32_t seed, float sca
     p[i] = (static_cast<float>(s >> 8) / static_cast<float>(1 << 24) * 2.f - 1.f) * scale;
   }
   return t;
-}
-
-// Where the exported real models are: $KILN_MODEL_DIR when set (an empty value means none), else
-// the cache that scripts/export-models.sh fills (~/.cache/kiln/models). Tests that need a model
-// skip when it is not there.
-inline std::filesystem::path model_dir() {
-  if (const char* env = std::getenv("KILN_MODEL_DIR")) return env[0] ? std::filesystem::path(env) : std::filesystem::path();
-  const char* home = std::getenv("HOME");
-  return home ? std::filesystem::path(home) / ".cache/kiln/models" : std::filesystem::path();
 }
 
 struct CliResult {

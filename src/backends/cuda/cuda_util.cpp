@@ -84,18 +84,22 @@ void require_compute_capability(const DeviceInfo& d, int major, int minor) {
                   std::to_string(major) + std::to_string(minor) + " or newer (see docs/troubleshooting.md#gpu)");
 }
 
-DeviceBuffer::DeviceBuffer(size_t bytes) : bytes_(bytes) {
-  if (bytes == 0) return;
-  cudaError_t e = cudaMalloc(&ptr_, bytes);
-  if (e != cudaSuccess) {
-    ptr_ = nullptr;
-    cudaGetLastError();
-    size_t free_b = 0, total_b = 0;
-    cudaMemGetInfo(&free_b, &total_b);
-    throw CudaError("cannot allocate " + std::to_string(bytes) + " bytes of GPU memory (" + std::to_string(free_b) +
-                    " of " + std::to_string(total_b) + " free): " + cudaGetErrorString(e));
-  }
+void* device_malloc(size_t bytes) {
+  if (bytes == 0) return nullptr;
+  void* p = nullptr;
+  const cudaError_t e = cudaMalloc(&p, bytes);
+  if (e == cudaSuccess) return p;
+  cudaGetLastError();  // not sticky: clear it so the next call does not report it
+  size_t free_b = 0, total_b = 0;
+  cudaMemGetInfo(&free_b, &total_b);
+  int device = 0;
+  cudaGetDevice(&device);
+  throw CudaError("out of GPU memory: cannot allocate " + std::to_string(bytes) + " bytes on GPU " +
+                  std::to_string(device) + " (" + std::to_string(free_b >> 20) + " MiB of " +
+                  std::to_string(total_b >> 20) + " MiB free): " + cudaGetErrorString(e));
 }
+
+DeviceBuffer::DeviceBuffer(size_t bytes) : ptr_(device_malloc(bytes)), bytes_(bytes) {}
 
 DeviceBuffer::~DeviceBuffer() {
   if (ptr_) cudaFree(ptr_);

@@ -53,6 +53,10 @@ DeviceInfo query_device(int id);
 // "GPU 0 (NAME) is sm_75; Kiln's CUDA backend needs sm_80 or newer".
 void require_compute_capability(const DeviceInfo& d, int major, int minor);
 
+// cudaMalloc of `bytes` on the current device (null for 0). Throws CudaError "out of GPU memory:
+// cannot allocate N bytes on GPU I (F MiB of T MiB free): <reason>" and leaves no error pending.
+void* device_malloc(size_t bytes);
+
 // Device memory; moves only.
 class DeviceBuffer {
  public:

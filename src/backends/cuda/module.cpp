@@ -183,18 +183,7 @@ class CudaDevice final : public gpu::Device {
 
   void* alloc(size_t bytes) override {
     bind();
-    void* p = nullptr;
-    if (bytes == 0) return nullptr;
-    const cudaError_t e = cudaMalloc(&p, bytes);
-    if (e != cudaSuccess) {
-      cudaGetLastError();
-      size_t free_b = 0, total = 0;
-      cudaMemGetInfo(&free_b, &total);
-      throw CudaError("out of GPU memory: asked for " + std::to_string(bytes >> 20) + " MiB, " +
-                      std::to_string(free_b >> 20) + " MiB of " + std::to_string(total >> 20) + " MiB free on GPU " +
-                      std::to_string(props_.id) + " (" + cudaGetErrorString(e) + ")");
-    }
-    return p;
+    return device_malloc(bytes);
   }
   void free(void* p) override {
     if (p) cudaFree(p);

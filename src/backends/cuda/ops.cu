@@ -90,21 +90,28 @@ __device__ __forceinline__ void move_elem(ElemType xt, const void* x, int64_t xi
   store_f(yt, y, yi, load_f(xt, x, xi));
 }
 
+// Element e (row-major over c.dims) of a strided copy: its offsets in x and in y. I is the index
+// type of e (32-bit whenever the element count allows).
+template <typename I>
+__device__ __forceinline__ void strided_offsets(const StridedCopy& c, I e, int64_t& xo, int64_t& yo) {
+  xo = yo = 0;
+  for (int d = c.rank - 1; d >= 0; --d) {
+    const I dim = static_cast<I>(c.dims[d]);
+    const I i = e % dim;
+    e /= dim;
+    xo += static_cast<int64_t>(i) * c.x_strides[d];
+    yo += static_cast<int64_t>(i) * c.y_strides[d];
+  }
+}
+
 template <typename I>
 __global__ void copy_strided_kernel(ElemType xt, const void* x, ElemType yt, void* y, StridedCopy copy, I n) {
   __shared__ StridedCopy c;  // see elementwise_kernel: no runtime-indexed kernel parameters
   if (threadIdx.x == 0) c = copy;
   __syncthreads();
   for (I e = blockIdx.x * static_cast<I>(blockDim.x) + threadIdx.x; e < n; e += static_cast<I>(gridDim.x) * blockDim.x) {
-    I rest = e;
-    int64_t xo = 0, yo = 0;
-    for (int d = c.rank - 1; d >= 0; --d) {
-      const I dim = static_cast<I>(c.dims[d]);
-      const I i = rest % dim;
-      rest /= dim;
-      xo += static_cast<int64_t>(i) * c.x_strides[d];
-      yo += static_cast<int64_t>(i) * c.y_strides[d];
-    }
+    int64_t xo, yo;
+    strided_offsets(c, e, xo, yo);
     move_elem(xt, x, xo, yt, y, yo);
   }
 }
@@ -146,15 +153,8 @@ __global__ void copy_units_kernel(const U* __restrict__ x, U* __restrict__ y, St
   if (threadIdx.x == 0) c = copy;
   __syncthreads();
   for (uint32_t e = blockIdx.x * blockDim.x + threadIdx.x; e < n; e += gridDim.x * blockDim.x) {
-    uint32_t rest = e;
-    int64_t xo = 0, yo = 0;
-    for (int d = c.rank - 1; d >= 0; --d) {
-      const uint32_t dim = static_cast<uint32_t>(c.dims[d]);
-      const uint32_t i = rest % dim;
-      rest /= dim;
-      xo += static_cast<int64_t>(i) * c.x_strides[d];
-      yo += static_cast<int64_t>(i) * c.y_strides[d];
-    }
+    int64_t xo, yo;
+    strided_offsets(c, e, xo, yo);
     y[yo] = x[xo];
   }
 }

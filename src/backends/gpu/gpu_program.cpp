@@ -335,6 +335,18 @@ class GpuProgramBuilder {
                         const std::vector<EwStep>& steps, const std::string& out, ElemType out_type,
                         const std::vector<int64_t>& out_dims);
   std::string unsupported_reason(const Node& n) const;
+  // Graph input or output `name` as the caller's buffer `index` (its ONNX dtype, plain layout);
+  // its description is appended to `descs`.
+  Val edge_value(const std::string& name, GpuProgram::Slot::Kind kind, size_t index, std::vector<TensorDesc>& descs) {
+    const TensorType* t = g().type_of(name);
+    descs.push_back(TensorDesc{name, t->dtype, dims_of(name)});
+    Val v;
+    v.type = edge_type(t->dtype);
+    v.dims = descs.back().shape;
+    v.slot.kind = kind;
+    v.slot.index = index;
+    return v;
+  }
   // True for an Add of two same-shaped float tensors whose only reader is a LayerNormalization over
   // the last axis (BERT's residual connections): the LayerNorm kernel adds them itself.
   bool fusable_into_layer_norm(const Node& n) {
@@ -994,34 +1006,16 @@ std::shared_ptr<const GpuProgram> GpuProgramBuilder::build() {
       for (const auto& in : g().nodes[i].inputs)
         if (!in.empty()) readers_[in].push_back(i);
   for (const auto& o : g().outputs) readers_[o].push_back(SIZE_MAX);
-  for (size_t i = 0; i < g().inputs.size(); ++i) {
-    const std::string& name = g().inputs[i];
-    const TensorType* t = g().type_of(name);
-    TensorDesc td{name, t->dtype, dims_of(name)};
-    p->inputs_.push_back(td);
-    Val v;
-    v.type = edge_type(t->dtype);
-    v.dims = td.shape;
-    v.slot.kind = GpuProgram::Slot::kInput;
-    v.slot.index = i;
-    // Kept in its own type: the first op that needs it converts it (with a layout change in the
-    // same copy, e.g. NCHW FP32 -> NHWC FP16 for a first convolution).
-    vals_[name] = v;
-  }
+  // Inputs are kept in their own type: the first op that needs one converts it (with a layout
+  // change in the same copy, e.g. NCHW FP32 -> NHWC FP16 for a first convolution).
+  for (size_t i = 0; i < g().inputs.size(); ++i)
+    vals_[g().inputs[i]] = edge_value(g().inputs[i], GpuProgram::Slot::kInput, i, p->inputs_);
   for (size_t i = 0; i < g().nodes.size(); ++i)
     if (!folded_.count(i)) add_node(g().nodes[i]);
   // Outputs: converted back to their declared dtype and plain layout, into the caller's buffers.
   for (size_t i = 0; i < g().outputs.size(); ++i) {
     const std::string& name = g().outputs[i];
-    const TensorType* t = g().type_of(name);
-    TensorDesc td{name, t->dtype, dims_of(name)};
-    p->outputs_.push_back(td);
-    Val v;
-    v.type = edge_type(t->dtype);
-    v.dims = td.shape;
-    v.slot.kind = GpuProgram::Slot::kOutput;
-    v.slot.index = i;
-    vals_[name + "#out"] = v;
+    vals_[name + "#out"] = edge_value(name, GpuProgram::Slot::kOutput, i, p->outputs_);
     emit_copy(name, name + "#out", "output " + name);
   }
   // Buffers, then weights.
