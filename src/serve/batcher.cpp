@@ -121,7 +121,7 @@ Batcher::Batcher(BatcherOptions options, InstanceFactory factory, std::shared_pt
   }
   for (int i = 0; i < o.instance_count; ++i) {
     instances_.push_back(factory(i));
-    if (!instances_.back()) bad("the instance factory returned no function for instance " + std::to_string(i));
+    if (!instances_.back().run) bad("the instance factory returned no function for instance " + std::to_string(i));
   }
   for (int i = 0; i < o.instance_count; ++i) workers_.emplace_back([this, i] { worker(i); });
 }
@@ -396,8 +396,12 @@ void Batcher::run_batch(int index, std::vector<Pending>& batch) {
   auto t0 = Steady::now();
   TensorMap inputs;
   TensorMap outputs;
+  const InstanceFns& instance = instances_[static_cast<size_t>(index)];
+  const bool gathers = instance.run_parts && batch.size() > 1;  // the instance assembles the batch
   try {
-    if (batch.size() == 1) {
+    if (gathers) {
+      // Assembled by the instance (its time counts as compute_infer).
+    } else if (batch.size() == 1) {
       inputs = batch[0].request.inputs;  // shares the buffers: no copy for a lone request
     } else {
       for (const auto& [name, t] : batch[0].request.inputs) {
@@ -412,7 +416,13 @@ void Batcher::run_batch(int index, std::vector<Pending>& batch) {
   }
   auto t1 = Steady::now();
   try {
-    outputs = instances_[static_cast<size_t>(index)](inputs);
+    if (gathers) {
+      std::vector<const TensorMap*> parts;
+      for (const Pending& p : batch) parts.push_back(&p.request.inputs);
+      outputs = instance.run_parts(parts, rows);
+    } else {
+      outputs = instance.run(inputs);
+    }
   } catch (const std::exception& e) {
     fail_all(RequestError::kExecution, "instance " + std::to_string(index) + " failed: " + e.what());
     return;

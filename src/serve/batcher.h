@@ -39,6 +39,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "ir/tensor.h"
@@ -86,8 +87,23 @@ struct InferRequest {
 
 // Runs one batch on one instance. Called from a single thread at a time per instance.
 using ExecuteFn = std::function<TensorMap(const TensorMap&)>;
-// Creates the execution function of instance `index` (0-based), e.g. around its own Context.
-using InstanceFactory = std::function<ExecuteFn(int index)>;
+// Runs one batch given as its requests' inputs, in batch order (each with its own rows), instead
+// of concatenated: for an instance that gathers the rows itself (a GPU instance copies each
+// request straight into its pinned staging buffers, saving the batcher's copy). Returns the whole
+// batch's outputs, like ExecuteFn.
+using ExecutePartsFn = std::function<TensorMap(const std::vector<const TensorMap*>& parts, int64_t rows)>;
+// One instance's functions: `run` always; `run_parts`, when set, for batches of several requests.
+struct InstanceFns {
+  ExecuteFn run;
+  ExecutePartsFn run_parts;
+  InstanceFns() = default;
+  InstanceFns(ExecuteFn r, ExecutePartsFn p) : run(std::move(r)), run_parts(std::move(p)) {}
+  template <class F, class = std::enable_if_t<std::is_constructible_v<ExecuteFn, F> &&
+                                              !std::is_same_v<std::decay_t<F>, InstanceFns>>>
+  InstanceFns(F&& f) : run(std::forward<F>(f)) {}  // NOLINT: any callable of ExecuteFn's signature
+};
+// Creates instance `index` (0-based), e.g. around its own Context.
+using InstanceFactory = std::function<InstanceFns(int index)>;
 
 // Time source for arrivals, queue delays and timeouts, in microseconds. A real clock lets idle
 // instances sleep until the next deadline; with any other clock they sleep until woken (enqueue,
@@ -188,7 +204,7 @@ class Batcher {
   BatcherOptions options_;
   std::shared_ptr<const Clock> clock_;
   int64_t cap_ = 0;  // most rows per batch
-  std::vector<ExecuteFn> instances_;
+  std::vector<InstanceFns> instances_;
   std::vector<std::thread> workers_;
   Stats stats_;
 

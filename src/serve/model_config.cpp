@@ -155,10 +155,17 @@ ModelConfig validate(const ConfigProto& p, const std::string& src, const std::st
     if (g.has_count() && g.count() < 1)
       fail(src, what + ": count " + std::to_string(g.count()) + " must be at least 1");
     out.count = g.has_count() ? g.count() : 1;
-    if (g.kind() == pb::ModelInstanceGroup::KIND_GPU)
-      fail(src, what + ": kind KIND_GPU is not available (Kiln serves on the CPU; use KIND_CPU or KIND_AUTO)");
-    out.kind = g.kind() == pb::ModelInstanceGroup::KIND_CPU ? InstanceKind::kCpu : InstanceKind::kAuto;
-    if (g.gpus_size() > 0) fail(src, what + ": gpus is set but Kiln serves on the CPU");
+    out.kind = g.kind() == pb::ModelInstanceGroup::KIND_GPU   ? InstanceKind::kGpu
+               : g.kind() == pb::ModelInstanceGroup::KIND_CPU ? InstanceKind::kCpu
+                                                              : InstanceKind::kAuto;
+    if (out.kind != InstanceKind::kGpu && g.gpus_size() > 0)
+      fail(src, what + ": gpus is set but the kind is not KIND_GPU");
+    std::set<int> gpus;
+    for (int d : g.gpus()) {
+      if (d < 0) fail(src, what + ": gpus lists " + std::to_string(d) + ", which is not a GPU index (0, 1, ...)");
+      if (!gpus.insert(d).second) fail(src, what + ": gpus lists GPU " + std::to_string(d) + " twice");
+      out.gpus.push_back(d);
+    }
     c.instance_groups.push_back(out);
   }
   if (c.instance_groups.empty()) c.instance_groups.push_back({c.name + "_0", 1, InstanceKind::kAuto, {}});
@@ -296,6 +303,13 @@ ModelConfig validate(const ConfigProto& p, const std::string& src, const std::st
           fail(src, what + ": needs 1 <= min <= opt <= max at dim " + std::to_string(i) + " (min " +
                         join_dims(out.min) + ", opt " + join_dims(out.opt) + ", max " + join_dims(out.max) + ")");
       c.kiln.build.input_ranges.push_back(out);
+    }
+    for (int size : b.gpu_batch_size()) {
+      if (c.max_batch_size <= 0) fail(src, "kiln.build: gpu_batch_size needs max_batch_size > 0");
+      if (size < 1 || size > c.max_batch_size)
+        fail(src, "kiln.build: gpu_batch_size " + std::to_string(size) + " is outside [1, max_batch_size " +
+                      std::to_string(c.max_batch_size) + "]");
+      c.kiln.build.gpu_batch_sizes.push_back(size);
     }
   }
   return c;

@@ -104,6 +104,7 @@ struct BuildOptions {
   int opt_level = 3;
   std::string timing_cache;  // relative to the model folder; "" = <version>/timing_cache.json
   std::vector<InputRange> input_ranges;
+  std::vector<int64_t> gpu_batch_sizes;  // KIND_GPU: compiled batch sizes; empty: automatic
 };
 struct KilnOptions {
   uint64_t memory_budget_bytes = 0;  // 0: no budget

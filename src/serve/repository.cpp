@@ -5,8 +5,10 @@
 #include <algorithm>
 #include <cctype>
 #include <system_error>
+#include <thread>
 
 #include "backends/cpu/timing_cache.h"
+#include "backends/gpu/loader.h"
 #include "engine/engine_file.h"
 #include "kiln/error.h"
 #include "onnx/onnx_import.h"
@@ -275,6 +277,86 @@ void ModelRepository::mark_failed(const std::string& name, int64_t version, cons
   load_state_[{name, version}] = reason.empty() ? "failed" : reason;
 }
 
+std::shared_ptr<EngineRuntime> ModelRepository::build_cpu(const std::string& name, int64_t version,
+                                                          const ModelEntry& m, const VersionEntry& v,
+                                                          ModelConfig& c, Model model, int threads,
+                                                          LoadedModel& loaded) const {
+  BuildConfig cfg;
+  cfg.opt_level = c.kiln.build.opt_level;
+  cfg.profiles = build_profiles(c, model);
+  cfg.threads = threads;
+  cfg.time_tactics = options_.time_tactics;
+  cfg.precision.bf16 = c.kiln.build.precision == "bf16";
+  cfg.precision.fp16 = c.kiln.build.precision == "fp16";
+  fs::path cache_path = !c.kiln.build.timing_cache.empty() ? m.dir / c.kiln.build.timing_cache
+                        : !options_.cache_dir.empty()
+                            ? options_.cache_dir / name / std::to_string(version) / "timing_cache.json"
+                            : v.dir / "timing_cache.json";
+  cpu::TimingCache cache;
+  cache.load(cache_path);  // a cache for another machine is ignored and rewritten
+  cfg.timing_cache = &cache;
+  BuildResult r = build_engine(std::move(model), cfg);
+  check_against_model(c, r.model, &r.info);
+  std::error_code ec;
+  fs::create_directories(cache_path.parent_path(), ec);
+  cache.save(cache_path);
+  loaded.timing_cache = cache_path.string();
+  loaded.built = true;
+  const cpu::ShapeMap opt = opt_shapes(r.model, cfg.profiles.empty() ? nullptr : &cfg.profiles[0]);
+  auto runtime = std::make_shared<EngineRuntime>(std::move(r.model), std::move(r.info), threads);
+  runtime->add_program(opt, r.program);
+  return runtime;
+}
+
+void ModelRepository::build_gpu(const std::string& name, int64_t version, const Model& model,
+                                const std::map<int, int>& per_gpu, LoadedModel& loaded) const {
+  const ModelConfig& c = loaded.config;
+  const std::string what = "model \"" + name + "\" version " + std::to_string(version);
+  // One build per GPU, in parallel: each times its own tactics on its own device.
+  std::vector<int> gpus;
+  for (const auto& [gpu, n] : per_gpu) gpus.push_back(gpu);
+  std::vector<std::shared_ptr<GpuModel>> built(gpus.size());
+  std::vector<std::exception_ptr> errors(gpus.size());
+  {
+    std::vector<std::thread> workers;
+    for (size_t i = 0; i < gpus.size(); ++i)
+      workers.emplace_back([&, i] {
+        try {
+          built[i] = std::make_shared<GpuModel>(model, c, gpus[i]);
+        } catch (...) {
+          errors[i] = std::current_exception();
+        }
+      });
+    for (auto& w : workers) w.join();
+  }
+  for (auto& e : errors)
+    if (e) std::rethrow_exception(e);
+  loaded.built = true;
+  for (size_t i = 0; i < gpus.size(); ++i) {
+    const GpuModel& g = *built[i];
+    const uint64_t n = static_cast<uint64_t>(per_gpu.at(gpus[i]));
+    const uint64_t need = g.instance_bytes() * n;
+    const uint64_t total = g.weight_bytes() + need;
+    const std::string where = what + " on GPU " + std::to_string(gpus[i]);
+    const std::string sizes = "weights " + mib(g.weight_bytes()) + " + " + std::to_string(n) + " instance(s) x " +
+                              mib(g.instance_bytes()) + " (activations, workspace and I/O of " +
+                              std::to_string(g.batch_sizes().size()) + " batch sizes)";
+    const uint64_t budget = c.kiln.memory_budget_bytes;
+    if (budget > 0 && total > budget)
+      throw Error(ErrorCode::kInvalidArgument, where + " needs " + mib(total) + " (" + sizes +
+                                                   "), over its memory_budget_bytes " + std::to_string(budget) + " (" +
+                                                   mib(budget) + "); raise the budget, use fewer instances or fewer "
+                                                   "kiln.build.gpu_batch_size (see docs/serving.md#memory-budget)");
+    const uint64_t free = g.device().free_memory();
+    if (need > free)
+      throw Error(ErrorCode::kInvalidArgument, where + " needs " + mib(total) + " (" + sizes + ") but only " +
+                                                     mib(free) + " are free for the instances after the weights;"
+                                                     " use fewer instances or smaller batch sizes");
+    loaded.gpu_memory_bytes[gpus[i]] = total;
+    loaded.gpu_models[gpus[i]] = built[i];
+  }
+}
+
 std::shared_ptr<LoadedModel> ModelRepository::load_model_version(const std::string& name, int64_t version) {
   const ModelEntry& m = model(name);
   if (!m.error.empty()) throw Error(ErrorCode::kInvalidArgument, "model \"" + name + "\" is unavailable: " + m.error);
@@ -301,7 +383,26 @@ std::shared_ptr<LoadedModel> ModelRepository::load_model_version(const std::stri
     ModelConfig& c = loaded->config;
     const int threads = c.kiln.threads_per_instance > 0 ? c.kiln.threads_per_instance : options_.threads;
 
+    // Where the instances go; the GPU module is only looked for when a group asks for a GPU.
+    const bool wants_gpu = std::any_of(c.instance_groups.begin(), c.instance_groups.end(),
+                                       [](const InstanceGroup& g) { return g.kind == InstanceKind::kGpu; });
+    std::string why_no_gpu;
+    const int gpu_count = wants_gpu ? gpu::device_count(&why_no_gpu) : 0;
+    loaded->placements = place_instances(c, gpu_count, why_no_gpu);
+    std::map<int, int> per_gpu;  // GPU -> instances on it
+    uint64_t cpu_instances = 0;
+    for (const InstancePlacement& p : loaded->placements) {
+      if (p.gpu < 0) ++cpu_instances;
+      else ++per_gpu[p.gpu];
+    }
+    if (!per_gpu.empty() && v->format == ModelFormat::kEngine)
+      throw Error(ErrorCode::kInvalidArgument,
+                  "model "" + name + "" version " + std::to_string(version) +
+                      ": KIND_GPU instances are built from model.onnx, but this version holds an engine (" +
+                      v->model_file.filename().string() + "), which runs on the CPU");
+
     std::shared_ptr<EngineRuntime> runtime;
+    std::optional<Model> onnx;  // for the GPU builds
     if (v->format == ModelFormat::kEngine) {
       LoadedEngine e = load_engine(v->model_file);
       check_against_model(c, e.model, &e.info);
@@ -309,43 +410,24 @@ std::shared_ptr<LoadedModel> ModelRepository::load_model_version(const std::stri
     } else {
       Model model = load_onnx(v->model_file);
       check_against_model(c, model, nullptr);  // completes the config, checks the batch dims
-      BuildConfig cfg;
-      cfg.opt_level = c.kiln.build.opt_level;
-      cfg.profiles = build_profiles(c, model);
-      cfg.threads = threads;
-      cfg.time_tactics = options_.time_tactics;
-      cfg.precision.bf16 = c.kiln.build.precision == "bf16";
-      cfg.precision.fp16 = c.kiln.build.precision == "fp16";
-      fs::path cache_path = !c.kiln.build.timing_cache.empty() ? m.dir / c.kiln.build.timing_cache
-                            : !options_.cache_dir.empty()
-                                ? options_.cache_dir / name / std::to_string(version) / "timing_cache.json"
-                                : v->dir / "timing_cache.json";
-      cpu::TimingCache cache;
-      cache.load(cache_path);  // a cache for another machine is ignored and rewritten
-      cfg.timing_cache = &cache;
-      BuildResult r = build_engine(std::move(model), cfg);
-      check_against_model(c, r.model, &r.info);
-      std::error_code ec;
-      fs::create_directories(cache_path.parent_path(), ec);
-      cache.save(cache_path);
-      loaded->timing_cache = cache_path.string();
-      loaded->built = true;
-      const cpu::ShapeMap opt = opt_shapes(r.model, cfg.profiles.empty() ? nullptr : &cfg.profiles[0]);
-      runtime = std::make_shared<EngineRuntime>(std::move(r.model), std::move(r.info), threads);
-      runtime->add_program(opt, r.program);
+      loaded->weight_bytes = weight_bytes(model);
+      if (!per_gpu.empty()) onnx = model;
+      if (cpu_instances > 0) runtime = build_cpu(name, version, m, *v, c, std::move(model), threads, *loaded);
     }
-    loaded->weight_bytes = weight_bytes(runtime->model());
-    loaded->activation_bytes = runtime->info().memory_peak;
-    const uint64_t instances = static_cast<uint64_t>(c.instance_count());
-    loaded->memory_bytes = loaded->weight_bytes + loaded->activation_bytes * instances;
+    if (runtime) {
+      loaded->weight_bytes = weight_bytes(runtime->model());
+      loaded->activation_bytes = runtime->info().memory_peak;
+      loaded->memory_bytes = loaded->weight_bytes + loaded->activation_bytes * cpu_instances;
+    }
     const uint64_t budget = c.kiln.memory_budget_bytes;
-    if (budget > 0 && loaded->memory_bytes > budget)
+    if (budget > 0 && runtime && loaded->memory_bytes > budget)
       throw Error(ErrorCode::kInvalidArgument,
                   "model \"" + name + "\" version " + std::to_string(version) + " needs " + mib(loaded->memory_bytes) +
                       " (weights " + mib(loaded->weight_bytes) + " + activations " + mib(loaded->activation_bytes) +
-                      " x " + std::to_string(instances) + " instances), over its memory_budget_bytes " +
+                      " x " + std::to_string(cpu_instances) + " instances), over its memory_budget_bytes " +
                       std::to_string(budget) + " (" + mib(budget) +
                       "); raise the budget or use fewer instances (see docs/serving.md#memory-budget)");
+    if (onnx) build_gpu(name, version, *onnx, per_gpu, *loaded);
     loaded->engine = std::move(runtime);
     record("");
     return loaded;

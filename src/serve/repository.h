@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "runtime/runtime.h"
+#include "serve/gpu_instances.h"
 #include "serve/model_config.h"
 
 namespace kiln::serve {
@@ -62,10 +63,13 @@ struct LoadedModel {
   int64_t version = 0;
   std::filesystem::path model_file;
   bool built = false;  // true when built from model.onnx at load
-  std::shared_ptr<const EngineRuntime> engine;
+  std::shared_ptr<const EngineRuntime> engine;  // null when every instance is on a GPU
+  std::vector<InstancePlacement> placements;    // one per instance
+  std::map<int, std::shared_ptr<GpuModel>> gpu_models;  // by GPU index, for KIND_GPU instances
+  std::map<int, uint64_t> gpu_memory_bytes;     // by GPU: weights + every instance there
   uint64_t weight_bytes = 0;      // initializers
   uint64_t activation_bytes = 0;  // one instance's arena at the build's opt shapes
-  uint64_t memory_bytes = 0;      // weight_bytes + activation_bytes per instance: what the budget limits
+  uint64_t memory_bytes = 0;      // CPU: weight_bytes + activation_bytes per CPU instance: what the budget limits
   std::string timing_cache;       // the cache file a build used ("" for engines)
 };
 
@@ -105,6 +109,13 @@ class ModelRepository {
   void mark_failed(const std::string& name, int64_t version, const std::string& reason);
 
  private:
+  std::shared_ptr<EngineRuntime> build_cpu(const std::string& name, int64_t version, const ModelEntry& m,
+                                           const VersionEntry& v, ModelConfig& c, Model model, int threads,
+                                           LoadedModel& loaded) const;
+  // Builds a GpuModel per GPU and checks each GPU's memory (free memory and the budget).
+  void build_gpu(const std::string& name, int64_t version, const Model& model, const std::map<int, int>& per_gpu,
+                 LoadedModel& loaded) const;
+
   std::filesystem::path root_;  // canonical
   RepositoryOptions options_;
   std::vector<ModelEntry> models_;

@@ -115,6 +115,11 @@ void on_own_thread(F&& f) {
   if (error) std::rethrow_exception(error);
 }
 
+int64_t now_us_steady() {
+  return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
 uint64_t now_ms() {
   return static_cast<uint64_t>(
       std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
@@ -318,7 +323,8 @@ std::string InferenceServer::model_config_json(const std::string& model, const s
     groups.push_back({{"name", g.name},
                       {"count", g.count},
                       {"kind", g.kind == InstanceKind::kGpu ? "KIND_GPU" : g.kind == InstanceKind::kCpu ? "KIND_CPU"
-                                                                                                       : "KIND_AUTO"}});
+                                                                                                       : "KIND_AUTO"},
+                      {"gpus", g.gpus}});
   j["instance_group"] = groups;
   if (c.dynamic_batching) {
     const DynamicBatching& d = *c.dynamic_batching;
@@ -331,6 +337,16 @@ std::string InferenceServer::model_config_json(const std::string& model, const s
   j["kiln"] = {{"memory_budget_bytes", c.kiln.memory_budget_bytes},
                {"threads_per_instance", c.kiln.threads_per_instance},
                {"memory_bytes", served->loaded->memory_bytes}};
+  if (!served->loaded->gpu_models.empty()) {
+    json gpus = json::object();
+    for (const auto& [gpu, g] : served->loaded->gpu_models)
+      gpus[std::to_string(gpu)] = {{"memory_bytes", served->loaded->gpu_memory_bytes.at(gpu)},
+                                   {"weight_bytes", g->weight_bytes()},
+                                   {"instance_bytes", g->instance_bytes()},
+                                   {"batch_sizes", g->batch_sizes()},
+                                   {"precision", c.kiln.build.precision}};
+    j["kiln"]["gpus"] = gpus;
+  }
   return j.dump();
 }
 
@@ -442,7 +458,8 @@ void InferenceServer::infer(InferenceRequest request, InferCallback done) {
   for (const TensorConfig& t : c.inputs)
     if (!r.inputs.count(t.name)) return reject("input " + dq(t.name) + " is missing");
   try {
-    served->loaded->engine->check_shapes(shapes);
+    if (served->loaded->engine) served->loaded->engine->check_shapes(shapes);
+    for (const auto& [gpu, g] : served->loaded->gpu_models) g->check_shapes(shapes);
   } catch (const Error& e) {
     return reject(e.what());
   }
@@ -494,9 +511,9 @@ InferenceOutcome InferenceServer::infer_sync(InferenceRequest request) {
 }
 
 namespace {
-// Runs the config's warmup samples on one instance's context, so its programs are compiled and its
-// arena is sized before it serves.
-void warm_up(const LoadedModel& loaded, Context& context, const std::string& name) {
+// Runs the config's warmup samples on one instance, so its programs are compiled and its arena is
+// sized before it serves.
+void warm_up(const LoadedModel& loaded, const ExecuteFn& run, const std::string& name) {
   const ModelConfig& c = loaded.config;
   const fs::path model_dir = loaded.model_file.parent_path().parent_path();
   for (const Warmup& w : c.warmups) {
@@ -509,7 +526,7 @@ void warm_up(const LoadedModel& loaded, Context& context, const std::string& nam
       inputs[input] = warmup_tensor(spec, shape, model_dir, what);
     }
     try {
-      for (uint32_t i = 0; i < std::max<uint32_t>(1, w.count); ++i) context.run(inputs);
+      for (uint32_t i = 0; i < std::max<uint32_t>(1, w.count); ++i) run(inputs);
     } catch (const Error& e) {
       throw Error(e.code(), what + " failed: " + e.what());
     }
@@ -524,13 +541,9 @@ std::shared_ptr<InferenceServer::Served> InferenceServer::load_version(const std
   served->loaded = repository_->load_model_version(model, version);
   const LoadedModel& loaded = *served->loaded;
   const ModelConfig& c = loaded.config;
-  for (const InstanceGroup& g : c.instance_groups)
-    if (g.kind == InstanceKind::kGpu)
-      throw Error(ErrorCode::kUnsupported, "model " + dq(model) + ": instance group " + dq(g.name) +
-                                               " asks for KIND_GPU; this server runs models on the CPU");
   BatcherOptions o;
   o.max_batch_size = c.max_batch_size;
-  o.instance_count = c.instance_count();
+  o.instance_count = static_cast<int>(loaded.placements.size());
   if (c.dynamic_batching) {
     const DynamicBatching& d = *c.dynamic_batching;
     o.preferred_batch_sizes.assign(d.preferred_batch_size.begin(), d.preferred_batch_size.end());
@@ -543,16 +556,23 @@ std::shared_ptr<InferenceServer::Served> InferenceServer::load_version(const std
   }
   // Without dynamic_batching a request runs as it came (no merging), as in Triton.
   o.merge = c.dynamic_batching.has_value();
-  auto engine = loaded.engine;
   auto shared = served->loaded;
-  // Each instance owns a context, warmed up here (on the loading thread, before it serves).
+  // Each instance owns a context (CPU) or a set of contexts on its GPU, warmed up here (on the
+  // loading thread, before it serves).
   try {
     served->batcher = std::make_unique<Batcher>(
         o,
-        [engine, shared, model](int) -> ExecuteFn {
-          auto ctx = std::make_shared<Context>(engine);
-          warm_up(*shared, *ctx, model);
-          return [ctx](const TensorMap& in) { return ctx->run(in); };
+        [shared, model](int index) -> InstanceFns {
+          const InstancePlacement& where = shared->placements.at(static_cast<size_t>(index));
+          InstanceFns fns;
+          if (where.gpu >= 0) {
+            fns = shared->gpu_models.at(where.gpu)->make_instance();
+          } else {
+            auto ctx = std::make_shared<Context>(shared->engine);
+            fns.run = [ctx](const TensorMap& in) { return ctx->run(in); };
+          }
+          warm_up(*shared, fns.run, model);
+          return fns;
         },
         nullptr);
   } catch (const std::exception& e) {
@@ -710,7 +730,70 @@ std::string InferenceServer::metrics_text() const {
   out << "# HELP nv_cpu_memory_used_bytes CPU memory in use by the server process (resident)\n"
          "# TYPE nv_cpu_memory_used_bytes gauge\nnv_cpu_memory_used_bytes "
       << resident_bytes() << "\n";
+  gpu_metrics(out, rows);
   return out.str();
+}
+
+// Per GPU: the device's memory, Kiln's compute utilisation, and per model version on it the
+// executions, rows, padding, compute time and memory held.
+void InferenceServer::gpu_metrics(std::ostream& out,
+                                  const std::vector<std::pair<std::shared_ptr<Served>, ModelVersionStats>>& rows) const {
+  struct On {
+    const Served* served;
+    int gpu;
+    const GpuModel* model;
+    GpuModelStats stats;
+  };
+  std::vector<On> on;
+  std::map<int, gpu::Device*> devices;
+  std::map<int, uint64_t> compute_us;
+  for (const auto& [s, st] : rows)
+    for (const auto& [gpu, g] : s->loaded->gpu_models) {
+      on.push_back({s.get(), gpu, g.get(), g->stats()});
+      devices[gpu] = &g->device();
+      compute_us[gpu] += on.back().stats.compute_us;
+    }
+  if (on.empty()) return;
+  auto labels = [](const On& o) {
+    return "model=\"" + o.served->name + "\",version=\"" + std::to_string(o.served->version) + "\",gpu=\"" +
+           std::to_string(o.gpu) + "\"";
+  };
+  auto family = [&](const char* name, const char* type, const char* help, auto value) {
+    out << "# HELP " << name << " " << help << "\n# TYPE " << name << " " << type << "\n";
+    for (const On& o : on) out << name << "{" << labels(o) << "} " << value(o) << "\n";
+  };
+  family("kiln_gpu_execution_count", "counter", "Batches run on this GPU", [](const On& o) { return o.stats.executions; });
+  family("kiln_gpu_inference_count", "counter", "Request rows run on this GPU", [](const On& o) { return o.stats.rows; });
+  family("kiln_gpu_padded_row_count", "counter", "Zero rows added to reach a compiled batch size",
+         [](const On& o) { return o.stats.padded_rows; });
+  family("kiln_gpu_compute_duration_us", "counter", "Cumulative GPU compute time in microseconds (CUDA events)",
+         [](const On& o) { return o.stats.compute_us; });
+  family("kiln_gpu_model_memory_bytes", "gauge", "GPU memory the model version holds here: weights plus its instances",
+         [](const On& o) { return o.served->loaded->gpu_memory_bytes.at(o.gpu); });
+  auto device_family = [&](const char* name, const char* help, auto value) {
+    out << "# HELP " << name << " " << help << "\n# TYPE " << name << " gauge\n";
+    for (const auto& [gpu, d] : devices) out << name << "{gpu=\"" << gpu << "\"} " << value(gpu, *d) << "\n";
+  };
+  device_family("nv_gpu_memory_total_bytes", "GPU memory, total",
+                [](int, gpu::Device& d) { return static_cast<uint64_t>(d.props().total_memory); });
+  device_family("nv_gpu_memory_used_bytes", "GPU memory in use (all processes)", [](int, gpu::Device& d) {
+    return static_cast<uint64_t>(d.props().total_memory - std::min(d.props().total_memory, d.free_memory()));
+  });
+  // Utilisation: the share of wall time since the previous scrape that Kiln's kernels ran on the
+  // GPU (summed compute time of every instance, capped at 1), like NVML's "kernel active" ratio.
+  std::lock_guard lock(gpu_scrape_mu_);
+  const int64_t now = now_us_steady();
+  device_family("nv_gpu_utilization", "GPU utilization rate by Kiln's kernels since the last scrape (0.0 - 1.0)",
+                [&](int gpu, gpu::Device&) {
+                  auto& [t, busy] = gpu_scrape_[gpu];
+                  const double dt = t > 0 ? static_cast<double>(now - t) : 0.0;
+                  const double ratio =
+                      dt > 0 ? std::min(1.0, static_cast<double>(compute_us[gpu] - std::min(busy, compute_us[gpu])) / dt)
+                             : 0.0;
+                  t = now;
+                  busy = compute_us[gpu];
+                  return ratio;
+                });
 }
 
 void InferenceServer::shutdown(bool drain) {

@@ -11,6 +11,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <ostream>
 #include <set>
 #include <stdexcept>
 #include <string>
@@ -201,6 +202,8 @@ class InferenceServer {
   static ModelVersionStats stats_of(const Served& s);
   std::shared_ptr<Served> load_version(const std::string& model, int64_t version);
   void load_model_locked(const std::string& model);
+  void gpu_metrics(std::ostream& out,
+                   const std::vector<std::pair<std::shared_ptr<Served>, ModelVersionStats>>& rows) const;
 
   ServerOptions options_;
   std::unique_ptr<ModelRepository> repository_;
@@ -212,6 +215,8 @@ class InferenceServer {
   std::atomic<bool> started_{false};
   std::atomic<bool> stopping_{false};
   std::atomic<bool> stopped_{false};
+  mutable std::mutex gpu_scrape_mu_;
+  mutable std::map<int, std::pair<int64_t, uint64_t>> gpu_scrape_;  // GPU -> (last scrape us, compute us then)
 };
 
 }  // namespace kiln::serve

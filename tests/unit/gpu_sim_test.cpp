@@ -100,6 +100,85 @@ TEST_F(SimDevices, OutOfMemoryInAContextLeavesNothingAllocated) {
 
 // Two simulated GPUs: a program per device, each with its own copy of the weights and its own
 // contexts, running side by side with the same results.
+TEST_F(SimDevices, ProgramsCompiledWithOnePoolShareTheirWeights) {
+  install(1);
+  Builder b4 = small_model();
+  Builder b2 = b4;  // the same weights, another batch size
+  b2.m.graph.types["x"] = TensorType{DType::kF32, Shape{Dim(2), Dim(8)}};
+  auto pool = std::make_shared<gpu::WeightPool>(devices_[0]);
+  gpu::CompileOptions o;
+  o.weights = pool;
+  auto p4 = gpu::build_gpu_program(b4.m, {{"x", {4, 8}}}, 0, o, 3).program;
+  const size_t after_one = devices_[0]->used_memory();
+  const size_t pooled = pool->bytes();
+  EXPECT_EQ(pooled, p4->weight_bytes());
+  auto p2 = gpu::build_gpu_program(b2.m, {{"x", {2, 8}}}, 0, o, 3).program;
+  // The second program of another batch size found every weight in the pool: nothing new uploaded.
+  EXPECT_EQ(pool->bytes(), pooled);
+  EXPECT_EQ(devices_[0]->used_memory(), after_one);
+  EXPECT_EQ(p2->weight_bytes(), p4->weight_bytes());
+  // Both still compute their own results.
+  const Tensor x2 = b2.random({2, 8});
+  EXPECT_LT(rel_error(gpu::GpuContext(p2).run({{"x", x2}}).at("y"), reference::Executor(b2.m).run({{"x", x2}}).at("y")),
+            2e-2);
+  // A weight of equal name but other values is not taken from the pool.
+  Builder other = small_model();
+  other.m.graph.initializers["w"] = other.random({8, 16});
+  auto p_other = gpu::build_gpu_program(other.m, {{"x", {4, 8}}}, 0, o, 3).program;
+  EXPECT_GT(pool->bytes(), pooled);
+  const Tensor x4 = other.random({4, 8});
+  EXPECT_LT(rel_error(gpu::GpuContext(p_other).run({{"x", x4}}).at("y"),
+                      reference::Executor(other.m).run({{"x", x4}}).at("y")),
+            2e-2);
+  // The pool lives as long as a program uses it.
+  pool.reset();
+  o.weights.reset();
+  p4.reset();
+  p2.reset();
+  EXPECT_GT(devices_[0]->used_memory(), 0u);
+  p_other.reset();
+  EXPECT_EQ(devices_[0]->used_memory(), 0u);
+  // A pool of another device is refused.
+  install(1);
+  gpu::CompileOptions wrong;
+  wrong.weights = std::make_shared<gpu::WeightPool>(devices_[0]);
+  EXPECT_THROW(gpu::build_gpu_program(b4.m, {{"x", {4, 8}}}, 0, wrong, 3), Error);
+}
+
+TEST_F(SimDevices, RunRowsPadsWithZerosAndCutsTheOutputs) {
+  install(1);
+  Builder b = small_model();
+  auto built = gpu::build_gpu_program(b.m, {{"x", {4, 8}}}, 0, {}, 3);
+  gpu::GpuContext ctx(built.program);
+  for (int64_t rows = 1; rows <= 4; ++rows) {
+    const Tensor x = b.random({rows, 8});
+    // The reference of the same rows padded with zero rows to the program's 4, cut back to `rows`.
+    Tensor padded(DType::kF32, {4, 8});
+    std::fill_n(padded.mutable_data<float>(), 32, 0.f);
+    std::copy_n(x.data<float>(), rows * 8, padded.mutable_data<float>());
+    const Tensor full = reference::Executor(b.m).run({{"x", padded}}).at("y");
+    const Tensor got = ctx.run_rows({{"x", x}}, rows).at("y");
+    ASSERT_EQ(got.shape(), (std::vector<int64_t>{rows, 16}));
+    for (int64_t i = 0; i < rows * 16; ++i) EXPECT_NEAR(got.data<float>()[i], full.data<float>()[i], 1e-2) << i;
+  }
+  // The same batch in parts (one per request), copied in order.
+  const Tensor a = b.random({1, 8}), c = b.random({2, 8});
+  Tensor padded(DType::kF32, {4, 8});
+  std::fill_n(padded.mutable_data<float>(), 32, 0.f);
+  std::copy_n(a.data<float>(), 8, padded.mutable_data<float>());
+  std::copy_n(c.data<float>(), 16, padded.mutable_data<float>() + 8);
+  const Tensor full = reference::Executor(b.m).run({{"x", padded}}).at("y");
+  const reference::TensorMap pa{{"x", a}}, pc{{"x", c}};
+  const Tensor got = ctx.run_parts({&pa, &pc}, 3).at("y");
+  ASSERT_EQ(got.shape(), (std::vector<int64_t>{3, 16}));
+  for (int64_t i = 0; i < 3 * 16; ++i) EXPECT_NEAR(got.data<float>()[i], full.data<float>()[i], 1e-2) << i;
+  EXPECT_THROW(ctx.run_parts({&pa, &pc}, 4), Error);  // the parts hold 3 rows, not 4
+  EXPECT_THROW(ctx.run_parts({&pc, &pc, &pc}, 4), Error);  // 6 rows do not fit 4
+  EXPECT_THROW(ctx.run_parts({}, 2), Error);
+  EXPECT_THROW(ctx.run_rows({{"x", b.random({5, 8})}}, 5), Error);
+  EXPECT_THROW(ctx.run_rows({{"x", b.random({2, 8})}}, 3), Error);  // rows and the input disagree
+}
+
 TEST_F(SimDevices, ProgramsOnTwoDevices) {
   install(2);
   EXPECT_EQ(gpu::device_count(), 2);

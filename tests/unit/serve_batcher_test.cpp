@@ -511,6 +511,53 @@ TEST(ServeBatcher, ExecutionErrorFailsOnlyThatBatch) {
   EXPECT_EQ(s.in_flight, 0);
 }
 
+TEST(ServeBatcher, AnInstanceThatGathersGetsTheRequestsAsParts) {
+  // run_parts sees several requests' inputs in batch order; run sees a lone request.
+  FakeModel model;
+  std::mutex mu;
+  std::vector<std::vector<int64_t>> parts_seen;  // rows of each part, per gathered batch
+  int lone = 0;
+  InstanceFactory f = [&](int) {
+    ExecutePartsFn parts = [&](const std::vector<const TensorMap*>& ps, int64_t rows) {
+      std::vector<const Tensor*> xs;
+      std::vector<int64_t> sizes;
+      for (const TensorMap* p : ps) {
+        xs.push_back(&p->at("x"));
+        sizes.push_back(p->at("x").dim(0));
+      }
+      Tensor x = concat_rows(xs);
+      EXPECT_EQ(x.dim(0), rows);
+      {
+        std::lock_guard lk(mu);
+        parts_seen.push_back(sizes);
+      }
+      return model.run({{"x", x}});
+    };
+    ExecuteFn run = [&](const TensorMap& in) {
+      std::lock_guard lk(mu);
+      ++lone;
+      return model.run(in);
+    };
+    return InstanceFns(run, parts);
+  };
+  BatcherOptions o;
+  o.max_batch_size = 8;
+  Batcher b(o, f);
+  b.pause();
+  const Tensor x1 = rows_tensor(1, 2, 1.f), x2 = rows_tensor(3, 2, 5.f), x3 = rows_tensor(2, 2, 9.f);
+  auto f1 = b.submit({{"x", x1}}), f2 = b.submit({{"x", x2}}), f3 = b.submit({{"x", x3}});
+  b.resume();
+  expect_fake_outputs(get(f1), x1);
+  expect_fake_outputs(get(f2), x2);
+  expect_fake_outputs(get(f3), x3);
+  auto f4 = b.submit({{"x", x1}});
+  expect_fake_outputs(get(f4), x1);
+  std::lock_guard lk(mu);
+  ASSERT_EQ(parts_seen.size(), 1u);
+  EXPECT_EQ(parts_seen[0], (std::vector<int64_t>{1, 3, 2}));
+  EXPECT_EQ(lone, 1);
+}
+
 TEST(ServeBatcher, OutputWithoutTheBatchRowsIsAnExecutionError) {
   InstanceFactory f = [](int) {
     return [](const TensorMap&) { return TensorMap{{"y", Tensor(DType::kF32, {1, 2})}}; };

@@ -279,7 +279,7 @@ TEST(ServeConfig, ValidationErrorsNameTheField) {
       {"output { name: \"y\" data_type: TYPE_FP32 dims: [-2] }", {"output \"y\"", "dims [-2]"}},
       {"instance_group { count: 0 }", {"instance_group \"m_0\"", "count 0 must be at least 1"}},
       {"instance_group { name: \"g\" count: -2 }", {"instance_group \"g\"", "count -2"}},
-      {"instance_group { kind: KIND_GPU gpus: [0] }", {"KIND_GPU"}},
+      {"instance_group { kind: KIND_GPU gpus: [0, 0] }", {"instance_group \"m_0\"", "gpus lists GPU 0 twice"}},
       {"instance_group { kind: KIND_CPU gpus: [0] }", {"gpus is set"}},
       {"dynamic_batching { }", {"dynamic_batching needs max_batch_size > 0"}},
       {"max_batch_size: 4 dynamic_batching { preferred_batch_size: [2, 8] }",

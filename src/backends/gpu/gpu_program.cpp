@@ -87,6 +87,24 @@ double host_value(const Tensor& t, int64_t i) {
   }
 }
 
+// A 64-bit hash of a tensor's bytes (FNV-1a over 8-byte words, then the tail, then a final mix).
+uint64_t content_hash(const Tensor& t) {
+  const auto* p = static_cast<const uint8_t*>(t.raw());
+  const size_t n = t.nbytes();
+  uint64_t h = 1469598103934665603ull ^ n;
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    uint64_t w;
+    std::memcpy(&w, p + i, 8);
+    h = (h ^ w) * 1099511628211ull;
+  }
+  for (; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
+  h ^= h >> 33;
+  h *= 0xff51afd7ed558ccdull;
+  h ^= h >> 33;
+  return h;
+}
+
 // Appends element value v as type t.
 void put_value(std::vector<uint8_t>& out, ElemType t, double v, int64_t exact_int = 0, bool use_int = false) {
   uint8_t b[8];
@@ -164,6 +182,9 @@ class GpuProgramBuilder {
  public:
   GpuProgramBuilder(std::shared_ptr<Device> dev, const Model& model, const ShapeMap& shapes, const CompileOptions& opt)
       : dev_(std::move(dev)), src_(model), shapes_(shapes), opt_(opt) {
+    pool_ = opt.weights ? opt.weights : std::make_shared<WeightPool>(dev_);
+    if (&pool_->device() != dev_.get())
+      throw Error(ErrorCode::kInvalidArgument, "the weight pool belongs to another GPU than the one compiled for");
     compute_ = opt.precision == Precision::kFP32 ? ElemType::kF32
                : opt.precision == Precision::kFP16 ? ElemType::kF16 : ElemType::kBF16;
   }
@@ -237,25 +258,33 @@ class GpuProgramBuilder {
     return it->second;
   }
   // Uploads a constant converted to `type`, optionally reordered: element i of the result is
-  // source element order[i]. Returns its offset in the weights; cached by (name, type, variant).
+  // source element order[i]. Returns its index among the program's weights; cached by (name, type,
+  // variant) here and by content in the weight pool.
   size_t weight(const std::string& name, ElemType type, const std::vector<int64_t>& order, const std::string& variant = "",
                 double scale = 1.0) {
     const auto key = name + "|" + std::to_string(static_cast<int>(type)) + "|" + variant;
-    if (auto it = weight_offsets_.find(key); it != weight_offsets_.end()) return it->second;
+    if (auto it = weight_index_.find(key); it != weight_index_.end()) return it->second;
     const Tensor& t = g().initializers.at(name);
-    const bool ints = t.dtype() == DType::kI64 || t.dtype() == DType::kI32;
-    weights_.resize((weights_.size() + 255) / 256 * 256);
-    const size_t off = weights_.size();
-    const int64_t n = order.empty() ? t.numel() : static_cast<int64_t>(order.size());
-    weights_.reserve(weights_.size() + static_cast<size_t>(n) * elem_bytes(type));
-    for (int64_t i = 0; i < n; ++i) {
-      const int64_t src = order.empty() ? i : order[static_cast<size_t>(i)];
-      int64_t exact = 0;
-      if (ints) exact = t.dtype() == DType::kI64 ? t.data<int64_t>()[src] : t.data<int32_t>()[src];
-      put_value(weights_, type, host_value(t, src) * scale, exact, ints && scale == 1.0);
-    }
-    weight_offsets_[key] = off;
-    return off;
+    std::ostringstream pool_key;
+    pool_key << content_hash(t) << "|" << static_cast<int>(t.dtype());
+    for (int64_t d : t.shape()) pool_key << "," << d;
+    pool_key << "|" << static_cast<int>(type) << "|" << variant << "|" << scale << "|" << order.size();
+    const WeightPool::Entry e = pool_->get(pool_key.str(), [&] {
+      const bool ints = t.dtype() == DType::kI64 || t.dtype() == DType::kI32;
+      const int64_t n = order.empty() ? t.numel() : static_cast<int64_t>(order.size());
+      std::vector<uint8_t> bytes;
+      bytes.reserve(static_cast<size_t>(n) * elem_bytes(type));
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t src = order.empty() ? i : order[static_cast<size_t>(i)];
+        int64_t exact = 0;
+        if (ints) exact = t.dtype() == DType::kI64 ? t.data<int64_t>()[src] : t.data<int32_t>()[src];
+        put_value(bytes, type, host_value(t, src) * scale, exact, ints && scale == 1.0);
+      }
+      return bytes;
+    });
+    weights_.push_back(e.data);
+    weight_bytes_ += e.bytes;
+    return weight_index_[key] = weights_.size() - 1;
   }
   std::string weight_value(const std::string& name, ElemType type, std::vector<int64_t> dims,
                            const std::vector<int64_t>& order, const std::string& variant, double scale = 1.0) {
@@ -381,8 +410,10 @@ class GpuProgramBuilder {
   std::map<std::string, std::pair<std::string, std::string>> pending_add_;  // Add output -> its inputs
   std::vector<Pending> steps_;
   std::vector<cpu::BufferRequest> buffers_;
-  std::vector<uint8_t> weights_;
-  std::map<std::string, size_t> weight_offsets_;
+  std::shared_ptr<WeightPool> pool_;
+  std::vector<void*> weights_;
+  size_t weight_bytes_ = 0;
+  std::map<std::string, size_t> weight_index_;
   size_t workspace_ = 0;
 };
 
@@ -1037,11 +1068,9 @@ std::shared_ptr<const GpuProgram> GpuProgramBuilder::build() {
     p->steps_.push_back(std::move(step));
     p->info_.push_back(std::move(st.info));
   }
-  p->weight_bytes_ = weights_.size();
-  if (!weights_.empty()) {
-    p->weights_ = dev_->alloc(weights_.size());
-    dev_->upload(p->weights_, weights_.data(), weights_.size());
-  }
+  p->pool_ = pool_;
+  p->weights_ = std::move(weights_);
+  p->weight_bytes_ = weight_bytes_;
   return p;
 }
 
@@ -1063,9 +1092,40 @@ std::shared_ptr<const GpuProgram> GpuProgram::compile(std::shared_ptr<Device> de
   }
 }
 
+WeightPool::~WeightPool() {
+  for (auto& [key, e] : entries_) device_->free(e.data);
+}
+
+WeightPool::Entry WeightPool::insert(const std::string& key, const std::vector<uint8_t>& host) {
+  Entry e;
+  e.bytes = host.size();
+  if (!host.empty()) {
+    e.data = device_->alloc(host.size());
+    try {
+      device_->upload(e.data, host.data(), host.size());
+    } catch (...) {
+      device_->free(e.data);
+      throw;
+    }
+  }
+  bytes_ += e.bytes;
+  entries_.emplace(key, e);
+  return e;
+}
+
+size_t WeightPool::bytes() const {
+  std::lock_guard lock(mu_);
+  return bytes_;
+}
+
+size_t WeightPool::entries() const {
+  std::lock_guard lock(mu_);
+  return entries_.size();
+}
+
 GpuProgram::~GpuProgram() {
   steps_.clear();
-  if (weights_ && device_) device_->free(weights_);
+  pool_.reset();
 }
 
 void* GpuProgram::resolve(const Slot& s, char* arena, const std::vector<const void*>& in,
@@ -1074,7 +1134,7 @@ void* GpuProgram::resolve(const Slot& s, char* arena, const std::vector<const vo
     case Slot::kArena: return arena + s.index;
     case Slot::kInput: return const_cast<void*>(in[s.index]);
     case Slot::kOutput: return out[s.index];
-    case Slot::kWeight: return static_cast<char*>(weights_) + s.index;
+    case Slot::kWeight: return weights_[s.index];
     default: return nullptr;
   }
 }
@@ -1131,9 +1191,12 @@ GpuContext::GpuContext(std::shared_ptr<const GpuProgram> program, bool use_graph
       h_out_.push_back(dev_.alloc_host(std::max<size_t>(t.bytes(), 1)));
     }
     for (auto& e : ev_) e = dev_.create_event();
-  } catch (...) {
-    release();  // an allocation failed (out of GPU memory): give back what was taken
+  } catch (const Error&) {
+    release();
     throw;
+  } catch (const std::exception& e) {
+    release();  // an allocation failed (out of GPU memory): give back what was taken
+    throw Error(ErrorCode::kInvalidArgument, std::string("cannot create a GPU context: ") + e.what());
   }
 }
 
@@ -1203,45 +1266,100 @@ float GpuContext::run_compute_only() {
   }
 }
 
-reference::TensorMap GpuContext::run(const reference::TensorMap& inputs) {
+reference::TensorMap GpuContext::run(const reference::TensorMap& inputs) { return run_impl({&inputs}, -1); }
+
+int64_t GpuContext::batch_rows() const {
+  const auto batch_of = [](const TensorDesc& d) { return d.shape.empty() ? int64_t{-1} : d.shape[0]; };
   const auto& ins = program_->inputs();
-  for (const auto& entry : inputs) {
-    const std::string& name = entry.first;
-    if (std::none_of(ins.begin(), ins.end(), [&](const TensorDesc& d) { return d.name == name; }))
-      throw Error(ErrorCode::kInvalidArgument, "'" + name + "' is not an input of the model");
-  }
+  const int64_t batch = ins.empty() ? -1 : batch_of(ins[0]);
+  for (const auto* list : {&ins, &program_->outputs()})
+    for (const TensorDesc& d : *list)
+      if (batch_of(d) != batch || batch < 1)
+        throw Error(ErrorCode::kInvalidArgument, "this program has no common batch dim ('" + d.name + "' has shape " +
+                                                     shape_to_string(d.shape) + ")");
+  return batch;
+}
+
+reference::TensorMap GpuContext::run_rows(const reference::TensorMap& inputs, int64_t rows) {
+  return run_parts({&inputs}, rows);
+}
+
+reference::TensorMap GpuContext::run_parts(const std::vector<const reference::TensorMap*>& parts, int64_t rows) {
+  const int64_t batch = batch_rows();
+  if (rows < 1 || rows > batch)
+    throw Error(ErrorCode::kInvalidArgument, "a batch of " + std::to_string(rows) + " rows does not fit this program's " +
+                                                 std::to_string(batch));
+  if (parts.empty()) throw Error(ErrorCode::kInvalidArgument, "a batch needs at least one part");
+  return run_impl(parts, rows);
+}
+
+reference::TensorMap GpuContext::run_impl(const std::vector<const reference::TensorMap*>& parts, int64_t rows) {
+  const auto& ins = program_->inputs();
+  for (const auto* part : parts)
+    for (const auto& entry : *part) {
+      const std::string& name = entry.first;
+      if (std::none_of(ins.begin(), ins.end(), [&](const TensorDesc& d) { return d.name == name; }))
+        throw Error(ErrorCode::kInvalidArgument, "'" + name + "' is not an input of the model");
+    }
+  // With rows >= 0 only the first `rows` rows of each edge tensor move; the rest of the inputs is
+  // zero. Each part brings its own rows, copied in order into the staging buffer.
+  const auto moved = [rows](const TensorDesc& d) {
+    return rows < 0 ? d.bytes() : d.bytes() / static_cast<size_t>(d.shape[0]) * static_cast<size_t>(rows);
+  };
   for (size_t i = 0; i < ins.size(); ++i) {
-    auto it = inputs.find(ins[i].name);
-    if (it == inputs.end()) throw Error(ErrorCode::kInvalidArgument, "input '" + ins[i].name + "' is missing");
-    const Tensor& t = it->second;
-    if (t.dtype() != ins[i].dtype)
-      throw Error(ErrorCode::kInvalidArgument, "input '" + ins[i].name + "' must be " + std::string(dtype_name(ins[i].dtype)) +
-                                                   ", got " + std::string(dtype_name(t.dtype())));
-    if (t.shape() != ins[i].shape)
-      throw Error(ErrorCode::kInvalidArgument, "input '" + ins[i].name + "' must have shape " +
-                                                   shape_to_string(ins[i].shape) + " (this program's), got " +
-                                                   shape_to_string(t.shape()));
-    std::memcpy(h_in_[i], t.raw(), ins[i].bytes());
+    size_t offset = 0;
+    int64_t seen = 0;
+    for (const auto* part : parts) {
+      auto it = part->find(ins[i].name);
+      if (it == part->end()) throw Error(ErrorCode::kInvalidArgument, "input '" + ins[i].name + "' is missing");
+      const Tensor& t = it->second;
+      if (t.dtype() != ins[i].dtype)
+        throw Error(ErrorCode::kInvalidArgument, "input '" + ins[i].name + "' must be " +
+                                                     std::string(dtype_name(ins[i].dtype)) + ", got " +
+                                                     std::string(dtype_name(t.dtype())));
+      std::vector<int64_t> want = ins[i].shape;
+      if (rows >= 0) {
+        if (t.rank() == 0) throw Error(ErrorCode::kInvalidArgument, "input '" + ins[i].name + "' has no batch dim");
+        want[0] = t.dim(0);
+      }
+      if (t.shape() != want || (rows >= 0 && seen + t.dim(0) > rows))
+        throw Error(ErrorCode::kInvalidArgument, "input '" + ins[i].name + "' must have shape " +
+                                                     shape_to_string(ins[i].shape) +
+                                                     (rows >= 0 ? " with up to " + std::to_string(rows) + " rows" : "") +
+                                                     " (this program's), got " + shape_to_string(t.shape()));
+      std::memcpy(static_cast<char*>(h_in_[i]) + offset, t.raw(), t.nbytes());
+      offset += t.nbytes();
+      seen += rows >= 0 ? t.dim(0) : 0;
+    }
+    if (offset != moved(ins[i]))
+      throw Error(ErrorCode::kInvalidArgument, "input '" + ins[i].name + "' has " + std::to_string(seen) + " rows; the batch has " +
+                                                   std::to_string(rows));
   }
   reference::TensorMap out;
   try {
     dev_.bind();
     ensure_graph();
     dev_.record(ev_[0], stream_);
-    for (size_t i = 0; i < ins.size(); ++i) dev_.copy_async(d_in_[i], h_in_[i], ins[i].bytes(), stream_);
+    for (size_t i = 0; i < ins.size(); ++i) {
+      const size_t n = moved(ins[i]);
+      dev_.copy_async(d_in_[i], h_in_[i], n, stream_);
+      if (n < ins[i].bytes()) dev_.memset_async(static_cast<char*>(d_in_[i]) + n, 0, ins[i].bytes() - n, stream_);
+    }
     dev_.record(ev_[1], stream_);
     launch_compute();
     dev_.record(ev_[2], stream_);
     const auto& outs = program_->outputs();
-    for (size_t i = 0; i < outs.size(); ++i) dev_.copy_async(h_out_[i], d_out_[i], outs[i].bytes(), stream_);
+    for (size_t i = 0; i < outs.size(); ++i) dev_.copy_async(h_out_[i], d_out_[i], moved(outs[i]), stream_);
     dev_.record(ev_[3], stream_);
     dev_.synchronize(stream_);
     timing_.h2d_ms = dev_.elapsed_ms(ev_[0], ev_[1]);
     timing_.compute_ms = dev_.elapsed_ms(ev_[1], ev_[2]);
     timing_.d2h_ms = dev_.elapsed_ms(ev_[2], ev_[3]);
     for (size_t i = 0; i < outs.size(); ++i) {
-      Tensor t(outs[i].dtype, outs[i].shape);
-      std::memcpy(t.mutable_raw(), h_out_[i], outs[i].bytes());
+      std::vector<int64_t> shape = outs[i].shape;
+      if (rows >= 0) shape[0] = rows;
+      Tensor t(outs[i].dtype, shape);
+      std::memcpy(t.mutable_raw(), h_out_[i], moved(outs[i]));
       out[outs[i].name] = std::move(t);
     }
   } catch (const Error&) {

@@ -17,6 +17,7 @@
 #pragma once
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -32,6 +33,41 @@ enum class Precision { kFP32, kFP16, kBF16 };
 const char* precision_name(Precision p);
 Precision parse_precision(const std::string& s);  // "fp32", "fp16", "bf16"; kInvalidArgument otherwise
 
+// Device copies of converted weights, shared by the programs compiled on one device (e.g. one
+// program per batch size of a served model): a weight is converted and uploaded once per content
+// and layout, whatever program asks for it again. The key holds a hash of the source tensor's
+// bytes, so tensors of equal name but different values (constants folded per shape) never alias.
+// Programs keep their pool alive; the pool frees its buffers when the last one is gone. Thread-safe.
+class WeightPool {
+ public:
+  explicit WeightPool(std::shared_ptr<Device> device) : device_(std::move(device)) {}
+  ~WeightPool();
+  WeightPool(const WeightPool&) = delete;
+  WeightPool& operator=(const WeightPool&) = delete;
+
+  // The device buffer under `key`; `make` gives its bytes the first time (then uploaded).
+  struct Entry {
+    void* data = nullptr;
+    size_t bytes = 0;
+  };
+  template <class Make>
+  Entry get(const std::string& key, Make&& make) {
+    std::lock_guard lock(mu_);
+    if (auto it = entries_.find(key); it != entries_.end()) return it->second;
+    return insert(key, make());
+  }
+  size_t bytes() const;    // device memory held
+  size_t entries() const;
+  Device& device() const { return *device_; }
+
+ private:
+  Entry insert(const std::string& key, const std::vector<uint8_t>& host);  // under mu_
+  std::shared_ptr<Device> device_;
+  mutable std::mutex mu_;
+  std::map<std::string, Entry> entries_;
+  size_t bytes_ = 0;
+};
+
 struct CompileOptions {
   Precision precision = Precision::kFP16;
   size_t workspace_limit = size_t{1} << 30;  // scratch any one library kernel may use
@@ -41,6 +77,9 @@ struct CompileOptions {
   std::string conv1x1_tactic = "auto";
   // Depthwise convolutions: cuDNN or Kiln's own kernel ("auto" times both; "cudnn", "kiln" force one).
   std::string depthwise_tactic = "auto";
+  // Where the weights go: programs compiled with one pool share their weights. Null: a pool of the
+  // program's own. The pool's device must be the one compiled for.
+  std::shared_ptr<WeightPool> weights;
 };
 
 struct GpuStepInfo {
@@ -60,7 +99,7 @@ struct TensorDesc {
 class GpuProgram {
  public:
   // Throws kiln::Error: kUnsupported listing the nodes the GPU backend cannot run, kInvalidArgument
-  // for shapes that do not fit, kResourceExhausted when a kernel needs more workspace than allowed
+  // for shapes that do not fit, kInvalidArgument when a kernel needs more workspace than allowed
   // or the weights do not fit in GPU memory.
   static std::shared_ptr<const GpuProgram> compile(std::shared_ptr<Device> device, const Model& model,
                                                    const ShapeMap& shapes, const CompileOptions& options = {});
@@ -72,7 +111,8 @@ class GpuProgram {
   size_t arena_bytes() const { return arena_bytes_; }
   size_t activation_bytes_total() const { return activation_total_; }
   size_t workspace_bytes() const { return workspace_bytes_; }
-  size_t weight_bytes() const { return weight_bytes_; }
+  size_t weight_bytes() const { return weight_bytes_; }  // used by this program (maybe shared)
+  const std::shared_ptr<WeightPool>& weight_pool() const { return pool_; }
   Precision precision() const { return precision_; }
   Device& device() const { return *device_; }
   const std::shared_ptr<Device>& device_ptr() const { return device_; }
@@ -87,7 +127,7 @@ class GpuProgram {
   GpuProgram() = default;
   struct Slot {
     enum Kind : uint8_t { kArena, kInput, kOutput, kWeight, kNone } kind = kNone;
-    size_t index = 0;  // arena offset (after planning), input/output index, weight offset
+    size_t index = 0;  // arena offset (after planning), input/output index, weight index
   };
   struct Step {
     std::unique_ptr<Kernel> kernel;
@@ -100,7 +140,8 @@ class GpuProgram {
   std::vector<Step> steps_;
   std::vector<GpuStepInfo> info_;
   std::vector<TensorDesc> inputs_, outputs_;
-  void* weights_ = nullptr;
+  std::shared_ptr<WeightPool> pool_;
+  std::vector<void*> weights_;  // Slot::kWeight indexes these
   size_t weight_bytes_ = 0, arena_bytes_ = 0, activation_total_ = 0, workspace_bytes_ = 0;
   friend class GpuProgramBuilder;
 };
@@ -110,6 +151,8 @@ class GpuProgram {
 // contexts on one program run concurrently.
 class GpuContext {
  public:
+  // Throws kiln::Error kInvalidArgument ("cannot create a GPU context: out of GPU memory ...") when
+  // an allocation fails; what it took is given back.
   explicit GpuContext(std::shared_ptr<const GpuProgram> program, bool use_graph = true);
   ~GpuContext();
   GpuContext(const GpuContext&) = delete;
@@ -119,6 +162,15 @@ class GpuContext {
   // error throws kiln::Error: kInternal "GPU context is broken" after a sticky error (the process
   // must not reuse the GPU), kRuntime otherwise (the context stays usable).
   reference::TensorMap run(const reference::TensorMap& inputs);
+  // run() for a batch of `rows` (1 .. the program's batch, dim 0 of every input and output): the
+  // inputs carry `rows` rows, the program's other rows are zeros, and the outputs are cut back to
+  // `rows`. How the server runs any batch on a program compiled for a larger one.
+  reference::TensorMap run_rows(const reference::TensorMap& inputs, int64_t rows);
+  // run_rows() for a batch given in parts (e.g. one per request), copied in order into the
+  // staging buffers: their rows must add up to `rows`.
+  reference::TensorMap run_parts(const std::vector<const reference::TensorMap*>& parts, int64_t rows);
+  // The program's batch: dim 0 of every input and output (kInvalidArgument when they differ).
+  int64_t batch_rows() const;
 
   // Device-side milliseconds of the last run(): host-to-device copies, compute, device-to-host.
   struct Timing {
@@ -132,6 +184,8 @@ class GpuContext {
   std::vector<float> profile_steps();
 
  private:
+  // rows < 0: one part, the whole batch.
+  reference::TensorMap run_impl(const std::vector<const reference::TensorMap*>& parts, int64_t rows);
   void ensure_graph();
   void launch_compute();
   void release();  // frees everything held (also after a constructor that failed half-way)

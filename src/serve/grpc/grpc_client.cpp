@@ -56,6 +56,9 @@ GrpcClient::GrpcClient(const std::string& target, GrpcClientOptions options) : i
   const size_t max = impl_->options.max_message_bytes;
   args.SetMaxReceiveMessageSize(max == 0 || max > static_cast<size_t>(INT_MAX) ? -1 : static_cast<int>(max));
   args.SetMaxSendMessageSize(-1);  // the server's limit is the one that counts
+  // A connection of its own: channels with equal arguments otherwise share one subchannel (one TCP
+  // connection), which serializes every client of `kiln perf` on one HTTP/2 stream multiplexer.
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   impl_->channel = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
   impl_->stub = inference::GRPCInferenceService::NewStub(impl_->channel);
 }
