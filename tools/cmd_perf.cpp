@@ -60,6 +60,7 @@ struct PerfArgs {
   std::vector<std::string> shapes;
   std::string input_data = "random";
   bool binary = false, json_tensors = false;
+  std::string shared_memory = "none";
   int64_t timeout_ms = 30000;
   std::string csv_path, json_path;
   bool verbose = false;
@@ -90,6 +91,11 @@ void validate(PerfArgs& a) {
   }
   if (a.json_tensors && a.protocol == "grpc")
     throw CLI::ValidationError("--json-tensors: JSON tensors are an HTTP form; gRPC always sends raw tensors");
+  if (a.shared_memory == "system" && a.protocol == "grpc")
+    throw CLI::ValidationError("--shared-memory system: kiln perf registers regions over HTTP; use -i http "
+                               "(the server takes shared-memory inputs over gRPC too)");
+  if (a.shared_memory == "system" && a.json_tensors)
+    throw CLI::ValidationError("--shared-memory system sends no tensor data in the request: drop --json-tensors");
   a.options.poisson = a.distribution == "poisson";
   a.options.batch = a.batch;
   a.options.measurement_interval_ms = a.interval_ms;
@@ -121,6 +127,7 @@ int cmd_perf(const PerfArgs& a) {
     http.model = a.model;
     http.version = a.version;
     http.binary = !a.json_tensors;
+    http.shared_memory = a.shared_memory == "system";
     http.timeout_ms = a.timeout_ms;
     transport = perf::make_http_transport(http);
   }
@@ -135,7 +142,10 @@ int cmd_perf(const PerfArgs& a) {
   transport->prepare(data);
 
   const perf::PerfOptions& o = a.options;
-  const std::string format = a.protocol == "grpc" ? "raw" : a.json_tensors ? "json" : "binary";
+  const std::string format = a.protocol == "grpc"            ? "raw"
+                             : a.shared_memory == "system" ? "system_shared_memory"
+                             : a.json_tensors              ? "json"
+                                                           : "binary";
   std::cout << "*** Measurement Settings ***\n";
   std::cout << "  Model: " << a.model << " (version " << (a.version.empty() ? "latest" : a.version) << ") at "
             << transport->url() << ", " << (a.protocol == "grpc" ? "gRPC" : "HTTP with " + format + " tensors")
@@ -246,6 +256,10 @@ CLI::App* add_perf_command(CLI::App& app, std::function<int()>* run) {
   sub->add_option("--input-data", args->input_data, "zero, random (default) or a JSON data file");
   auto* bin = sub->add_flag("--binary", args->binary, "HTTP: binary tensor extension (the default)");
   auto* js = sub->add_flag("--json-tensors", args->json_tensors, "HTTP: tensors as JSON arrays");
+  sub->add_option("--shared-memory", args->shared_memory,
+                  "none (default) or system: inputs in a POSIX shared-memory region registered with the server "
+                  "(same host), requests name it instead of carrying the bytes")
+      ->check(CLI::IsMember({"none", "system"}));
   bin->excludes(js);
   sub->add_option("--request-timeout-ms", args->timeout_ms, "Fail a request after this long (default 30000)")
       ->check(CLI::Range(int64_t{1}, int64_t{86400000}));

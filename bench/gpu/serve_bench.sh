@@ -9,7 +9,8 @@
 #   bash bench/gpu/serve_bench.sh OUT
 #
 # Environment: KILN (build-cuda/bin/kiln), PLACEMENTS ("0 0,1": GPU lists, one server each),
-# LEVELS ("16 32 64 128"), PROTOCOL (grpc), INTERVAL_MS (3000), MAX_TRIALS (6), MAX_BATCH (32),
+# LEVELS ("16 32 64 128"), PROTOCOL (grpc), SHARED_MEMORY (none; system: the system shared-memory
+# extension, HTTP only), INTERVAL_MS (3000), MAX_TRIALS (6), MAX_BATCH (32),
 # BATCHES ("4, 8, 16, 32": kiln.build.gpu_batch_size), INSTANCES (2 per GPU), DELAY_US (500),
 # PRECISION (fp16), MODEL (resnet50), MODELS (/tmp/kiln-models; exported when the model is missing),
 # KIND (KIND_GPU; KIND_CPU is a dry run of the script on a machine without a GPU).
@@ -19,6 +20,7 @@ KILN="${KILN:-build-cuda/bin/kiln}"
 PLACEMENTS="${PLACEMENTS:-0 0,1}"
 LEVELS="${LEVELS:-16 32 64 128}"
 PROTOCOL="${PROTOCOL:-grpc}"
+SHARED_MEMORY="${SHARED_MEMORY:-none}"  # system: inputs in shared memory (HTTP only)
 INTERVAL_MS="${INTERVAL_MS:-3000}"
 MAX_TRIALS="${MAX_TRIALS:-6}"
 MAX_BATCH="${MAX_BATCH:-32}"
@@ -82,7 +84,7 @@ EOF
   shape=$([ "$PROTOCOL" = grpc ] && echo "input:1,3,224,224" || echo "input:3,224,224")
   for level in $LEVELS; do
     "$KILN" perf -m "$MODEL" -u "127.0.0.1:$port" -i "$PROTOCOL" --concurrency-range "$level" -p "$INTERVAL_MS" \
-      -r "$MAX_TRIALS" --percentile 99 --input-data random --shape "$shape" --json "$out/$tag-c$level.json" \
+      -r "$MAX_TRIALS" --percentile 99 --input-data random --shape "$shape" --shared-memory "$SHARED_MEMORY" --json "$out/$tag-c$level.json" \
       -f "$out/$tag-c$level.csv" > "$out/$tag-c$level.log" 2>&1 || rc=1
     scrape "$http" "$out/$tag-c$level.metrics"
     python3 - "$out/$tag-c$level.json" "$gpus" "$level" <<'EOF' || rc=1

@@ -54,12 +54,16 @@ def main():
         line = f"| {c} |"
         for p in placements:
             r = by.get((p, c))
-            line += (f" {r['throughput']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['failed']} |" if r
+            mark = "" if not r or r["stable"] else "*"
+            line += (f" {r['throughput']:.0f}{mark} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['failed']} |" if r
                      else " - | - | - | - |")
         if len(placements) > 1:
             r = by.get((placements[-1], c))
             line += f" {r['scaling_vs_first']:.2f}x |" if r and "scaling_vs_first" in r else " - |"
         lines.append(line)
+    if any(not r["stable"] for r in rows):
+        lines += ["", "\\* not stable: the level's windows did not settle within the stability percentage in the"
+                  " trials allowed (kiln perf reports it anyway, marked unstable)."]
     lines += ["", "Batches run per GPU over each server's whole run (from `/metrics`, `kiln_gpu_execution_count`"
               " and `kiln_gpu_inference_count`):", ""]
     for p in placements:

@@ -2,6 +2,7 @@
 #include "serve/http_server.h"
 
 #include <httplib.h>
+#include <sys/socket.h>
 
 #include <cmath>
 #include <cstring>
@@ -33,6 +34,11 @@ const std::vector<Route>& http_routes() {
       {"POST", "/v2/repository/index", "repository index"},
       {"POST", "/v2/repository/models/{model}/load", "repository load"},
       {"POST", "/v2/repository/models/{model}/unload", "repository unload"},
+      {"GET", "/v2/systemsharedmemory/status", "shared-memory status"},
+      {"GET", "/v2/systemsharedmemory/region/{region}/status", "shared-memory status"},
+      {"POST", "/v2/systemsharedmemory/region/{region}/register", "shared-memory register"},
+      {"POST", "/v2/systemsharedmemory/region/{region}/unregister", "shared-memory unregister"},
+      {"POST", "/v2/systemsharedmemory/unregister", "shared-memory unregister"},
       {"GET", "/metrics", "metrics"},
   };
   return routes;
@@ -249,7 +255,7 @@ json stats_json(const ModelVersionStats& s) {
 }  // namespace
 
 HttpInferRequest parse_infer_request(std::shared_ptr<const std::string> body, std::optional<size_t> header_length,
-                                     int max_json_depth) {
+                                     int max_json_depth, const SharedMemoryRegistry* shm) {
   const std::string& b = *body;
   const size_t json_size = header_length.value_or(b.size());
   if (json_size > b.size())
@@ -308,6 +314,8 @@ HttpInferRequest parse_infer_request(std::shared_ptr<const std::string> body, st
     const size_t elem = v2_element_size(t.datatype);
     const int64_t n = checked_numel(t.shape, b.size() + (1u << 30), what);
     std::optional<uint64_t> binary_size;
+    std::optional<std::string> region;
+    uint64_t region_size = 0, region_offset = 0;
     if (in.contains("parameters")) {
       const json& p = in["parameters"];
       if (!p.is_object()) bad(what + ": \"parameters\" must be an object");
@@ -315,8 +323,30 @@ HttpInferRequest parse_infer_request(std::shared_ptr<const std::string> body, st
         if (!p["binary_data_size"].is_number_unsigned()) bad(what + ": binary_data_size must be a non-negative integer");
         binary_size = p["binary_data_size"].get<uint64_t>();
       }
+      if (p.contains("shared_memory_region")) {
+        if (!p["shared_memory_region"].is_string()) bad(what + ": shared_memory_region must be a string");
+        region = p["shared_memory_region"].get<std::string>();
+        if (!p.contains("shared_memory_byte_size") || !p["shared_memory_byte_size"].is_number_unsigned())
+          bad(what + ": shared_memory_region needs a non-negative integer shared_memory_byte_size");
+        region_size = p["shared_memory_byte_size"].get<uint64_t>();
+        if (p.contains("shared_memory_offset")) {
+          if (!p["shared_memory_offset"].is_number_unsigned())
+            bad(what + ": shared_memory_offset must be a non-negative integer");
+          region_offset = p["shared_memory_offset"].get<uint64_t>();
+        }
+      }
     }
-    if (binary_size) {
+    if (region) {
+      if (in.contains("data") || binary_size) bad(what + " has shared_memory_region and also data or binary_data_size");
+      if (!shm) bad(what + ": shared memory is not available here");
+      SharedMemoryRegistry::View v = shm->view(*region, region_offset, region_size, what);
+      t.data = v.data;
+      t.byte_size = static_cast<size_t>(region_size);
+      t.owner = std::move(v.owner);
+      if (elem == 0 && t.datatype == DataType::kString &&
+          count_bytes_elements(static_cast<const char*>(t.data), t.byte_size, what) != n)
+        bad(what + ": the BYTES data does not hold " + std::to_string(n) + " elements");
+    } else if (binary_size) {
       if (in.contains("data")) bad(what + " has both \"data\" and binary_data_size");
       if (!header_length) bad(what + " has binary_data_size but the request has no Inference-Header-Content-Length");
       if (*binary_size > b.size() - offset)
@@ -359,6 +389,9 @@ HttpInferRequest parse_infer_request(std::shared_ptr<const std::string> body, st
           if (!p["binary_data"].is_boolean()) bad("output parameters.binary_data must be true or false");
           binary = p["binary_data"].get<bool>();
         }
+        if (p.contains("shared_memory_region"))
+          bad("output " + o["name"].dump() + ": outputs in shared memory are not supported; they come back in "
+              "the response (binary_data for raw bytes)");
       }
       r.outputs.push_back(o["name"].get<std::string>());
       out.outputs.emplace_back(r.outputs.back(), binary);
@@ -415,9 +448,11 @@ HttpFrontEnd::HttpFrontEnd(InferenceServer& server, HttpOptions options)
   http_->set_keep_alive_timeout(options_.read_timeout_s);
   // SO_REUSEADDR only: cpp-httplib's default also sets SO_REUSEPORT, which would let a second server
   // bind the same port silently instead of failing.
-  http_->set_socket_options([](int sock) {
+  auto listen_socket = std::make_shared<int>(-1);
+  http_->set_socket_options([listen_socket](int sock) {
     int yes = 1;
     setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, reinterpret_cast<const void*>(&yes), sizeof(yes));
+    *listen_socket = sock;  // the server socket (the only one this hook sees)
   });
   http_->set_error_handler([this](const httplib::Request&, httplib::Response& res) {
     if (!res.body.empty()) return;
@@ -443,6 +478,10 @@ HttpFrontEnd::HttpFrontEnd(InferenceServer& server, HttpOptions options)
   if (port_ <= 0)
     throw Error(ErrorCode::kIo, "cannot listen for HTTP on " + options_.host + ":" + std::to_string(options_.port) +
                                     " (in use, or not an address of this machine?)");
+  // cpp-httplib 0.11 listens with a backlog of 5: a burst of new connections (a load generator
+  // starting 128 clients) overflows it, and connections the kernel dropped from the accept queue
+  // failed on the client. listen() again raises the backlog of the bound socket.
+  if (*listen_socket >= 0) ::listen(*listen_socket, SOMAXCONN);
   thread_ = std::thread([this] { http_->listen_after_bind(); });
 }
 
@@ -509,7 +548,7 @@ void HttpFrontEnd::install_routes() {
         bad("Inference-Header-Content-Length must be a non-negative integer, got " + dq(v));
       header_length = static_cast<size_t>(std::stoull(v));
     }
-    HttpInferRequest parsed = parse_infer_request(body, header_length, options_.max_json_depth);
+    HttpInferRequest parsed = parse_infer_request(body, header_length, options_.max_json_depth, &srv.shared_memory());
     parsed.request.model = req.matches[1];
     parsed.request.version = version_of(req, 2);
     InferenceOutcome o = srv.infer_sync(std::move(parsed.request));
@@ -563,6 +602,48 @@ void HttpFrontEnd::install_routes() {
     srv.unload_model(req.matches[1]);
     res.status = 200;
   }));
+  // System shared memory (Triton's extension). Registering needs the API key when there is one.
+  auto shm_status = [&srv](const std::string& name, httplib::Response& res) {
+    json list = json::array();
+    for (const SharedMemoryStatus& r : srv.shared_memory().status(name))
+      list.push_back({{"name", r.name}, {"key", r.key}, {"offset", r.offset}, {"byte_size", r.byte_size}});
+    send_json(res, list);
+  };
+  s.Get("/v2/systemsharedmemory/status", guarded([shm_status](const httplib::Request&, httplib::Response& res) {
+    shm_status("", res);
+  }));
+  s.Get(R"(/v2/systemsharedmemory/region/([^/]+)/status)",
+        guarded([shm_status](const httplib::Request& req, httplib::Response& res) { shm_status(req.matches[1], res); }));
+  s.Post(R"(/v2/systemsharedmemory/region/([^/]+)/register)",
+         with_body([&srv, authorize](const httplib::Request& req, httplib::Response& res,
+                                     std::shared_ptr<std::string> body) {
+           authorize(req);
+           json j = json::parse(*body, nullptr, false);
+           if (j.is_discarded() || !j.is_object()) bad("the register body must be a JSON object");
+           if (!j.contains("key") || !j["key"].is_string()) bad("the register body needs a string \"key\"");
+           if (!j.contains("byte_size") || !j["byte_size"].is_number_unsigned())
+             bad("the register body needs a non-negative integer \"byte_size\"");
+           uint64_t offset = 0;
+           if (j.contains("offset")) {
+             if (!j["offset"].is_number_unsigned()) bad("\"offset\" must be a non-negative integer");
+             offset = j["offset"].get<uint64_t>();
+           }
+           srv.shared_memory().register_region(req.matches[1], j["key"].get<std::string>(), offset,
+                                               j["byte_size"].get<uint64_t>());
+           res.status = 200;
+         }));
+  s.Post(R"(/v2/systemsharedmemory/region/([^/]+)/unregister)",
+         with_body([&srv, authorize](const httplib::Request& req, httplib::Response& res, std::shared_ptr<std::string>) {
+           authorize(req);
+           srv.shared_memory().unregister(req.matches[1]);
+           res.status = 200;
+         }));
+  s.Post("/v2/systemsharedmemory/unregister",
+         with_body([&srv, authorize](const httplib::Request& req, httplib::Response& res, std::shared_ptr<std::string>) {
+           authorize(req);
+           srv.shared_memory().unregister_all();
+           res.status = 200;
+         }));
   s.Get("/metrics", [&srv](const httplib::Request&, httplib::Response& res) {
     res.set_content(srv.metrics_text(), "text/plain; version=0.0.4");
   });

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "serve/server.h"
+#include "serve/shared_memory.h"
 
 namespace httplib {
 class Server;
@@ -42,10 +43,11 @@ struct HttpInferRequest {
   std::vector<std::pair<std::string, bool>> outputs;  // requested outputs with binary_data
 };
 // Parses an infer body (`header_length`: Inference-Header-Content-Length, or nullopt when the body
-// is all JSON). `body` stays referenced by the inputs through `owner`. Throws ServeError
-// kBadRequest naming the problem.
+// is all JSON). `body` stays referenced by the inputs through `owner`; an input in a system
+// shared-memory region (parameters shared_memory_region/_byte_size/_offset) is resolved through
+// `shm` (null: such an input is refused). Throws ServeError kBadRequest naming the problem.
 HttpInferRequest parse_infer_request(std::shared_ptr<const std::string> body, std::optional<size_t> header_length,
-                                     int max_json_depth = 64);
+                                     int max_json_depth = 64, const SharedMemoryRegistry* shm = nullptr);
 // Encodes a result: JSON only, or JSON header + binary outputs. Returns the body and sets
 // *header_length to the JSON header's size when any output is binary (else nullopt).
 std::string encode_infer_response(const InferenceResult& result, const HttpInferRequest& request,

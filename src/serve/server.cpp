@@ -237,7 +237,8 @@ bool InferenceServer::ready() const {
 ServerMetadata InferenceServer::server_metadata() const {
   ServerMetadata m;
   m.version = KILN_VERSION;
-  m.extensions = {"binary_tensor_data", "statistics", "model_repository", "schedule_policy", "model_configuration"};
+  m.extensions = {"binary_tensor_data", "statistics", "model_repository", "schedule_policy", "model_configuration",
+                  "system_shared_memory"};
   return m;
 }
 

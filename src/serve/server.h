@@ -21,6 +21,7 @@
 #include "serve/batcher.h"
 #include "serve/model_config.h"
 #include "serve/repository.h"
+#include "serve/shared_memory.h"
 
 namespace kiln::serve {
 
@@ -178,6 +179,10 @@ class InferenceServer {
   ModelControl model_control() const { return options_.model_control; }
   // True when no API key is set or `provided` equals it (compared in constant time).
   bool check_api_key(std::string_view provided) const;
+  // The system shared-memory regions clients registered (both front ends resolve requests' region
+  // references through it).
+  SharedMemoryRegistry& shared_memory() { return shared_memory_; }
+  const SharedMemoryRegistry& shared_memory() const { return shared_memory_; }
   bool management_needs_key() const { return !options_.api_key.empty(); }
 
   // Holds a model's queue: no batch is formed (queue timeouts still apply) until resume_model.
@@ -207,6 +212,7 @@ class InferenceServer {
 
   ServerOptions options_;
   std::unique_ptr<ModelRepository> repository_;
+  SharedMemoryRegistry shared_memory_;
   mutable std::mutex mu_;  // guards models_ and load operations
   std::map<std::string, std::map<int64_t, std::shared_ptr<Served>>> models_;
   std::set<std::string> required_;  // models readiness waits for: loaded at start or by a load call

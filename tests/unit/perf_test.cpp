@@ -280,6 +280,21 @@ TEST(PerfEncode, BinaryBodyIsJsonHeaderThenRawBytesInInputOrder) {
     EXPECT_EQ(static_cast<unsigned char>(tail[i]), static_cast<unsigned char>(expected_tail[i])) << "byte " << i;
 }
 
+TEST(PerfEncode, SharedMemoryBodyNamesTheRegionAndCarriesNoData) {
+  Inputs inputs = {{"a", "FP32", {1, 2}, std::string(8, 'x')}, {"b", "INT64", {1}, std::string(8, 'y')}};
+  const HttpBody b = encode_shared_memory_request(inputs, "r0", {0, 64});
+  EXPECT_EQ(b.json_length, 0u);
+  EXPECT_EQ(b.content_type, "application/json");
+  const json j = json::parse(b.body);
+  ASSERT_EQ(j["inputs"].size(), 2u);
+  EXPECT_EQ(j["inputs"][1]["name"], "b");
+  EXPECT_EQ(j["inputs"][1]["parameters"]["shared_memory_region"], "r0");
+  EXPECT_EQ(j["inputs"][1]["parameters"]["shared_memory_offset"], 64);
+  EXPECT_EQ(j["inputs"][1]["parameters"]["shared_memory_byte_size"], 8);
+  EXPECT_FALSE(j["inputs"][0].contains("data"));
+  EXPECT_EQ(b.body.find("xxxx"), std::string::npos);
+}
+
 TEST(PerfEncode, JsonBodyCarriesTypedFlatData) {
   const HttpBody b = encode_json_request(two_inputs());
   EXPECT_EQ(b.json_length, 0u);
@@ -948,7 +963,8 @@ TEST_F(PerfCli, BadFlagsExitTwo) {
         "--request-rate-range 10:5", "--concurrency-range 1:2 --request-rate-range 10", "-p 0",
         "--measurement-interval -5", "-i foo", "--max-trials 2", "-s 0", "--percentile 100", "--shape x",
         "--shape x:0", "-u host:99999", "-b 0", "--binary --json-tensors", "-i grpc --json-tensors",
-        "--request-distribution uniform"}) {
+        "--request-distribution uniform", "--shared-memory cuda", "-i grpc --shared-memory system",
+        "--shared-memory system --json-tensors"}) {
     const std::string url = flags.find("-u ") == std::string::npos ? " -u 127.0.0.1:1" : "";
     const auto r = kiln_test::run_kiln_cli("perf -m addrelu " + flags + url);
     EXPECT_EQ(r.code, 2) << flags << "\n" << r.out;

@@ -851,6 +851,72 @@ TEST_F(ServeGrpc, ListenErrorsAreClear) {
   expect_serving();
 }
 
+// The system shared-memory extension over gRPC: register, status, infer from the region (against
+// the independent reference), the refusals, unregister; registering needs the API key when set.
+TEST_F(ServeGrpc, SystemSharedMemory) {
+  add_model("addrelu", "max_batch_size: 4\n");
+  ServerOptions o;
+  o.api_key = "k";
+  start(o);
+  const std::vector<float> x = {-2, 3, 7, 0.25f, 6, -1};
+  kiln_test::TestSharedMemory shm(kiln_test::raw_bytes_of(x), 64);
+  inference::SystemSharedMemoryRegisterRequest reg;
+  reg.set_name("in0");
+  reg.set_key(shm.key());
+  reg.set_offset(64);
+  reg.set_byte_size(24);
+  inference::SystemSharedMemoryRegisterResponse reg_resp;
+  EXPECT_EQ(call(&Stub::SystemSharedMemoryRegister, reg, &reg_resp).error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  ASSERT_TRUE(call(&Stub::SystemSharedMemoryRegister, reg, &reg_resp, "Bearer k").ok());
+  inference::SystemSharedMemoryStatusResponse status;
+  ASSERT_TRUE(call(&Stub::SystemSharedMemoryStatus, inference::SystemSharedMemoryStatusRequest(), &status).ok());
+  ASSERT_EQ(status.regions().size(), 1u);
+  EXPECT_EQ(status.regions().at("in0").key(), shm.key());
+  EXPECT_EQ(status.regions().at("in0").byte_size(), 24u);
+
+  auto request = [&](const std::string& region, int64_t size) {
+    ModelInferRequest r;
+    r.set_model_name("addrelu");
+    auto* in = r.add_inputs();
+    in->set_name("x");
+    in->set_datatype("FP32");
+    in->add_shape(2);
+    in->add_shape(3);
+    (*in->mutable_parameters())["shared_memory_region"].set_string_param(region);
+    (*in->mutable_parameters())["shared_memory_byte_size"].set_int64_param(size);
+    return r;
+  };
+  grpc::Status st;
+  ModelInferResponse r = infer(request("in0", 24), &st);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  ASSERT_EQ(r.raw_output_contents_size(), 1);
+  EXPECT_EQ(values_of<float>(r.raw_output_contents(0)), add_relu_reference(x));
+
+  infer(request("nope", 24), &st);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(st.error_message().find("region \"nope\" is not registered"), std::string::npos) << st.error_message();
+  infer(request("in0", 28), &st);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(st.error_message().find("is outside region"), std::string::npos) << st.error_message();
+  ModelInferRequest with_raw = request("in0", 24);
+  with_raw.add_raw_input_contents(kiln_test::raw_bytes_of(x));  // no input is outside shared memory
+  infer(with_raw, &st);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(st.error_message().find("0 inputs outside shared memory but 1 raw_input_contents"), std::string::npos)
+      << st.error_message();
+
+  inference::SystemSharedMemoryUnregisterRequest unreg;  // empty name: all
+  inference::SystemSharedMemoryUnregisterResponse unreg_resp;
+  EXPECT_EQ(call(&Stub::SystemSharedMemoryUnregister, unreg, &unreg_resp).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  ASSERT_TRUE(call(&Stub::SystemSharedMemoryUnregister, unreg, &unreg_resp, "Bearer k").ok());
+  infer(request("in0", 24), &st);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  inference::SystemSharedMemoryStatusRequest one;
+  one.set_name("in0");
+  EXPECT_EQ(call(&Stub::SystemSharedMemoryStatus, one, &status).error_code(), grpc::StatusCode::NOT_FOUND);
+}
+
 }  // namespace
 }  // namespace kiln::serve
 #endif  // KILN_HAVE_GRPC

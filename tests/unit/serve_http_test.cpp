@@ -602,5 +602,150 @@ TEST_F(ServeHttp, ListenErrorsAreClear) {
   }
 }
 
+// The system shared-memory extension over HTTP: register a region of a client's shm object, infer
+// from it (results against the independent reference), status, unregister, and the refusals.
+TEST_F(ServeHttp, SystemSharedMemoryInputs) {
+  add_model("addrelu", "max_batch_size: 4\n");
+  start();
+  const std::vector<float> x = {-2, 3, 7, 0.25f, 6, -1};
+  // The tensor sits 128 bytes into the object; the region starts 64 bytes in.
+  kiln_test::TestSharedMemory shm(kiln_test::raw_bytes_of(x), 128);
+  auto reg = post_json("/v2/systemsharedmemory/region/in0/register",
+                       {{"key", shm.key()}, {"offset", 64}, {"byte_size", 64 + x.size() * 4}});
+  ASSERT_EQ(reg->status, 200) << reg->body;
+  json status = json::parse(client_->Get("/v2/systemsharedmemory/status")->body);
+  ASSERT_EQ(status.size(), 1u);
+  EXPECT_EQ(status[0]["name"], "in0");
+  EXPECT_EQ(status[0]["key"], shm.key());
+  EXPECT_EQ(status[0]["offset"], 64);
+  EXPECT_EQ(status[0]["byte_size"], 64 + x.size() * 4);
+  EXPECT_EQ(json::parse(client_->Get("/v2/systemsharedmemory/region/in0/status")->body).size(), 1u);
+  EXPECT_EQ(client_->Get("/v2/systemsharedmemory/region/nope/status")->status, 404);
+
+  auto infer = [&](const json& params) {
+    json in = {{"name", "x"}, {"shape", {2, 3}}, {"datatype", "FP32"}, {"parameters", params}};
+    return post_json("/v2/models/addrelu/infer", {{"inputs", {in}}});
+  };
+  auto r = infer({{"shared_memory_region", "in0"}, {"shared_memory_offset", 64}, {"shared_memory_byte_size", 24}});
+  ASSERT_EQ(r->status, 200) << r->body;
+  const auto got = json::parse(r->body)["outputs"][0]["data"].get<std::vector<float>>();
+  const std::vector<float> want = add_relu_reference(x);
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < want.size(); ++i) EXPECT_FLOAT_EQ(got[i], want[i]) << i;
+
+  // Refusals, each 400 with the reason, and the server keeps serving.
+  const std::vector<std::pair<json, std::string>> bad_inputs = {
+      {{{"shared_memory_region", "nope"}, {"shared_memory_byte_size", 24}}, "region \"nope\" is not registered"},
+      {{{"shared_memory_region", "in0"}, {"shared_memory_offset", 80}, {"shared_memory_byte_size", 24}},
+       "is outside region \"in0\""},
+      {{{"shared_memory_region", "in0"}}, "needs a non-negative integer shared_memory_byte_size"},
+      {{{"shared_memory_region", "in0"}, {"shared_memory_byte_size", 20}}, "has 20 bytes of data"},
+      {{{"shared_memory_region", 3}, {"shared_memory_byte_size", 24}}, "shared_memory_region must be a string"},
+  };
+  for (const auto& [params, want_error] : bad_inputs) {
+    auto e = infer(params);
+    EXPECT_EQ(e->status, 400) << params.dump();
+    EXPECT_NE(error_of(e).find(want_error), std::string::npos) << error_of(e);
+  }
+  json with_out = {{"inputs", {{{"name", "x"}, {"shape", {2, 3}}, {"datatype", "FP32"}, {"data", x}}}},
+                   {"outputs", {{{"name", "y"}, {"parameters", {{"shared_memory_region", "in0"}}}}}}};
+  auto out_shm = post_json("/v2/models/addrelu/infer", with_out);
+  EXPECT_EQ(out_shm->status, 400);
+  EXPECT_NE(error_of(out_shm).find("outputs in shared memory are not supported"), std::string::npos);
+
+  const std::vector<std::pair<json, std::string>> bad_registers = {
+      {{{"key", shm.key()}, {"byte_size", 8}}, "already registered"},  // in0 again
+      {{{"key", "no-slash"}, {"byte_size", 8}}, "invalid shared-memory key"},
+      {{{"key", "/kiln_test_missing_region"}, {"byte_size", 8}}, "cannot open shared memory"},
+      {{{"key", shm.key()}, {"offset", 0}, {"byte_size", shm.size() + 1}}, "runs past the end"},
+      {{{"key", shm.key()}, {"byte_size", 0}}, "byte_size 0"},
+      {{{"byte_size", 8}}, "needs a string \"key\""},
+  };
+  int i = 0;
+  for (const auto& [body, want_error] : bad_registers) {
+    const std::string name = i++ == 0 ? "in0" : "r" + std::to_string(i);
+    auto e = post_json("/v2/systemsharedmemory/region/" + name + "/register", body);
+    EXPECT_EQ(e->status, 400) << body.dump();
+    EXPECT_NE(error_of(e).find(want_error), std::string::npos) << error_of(e);
+  }
+  auto bad_name = post_json("/v2/systemsharedmemory/region/a%20b/register", {{"key", shm.key()}, {"byte_size", 8}});
+  EXPECT_EQ(bad_name->status, 400);
+
+  // Unregistered: requests naming it fail; unregistering twice is fine (Triton's behaviour).
+  EXPECT_EQ(client_->Post("/v2/systemsharedmemory/region/in0/unregister", "", "application/json")->status, 200);
+  EXPECT_EQ(client_->Post("/v2/systemsharedmemory/region/in0/unregister", "", "application/json")->status, 200);
+  EXPECT_EQ(infer({{"shared_memory_region", "in0"}, {"shared_memory_byte_size", 24}})->status, 400);
+  EXPECT_EQ(json::parse(client_->Get("/v2/systemsharedmemory/status")->body).size(), 0u);
+  ASSERT_EQ(post_json("/v2/systemsharedmemory/region/a/register", {{"key", shm.key()}, {"byte_size", 8}})->status, 200);
+  ASSERT_EQ(post_json("/v2/systemsharedmemory/region/b/register", {{"key", shm.key()}, {"byte_size", 8}})->status, 200);
+  EXPECT_EQ(client_->Post("/v2/systemsharedmemory/unregister", "", "application/json")->status, 200);
+  EXPECT_EQ(json::parse(client_->Get("/v2/systemsharedmemory/status")->body).size(), 0u);
+}
+
+TEST_F(ServeHttp, SharedMemoryRegistrationNeedsTheApiKey) {
+  add_model("addrelu", "max_batch_size: 4\n");
+  ServerOptions o;
+  o.api_key = "s3cret";
+  start(o);
+  kiln_test::TestSharedMemory shm(std::string(64, '\0'));
+  const std::string body = json({{"key", shm.key()}, {"byte_size", 64}}).dump();
+  EXPECT_EQ(client_->Post("/v2/systemsharedmemory/region/r/register", body, "application/json")->status, 401);
+  EXPECT_EQ(json::parse(client_->Get("/v2/systemsharedmemory/status")->body).size(), 0u);
+  EXPECT_EQ(client_->Post("/v2/systemsharedmemory/region/r/register", {{"Authorization", "Bearer s3cret"}}, body,
+                          "application/json")
+                ->status,
+            200);
+  EXPECT_EQ(client_->Post("/v2/systemsharedmemory/unregister", "", "application/json")->status, 401);
+  EXPECT_EQ(json::parse(client_->Get("/v2/systemsharedmemory/status")->body).size(), 1u);
+}
+
+// kiln perf --shared-memory system against the server: every request answered from the region,
+// none failed, and the region unregistered when perf is done.
+TEST_F(ServeHttp, PerfWithSystemSharedMemory) {
+  add_model("addrelu", "max_batch_size: 4\n");
+  start();
+  const auto report = dir_ / "perf.json";
+  const auto r = kiln_test::run_kiln_cli("perf -m addrelu -u 127.0.0.1:" + std::to_string(http_->port()) +
+                                         " -p 200 -r 3 -s 50 --shared-memory system --json " + report.string());
+  ASSERT_EQ(r.code, 0) << r.out;
+  const json j = json::parse(std::ifstream(report));
+  EXPECT_EQ(j["tensor_format"], "system_shared_memory");
+  const json& level = j["levels"][0];
+  EXPECT_GT(level["requests"]["success"].get<int64_t>(), 0);
+  EXPECT_EQ(level["requests"]["failed"].get<int64_t>(), 0);
+  EXPECT_EQ(json::parse(client_->Get("/v2/systemsharedmemory/status")->body).size(), 0u);
+  // The server answered at least the measured requests (perf also sends between windows).
+  const std::string metrics = server_->metrics_text();
+  const std::string key = "nv_inference_request_success{model=\"addrelu\",version=\"1\"} ";
+  ASSERT_NE(metrics.find(key), std::string::npos);
+  EXPECT_GE(std::stoll(metrics.substr(metrics.find(key) + key.size())), level["requests"]["success"].get<int64_t>());
+}
+
+// A burst of new connections, as a load generator starting 256 clients makes, is served in full:
+// none is dropped from the listen queue (cpp-httplib's own backlog of 5 dropped some).
+TEST_F(ServeHttp, ABurstOfNewConnectionsIsServedInFull) {
+  add_model("addrelu", "max_batch_size: 4\n");
+  start();
+  constexpr int kClients = 256;
+  std::atomic<int> ready{0}, ok{0};
+  std::vector<std::thread> clients;
+  const int port = http_->port();
+  for (int i = 0; i < kClients; ++i)
+    clients.emplace_back([&, i] {
+      httplib::Client c("127.0.0.1", port);
+      c.set_read_timeout(60, 0);
+      c.set_connection_timeout(60, 0);
+      ++ready;
+      while (ready.load() < kClients) std::this_thread::yield();  // connect all at once
+      const std::vector<float> x = {static_cast<float>(i), -1, 2};
+      auto r = c.Post("/v2/models/addrelu/infer", infer_body(x, 1).dump(), "application/json");
+      if (r && r->status == 200 &&
+          json::parse(r->body)["outputs"][0]["data"].get<std::vector<float>>() == add_relu_reference(x))
+        ++ok;
+    });
+  for (auto& t : clients) t.join();
+  EXPECT_EQ(ok.load(), kClients);
+}
+
 }  // namespace
 }  // namespace kiln::serve

@@ -1,6 +1,11 @@
 // Shared by the kiln serve front-end tests (HTTP, gRPC): a temporary model repository with models
 // added one folder at a time, and server options that load them quickly.
 #pragma once
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstring>
 #include <filesystem>
 #include <string>
 
@@ -29,5 +34,41 @@ class ServeRepositoryTest : public TempDirTest {
     return o;
   }
 };
+
+// A POSIX shared-memory object holding `bytes` (at `offset`), unlinked when the test is done: what a
+// client of the system shared-memory extension creates.
+class TestSharedMemory {
+ public:
+  TestSharedMemory(const std::string& bytes, size_t offset = 0)
+      : key_("/kiln_test_" + std::to_string(::getpid()) + "_" + std::to_string(counter()++)) {
+    const int fd = shm_open(key_.c_str(), O_CREAT | O_EXCL | O_RDWR, 0600);
+    if (fd < 0) throw std::runtime_error("shm_open " + key_ + " failed");
+    size_ = offset + bytes.size();
+    if (ftruncate(fd, static_cast<off_t>(size_)) != 0) throw std::runtime_error("ftruncate failed");
+    void* p = mmap(nullptr, size_, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    if (p == MAP_FAILED) throw std::runtime_error("mmap failed");
+    std::memcpy(static_cast<char*>(p) + offset, bytes.data(), bytes.size());
+    munmap(p, size_);
+  }
+  ~TestSharedMemory() { shm_unlink(key_.c_str()); }
+  TestSharedMemory(const TestSharedMemory&) = delete;
+  TestSharedMemory& operator=(const TestSharedMemory&) = delete;
+  const std::string& key() const { return key_; }
+  size_t size() const { return size_; }
+
+ private:
+  static int& counter() {
+    static int n = 0;
+    return n;
+  }
+  std::string key_;
+  size_t size_ = 0;
+};
+
+template <typename T>
+std::string raw_bytes_of(const std::vector<T>& v) {
+  return std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(T));
+}
 
 }  // namespace kiln_test

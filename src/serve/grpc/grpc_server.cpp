@@ -241,7 +241,8 @@ bool has_value(const inference::InferParameter& p) {
 // ModelInferRequest -> InferenceRequest. Raw contents are pointed at where they are (the gRPC request
 // outlives the synchronous call, and the server copies them into its tensors); typed contents are
 // packed into aligned buffers the request owns, which the server views without a copy.
-grpc::Status to_request(const inference::ModelInferRequest& req, InferenceRequest* out) {
+grpc::Status to_request(const inference::ModelInferRequest& req, const SharedMemoryRegistry& shm,
+                        InferenceRequest* out) {
   out->model = req.model_name();
   out->version = req.model_version();
   out->id = req.id();
@@ -263,20 +264,37 @@ grpc::Status to_request(const inference::ModelInferRequest& req, InferenceReques
     // Other parameters are Triton's custom parameters for backends; Kiln's backend takes none.
   }
 
+  // Inputs in shared memory carry no contents; raw_input_contents then has one entry per other input.
   const int n_inputs = req.inputs_size();
+  int n_shm = 0;
+  for (const auto& t : req.inputs()) n_shm += t.parameters().count("shared_memory_region") ? 1 : 0;
   const int n_raw = req.raw_input_contents_size();
   const bool raw = n_raw > 0;
-  if (raw && n_raw != n_inputs)
-    return invalid("the request has " + std::to_string(n_inputs) + " input" + (n_inputs == 1 ? "" : "s") + " but " +
+  if (raw && n_raw != n_inputs - n_shm)
+    return invalid("the request has " + std::to_string(n_inputs - n_shm) + " input" +
+                   (n_inputs - n_shm == 1 ? "" : "s") + (n_shm ? " outside shared memory" : "") + " but " +
                    std::to_string(n_raw) + " raw_input_contents entr" + (n_raw == 1 ? "y" : "ies") +
-                   "; send one entry per input, in the order of inputs");
+                   "; send one entry per input" + (n_shm ? " outside shared memory" : "") + ", in the order of inputs");
   out->inputs.reserve(static_cast<size_t>(n_inputs));
+  int raw_index = 0;
   for (int i = 0; i < n_inputs; ++i) {
     const auto& t = req.inputs(i);
     const std::string who = "input " + dq(t.name());
-    for (const auto& [name, p] : t.parameters())
-      if (name.rfind("shared_memory_", 0) == 0)
-        return invalid(who + ": shared memory is not supported; send the data in the request");
+    std::string region;
+    uint64_t region_size = 0, region_offset = 0;
+    bool has_size = false;
+    for (const auto& [name, p] : t.parameters()) {
+      if (name == "shared_memory_region") {
+        if (p.parameter_choice_case() != inference::InferParameter::kStringParam)
+          return invalid(who + ": shared_memory_region must be a string_param");
+        region = p.string_param();
+      } else if (name == "shared_memory_byte_size") {
+        if (auto st = unsigned_param(name, p, &region_size); !st.ok()) return st;
+        has_size = true;
+      } else if (name == "shared_memory_offset") {
+        if (auto st = unsigned_param(name, p, &region_offset); !st.ok()) return st;
+      }
+    }
     InputTensor in;
     in.name = t.name();
     in.datatype = parse_v2_datatype(t.datatype());
@@ -291,11 +309,22 @@ grpc::Status to_request(const inference::ModelInferRequest& req, InferenceReques
       numel *= d;
     }
     in.shape.assign(t.shape().begin(), t.shape().end());
-    if (raw) {
+    if (!region.empty()) {
+      if (!has_size) return invalid(who + ": shared_memory_region needs shared_memory_byte_size");
+      if (!filled_fields(t.contents()).empty()) return invalid(who + " has contents and a shared_memory_region");
+      try {
+        SharedMemoryRegistry::View v = shm.view(region, region_offset, region_size, who);
+        in.data = v.data;
+        in.byte_size = static_cast<size_t>(region_size);
+        in.owner = std::move(v.owner);
+      } catch (const ServeError& e) {
+        return make_status(e.status(), e.what());
+      }
+    } else if (raw) {
       if (!filled_fields(t.contents()).empty())
         return invalid(who + " has contents although the request uses raw_input_contents; send every input's "
                              "data one way");
-      const std::string& bytes = req.raw_input_contents(i);
+      const std::string& bytes = req.raw_input_contents(raw_index++);
       in.data = bytes.data();
       in.byte_size = bytes.size();
     } else if (auto st = pack_contents(t, in.datatype, numel, &in); !st.ok()) {
@@ -309,7 +338,8 @@ grpc::Status to_request(const inference::ModelInferRequest& req, InferenceReques
       if (name == "classification")
         return invalid("output " + dq(o.name()) + ": the classification extension is not supported");
       if (name.rfind("shared_memory_", 0) == 0)
-        return invalid("output " + dq(o.name()) + ": shared memory is not supported");
+        return invalid("output " + dq(o.name()) + ": outputs in shared memory are not supported; they come back "
+                                                 "in the response");
     }
     out->outputs.push_back(o.name());
   }
@@ -395,7 +425,7 @@ class GrpcService final : public inference::GRPCInferenceService::Service {
       if (stopping_)
         return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down and accepts no new requests");
       InferenceRequest request;
-      if (auto st = to_request(*req, &request); !st.ok()) return st;
+      if (auto st = to_request(*req, server_.shared_memory(), &request); !st.ok()) return st;
       InferenceOutcome outcome = server_.infer_sync(std::move(request));
       if (outcome.status != Status::kOk) return make_status(outcome.status, outcome.error);
       InferenceResult& r = outcome.result;
@@ -486,6 +516,44 @@ class GrpcService final : public inference::GRPCInferenceService::Service {
         if (name != "unload_dependents")  // no ensembles, so no dependents: accepted and moot
           return invalid("RepositoryModelUnload parameter " + dq(name) + " is not supported");
       server_.unload_model(req->model_name());
+      return grpc::Status::OK;
+    });
+  }
+
+  grpc::Status SystemSharedMemoryStatus(grpc::ServerContext*, const inference::SystemSharedMemoryStatusRequest* req,
+                                        inference::SystemSharedMemoryStatusResponse* resp) override {
+    const Active active(active_);
+    return guarded([&] {
+      for (const SharedMemoryStatus& r : server_.shared_memory().status(req->name())) {
+        auto& m = (*resp->mutable_regions())[r.name];
+        m.set_name(r.name);
+        m.set_key(r.key);
+        m.set_offset(r.offset);
+        m.set_byte_size(r.byte_size);
+      }
+      return grpc::Status::OK;
+    });
+  }
+
+  // Registering and unregistering need the API key when the server has one, like repository calls.
+  grpc::Status SystemSharedMemoryRegister(grpc::ServerContext* ctx, const inference::SystemSharedMemoryRegisterRequest* req,
+                                          inference::SystemSharedMemoryRegisterResponse*) override {
+    const Active active(active_);
+    return guarded([&] {
+      if (auto st = check_management(ctx); !st.ok()) return st;
+      server_.shared_memory().register_region(req->name(), req->key(), req->offset(), req->byte_size());
+      return grpc::Status::OK;
+    });
+  }
+
+  grpc::Status SystemSharedMemoryUnregister(grpc::ServerContext* ctx,
+                                            const inference::SystemSharedMemoryUnregisterRequest* req,
+                                            inference::SystemSharedMemoryUnregisterResponse*) override {
+    const Active active(active_);
+    return guarded([&] {
+      if (auto st = check_management(ctx); !st.ok()) return st;
+      if (req->name().empty()) server_.shared_memory().unregister_all();
+      else server_.shared_memory().unregister(req->name());
       return grpc::Status::OK;
     });
   }

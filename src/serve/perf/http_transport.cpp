@@ -1,9 +1,13 @@
 // `kiln perf` over HTTP/REST (KServe v2 with Triton's binary tensor and statistics extensions):
 // the request encoders, the response parsers and HttpTransport on a keep-alive cpp-httplib client.
 #include <httplib.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -156,6 +160,24 @@ HttpBody encode_binary_request(const Inputs& inputs) {
   return out;
 }
 
+HttpBody encode_shared_memory_request(const Inputs& inputs, const std::string& region,
+                                      const std::vector<uint64_t>& offsets) {
+  json header;
+  header["inputs"] = json::array();
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    json h = input_header(inputs[i]);
+    h["parameters"] = {{"shared_memory_region", region},
+                       {"shared_memory_offset", offsets.at(i)},
+                       {"shared_memory_byte_size", inputs[i].bytes.size()}};
+    header["inputs"].push_back(h);
+  }
+  header["parameters"] = {{"binary_data_output", true}};
+  HttpBody out;
+  out.body = header.dump();
+  out.content_type = "application/json";
+  return out;
+}
+
 HttpBody encode_json_request(const Inputs& inputs) {
   json header;
   header["inputs"] = json::array();
@@ -244,10 +266,72 @@ std::string error_text(const std::string& body) {
 
 namespace {
 
+// --shared-memory system: every prepared request's inputs in one POSIX shared-memory object, 64-byte
+// aligned, registered with the server as one region; unregistered and unlinked when the last
+// transport is done with it.
+class SharedInputs {
+ public:
+  SharedInputs(const HttpOptions& options, const std::vector<Inputs>& data) : options_(options) {
+    static int counter = 0;
+    name_ = "kiln_perf_" + std::to_string(::getpid()) + "_" + std::to_string(counter++);
+    key_ = "/" + name_;
+    size_t size = 0;
+    for (const auto& inputs : data) {
+      offsets_.emplace_back();
+      for (const auto& in : inputs) {
+        offsets_.back().push_back(size);
+        size += (in.bytes.size() + 63) / 64 * 64;
+      }
+    }
+    size = std::max<size_t>(size, 64);
+    const int fd = shm_open(key_.c_str(), O_CREAT | O_EXCL | O_RDWR, 0600);
+    if (fd < 0) throw Error(ErrorCode::kIo, "cannot create shared memory " + key_ + ": " + std::strerror(errno));
+    created_ = true;
+    void* p = ftruncate(fd, static_cast<off_t>(size)) == 0
+                  ? mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+                  : MAP_FAILED;
+    const int e = errno;
+    close(fd);
+    if (p == MAP_FAILED) {
+      shm_unlink(key_.c_str());
+      throw Error(ErrorCode::kIo, "cannot size or map shared memory " + key_ + ": " + std::strerror(e));
+    }
+    for (size_t r = 0; r < data.size(); ++r)
+      for (size_t i = 0; i < data[r].size(); ++i)
+        std::memcpy(static_cast<char*>(p) + offsets_[r][i], data[r][i].bytes.data(), data[r][i].bytes.size());
+    munmap(p, size);
+    httplib::Client c(options_.endpoint.host, options_.endpoint.port);
+    const json body = {{"key", key_}, {"offset", 0}, {"byte_size", size}};
+    auto res = c.Post("/v2/systemsharedmemory/region/" + name_ + "/register", body.dump(), "application/json");
+    if (!res || res->status != 200) {
+      shm_unlink(key_.c_str());
+      throw Error(ErrorCode::kInvalidArgument,
+                  "the server did not register shared memory " + key_ + ": " +
+                      (res ? error_text(res->body) + " (HTTP " + std::to_string(res->status) + ")"
+                           : httplib::to_string(res.error())) +
+                      "; --shared-memory system needs the server on this host");
+    }
+  }
+  ~SharedInputs() {
+    httplib::Client c(options_.endpoint.host, options_.endpoint.port);
+    c.Post("/v2/systemsharedmemory/region/" + name_ + "/unregister", "", "application/json");
+    if (created_) shm_unlink(key_.c_str());
+  }
+  const std::string& region() const { return name_; }
+  const std::vector<uint64_t>& offsets(size_t request) const { return offsets_[request]; }
+
+ private:
+  HttpOptions options_;
+  std::string name_, key_;
+  bool created_ = false;
+  std::vector<std::vector<uint64_t>> offsets_;
+};
+
 class HttpTransport final : public PerfTransport {
  public:
-  HttpTransport(HttpOptions options, std::shared_ptr<const std::vector<HttpBody>> bodies)
-      : options_(std::move(options)), bodies_(std::move(bodies)) {
+  HttpTransport(HttpOptions options, std::shared_ptr<const std::vector<HttpBody>> bodies,
+                std::shared_ptr<const SharedInputs> shared = nullptr)
+      : options_(std::move(options)), bodies_(std::move(bodies)), shared_(std::move(shared)) {
     client_ = std::make_unique<httplib::Client>(options_.endpoint.host, options_.endpoint.port);
     client_->set_keep_alive(true);
     // Without it, Nagle's algorithm holds the body back until the headers are acknowledged (40 ms
@@ -305,8 +389,11 @@ class HttpTransport final : public PerfTransport {
 
   void prepare(const std::vector<Inputs>& data) override {
     auto bodies = std::make_shared<std::vector<HttpBody>>();
-    for (const auto& inputs : data)
-      bodies->push_back(options_.binary ? encode_binary_request(inputs) : encode_json_request(inputs));
+    if (options_.shared_memory) shared_ = std::make_shared<const SharedInputs>(options_, data);
+    for (size_t i = 0; i < data.size(); ++i)
+      bodies->push_back(shared_          ? encode_shared_memory_request(data[i], shared_->region(), shared_->offsets(i))
+                        : options_.binary ? encode_binary_request(data[i])
+                                          : encode_json_request(data[i]));
     bodies_ = std::move(bodies);
   }
 
@@ -367,12 +454,13 @@ class HttpTransport final : public PerfTransport {
   }
 
   std::unique_ptr<PerfTransport> connect_another() const override {
-    return std::make_unique<HttpTransport>(options_, bodies_);
+    return std::make_unique<HttpTransport>(options_, bodies_, shared_);
   }
 
  private:
   HttpOptions options_;
   std::shared_ptr<const std::vector<HttpBody>> bodies_;
+  std::shared_ptr<const SharedInputs> shared_;
   std::unique_ptr<httplib::Client> client_;
   std::string prefix_;
 };

@@ -88,6 +88,9 @@ struct HttpBody {
 // inputs' bytes back to back in the same order. Outputs are asked for as binary too
 // ("binary_data_output"), so the server does not spend time printing them as JSON.
 HttpBody encode_binary_request(const Inputs& inputs);
+// A JSON body whose inputs point into a system shared-memory region at `offsets` (one per input).
+HttpBody encode_shared_memory_request(const Inputs& inputs, const std::string& region,
+                                      const std::vector<uint64_t>& offsets);
 // Plain JSON: each input's elements as a flat "data" array. FP16 and BF16 have no JSON form (an
 // error naming the input).
 HttpBody encode_json_request(const Inputs& inputs);
@@ -105,6 +108,9 @@ struct HttpOptions {
   Endpoint endpoint;
   std::string model, version;  // version "": the server's choice (latest)
   bool binary = true;          // binary tensor extension, else JSON tensors
+  // The system shared-memory extension: the inputs go in a POSIX shared-memory region registered
+  // with the server (on this host); requests name the region instead of carrying the bytes.
+  bool shared_memory = false;
   int64_t timeout_ms = 30000;  // connect, read and write timeouts of each request
 };
 std::unique_ptr<PerfTransport> make_http_transport(const HttpOptions& options);
