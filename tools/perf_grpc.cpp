@@ -51,7 +51,11 @@ class GrpcPerfTransport final : public perf::PerfTransport {
     info.platform = m.platform;
     for (const auto& t : m.inputs) info.inputs.push_back({t.name, t.datatype, t.shape});
     for (const auto& t : m.outputs) info.outputs.push_back({t.name, t.datatype, t.shape});
-    info.max_batch_size = -1;  // the gRPC client does not read the model config
+    try {
+      info.max_batch_size = client_->max_batch_size(model_, version_);  // -1: the server has no ModelConfig
+    } catch (const serve::GrpcCallError&) {
+      info.max_batch_size = -1;
+    }
     return info;
   }
 

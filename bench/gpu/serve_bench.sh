@@ -79,9 +79,7 @@ EOF
   echo "ready after $(python3 -c "print(round($(date +%s.%N) - $t0, 1))") s"
   grpc=$(python3 -c "import json;print(json.load(open('$work/ports.json'))['grpc'])")
   port=$([ "$PROTOCOL" = grpc ] && echo "$grpc" || echo "$http")
-  # Over HTTP kiln perf reads max_batch_size from the model's config and takes dims without the
-  # batch dim; over gRPC (no config call) it takes the request's whole shape.
-  shape=$([ "$PROTOCOL" = grpc ] && echo "input:1,3,224,224" || echo "input:3,224,224")
+  shape="input:3,224,224"  # without the batch dim: kiln perf reads max_batch_size from the config
   for level in $LEVELS; do
     "$KILN" perf -m "$MODEL" -u "127.0.0.1:$port" -i "$PROTOCOL" --concurrency-range "$level" -p "$INTERVAL_MS" \
       -r "$MAX_TRIALS" --percentile 99 --input-data random --shape "$shape" --shared-memory "$SHARED_MEMORY" --json "$out/$tag-c$level.json" \

@@ -379,6 +379,76 @@ int ModelConfig::instance_count() const {
   return n;
 }
 
+namespace {
+pb::ModelQueuePolicy queue_policy_proto(const QueuePolicy& q) {
+  pb::ModelQueuePolicy out;
+  out.set_timeout_action(q.timeout_action == TimeoutAction::kDelay ? pb::ModelQueuePolicy::DELAY
+                                                                   : pb::ModelQueuePolicy::REJECT);
+  out.set_default_timeout_microseconds(q.default_timeout_microseconds);
+  out.set_allow_timeout_override(q.allow_timeout_override);
+  out.set_max_queue_size(q.max_queue_size);
+  return out;
+}
+}  // namespace
+
+std::string serialize_model_config(const ModelConfig& c) {
+  ConfigProto p;
+  p.set_name(c.name);
+  p.set_platform(c.platform);
+  p.set_backend(c.backend);
+  p.set_max_batch_size(c.max_batch_size);
+  switch (c.version_policy.kind) {
+    case VersionPolicy::Kind::kAll: p.mutable_version_policy()->mutable_all(); break;
+    case VersionPolicy::Kind::kSpecific:
+      for (int64_t v : c.version_policy.versions) p.mutable_version_policy()->mutable_specific()->add_versions(v);
+      break;
+    case VersionPolicy::Kind::kLatest:
+      p.mutable_version_policy()->mutable_latest()->set_num_versions(c.version_policy.num_versions);
+      break;
+  }
+  for (const TensorConfig& t : c.inputs) {
+    auto* in = p.add_input();
+    in->set_name(t.name);
+    in->set_data_type(static_cast<pb::DataType>(t.data_type));
+    for (int64_t d : t.dims) in->add_dims(d);
+    in->set_optional(t.optional);
+  }
+  for (const TensorConfig& t : c.outputs) {
+    auto* out = p.add_output();
+    out->set_name(t.name);
+    out->set_data_type(static_cast<pb::DataType>(t.data_type));
+    for (int64_t d : t.dims) out->add_dims(d);
+  }
+  for (const InstanceGroup& g : c.instance_groups) {
+    auto* out = p.add_instance_group();
+    out->set_name(g.name);
+    out->set_count(g.count);
+    out->set_kind(g.kind == InstanceKind::kGpu   ? pb::ModelInstanceGroup::KIND_GPU
+                  : g.kind == InstanceKind::kCpu ? pb::ModelInstanceGroup::KIND_CPU
+                                                 : pb::ModelInstanceGroup::KIND_AUTO);
+    for (int d : g.gpus) out->add_gpus(d);
+  }
+  if (c.dynamic_batching) {
+    const DynamicBatching& d = *c.dynamic_batching;
+    auto* b = p.mutable_dynamic_batching();
+    for (int s : d.preferred_batch_size) b->add_preferred_batch_size(s);
+    b->set_max_queue_delay_microseconds(d.max_queue_delay_microseconds);
+    b->set_preserve_ordering(d.preserve_ordering);
+    b->set_priority_levels(d.priority_levels);
+    b->set_default_priority_level(d.default_priority_level);
+    *b->mutable_default_queue_policy() = queue_policy_proto(d.default_queue_policy);
+    for (const auto& [level, q] : d.priority_queue_policy) (*b->mutable_priority_queue_policy())[level] = queue_policy_proto(q);
+  }
+  for (const auto& [key, value] : c.parameters) (*p.mutable_parameters())[key].set_string_value(value);
+  auto* k = p.mutable_kiln();
+  k->set_memory_budget_bytes(c.kiln.memory_budget_bytes);
+  k->set_threads_per_instance(c.kiln.threads_per_instance);
+  k->mutable_build()->set_precision(c.kiln.build.precision);
+  k->mutable_build()->set_opt_level(c.kiln.build.opt_level);
+  for (int64_t b : c.kiln.build.gpu_batch_sizes) k->mutable_build()->add_gpu_batch_size(static_cast<int32_t>(b));
+  return p.SerializeAsString();
+}
+
 ModelConfig parse_model_config(const std::string& text, const std::string& source, const std::string& model_dir_name) {
   ConfigProto proto;
   FirstError errors;

@@ -146,4 +146,8 @@ ModelConfig load_model_config(const std::filesystem::path& path, const std::stri
 // the config file and the tensor.
 void check_against_model(ModelConfig& config, const Model& model, const EngineInfo* info = nullptr);
 
+// The config in the binary protobuf form of model_config.proto (Triton's field numbers): what the
+// gRPC ModelConfig call returns.
+std::string serialize_model_config(const ModelConfig& config);
+
 }  // namespace kiln::serve

@@ -303,6 +303,10 @@ ModelMetadata InferenceServer::model_metadata(const std::string& model, const st
   return md;
 }
 
+std::string InferenceServer::model_config_proto(const std::string& model, const std::string& version) const {
+  return serialize_model_config(find(model, version)->loaded->config);
+}
+
 std::string InferenceServer::model_config_json(const std::string& model, const std::string& version) const {
   auto served = find(model, version);
   const ModelConfig& c = served->loaded->config;

@@ -161,6 +161,8 @@ class InferenceServer {
   ModelMetadata model_metadata(const std::string& model, const std::string& version) const;
   // The model's config as the server completed it (for GET .../config), as JSON text.
   std::string model_config_json(const std::string& model, const std::string& version) const;
+  // The same config as model_config.proto's binary form (gRPC's ModelConfig call).
+  std::string model_config_proto(const std::string& model, const std::string& version) const;
   // Statistics of every loaded version (model "" : all models; version "" : all versions).
   std::vector<ModelVersionStats> model_stats(const std::string& model, const std::string& version) const;
 

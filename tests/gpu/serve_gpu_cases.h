@@ -165,6 +165,9 @@ TEST_P(ServeGpu, BatchesSpreadOverEveryGpuWithOneWeightCopyEach) {
   install(2);  // simulated: two GPUs; real: every GPU of the host
   start("max_batch_size: 4\ninstance_group { count: 2 kind: KIND_GPU }\n"
         "dynamic_batching { max_queue_delay_microseconds: 2000 }\nkiln { build { precision: \"fp32\" } }");
+  // A simulated batch keeps its GPU busy 20 ms, as a real one takes its time: while one GPU's two
+  // instances are busy, 8 clients' requests must go to the other GPU, whatever the thread timing.
+  for (const auto& d : devices_) d->set_sync_delay_ms(20);
   // 8 clients, 12 requests each, of 1 to 3 rows: merged into batches on 2 instances per GPU.
   std::vector<std::future<int>> clients;
   for (int c = 0; c < 8; ++c)

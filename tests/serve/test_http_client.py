@@ -214,11 +214,14 @@ class Perf(unittest.TestCase):
             self.assertGreater(sent, 0)
             if server.grpc:
                 r = subprocess.run([KILN, "perf", "-m", "addrelu", "-i", "grpc", "-u", "127.0.0.1:%d" % server.grpc,
-                                    "--shape", "x:1,3", "-p", "200", "-r", "5", "-s", "50", "--json", json_path],
+                                    "-b", "2", "-p", "200", "-r", "5", "-s", "50", "--json", json_path],
                                    capture_output=True, text=True, timeout=300)
                 self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
                 with open(json_path) as f:
-                    level = json.load(f)["levels"][0]
+                    report = json.load(f)
+                level = report["levels"][0]
+                # max_batch_size comes from the ModelConfig call: -b means rows per request, as over HTTP.
+                self.assertEqual(report["batch_size"], 2)
                 self.assertEqual(level["requests"]["failed"], 0)
                 self.assertGreater(level["requests"]["success"], 0)
         finally:

@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <cstring>
 #include <fstream>
+
+#include <nlohmann/json.hpp>
 #include <future>
 #include <thread>
 
@@ -915,6 +917,59 @@ TEST_F(ServeGrpc, SystemSharedMemory) {
   inference::SystemSharedMemoryStatusRequest one;
   one.set_name("in0");
   EXPECT_EQ(call(&Stub::SystemSharedMemoryStatus, one, &status).error_code(), grpc::StatusCode::NOT_FOUND);
+}
+
+// Triton's ModelConfig call: the config as the server completed it (inputs filled from the model),
+// in model_config.proto's form with Triton's field numbers.
+TEST_F(ServeGrpc, ModelConfigReturnsTheCompletedConfig) {
+  add_model("addrelu",
+            "max_batch_size: 4\ninstance_group [ { count: 2 kind: KIND_CPU } ]\n"
+            "dynamic_batching { preferred_batch_size: [2] max_queue_delay_microseconds: 300 }\n");
+  start();
+  inference::ModelConfigRequest req;
+  req.set_name("addrelu");
+  inference::ModelConfigResponse resp;
+  ASSERT_TRUE(call(&Stub::ModelConfig, req, &resp).ok());
+  const auto& c = resp.config();
+  EXPECT_EQ(c.name(), "addrelu");
+  EXPECT_EQ(c.max_batch_size(), 4);
+  ASSERT_EQ(c.input_size(), 1);
+  EXPECT_EQ(c.input(0).name(), "x");
+  EXPECT_EQ(c.input(0).data_type(), kiln::serve::pb::TYPE_FP32);
+  EXPECT_EQ(std::vector<int64_t>(c.input(0).dims().begin(), c.input(0).dims().end()), (std::vector<int64_t>{3}));
+  ASSERT_EQ(c.output_size(), 1);
+  EXPECT_EQ(c.output(0).name(), "y");
+  ASSERT_EQ(c.instance_group_size(), 1);
+  EXPECT_EQ(c.instance_group(0).count(), 2);
+  EXPECT_EQ(c.instance_group(0).kind(), kiln::serve::pb::ModelInstanceGroup::KIND_CPU);
+  EXPECT_EQ(c.dynamic_batching().max_queue_delay_microseconds(), 300u);
+  ASSERT_EQ(c.dynamic_batching().preferred_batch_size_size(), 1);
+  EXPECT_EQ(c.dynamic_batching().preferred_batch_size(0), 2);
+  req.set_version("1");
+  EXPECT_TRUE(call(&Stub::ModelConfig, req, &resp).ok());
+  req.set_name("nope");
+  EXPECT_EQ(call(&Stub::ModelConfig, req, &resp).error_code(), grpc::StatusCode::NOT_FOUND);
+  req.set_name("addrelu");
+  req.set_version("7");
+  EXPECT_EQ(call(&Stub::ModelConfig, req, &resp).error_code(), grpc::StatusCode::NOT_FOUND);
+}
+
+// kiln perf over gRPC reads max_batch_size through ModelConfig, so -b and --shape mean what they
+// mean over HTTP: 2 rows of the model's [3] per request.
+TEST_F(ServeGrpc, PerfReadsTheBatchSizeFromModelConfig) {
+  add_model("addrelu", "max_batch_size: 4\n");
+  start();
+  const auto report = dir_ / "perf.json";
+  const auto r = kiln_test::run_kiln_cli("perf -m addrelu -i grpc -u " + target_ + " -b 2 -p 200 -r 3 -s 50 --json " +
+                                         report.string());
+  ASSERT_EQ(r.code, 0) << r.out;
+  const nlohmann::json j = nlohmann::json::parse(std::ifstream(report));
+  EXPECT_EQ(j["batch_size"], 2);
+  EXPECT_EQ(j["levels"][0]["requests"]["failed"], 0);
+  EXPECT_GT(j["levels"][0]["requests"]["success"].get<int64_t>(), 0);
+  const StatsSnapshot s = server_->model_stats("addrelu", "").at(0).stats;
+  EXPECT_GT(s.inference_count, 0u);
+  EXPECT_EQ(s.inference_count % 2, 0u);  // every request carried 2 rows
 }
 
 }  // namespace

@@ -7,7 +7,9 @@
 // on a GPU; everything else runs at once.
 #pragma once
 #include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <thread>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -189,7 +191,12 @@ class SimDevice final : public Device {
   void memset_async(void* dst, int value, size_t bytes, void*) override { std::memset(dst, value, bytes); }
   void* create_stream() override { return new int(0); }
   void destroy_stream(void* s) override { delete static_cast<int*>(s); }
-  void synchronize(void*) override {}
+  // Waiting for a stream takes `sync_delay_ms` (0 by default): a simulated GPU that is busy for a
+  // while, so tests of scheduling over several devices do not depend on thread timing.
+  void synchronize(void*) override {
+    if (sync_delay_ms_ > 0) std::this_thread::sleep_for(std::chrono::milliseconds(sync_delay_ms_));
+  }
+  void set_sync_delay_ms(int ms) { sync_delay_ms_ = ms; }
   void* create_event() override { return new std::chrono::steady_clock::time_point(); }
   void destroy_event(void* e) override { delete static_cast<std::chrono::steady_clock::time_point*>(e); }
   void record(void* e, void*) override { *static_cast<std::chrono::steady_clock::time_point*>(e) = std::chrono::steady_clock::now(); }
@@ -467,6 +474,7 @@ class SimDevice final : public Device {
   size_t used_ = 0;
   std::map<void*, std::unique_ptr<Graph>> capturing_;
   int graphs_made_ = 0, graph_launches_ = 0;
+  std::atomic<int> sync_delay_ms_{0};
   int64_t kernels_run_ = 0;
 };
 

@@ -119,6 +119,21 @@ ModelMetadata GrpcClient::model_metadata(const std::string& model, const std::st
   return m;
 }
 
+int64_t GrpcClient::max_batch_size(const std::string& model, const std::string& version) {
+  using S = inference::GRPCInferenceService::Stub;
+  inference::ModelConfigRequest req;
+  req.set_name(model);
+  req.set_version(version);
+  try {
+    return impl_->call<inference::ModelConfigRequest, inference::ModelConfigResponse>(&S::ModelConfig, req)
+        .config()
+        .max_batch_size();
+  } catch (const GrpcCallError& e) {
+    if (e.code() == 12) return -1;  // UNIMPLEMENTED: a server without the configuration call
+    throw;
+  }
+}
+
 GrpcInferResponse GrpcClient::infer(const GrpcInferRequest& request) {
   using S = inference::GRPCInferenceService::Stub;
   inference::ModelInferRequest req;

@@ -102,6 +102,8 @@ class GrpcClient {
   bool model_ready(const std::string& model, const std::string& version = "");
   ServerMetadata server_metadata();
   ModelMetadata model_metadata(const std::string& model, const std::string& version = "");
+  // max_batch_size from the ModelConfig call; -1 when the server does not implement it.
+  int64_t max_batch_size(const std::string& model, const std::string& version = "");
   GrpcInferResponse infer(const GrpcInferRequest& request);
   // model "": every model; version "": every loaded version.
   std::vector<GrpcModelStats> model_statistics(const std::string& model = "", const std::string& version = "");

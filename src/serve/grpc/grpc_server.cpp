@@ -520,6 +520,16 @@ class GrpcService final : public inference::GRPCInferenceService::Service {
     });
   }
 
+  grpc::Status ModelConfig(grpc::ServerContext*, const inference::ModelConfigRequest* req,
+                           inference::ModelConfigResponse* resp) override {
+    const Active active(active_);
+    return guarded([&] {
+      if (!resp->mutable_config()->ParseFromString(server_.model_config_proto(req->name(), req->version())))
+        return grpc::Status(grpc::StatusCode::INTERNAL, "the model config did not serialize");
+      return grpc::Status::OK;
+    });
+  }
+
   grpc::Status SystemSharedMemoryStatus(grpc::ServerContext*, const inference::SystemSharedMemoryStatusRequest* req,
                                         inference::SystemSharedMemoryStatusResponse* resp) override {
     const Active active(active_);
