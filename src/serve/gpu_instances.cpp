@@ -93,6 +93,14 @@ GpuModel::GpuModel(const Model& model, const ModelConfig& c, int gpu) : gpu_(gpu
     try {
       gpu::GpuBuild built = gpu::build_gpu_program(model, shapes, gpu, options, c.kiln.build.opt_level);
       const gpu::GpuProgram& p = *built.program;
+      // Batches are padded and cut along dim 0, so every edge tensor must lead with the batch.
+      if (batching_)
+        for (const auto* list : {&p.inputs(), &p.outputs()})
+          for (const auto& d : *list)
+            if (d.shape.empty() || d.shape[0] != b)
+              throw Error(ErrorCode::kInvalidArgument,
+                          "'" + d.name + "' has shape " + dims_text(d.shape) + " at batch " + std::to_string(b) +
+                              "; GPU batching needs the batch dim first in every input and output");
       size_t io = 0;
       for (const auto& d : p.inputs()) io += d.bytes();
       for (const auto& d : p.outputs()) io += d.bytes();

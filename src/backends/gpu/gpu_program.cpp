@@ -268,7 +268,7 @@ class GpuProgramBuilder {
     std::ostringstream pool_key;
     pool_key << content_hash(t) << "|" << static_cast<int>(t.dtype());
     for (int64_t d : t.shape()) pool_key << "," << d;
-    pool_key << "|" << static_cast<int>(type) << "|" << variant << "|" << scale << "|" << order.size();
+    pool_key << "|" << static_cast<int>(type) << "|" << variant << "|" << std::hexfloat << scale << "|" << order.size();
     const WeightPool::Entry e = pool_->get(pool_key.str(), [&] {
       const bool ints = t.dtype() == DType::kI64 || t.dtype() == DType::kI32;
       const int64_t n = order.empty() ? t.numel() : static_cast<int64_t>(order.size());
