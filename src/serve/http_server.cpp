@@ -362,7 +362,9 @@ HttpInferRequest parse_infer_request(std::shared_ptr<const std::string> body, st
     } else {
       if (!in.contains("data")) bad(what + " has neither \"data\" nor binary_data_size");
       auto packed = std::make_shared<std::string>();
-      if (elem) packed->reserve(static_cast<size_t>(n) * elem);
+      // Each JSON element takes at least one byte of the body: reserve no more than the body can
+      // hold, whatever the shape claims (a huge shape with a short "data" is refused below).
+      if (elem) packed->reserve(std::min(static_cast<size_t>(n), b.size()) * elem);
       pack_json(in["data"], t.datatype, *packed, what);
       const int64_t got = elem ? static_cast<int64_t>(packed->size() / elem)
                                : count_bytes_elements(packed->data(), packed->size(), what);

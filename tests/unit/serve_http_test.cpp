@@ -747,5 +747,19 @@ TEST_F(ServeHttp, ABurstOfNewConnectionsIsServedInFull) {
   EXPECT_EQ(ok.load(), kClients);
 }
 
+// A huge declared shape with a few JSON values is refused (the fuzzer found that the parser reserved
+// the shape's size first: [82288, 8888] FP32 is 2.9 GB; it now reserves what the body can hold).
+TEST(ServeHttpParse, HugeShapeWithShortJsonDataIsRefused) {
+  auto body = std::make_shared<const std::string>(
+      R"({"inputs":[{"name":"x","shape":[82288,8888],"datatype":"FP32","data":[1,2,3,4]}]})");
+  try {
+    parse_infer_request(body, std::nullopt);
+    FAIL() << "accepted";
+  } catch (const ServeError& e) {
+    EXPECT_EQ(e.status(), Status::kBadRequest);
+    EXPECT_NE(std::string(e.what()).find("\"data\" has 4 elements"), std::string::npos) << e.what();
+  }
+}
+
 }  // namespace
 }  // namespace kiln::serve
