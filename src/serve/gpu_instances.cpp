@@ -2,7 +2,6 @@
 #include "serve/gpu_instances.h"
 
 #include <algorithm>
-#include <chrono>
 #include <set>
 
 #include "backends/gpu/gpu_build.h"
@@ -13,7 +12,6 @@ namespace kiln::serve {
 namespace {
 
 std::string dq(const std::string& s) { return "\"" + s + "\""; }
-
 
 std::string dims_text(const std::vector<int64_t>& d) {
   std::string s = "[";
@@ -81,7 +79,6 @@ GpuModel::GpuModel(const Model& model, const ModelConfig& c, int gpu) : gpu_(gpu
   options.precision = gpu::parse_precision(c.kiln.build.precision);
   options.weights = pool_;
   batches_ = gpu_batch_sizes(c);
-  const auto t0 = std::chrono::steady_clock::now();
   for (int64_t b : batches_) {
     gpu::ShapeMap shapes;
     for (const auto& [name, dims] : shapes_) {
@@ -110,7 +107,6 @@ GpuModel::GpuModel(const Model& model, const ModelConfig& c, int gpu) : gpu_(gpu
       throw Error(e.code(), what + (batching_ ? ", batch size " + std::to_string(b) : std::string()) + ": " + e.what());
     }
   }
-  compile_ms_ = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 }
 
 InstanceFns GpuModel::make_instance() {
@@ -120,9 +116,7 @@ InstanceFns GpuModel::make_instance() {
     auto ctx = std::make_unique<gpu::GpuContext>(program);
     reference::TensorMap zeros;
     for (const auto& d : program->inputs()) {
-      Tensor t(d.dtype, d.shape);
-      std::fill_n(static_cast<char*>(t.mutable_raw()), t.nbytes(), 0);
-      zeros[d.name] = std::move(t);
+      zeros[d.name] = Tensor(d.dtype, d.shape);  // zero-filled
     }
     ctx->run(zeros);
     (*contexts)[b] = std::move(ctx);

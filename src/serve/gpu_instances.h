@@ -61,7 +61,6 @@ class GpuModel {
   size_t weight_bytes() const { return pool_->bytes(); }
   // Device memory one instance allocates: every program's arena, workspace, inputs and outputs.
   size_t instance_bytes() const { return instance_bytes_; }
-  double compile_ms() const { return compile_ms_; }
 
   // Creates one instance: a context per program, each run once on zeros (capturing its CUDA graph),
   // so the first request meets no setup. Throws kInvalidArgument when the GPU is out of memory (nothing is kept).
@@ -86,7 +85,6 @@ class GpuModel {
   std::map<int64_t, std::shared_ptr<const gpu::GpuProgram>> programs_;  // by batch size
   std::map<std::string, std::vector<int64_t>> shapes_;                   // inputs, without the batch dim
   size_t instance_bytes_ = 0;
-  double compile_ms_ = 0;
   std::shared_ptr<Counters> counters_ = std::make_shared<Counters>();
 };
 

@@ -115,11 +115,6 @@ void on_own_thread(F&& f) {
   if (error) std::rethrow_exception(error);
 }
 
-int64_t now_us_steady() {
-  return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-
 uint64_t now_ms() {
   return static_cast<uint64_t>(
       std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
@@ -787,7 +782,7 @@ void InferenceServer::gpu_metrics(std::ostream& out,
   // Utilisation: the share of wall time since the previous scrape that Kiln's kernels ran on the
   // GPU (summed compute time of every instance, capped at 1), like NVML's "kernel active" ratio.
   std::lock_guard lock(gpu_scrape_mu_);
-  const int64_t now = now_us_steady();
+  const int64_t now = SteadyClock().now_us();
   device_family("nv_gpu_utilization", "GPU utilization rate by Kiln's kernels since the last scrape (0.0 - 1.0)",
                 [&](int gpu, gpu::Device&) {
                   auto& [t, busy] = gpu_scrape_[gpu];

@@ -1118,11 +1118,6 @@ size_t WeightPool::bytes() const {
   return bytes_;
 }
 
-size_t WeightPool::entries() const {
-  std::lock_guard lock(mu_);
-  return entries_.size();
-}
-
 GpuProgram::~GpuProgram() {
   steps_.clear();
   pool_.reset();

@@ -57,7 +57,6 @@ class WeightPool {
     return insert(key, make());
   }
   size_t bytes() const;    // device memory held
-  size_t entries() const;
   Device& device() const { return *device_; }
 
  private:
