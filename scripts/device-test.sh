@@ -15,6 +15,8 @@
 #                                    PyTorch side by side), accuracy (PyTorch's own FP16 error on the
 #                                    same models), serve (KIND_GPU serving tests, then
 #                                    bench/gpu/serve_bench.sh: one GPU against every GPU),
+#                                    engines (bench/gpu/engine_bench.sh: GPU engine files built
+#                                    with a timing cache, loaded, benched and compared),
 #                                    exec CMD... (a command in this environment);
 #                                    default: kernels programs models.
 # Logs go to out/device, packed into $OUT/device-results.tgz when $OUT is set. The GPU machine provides the CUDA runtime and cuBLASLt
@@ -91,10 +93,12 @@ EOF
           build-cuda/bin/kiln_gpu_tests --gtest_filter='*ServeGpu*' > "$out/serve_gpu_tests.log" 2>&1 || rc=1
           grep -E "^\[ *(OK|FAILED|PASSED|SKIPPED) *\]|Failure|Expected|Which is" "$out/serve_gpu_tests.log" | head -20
           bash bench/gpu/serve_bench.sh "$out/serve" || rc=1 ;;
+        engines)  # GPU engine files: build with a timing cache, inspect, bench and run them (bench/gpu/engine_bench.sh)
+          bash bench/gpu/engine_bench.sh "$out/engines" 2>&1 | tee "$out/engines.txt" || rc=1 ;;
         accuracy)  # PyTorch's own FP16 error on the same models (the yardstick for Kiln's)
           python3 bench/gpu/torch_accuracy.py --models "${KILN_GPU_MODELS:-resnet50,mobilenet_v2,bert,gpt}" \
             --json "$out/torch_accuracy.json" 2>&1 | tail -8 || rc=1 ;;
-        *) echo "device-test: unknown part '$w' (kernels, programs, models, accuracy, bench, serve, exec CMD...)" >&2; exit 2 ;;
+        *) echo "device-test: unknown part '$w' (kernels, programs, models, accuracy, bench, serve, engines, exec CMD...)" >&2; exit 2 ;;
       esac
     done
     if [ -n "${OUT:-}" ]; then tar -C "$out" -czf "$OUT/device-results.tgz" . && cp "$out"/*.txt "$OUT"/ 2>/dev/null; fi

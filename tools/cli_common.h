@@ -9,6 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "backends/gpu/gpu_program.h"
 #include "backends/reference/executor.h"
 #include "engine/engine_file.h"
 #include "runtime/runtime.h"
@@ -64,6 +65,21 @@ CpuEngine cpu_engine_from_file(Model optimized, EngineInfo info, int threads);
 // Builds an ONNX model in memory with `shapes` (every input) as its one static profile, tactics timed.
 CpuEngine cpu_engine_from_onnx(Model model, const std::map<std::string, std::vector<int64_t>>& shapes, int opt_level,
                                int threads);
+
+// tools/cmd_build.cpp: the GPU program `run` and `bench` execute on GPU `gpu_index`. From a GPU
+// engine file: checked against the device and compiled from its recorded tactics (nothing timed);
+// `shapes` must be the engine's and `precision` ("" or the engine's) cannot change. From an ONNX
+// model (or a CPU engine's graph, which is not optimized again): built in memory at `shapes`,
+// tactics timed, in `precision` ("": fp16) within `workspace_limit`.
+struct GpuRun {
+  std::shared_ptr<const gpu::GpuProgram> program;
+  size_t nodes_before = 0, nodes_after = 0;
+  double pass_ms = 0, compile_ms = 0;
+  bool gpu_engine = false;    // from a GPU engine file
+  bool tactics_used = false;  // a GPU engine's recorded tactics were used (nothing timed)
+};
+GpuRun gpu_program_for(Model model, const EngineInfo* engine, const std::map<std::string, std::vector<int64_t>>& shapes,
+                       int gpu_index, const std::string& precision, size_t workspace_limit, int opt_level);
 
 // "f32[1x1000] min=-2.1 max=3.4 mean=0.01"
 std::string summarize(const Tensor& t);

@@ -69,7 +69,7 @@ struct BenchArgs {
   uint64_t seed = 0;
   std::vector<int64_t> int_range = {0, 10};
   std::string device = "cpu";      // cpu, cuda or cuda:N
-  std::string precision = "fp16";  // GPU: fp32 (TF32), fp16 or bf16
+  std::string precision;  // GPU: fp32 (TF32), fp16 or bf16; "": a GPU engine's, else fp16
   bool no_cuda_graph = false;
   size_t workspace_mib = 1024;
 };
@@ -462,14 +462,14 @@ StopRule stop_rule_of(const BenchArgs& args) {
 // to host copies; host wall clock) and GPU compute time (CUDA events around the graph launch)
 // separately, and a compute-only loop (inputs already on the device, what PyTorch's CUDA-event
 // timings measure).
-int bench_gpu(const BenchArgs& args, int gpu_index, Model model, bool is_engine,
+int bench_gpu(const BenchArgs& args, int gpu_index, Model model, const EngineInfo* engine,
               const std::map<std::string, std::vector<int64_t>>& resolved,
               const std::vector<std::pair<std::string, DType>>& input_types, std::ofstream& json_file) {
-  gpu::CompileOptions opt;
-  opt.precision = gpu::parse_precision(args.precision);
-  opt.workspace_limit = args.workspace_mib << 20;
-  gpu::GpuBuild built = gpu::build_gpu_program(std::move(model), resolved, gpu_index, opt, is_engine ? 0 : args.opt_level);
+  const bool is_engine = engine != nullptr;
+  GpuRun built = gpu_program_for(std::move(model), engine, resolved, gpu_index, args.precision,
+                                 args.workspace_mib << 20, args.opt_level);
   const gpu::GpuProgram& prog = *built.program;
+  const gpu::Precision precision = prog.precision();
   const gpu::DeviceProps& dp = prog.device().props();
   BenchInputs generated = make_bench_inputs(args, input_types, resolved);
   const TensorMap& inputs = generated.tensors;
@@ -481,10 +481,15 @@ int bench_gpu(const BenchArgs& args, int gpu_index, Model model, bool is_engine,
   std::cout << "device:     cuda:" << dp.id << " " << dp.name << " (" << dp.sm() << ", " << dp.multiprocessors
             << " SMs, driver " << dp.driver_version << ", runtime " << dp.runtime_version << ", cuBLASLt "
             << dp.cublaslt_version << ", cuDNN " << dp.cudnn_version << ")\n";
-  std::cout << "precision:  " << gpu::precision_name(opt.precision) << " (FP32 at the inputs and outputs)\n";
-  std::cout << "build:      " << built.nodes_before << " nodes -> " << built.nodes_after << " nodes -> "
-            << prog.steps().size() << " kernels; passes " << fixed(built.pass_ms, 1) << " ms, kernels chosen in "
-            << fixed(built.compile_ms, 1) << " ms\n";
+  std::cout << "precision:  " << gpu::precision_name(precision) << " (FP32 at the inputs and outputs)\n";
+  if (built.gpu_engine)
+    std::cout << "build:      GPU engine, " << built.nodes_after << " nodes -> " << prog.steps().size()
+              << " kernels; loaded in " << fixed(built.compile_ms, 1) << " ms ("
+              << (built.tactics_used ? "recorded tactics, nothing timed" : "tuned kernels timed on this GPU") << ")\n";
+  else
+    std::cout << "build:      " << built.nodes_before << " nodes -> " << built.nodes_after << " nodes -> "
+              << prog.steps().size() << " kernels; passes " << fixed(built.pass_ms, 1) << " ms, kernels chosen in "
+              << fixed(built.compile_ms, 1) << " ms\n";
   std::cout << "memory:     weights " << mib(prog.weight_bytes()) << ", activations " << mib(prog.arena_bytes())
             << " (vs " << mib(prog.activation_bytes_total()) << " summed), workspace " << mib(prog.workspace_bytes())
             << "; CUDA graph " << (args.no_cuda_graph ? "off" : "on") << "\n";
@@ -570,8 +575,12 @@ int bench_gpu(const BenchArgs& args, int gpu_index, Model model, bool is_engine,
     j["executor"] = "cuda";
     j["device"] = {{"index", dp.id}, {"name", dp.name}, {"sm", dp.sm()}, {"driver", dp.driver_version},
                    {"runtime", dp.runtime_version}, {"cublaslt", dp.cublaslt_version}, {"cudnn", dp.cudnn_version}};
-    j["precision"] = gpu::precision_name(opt.precision);
+    j["precision"] = gpu::precision_name(precision);
     j["cuda_graph"] = !args.no_cuda_graph;
+    j["engine_file"] = is_engine;
+    j["gpu_engine"] = built.gpu_engine;
+    j["tactics"] = {{"timed", prog.tactic_stats().timed}, {"recorded", prog.tactic_stats().recorded},
+                    {"rejected", prog.tactic_stats().rejected}};
     j["nodes_before"] = built.nodes_before;
     j["nodes"] = built.nodes_after;
     j["kernels"] = prog.steps().size();
@@ -649,7 +658,7 @@ int cmd_bench(const BenchArgs& args) {
     if (args.backend != "cpu") throw Error(ErrorCode::kInvalidArgument, "--backend " + args.backend + " runs on the CPU; drop it with --device " + args.device);
     if (args.streams > 1) throw Error(ErrorCode::kInvalidArgument, "--streams is not supported with --device cuda yet");
     std::cerr << notes;
-    return bench_gpu(args, gpu_index, std::move(model), is_engine, resolved, input_types, json_file);
+    return bench_gpu(args, gpu_index, std::move(model), is_engine ? &info : nullptr, resolved, input_types, json_file);
   }
   const int streams = args.streams;
   const int threads_requested =
@@ -848,7 +857,8 @@ CLI::App* add_bench_command(CLI::App& app, std::function<int()>* run) {
   sub->add_option("--opt-level", args->opt_level, "Graph optimization level 0-3 of an ONNX model (default 3; 0: no passes)")
       ->check(CLI::Range(0, 3));
   sub->add_option("--device", args->device, "cpu (default), cuda or cuda:N (the GPU backend module)");
-  sub->add_option("--precision", args->precision, "GPU precision of float layers: fp16 (default), bf16 or fp32 (TF32)")
+  sub->add_option("--precision", args->precision,
+                  "GPU precision of float layers: fp16 (default; a GPU engine's own), bf16 or fp32 (TF32)")
       ->check(CLI::IsMember({"fp32", "fp16", "bf16"}));
   sub->add_flag("--no-cuda-graph", args->no_cuda_graph, "GPU: launch kernel by kernel instead of replaying a CUDA graph");
   sub->add_option("--workspace", args->workspace_mib, "GPU: scratch limit per library kernel in MiB (default 1024)")

@@ -15,6 +15,9 @@
 #include <sstream>
 
 #include "backends/cpu/timing_cache.h"
+#include "backends/gpu/gpu_build.h"
+#include "backends/gpu/gpu_engine.h"
+#include "backends/gpu/loader.h"
 #include "backends/reference/executor.h"
 #include "cli_common.h"
 #include "engine/engine_file.h"
@@ -53,6 +56,10 @@ struct BuildArgs {
   int64_t calib_batch = 0;   // 0: 8, or the input's static batch
   std::string accuracy_budget, accuracy_metric = "auto", validation;
   size_t validation_samples = 64;
+  // GPU engines
+  std::string device = "cpu";
+  std::string precision;  // --device cuda: fp16 (default), bf16 or fp32
+  bool hardware_compatible = false;
   // --plugin LIB.so is a global option (tools/kiln_main.cpp): libraries load before the model.
 };
 
@@ -147,7 +154,92 @@ struct ProgressBar {
   }
 };
 
+// `kiln build --device cuda[:N]`: a GPU engine (src/backends/gpu/gpu_engine.h) for one set of
+// static shapes, its tuned kernels timed on that GPU (or taken from --timing-cache).
+int cmd_build_gpu(const BuildArgs& args, int gpu_index) {
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<std::string> cpu_only;
+  if (args.int8 || args.bf16 || args.fp16) cpu_only.push_back("--int8/--bf16/--fp16 (use --precision fp16, bf16 or fp32)");
+  if (!args.calib.empty() || !args.calib_cache.empty() || !args.accuracy_budget.empty() || !args.validation.empty() ||
+      !args.layer_precision.empty())
+    cpu_only.push_back("calibration, accuracy guard and --layer-precision (INT8 has no GPU kernels yet)");
+  if (!args.min_shapes.empty() || !args.opt_shapes.empty() || !args.max_shapes.empty())
+    cpu_only.push_back("--min/--opt/--max-shapes (GPU engines have static shapes: give them with --shapes)");
+  if (args.threads > 0) cpu_only.push_back("--threads");
+  if (args.no_timing) cpu_only.push_back("--no-timing");
+  if (!args.disabled.empty()) cpu_only.push_back("--disable-pass");
+  if (!cpu_only.empty()) {
+    std::string msg = "not supported with --device " + args.device + ":";
+    for (const auto& c : cpu_only) msg += "\n  " + c;
+    throw Error(ErrorCode::kInvalidArgument, msg);
+  }
+  gpu::GpuEngineOptions opt;
+  opt.precision = gpu::parse_precision(args.precision.empty() ? "fp16" : args.precision);
+  if (args.workspace_mib > 0) opt.workspace_limit = static_cast<size_t>(args.workspace_mib * 1024.0 * 1024.0);
+  opt.hardware_compatible = args.hardware_compatible;
+  opt.opt_level = args.opt_level;
+  std::vector<std::string> log;
+  if (args.verbose) opt.log = &log;
+
+  Model model = load_onnx(args.model);
+  const ShapeMap given = parse_shapes(args.shapes);
+  check_shape_names(model.graph, given, "--shapes", args.model);
+  std::string notes;
+  ShapeMap shapes;
+  for (const auto& name : model.graph.inputs) {
+    const TensorType* type = model.graph.type_of(name);
+    if (!type) throw Error(ErrorCode::kInvalidArgument, "input '" + name + "' has no tensor type");
+    shapes[name] = resolve_input_shape(name, *type, given, &notes);
+  }
+  std::cerr << notes;
+  // The cache's target is the GPU's; a file for another GPU or library is ignored (and rewritten).
+  auto device = gpu::open_device(gpu_index);
+  cpu::TimingCache cache(gpu::gpu_target(device->props()));
+  if (!args.timing_cache.empty()) {
+    const std::string warning = cache.load(args.timing_cache);
+    if (!warning.empty()) std::cerr << "kiln: warning: " << warning << "\n";
+  }
+  opt.timing_cache = &cache;
+  gpu::GpuEngineBuild b = gpu::build_gpu_engine(std::move(model), shapes, gpu_index, opt);
+  const auto t_write = std::chrono::steady_clock::now();
+  save_engine(b.optimized, b.info, args.output);
+  const double write_ms = ms_since(t_write);
+  if (!args.timing_cache.empty()) cache.save(args.timing_cache);
+  std::error_code ec;
+  const auto size = fs::file_size(args.output, ec);
+
+  const gpu::GpuProgram& prog = *b.program;
+  const gpu::DeviceProps& dp = prog.device().props();
+  const gpu::TacticStats& ts = prog.tactic_stats();
+  std::cout << "model:        " << args.model << "\n";
+  std::cout << "device:       cuda:" << dp.id << " " << dp.name << " (" << dp.sm() << "; CUDA " << dp.runtime_version
+            << ", cuBLASLt " << dp.cublaslt_version << ", cuDNN " << dp.cudnn_version << ")\n";
+  std::cout << "precision:    " << gpu::precision_name(opt.precision) << (opt.hardware_compatible ? ", hardware-compatible (SM 8.0 and newer)" : "") << "\n";
+  std::cout << "shapes:      ";
+  for (const auto& [name, dims] : shapes) std::cout << " " << name << ":" << shape_to_string(dims);
+  std::cout << "\n";
+  std::cout << "nodes:        " << b.nodes_before << " -> " << b.nodes_after << " -> " << prog.steps().size()
+            << " kernels; passes " << fixed(b.pass_ms, 1) << " ms, kernels chosen in " << fixed(b.compile_ms, 1) << " ms\n";
+  // Per tuned kernel: timed, or found in the cache (filled by earlier builds and by earlier
+  // kernels of the same shape in this one). The engine records each distinct one.
+  std::cout << "tactics:      " << ts.timed + ts.recorded << " tuned kernels (" << b.info.tactics.size()
+            << " distinct): " << ts.timed << " timed, " << ts.recorded << " from the timing cache"
+            << (ts.rejected ? ", " + std::to_string(ts.rejected) + " cached ones rejected and timed again" : "") << "\n";
+  std::cout << "memory:       weights " << mib(prog.weight_bytes()) << ", activations " << mib(prog.arena_bytes())
+            << ", workspace " << mib(prog.workspace_bytes()) << "\n";
+  std::cout << "engine:       " << args.output << " (" << mib(size) << ", written in " << fixed(write_ms, 1) << " ms; total "
+            << fixed(ms_since(t0), 1) << " ms)\n";
+  if (args.verbose)
+    for (const auto& line : log) std::cout << "  " << line << "\n";
+  return 0;
+}
+
 int cmd_build(const BuildArgs& args) {
+  if (const int gpu_index = gpu::parse_device(args.device); gpu_index >= 0) return cmd_build_gpu(args, gpu_index);
+  if (!args.precision.empty() || args.hardware_compatible)
+    throw Error(ErrorCode::kInvalidArgument,
+                "--precision and --hardware-compatible are for GPU engines (--device cuda); CPU engines take --bf16, "
+                "--fp16 and --int8");
   const auto t0 = std::chrono::steady_clock::now();
   Model model = load_onnx(args.model);
   std::string notes;
@@ -302,7 +394,9 @@ void describe(const LoadedEngine& e, std::string* text, std::string* js) {
   j["file_size"] = h.file_size;
   j["kiln_version"] = info.kiln_version;
   j["target"] = {{"cpu_vendor", t.cpu_vendor}, {"cpu_model", t.cpu_model}, {"isa_features", t.isa_features},
-                 {"required_isa", t.required_isa}, {"backend", t.backend}};
+                 {"required_isa", t.required_isa}, {"backend", t.backend}, {"properties", t.properties}};
+  j["tactics"] = json::array();
+  for (const auto& [key, tac] : info.tactics) j["tactics"].push_back({{"key", key}, {"tactic", tac.tactic}, {"ms", tac.ms}});
   json shapes = json::object();
   for (const auto& [n, d] : info.profile_shapes) shapes[n] = d;
   j["build"] = {{"opt_level", info.opt_level}, {"profile_shapes", shapes}, {"disabled_passes", info.disabled_passes}};
@@ -323,13 +417,30 @@ void describe(const LoadedEngine& e, std::string* text, std::string* js) {
   os << "built by:   kiln " << info.kiln_version << ", opt level " << info.opt_level;
   for (const auto& p : info.disabled_passes) os << ", -" << p;
   os << "\n";
-  os << "target:     " << t.cpu_vendor << " / " << t.cpu_model << "; backend " << t.backend << "; ISA";
-  for (const auto& f : t.isa_features) os << " " << f;
-  if (t.isa_features.empty()) os << " (none)";
-  os << "; requires";
-  for (const auto& f : t.required_isa) os << " " << f;
-  if (t.required_isa.empty()) os << " nothing";
-  os << "\n";
+  // A GPU engine's precision is the engine's (every float layer); a CPU engine's is per node.
+  const bool gpu_engine = t.backend == "cuda";
+  auto prop = [&](const char* k) {
+    auto it = t.properties.find(k);
+    return it == t.properties.end() ? std::string("?") : it->second;
+  };
+  if (gpu_engine) {
+    os << "target:     GPU " << prop("gpu") << " (" << prop("sm") << "); CUDA " << prop("cuda") << ", cuBLASLt "
+       << prop("cublaslt") << ", cuDNN " << prop("cudnn") << "; " << prop("precision")
+       << (prop("hardware_compatible") == "1" ? "; hardware-compatible (SM 8.0 and newer)" : "; runs on " + prop("sm") + " only")
+       << "\n";
+    os << "tactics:    " << info.tactics.size() << " tuned kernels recorded\n";
+    for (const auto& [key, tac] : info.tactics)
+      os << "  " << key << " -> " << (tac.tactic.size() > 48 ? tac.tactic.substr(0, 45) + "..." : tac.tactic)
+         << (tac.ms >= 0 ? " (" + fixed(tac.ms, 4) + " ms)" : std::string()) << "\n";
+  } else {
+    os << "target:     " << t.cpu_vendor << " / " << t.cpu_model << "; backend " << t.backend << "; ISA";
+    for (const auto& f : t.isa_features) os << " " << f;
+    if (t.isa_features.empty()) os << " (none)";
+    os << "; requires";
+    for (const auto& f : t.required_isa) os << " " << f;
+    if (t.required_isa.empty()) os << " nothing";
+    os << "\n";
+  }
   if (info.profiles.empty()) {
     os << "profiles:   none (static shapes";
     for (const auto& [n, d] : info.profile_shapes) os << ", " << n << ":" << shape_to_string(d);
@@ -340,7 +451,7 @@ void describe(const LoadedEngine& e, std::string* text, std::string* js) {
       for (const auto& [name, d] : info.profiles[p].inputs)
         os << "  profile " << p << ": " << name << " " << profile_dims_text(d) << "\n";
   }
-  os << "threads:    " << (info.threads > 0 ? std::to_string(info.threads) : std::string("not set")) << "\n";
+  if (!gpu_engine) os << "threads:    " << (info.threads > 0 ? std::to_string(info.threads) : std::string("not set")) << "\n";
   os << "kernels:    " << info.kernels << " per inference (at the opt shapes)\n";
   os << "memory:     peak activations " << mib(info.memory_peak) << " vs " << mib(info.memory_total)
      << " summed over all activations\n";
@@ -351,7 +462,8 @@ void describe(const LoadedEngine& e, std::string* text, std::string* js) {
   size_t wn = 4, wo = 2, wt = 6;
   std::vector<std::string> tactics(nodes.size(), "-");
   std::map<std::string, int> by_precision;
-  for (const Node& n : nodes) ++by_precision[quant::node_precision(e.model.graph, n)];
+  auto precision_of = [&](const Node& n) { return gpu_engine ? prop("precision") : quant::node_precision(e.model.graph, n); };
+  for (const Node& n : nodes) ++by_precision[precision_of(n)];
   os << "precision: ";
   for (const auto& [p, count] : by_precision) os << " " << p << " x" << count;
   os << "\n";
@@ -376,10 +488,10 @@ void describe(const LoadedEngine& e, std::string* text, std::string* js) {
       for (size_t k = 0; k < f->strings.size(); ++k) fused += (k ? " + " : "") + f->strings[k];
     os << "  " << std::setw(static_cast<int>(wn)) << n.name << "  " << std::setw(static_cast<int>(wo)) << op_name(n)
        << "  " << std::setw(static_cast<int>(wt)) << tactics[i] << "  " << std::setw(10)
-       << quant::node_precision(e.model.graph, n) << "  " << (f ? "<- " + fused : std::string()) << "\n";
+       << precision_of(n) << "  " << (f ? "<- " + fused : std::string()) << "\n";
     json nj = {{"index", i}, {"name", n.name}, {"op", op_name(n)},
                {"tactic", have_tactics ? info.node_tactics[i] : std::string()},
-               {"precision", quant::node_precision(e.model.graph, n)}};
+               {"precision", precision_of(n)}};
     nj["fused_ops"] = f ? f->strings : std::vector<std::string>{};
     j["nodes"].push_back(nj);
     if (f) j["fused_nodes"].push_back({{"name", n.name}, {"op", op_name(n)}, {"fused_ops", f->strings}});
@@ -427,10 +539,46 @@ CpuEngine cpu_engine_from_onnx(Model model, const ShapeMap& shapes, int opt_leve
   return c;
 }
 
+GpuRun gpu_program_for(Model model, const EngineInfo* engine, const ShapeMap& shapes, int gpu_index,
+                       const std::string& precision, size_t workspace_limit, int opt_level) {
+  GpuRun r;
+  r.nodes_before = r.nodes_after = model.graph.nodes.size();
+  if (engine && gpu::is_gpu_engine(*engine)) {
+    gpu::LoadedGpuEngine e = gpu::load_gpu_engine(model, *engine, gpu_index);
+    if (!precision.empty() && gpu::parse_precision(precision) != e.precision)
+      throw Error(ErrorCode::kInvalidArgument, std::string("this GPU engine was built for ") +
+                                                   gpu::precision_name(e.precision) + "; --precision " + precision +
+                                                   " needs another engine (kiln build --device cuda --precision " +
+                                                   precision + ")");
+    if (shapes != e.shapes) {
+      std::string want, got;
+      for (const auto& [n, d] : e.shapes) want += " " + n + ":" + shape_to_string(d);
+      for (const auto& [n, d] : shapes) got += " " + n + ":" + shape_to_string(d);
+      throw Error(ErrorCode::kInvalidArgument,
+                  "this GPU engine has static shapes" + want + "; the inputs are" + got + " (rebuild it with --shapes)");
+    }
+    r.program = e.program;
+    r.compile_ms = e.compile_ms;
+    r.gpu_engine = true;
+    r.tactics_used = e.tactics_used;
+    return r;
+  }
+  gpu::CompileOptions opt;
+  opt.precision = gpu::parse_precision(precision.empty() ? "fp16" : precision);
+  opt.workspace_limit = workspace_limit;
+  gpu::GpuBuild b = gpu::build_gpu_program(std::move(model), shapes, gpu_index, opt, engine ? 0 : opt_level);
+  r.program = b.program;
+  r.nodes_before = b.nodes_before;
+  r.nodes_after = b.nodes_after;
+  r.pass_ms = b.pass_ms;
+  r.compile_ms = b.compile_ms;
+  return r;
+}
+
 // Registers `kiln build` on `app`; *run is set to the function that runs it once parsed.
 CLI::App* add_build_command(CLI::App& app, std::function<int()>* run) {
   auto args = std::make_shared<BuildArgs>();
-  auto* sub = app.add_subcommand("build", "Optimize a model, select CPU tactics and write an engine file");
+  auto* sub = app.add_subcommand("build", "Optimize a model, select CPU or GPU tactics and write an engine file");
   sub->add_option("model", args->model, "ONNX model")->required();
   sub->add_option("--output,-o", args->output, "Engine file to write")->required();
   sub->add_option("--shapes", args->shapes,
@@ -477,6 +625,12 @@ CLI::App* add_build_command(CLI::App& app, std::function<int()>* run) {
   sub->add_option("--validation-samples", args->validation_samples, "Validation samples the guard uses (default 64)");
   sub->add_option("--layer-precision", args->layer_precision,
                   "Per-layer precision by node name: NAME:fp32,NAME:bf16,NAME:int8,...");
+  sub->add_option("--device", args->device,
+                  "cpu (default): a CPU engine; cuda or cuda:N: a GPU engine for that GPU (static --shapes)");
+  sub->add_option("--precision", args->precision, "GPU engines: fp16 (default), bf16 or fp32 (TF32)");
+  sub->add_flag("--hardware-compatible", args->hardware_compatible,
+                "GPU engines: runnable on any GPU of SM 8.0 or newer (elsewhere than the build GPU, tuned kernels are "
+                "timed again at load)");
   sub->footer(
       "Profiles: --shapes fixes inputs to one shape. For a dynamic input give --min-shapes, --opt-shapes and\n"
       "--max-shapes (all three, same names); repeat the three flags to define several profiles: the k-th\n"

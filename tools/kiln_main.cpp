@@ -152,7 +152,7 @@ struct RunArgs {
   int threads = 0;  // 0: the engine's, else the core count
   int opt_level = 3;
   std::string device = "cpu";
-  std::string precision = "fp16";
+  std::string precision;  // "": a GPU engine's, else fp16
 };
 
 double ms_between(std::chrono::steady_clock::time_point a, std::chrono::steady_clock::time_point b) {
@@ -216,9 +216,8 @@ int cmd_run(const RunArgs& args) {
   if (gpu_index >= 0) {
     std::map<std::string, std::vector<int64_t>> actual;
     for (const auto& [name, t] : inputs) actual[name] = t.shape();
-    gpu::CompileOptions opt;
-    opt.precision = gpu::parse_precision(args.precision);
-    gpu::GpuBuild built = gpu::build_gpu_program(std::move(model), actual, gpu_index, opt, is_engine ? 0 : args.opt_level);
+    cli::GpuRun built = cli::gpu_program_for(std::move(model), is_engine ? &info : nullptr, actual, gpu_index,
+                                             args.precision, size_t{1} << 30, args.opt_level);
     gpu::GpuContext ctx(built.program);
     const auto t2 = std::chrono::steady_clock::now();
     outputs = ctx.run(inputs);
@@ -226,9 +225,10 @@ int cmd_run(const RunArgs& args) {
     run_ms = ms_between(t2, std::chrono::steady_clock::now());
     const auto& dp = built.program->device().props();
     std::ostringstream os;
-    os << "cuda:" << dp.id << " " << dp.name << " (" << dp.sm() << "), " << gpu::precision_name(opt.precision) << ", "
-       << built.program->steps().size() << " kernels, GPU compute " << cli::fixed(ctx.last_timing().compute_ms, 3)
-       << " ms (first run captures the CUDA graph)";
+    os << "cuda:" << dp.id << " " << dp.name << " (" << dp.sm() << "), " << gpu::precision_name(built.program->precision())
+       << ", " << built.program->steps().size() << " kernels"
+       << (built.gpu_engine ? built.tactics_used ? ", GPU engine (recorded tactics)" : ", GPU engine (tactics timed here)" : "")
+       << ", GPU compute " << cli::fixed(ctx.last_timing().compute_ms, 3) << " ms (first run captures the CUDA graph)";
     backend_line = os.str();
   } else if (args.backend == "reference") {
     reference::Executor exec(std::move(model));
@@ -324,7 +324,8 @@ int main(int argc, char** argv) {
   run->add_option("--backend", run_args.backend, "cpu (default: the engine, or the model built in memory) or reference")
       ->check(CLI::IsMember({"cpu", "reference"}));
   run->add_option("--device", run_args.device, "cpu (default), cuda or cuda:N (the GPU backend module)");
-  run->add_option("--precision", run_args.precision, "GPU precision of float layers: fp16 (default), bf16 or fp32 (TF32)")
+  run->add_option("--precision", run_args.precision,
+                  "GPU precision of float layers: fp16 (default; a GPU engine's own), bf16 or fp32 (TF32)")
       ->check(CLI::IsMember({"fp32", "fp16", "bf16"}));
   run->add_option("--threads", run_args.threads, "Threads of the cpu backend (default: the engine's, else the cores)")
       ->check(CLI::Range(1, 4096));

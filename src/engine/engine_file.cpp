@@ -132,9 +132,11 @@ WeightLayout layout_weights(const Graph& g) {
 std::vector<uint8_t> build_flatbuffer(const Model& model, const EngineInfo& info, const WeightLayout& w) {
   const Graph& g = model.graph;
   FlatBufferBuilder b(1 << 16);
+  std::vector<Offset<fb::KeyValue>> props;
+  for (const auto& [k, v] : info.target.properties) props.push_back(fb::CreateKeyValueDirect(b, k.c_str(), v.c_str()));
   auto target = fb::CreateTarget(b, b.CreateString(info.target.cpu_vendor), b.CreateString(info.target.cpu_model),
                                  strings(b, info.target.isa_features), strings(b, info.target.required_isa),
-                                 b.CreateString(info.target.backend));
+                                 b.CreateString(info.target.backend), b.CreateVector(props));
   std::vector<Offset<fb::ProfileShape>> profile;
   for (const auto& [name, dims] : info.profile_shapes) profile.push_back(fb::CreateProfileShapeDirect(b, name.c_str(), &dims));
   std::vector<Offset<fb::Profile>> profiles;
@@ -144,9 +146,12 @@ std::vector<uint8_t> build_flatbuffer(const Model& model, const EngineInfo& info
       ins.push_back(fb::CreateProfileInputDirect(b, name.c_str(), &d.min, &d.opt, &d.max));
     profiles.push_back(fb::CreateProfile(b, b.CreateVector(ins)));
   }
+  std::vector<Offset<fb::TacticRecord>> tactics;
+  for (const auto& [k, t] : info.tactics)
+    tactics.push_back(fb::CreateTacticRecordDirect(b, k.c_str(), t.tactic.c_str(), t.ms));
   auto build = fb::CreateBuildOptions(b, info.opt_level, b.CreateVector(profile), strings(b, info.disabled_passes),
                                       b.CreateVector(profiles), info.threads, info.memory_peak, info.memory_total,
-                                      info.kernels);
+                                      info.kernels, b.CreateVector(tactics));
   if (!info.node_tactics.empty() && info.node_tactics.size() != g.nodes.size())
     throw Error(ErrorCode::kInternal, "save_engine: " + std::to_string(info.node_tactics.size()) + " tactics for " +
                                           std::to_string(g.nodes.size()) + " nodes");
@@ -407,9 +412,11 @@ LoadedEngine decode(const uint8_t* data, uint64_t size, std::shared_ptr<const vo
   info.target.isa_features = strs(fe->target()->isa_features());
   info.target.required_isa = strs(fe->target()->required_isa());
   info.target.backend = str(fe->target()->backend());
-  if (info.target.backend != "reference" && info.target.backend != "cpu")
+  if (info.target.backend != "reference" && info.target.backend != "cpu" && info.target.backend != "cuda")
     throw Error(ErrorCode::kUnsupported, source + ": engine backend '" + info.target.backend +
-                                             "' is not available in this Kiln (it has: cpu, reference)" + kEngineHelp);
+                                             "' is not available in this Kiln (it has: cpu, reference, cuda)" + kEngineHelp);
+  if (const auto* props = fe->target()->properties())
+    for (const auto* kv : *props) info.target.properties[str(kv->key())] = str(kv->value());
   const TargetFingerprint host = options.host ? *options.host : host_fingerprint();
   if (auto missing = missing_isa_features(info.target, host); !missing.empty())
     throw Error(ErrorCode::kUnsupported, source + ": engine was built for " + info.target.cpu_model + " and needs CPU features this machine (" +
@@ -438,6 +445,11 @@ LoadedEngine decode(const uint8_t* data, uint64_t size, std::shared_ptr<const vo
     info.memory_peak = bo->memory_peak();
     info.memory_total = bo->memory_total();
     info.kernels = bo->kernels();
+    if (bo->tactics())
+      for (const auto* t : *bo->tactics()) {
+        if (!t->key() || !t->tactic()) bad(source, "a tactic record has no key or no tactic");
+        info.tactics[str(t->key())] = EngineInfo::Tactic{str(t->tactic()), t->ms()};
+      }
   }
 
   Model& m = e.model;

@@ -34,7 +34,9 @@ struct TargetFingerprint {
   std::string cpu_model;                  // the CPU brand string
   std::vector<std::string> isa_features;  // what the build machine has: avx2, avx512f, avx512_vnni, avx512_bf16, amx
   std::vector<std::string> required_isa;  // what the engine's kernels need (nothing for "reference")
-  std::string backend = "reference";
+  std::string backend = "reference";     // "cpu", "reference" or "cuda"
+  // Backend-specific facts ("cuda": the GPU, its SM, the CUDA/cuBLASLt/cuDNN versions, precision).
+  std::map<std::string, std::string> properties;
 };
 
 // This machine's fingerprint (cpuid / __builtin_cpu_supports), with nothing required.
@@ -60,6 +62,12 @@ struct EngineInfo {
   std::vector<std::string> node_tactics;  // per node of the optimized graph ("" none)
   int threads = 0;
   uint64_t memory_peak = 0, memory_total = 0, kernels = 0;
+  // GPU engines: the tactic of every tuned kernel by timing-cache key (ms: as timed, -1 unknown).
+  struct Tactic {
+    std::string tactic;
+    double ms = -1;
+  };
+  std::map<std::string, Tactic> tactics;
 };
 
 struct EngineHeader {
@@ -81,6 +89,9 @@ struct EngineLoadOptions {
   std::optional<TargetFingerprint> host;      // default: host_fingerprint()
   std::string kiln_version = KILN_VERSION;    // the version this Kiln is
   bool verify_crc = true;                     // the fuzzer turns it off to reach the decoder
+  // GPU ("cuda") engines are read, not run, by load_engine: the GPU loader
+  // (src/backends/gpu/gpu_engine.h) checks their target against the device. The CPU runtime
+  // refuses them.
 };
 
 // Writes `optimized` (types inferred) and `info`. Throws kUnsupported for subgraph attributes

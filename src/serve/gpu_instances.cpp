@@ -5,6 +5,7 @@
 #include <set>
 
 #include "backends/gpu/gpu_build.h"
+#include "backends/gpu/gpu_engine.h"
 #include "backends/gpu/loader.h"
 #include "kiln/error.h"
 
@@ -63,7 +64,25 @@ std::vector<int64_t> gpu_batch_sizes(const ModelConfig& c) {
   return {sizes.begin(), sizes.end()};
 }
 
-GpuModel::GpuModel(const Model& model, const ModelConfig& c, int gpu) : gpu_(gpu), batching_(c.max_batch_size > 0) {
+void GpuModel::add_program(int64_t b, std::shared_ptr<const gpu::GpuProgram> program) {
+  const gpu::GpuProgram& p = *program;
+  // Batches are padded and cut along dim 0, so every edge tensor must lead with the batch.
+  if (batching_)
+    for (const auto* list : {&p.inputs(), &p.outputs()})
+      for (const auto& d : *list)
+        if (d.shape.empty() || d.shape[0] != b)
+          throw Error(ErrorCode::kInvalidArgument,
+                      "'" + d.name + "' has shape " + dims_text(d.shape) + " at batch " + std::to_string(b) +
+                          "; GPU batching needs the batch dim first in every input and output");
+  size_t io = 0;
+  for (const auto& d : p.inputs()) io += d.bytes();
+  for (const auto& d : p.outputs()) io += d.bytes();
+  instance_bytes_ += p.arena_bytes() + p.workspace_bytes() + io;
+  programs_[b] = std::move(program);
+}
+
+GpuModel::GpuModel(const Model& model, const ModelConfig& c, int gpu, const EngineInfo* engine)
+    : gpu_(gpu), batching_(c.max_batch_size > 0) {
   const std::string what = "model " + dq(c.name) + " on GPU " + std::to_string(gpu);
   for (const TensorConfig& in : c.inputs) {
     if (std::any_of(in.dims.begin(), in.dims.end(), [](int64_t d) { return d < 0; }))
@@ -75,6 +94,34 @@ GpuModel::GpuModel(const Model& model, const ModelConfig& c, int gpu) : gpu_(gpu
   }
   device_ = gpu::open_device(gpu);
   pool_ = std::make_shared<gpu::WeightPool>(device_);
+  if (engine) {
+    // A GPU engine: its one program, at its shapes.
+    try {
+      gpu::LoadedGpuEngine e = gpu::load_gpu_engine(model, *engine, gpu, pool_);
+      int64_t b = 0;
+      for (const auto& [name, dims] : e.shapes) {
+        auto it = shapes_.find(name);
+        std::vector<int64_t> rest(dims.begin() + (batching_ && !dims.empty() ? 1 : 0), dims.end());
+        if (it == shapes_.end() || it->second != rest || (batching_ && dims.empty()))
+          throw Error(ErrorCode::kInvalidArgument,
+                      "the GPU engine was built for input '" + name + "' of shape " + dims_text(dims) +
+                          ", which does not match the config's dims " +
+                          (it == shapes_.end() ? std::string("(no such input)") : dims_text(it->second)) +
+                          (batching_ ? " after the batch dim" : ""));
+        if (batching_) b = dims[0];
+      }
+      if (batching_ && b < c.max_batch_size)
+        throw Error(ErrorCode::kInvalidArgument,
+                    "the GPU engine was built for batch " + std::to_string(b) + ", below max_batch_size " +
+                        std::to_string(c.max_batch_size) + "; rebuild it with --shapes at batch " +
+                        std::to_string(c.max_batch_size) + " (smaller batches run on it padded)");
+      batches_ = {batching_ ? b : 0};
+      add_program(batches_[0], std::move(e.program));
+    } catch (const Error& e) {
+      throw Error(e.code(), what + ": " + e.what());
+    }
+    return;
+  }
   gpu::CompileOptions options;
   options.precision = gpu::parse_precision(c.kiln.build.precision);
   options.weights = pool_;
@@ -88,21 +135,7 @@ GpuModel::GpuModel(const Model& model, const ModelConfig& c, int gpu) : gpu_(gpu
       shapes[name] = std::move(s);
     }
     try {
-      gpu::GpuBuild built = gpu::build_gpu_program(model, shapes, gpu, options, c.kiln.build.opt_level);
-      const gpu::GpuProgram& p = *built.program;
-      // Batches are padded and cut along dim 0, so every edge tensor must lead with the batch.
-      if (batching_)
-        for (const auto* list : {&p.inputs(), &p.outputs()})
-          for (const auto& d : *list)
-            if (d.shape.empty() || d.shape[0] != b)
-              throw Error(ErrorCode::kInvalidArgument,
-                          "'" + d.name + "' has shape " + dims_text(d.shape) + " at batch " + std::to_string(b) +
-                              "; GPU batching needs the batch dim first in every input and output");
-      size_t io = 0;
-      for (const auto& d : p.inputs()) io += d.bytes();
-      for (const auto& d : p.outputs()) io += d.bytes();
-      instance_bytes_ += p.arena_bytes() + p.workspace_bytes() + io;
-      programs_[b] = std::move(built.program);
+      add_program(b, gpu::build_gpu_program(model, shapes, gpu, options, c.kiln.build.opt_level).program);
     } catch (const Error& e) {
       throw Error(e.code(), what + (batching_ ? ", batch size " + std::to_string(b) : std::string()) + ": " + e.what());
     }

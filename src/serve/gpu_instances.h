@@ -53,7 +53,11 @@ class GpuModel {
   // every batch size of gpu_batch_sizes(c). Every input's dims besides the batch dim must be fixed
   // (by the model or the config). Throws kiln::Error (kUnsupported naming the nodes the GPU cannot
   // run, kInvalidArgument for dims that are not fixed or weights that do not fit).
-  GpuModel(const Model& model, const ModelConfig& c, int gpu);
+  // With `engine` (a GPU engine file's info, `model` its optimized graph): one program, the engine's,
+  // compiled from its recorded tactics (nothing timed). Its batch (dim 0) must hold max_batch_size
+  // and its other dims must be the config's; a device the engine cannot run on is refused with the
+  // reason (gpu_engine.h).
+  GpuModel(const Model& model, const ModelConfig& c, int gpu, const EngineInfo* engine = nullptr);
 
   int gpu() const { return gpu_; }
   gpu::Device& device() const { return *device_; }
@@ -84,6 +88,7 @@ class GpuModel {
   std::vector<int64_t> batches_;
   std::map<int64_t, std::shared_ptr<const gpu::GpuProgram>> programs_;  // by batch size
   std::map<std::string, std::vector<int64_t>> shapes_;                   // inputs, without the batch dim
+  void add_program(int64_t batch, std::shared_ptr<const gpu::GpuProgram> program);
   size_t instance_bytes_ = 0;
   std::shared_ptr<Counters> counters_ = std::make_shared<Counters>();
 };

@@ -574,11 +574,14 @@ void check_against_model(ModelConfig& config, const Model& model, const EngineIn
         hi = std::max(hi, it->second.max[0]);
       }
       if (hi == 0) continue;
+      if (hi < config.max_batch_size && info->target.backend == "cuda")
+        fail(src, "max_batch_size " + mbs + " exceeds the GPU engine's batch " + std::to_string(hi) +
+                      " (rebuild it with kiln build --device cuda --shapes at batch " + mbs + ", or lower max_batch_size)");
       if (hi < config.max_batch_size)
         fail(src, "max_batch_size " + mbs + " exceeds the engine's profiles: input \"" + name +
                       "\" takes batches up to " + std::to_string(hi) +
                       " (rebuild with a larger --max-shapes, or lower max_batch_size)");
-      if (lo > 1)
+      if (lo > 1 && info->target.backend != "cuda")  // a GPU engine runs smaller batches padded
         fail(src, "the engine's profiles start input \"" + name + "\" at batch " + std::to_string(lo) +
                       ", so a batch of 1 cannot run (rebuild with --min-shapes at batch 1)");
     }

@@ -9,6 +9,7 @@
 
 #include "backends/cpu/timing_cache.h"
 #include "backends/gpu/loader.h"
+#include "backends/gpu/gpu_engine.h"
 #include "engine/engine_file.h"
 #include "kiln/error.h"
 #include "onnx/onnx_import.h"
@@ -309,7 +310,8 @@ std::shared_ptr<EngineRuntime> ModelRepository::build_cpu(const std::string& nam
 }
 
 void ModelRepository::build_gpu(const std::string& name, int64_t version, const Model& model,
-                                const std::map<int, int>& per_gpu, LoadedModel& loaded) const {
+                                const std::map<int, int>& per_gpu, LoadedModel& loaded,
+                                const EngineInfo* gpu_engine) const {
   const ModelConfig& c = loaded.config;
   const std::string what = "model \"" + name + "\" version " + std::to_string(version);
   // One build per GPU, in parallel: each times its own tactics on its own device.
@@ -322,7 +324,7 @@ void ModelRepository::build_gpu(const std::string& name, int64_t version, const 
     for (size_t i = 0; i < gpus.size(); ++i)
       workers.emplace_back([&, i] {
         try {
-          built[i] = std::make_shared<GpuModel>(model, c, gpus[i]);
+          built[i] = std::make_shared<GpuModel>(model, c, gpus[i], gpu_engine);
         } catch (...) {
           errors[i] = std::current_exception();
         }
@@ -395,18 +397,33 @@ std::shared_ptr<LoadedModel> ModelRepository::load_model_version(const std::stri
       if (p.gpu < 0) ++cpu_instances;
       else ++per_gpu[p.gpu];
     }
-    if (!per_gpu.empty() && v->format == ModelFormat::kEngine)
-      throw Error(ErrorCode::kInvalidArgument,
-                  "model "" + name + "" version " + std::to_string(version) +
-                      ": KIND_GPU instances are built from model.onnx, but this version holds an engine (" +
-                      v->model_file.filename().string() + "), which runs on the CPU");
+    const std::string version_what = "model \"" + name + "\" version " + std::to_string(version);
 
     std::shared_ptr<EngineRuntime> runtime;
     std::optional<Model> onnx;  // for the GPU builds
+    std::optional<LoadedEngine> gpu_engine;
     if (v->format == ModelFormat::kEngine) {
       LoadedEngine e = load_engine(v->model_file);
       check_against_model(c, e.model, &e.info);
-      runtime = std::make_shared<EngineRuntime>(std::move(e.model), std::move(e.info), threads);
+      const bool for_gpu = gpu::is_gpu_engine(e.info);
+      // An engine runs where it was built for: a CPU engine on KIND_CPU instances, a GPU engine
+      // (kiln build --device cuda) on KIND_GPU ones.
+      if (for_gpu && cpu_instances > 0)
+        throw Error(ErrorCode::kInvalidArgument,
+                    version_what + " holds a GPU engine (" + v->model_file.filename().string() +
+                        "), which cannot run on its KIND_CPU/KIND_AUTO instances; serve it with KIND_GPU instances, "
+                        "or serve model.onnx or a CPU engine");
+      if (!for_gpu && !per_gpu.empty())
+        throw Error(ErrorCode::kInvalidArgument,
+                    version_what + ": KIND_GPU instances need model.onnx or a GPU engine (kiln build --device cuda), "
+                                   "but this version holds a CPU engine (" +
+                        v->model_file.filename().string() + ")");
+      if (for_gpu) {
+        loaded->weight_bytes = weight_bytes(e.model);
+        gpu_engine = std::move(e);
+      } else {
+        runtime = std::make_shared<EngineRuntime>(std::move(e.model), std::move(e.info), threads);
+      }
     } else {
       Model model = load_onnx(v->model_file);
       check_against_model(c, model, nullptr);  // completes the config, checks the batch dims
@@ -428,6 +445,7 @@ std::shared_ptr<LoadedModel> ModelRepository::load_model_version(const std::stri
                       std::to_string(budget) + " (" + mib(budget) +
                       "); raise the budget or use fewer instances (see docs/serving.md#memory-budget)");
     if (onnx) build_gpu(name, version, *onnx, per_gpu, *loaded);
+    if (gpu_engine) build_gpu(name, version, gpu_engine->model, per_gpu, *loaded, &gpu_engine->info);
     loaded->engine = std::move(runtime);
     record("");
     return loaded;

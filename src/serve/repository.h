@@ -114,7 +114,7 @@ class ModelRepository {
                                            LoadedModel& loaded) const;
   // Builds a GpuModel per GPU and checks each GPU's memory (free memory and the budget).
   void build_gpu(const std::string& name, int64_t version, const Model& model, const std::map<int, int>& per_gpu,
-                 LoadedModel& loaded) const;
+                 LoadedModel& loaded, const EngineInfo* gpu_engine = nullptr) const;
 
   std::filesystem::path root_;  // canonical
   RepositoryOptions options_;

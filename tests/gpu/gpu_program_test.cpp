@@ -20,6 +20,7 @@
 using namespace kiln;
 namespace fs = std::filesystem;
 
+#include "gpu_engine_cases.h"
 #include "gpu_program_cases.h"
 
 namespace {
@@ -27,6 +28,7 @@ namespace {
 using namespace kiln::gpu_cases;
 
 INSTANTIATE_TEST_SUITE_P(Cuda, GpuProgram, ::testing::Values(std::string("cuda")));
+INSTANTIATE_TEST_SUITE_P(Cuda, GpuEngine, ::testing::Values(std::string("cuda")));
 
 class Gpu : public ::testing::Test {
  protected:

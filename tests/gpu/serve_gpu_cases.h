@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "backends/gpu/gpu_engine.h"
 #include "backends/gpu/loader.h"
 #include "backends/reference/executor.h"
 #include "serve/gpu_instances.h"
@@ -198,6 +199,43 @@ TEST_P(ServeGpu, BatchesSpreadOverEveryGpuWithOneWeightCopyEach) {
   for (int gpu = 0; gpu < gpus_; ++gpu)
     EXPECT_NE(config.find("\"" + std::to_string(gpu) + "\":{\"batch_sizes\":[1,2,4],"), std::string::npos) << config;
   EXPECT_NE(config.find("\"weight_bytes\":576"), std::string::npos) << config;  // (8*16 + 16) FP32
+}
+
+TEST_P(ServeGpu, AGpuEngineFileServesOnEveryGpuOfItsArchitecture) {
+  install(2);
+  // Built once, on GPU 0, at batch 4 (kiln build --device cuda); served on every GPU: an engine runs
+  // on any GPU of the architecture it was built for, each with its own weights and contexts.
+  gpu::GpuEngineOptions opt;
+  opt.precision = gpu::Precision::kFP32;
+  const gpu::GpuEngineBuild built = gpu::build_gpu_engine(matmul_relu_model(), {{"x", {4, 8}}}, 0, opt);
+  add_model("mm", "max_batch_size: 4\ninstance_group { kind: KIND_GPU }\ndynamic_batching { }");
+  std::filesystem::remove(repo() / "mm" / "1" / "model.onnx");
+  save_engine(built.optimized, built.info, repo() / "mm" / "1" / "model.kiln");
+  // The same engine under max_batch_size 8: refused, saying what to rebuild.
+  add_model("big", "max_batch_size: 8\ninstance_group { kind: KIND_GPU }");
+  std::filesystem::remove(repo() / "big" / "1" / "model.onnx");
+  save_engine(built.optimized, built.info, repo() / "big" / "1" / "model.kiln");
+  // And on a CPU instance: refused too.
+  add_model("cpu", "max_batch_size: 4\ninstance_group { kind: KIND_CPU }");
+  std::filesystem::remove(repo() / "cpu" / "1" / "model.onnx");
+  save_engine(built.optimized, built.info, repo() / "cpu" / "1" / "model.kiln");
+  ServerOptions o = fast_options({});
+  o.exit_on_error = false;
+  server_ = std::make_unique<InferenceServer>(o);
+  server_->start();
+  ASSERT_TRUE(server_->model_ready("mm", ""));
+  for (int64_t rows = 1; rows <= 4; ++rows) {
+    SCOPED_TRACE("rows " + std::to_string(rows));
+    const auto x = random_rows(rows, static_cast<uint32_t>(rows + 40));
+    expect_near(infer(x), expected(x));
+  }
+  const std::string config = server_->model_config_json("mm", "");
+  for (int gpu = 0; gpu < gpus_; ++gpu)
+    EXPECT_NE(config.find("\"" + std::to_string(gpu) + "\":{\"batch_sizes\":[4],"), std::string::npos) << config;
+  std::map<std::string, std::string> reasons;
+  for (const IndexEntry& e : server_->repository_index(false)) reasons[e.name] = e.reason;
+  EXPECT_NE(reasons["big"].find("max_batch_size 8 exceeds the GPU engine's batch 4"), std::string::npos) << reasons["big"];
+  EXPECT_NE(reasons["cpu"].find("holds a GPU engine"), std::string::npos) << reasons["cpu"];
 }
 
 }  // namespace kiln::serve_gpu_cases

@@ -8,6 +8,7 @@
 
 #include <filesystem>
 
+#include "../gpu/gpu_engine_cases.h"
 #include "../gpu/gpu_program_cases.h"
 #include "sim_device.h"
 
@@ -17,6 +18,7 @@ using namespace kiln;
 using namespace kiln::gpu_cases;
 
 INSTANTIATE_TEST_SUITE_P(Sim, GpuProgram, ::testing::Values(std::string("sim")));
+INSTANTIATE_TEST_SUITE_P(Sim, GpuEngine, ::testing::Values(std::string("sim")));
 
 // y = relu(x @ w + b) over [4, 8] x [8, 16]: a two-kernel program (matmul with its epilogue, the
 // output copy) on whichever device is asked for.

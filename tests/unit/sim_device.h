@@ -137,21 +137,34 @@ class SimKernel final : public Kernel {
       : dev_(dev), what_(std::move(what)), fn_(std::move(fn)), inputs_(inputs) {}
   void launch(const void* const* in, void* const* out, void* ws, void* stream) const override;
   std::string describe() const override { return "sim " + what_; }
-  double timed_ms() const override { return 1.0; }  // every simulated tactic costs the same
+  // Every simulated tactic costs the same; a kernel made from a recorded tactic was not timed.
+  double timed_ms() const override { return tactic_.empty() || timed_ ? 1.0 : -1.0; }
+  std::string tactic() const override { return tactic_; }
+  void set_tactic(std::string tactic, bool timed) {
+    tactic_ = std::move(tactic);
+    timed_ = timed;
+  }
 
  private:
   SimDevice* dev_;
   std::string what_;
   Fn fn_;
   int inputs_;  // how many input pointers the program passes (the launch copies them)
+  std::string tactic_;
+  bool timed_ = true;
 };
 
 class SimDevice final : public Device {
  public:
-  explicit SimDevice(int id, size_t memory = size_t{8} << 30) {
+  explicit SimDevice(int id, size_t memory = size_t{8} << 30, int sm_major = 9, int sm_minor = 0) {
     props_.id = id;
     props_.name = "Kiln simulated GPU " + std::to_string(id);
-    props_.sm_major = 9;
+    props_.sm_major = sm_major;
+    props_.sm_minor = sm_minor;
+    props_.runtime_version = 13000;
+    props_.driver_version = 13000;
+    props_.cublaslt_version = 130100;
+    props_.cudnn_version = 91900;
     props_.multiprocessors = 1;
     props_.total_memory = memory;
   }
@@ -228,6 +241,10 @@ class SimDevice final : public Device {
   int graphs_made() const { return graphs_made_; }
   int graph_launches() const { return graph_launches_; }
   int64_t kernels_run() const { return kernels_run_; }
+  // Tuned kernels (matmul, conv, depthwise) made by timing, and made from a recorded tactic.
+  int tuned_timed() const { return tuned_timed_; }
+  int tuned_recorded() const { return tuned_recorded_; }
+  DeviceProps& mutable_props() { return props_; }  // tests: pretend to be another GPU or library
 
   // Runs `work` now, or records it when `stream` is being captured.
   void enqueue(void* stream, std::function<void()> work) {
@@ -243,8 +260,8 @@ class SimDevice final : public Device {
   }
   void count_kernel() { ++kernels_run_; }
 
-  std::unique_ptr<Kernel> matmul(const MatmulDesc& d, size_t) override {
-    return make("matmul", 2 + d.bias + d.residual, [d](const void* const* in, void* const* out, void*) {
+  std::unique_ptr<Kernel> matmul(const MatmulDesc& d, size_t, const std::string& tactic) override {
+    return tuned("sim-matmul", tactic, "matmul", 2 + d.bias + d.residual, [d](const void* const* in, void* const* out, void*) {
       const void* bias = d.bias ? in[2] : nullptr;
       const void* res = d.residual ? in[d.bias ? 3 : 2] : nullptr;
       for (int64_t b = 0; b < d.batch; ++b)
@@ -264,10 +281,12 @@ class SimDevice final : public Device {
           }
     });
   }
-  std::unique_ptr<Kernel> conv(const ConvDesc& d, size_t) override { return conv_kernel(d, false); }
-  std::unique_ptr<Kernel> depthwise(const ConvDesc& d) override {
+  std::unique_ptr<Kernel> conv(const ConvDesc& d, size_t, const std::string& tactic) override {
+    return conv_kernel(d, false, tactic);
+  }
+  std::unique_ptr<Kernel> depthwise(const ConvDesc& d, const std::string& tactic) override {
     if (d.groups != d.c || d.k != d.c) throw std::runtime_error("depthwise: needs groups == in channels == out channels");
-    return conv_kernel(d, true);
+    return conv_kernel(d, true, tactic);
   }
   std::unique_ptr<Kernel> copy(ElemType xt, ElemType yt, const StridedCopy& c) override {
     return make("copy", 1, [xt, yt, c](const void* const* in, void* const* out, void*) {
@@ -431,12 +450,23 @@ class SimDevice final : public Device {
   std::unique_ptr<Kernel> make(std::string what, int inputs, SimKernel::Fn fn) {
     return std::make_unique<SimKernel>(this, std::move(what), inputs, std::move(fn));
   }
+  // A tuned kernel: its tactic is `name`; a recorded tactic must be exactly that (else the
+  // std::runtime_error a real device throws for a record it cannot use).
+  std::unique_ptr<Kernel> tuned(const std::string& name, const std::string& tactic, std::string what, int inputs,
+                                SimKernel::Fn fn) {
+    if (!tactic.empty() && tactic != name)
+      throw std::runtime_error(what + ": tactic '" + tactic + "' is not valid here (expected '" + name + "')");
+    auto k = std::make_unique<SimKernel>(this, std::move(what), inputs, std::move(fn));
+    k->set_tactic(name, tactic.empty());
+    ++(tactic.empty() ? tuned_timed_ : tuned_recorded_);
+    return k;
+  }
   // NHWC convolution (KRSC filter; [R,S,C] for the depthwise kernel) with bias, residual, clamp.
-  std::unique_ptr<Kernel> conv_kernel(const ConvDesc& d, bool depthwise) {
+  std::unique_ptr<Kernel> conv_kernel(const ConvDesc& d, bool depthwise, const std::string& tactic) {
     const int64_t oh = (d.h + 2 * d.pad_h - d.dil_h * (d.r - 1) - 1) / d.stride_h + 1;
     const int64_t ow = (d.w + 2 * d.pad_w - d.dil_w * (d.s - 1) - 1) / d.stride_w + 1;
     if (oh <= 0 || ow <= 0 || d.c % d.groups || d.k % d.groups) throw std::runtime_error("conv: bad parameters");
-    return make(depthwise ? "depthwise" : "conv", 2 + d.bias + d.residual, [d, oh, ow, depthwise](const void* const* in, void* const* out, void*) {
+    return tuned(depthwise ? "sim-depthwise" : "sim-conv", tactic, depthwise ? "depthwise" : "conv", 2 + d.bias + d.residual, [d, oh, ow, depthwise](const void* const* in, void* const* out, void*) {
       const int64_t cg = d.c / d.groups, kg = d.k / d.groups;
       const void* bias = d.bias ? in[2] : nullptr;
       const void* z = d.residual ? in[d.bias ? 3 : 2] : nullptr;
@@ -476,6 +506,7 @@ class SimDevice final : public Device {
   int graphs_made_ = 0, graph_launches_ = 0;
   std::atomic<int> sync_delay_ms_{0};
   int64_t kernels_run_ = 0;
+  std::atomic<int> tuned_timed_{0}, tuned_recorded_{0};
 };
 
 inline void SimKernel::launch(const void* const* in, void* const* out, void* ws, void* stream) const {

@@ -63,10 +63,11 @@ struct CliResult {
 };
 
 // Runs the kiln binary under test with `args` (a shell-quoted string); `out` holds stdout and
-// stderr, or stdout alone (a JSON report) with stderr dropped.
+// stderr, or stdout alone (a JSON report) with stderr dropped. `env`: "NAME=value ..." set for it.
 enum class Stderr { kMerge, kDrop };
-inline CliResult run_kiln_cli(const std::string& args, Stderr err = Stderr::kMerge) {
-  std::string cmd = std::string(KILN_CLI_PATH) + " " + args + (err == Stderr::kMerge ? " 2>&1" : " 2>/dev/null");
+inline CliResult run_kiln_cli(const std::string& args, Stderr err = Stderr::kMerge, const std::string& env = {}) {
+  std::string cmd = (env.empty() ? std::string() : "env " + env + " ") + std::string(KILN_CLI_PATH) + " " + args +
+                    (err == Stderr::kMerge ? " 2>&1" : " 2>/dev/null");
   FILE* p = popen(cmd.c_str(), "r");
   if (!p) return {-1, "popen failed"};
   std::string out;

@@ -37,6 +37,11 @@ void TimingCache::put(const std::string& key, Entry entry) {
   entries_[key] = std::move(entry);
 }
 
+std::map<std::string, TimingCache::Entry> TimingCache::entries() const {
+  std::lock_guard lock(mu_);
+  return entries_;
+}
+
 size_t TimingCache::size() const {
   std::lock_guard lock(mu_);
   return entries_.size();
@@ -51,8 +56,8 @@ std::string TimingCache::load(const std::filesystem::path& path) {
     if (!j.is_object() || j.value("format", 0) != kCacheFormat || !j.contains("entries") || !j["entries"].is_object())
       throw Error(ErrorCode::kInvalidArgument, "not a Kiln timing cache (format " + std::to_string(kCacheFormat) + ")");
     const std::string target = j.value("target", "");
-    if (target != host_target())
-      return "timing cache " + path.string() + " was measured on '" + target + "', this machine is '" + host_target() +
+    if (target != target_)
+      return "timing cache " + path.string() + " was measured on '" + target + "', this machine is '" + target_ +
              "'; it is ignored and rebuilt";
     std::map<std::string, Entry> entries;
     for (const auto& [key, v] : j["entries"].items()) {
@@ -76,7 +81,7 @@ void TimingCache::save(const std::filesystem::path& path) const {
   nlohmann::json j;
   j["format"] = kCacheFormat;
   j["kiln_version"] = KILN_VERSION;
-  j["target"] = host_target();
+  j["target"] = target_;
   nlohmann::json entries = nlohmann::json::object();
   {
     std::lock_guard lock(mu_);

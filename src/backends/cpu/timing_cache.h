@@ -4,6 +4,8 @@
 // output dtypes, shapes and layouts, which inputs are constants, and the thread count. A build that
 // finds every key in the cache times nothing, so it is fast and deterministic. The file is JSON and
 // names the machine it was measured on; a cache from another CPU is ignored (with a warning).
+// The GPU backend uses the same cache with a GPU target (the GPU, its SM and the CUDA, cuBLASLt and
+// cuDNN versions: src/backends/gpu/gpu_tactics.h).
 #pragma once
 #include <filesystem>
 #include <map>
@@ -23,6 +25,12 @@ class TimingCache {
   // The machine string entries are valid for: CPU model and ISA features.
   static std::string host_target();
 
+  // A cache for `target` (default: this CPU).
+  TimingCache() : target_(host_target()) {}
+  explicit TimingCache(std::string target) : target_(std::move(target)) {}
+  const std::string& target() const { return target_; }
+  std::map<std::string, Entry> entries() const;  // a snapshot
+
   std::optional<Entry> find(const std::string& key) const;
   void put(const std::string& key, Entry entry);
   size_t size() const;
@@ -35,6 +43,7 @@ class TimingCache {
   void save(const std::filesystem::path& path) const;
 
  private:
+  std::string target_;
   mutable std::mutex mu_;
   std::map<std::string, Entry> entries_;
   mutable size_t hits_ = 0, misses_ = 0;

@@ -105,7 +105,8 @@ std::string ConvParams::str() const {
   return buf + epilogue_str(*this);
 }
 
-CudnnConv::CudnnConv(const ConvParams& p, size_t workspace_limit, cudaStream_t stream) : p_(p) {
+CudnnConv::CudnnConv(const ConvParams& p, size_t workspace_limit, cudaStream_t stream, const std::string& tactic)
+    : p_(p) {
   validate(p);
   try {
     const cudnnDataType_t dt = cudnn_type(p.type);
@@ -178,25 +179,49 @@ CudnnConv::CudnnConv(const ConvParams& p, size_t workspace_limit, cudaStream_t s
     if (candidates.empty())
       throw CudaError("conv " + p.str() + ": cuDNN has no forward algorithm for it within a " +
                       std::to_string(workspace_limit) + "-byte workspace");
+    if (!tactic.empty()) {
+      // A recorded candidate: it must be one cuDNN offers here within the limit; used untimed.
+      int algo = -1, math = -1, fused = -1;
+      char tail = 0;
+      if (std::sscanf(tactic.c_str(), "cudnn:%d:%d:%d%c", &algo, &math, &fused, &tail) != 3 || fused < 0 || fused > 1)
+        throw CudaError("conv " + p.str() + ": tactic '" + tactic + "' is not a cuDNN candidate record");
+      auto it = std::find_if(candidates.begin(), candidates.end(), [&](const ConvTiming& t) {
+        return t.algo == algo && t.math_type == math && t.fused == (fused == 1);
+      });
+      if (it == candidates.end())
+        throw CudaError("conv " + p.str() + ": the recorded cuDNN candidate '" + tactic + "' is not offered here");
+      const ConvTiming forced = *it;
+      candidates = {forced};
+      ws_max = forced.workspace;
+    }
 
     // Time each candidate on scratch operands (a constant nonzero byte pattern) through enqueue(),
     // the very call run() makes: warm-up, then the median of 5.
+    // A recorded tactic allocates no scratch operands: nothing is timed.
+    const bool timing = tactic.empty();
     const size_t es = dtype_size(p.type), y_bytes = static_cast<size_t>(p.n * oh * ow * p.k) * es;
-    DeviceBuffer x(static_cast<size_t>(p.n * p.h * p.w * p.c) * es),
-        w(static_cast<size_t>(p.k * p.r * p.s * (p.c / p.groups)) * es), y(y_bytes),
-        bias(static_cast<size_t>(p.k) * es), z(p.residual ? y_bytes : 0);
-    KILN_CUDA_CHECK(cudaMemsetAsync(x.get(), 0x3c, x.bytes(), stream));
-    KILN_CUDA_CHECK(cudaMemsetAsync(w.get(), 0x31, w.bytes(), stream));
-    KILN_CUDA_CHECK(cudaMemsetAsync(bias.get(), 0x30, bias.bytes(), stream));
-    if (p.residual) KILN_CUDA_CHECK(cudaMemsetAsync(z.get(), 0x30, z.bytes(), stream));
+    DeviceBuffer x(timing ? static_cast<size_t>(p.n * p.h * p.w * p.c) * es : 0),
+        w(timing ? static_cast<size_t>(p.k * p.r * p.s * (p.c / p.groups)) * es : 0), y(timing ? y_bytes : 0),
+        bias(timing ? static_cast<size_t>(p.k) * es : 0), z(timing && p.residual ? y_bytes : 0);
+    if (timing) {
+      KILN_CUDA_CHECK(cudaMemsetAsync(x.get(), 0x3c, x.bytes(), stream));
+      KILN_CUDA_CHECK(cudaMemsetAsync(w.get(), 0x31, w.bytes(), stream));
+      KILN_CUDA_CHECK(cudaMemsetAsync(bias.get(), 0x30, bias.bytes(), stream));
+      if (p.residual) KILN_CUDA_CHECK(cudaMemsetAsync(z.get(), 0x30, z.bytes(), stream));
+    }
     if (fusable && !p.bias) {
-      zero_bias_ = DeviceBuffer(bias.bytes());
+      zero_bias_ = DeviceBuffer(static_cast<size_t>(p.k) * es);
       KILN_CUDA_CHECK(cudaMemsetAsync(zero_bias_.get(), 0, zero_bias_.bytes(), stream));
     }
     workspace_ = DeviceBuffer(ws_max);
     EventTimer timer;
     std::string last_error;
+    if (!timing) {
+      timings_ = candidates;
+      chosen_ = 0;
+    }
     for (ConvTiming& t : candidates) {
+      if (!timing) break;
       try {
         KILN_CUDNN_CHECK(cudnnSetConvolutionMathType(conv_desc_, static_cast<cudnnMathType_t>(t.math_type)));
         const void* b = p.bias ? bias.get() : nullptr;
@@ -306,11 +331,18 @@ void CudnnConv::run(const void* x, const void* w, const void* bias, const void* 
   enqueue(t, x, w, bias, z, y, stream, workspace);
 }
 
+std::string CudnnConv::tactic() const {
+  if (chosen_ < 0) return {};
+  const ConvTiming& t = timings_[static_cast<size_t>(chosen_)];
+  return "cudnn:" + std::to_string(t.algo) + ":" + std::to_string(t.math_type) + ":" + (t.fused ? "1" : "0");
+}
+
 std::string CudnnConv::describe() const {
   const ConvTiming& t = timings_[static_cast<size_t>(chosen_)];
   std::string s = std::string("cudnn fwd algo ") + algo_name(t.algo) + " " + epilogue_str(p_);
   if (p_.bias || p_.residual || p_.act != ConvAct::kNone) s += t.fused ? " (fused)" : " (kiln epilogue)";
   if (p_.groups > 1) s += " groups " + std::to_string(p_.groups);
+  if (t.ms < 0) return s + " nhwc " + dtype_name(p_.type) + " (recorded tactic)";
   char ms[32];
   std::snprintf(ms, sizeof(ms), "%.3f", t.ms);
   return s + " nhwc " + dtype_name(p_.type) + " (" + ms + " ms, best of " + std::to_string(timings_.size()) + ")";

@@ -60,7 +60,11 @@ class CudnnConv {
   // candidates that fit workspace_limit (on scratch buffers allocated here) and allocates the
   // chosen one's workspace. Throws CudaError naming the offending parameter, or the problem when
   // cuDNN runs none of its candidates.
-  CudnnConv(const ConvParams& p, size_t workspace_limit = 64u << 20, cudaStream_t stream = nullptr);
+  // With `tactic` (what tactic() returned on a build with the same cuDNN and GPU), that candidate is
+  // used without timing; one that does not parse or is not among cuDNN's candidates here within the
+  // limit throws CudaError.
+  CudnnConv(const ConvParams& p, size_t workspace_limit = 64u << 20, cudaStream_t stream = nullptr,
+            const std::string& tactic = {});
   ~CudnnConv();
   CudnnConv(const CudnnConv&) = delete;
   CudnnConv& operator=(const CudnnConv&) = delete;
@@ -83,6 +87,8 @@ class CudnnConv {
   float chosen_ms() const { return chosen_ < 0 ? -1.f : timings_[static_cast<size_t>(chosen_)].ms; }
   const std::vector<ConvTiming>& timings() const { return timings_; }
   const ConvParams& params() const { return p_; }
+  // The chosen candidate: "cudnn:<algo>:<math type>:<fused 0/1>".
+  std::string tactic() const;
 
  private:
   void enqueue(const ConvTiming& t, const void* x, const void* w, const void* bias, const void* z, void* y,

@@ -26,6 +26,11 @@ void bias_gelu(DType t, const void* x, const void* bias, void* y, int64_t rows, 
 // y = a + b (same shape).
 void add(DType t, const void* a, const void* b, void* y, int64_t n, cudaStream_t stream);
 
+// Keeps every SM busy with dependent FMAs until the GPU runs at steady clocks (a fixed launch takes
+// the same time five times in a row) or `ms` milliseconds have passed: brings the GPU to its
+// working clocks before tactics are timed.
+void busy_wait(int ms, int multiprocessors);
+
 // Fused attention, flash-attention style (scores never reach memory; softmax online, statistics
 // in FP32): O = softmax(Q K^T * scale + mask) V per batch and head. Q and O are [batch, heads,
 // sq, head_dim], K and V [batch, heads, sk, head_dim], row major. `key_mask`, when given, is an

@@ -2,6 +2,7 @@
 #include "backends/cuda/lt_matmul.h"
 
 #include <algorithm>
+#include <cstdio>
 
 namespace kiln::cuda {
 
@@ -47,12 +48,39 @@ cublasLtEpilogue_t lt_epilogue(Epilogue e) {
   return CUBLASLT_EPILOGUE_DEFAULT;
 }
 bool has_bias(Epilogue e) { return e == Epilogue::kBias || e == Epilogue::kBiasRelu || e == Epilogue::kBiasGelu; }
+
+// A cublasLtMatmulAlgo_t as "lt:" + its 8 words in hex (16 digits each), and back.
+constexpr char kAlgoPrefix[] = "lt:";
+std::string format_algo(const cublasLtMatmulAlgo_t& a) {
+  std::string s = kAlgoPrefix;
+  char buf[17];
+  for (uint64_t word : a.data) {
+    std::snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(word));
+    s += buf;
+  }
+  return s;
+}
+bool parse_algo(const std::string& s, cublasLtMatmulAlgo_t* a) {
+  const size_t prefix = sizeof(kAlgoPrefix) - 1, words = sizeof(a->data) / sizeof(a->data[0]);
+  if (s.size() != prefix + 16 * words || s.compare(0, prefix, kAlgoPrefix) != 0) return false;
+  for (size_t i = 0; i < words; ++i) {
+    uint64_t v = 0;
+    for (size_t j = 0; j < 16; ++j) {
+      const char c = s[prefix + 16 * i + j];
+      const int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+      if (d < 0) return false;
+      v = v << 4 | static_cast<uint64_t>(d);
+    }
+    a->data[i] = v;
+  }
+  return true;
+}
 }  // namespace
 
 // Row-major Y[M,N] = X[M,K] W[K,N] is column-major Y^T[N,M] = W^T[N,K] X^T[K,M]: cuBLASLt's A is W
 // (N x K, ld N), B is X (K x M, ld K) and D is Y (N x M, ld N); the bias runs along D's rows, N.
 LtMatmul::LtMatmul(GemmShape shape, GemmType type, Epilogue epilogue, size_t workspace_limit, int candidates,
-                   cudaStream_t stream)
+                   cudaStream_t stream, const std::string& tactic)
     : shape_(shape), type_(type), epilogue_(epilogue) {
   if (shape.m <= 0 || shape.n <= 0 || shape.k <= 0)
     throw CudaError("matmul: bad shape M=" + std::to_string(shape.m) + " N=" + std::to_string(shape.n) +
@@ -84,6 +112,26 @@ LtMatmul::LtMatmul(GemmShape shape, GemmType type, Epilogue epilogue, size_t wor
     }
   }
 
+  const std::string what = (shape.batch > 1 ? std::to_string(shape.batch) + "x " : std::string()) + "matmul M=" + std::to_string(shape.m) + " N=" + std::to_string(shape.n) +
+                           " K=" + std::to_string(shape.k) + " " + type_name(type) + " epilogue " +
+                           epilogue_name(epilogue);
+  if (!tactic.empty()) {
+    // A recorded algorithm: parse, check against this problem, use as is.
+    if (!parse_algo(tactic, &algo_)) throw CudaError(what + ": tactic '" + tactic + "' is not a cuBLASLt algorithm record");
+    cublasLtMatmulHeuristicResult_t check{};
+    const cublasStatus_t cs = cublasLtMatmulAlgoCheck(lt_, op_, a_, b_, c_, c_, &algo_, &check);
+    if (cs != CUBLAS_STATUS_SUCCESS)
+      throw CudaError(what + ": the recorded cuBLASLt algorithm does not run here (" + cublasLtGetStatusName(cs) + ")");
+    if (check.workspaceSize > workspace_limit)
+      throw CudaError(what + ": the recorded cuBLASLt algorithm needs " + std::to_string(check.workspaceSize) +
+                      " workspace bytes, over the " + std::to_string(workspace_limit) + "-byte limit");
+    workspace_ = DeviceBuffer(check.workspaceSize);
+    chosen_workspace_ = check.workspaceSize;
+    chosen_ = 0;
+    timings_.push_back({0, -1, check.workspaceSize});
+    return;
+  }
+
   cublasLtMatmulPreference_t pref = nullptr;
   KILN_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
   KILN_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
@@ -93,9 +141,6 @@ LtMatmul::LtMatmul(GemmShape shape, GemmType type, Epilogue epilogue, size_t wor
   cublasStatus_t hs = cublasLtMatmulAlgoGetHeuristic(lt_, op_, a_, b_, c_, c_, pref, static_cast<int>(found.size()),
                                                      found.data(), &returned);
   cublasLtMatmulPreferenceDestroy(pref);
-  const std::string what = (shape.batch > 1 ? std::to_string(shape.batch) + "x " : std::string()) + "matmul M=" + std::to_string(shape.m) + " N=" + std::to_string(shape.n) +
-                           " K=" + std::to_string(shape.k) + " " + type_name(type) + " epilogue " +
-                           epilogue_name(epilogue);
   if (hs != CUBLAS_STATUS_SUCCESS || returned == 0)
     throw CudaError(what + ": cuBLASLt has no algorithm within a " + std::to_string(workspace_limit) +
                     "-byte workspace" + (hs != CUBLAS_STATUS_SUCCESS ? std::string(" (") + cublasLtGetStatusName(hs) + ")" : ""));
@@ -170,7 +215,10 @@ void LtMatmul::run(const void* x, const void* w, const void* bias, void* y, cuda
                                    workspace_bytes, stream));
 }
 
+std::string LtMatmul::tactic() const { return format_algo(algo_); }
+
 std::string LtMatmul::describe() const {
+  if (best_ms_ < 0) return "cublasLt " + std::string(type_name(type_)) + " " + epilogue_name(epilogue_) + ": recorded algorithm";
   std::string s = "cublasLt " + std::string(type_name(type_)) + " " + epilogue_name(epilogue_) + ": candidate " +
                   std::to_string(chosen_) + " of " + std::to_string(timings_.size()) + " [";
   for (const AlgoTiming& t : timings_) s += (t.index ? " " : "") + (t.ms < 0 ? std::string("x") : std::to_string(t.ms));

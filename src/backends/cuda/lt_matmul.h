@@ -41,8 +41,11 @@ class LtMatmul {
   // Creates the descriptors and picks the algorithm: up to `candidates` heuristic answers that fit
   // `workspace_limit` bytes are run on scratch buffers and timed (median of a few runs each).
   // Throws CudaError when cuBLASLt has no algorithm for the problem (naming shape, type, epilogue).
+  // With `tactic` (what tactic() returned on a build with the same cuBLASLt and GPU), that algorithm
+  // is checked with cublasLtMatmulAlgoCheck and used without timing; a tactic that does not parse,
+  // does not fit the problem or the workspace limit throws CudaError.
   LtMatmul(GemmShape shape, GemmType type, Epilogue epilogue, size_t workspace_limit = 32u << 20,
-           int candidates = 8, cudaStream_t stream = nullptr);
+           int candidates = 8, cudaStream_t stream = nullptr, const std::string& tactic = {});
   ~LtMatmul();
   LtMatmul(const LtMatmul&) = delete;
   LtMatmul& operator=(const LtMatmul&) = delete;
@@ -59,6 +62,8 @@ class LtMatmul {
   float chosen_ms() const { return best_ms_; }
 
   const std::vector<AlgoTiming>& timings() const { return timings_; }
+  // The chosen algorithm: "lt:" and the hex of cuBLASLt's 64-byte algorithm record.
+  std::string tactic() const;
   int chosen() const { return chosen_; }
   size_t workspace_bytes() const { return workspace_.bytes(); }
   std::string describe() const;

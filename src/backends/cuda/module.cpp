@@ -3,6 +3,7 @@
 // (lt_matmul.h), cuDNN (conv.h) and Kiln's own kernels (kernels.h, ops.h). Exported through three
 // C entry points that the core finds with dlsym.
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <vector>
 #include <memory>
@@ -36,7 +37,7 @@ DType float_type(ElemType t, const char* what) {
 
 class MatmulKernel final : public gpu::Kernel {
  public:
-  MatmulKernel(const gpu::MatmulDesc& d, size_t limit) : d_(d) {
+  MatmulKernel(const gpu::MatmulDesc& d, size_t limit, const std::string& tactic) : d_(d) {
     GemmType type = d.type == ElemType::kF16 ? GemmType::kF16 : d.type == ElemType::kBF16 ? GemmType::kBF16 : GemmType::kF32;
     if (d.type != ElemType::kF16 && d.type != ElemType::kBF16 && d.type != ElemType::kF32)
       throw CudaError(std::string("matmul: unsupported type ") + elem_type_name(d.type));
@@ -44,7 +45,8 @@ class MatmulKernel final : public gpu::Kernel {
     using E = gpu::MatmulDesc::Epilogue;
     if (d.bias) e = d.epilogue == E::kRelu ? Epilogue::kBiasRelu : d.epilogue == E::kGeluTanh ? Epilogue::kBiasGelu : Epilogue::kBias;
     else e = d.epilogue == E::kRelu ? Epilogue::kRelu : d.epilogue == E::kGeluTanh ? Epilogue::kGelu : Epilogue::kNone;
-    mm_ = std::make_unique<LtMatmul>(GemmShape{d.m, d.n, d.k, d.batch, d.w_stride, d.residual}, type, e, limit);
+    mm_ = std::make_unique<LtMatmul>(GemmShape{d.m, d.n, d.k, d.batch, d.w_stride, d.residual}, type, e, limit, 8,
+                                     nullptr, tactic);
   }
   // Inputs: x, w, bias (when desc.bias).
   void launch(const void* const* in, void* const* out, void* ws, void* s) const override {
@@ -54,6 +56,7 @@ class MatmulKernel final : public gpu::Kernel {
   size_t workspace_bytes() const override { return mm_->chosen_workspace_bytes(); }
   std::string describe() const override { return mm_->describe(); }
   double timed_ms() const override { return mm_->chosen_ms(); }
+  std::string tactic() const override { return mm_->tactic(); }
 
  private:
   gpu::MatmulDesc d_;
@@ -62,7 +65,7 @@ class MatmulKernel final : public gpu::Kernel {
 
 class ConvKernel final : public gpu::Kernel {
  public:
-  ConvKernel(const gpu::ConvDesc& d, size_t limit) : d_(d) {
+  ConvKernel(const gpu::ConvDesc& d, size_t limit, const std::string& tactic) : d_(d) {
     ConvParams p;
     p.n = d.n, p.c = d.c, p.h = d.h, p.w = d.w, p.k = d.k, p.r = d.r, p.s = d.s, p.groups = d.groups;
     p.pad_h = d.pad_h, p.pad_w = d.pad_w, p.stride_h = d.stride_h, p.stride_w = d.stride_w;
@@ -71,7 +74,7 @@ class ConvKernel final : public gpu::Kernel {
     p.bias = d.bias, p.residual = d.residual;
     p.act = d.act == gpu::Act::kRelu ? ConvAct::kRelu : d.act == gpu::Act::kClip ? ConvAct::kClip : ConvAct::kNone;
     p.clip_lo = d.clip_lo, p.clip_hi = d.clip_hi;
-    conv_ = std::make_unique<CudnnConv>(p, limit);
+    conv_ = std::make_unique<CudnnConv>(p, limit, nullptr, tactic);
   }
   // Inputs: x, w, bias (when desc.bias), z (when desc.residual).
   void launch(const void* const* in, void* const* out, void* ws, void* s) const override {
@@ -82,6 +85,7 @@ class ConvKernel final : public gpu::Kernel {
   size_t workspace_bytes() const override { return conv_->workspace_bytes(); }
   std::string describe() const override { return conv_->describe(); }
   double timed_ms() const override { return conv_->chosen_ms(); }
+  std::string tactic() const override { return conv_->tactic(); }
 
  private:
   gpu::ConvDesc d_;
@@ -90,7 +94,7 @@ class ConvKernel final : public gpu::Kernel {
 
 class DepthwiseKernel final : public gpu::Kernel {
  public:
-  explicit DepthwiseKernel(const gpu::ConvDesc& d) : d_(d) {
+  DepthwiseKernel(const gpu::ConvDesc& d, const std::string& tactic) : d_(d) {
     if (d.groups != d.c || d.k != d.c) throw CudaError("depthwise: needs groups == in channels == out channels");
     p_.n = d.n, p_.h = d.h, p_.w = d.w, p_.c = d.c;
     p_.r = static_cast<int>(d.r), p_.s = static_cast<int>(d.s);
@@ -100,6 +104,9 @@ class DepthwiseKernel final : public gpu::Kernel {
     if (p_.oh <= 0 || p_.ow <= 0) throw CudaError("depthwise: the kernel is larger than the padded input");
     if (d.act == gpu::Act::kRelu) p_.lo = 0;
     if (d.act == gpu::Act::kClip) p_.lo = d.clip_lo, p_.hi = d.clip_hi;
+    if (!tactic.empty() && tactic != kTactic)
+      throw CudaError("depthwise: tactic '" + tactic + "' is not Kiln's depthwise kernel ('" + kTactic + "')");
+    if (!tactic.empty()) return;  // recorded: no timing
     // Timed on scratch buffers (median of 5 after a warm-up), to compete with cuDNN.
     const size_t es = elem_size(d.type);
     DeviceBuffer x(static_cast<size_t>(d.n * d.h * d.w * d.c) * es), w(static_cast<size_t>(d.r * d.s * d.c) * es),
@@ -125,9 +132,12 @@ class DepthwiseKernel final : public gpu::Kernel {
     depthwise_nhwc(d_.type, in[0], in[1], bias, z, out[0], p_, st(s));
   }
   std::string describe() const override {
-    return std::string("kiln depthwise nhwc ") + elem_type_name(d_.type) + " (" + std::to_string(ms_) + " ms)";
+    return std::string("kiln depthwise nhwc ") + elem_type_name(d_.type) +
+           (ms_ < 0 ? std::string(" (recorded tactic)") : " (" + std::to_string(ms_) + " ms)");
   }
   double timed_ms() const override { return ms_; }
+  std::string tactic() const override { return kTactic; }
+  static constexpr const char* kTactic = "kiln-depthwise";
 
  private:
   gpu::ConvDesc d_;
@@ -256,6 +266,19 @@ class CudaDevice final : public gpu::Device {
     check(e, "cudaGraphInstantiate");
     return exec;
   }
+  void warm_up(int ms) override {
+    const auto now = std::chrono::steady_clock::now();
+    {
+      std::lock_guard<std::mutex> lock(warm_mu_);
+      if (warmed_ && now - last_warm_ < std::chrono::seconds(5)) return;
+      warmed_ = true;
+      last_warm_ = now;
+    }
+    bind();
+    guard([&] { busy_wait(ms, props_.multiprocessors); });
+    std::lock_guard<std::mutex> lock(warm_mu_);
+    last_warm_ = std::chrono::steady_clock::now();
+  }
   void launch_graph(void* g, void* s) override {
     guard([&] { KILN_CUDA_CHECK(cudaGraphLaunch(static_cast<cudaGraphExec_t>(g), st(s))); });
   }
@@ -263,17 +286,17 @@ class CudaDevice final : public gpu::Device {
     if (g) cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(g));
   }
 
-  std::unique_ptr<gpu::Kernel> matmul(const gpu::MatmulDesc& d, size_t limit) override {
+  std::unique_ptr<gpu::Kernel> matmul(const gpu::MatmulDesc& d, size_t limit, const std::string& tactic) override {
     bind();
-    return std::make_unique<MatmulKernel>(d, limit);
+    return std::make_unique<MatmulKernel>(d, limit, tactic);
   }
-  std::unique_ptr<gpu::Kernel> conv(const gpu::ConvDesc& d, size_t limit) override {
+  std::unique_ptr<gpu::Kernel> conv(const gpu::ConvDesc& d, size_t limit, const std::string& tactic) override {
     bind();
-    return std::make_unique<ConvKernel>(d, limit);
+    return std::make_unique<ConvKernel>(d, limit, tactic);
   }
-  std::unique_ptr<gpu::Kernel> depthwise(const gpu::ConvDesc& d) override {
+  std::unique_ptr<gpu::Kernel> depthwise(const gpu::ConvDesc& d, const std::string& tactic) override {
     bind();
-    return std::make_unique<DepthwiseKernel>(d);
+    return std::make_unique<DepthwiseKernel>(d, tactic);
   }
   std::unique_ptr<gpu::Kernel> copy(ElemType x, ElemType y, const gpu::StridedCopy& c) override {
     return fn_kernel(std::string("copy ") + elem_type_name(x) + "->" + elem_type_name(y),
@@ -350,14 +373,10 @@ class CudaDevice final : public gpu::Device {
 
   gpu::DeviceProps props_;
   bool broken_ = false;
+  std::mutex warm_mu_;
+  bool warmed_ = false;
+  std::chrono::steady_clock::time_point last_warm_;
 };
-
-void copy_message(const std::string& m, char* buf, size_t len) {
-  if (!buf || len == 0) return;
-  const size_t n = std::min(len - 1, m.size());
-  std::memcpy(buf, m.data(), n);
-  buf[n] = 0;
-}
 
 }  // namespace
 }  // namespace kiln::cuda
@@ -367,7 +386,7 @@ extern "C" __attribute__((visibility("default"))) int kiln_gpu_api_version() { r
 extern "C" __attribute__((visibility("default"))) int kiln_gpu_device_count(char* why, size_t why_len) {
   std::string reason;
   const int n = kiln::cuda::device_count(&reason);
-  if (n == 0) kiln::cuda::copy_message(reason, why, why_len);
+  if (n == 0) kiln::gpu::copy_message(reason, why, why_len);
   return n;
 }
 
@@ -376,7 +395,7 @@ extern "C" __attribute__((visibility("default"))) kiln::gpu::Device* kiln_gpu_op
   try {
     return new kiln::cuda::CudaDevice(index);
   } catch (const std::exception& e) {
-    kiln::cuda::copy_message(e.what(), error, error_len);
+    kiln::gpu::copy_message(e.what(), error, error_len);
     return nullptr;
   }
 }

@@ -15,7 +15,7 @@
 
 namespace kiln::gpu {
 
-inline constexpr int kApiVersion = 1;
+inline constexpr int kApiVersion = 2;
 
 // Element types of device tensors. kBool is one byte, 0 or 1.
 enum class ElemType : uint8_t { kF32, kF16, kBF16, kF64, kI64, kI32, kI8, kU8, kBool };
@@ -126,6 +126,10 @@ class Kernel {
   virtual size_t workspace_bytes() const { return 0; }
   virtual std::string describe() const = 0;
   virtual double timed_ms() const { return -1; }  // the winning tactic's time when it was timed
+  // The chosen tactic of a tuned kernel (matmul, conv, depthwise), "" for the others. Passing it
+  // back to the same factory on the same GPU and libraries makes the same kernel without timing:
+  // what the timing cache and GPU engine files store.
+  virtual std::string tactic() const { return {}; }
 };
 
 struct DeviceProps {
@@ -166,6 +170,10 @@ class Device {
   virtual void record(void* event, void* stream) = 0;
   virtual float elapsed_ms(void* start, void* stop) = 0;  // both recorded and complete
 
+  // Brings the GPU to its working clocks (about `ms` of busy kernels) so that the tactics timed next
+  // compare as they will run; a no-op when it was warmed in the last few seconds.
+  virtual void warm_up(int ms) { (void)ms; }
+
   // CUDA graphs: capture everything enqueued on `stream` between begin and end, then replay.
   virtual void begin_capture(void* stream) = 0;
   virtual void* end_capture(void* stream) = 0;  // an executable graph
@@ -174,11 +182,13 @@ class Device {
 
   // Kernels. Each throws std::runtime_error naming what it cannot do. workspace_limit bounds the
   // scratch a library kernel may ask for (its algorithms that need more are not considered).
-  virtual std::unique_ptr<Kernel> matmul(const MatmulDesc& d, size_t workspace_limit) = 0;
-  virtual std::unique_ptr<Kernel> conv(const ConvDesc& d, size_t workspace_limit) = 0;
+  // `tactic` (tuned kernels): "" times the candidates; a Kernel::tactic() from an earlier build is
+  // used untimed, and throws std::runtime_error when it does not parse or does not run here.
+  virtual std::unique_ptr<Kernel> matmul(const MatmulDesc& d, size_t workspace_limit, const std::string& tactic = {}) = 0;
+  virtual std::unique_ptr<Kernel> conv(const ConvDesc& d, size_t workspace_limit, const std::string& tactic = {}) = 0;
   // Kiln's depthwise convolution (groups == c == k): inputs x, w [r, s, c], [bias], [z]; timed on
-  // scratch buffers when made, so it can compete with conv() as a tactic.
-  virtual std::unique_ptr<Kernel> depthwise(const ConvDesc& d) = 0;
+  // scratch buffers when made (unless a tactic is given), so it can compete with conv() as a tactic.
+  virtual std::unique_ptr<Kernel> depthwise(const ConvDesc& d, const std::string& tactic = {}) = 0;
   virtual std::unique_ptr<Kernel> copy(ElemType x, ElemType y, const StridedCopy& c) = 0;
   virtual std::unique_ptr<Kernel> elementwise(const EwProgram& p) = 0;
   // y[o, t, i] = data[o, idx[t], i]; idx kI64 or kI32 (negative counts from the end).
@@ -192,6 +202,14 @@ class Device {
   // Inputs: q, k, v, mask (FP32, or null).
   virtual std::unique_ptr<Kernel> attention(const AttentionDesc& d) = 0;
 };
+
+// Copies `m` into a C entry point's error buffer (truncated, always terminated).
+inline void copy_message(const std::string& m, char* buf, size_t len) {
+  if (!buf || len == 0) return;
+  const size_t n = m.size() < len - 1 ? m.size() : len - 1;
+  for (size_t i = 0; i < n; ++i) buf[i] = m[i];
+  buf[n] = 0;
+}
 
 }  // namespace kiln::gpu
 

@@ -33,6 +33,7 @@ GpuBuild build_gpu_program(Model model, const ShapeMap& shapes, int device_index
   out.program = GpuProgram::compile(device, model, shapes, options);
   out.pass_ms = std::chrono::duration<double, std::milli>(t1 - t0).count();
   out.compile_ms = std::chrono::duration<double, std::milli>(Clock::now() - t1).count();
+  out.optimized = std::move(model);
   return out;
 }
 

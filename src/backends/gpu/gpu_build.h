@@ -11,6 +11,7 @@ namespace kiln::gpu {
 
 struct GpuBuild {
   std::shared_ptr<const GpuProgram> program;
+  Model optimized;  // the graph after the passes (what a GPU engine file stores)
   size_t nodes_before = 0, nodes_after = 0;
   double pass_ms = 0, compile_ms = 0;
   std::vector<std::string> pass_log;

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include <numeric>
+#include <optional>
 #include <set>
 #include <sstream>
 
@@ -176,6 +177,13 @@ bool activation_steps(const std::string& act, const std::vector<float>& p, std::
   return true;
 }
 
+// A stable name of an element type for timing-cache keys.
+const char* type_tag(ElemType t) {
+  static constexpr const char* kNames[] = {"f32", "f16", "bf16", "f64", "i64", "i32", "i8", "u8", "bool"};
+  const auto i = static_cast<size_t>(t);
+  return i < std::size(kNames) ? kNames[i] : "?";
+}
+
 }  // namespace
 
 class GpuProgramBuilder {
@@ -273,6 +281,22 @@ class GpuProgramBuilder {
       const bool ints = t.dtype() == DType::kI64 || t.dtype() == DType::kI32;
       const int64_t n = order.empty() ? t.numel() : static_cast<int64_t>(order.size());
       std::vector<uint8_t> bytes;
+      if (t.dtype() == DType::kF32 && (type == ElemType::kF32 || type == ElemType::kF16 || type == ElemType::kBF16)) {
+        // The common case (FP32 weights to the program's float type), without the per-element
+        // dispatch of put_value: the same values, converted in place (what loading spends its time on).
+        bytes.resize(static_cast<size_t>(n) * elem_bytes(type));
+        const float* src = t.data<float>();
+        for (int64_t i = 0; i < n; ++i) {
+          const float x = src[order.empty() ? i : order[static_cast<size_t>(i)]];
+          const float v = scale == 1.0 ? x : static_cast<float>(static_cast<double>(x) * scale);
+          if (type == ElemType::kF32) std::memcpy(bytes.data() + 4 * i, &v, 4);
+          else {
+            const uint16_t h = type == ElemType::kF16 ? float_to_half(v) : float_to_bf16(v);
+            std::memcpy(bytes.data() + 2 * i, &h, 2);
+          }
+        }
+        return bytes;
+      }
       bytes.reserve(static_cast<size_t>(n) * elem_bytes(type));
       for (int64_t i = 0; i < n; ++i) {
         const int64_t src = order.empty() ? i : order[static_cast<size_t>(i)];
@@ -297,6 +321,69 @@ class GpuProgramBuilder {
     v.slot.index = weight(name, type, order, variant, scale);
     vals_[vname] = v;
     return vname;
+  }
+
+  // --- Tactics (CompileOptions::tactics). recorded(): the cached tactic of `key`, if any.
+  std::optional<std::string> recorded(const std::string& key) {
+    if (!opt_.tactics) return std::nullopt;
+    auto e = opt_.tactics->find(key);
+    if (!e) return std::nullopt;
+    return e->tactic;
+  }
+  // Before the first timing of a build: the GPU at its working clocks, or a cold GPU's slow
+  // first timings would pick the wrong tactics.
+  void warm_up() {
+    if (warmed_) return;
+    warmed_ = true;
+    dev_->warm_up(2000);
+  }
+  void rejected(const std::string& node, const std::string& why) {
+    ++stats_.rejected;
+    if (opt_.log) opt_.log->push_back("node '" + node + "': recorded tactic not usable, timing again: " + why);
+  }
+  // Remembers the chosen tactic (for the program's record) and fills the cache when it was timed.
+  void record(const std::string& key, const std::string& tactic, double ms, bool timed) {
+    cpu::TimingCache::Entry e{tactic, ms};
+    if (!timed && opt_.tactics)
+      if (auto old = opt_.tactics->find(key)) e.ms = old->ms;  // keep the time it was measured at
+    tactics_[key] = e;
+    if (timed && opt_.tactics) opt_.tactics->put(key, e);
+  }
+  std::unique_ptr<Kernel> tuned_matmul(const MatmulDesc& d, const std::string& node) {
+    const std::string key = matmul_key(d);
+    std::unique_ptr<Kernel> k;
+    if (auto hit = recorded(key)) {
+      try {
+        k = dev_->matmul(d, opt_.workspace_limit, *hit);
+        ++stats_.recorded;
+      } catch (const std::runtime_error& e) {
+        rejected(node, e.what());
+      }
+    }
+    const bool timed = !k;
+    if (timed) {
+      warm_up();
+      k = dev_->matmul(d, opt_.workspace_limit);
+      ++stats_.timed;
+    }
+    record(key, k->tactic(), k->timed_ms(), timed);
+    return k;
+  }
+  std::string matmul_key(const MatmulDesc& d) const {
+    std::ostringstream os;
+    os << "gpu.matmul m" << d.m << " n" << d.n << " k" << d.k << " batch" << d.batch << " wstride" << d.w_stride << " "
+       << type_tag(d.type) << " bias" << d.bias << " residual" << d.residual << " epilogue"
+       << static_cast<int>(d.epilogue) << " ws<=" << opt_.workspace_limit;
+    return os.str();
+  }
+  std::string conv_key(const ConvDesc& d) const {
+    std::ostringstream os;
+    os << "gpu.conv n" << d.n << " c" << d.c << " " << d.h << "x" << d.w << " k" << d.k << " " << d.r << "x" << d.s
+       << " groups" << d.groups << " pad" << d.pad_h << "," << d.pad_w << " stride" << d.stride_h << "," << d.stride_w
+       << " dil" << d.dil_h << "," << d.dil_w << " " << type_tag(d.type) << " bias" << d.bias << " residual"
+       << d.residual << " act" << static_cast<int>(d.act) << " clip" << d.clip_lo << "," << d.clip_hi
+       << " ws<=" << opt_.workspace_limit;
+    return os.str();
   }
 
   // Records a step; input values' buffers live at least until it.
@@ -411,6 +498,9 @@ class GpuProgramBuilder {
   std::vector<Pending> steps_;
   std::vector<cpu::BufferRequest> buffers_;
   std::shared_ptr<WeightPool> pool_;
+  std::map<std::string, cpu::TimingCache::Entry> tactics_;
+  TacticStats stats_;
+  bool warmed_ = false;
   std::vector<void*> weights_;
   size_t weight_bytes_ = 0;
   std::map<std::string, size_t> weight_index_;
@@ -560,26 +650,48 @@ void GpuProgramBuilder::lower_conv(const Node& n) {
   std::unique_ptr<Kernel> conv_k, gemm_k, dw_k;
   const bool dw_ok = d.groups == d.c && d.k == d.c && d.groups > 1;
   const std::string& dw_tactic = opt_.depthwise_tactic;
-  if (dw_ok && dw_tactic != "cudnn") dw_k = dev_->depthwise(d);
-  if ((!gemm_ok || tactic != "gemm") && !(dw_k && dw_tactic == "kiln")) conv_k = dev_->conv(d, opt_.workspace_limit);
-  if (gemm_ok && tactic != "cudnn") {
-    MatmulDesc md;
-    md.m = d.n * d.h * d.w, md.n = K, md.k = C, md.type = compute_, md.bias = has_b, md.residual = has_z;
-    md.epilogue = d.act == Act::kRelu ? MatmulDesc::Epilogue::kRelu : MatmulDesc::Epilogue::kNone;
-    gemm_k = dev_->matmul(md, opt_.workspace_limit);
+  MatmulDesc md;
+  md.m = d.n * d.h * d.w, md.n = K, md.k = C, md.type = compute_, md.bias = has_b, md.residual = has_z;
+  md.epilogue = d.act == Act::kRelu ? MatmulDesc::Epilogue::kRelu : MatmulDesc::Epilogue::kNone;
+  // The timing cache records the winning family and its tactic: "depthwise|t", "gemm|t", "cudnn|t".
+  const std::string key = conv_key(d) + " conv1x1=" + tactic + " depthwise=" + dw_tactic;
+  if (auto hit = recorded(key)) {
+    const size_t bar = hit->find('|');
+    const std::string family = hit->substr(0, bar), t = bar == std::string::npos ? "" : hit->substr(bar + 1);
+    try {
+      if (family == "depthwise" && dw_ok) dw_k = dev_->depthwise(d, t);
+      else if (family == "gemm" && gemm_ok) gemm_k = dev_->matmul(md, opt_.workspace_limit, t);
+      else if (family == "cudnn") conv_k = dev_->conv(d, opt_.workspace_limit, t);
+      else throw std::runtime_error("'" + *hit + "' is not a convolution tactic for this node");
+      ++stats_.recorded;
+    } catch (const std::runtime_error& e) {
+      rejected(n.name, e.what());
+    }
   }
-  // The fastest of the candidates, each timed on the device when it was made.
+  const bool timed = !dw_k && !gemm_k && !conv_k;
+  if (timed) {
+    warm_up();
+    if (dw_ok && dw_tactic != "cudnn") dw_k = dev_->depthwise(d);
+    if ((!gemm_ok || tactic != "gemm") && !(dw_k && dw_tactic == "kiln")) conv_k = dev_->conv(d, opt_.workspace_limit);
+    if (gemm_ok && tactic != "cudnn") gemm_k = dev_->matmul(md, opt_.workspace_limit);
+    ++stats_.timed;
+  }
+  // The fastest of the candidates, each timed on the device when it was made (or the one recorded).
   auto faster = [](const std::unique_ptr<Kernel>& a, const std::unique_ptr<Kernel>& b) {
     return a && (!b || a->timed_ms() < b->timed_ms());
   };
-  if (faster(dw_k, conv_k) && faster(dw_k, gemm_k)) {
+  const bool dw_wins = faster(dw_k, conv_k) && faster(dw_k, gemm_k), gemm_wins = !dw_wins && faster(gemm_k, conv_k);
+  const Kernel& winner = dw_wins ? *dw_k : gemm_wins ? *gemm_k : *conv_k;
+  record(key, std::string(dw_wins ? "depthwise" : gemm_wins ? "gemm" : "cudnn") + "|" + winner.tactic(),
+         winner.timed_ms(), timed);
+  if (dw_wins) {
     std::vector<int64_t> rsc(static_cast<size_t>(R * S * K));
     for (int64_t r = 0; r < R; ++r)
       for (int64_t s2 = 0; s2 < S; ++s2)
         for (int64_t k = 0; k < K; ++k) rsc[static_cast<size_t>((r * S + s2) * K + k)] = (k * R + r) * S + s2;
     ins[1] = weight_value(n.inputs[1], compute_, {R, S, K}, rsc, "rsc");
     add_step(std::move(dw_k), ins, {out}, {n.name, n.op_type, "", -1});
-  } else if (faster(gemm_k, conv_k)) {
+  } else if (gemm_wins) {
     std::vector<int64_t> ck(static_cast<size_t>(C * K));
     for (int64_t c = 0; c < C; ++c)
       for (int64_t k = 0; k < K; ++k) ck[static_cast<size_t>(c * K + k)] = k * C + c;
@@ -664,7 +776,7 @@ void GpuProgramBuilder::lower_matmul(const Node& n) {
   const bool after = !c_rest.empty() || !post.empty();
   const std::string out = after ? n.outputs[0] + "#mm" : n.outputs[0];
   new_value(out, compute_, od, false);
-  add_step(dev_->matmul(d, opt_.workspace_limit), ins, {out}, {n.name, n.op_type, "", -1});
+  add_step(tuned_matmul(d, n.name), ins, {out}, {n.name, n.op_type, "", -1});
   if (after) {
     std::vector<EwStep> steps = {EwStep{}};
     std::vector<std::string> ew_ins = {out};
@@ -1069,6 +1181,8 @@ std::shared_ptr<const GpuProgram> GpuProgramBuilder::build() {
     p->info_.push_back(std::move(st.info));
   }
   p->pool_ = pool_;
+  p->tactics_ = std::move(tactics_);
+  p->tactic_stats_ = stats_;
   p->weights_ = std::move(weights_);
   p->weight_bytes_ = weight_bytes_;
   return p;
@@ -1078,6 +1192,11 @@ ElemType GpuProgramBuilder::compute_type_of(const std::vector<std::string>& ins)
   for (const auto& i : ins)
     if (!i.empty()) return val(i).type;
   return compute_;
+}
+
+std::string gpu_target(const DeviceProps& p) {
+  return p.name + " " + p.sm() + " cuda " + std::to_string(p.runtime_version) + " cublasLt " +
+         std::to_string(p.cublaslt_version) + " cudnn " + std::to_string(p.cudnn_version);
 }
 
 std::shared_ptr<const GpuProgram> GpuProgram::compile(std::shared_ptr<Device> device, const Model& model,

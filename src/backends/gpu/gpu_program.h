@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "backends/cpu/timing_cache.h"
 #include "backends/gpu/device_api.h"
 #include "backends/reference/executor.h"
 #include "ir/graph.h"
@@ -79,6 +80,23 @@ struct CompileOptions {
   // Where the weights go: programs compiled with one pool share their weights. Null: a pool of the
   // program's own. The pool's device must be the one compiled for.
   std::shared_ptr<WeightPool> weights;
+  // The timing cache for tuned kernels (matmul, conv, depthwise), consulted before timing and
+  // filled after; its target should be gpu_target() of the device. A recorded tactic is used
+  // untimed; one the device rejects (another cuBLASLt, a corrupted record) is timed again. Null:
+  // every tuned kernel is timed.
+  cpu::TimingCache* tactics = nullptr;
+};
+
+// The timing-cache target of a device: tactics are valid for this GPU model and SM with these CUDA
+// runtime, cuBLASLt and cuDNN versions ("NVIDIA H100 80GB HBM3 sm_90 cuda 13000 cublasLt 130100
+// cudnn 91900").
+std::string gpu_target(const DeviceProps& p);
+
+// How a program's tuned kernels were chosen.
+struct TacticStats {
+  int timed = 0;     // timed on the device
+  int recorded = 0;  // taken from the timing cache, untimed
+  int rejected = 0;  // recorded, but the device refused the record: timed again
 };
 
 struct GpuStepInfo {
@@ -115,6 +133,9 @@ class GpuProgram {
   Precision precision() const { return precision_; }
   Device& device() const { return *device_; }
   const std::shared_ptr<Device>& device_ptr() const { return device_; }
+  // The tactic of every tuned kernel, by its timing-cache key (what a GPU engine file stores).
+  const std::map<std::string, cpu::TimingCache::Entry>& tactics() const { return tactics_; }
+  const TacticStats& tactic_stats() const { return tactic_stats_; }
 
   // Enqueues every step on `stream`: inputs/outputs are device buffers in inputs()/outputs() order.
   // With `events` (steps().size() + 1 of them), records events[i] before step i and the last after
@@ -142,6 +163,8 @@ class GpuProgram {
   std::shared_ptr<WeightPool> pool_;
   std::vector<void*> weights_;  // Slot::kWeight indexes these
   size_t weight_bytes_ = 0, arena_bytes_ = 0, activation_total_ = 0, workspace_bytes_ = 0;
+  std::map<std::string, cpu::TimingCache::Entry> tactics_;
+  TacticStats tactic_stats_;
   friend class GpuProgramBuilder;
 };
 

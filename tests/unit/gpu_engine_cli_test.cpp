@@ -1,0 +1,148 @@
+// `kiln build --device cuda` and GPU engine files through the CLI, on the simulated GPU module
+// (sim_module.cpp, loaded through KILN_CUDA_MODULE), so CI runs the whole path without a GPU:
+// build, inspect, run and bench a GPU engine; the timing cache across builds; and the refusals
+// (a GPU engine on the CPU, another SM, an older GPU, another precision or shape, CPU-only flags,
+// no GPU at all), each with the message that says what to do.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "test_support.h"
+#include "util/npy.h"
+
+namespace {
+
+using namespace kiln;
+using kiln_test::run_kiln_cli;
+using kiln_test::Stderr;
+
+const std::string kModel = std::string(KILN_SOURCE_DIR) + "/examples/tiny_cnn.onnx";
+
+class GpuEngineCli : public kiln_test::TempDirTest {
+ protected:
+  GpuEngineCli() : TempDirTest("kiln_gpu_engine_cli_") {}
+  // The simulated module with `gpus` devices of compute capability `sm` (major*10+minor).
+  static std::string sim(int gpus = 1, int sm = 90) {
+    return std::string("KILN_CUDA_MODULE=") + KILN_SIM_GPU_MODULE + " KILN_SIM_GPUS=" + std::to_string(gpus) +
+           " KILN_SIM_GPU_SM=" + std::to_string(sm);
+  }
+  kiln_test::CliResult kiln(const std::string& args, const std::string& env = sim()) {
+    return run_kiln_cli(args, Stderr::kMerge, env);
+  }
+  std::string engine() const { return (dir_ / "tiny.kiln").string(); }
+  // Builds the example for image:2x1x28x28 on the simulated GPU.
+  void build(const std::string& extra = "", const std::string& env = sim()) {
+    const auto r = kiln("build " + kModel + " --device cuda --shapes image:2x1x28x28 -o " + engine() + " " + extra, env);
+    ASSERT_EQ(r.code, 0) << r.out;
+  }
+  static bool has(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+};
+
+TEST_F(GpuEngineCli, BuildInspectRunAndBenchAGpuEngine) {
+  const auto b = kiln("build " + kModel + " --device cuda --shapes image:2x1x28x28 -o " + engine());
+  ASSERT_EQ(b.code, 0) << b.out;
+  EXPECT_TRUE(has(b.out, "Kiln simulated GPU 0 (sm_90")) << b.out;
+  EXPECT_TRUE(has(b.out, "precision:    fp16")) << b.out;
+  EXPECT_TRUE(has(b.out, "3 tuned kernels (3 distinct): 3 timed, 0 from the timing cache")) << b.out;  // 2 convs, 1 Gemm
+
+  const auto i = kiln("inspect " + engine());
+  ASSERT_EQ(i.code, 0) << i.out;
+  EXPECT_TRUE(has(i.out, "target:     GPU Kiln simulated GPU 0 (sm_90)")) << i.out;
+  EXPECT_TRUE(has(i.out, "runs on sm_90 only")) << i.out;
+  EXPECT_TRUE(has(i.out, "tactics:    3 tuned kernels recorded")) << i.out;
+
+  // The GPU engine's outputs against the CPU's on the same seeded inputs.
+  const auto gpu_dir = dir_ / "gpu", cpu_dir = dir_ / "cpu";
+  const auto r = kiln("run " + engine() + " --device cuda --seed 7 -o " + gpu_dir.string());
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_TRUE(has(r.out, "GPU engine (recorded tactics)")) << r.out;
+  const auto c = kiln("run " + kModel + " --shapes image:2x1x28x28 --seed 7 -o " + cpu_dir.string(), "");
+  ASSERT_EQ(c.code, 0) << c.out;
+  const Tensor g = read_npy(gpu_dir / "probabilities.npy"), want = read_npy(cpu_dir / "probabilities.npy");
+  ASSERT_EQ(g.shape(), (std::vector<int64_t>{2, 10}));
+  ASSERT_EQ(g.shape(), want.shape());
+  for (int64_t k = 0; k < g.numel(); ++k) EXPECT_NEAR(g.data<float>()[k], want.data<float>()[k], 2e-3) << k;
+
+  const auto bench = kiln("bench " + engine() + " --device cuda --iterations 5 --warmup-ms 0");
+  ASSERT_EQ(bench.code, 0) << bench.out;
+  EXPECT_TRUE(has(bench.out, "recorded tactics, nothing timed")) << bench.out;
+}
+
+TEST_F(GpuEngineCli, TheTimingCacheMakesTheSecondBuildTimeNothing) {
+  const std::string cache = (dir_ / "cache.json").string();
+  build("--timing-cache " + cache);
+  const auto second = kiln("build " + kModel + " --device cuda --shapes image:2x1x28x28 -o " + engine() +
+                           " --timing-cache " + cache);
+  ASSERT_EQ(second.code, 0) << second.out;
+  EXPECT_TRUE(has(second.out, "3 tuned kernels (3 distinct): 0 timed, 3 from the timing cache")) << second.out;
+  // On another GPU the cache is ignored (with a warning) and rebuilt.
+  const auto other = kiln("build " + kModel + " --device cuda --shapes image:2x1x28x28 -o " + engine() +
+                              " --timing-cache " + cache,
+                          sim(1, 80));
+  ASSERT_EQ(other.code, 0) << other.out;
+  EXPECT_TRUE(has(other.out, "warning: timing cache")) << other.out;
+  EXPECT_TRUE(has(other.out, "3 timed, 0 from the timing cache")) << other.out;
+}
+
+TEST_F(GpuEngineCli, AGpuEngineIsRefusedWhereItCannotRun) {
+  build();
+  // On the CPU.
+  auto r = kiln("run " + engine(), "");
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_TRUE(has(r.out, "GPU engine") && has(r.out, "--device cuda")) << r.out;
+  // On another SM: what differs, and what to do.
+  r = kiln("run " + engine() + " --device cuda", sim(1, 80));
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_TRUE(has(r.out, "(sm_90)") && has(r.out, "(sm_80)") && has(r.out, "--hardware-compatible")) << r.out;
+  // Another precision or shape than the engine's.
+  r = kiln("run " + engine() + " --device cuda --precision fp32");
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_TRUE(has(r.out, "built for fp16")) << r.out;
+  r = kiln("run " + engine() + " --device cuda --shapes image:3x1x28x28");
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_TRUE(has(r.out, "static shapes image:2x1x28x28")) << r.out;
+  // A GPU index the host lacks, and no GPU at all.
+  r = kiln("run " + engine() + " --device cuda:1");
+  EXPECT_EQ(r.code, 1) << r.out;
+  r = kiln("run " + engine() + " --device cuda", sim(0));
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_TRUE(has(r.out, "no CUDA GPU")) << r.out;
+}
+
+TEST_F(GpuEngineCli, AHardwareCompatibleEngineRunsOnOtherArchitecturesFromSm80) {
+  build("--hardware-compatible");
+  const auto i = kiln("inspect " + engine());
+  EXPECT_TRUE(has(i.out, "hardware-compatible (SM 8.0 and newer)")) << i.out;
+  auto r = kiln("run " + engine() + " --device cuda", sim(1, 80));
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_TRUE(has(r.out, "GPU engine (tactics timed here)")) << r.out;
+  r = kiln("run " + engine() + " --device cuda");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_TRUE(has(r.out, "GPU engine (recorded tactics)")) << r.out;
+  r = kiln("run " + engine() + " --device cuda", sim(1, 75));
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_TRUE(has(r.out, "SM 8.0 and newer") && has(r.out, "sm_75")) << r.out;
+}
+
+TEST_F(GpuEngineCli, BadBuildFlagsAreRefused) {
+  const std::string base = "build " + kModel + " --shapes image:2x1x28x28 -o " + engine();
+  auto r = kiln(base + " --device cuda --int8");
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_TRUE(has(r.out, "not supported with --device cuda") && has(r.out, "--precision fp16")) << r.out;
+  r = kiln("build " + kModel + " --device cuda -o " + engine() + " --min-shapes image:1x1x28x28 --opt-shapes "
+           "image:2x1x28x28 --max-shapes image:4x1x28x28");
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_TRUE(has(r.out, "static shapes")) << r.out;
+  r = kiln(base + " --precision fp16", "");
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_TRUE(has(r.out, "GPU engines (--device cuda)")) << r.out;
+  r = kiln(base + " --device cuda --precision int4");
+  EXPECT_NE(r.code, 0) << r.out;
+  EXPECT_TRUE(has(r.out, "int4")) << r.out;
+  r = kiln(base + " --device cuda", sim(0));
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_TRUE(has(r.out, "no CUDA GPU")) << r.out;
+  EXPECT_FALSE(std::filesystem::exists(engine())) << "a failed build left a file";
+}
+
+}  // namespace
