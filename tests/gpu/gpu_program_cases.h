@@ -288,6 +288,47 @@ TEST_P(GpuProgram, BatchedMatMulOfComputedOperands) {
             {"x", b.random({S, D})}}, 1e-2, 2e-2, 0);
 }
 
+// A pre-LN transformer's residual stream: s1 = x + a feeds a LayerNorm first and a later Add too.
+// The LayerNorm kernel adds x + a itself and also writes s1 for its other readers (no Add kernel).
+TEST_P(GpuProgram, ResidualAddFusesIntoTheLayerNormAndKeepsItsSum) {
+  const int64_t B = 2, S = 6, H = 32;
+  Builder b;
+  b.input("x", {B, S, H}).input("a", {B, S, H}).weight("g", {H}, 1.f).weight("be", {H}).weight("w", {H, H});
+  b.node("Add", {"x", "a"}, {"s1"})
+      .node("LayerNormalization", {"s1", "g", "be"}, {"l"}, {{"axis", i64(-1)}, {"epsilon", f32(1e-5f)}})
+      .node("MatMul", {"l", "w"}, {"m"})
+      .node("Add", {"s1", "m"}, {"s2"})
+      .output("s2")
+      .output("s1");
+  const Tensor x = b.random({B, S, H}), a = b.random({B, S, H});
+  check(b, {{"x", x}, {"a", a}});
+  auto built = gpu::build_gpu_program(b.m, {{"x", {B, S, H}}, {"a", {B, S, H}}}, 0, {}, 0);
+  int fused = 0, adds = 0;
+  for (const auto& st : built.program->steps()) {
+    fused += st.op == "Add+LayerNormalization";
+    adds += st.op == "Add";
+  }
+  EXPECT_EQ(fused, 1);
+  EXPECT_EQ(adds, 1) << "only the second residual Add runs as its own kernel";
+}
+
+// Transposes that only move dims of size 1 ([S,1,D] <-> [1,S,D] at batch 1) keep every element in
+// place: they alias their input like a Reshape, with no kernel. A real transpose still copies.
+TEST_P(GpuProgram, TransposesOfSizeOneDimsAreFree) {
+  Builder b;
+  b.input("x", {5, 1, 8});
+  b.node("Transpose", {"x"}, {"t"}, {{"perm", ints({1, 0, 2})}})
+      .node("Relu", {"t"}, {"r"})
+      .node("Transpose", {"r"}, {"u"}, {{"perm", ints({0, 2, 1})}})  // [1,8,5]: moves the 8 and the 5
+      .node("Transpose", {"u"}, {"y"}, {{"perm", ints({2, 1, 0})}})  // [5,8,1]: moves the 5 past the 8
+      .output("y");
+  check(b, {{"x", b.random({5, 1, 8})}});
+  auto built = gpu::build_gpu_program(b.m, {{"x", {5, 1, 8}}}, 0, {}, 0);
+  int transposes = 0;
+  for (const auto& st : built.program->steps()) transposes += st.op == "Transpose";
+  EXPECT_EQ(transposes, 2) << "the first Transpose moves only a size-1 dim";
+}
+
 TEST_P(GpuProgram, UnsupportedNodesAreNamedAtBuild) {
   Builder b;
   b.input("x", {2, 8});

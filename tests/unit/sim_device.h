@@ -133,8 +133,8 @@ class SimDevice;
 class SimKernel final : public Kernel {
  public:
   using Fn = std::function<void(const void* const*, void* const*, void*)>;
-  SimKernel(SimDevice* dev, std::string what, int inputs, Fn fn)
-      : dev_(dev), what_(std::move(what)), fn_(std::move(fn)), inputs_(inputs) {}
+  SimKernel(SimDevice* dev, std::string what, int inputs, Fn fn, int outputs = 1)
+      : dev_(dev), what_(std::move(what)), fn_(std::move(fn)), inputs_(inputs), outputs_(outputs) {}
   void launch(const void* const* in, void* const* out, void* ws, void* stream) const override;
   std::string describe() const override { return "sim " + what_; }
   // Every simulated tactic costs the same; a kernel made from a recorded tactic was not timed.
@@ -150,6 +150,7 @@ class SimKernel final : public Kernel {
   std::string what_;
   Fn fn_;
   int inputs_;  // how many input pointers the program passes (the launch copies them)
+  int outputs_;
   std::string tactic_;
   bool timed_ = true;
 };
@@ -377,7 +378,7 @@ class SimDevice final : public Device {
         }
     });
   }
-  std::unique_ptr<Kernel> layer_norm(ElemType t, int64_t rows, int64_t cols, float eps) override {
+  std::unique_ptr<Kernel> layer_norm(ElemType t, int64_t rows, int64_t cols, float eps, bool write_sum) override {
     return make("layer_norm", 4, [=](const void* const* in, void* const* out, void*) {
       std::vector<float> x(static_cast<size_t>(cols));
       for (int64_t r = 0; r < rows; ++r) {
@@ -385,6 +386,7 @@ class SimDevice final : public Device {
         for (int64_t c = 0; c < cols; ++c) {
           float v = sim_load(t, in[0], r * cols + c);
           if (in[3]) v = sim_round(t, v + sim_load(t, in[3], r * cols + c));  // the fused residual Add
+          if (write_sum) sim_store(t, out[1], r * cols + c, v);
           x[static_cast<size_t>(c)] = v;
           mean += v;
         }
@@ -398,7 +400,7 @@ class SimDevice final : public Device {
           sim_store(t, out[0], r * cols + c, v);
         }
       }
-    });
+    }, write_sum ? 2 : 1);
   }
   std::unique_ptr<Kernel> softmax(ElemType t, int64_t rows, int64_t cols) override {
     return make("softmax", 1, [=](const void* const* in, void* const* out, void*) {
@@ -447,8 +449,8 @@ class SimDevice final : public Device {
   }
 
  private:
-  std::unique_ptr<Kernel> make(std::string what, int inputs, SimKernel::Fn fn) {
-    return std::make_unique<SimKernel>(this, std::move(what), inputs, std::move(fn));
+  std::unique_ptr<Kernel> make(std::string what, int inputs, SimKernel::Fn fn, int outputs = 1) {
+    return std::make_unique<SimKernel>(this, std::move(what), inputs, std::move(fn), outputs);
   }
   // A tuned kernel: its tactic is `name`; a recorded tactic must be exactly that (else the
   // std::runtime_error a real device throws for a record it cannot use).
@@ -512,7 +514,7 @@ class SimDevice final : public Device {
 inline void SimKernel::launch(const void* const* in, void* const* out, void* ws, void* stream) const {
   // The pointers are copied: a captured launch runs later, after the caller's arrays are gone.
   std::vector<const void*> ins(in, in + inputs_);
-  std::vector<void*> outs(out, out + 1);
+  std::vector<void*> outs(out, out + outputs_);
   SimDevice* dev = dev_;
   Fn fn = fn_;
   dev_->enqueue(stream, [dev, fn, ins, outs, ws] {

@@ -50,7 +50,8 @@ __device__ __forceinline__ float block_max(float v, float* shared) {
 // Two passes over the row (mean, then the centred variance: no cancellation), a third to write.
 template <typename T>
 __global__ void layer_norm_kernel(const T* __restrict__ x, const T* __restrict__ res, const T* __restrict__ gamma,
-                                  const T* __restrict__ beta, T* __restrict__ y, int64_t cols, float eps) {
+                                  const T* __restrict__ beta, T* __restrict__ y, T* __restrict__ sum, int64_t cols,
+                                  float eps) {
   __shared__ float shared[32];
   const T* row = x + blockIdx.x * cols;
   const T* rrow = res ? res + blockIdx.x * cols : nullptr;
@@ -71,6 +72,7 @@ __global__ void layer_norm_kernel(const T* __restrict__ x, const T* __restrict__
     if (gamma) r *= to_f(gamma[c]);
     if (beta) r += to_f(beta[c]);
     out[c] = from_f<T>(r);
+    if (sum) sum[blockIdx.x * cols + c] = from_f<T>(at(c));
   }
 }
 
@@ -113,8 +115,8 @@ constexpr int kWarpsPerBlock = 4;
 
 template <typename T, int VPL>
 __global__ void layer_norm_warp_kernel(const T* __restrict__ x, const T* __restrict__ res, const T* __restrict__ gamma,
-                                       const T* __restrict__ beta, T* __restrict__ y, int64_t rows, int cols,
-                                       float eps) {
+                                       const T* __restrict__ beta, T* __restrict__ y, T* __restrict__ sum, int64_t rows,
+                                       int cols, float eps) {
   constexpr int N = Vec<T>::N;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
   if (row >= rows) return;
@@ -135,6 +137,12 @@ __global__ void layer_norm_warp_kernel(const T* __restrict__ x, const T* __restr
       // x + residual, rounded to T like the unfused Add's output.
       vals[j][e] = v < vecs ? (rin ? to_f(from_f<T>(to_f(a.v[e]) + to_f(r.v[e]))) : to_f(a.v[e])) : 0.f;
       s += vals[j][e];
+    }
+    if (sum && v < vecs) {  // the residual sum itself, for its other readers
+      Vec<T> o;
+#pragma unroll
+      for (int e = 0; e < N; ++e) o.v[e] = from_f<T>(vals[j][e]);
+      reinterpret_cast<uint4*>(sum + row * cols)[v] = o.raw;
     }
   }
   const float mean = warp_sum(s) / static_cast<float>(cols);
@@ -463,23 +471,23 @@ void layer_norm(DType t, const void* x, const void* gamma, const void* beta, voi
 }
 
 void layer_norm(DType t, const void* x, const void* residual, const void* gamma, const void* beta, void* y, int64_t rows,
-                int64_t cols, float eps, cudaStream_t stream) {
+                int64_t cols, float eps, cudaStream_t stream, void* sum) {
   check_rows(rows, cols, "layer_norm");
   if (rows == 0) return;
   dispatch(t, [&](auto tag) {
     using T = decltype(tag);
-    if (warp_path<T>(cols, {x, residual, gamma, beta, y})) {
+    if (warp_path<T>(cols, {x, residual, gamma, beta, y, sum})) {
       with_vpl(cols / Vec<T>::N, [&](auto vpl) {
         const unsigned blocks = static_cast<unsigned>((rows + kWarpsPerBlock - 1) / kWarpsPerBlock);
         layer_norm_warp_kernel<T, decltype(vpl)::value><<<blocks, 32 * kWarpsPerBlock, 0, stream>>>(
             static_cast<const T*>(x), static_cast<const T*>(residual), static_cast<const T*>(gamma),
-            static_cast<const T*>(beta), static_cast<T*>(y), rows, static_cast<int>(cols), eps);
+            static_cast<const T*>(beta), static_cast<T*>(y), static_cast<T*>(sum), rows, static_cast<int>(cols), eps);
       });
       return;
     }
     layer_norm_kernel<T><<<static_cast<unsigned>(rows), kBlock, 0, stream>>>(
         static_cast<const T*>(x), static_cast<const T*>(residual), static_cast<const T*>(gamma),
-        static_cast<const T*>(beta), static_cast<T*>(y), cols, eps);
+        static_cast<const T*>(beta), static_cast<T*>(y), static_cast<T*>(sum), cols, eps);
   });
   check_launch("layer_norm");
 }

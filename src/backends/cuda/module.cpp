@@ -326,11 +326,13 @@ class CudaDevice final : public gpu::Device {
       cuda::mean_middle(t, in[0], out[0], n, sz, c, s);
     });
   }
-  std::unique_ptr<gpu::Kernel> layer_norm(ElemType t, int64_t rows, int64_t cols, float eps) override {
+  std::unique_ptr<gpu::Kernel> layer_norm(ElemType t, int64_t rows, int64_t cols, float eps, bool write_sum) override {
     const DType dt = float_type(t, "layer_norm");
-    return fn_kernel(std::string("layer_norm ") + dtype_name(dt), [=](const void* const* in, void* const* out, cudaStream_t s) {
-      cuda::layer_norm(dt, in[0], in[3], in[1], in[2], out[0], rows, cols, eps, s);
-    });
+    return fn_kernel(std::string("layer_norm ") + dtype_name(dt) + (write_sum ? " (+ residual sum)" : ""),
+                     [=](const void* const* in, void* const* out, cudaStream_t s) {
+                       cuda::layer_norm(dt, in[0], in[3], in[1], in[2], out[0], rows, cols, eps, s,
+                                        write_sum ? out[1] : nullptr);
+                     });
   }
   std::unique_ptr<gpu::Kernel> softmax(ElemType t, int64_t rows, int64_t cols) override {
     const DType dt = float_type(t, "softmax");

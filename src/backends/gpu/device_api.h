@@ -197,7 +197,8 @@ class Device {
   virtual std::unique_ptr<Kernel> pool(ElemType t, const Pool2d& p) = 0;
   virtual std::unique_ptr<Kernel> mean_middle(ElemType t, int64_t n, int64_t s, int64_t c) = 0;  // [n,s,c] -> [n,c]
   // Inputs: x, gamma (or null), beta (or null), residual (or null: LayerNorm(x + residual)).
-  virtual std::unique_ptr<Kernel> layer_norm(ElemType t, int64_t rows, int64_t cols, float eps) = 0;
+  // Outputs: y, and with write_sum the residual sum x + residual (rounded to t) as a second output.
+  virtual std::unique_ptr<Kernel> layer_norm(ElemType t, int64_t rows, int64_t cols, float eps, bool write_sum = false) = 0;
   virtual std::unique_ptr<Kernel> softmax(ElemType t, int64_t rows, int64_t cols) = 0;
   // Inputs: q, k, v, mask (FP32, or null).
   virtual std::unique_ptr<Kernel> attention(const AttentionDesc& d) = 0;

@@ -465,11 +465,15 @@ class GpuProgramBuilder {
   }
   // True for an Add of two same-shaped float tensors whose only reader is a LayerNormalization over
   // the last axis (BERT's residual connections): the LayerNorm kernel adds them itself.
-  bool fusable_into_layer_norm(const Node& n) {
+  // An Add whose first reader (in node order) is a LayerNorm of its output: the LayerNorm kernel
+  // adds the two itself. *keep_sum: the sum has other readers (a pre-LN transformer's residual
+  // stream, or a graph output), so the kernel writes it too.
+  bool fusable_into_layer_norm(const Node& n, bool* keep_sum) {
     const std::string& out = n.outputs[0];
     auto it = readers_.find(out);
-    // Exactly one reader, a node (a graph output is listed as SIZE_MAX: it needs the sum itself).
-    if (it == readers_.end() || it->second.size() != 1 || it->second.front() >= g().nodes.size()) return false;
+    // The first reader must be a node (a graph output is listed as SIZE_MAX, after the nodes).
+    if (it == readers_.end() || it->second.empty() || it->second.front() >= g().nodes.size()) return false;
+    *keep_sum = it->second.size() > 1;
     const Node& ln = g().nodes[it->second.front()];
     if (ln.op_type != "LayerNormalization" || ln.inputs.empty() || ln.inputs[0] != out) return false;
     if (ln.outputs.size() > 1 && std::any_of(ln.outputs.begin() + 1, ln.outputs.end(), [](auto& o) { return !o.empty(); }))
@@ -494,7 +498,11 @@ class GpuProgramBuilder {
   std::set<size_t> folded_;
   std::map<std::string, Val> vals_;
   std::map<std::string, std::vector<size_t>> readers_;  // value -> the unfolded nodes reading it (outputs: SIZE_MAX)
-  std::map<std::string, std::pair<std::string, std::string>> pending_add_;  // Add output -> its inputs
+  struct PendingAdd {
+    std::string a, b;
+    bool keep_sum = false;
+  };
+  std::map<std::string, PendingAdd> pending_add_;  // Add output -> its inputs
   std::vector<Pending> steps_;
   std::vector<cpu::BufferRequest> buffers_;
   std::shared_ptr<WeightPool> pool_;
@@ -526,8 +534,9 @@ std::string GpuProgramBuilder::unsupported_reason(const Node& n) const {
 
 void GpuProgramBuilder::add_node(const Node& n) {
   const std::string& op = n.op_type;
-  if (n.domain.empty() && op == "Add" && n.inputs.size() == 2 && fusable_into_layer_norm(n)) {
-    pending_add_[n.outputs[0]] = {n.inputs[0], n.inputs[1]};
+  bool keep_sum = false;
+  if (n.domain.empty() && op == "Add" && n.inputs.size() == 2 && fusable_into_layer_norm(n, &keep_sum)) {
+    pending_add_[n.outputs[0]] = {n.inputs[0], n.inputs[1], keep_sum};
     return;
   }
   if (n.domain == "kiln" && op == "FusedConv") return lower_conv(n);
@@ -543,10 +552,11 @@ void GpuProgramBuilder::add_node(const Node& n) {
     if (axis != -1 && axis != static_cast<int64_t>(dims.size()) - 1)
       throw Error(ErrorCode::kUnsupported, "node '" + n.name + "': LayerNormalization over several axes has no GPU kernel");
     // A residual Add feeding only this LayerNorm was left for it to fuse (see the Add case below).
-    std::string x, residual;
+    std::string x, residual, sum;
     if (auto it = pending_add_.find(n.inputs[0]); it != pending_add_.end()) {
-      x = as(it->second.first, false, compute_);
-      residual = as(it->second.second, false, compute_);
+      x = as(it->second.a, false, compute_);
+      residual = as(it->second.b, false, compute_);
+      if (it->second.keep_sum) sum = n.inputs[0];
     } else {
       x = as(n.inputs[0], false, compute_);
     }
@@ -555,8 +565,10 @@ void GpuProgramBuilder::add_node(const Node& n) {
     if (n.inputs.size() > 2 && !n.inputs[2].empty()) beta = as(n.inputs[2], false, compute_);
     const int64_t cols = dims.back();
     new_value(n.outputs[0], compute_, dims, false);
-    add_step(dev_->layer_norm(compute_, numel(dims) / cols, cols, attr_float(n, "epsilon", 1e-5f)),
-             {x, gamma, beta, residual}, {n.outputs[0]}, {n.name, residual.empty() ? op : "Add+" + op, "", -1});
+    std::vector<std::string> outs = {n.outputs[0]};
+    if (!sum.empty()) outs.push_back(new_value(sum, compute_, dims, false));
+    add_step(dev_->layer_norm(compute_, numel(dims) / cols, cols, attr_float(n, "epsilon", 1e-5f), !sum.empty()),
+             {x, gamma, beta, residual}, outs, {n.name, residual.empty() ? op : "Add+" + op, "", -1});
     return;
   }
   if (op == "Softmax") {
@@ -1053,6 +1065,17 @@ void GpuProgramBuilder::lower_data(const Node& n) {
     if (perm.empty())
       for (int i = rank - 1; i >= 0; --i) perm.push_back(i);
     const auto od = dims_of(n.outputs[0]);
+    // Moving only dims of size 1 keeps every element where it is ([S,1,D] -> [1,S,D] at batch 1):
+    // the output is the input's bytes under new dims, as for a Reshape, with no kernel.
+    std::vector<int64_t> kept;
+    for (int i = 0; i < rank; ++i)
+      if (xv.dims[static_cast<size_t>(perm[i])] != 1) kept.push_back(perm[i]);
+    if (std::is_sorted(kept.begin(), kept.end())) {
+      Val v = xv;
+      v.dims = od;
+      vals_[n.outputs[0]] = v;
+      return;
+    }
     std::vector<int64_t> ps(static_cast<size_t>(rank));
     for (int i = 0; i < rank; ++i) ps[i] = xs[static_cast<size_t>(perm[i])];
     new_value(n.outputs[0], xv.type, od, false);
