@@ -160,6 +160,33 @@ TEST_P(GpuEngine, AnEngineForAnotherGpuOrLibrariesIsRefusedSayingWhatDiffers) {
   incomplete.target.properties.erase("precision");
   why = expect_refused(file.model, incomplete, ErrorCode::kInvalidArgument);
   EXPECT_TRUE(has(why, "incomplete")) << why;
+  // Hostile shapes: another rank, a dim that does not fit the graph, an absurd size.
+  for (const std::vector<int64_t>& dims : std::vector<std::vector<int64_t>>{
+           {2, 8, 12}, {2, 9, 12, 12}, {int64_t{1} << 40, 8, 12, 12}, {-3, 8, 12, 12}}) {
+    EngineInfo shapes_info = file.info;
+    shapes_info.profile_shapes["x"] = dims;
+    try {
+      gpu::load_gpu_engine(file.model, shapes_info, 0);
+      ADD_FAILURE() << "an engine with input shape " << ::testing::PrintToString(dims) << " was loaded";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument) << e.what();
+      EXPECT_TRUE(has(e.what(), "input 'x'")) << e.what();
+    }
+  }
+  // With a dynamic batch dim, sizes that overflow or cannot be allocated are errors too.
+  Model dynamic = file.model;
+  dynamic.graph.types["x"].shape->at(0) = Dim::sym("batch");
+  for (int64_t batch : {int64_t{1} << 40, int64_t{1} << 62}) {
+    EngineInfo huge = file.info;
+    huge.profile_shapes["x"] = {batch, 8, 12, 12};
+    try {
+      gpu::load_gpu_engine(dynamic, huge, 0);
+      ADD_FAILURE() << "an engine at batch " << batch << " was loaded";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument) << e.what();
+      EXPECT_TRUE(has(e.what(), "no tensor on cuda:0 can hold")) << e.what();
+    }
+  }
   EngineInfo bad_ws = file.info;
   bad_ws.target.properties["workspace_limit"] = "12x";
   why = expect_refused(file.model, bad_ws, ErrorCode::kInvalidArgument);

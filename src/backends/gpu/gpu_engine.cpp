@@ -1,6 +1,7 @@
 // GPU engine files: build, target check and load (see gpu_engine.h).
 #include "backends/gpu/gpu_engine.h"
 
+#include <algorithm>
 #include <chrono>
 
 #include "backends/gpu/gpu_build.h"
@@ -141,6 +142,17 @@ LoadedGpuEngine load_gpu_engine(const Model& optimized, const EngineInfo& info, 
   const DeviceProps& d = device->props();
   if (const std::string why = gpu_engine_mismatch(info, d); !why.empty())
     throw Error(ErrorCode::kUnsupported, "cannot run this GPU engine on cuda:" + std::to_string(d.id) + ": " + why);
+  // The recorded shapes must be sizes a tensor on this GPU can have (a hostile file could hold any).
+  for (const auto& [name, dims] : out.shapes) {
+    const TensorType* t = optimized.graph.type_of(name);
+    uint64_t bytes = t ? std::max<size_t>(1, dtype_size(t->dtype)) : 1;
+    bool fits = true;
+    for (int64_t v : dims) fits = fits && v >= 0 && !__builtin_mul_overflow(bytes, static_cast<uint64_t>(v), &bytes);
+    if (!fits || bytes > d.total_memory)
+      throw Error(ErrorCode::kInvalidArgument, "the GPU engine's input '" + name + "' has shape " +
+                                                   shape_to_string(dims) + ", which no tensor on cuda:" +
+                                                   std::to_string(d.id) + " can hold (the file is corrupted)");
+  }
   // The recorded tactics apply where the tactic target is this device's; a hardware-compatible
   // engine elsewhere times its kernels here.
   cpu::TimingCache cache(gpu_target(d));
