@@ -420,8 +420,8 @@ void describe(const LoadedEngine& e, std::string* text, std::string* js) {
   // A GPU engine's precision is the engine's (every float layer); a CPU engine's is per node.
   const bool gpu_engine = t.backend == "cuda";
   auto prop = [&](const char* k) {
-    auto it = t.properties.find(k);
-    return it == t.properties.end() ? std::string("?") : it->second;
+    const std::string v = t.property(k);
+    return v.empty() ? std::string("?") : v;
   };
   if (gpu_engine) {
     os << "target:     GPU " << prop("gpu") << " (" << prop("sm") << "); CUDA " << prop("cuda") << ", cuBLASLt "

@@ -37,6 +37,10 @@ struct TargetFingerprint {
   std::string backend = "reference";     // "cpu", "reference" or "cuda"
   // Backend-specific facts ("cuda": the GPU, its SM, the CUDA/cuBLASLt/cuDNN versions, precision).
   std::map<std::string, std::string> properties;
+  std::string property(const std::string& key) const {  // "" when absent
+    auto it = properties.find(key);
+    return it == properties.end() ? std::string() : it->second;
+  }
 };
 
 // This machine's fingerprint (cpuid / __builtin_cpu_supports), with nothing required.

@@ -7,9 +7,8 @@ EngineRuntime::EngineRuntime(Model optimized, EngineInfo info, int threads)
     : model_(std::move(optimized)), info_(std::move(info)) {
   threads_ = threads > 0 ? threads : info_.threads > 0 ? info_.threads : cpu::default_threads();
   if (info_.target.backend == "cuda") {
-    const auto& p = info_.target.properties;
-    auto get = [&](const char* k) { auto it = p.find(k); return it == p.end() ? std::string("?") : it->second; };
-    throw Error(ErrorCode::kInvalidArgument, "this is a GPU engine (built for " + get("gpu") + ", " + get("sm") +
+    throw Error(ErrorCode::kInvalidArgument, "this is a GPU engine (built for " + info_.target.property("gpu") +
+                                                 ", " + info_.target.property("sm") +
                                                  "); the CPU runtime cannot run it: use --device cuda, or build a "
                                                  "CPU engine with 'kiln build' without --device");
   }

@@ -37,11 +37,6 @@ void TimingCache::put(const std::string& key, Entry entry) {
   entries_[key] = std::move(entry);
 }
 
-std::map<std::string, TimingCache::Entry> TimingCache::entries() const {
-  std::lock_guard lock(mu_);
-  return entries_;
-}
-
 size_t TimingCache::size() const {
   std::lock_guard lock(mu_);
   return entries_.size();

@@ -5,7 +5,7 @@
 // finds every key in the cache times nothing, so it is fast and deterministic. The file is JSON and
 // names the machine it was measured on; a cache from another CPU is ignored (with a warning).
 // The GPU backend uses the same cache with a GPU target (the GPU, its SM and the CUDA, cuBLASLt and
-// cuDNN versions: src/backends/gpu/gpu_tactics.h).
+// cuDNN versions: gpu_target() in src/backends/gpu/gpu_program.h).
 #pragma once
 #include <filesystem>
 #include <map>
@@ -29,7 +29,6 @@ class TimingCache {
   TimingCache() : target_(host_target()) {}
   explicit TimingCache(std::string target) : target_(std::move(target)) {}
   const std::string& target() const { return target_; }
-  std::map<std::string, Entry> entries() const;  // a snapshot
 
   std::optional<Entry> find(const std::string& key) const;
   void put(const std::string& key, Entry entry);

@@ -25,10 +25,7 @@ constexpr const char* kWorkspace = "workspace_limit";
 constexpr const char* kTacticTarget = "tactic_target";
 constexpr int kMinSmMajor = 8;  // the oldest architecture the module is built for (sm_80)
 
-std::string prop(const EngineInfo& info, const char* key) {
-  auto it = info.target.properties.find(key);
-  return it == info.target.properties.end() ? std::string() : it->second;
-}
+std::string prop(const EngineInfo& info, const char* key) { return info.target.property(key); }
 
 // "sm_90" -> 90; -1 when malformed.
 int sm_number(const std::string& sm) {

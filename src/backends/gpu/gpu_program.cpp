@@ -323,12 +323,10 @@ class GpuProgramBuilder {
     return vname;
   }
 
-  // --- Tactics (CompileOptions::tactics). recorded(): the cached tactic of `key`, if any.
-  std::optional<std::string> recorded(const std::string& key) {
+  // --- Tactics (CompileOptions::tactics). recorded(): the cached entry of `key`, if any.
+  std::optional<cpu::TimingCache::Entry> recorded(const std::string& key) {
     if (!opt_.tactics) return std::nullopt;
-    auto e = opt_.tactics->find(key);
-    if (!e) return std::nullopt;
-    return e->tactic;
+    return opt_.tactics->find(key);
   }
   // Before the first timing of a build: the GPU at its working clocks, or a cold GPU's slow
   // first timings would pick the wrong tactics.
@@ -342,19 +340,19 @@ class GpuProgramBuilder {
     if (opt_.log) opt_.log->push_back("node '" + node + "': recorded tactic not usable, timing again: " + why);
   }
   // Remembers the chosen tactic (for the program's record) and fills the cache when it was timed.
+  // `ms`: the time it was timed at now, or the recorded entry's.
   void record(const std::string& key, const std::string& tactic, double ms, bool timed) {
-    cpu::TimingCache::Entry e{tactic, ms};
-    if (!timed && opt_.tactics)
-      if (auto old = opt_.tactics->find(key)) e.ms = old->ms;  // keep the time it was measured at
+    const cpu::TimingCache::Entry e{tactic, ms};
     tactics_[key] = e;
     if (timed && opt_.tactics) opt_.tactics->put(key, e);
   }
   std::unique_ptr<Kernel> tuned_matmul(const MatmulDesc& d, const std::string& node) {
     const std::string key = matmul_key(d);
     std::unique_ptr<Kernel> k;
-    if (auto hit = recorded(key)) {
+    const auto hit = recorded(key);
+    if (hit) {
       try {
-        k = dev_->matmul(d, opt_.workspace_limit, *hit);
+        k = dev_->matmul(d, opt_.workspace_limit, hit->tactic);
         ++stats_.recorded;
       } catch (const std::runtime_error& e) {
         rejected(node, e.what());
@@ -366,7 +364,7 @@ class GpuProgramBuilder {
       k = dev_->matmul(d, opt_.workspace_limit);
       ++stats_.timed;
     }
-    record(key, k->tactic(), k->timed_ms(), timed);
+    record(key, k->tactic(), timed ? k->timed_ms() : hit->ms, timed);
     return k;
   }
   std::string matmul_key(const MatmulDesc& d) const {
@@ -463,10 +461,9 @@ class GpuProgramBuilder {
     v.slot.index = index;
     return v;
   }
-  // True for an Add of two same-shaped float tensors whose only reader is a LayerNormalization over
-  // the last axis (BERT's residual connections): the LayerNorm kernel adds them itself.
-  // An Add whose first reader (in node order) is a LayerNorm of its output: the LayerNorm kernel
-  // adds the two itself. *keep_sum: the sum has other readers (a pre-LN transformer's residual
+  // True for an Add of two same-shaped float tensors whose first reader (in node order) is a
+  // LayerNormalization of its output over the last axis (residual connections): the LayerNorm
+  // kernel adds them itself. *keep_sum: the sum has other readers (a pre-LN transformer's residual
   // stream, or a graph output), so the kernel writes it too.
   bool fusable_into_layer_norm(const Node& n, bool* keep_sum) {
     const std::string& out = n.outputs[0];
@@ -551,7 +548,7 @@ void GpuProgramBuilder::add_node(const Node& n) {
     const int64_t axis = attr_int(n, "axis", -1);
     if (axis != -1 && axis != static_cast<int64_t>(dims.size()) - 1)
       throw Error(ErrorCode::kUnsupported, "node '" + n.name + "': LayerNormalization over several axes has no GPU kernel");
-    // A residual Add feeding only this LayerNorm was left for it to fuse (see the Add case below).
+    // A residual Add read first by this LayerNorm was left for it to fuse (see the Add case above).
     std::string x, residual, sum;
     if (auto it = pending_add_.find(n.inputs[0]); it != pending_add_.end()) {
       x = as(it->second.a, false, compute_);
@@ -667,14 +664,16 @@ void GpuProgramBuilder::lower_conv(const Node& n) {
   md.epilogue = d.act == Act::kRelu ? MatmulDesc::Epilogue::kRelu : MatmulDesc::Epilogue::kNone;
   // The timing cache records the winning family and its tactic: "depthwise|t", "gemm|t", "cudnn|t".
   const std::string key = conv_key(d) + " conv1x1=" + tactic + " depthwise=" + dw_tactic;
-  if (auto hit = recorded(key)) {
-    const size_t bar = hit->find('|');
-    const std::string family = hit->substr(0, bar), t = bar == std::string::npos ? "" : hit->substr(bar + 1);
+  const auto hit = recorded(key);
+  if (hit) {
+    const std::string& rec = hit->tactic;
+    const size_t bar = rec.find('|');
+    const std::string family = rec.substr(0, bar), t = bar == std::string::npos ? "" : rec.substr(bar + 1);
     try {
       if (family == "depthwise" && dw_ok) dw_k = dev_->depthwise(d, t);
       else if (family == "gemm" && gemm_ok) gemm_k = dev_->matmul(md, opt_.workspace_limit, t);
       else if (family == "cudnn") conv_k = dev_->conv(d, opt_.workspace_limit, t);
-      else throw std::runtime_error("'" + *hit + "' is not a convolution tactic for this node");
+      else throw std::runtime_error("'" + rec + "' is not a convolution tactic for this node");
       ++stats_.recorded;
     } catch (const std::runtime_error& e) {
       rejected(n.name, e.what());
@@ -695,7 +694,7 @@ void GpuProgramBuilder::lower_conv(const Node& n) {
   const bool dw_wins = faster(dw_k, conv_k) && faster(dw_k, gemm_k), gemm_wins = !dw_wins && faster(gemm_k, conv_k);
   const Kernel& winner = dw_wins ? *dw_k : gemm_wins ? *gemm_k : *conv_k;
   record(key, std::string(dw_wins ? "depthwise" : gemm_wins ? "gemm" : "cudnn") + "|" + winner.tactic(),
-         winner.timed_ms(), timed);
+         timed ? winner.timed_ms() : hit->ms, timed);
   if (dw_wins) {
     std::vector<int64_t> rsc(static_cast<size_t>(R * S * K));
     for (int64_t r = 0; r < R; ++r)
