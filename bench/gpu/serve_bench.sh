@@ -12,6 +12,7 @@
 # LEVELS ("16 32 64 128"), PROTOCOL (grpc), SHARED_MEMORY (none; system: the system shared-memory
 # extension, HTTP only), INTERVAL_MS (3000), MAX_TRIALS (6), MAX_BATCH (32),
 # BATCHES ("4, 8, 16, 32": kiln.build.gpu_batch_size), INSTANCES (2 per GPU), DELAY_US (500),
+# SPREAD (true: kiln.spread_over_idle_instances, batches split over idle instances; false: whole),
 # PRECISION (fp16), MODEL (resnet50), MODELS (/tmp/kiln-models; exported when the model is missing),
 # KIND (KIND_GPU; KIND_CPU is a dry run of the script on a machine without a GPU).
 set -uo pipefail
@@ -27,6 +28,7 @@ MAX_BATCH="${MAX_BATCH:-32}"
 BATCHES="${BATCHES:-4, 8, 16, 32}"
 INSTANCES="${INSTANCES:-2}"
 DELAY_US="${DELAY_US:-500}"
+SPREAD="${SPREAD:-true}"
 PRECISION="${PRECISION:-fp16}"
 MODEL="${MODEL:-resnet50}"
 KIND="${KIND:-KIND_GPU}"  # KIND_CPU: a dry run of this script on a machine without a GPU
@@ -57,7 +59,7 @@ max_batch_size: $MAX_BATCH
 input [ { name: "input" data_type: TYPE_FP32 dims: [3, 224, 224] } ]
 instance_group [ { count: $INSTANCES kind: $KIND $([ "$KIND" = KIND_GPU ] && echo "gpus: [$gpus]") } ]
 dynamic_batching { max_queue_delay_microseconds: $DELAY_US }
-kiln { build { precision: "$PRECISION" gpu_batch_size: [$BATCHES] } }
+kiln { spread_over_idle_instances: $SPREAD build { precision: "$PRECISION" gpu_batch_size: [$BATCHES] } }
 EOF
   echo "== $MODEL on GPU(s) $gpus: kiln serve (compiling batch sizes $BATCHES per GPU)"
   t0=$(date +%s.%N)

@@ -331,6 +331,17 @@ std::vector<Batcher::Pending> Batcher::next_batch(int64_t now, int64_t& wake) {
       take = preferred;
     } else if (closed || !has_delay || delay_over || stopping_) {
       take = count;
+      if (options_.spread_over_idle_instances && idle_ > 0 && count > 1) {
+        // Idle instances: this one takes an even share of the rows; the idle ones take the rest.
+        const int64_t share = (rows + idle_) / (idle_ + 1);
+        int64_t got = 0;
+        size_t n = 0;
+        for (auto* dq : order) {
+          for (auto it = dq->begin(); it != dq->end() && n < count && got < share; ++it) got += it->rows, ++n;
+          if (n == count || got >= share) break;
+        }
+        take = n;
+      }
     } else {
       wake = std::min(wake, due);
       return {};
@@ -364,6 +375,7 @@ void Batcher::worker(int index) {
     if (!paused_ || stopping_) batch = next_batch(now, wake);
     bool exit = batch.empty() && stopping_ && queued_ == 0;
     if (!failed.empty() || !batch.empty()) {
+      if (!batch.empty() && queued_ > 0 && idle_ > 0) cv_.notify_all();  // the rest is theirs to take
       lk.unlock();
       deliver(std::move(failed));
       if (!batch.empty()) run_batch(index, batch);
@@ -371,11 +383,13 @@ void Batcher::worker(int index) {
       continue;
     }
     if (exit) return;
+    ++idle_;
     if (wake == kNever || !clock_->is_steady_clock()) {
       cv_.wait(lk);
     } else {
       cv_.wait_until(lk, std::chrono::steady_clock::time_point(std::chrono::microseconds(wake)));
     }
+    --idle_;
   }
 }
 

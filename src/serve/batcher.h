@@ -14,6 +14,11 @@
 //   gathered requests run when the batch cannot grow (cap reached, or closed), when the oldest has
 //   waited max_queue_delay_us, when that delay is 0, or when draining at shutdown; otherwise the
 //   idle instance sleeps until more requests come or the delay runs out.
+// - Spreading (spread_over_idle_instances, Kiln's addition): when such a batch is dispatched while
+//   other instances sit idle, it is split evenly, by rows and in queue order, over this instance
+//   and the idle ones, so its parts run at once (on several GPUs, or on instances with their own
+//   cores) instead of whole on one while the others wait. Batches formed at a preferred size are
+//   not split.
 // - The batch's inputs are concatenated along dim 0, the instance runs once, and every output is
 //   split back by each request's rows. max_batch_size 0: the model does not batch; each request
 //   runs alone with its inputs as given.
@@ -66,6 +71,8 @@ struct BatcherOptions {
   // false: requests are never merged; each runs alone with its own batch (Triton's default
   // scheduler, for a batching model without dynamic_batching).
   bool merge = true;
+  // Split a dispatched batch over the instances idle at that moment (see the policy above).
+  bool spread_over_idle_instances = true;
 };
 
 struct InferResponse {
@@ -164,6 +171,11 @@ class Batcher {
   void poke();
 
   StatsSnapshot stats() const { return stats_.snapshot(); }
+  // Instances waiting for work now.
+  int idle_instances() const {
+    std::lock_guard lk(mu_);
+    return idle_;
+  }
   const BatcherOptions& options() const { return options_; }
 
  private:
@@ -213,6 +225,7 @@ class Batcher {
   std::vector<Level> levels_;
   size_t queued_ = 0;
   size_t timed_ = 0;  // queued requests with a deadline still ahead
+  int idle_ = 0;      // workers waiting for work
   uint64_t next_seq_ = 0;
   bool paused_ = false;
   bool stopping_ = false;

@@ -169,6 +169,8 @@ InstanceFns GpuModel::make_instance() {
     counters->rows += static_cast<uint64_t>(rows);
     counters->padded_rows += static_cast<uint64_t>(padded);
     counters->compute_us += static_cast<uint64_t>(ctx.last_timing().compute_ms * 1000.0f);
+    counters->direct_input_bytes += ctx.last_timing().direct_bytes;
+    counters->staged_input_bytes += ctx.last_timing().staged_bytes;
   };
   ExecuteFn run = [contexts, batching, pick, count](const TensorMap& in) -> TensorMap {
     if (!batching) {
@@ -222,6 +224,8 @@ GpuModelStats GpuModel::stats() const {
   s.rows = counters_->rows;
   s.padded_rows = counters_->padded_rows;
   s.compute_us = counters_->compute_us;
+  s.direct_input_bytes = counters_->direct_input_bytes;
+  s.staged_input_bytes = counters_->staged_input_bytes;
   return s;
 }
 

@@ -45,6 +45,9 @@ struct GpuModelStats {
   uint64_t rows = 0;         // rows of requests run
   uint64_t padded_rows = 0;  // zero rows added to reach a compiled batch size
   uint64_t compute_us = 0;   // device time of the compute (CUDA events), summed
+  // Input bytes copied to the GPU straight from registered host memory (shared-memory regions),
+  // and through the pinned staging buffers.
+  uint64_t direct_input_bytes = 0, staged_input_bytes = 0;
 };
 
 class GpuModel {
@@ -79,7 +82,8 @@ class GpuModel {
 
  private:
   struct Counters {
-    std::atomic<uint64_t> executions{0}, rows{0}, padded_rows{0}, compute_us{0};
+    std::atomic<uint64_t> executions{0}, rows{0}, padded_rows{0}, compute_us{0}, direct_input_bytes{0},
+        staged_input_bytes{0};
   };
   int gpu_ = 0;
   bool batching_ = false;

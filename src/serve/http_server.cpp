@@ -607,8 +607,12 @@ void HttpFrontEnd::install_routes() {
   // System shared memory (Triton's extension). Registering needs the API key when there is one.
   auto shm_status = [&srv](const std::string& name, httplib::Response& res) {
     json list = json::array();
-    for (const SharedMemoryStatus& r : srv.shared_memory().status(name))
-      list.push_back({{"name", r.name}, {"key", r.key}, {"offset", r.offset}, {"byte_size", r.byte_size}});
+    for (const SharedMemoryStatus& r : srv.shared_memory().status(name)) {
+      json e = {{"name", r.name}, {"key", r.key}, {"offset", r.offset}, {"byte_size", r.byte_size},
+                {"kiln_gpu_pinned", r.pinned}};
+      if (!r.pinned && !r.not_pinned.empty()) e["kiln_gpu_not_pinned"] = r.not_pinned;
+      list.push_back(std::move(e));
+    }
     send_json(res, list);
   };
   s.Get("/v2/systemsharedmemory/status", guarded([shm_status](const httplib::Request&, httplib::Response& res) {

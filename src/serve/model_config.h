@@ -110,6 +110,7 @@ struct KilnOptions {
   uint64_t memory_budget_bytes = 0;  // 0: no budget
   int threads_per_instance = 0;      // 0: automatic
   BuildOptions build;
+  bool spread_over_idle_instances = true;  // split a batch over idle instances (batcher.h)
 };
 
 struct ModelConfig {

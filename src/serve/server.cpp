@@ -13,6 +13,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "backends/gpu/host_memory.h"
 #include "kiln/error.h"
 #include "runtime/runtime.h"
 
@@ -188,6 +189,10 @@ struct InferenceServer::Served {
 InferenceServer::InferenceServer(ServerOptions options) : options_(std::move(options)) {
   repository_ = std::make_unique<ModelRepository>(options_.model_repository, options_.repository);
   for (const ModelEntry& m : repository_->models()) known_.insert(m.name);
+  // Shared-memory regions are page-locked for the GPUs when GPU instances run here, so their
+  // inputs are copied to the GPU straight from the client's memory.
+  shared_memory_.set_pin(
+      [](const void* p, size_t n, std::string* why) { return gpu::pin_host_range(p, n, why); });
   for (const std::string& m : options_.load_models)
     if (m != "*") validate_model_name(m);
 }
@@ -336,6 +341,7 @@ std::string InferenceServer::model_config_json(const std::string& model, const s
   }
   j["kiln"] = {{"memory_budget_bytes", c.kiln.memory_budget_bytes},
                {"threads_per_instance", c.kiln.threads_per_instance},
+               {"spread_over_idle_instances", c.kiln.spread_over_idle_instances},
                {"memory_bytes", served->loaded->memory_bytes}};
   if (!served->loaded->gpu_models.empty()) {
     json gpus = json::object();
@@ -556,6 +562,7 @@ std::shared_ptr<InferenceServer::Served> InferenceServer::load_version(const std
   }
   // Without dynamic_batching a request runs as it came (no merging), as in Triton.
   o.merge = c.dynamic_batching.has_value();
+  o.spread_over_idle_instances = c.kiln.spread_over_idle_instances;
   auto shared = served->loaded;
   // Each instance owns a context (CPU) or a set of contexts on its GPU, warmed up here (on the
   // loading thread, before it serves).
@@ -768,6 +775,11 @@ void InferenceServer::gpu_metrics(std::ostream& out,
          [](const On& o) { return o.stats.padded_rows; });
   family("kiln_gpu_compute_duration_us", "counter", "Cumulative GPU compute time in microseconds (CUDA events)",
          [](const On& o) { return o.stats.compute_us; });
+  family("kiln_gpu_input_direct_bytes", "counter",
+         "Input bytes copied to this GPU straight from registered host memory (pinned shared-memory regions)",
+         [](const On& o) { return o.stats.direct_input_bytes; });
+  family("kiln_gpu_input_staged_bytes", "counter", "Input bytes copied to this GPU through a pinned staging buffer",
+         [](const On& o) { return o.stats.staged_input_bytes; });
   family("kiln_gpu_model_memory_bytes", "gauge", "GPU memory the model version holds here: weights plus its instances",
          [](const On& o) { return o.served->loaded->gpu_memory_bytes.at(o.gpu); });
   auto device_family = [&](const char* name, const char* help, auto value) {

@@ -65,11 +65,32 @@ void SharedMemoryRegistry::register_region(const std::string& name, const std::s
   const int e = errno;
   close(fd);  // the mapping keeps the object
   if (p == MAP_FAILED) bad("cannot map shared memory " + dq(key) + ": " + std::strerror(e));
+  SharedMemoryStatus status{name, key, offset, byte_size};
+  PinFn pin;
+  {
+    std::lock_guard lock(mu_);
+    pin = pin_;
+  }
+  std::shared_ptr<void> pinned;
+  if (pin) {
+    pinned = pin(p, length, &status.not_pinned);
+    status.pinned = pinned != nullptr;
+    if (pinned) status.not_pinned.clear();
+  }
+  // The last user of the region unpins it, then unmaps it.
   std::shared_ptr<const void> mapping(static_cast<const char*>(p) + (offset - start),
-                                      [p, length](const void*) { munmap(p, length); });
+                                      [p, length, pinned](const void*) mutable {
+                                        pinned.reset();
+                                        munmap(p, length);
+                                      });
   std::lock_guard lock(mu_);
   if (regions_.count(name)) bad("shared-memory region " + dq(name) + " is already registered (unregister it first)");
-  regions_[name] = Region{{name, key, offset, byte_size}, std::move(mapping)};
+  regions_[name] = Region{std::move(status), std::move(mapping)};
+}
+
+void SharedMemoryRegistry::set_pin(PinFn pin) {
+  std::lock_guard lock(mu_);
+  pin_ = std::move(pin);
 }
 
 void SharedMemoryRegistry::unregister(const std::string& name) {

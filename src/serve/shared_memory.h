@@ -10,6 +10,7 @@
 // arrives gets undefined inputs, as with Triton.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -23,11 +24,19 @@ struct SharedMemoryStatus {
   std::string key;
   uint64_t offset = 0;
   uint64_t byte_size = 0;
+  bool pinned = false;  // registered with the GPUs (copies to them read it directly)
+  std::string not_pinned;  // why not, when a pin function was set
 };
 
 class SharedMemoryRegistry {
  public:
   static constexpr size_t kMaxRegions = 4096;
+
+  // Called on each region's mapping when it is registered: returns a handle that keeps the mapped
+  // range page-locked for the GPUs (gpu::pin_host_range), or null with the reason. The handle is
+  // dropped before the mapping is unmapped. Without it, regions are not pinned.
+  using PinFn = std::function<std::shared_ptr<void>(const void* data, size_t bytes, std::string* why)>;
+  void set_pin(PinFn pin);
 
   // Maps bytes [offset, offset + byte_size) of the shared-memory object `key` ("/name", as
   // shm_open takes it) under `name`. Throws ServeError kBadRequest with the reason: a bad name or
@@ -56,6 +65,7 @@ class SharedMemoryRegistry {
   };
   mutable std::mutex mu_;
   std::map<std::string, Region> regions_;
+  PinFn pin_;
 };
 
 }  // namespace kiln::serve

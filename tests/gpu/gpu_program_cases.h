@@ -270,6 +270,40 @@ TEST_P(GpuProgram, FusedAttentionWithMasks) {
   }
 }
 
+// An attention's Q, K and V projections (BERT's three Linear layers) run as one GEMM by the
+// concatenated weights, the attention reading Q, K and V in place; when one projection has another
+// reader, or the projections read different inputs, each keeps its own GEMM.
+TEST_P(GpuProgram, QkvProjectionsOfAnAttentionRunAsOneGemm) {
+  const int64_t B = 2, S = 20, Hh = 2, D = 32, E = Hh * D;
+  enum Form { kPacked, kSharedK, kOtherInput, kNoBias };
+  for (Form form : {kPacked, kSharedK, kOtherInput, kNoBias}) {
+    SCOPED_TRACE("form " + std::to_string(form));
+    Builder b;
+    b.input("x", {B, S, E}).input("x2", {B, S, E});
+    b.weight("wq", {E, E}).weight("wk", {E, E}).weight("wv", {E, E}).weight("wo", {E, E});
+    b.weight("bq", {E}).weight("bk", {E}).weight("bv", {E});
+    const bool bias = form != kNoBias;
+    auto proj = [&](const std::string& in, const std::string& w, const std::string& bb, const std::string& out) {
+      std::vector<std::string> ins = {in, w};
+      if (bias) ins.push_back(bb);
+      b.node("FusedMatMul", ins, {out}, {}, "kiln");
+    };
+    proj("x", "wq", "bq", "q");
+    proj(form == kOtherInput ? "x2" : "x", "wk", "bk", "k");
+    proj("x", "wv", "bv", "v");
+    b.node("Attention", {"q", "k", "v"}, {"a"}, {{"num_heads", i64(Hh)}}, "kiln");
+    b.node("MatMul", {"a", "wo"}, {"y"}).output("y");
+    if (form == kSharedK) b.node("Relu", {"k"}, {"kr"}).output("kr");
+    const Tensor x = b.random({B, S, E}), x2 = b.random({B, S, E});
+    check(b, {{"x", x}, {"x2", x2}}, 1e-2, 2e-2, 0);
+    auto built = gpu::build_gpu_program(b.m, {{"x", {B, S, E}}, {"x2", {B, S, E}}}, 0, {}, 0);
+    int gemms = 0;
+    for (const auto& st : built.program->steps()) gemms += st.op == "FusedMatMul";
+    const bool packed = form == kPacked || form == kNoBias;
+    EXPECT_EQ(gemms, packed ? 1 : 3) << "projections, besides the output projection's MatMul";
+  }
+}
+
 // Attention left unfused: MatMuls whose both operands are computed run as strided batches.
 TEST_P(GpuProgram, BatchedMatMulOfComputedOperands) {
   const int64_t B = 2, H = 3, S = 10, D = 16;

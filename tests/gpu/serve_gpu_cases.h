@@ -7,10 +7,15 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <future>
 #include <random>
 #include <string>
 #include <vector>
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "backends/gpu/gpu_engine.h"
 #include "backends/gpu/loader.h"
@@ -236,6 +241,58 @@ TEST_P(ServeGpu, AGpuEngineFileServesOnEveryGpuOfItsArchitecture) {
   for (const IndexEntry& e : server_->repository_index(false)) reasons[e.name] = e.reason;
   EXPECT_NE(reasons["big"].find("max_batch_size 8 exceeds the GPU engine's batch 4"), std::string::npos) << reasons["big"];
   EXPECT_NE(reasons["cpu"].find("holds a GPU engine"), std::string::npos) << reasons["cpu"];
+}
+
+TEST_P(ServeGpu, InputsInASharedMemoryRegionGoToTheGpuWithoutAStagingCopy) {
+  install(1);
+  start("max_batch_size: 8\ninstance_group { kind: KIND_GPU gpus: [0] }\n"
+        "kiln { build { precision: \"fp32\" gpu_batch_size: [4] } }");
+  // A client's region holding 3 rows of x (what the system shared-memory extension registers).
+  const auto x = random_rows(3, 77);
+  const size_t bytes = x.size() * sizeof(float);
+  const std::string key = "/kiln_test_pin_" + std::to_string(::getpid());
+  const int fd = ::shm_open(key.c_str(), O_CREAT | O_RDWR, 0600);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::ftruncate(fd, 4096), 0);
+  void* w = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  ::close(fd);
+  ASSERT_NE(w, MAP_FAILED);
+  std::memcpy(w, x.data(), bytes);
+  server_->shared_memory().register_region("in", key, 0, bytes);
+  const SharedMemoryStatus st = server_->shared_memory().status("in").at(0);
+  EXPECT_TRUE(st.pinned) << st.not_pinned;
+
+  InferenceRequest r;
+  r.model = "mm";
+  InputTensor in;
+  in.name = "x";
+  in.datatype = DataType::kFP32;
+  in.shape = {3, 8};
+  SharedMemoryRegistry::View v = server_->shared_memory().view("in", 0, bytes, "input x");
+  in.data = v.data;
+  in.byte_size = bytes;
+  in.owner = v.owner;
+  r.inputs.push_back(in);
+  InferenceOutcome o = server_->infer_sync(r);
+  ASSERT_EQ(o.status, Status::kOk) << o.error;
+  const Tensor& y = o.result.outputs.at(0).tensor;
+  expect_near({y.data<float>(), y.data<float>() + y.numel()}, expected(x));
+  // The same rows from the request body are staged: the same result.
+  expect_near(infer(x), expected(x));
+  const std::string metrics = server_->metrics_text();
+  EXPECT_EQ(metric(metrics, "kiln_gpu_input_direct_bytes{model=\"mm\",version=\"1\",gpu=\"0\"}"),
+            static_cast<int64_t>(bytes))
+      << metrics;
+  EXPECT_EQ(metric(metrics, "kiln_gpu_input_staged_bytes{model=\"mm\",version=\"1\",gpu=\"0\"}"),
+            static_cast<int64_t>(bytes));
+  // Unregistered and no request holding it: unpinned, then unmapped.
+  v = {};
+  in.owner.reset();
+  r.inputs.clear();
+  server_->shared_memory().unregister("in");
+  if (sim()) EXPECT_EQ(devices_[0]->registered_ranges(), 0u);
+  ::munmap(w, 4096);
+  ::shm_unlink(key.c_str());
 }
 
 }  // namespace kiln::serve_gpu_cases

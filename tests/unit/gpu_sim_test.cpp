@@ -10,6 +10,7 @@
 
 #include "../gpu/gpu_engine_cases.h"
 #include "../gpu/gpu_program_cases.h"
+#include "backends/gpu/host_memory.h"
 #include "sim_device.h"
 
 namespace {
@@ -179,6 +180,63 @@ TEST_F(SimDevices, RunRowsPadsWithZerosAndCutsTheOutputs) {
   EXPECT_THROW(ctx.run_parts({}, 2), Error);
   EXPECT_THROW(ctx.run_rows({{"x", b.random({5, 8})}}, 5), Error);
   EXPECT_THROW(ctx.run_rows({{"x", b.random({2, 8})}}, 3), Error);  // rows and the input disagree
+}
+
+TEST_F(SimDevices, PartsInRegisteredHostMemoryAreCopiedStraightToTheGpu) {
+  // No GPU in use: nothing is pinned (and no GPU is opened for it).
+  std::vector<float> host(3 * 8);
+  std::string why;
+  if (!gpu::any_open_device()) {  // (a real GPU opened by an earlier test would pin it)
+    EXPECT_EQ(gpu::pin_host_range(host.data(), host.size() * sizeof(float), &why), nullptr);
+    EXPECT_NE(why.find("no GPU is in use"), std::string::npos) << why;
+  }
+
+  install(1);
+  Builder b = small_model();
+  auto built = gpu::build_gpu_program(b.m, {{"x", {4, 8}}}, 0, {}, 3);
+  gpu::GpuContext ctx(built.program);
+  const Tensor a = b.random({1, 8}), c = b.random({2, 8}), d = b.random({1, 8});
+  // a and d live in one registered host buffer (a client's shared memory, say); c does not.
+  auto buffer = std::make_shared<std::vector<float>>(16);
+  std::copy_n(a.data<float>(), 8, buffer->data());
+  std::copy_n(d.data<float>(), 8, buffer->data() + 8);
+  std::shared_ptr<void> pin = gpu::pin_host_range(buffer->data(), 16 * sizeof(float), &why);
+  ASSERT_NE(pin, nullptr) << why;
+  EXPECT_EQ(devices_[0]->registered_ranges(), 1u);
+  EXPECT_TRUE(gpu::host_range_pinned(buffer->data() + 8, 8 * sizeof(float)));
+  EXPECT_FALSE(gpu::host_range_pinned(buffer->data() + 8, 9 * sizeof(float)));  // runs past its end
+  EXPECT_FALSE(gpu::host_range_pinned(c.data<float>(), 16 * sizeof(float)));
+  const reference::TensorMap pa{{"x", Tensor::view(DType::kF32, {1, 8}, buffer, buffer->data())}};
+  const reference::TensorMap pc{{"x", c}};
+  const reference::TensorMap pd{{"x", Tensor::view(DType::kF32, {1, 8}, buffer, buffer->data() + 8)}};
+
+  Tensor padded(DType::kF32, {4, 8});
+  std::fill_n(padded.mutable_data<float>(), 32, 0.f);
+  std::copy_n(a.data<float>(), 8, padded.mutable_data<float>());
+  std::copy_n(c.data<float>(), 16, padded.mutable_data<float>() + 8);
+  std::copy_n(d.data<float>(), 8, padded.mutable_data<float>() + 24);
+  const Tensor full = reference::Executor(b.m).run({{"x", padded}}).at("y");
+  const Tensor got = ctx.run_parts({&pa, &pc, &pd}, 4).at("y");
+  ASSERT_EQ(got.shape(), (std::vector<int64_t>{4, 16}));
+  for (int64_t i = 0; i < 4 * 16; ++i) EXPECT_NEAR(got.data<float>()[i], full.data<float>()[i], 1e-2) << i;
+  EXPECT_EQ(ctx.last_timing().direct_bytes, 2 * 8 * sizeof(float));
+  EXPECT_EQ(ctx.last_timing().staged_bytes, 2 * 8 * sizeof(float));
+
+  // Unpinned again: every byte is staged, with the same result.
+  pin.reset();
+  EXPECT_EQ(devices_[0]->registered_ranges(), 0u);
+  EXPECT_FALSE(gpu::host_range_pinned(buffer->data(), 8 * sizeof(float)));
+  const Tensor again = ctx.run_parts({&pa, &pc, &pd}, 4).at("y");
+  for (int64_t i = 0; i < 4 * 16; ++i) EXPECT_EQ(again.data<float>()[i], got.data<float>()[i]) << i;
+  EXPECT_EQ(ctx.last_timing().direct_bytes, 0u);
+  EXPECT_EQ(ctx.last_timing().staged_bytes, 4 * 8 * sizeof(float));
+
+  // A driver that refuses: no handle, the reason, nothing recorded.
+  devices_[0]->set_refuse_register(true);
+  why.clear();
+  EXPECT_EQ(gpu::pin_host_range(buffer->data(), 16 * sizeof(float), &why), nullptr);
+  EXPECT_NE(why.find("refused"), std::string::npos) << why;
+  EXPECT_FALSE(gpu::host_range_pinned(buffer->data(), 8 * sizeof(float)));
 }
 
 TEST_F(SimDevices, ProgramsOnTwoDevices) {

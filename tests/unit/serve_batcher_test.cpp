@@ -4,6 +4,7 @@
 // made deterministic with pause()/resume() and a manual clock.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -509,6 +510,77 @@ TEST(ServeBatcher, ExecutionErrorFailsOnlyThatBatch) {
   EXPECT_EQ(s.failures(RequestError::kExecution), 2u);
   EXPECT_EQ(s.success, 3u);
   EXPECT_EQ(s.in_flight, 0);
+}
+
+// Waits (bounded) until `b` has `n` idle instances.
+bool wait_idle(const Batcher& b, int n) {
+  for (int i = 0; i < 6000; ++i) {
+    if (b.idle_instances() == n) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return false;
+}
+
+// Ten one-row requests dispatched while four instances are idle, each instance holding its batch
+// until all four have started: the sizes of the batches that ran.
+// `started`: how many batches to see start before letting them finish.
+std::vector<int64_t> batches_over_four_idle_instances(bool spread, int started_before_release,
+                                                     std::vector<int64_t> preferred = {}) {
+  std::mutex mu;
+  std::condition_variable cv;
+  int started = 0;
+  bool release = false;
+  std::vector<int64_t> sizes;
+  FakeModel model;
+  model.hook = [&](const TensorMap& in) {
+    std::unique_lock lk(mu);
+    sizes.push_back(in.at("x").dim(0));
+    ++started;
+    cv.notify_all();
+    cv.wait_for(lk, std::chrono::milliseconds(300), [&] { return release; });  // the others get theirs
+  };
+  BatcherOptions o;
+  o.max_batch_size = 16;
+  o.instance_count = 4;
+  o.spread_over_idle_instances = spread;
+  o.preferred_batch_sizes = std::move(preferred);
+  Batcher b(o, model.factory());
+  b.pause();
+  std::vector<Tensor> xs;
+  std::vector<std::future<InferResponse>> fs;
+  for (int i = 0; i < 10; ++i) {
+    xs.push_back(rows_tensor(1, 2, 10.f * static_cast<float>(i)));
+    fs.push_back(b.submit({{"x", xs.back()}}));
+  }
+  EXPECT_TRUE(wait_idle(b, 4));
+  b.resume();
+  {
+    std::unique_lock lk(mu);
+    cv.wait_for(lk, std::chrono::seconds(60), [&] { return started >= started_before_release; });
+    release = true;
+    cv.notify_all();
+  }
+  for (size_t i = 0; i < xs.size(); ++i) expect_fake_outputs(get(fs[i]), xs[i]);
+  EXPECT_EQ(b.stats().success, 10u);
+  std::lock_guard lk(mu);
+  std::sort(sizes.begin(), sizes.end());
+  return sizes;
+}
+
+TEST(ServeBatcher, ABatchIsSpreadEvenlyOverIdleInstances) {
+  // 10 rows, 4 idle: 3 (10/4 rounded up), then 3 of 7 over 3, 2 of 4 over 2, the last 2.
+  EXPECT_EQ(batches_over_four_idle_instances(true, 4), (std::vector<int64_t>{2, 2, 3, 3}));
+}
+
+TEST(ServeBatcher, WithoutSpreadingOneInstanceRunsTheWholeBatch) {
+  EXPECT_EQ(batches_over_four_idle_instances(false, 1), (std::vector<int64_t>{10}));
+}
+
+TEST(ServeBatcher, BatchesOfAPreferredSizeAreNotSpread) {
+  // A preferred size of 8 is reachable: it runs whole; the 2 left over form the next batch.
+  std::vector<int64_t> sizes = batches_over_four_idle_instances(true, 2, {8});
+  ASSERT_FALSE(sizes.empty());
+  EXPECT_EQ(sizes.back(), 8);
 }
 
 TEST(ServeBatcher, AnInstanceThatGathersGetsTheRequestsAsParts) {

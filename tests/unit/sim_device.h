@@ -199,6 +199,25 @@ class SimDevice final : public Device {
   void* alloc_host(size_t bytes) override { return bytes ? std::aligned_alloc(256, (bytes + 255) / 256 * 256) : nullptr; }
   void free_host(void* p) override { std::free(p); }
   size_t free_memory() const override { return props_.total_memory - used_; }
+  // Host registration: recorded (copies are host copies anyway); refused when told to.
+  bool register_host(const void* p, size_t bytes, std::string* why) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (refuse_register_) {
+      if (why) *why = "sim: registration refused";
+      return false;
+    }
+    registered_[p] = bytes;
+    return true;
+  }
+  void unregister_host(const void* p) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    registered_.erase(p);
+  }
+  size_t registered_ranges() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return registered_.size();
+  }
+  void set_refuse_register(bool refuse) { refuse_register_ = refuse; }
   size_t used_memory() const { return used_; }
   void upload(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
   void copy_async(void* dst, const void* src, size_t bytes, void*) override { std::memcpy(dst, src, bytes); }
@@ -427,8 +446,9 @@ class SimDevice final : public Device {
               if (!d.causal || j <= i + (d.sk - d.sq)) {
                 v = 0;
                 for (int64_t e = 0; e < d.head_dim; ++e)
-                  v += static_cast<double>(sim_load(d.type, in[0], b * d.q[0] + h * d.q[1] + i * d.q[2] + e)) *
-                       sim_load(d.type, in[1], b * d.k[0] + h * d.k[1] + j * d.k[2] + e);
+                  v += static_cast<double>(
+                           sim_load(d.type, in[0], d.q_offset + b * d.q[0] + h * d.q[1] + i * d.q[2] + e)) *
+                       sim_load(d.type, in[1], d.k_offset + b * d.k[0] + h * d.k[1] + j * d.k[2] + e);
                 v *= d.scale;
                 if (mask) v += mask[b * d.mask[0] + h * d.mask[1] + i * d.mask[2] + j];
               }
@@ -440,7 +460,8 @@ class SimDevice final : public Device {
             for (int64_t e = 0; e < d.head_dim; ++e) {
               double acc = 0;
               for (int64_t j = 0; j < d.sk; ++j)
-                acc += s[static_cast<size_t>(j)] * sim_load(d.type, in[2], b * d.v[0] + h * d.v[1] + j * d.v[2] + e);
+                acc += s[static_cast<size_t>(j)] *
+                       sim_load(d.type, in[2], d.v_offset + b * d.v[0] + h * d.v[1] + j * d.v[2] + e);
               sim_store(d.type, out[0], b * d.o[0] + h * d.o[1] + i * d.o[2] + e,
                         static_cast<float>(sum > 0 ? acc / sum : 0));
             }
@@ -501,8 +522,10 @@ class SimDevice final : public Device {
   }
 
   DeviceProps props_;
-  std::mutex mu_;
+  mutable std::mutex mu_;
   std::map<void*, size_t> live_;
+  std::map<const void*, size_t> registered_;
+  std::atomic<bool> refuse_register_{false};
   size_t used_ = 0;
   std::map<void*, std::unique_ptr<Graph>> capturing_;
   int graphs_made_ = 0, graph_launches_ = 0;

@@ -207,6 +207,23 @@ class CudaDevice final : public gpu::Device {
   void free_host(void* p) override {
     if (p) cudaFreeHost(p);
   }
+  bool register_host(const void* p, size_t bytes, std::string* why) override {
+    bind();
+    int read_only = 0;
+    cudaDeviceGetAttribute(&read_only, cudaDevAttrHostRegisterReadOnlySupported, props_.id);
+    unsigned flags = cudaHostRegisterPortable | (read_only ? cudaHostRegisterReadOnly : 0u);
+    const cudaError_t e = cudaHostRegister(const_cast<void*>(p), bytes, flags);
+    if (e == cudaSuccess) return true;
+    cudaGetLastError();  // not sticky: clear it so the next call does not report it
+    if (why)
+      *why = std::string("cudaHostRegister: ") + cudaGetErrorString(e) +
+             (read_only ? "" : " (this GPU cannot register read-only host memory)");
+    return false;
+  }
+  void unregister_host(const void* p) override {
+    bind();
+    if (p && cudaHostUnregister(const_cast<void*>(p)) != cudaSuccess) cudaGetLastError();
+  }
   size_t free_memory() const override {
     bind();
     size_t f = 0, t = 0;
@@ -352,12 +369,16 @@ class CudaDevice final : public gpu::Device {
                          (d.causal ? " causal" : "") + (d.has_mask ? " masked" : ""),
                      [=](const void* const* in, void* const* out, cudaStream_t s) {
                        const float* mask = d.has_mask ? static_cast<const float*>(in[3]) : nullptr;
+                       const size_t es = cuda::elem_size(d.type);
+                       const void* q = static_cast<const char*>(in[0]) + d.q_offset * es;
+                       const void* k = static_cast<const char*>(in[1]) + d.k_offset * es;
+                       const void* v = static_cast<const char*>(in[2]) + d.v_offset * es;
                        if (tc)
-                         cuda::attention_tc(dt, in[0], in[1], in[2], out[0], d.batch, d.heads, d.sq, d.sk, d.head_dim,
-                                            d.scale, L, mask, d.causal, s);
+                         cuda::attention_tc(dt, q, k, v, out[0], d.batch, d.heads, d.sq, d.sk, d.head_dim, d.scale, L,
+                                            mask, d.causal, s);
                        else
-                         cuda::attention(dt, in[0], in[1], in[2], out[0], d.batch, d.heads, d.sq, d.sk, d.head_dim,
-                                         d.scale, L, mask, d.causal, s);
+                         cuda::attention(dt, q, k, v, out[0], d.batch, d.heads, d.sq, d.sk, d.head_dim, d.scale, L,
+                                         mask, d.causal, s);
                      });
   }
 

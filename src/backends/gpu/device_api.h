@@ -15,7 +15,7 @@
 
 namespace kiln::gpu {
 
-inline constexpr int kApiVersion = 2;
+inline constexpr int kApiVersion = 3;
 
 // Element types of device tensors. kBool is one byte, 0 or 1.
 enum class ElemType : uint8_t { kF32, kF16, kBF16, kF64, kI64, kI32, kI8, kU8, kBool };
@@ -113,6 +113,9 @@ struct AttentionDesc {
   float scale = 1;
   ElemType type = ElemType::kF16;
   int64_t q[3] = {}, k[3] = {}, v[3] = {}, o[3] = {}, mask[3] = {};
+  // Elements from the q, k and v input pointers to their first element (Q, K and V packed in one
+  // buffer, each a column range of its rows).
+  int64_t q_offset = 0, k_offset = 0, v_offset = 0;
   bool has_mask = false, causal = false;
 };
 
@@ -157,6 +160,15 @@ class Device {
   virtual void* alloc_host(size_t bytes) = 0;  // page-locked
   virtual void free_host(void* p) = 0;
   virtual size_t free_memory() const = 0;
+  // Page-locks existing host memory in place for every GPU of the process (cudaHostRegister,
+  // portable, read-only for the GPU), so copies from it run at full speed without a staging copy.
+  // Returns false with `why` set when the driver refuses; unregister_host undoes it.
+  virtual bool register_host(const void* p, size_t bytes, std::string* why) {
+    (void)p, (void)bytes;
+    if (why) *why = "this device cannot register host memory";
+    return false;
+  }
+  virtual void unregister_host(const void* p) { (void)p; }
   // Synchronous copies (setup) and asynchronous ones (cudaMemcpyDefault) on a stream.
   virtual void upload(void* dst, const void* src, size_t bytes) = 0;
   virtual void copy_async(void* dst, const void* src, size_t bytes, void* stream) = 0;

@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "backends/cpu/memory_planner.h"
+#include "backends/gpu/host_memory.h"
 #include "runtime/specialize.h"
 
 namespace kiln::gpu {
@@ -443,6 +444,7 @@ class GpuProgramBuilder {
   void lower_elementwise(const Node& n);
   void lower_pool(const Node& n);
   void lower_attention(const Node& n);
+  void plan_packed_qkv();
   void lower_data(const Node& n);
   // Builds an elementwise step over `ins` writing output `out` (a new value) with `steps`.
   void emit_elementwise(const std::string& label, const std::string& op, std::vector<std::string> ins,
@@ -500,6 +502,16 @@ class GpuProgramBuilder {
     bool keep_sum = false;
   };
   std::map<std::string, PendingAdd> pending_add_;  // Add output -> its inputs
+  // Q, K and V projections of one attention run as one GEMM into a packed [.., Nq+Nk+Nv] value
+  // (plan_packed_qkv): where each projection's output lies in it, the packed node to lower at the
+  // first projection's place, and the other two projections (not lowered).
+  struct PackedView {
+    std::string base;
+    int64_t offset = 0, width = 0;  // elements into each row, and the row's width
+  };
+  std::map<std::string, PackedView> packed_;
+  std::map<size_t, Node> packed_first_;
+  std::set<size_t> packed_skip_;
   std::vector<Pending> steps_;
   std::vector<cpu::BufferRequest> buffers_;
   std::shared_ptr<WeightPool> pool_;
@@ -972,6 +984,87 @@ void GpuProgramBuilder::lower_pool(const Node& n) {
   add_step(dev_->pool(t, p), {x}, {n.outputs[0]}, {n.name, n.op_type, "", -1});
 }
 
+// An attention's Q, K and V projections (MatMul or FusedMatMul of one input by constant [K, N]
+// FP32 weights, with constant biases or none, no activation, each read only by that attention) become
+// one GEMM by the concatenated weights: one launch that fills the GPU better than three small ones
+// (BERT at batch 1: [128, 768] x [768, 768] each). The attention reads Q, K and V in place.
+void GpuProgramBuilder::plan_packed_qkv() {
+  std::map<std::string, size_t> producer;
+  for (size_t i = 0; i < g().nodes.size(); ++i)
+    if (!folded_.count(i))
+      for (const auto& o : g().nodes[i].outputs)
+        if (!o.empty()) producer[o] = i;
+  for (size_t ai = 0; ai < g().nodes.size(); ++ai) {
+    const Node& at = g().nodes[ai];
+    if (folded_.count(ai) || at.domain != "kiln" || at.op_type != "Attention" || at.inputs.size() < 3) continue;
+    const std::string q = at.inputs[0], k = at.inputs[1], v = at.inputs[2];
+    if (q.empty() || k.empty() || v.empty() || q == k || q == v || k == v) continue;
+    if (!producer.count(q) || !producer.count(k) || !producer.count(v)) continue;
+    const size_t idx[3] = {producer[q], producer[k], producer[v]};
+    const Node& p0 = g().nodes[idx[0]];
+    const bool biased = p0.inputs.size() > 2 && !p0.inputs[2].empty();
+    int64_t K = -1;
+    bool ok = true;
+    int64_t widths[3] = {};
+    for (int j = 0; j < 3 && ok; ++j) {
+      const Node& p = g().nodes[idx[j]];
+      const std::string& out = at.inputs[static_cast<size_t>(j)];
+      const bool fused = p.domain == "kiln" && p.op_type == "FusedMatMul";
+      const bool plain = p.domain.empty() && p.op_type == "MatMul";
+      auto readers = readers_.find(out);
+      ok = (fused || plain) && p.outputs.size() == 1 && p.inputs.size() >= 2 && p.inputs[0] == p0.inputs[0] &&
+           is_const(p.inputs[1]) && attr_int(p, "transA", 0) == 0 && attr_int(p, "transB", 0) == 0 &&
+           attr_float(p, "alpha", 1.f) == 1.f && attr_float(p, "beta", 1.f) == 1.f &&
+           attr_string(p, "activation").empty() && ((p.inputs.size() > 2 && !p.inputs[2].empty()) == biased) &&
+           readers != readers_.end() && readers->second == std::vector<size_t>{ai};
+      if (!ok) break;
+      const Tensor& w = g().initializers.at(p.inputs[1]);
+      ok = w.dtype() == DType::kF32 && w.rank() == 2;
+      if (!ok) break;
+      const int64_t kk = w.dim(0), nn = w.dim(1);
+      ok = (K < 0 || kk == K);
+      K = kk, widths[j] = nn;
+      if (ok && biased) {
+        ok = is_const(p.inputs[2]);
+        if (ok) {
+          const Tensor& b = g().initializers.at(p.inputs[2]);
+          ok = b.dtype() == DType::kF32 && b.numel() == nn && (b.rank() == 1 || (b.rank() == 2 && b.dim(0) == 1));
+        }
+      }
+    }
+    const TensorType* qt = g().type_of(q);
+    if (!ok || !qt || !qt->shape || qt->shape->empty()) continue;
+    const int64_t W = widths[0] + widths[1] + widths[2];
+    // The concatenated weights [K, W] and biases, as new constants.
+    const std::string base = q + "#qkv";
+    Tensor wcat(DType::kF32, {K, W});
+    Tensor bcat(DType::kF32, {W});
+    int64_t at_col = 0;
+    for (int j = 0; j < 3; ++j) {
+      const Node& p = g().nodes[idx[j]];
+      const float* w = g().initializers.at(p.inputs[1]).data<float>();
+      const int64_t n = widths[j];
+      float* dst = wcat.mutable_data<float>();
+      for (int64_t r = 0; r < K; ++r) std::copy_n(w + r * n, n, dst + r * W + at_col);
+      if (biased) std::copy_n(g().initializers.at(p.inputs[2]).data<float>(), n, bcat.mutable_data<float>() + at_col);
+      at_col += n;
+    }
+    m_.graph.initializers[base + "#w"] = std::move(wcat);
+    if (biased) m_.graph.initializers[base + "#b"] = std::move(bcat);
+    TensorType packed_type = *qt;
+    packed_type.shape->back() = Dim(W);
+    m_.graph.types[base] = packed_type;
+    Node packed{p0.name + "+qkv", "FusedMatMul", "kiln", {p0.inputs[0], base + "#w", biased ? base + "#b" : ""}, {base}, {}};
+    const size_t first = *std::min_element(idx, idx + 3);
+    packed_first_[first] = std::move(packed);
+    for (size_t i : idx)
+      if (i != first) packed_skip_.insert(i);
+    packed_[q] = {base, 0, W};
+    packed_[k] = {base, widths[0], W};
+    packed_[v] = {base, widths[0] + widths[1], W};
+  }
+}
+
 void GpuProgramBuilder::lower_attention(const Node& n) {
   const auto qd = dims_of(n.inputs[0]), kd = dims_of(n.inputs[1]), vd = dims_of(n.inputs[2]);
   const int64_t H = attr_int(n, "num_heads", 0);
@@ -985,12 +1078,23 @@ void GpuProgramBuilder::lower_attention(const Node& n) {
   d.scale = scale == 0.f ? 1.f / std::sqrt(static_cast<float>(Dk)) : scale;
   const int64_t od = vd[2];
   auto bshd = [&](int64_t s_len, int64_t width, int64_t* st) { st[0] = s_len * width, st[1] = Dk, st[2] = width; };
-  bshd(Sq, qd[2], d.q);
-  bshd(Sk, kd[2], d.k);
-  bshd(Sk, vd[2], d.v);
+  std::vector<std::string> ins;
+  auto pq = packed_.find(n.inputs[0]), pk = packed_.find(n.inputs[1]), pv = packed_.find(n.inputs[2]);
+  if (pq != packed_.end() && pk != packed_.end() && pv != packed_.end()) {
+    // Q, K and V are column ranges of one packed GEMM output: read in place, through its row width.
+    const std::string base = as(pq->second.base, false, compute_);
+    bshd(Sq, pq->second.width, d.q);
+    bshd(Sk, pk->second.width, d.k);
+    bshd(Sk, pv->second.width, d.v);
+    d.q_offset = pq->second.offset, d.k_offset = pk->second.offset, d.v_offset = pv->second.offset;
+    ins = {base, base, base};
+  } else {
+    bshd(Sq, qd[2], d.q);
+    bshd(Sk, kd[2], d.k);
+    bshd(Sk, vd[2], d.v);
+    ins = {as(n.inputs[0], false, compute_), as(n.inputs[1], false, compute_), as(n.inputs[2], false, compute_)};
+  }
   bshd(Sq, od, d.o);
-  std::vector<std::string> ins = {as(n.inputs[0], false, compute_), as(n.inputs[1], false, compute_),
-                                  as(n.inputs[2], false, compute_)};
   if (n.inputs.size() > 3 && !n.inputs[3].empty()) {
     const std::string m = as(n.inputs[3], false, ElemType::kF32);
     const auto md = val(m).dims;
@@ -1175,8 +1279,15 @@ std::shared_ptr<const GpuProgram> GpuProgramBuilder::build() {
   // change in the same copy, e.g. NCHW FP32 -> NHWC FP16 for a first convolution).
   for (size_t i = 0; i < g().inputs.size(); ++i)
     vals_[g().inputs[i]] = edge_value(g().inputs[i], GpuProgram::Slot::kInput, i, p->inputs_);
-  for (size_t i = 0; i < g().nodes.size(); ++i)
-    if (!folded_.count(i)) add_node(g().nodes[i]);
+  plan_packed_qkv();
+  for (size_t i = 0; i < g().nodes.size(); ++i) {
+    if (folded_.count(i) || packed_skip_.count(i)) continue;
+    if (auto it = packed_first_.find(i); it != packed_first_.end()) {
+      lower_matmul(it->second);
+      continue;
+    }
+    add_node(g().nodes[i]);
+  }
   // Outputs: converted back to their declared dtype and plain layout, into the caller's buffers.
   for (size_t i = 0; i < g().outputs.size(); ++i) {
     const std::string& name = g().outputs[i];
@@ -1438,10 +1549,18 @@ reference::TensorMap GpuContext::run_impl(const std::vector<const reference::Ten
         throw Error(ErrorCode::kInvalidArgument, "'" + name + "' is not an input of the model");
     }
   // With rows >= 0 only the first `rows` rows of each edge tensor move; the rest of the inputs is
-  // zero. Each part brings its own rows, copied in order into the staging buffer.
+  // zero. Each part brings its own rows, in order. A part in host memory registered with the GPUs
+  // is copied from where it is; the others are gathered into the pinned staging buffer first, and
+  // adjacent staged parts move in one copy.
   const auto moved = [rows](const TensorDesc& d) {
     return rows < 0 ? d.bytes() : d.bytes() / static_cast<size_t>(d.shape[0]) * static_cast<size_t>(rows);
   };
+  struct Piece {
+    size_t input, offset, bytes;
+    const void* direct;  // null: staged at the same offset of h_in_[input]
+  };
+  std::vector<Piece> pieces;
+  Timing timing;
   for (size_t i = 0; i < ins.size(); ++i) {
     size_t offset = 0;
     int64_t seen = 0;
@@ -1463,8 +1582,20 @@ reference::TensorMap GpuContext::run_impl(const std::vector<const reference::Ten
                                                      shape_to_string(ins[i].shape) +
                                                      (rows >= 0 ? " with up to " + std::to_string(rows) + " rows" : "") +
                                                      " (this program's), got " + shape_to_string(t.shape()));
-      std::memcpy(static_cast<char*>(h_in_[i]) + offset, t.raw(), t.nbytes());
-      offset += t.nbytes();
+      const size_t n = t.nbytes();
+      if (n && host_range_pinned(t.raw(), n)) {
+        pieces.push_back({i, offset, n, t.raw()});
+        timing.direct_bytes += n;
+      } else if (n) {
+        std::memcpy(static_cast<char*>(h_in_[i]) + offset, t.raw(), n);
+        if (!pieces.empty() && !pieces.back().direct && pieces.back().input == i &&
+            pieces.back().offset + pieces.back().bytes == offset)
+          pieces.back().bytes += n;
+        else
+          pieces.push_back({i, offset, n, nullptr});
+        timing.staged_bytes += n;
+      }
+      offset += n;
       seen += rows >= 0 ? t.dim(0) : 0;
     }
     if (offset != moved(ins[i]))
@@ -1476,9 +1607,11 @@ reference::TensorMap GpuContext::run_impl(const std::vector<const reference::Ten
     dev_.bind();
     ensure_graph();
     dev_.record(ev_[0], stream_);
+    for (const Piece& p : pieces)
+      dev_.copy_async(static_cast<char*>(d_in_[p.input]) + p.offset,
+                      p.direct ? p.direct : static_cast<const char*>(h_in_[p.input]) + p.offset, p.bytes, stream_);
     for (size_t i = 0; i < ins.size(); ++i) {
       const size_t n = moved(ins[i]);
-      dev_.copy_async(d_in_[i], h_in_[i], n, stream_);
       if (n < ins[i].bytes()) dev_.memset_async(static_cast<char*>(d_in_[i]) + n, 0, ins[i].bytes() - n, stream_);
     }
     dev_.record(ev_[1], stream_);
@@ -1488,9 +1621,10 @@ reference::TensorMap GpuContext::run_impl(const std::vector<const reference::Ten
     for (size_t i = 0; i < outs.size(); ++i) dev_.copy_async(h_out_[i], d_out_[i], moved(outs[i]), stream_);
     dev_.record(ev_[3], stream_);
     dev_.synchronize(stream_);
-    timing_.h2d_ms = dev_.elapsed_ms(ev_[0], ev_[1]);
-    timing_.compute_ms = dev_.elapsed_ms(ev_[1], ev_[2]);
-    timing_.d2h_ms = dev_.elapsed_ms(ev_[2], ev_[3]);
+    timing.h2d_ms = dev_.elapsed_ms(ev_[0], ev_[1]);
+    timing.compute_ms = dev_.elapsed_ms(ev_[1], ev_[2]);
+    timing.d2h_ms = dev_.elapsed_ms(ev_[2], ev_[3]);
+    timing_ = timing;
     for (size_t i = 0; i < outs.size(); ++i) {
       std::vector<int64_t> shape = outs[i].shape;
       if (rows >= 0) shape[0] = rows;

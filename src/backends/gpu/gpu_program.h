@@ -189,14 +189,18 @@ class GpuContext {
   // `rows`. How the server runs any batch on a program compiled for a larger one.
   reference::TensorMap run_rows(const reference::TensorMap& inputs, int64_t rows);
   // run_rows() for a batch given in parts (e.g. one per request), copied in order into the
-  // staging buffers: their rows must add up to `rows`.
+  // staging buffers (or, for a part in registered host memory, straight to the GPU): their rows
+  // must add up to `rows`.
   reference::TensorMap run_parts(const std::vector<const reference::TensorMap*>& parts, int64_t rows);
   // The program's batch: dim 0 of every input and output (kInvalidArgument when they differ).
   int64_t batch_rows() const;
 
-  // Device-side milliseconds of the last run(): host-to-device copies, compute, device-to-host.
+  // Device-side milliseconds of the last run(): host-to-device copies, compute, device-to-host;
+  // and how its input bytes reached the GPU: straight from host memory registered with the GPUs
+  // (host_memory.h), or through the pinned staging buffers.
   struct Timing {
     float h2d_ms = 0, compute_ms = 0, d2h_ms = 0;
+    size_t direct_bytes = 0, staged_bytes = 0;
   };
   const Timing& last_timing() const { return timing_; }
   // Enqueues only the compute (graph replay) and waits: what `kiln bench` times as GPU compute.

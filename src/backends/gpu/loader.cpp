@@ -80,6 +80,8 @@ Module& module() {
 
 std::mutex override_mu;
 std::vector<std::shared_ptr<Device>> override_devices;
+std::mutex open_mu;
+std::map<int, std::shared_ptr<Device>> opened;  // the devices open_device has opened
 
 }  // namespace
 
@@ -114,10 +116,8 @@ std::shared_ptr<Device> open_device(int index) {
       return override_devices[static_cast<size_t>(index)];
     }
   }
-  static std::mutex mu;
-  static std::map<int, std::shared_ptr<Device>> open;
-  std::lock_guard<std::mutex> lock(mu);
-  if (auto it = open.find(index); it != open.end()) return it->second;
+  std::lock_guard<std::mutex> lock(open_mu);
+  if (auto it = opened.find(index); it != opened.end()) return it->second;
   std::string why;
   const int n = device_count(&why);
   if (n == 0) throw Error(ErrorCode::kUnsupported, why);
@@ -129,8 +129,17 @@ std::shared_ptr<Device> open_device(int index) {
   Device* d = module().open(index, err, sizeof err);
   if (!d) throw Error(ErrorCode::kUnsupported, std::string("cannot use GPU ") + std::to_string(index) + ": " + err);
   std::shared_ptr<Device> dev(d);
-  open[index] = dev;
+  opened[index] = dev;
   return dev;
+}
+
+std::shared_ptr<Device> any_open_device() {
+  {
+    std::lock_guard<std::mutex> lock(override_mu);
+    if (!override_devices.empty()) return override_devices.front();
+  }
+  std::lock_guard<std::mutex> lock(open_mu);
+  return opened.empty() ? nullptr : opened.begin()->second;
 }
 
 int parse_device(const std::string& spec) {

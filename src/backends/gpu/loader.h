@@ -20,6 +20,10 @@ int device_count(std::string* why = nullptr);
 // exist, naming what was found.
 std::shared_ptr<Device> open_device(int index);
 
+// A device this process already uses (opened by open_device, or the first override), or null:
+// for process-wide work, such as registering host memory, that must not open a GPU by itself.
+std::shared_ptr<Device> any_open_device();
+
 // Parses "cuda" or "cuda:N" (N >= 0); returns -1 for "cpu" and throws kInvalidArgument otherwise.
 int parse_device(const std::string& spec);
 
