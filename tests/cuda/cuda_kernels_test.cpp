@@ -150,7 +150,8 @@ TEST_F(Cuda, AttentionMatchesReference) {
                         {2, 2, 5, 200, 32, true, false},   {1, 2, 65, 65, 128, false, false},
                         {1, 1, 33, 33, 16, true, true},     {1, 2, 10, 4, 32, false, true},
                         // Enough query rows (b*h*sq >= 128 per SM) for the thread-per-query tactic:
-                        {8, 12, 200, 200, 64, true, false}, {4, 16, 300, 300, 32, false, true}};
+                        {8, 12, 200, 200, 64, true, false}, {4, 16, 300, 300, 32, false, true},
+                        {6, 16, 130, 130, 128, true, false}, {3, 12, 513, 257, 64, false, true}};
   for (DType t : kTypes) {
     for (const Case& c : cases) {
       std::vector<float> q = random(static_cast<size_t>(c.b * c.h * c.sq * c.d), -1.f, 1.f),
@@ -196,6 +197,20 @@ TEST_F(Cuda, AttentionMatchesReference) {
       EXPECT_LT(rel_error(download(t, dout, q.size()), ref), tol)
           << dtype_name(t) << " b=" << c.b << " h=" << c.h << " sq=" << c.sq << " sk=" << c.sk << " d=" << c.d
           << (c.mask ? " mask" : "") << (c.causal ? " causal" : "");
+      // The tensor-core kernels on the same problem, through explicit strides: mma.sync with 4
+      // warps of 16 queries each for large grids (the last four cases), 4 warps splitting the keys
+      // of 16 queries for small ones (sk >= 64), one warp of 16 queries otherwise.
+      AttnLayout L{};
+      for (auto* x : {L.q, L.o}) x[0] = c.h * c.sq * c.d, x[1] = c.sq * c.d, x[2] = c.d;
+      for (auto* x : {L.k, L.v}) x[0] = c.h * c.sk * c.d, x[1] = c.sk * c.d, x[2] = c.d;
+      L.mask[0] = c.sk, L.mask[1] = 0, L.mask[2] = 0;
+      if (!attention_tc_supported(t, c.d, L)) continue;
+      DeviceBuffer dtc = poisoned(t, q.size());
+      attention_tc(t, dq.get(), dk.get(), dv.get(), dtc.get(), c.b, c.h, c.sq, c.sk, c.d, scale, L,
+                   c.mask ? dmask.as<float>() : nullptr, c.causal, nullptr);
+      EXPECT_LT(rel_error(download(t, dtc, q.size()), ref), tolerance(t))
+          << "tensor cores " << dtype_name(t) << " b=" << c.b << " h=" << c.h << " sq=" << c.sq << " sk=" << c.sk
+          << " d=" << c.d << (c.mask ? " mask" : "") << (c.causal ? " causal" : "");
     }
   }
   DeviceBuffer x(64);

@@ -270,6 +270,28 @@ TEST_P(GpuProgram, FusedAttentionWithMasks) {
   }
 }
 
+// Elementwise chains whose element count is a multiple of 8 run with 16-byte loads and stores;
+// others (and unaligned ones) element by element: both against the reference, with a broadcast
+// scalar, a select and erf in the chain.
+TEST_P(GpuProgram, ElementwiseChainsVectorizedAndNot) {
+  for (int64_t cols : {40, 13}) {
+    SCOPED_TRACE("cols " + std::to_string(cols));
+    Builder b;
+    b.input("x", {3, cols}).input("z", {3, cols});
+    b.init("zero", Tensor::from_vector<float>({}, {0.f}));
+    b.init("half", Tensor::from_vector<float>({}, {0.5f}));
+    b.node("Greater", {"x", "zero"}, {"g"})
+        .node("Mul", {"x", "z"}, {"m"})
+        .node("Where", {"g", "m", "x"}, {"w"})
+        .node("Add", {"w", "half"}, {"a"})
+        .node("Erf", {"a"}, {"e"})
+        .node("Sigmoid", {"z"}, {"s"})
+        .node("Mul", {"s", "e"}, {"y"})
+        .output("y");
+    check(b, {{"x", b.random({3, cols})}, {"z", b.random({3, cols})}});
+  }
+}
+
 // An attention's Q, K and V projections (BERT's three Linear layers) run as one GEMM by the
 // concatenated weights, the attention reading Q, K and V in place; when one projection has another
 // reader, or the projections read different inputs, each keeps its own GEMM.

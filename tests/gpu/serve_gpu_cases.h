@@ -290,7 +290,9 @@ TEST_P(ServeGpu, InputsInASharedMemoryRegionGoToTheGpuWithoutAStagingCopy) {
   in.owner.reset();
   r.inputs.clear();
   server_->shared_memory().unregister("in");
-  if (sim()) EXPECT_EQ(devices_[0]->registered_ranges(), 0u);
+  if (sim()) {
+    EXPECT_EQ(devices_[0]->registered_ranges(), 0u);
+  }
   ::munmap(w, 4096);
   ::shm_unlink(key.c_str());
 }
