@@ -77,6 +77,77 @@ __device__ __forceinline__ void stage_rows(T* dst, const T* src, int64_t ld, int
   }
 }
 
+// One warp's step over a tile of KT keys (K and V staged in shared memory, row stride D) for its 16
+// queries (Q as WMMA fragments): S = Q K^T into `ss`, the online softmax of each row (this lane
+// takes columns half, half + 2, ... of row lane / 2; the partner lane lane ^ 1 the others) with P
+// into `ps`, the output accumulator `os` rescaled and O += P V. m and l: the row's running max
+// and sum, updated.
+template <typename T, int D, int KT, int SLD, int PLD>
+__device__ __forceinline__ void tile_step(const wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> (&qf)[D / 16],
+                                          const T* ks, const T* vs, float* ss, T* ps, float* os, int lane, int64_t t0,
+                                          int64_t sk, int64_t qi, int64_t sq, int64_t last, const float* mrow,
+                                          float scale, float& m, float& l) {
+  const int r = lane / 2, half = lane % 2;
+  // S = Q K^T: K's rows are B's columns (col-major B with ld D).
+#pragma unroll
+  for (int n = 0; n < KT / 16; ++n) {
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> sf;
+    wmma::fill_fragment(sf, 0.f);
+#pragma unroll
+    for (int c = 0; c < D / 16; ++c) {
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> kf;
+      wmma::load_matrix_sync(kf, ks + n * 16 * D + c * 16, D);
+      wmma::mma_sync(sf, qf[c], kf, sf);
+    }
+    wmma::store_matrix_sync(ss + n * 16, sf, SLD, wmma::mem_row_major);
+  }
+  __syncwarp();
+  float vals[KT / 2];
+  float tile_max = -INFINITY;
+#pragma unroll
+  for (int c = 0; c < KT / 2; ++c) {
+    const int col = 2 * c + half;
+    const int64_t j = t0 + col;
+    float v = -INFINITY;
+    if (j < sk && j <= last && qi < sq) {
+      v = ss[r * SLD + col] * scale;
+      if (mrow) v += mrow[j];
+    }
+    vals[c] = v;
+    tile_max = fmaxf(tile_max, v);
+  }
+  tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
+  const float m_new = fmaxf(m, tile_max);
+  const float corr = m_new == -INFINITY ? 1.f : __expf(m - m_new);
+  float sum = 0.f;
+#pragma unroll
+  for (int c = 0; c < KT / 2; ++c) {
+    const float p = vals[c] == -INFINITY ? 0.f : __expf(vals[c] - m_new);
+    sum += p;
+    ps[r * PLD + 2 * c + half] = from_f<T>(p);
+  }
+  sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+  l = l * corr + sum;
+  m = m_new;
+  for (int d = half; d < D; d += 2) os[r * kOLd<D> + d] *= corr;
+  __syncwarp();
+  // O += P V.
+#pragma unroll
+  for (int n = 0; n < D / 16; ++n) {
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> of;
+    wmma::load_matrix_sync(of, os + n * 16, kOLd<D>, wmma::mem_row_major);
+#pragma unroll
+    for (int c = 0; c < KT / 16; ++c) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> pf;
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> vf;
+      wmma::load_matrix_sync(pf, ps + c * 16, PLD);
+      wmma::load_matrix_sync(vf, vs + c * 16 * D + n * 16, D);
+      wmma::mma_sync(of, pf, vf, of);
+    }
+    wmma::store_matrix_sync(os + n * 16, of, kOLd<D>, wmma::mem_row_major);
+  }
+}
+
 template <typename T, int D, int W>
 __global__ void __launch_bounds__(32 * W) attention_tc_kernel(const T* __restrict__ q, const T* __restrict__ k,
                                                               const T* __restrict__ v, T* __restrict__ o, AttnLayout L,
@@ -110,7 +181,7 @@ __global__ void __launch_bounds__(32 * W) attention_tc_kernel(const T* __restric
 #pragma unroll
   for (int c = 0; c < D / 16; ++c) wmma::load_matrix_sync(qf[c], ks + warp * kRows * D + c * 16, D);
 
-  // This lane's half row: row r = lane / 2, columns [half * 32, half * 32 + 32) of each score tile.
+  // This lane: row r = lane / 2, shared with its partner lane (lane ^ 1; see tile_step).
   const int r = lane / 2, half = lane % 2;
   const int64_t qi = q0 + warp * kRows + r;
   float m = -INFINITY, l = 0.f;
@@ -124,65 +195,7 @@ __global__ void __launch_bounds__(32 * W) attention_tc_kernel(const T* __restric
     stage_rows<T, D, kKTile, 32 * W>(ks, kb, L.k[2], t0, sk, vec, threadIdx.x);
     stage_rows<T, D, kKTile, 32 * W>(vs, vb, L.v[2], t0, sk, vec, threadIdx.x);
     __syncthreads();
-    // S = Q K^T for 64 keys: K's rows are B's columns (col-major B with ld D).
-#pragma unroll
-    for (int n = 0; n < kKTile / 16; ++n) {
-      wmma::fragment<wmma::accumulator, 16, 16, 16, float> sf;
-      wmma::fill_fragment(sf, 0.f);
-#pragma unroll
-      for (int c = 0; c < D / 16; ++c) {
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> kf;
-        wmma::load_matrix_sync(kf, ks + n * 16 * D + c * 16, D);
-        wmma::mma_sync(sf, qf[c], kf, sf);
-      }
-      wmma::store_matrix_sync(ss + n * 16, sf, kSLd, wmma::mem_row_major);
-    }
-    __syncwarp();
-    // Online softmax over this lane's 32 scores; the partner lane (lane ^ 1) has the other 32.
-    float vals[32];
-    float tile_max = -INFINITY;
-#pragma unroll
-    for (int c = 0; c < 32; ++c) {
-      const int col = 2 * c + half;
-      const int64_t j = t0 + col;
-      float s = -INFINITY;
-      if (j < sk && j <= last && qi < sq) {
-        s = ss[r * kSLd + col] * scale;
-        if (mrow) s += mrow[j];
-      }
-      vals[c] = s;
-      tile_max = fmaxf(tile_max, s);
-    }
-    tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
-    const float m_new = fmaxf(m, tile_max);
-    const float corr = m_new == -INFINITY ? 1.f : __expf(m - m_new);
-    float sum = 0.f;
-#pragma unroll
-    for (int c = 0; c < 32; ++c) {
-      const float p = vals[c] == -INFINITY ? 0.f : __expf(vals[c] - m_new);
-      sum += p;
-      ps[r * kPLd + 2 * c + half] = from_f<T>(p);
-    }
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    l = l * corr + sum;
-    m = m_new;
-    for (int d = half; d < D; d += 2) os[r * kOLd<D> + d] *= corr;
-    __syncwarp();
-    // O += P V.
-#pragma unroll
-    for (int n = 0; n < D / 16; ++n) {
-      wmma::fragment<wmma::accumulator, 16, 16, 16, float> of;
-      wmma::load_matrix_sync(of, os + n * 16, kOLd<D>, wmma::mem_row_major);
-#pragma unroll
-      for (int c = 0; c < kKTile / 16; ++c) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> pf;
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> vf;
-        wmma::load_matrix_sync(pf, ps + c * 16, kPLd);
-        wmma::load_matrix_sync(vf, vs + c * 16 * D + n * 16, D);
-        wmma::mma_sync(of, pf, vf, of);
-      }
-      wmma::store_matrix_sync(os + n * 16, of, kOLd<D>, wmma::mem_row_major);
-    }
+    tile_step<T, D, kKTile, kSLd, kPLd>(qf, ks, vs, ss, ps, os, lane, t0, sk, qi, sq, last, mrow, scale, m, l);
     __syncwarp();
   }
   if (qi >= sq) return;
@@ -273,62 +286,8 @@ __global__ void __launch_bounds__(32 * kSplitWarps)
     stage_rows<T, D, kSplitKTile, 32>(ks, kb, L.k[2], t0, sk, vec, lane);
     stage_rows<T, D, kSplitKTile, 32>(vs, vb, L.v[2], t0, sk, vec, lane);
     __syncwarp();
-#pragma unroll
-    for (int n = 0; n < kSplitKTile / 16; ++n) {
-      wmma::fragment<wmma::accumulator, 16, 16, 16, float> sf;
-      wmma::fill_fragment(sf, 0.f);
-#pragma unroll
-      for (int c = 0; c < D / 16; ++c) {
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> kf;
-        wmma::load_matrix_sync(kf, ks + n * 16 * D + c * 16, D);
-        wmma::mma_sync(sf, qf[c], kf, sf);
-      }
-      wmma::store_matrix_sync(ss + n * 16, sf, kSplitSLd, wmma::mem_row_major);
-    }
-    __syncwarp();
-    float vals[kSplitKTile / 2];
-    float tile_max = -INFINITY;
-#pragma unroll
-    for (int c = 0; c < kSplitKTile / 2; ++c) {
-      const int col = 2 * c + half;
-      const int64_t j = t0 + col;
-      float s = -INFINITY;
-      if (j < sk && j <= last && qi < sq) {
-        s = ss[r * kSplitSLd + col] * scale;
-        if (mrow) s += mrow[j];
-      }
-      vals[c] = s;
-      tile_max = fmaxf(tile_max, s);
-    }
-    tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
-    const float m_new = fmaxf(m, tile_max);
-    const float corr = m_new == -INFINITY ? 1.f : __expf(m - m_new);
-    float sum = 0.f;
-#pragma unroll
-    for (int c = 0; c < kSplitKTile / 2; ++c) {
-      const float p = vals[c] == -INFINITY ? 0.f : __expf(vals[c] - m_new);
-      sum += p;
-      ps[r * kSplitPLd + 2 * c + half] = from_f<T>(p);
-    }
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    l = l * corr + sum;
-    m = m_new;
-    for (int d = half; d < D; d += 2) os[r * kOLd<D> + d] *= corr;
-    __syncwarp();
-#pragma unroll
-    for (int n = 0; n < D / 16; ++n) {
-      wmma::fragment<wmma::accumulator, 16, 16, 16, float> of;
-      wmma::load_matrix_sync(of, os + n * 16, kOLd<D>, wmma::mem_row_major);
-#pragma unroll
-      for (int c = 0; c < kSplitKTile / 16; ++c) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> pf;
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> vf;
-        wmma::load_matrix_sync(pf, ps + c * 16, kSplitPLd);
-        wmma::load_matrix_sync(vf, vs + c * 16 * D + n * 16, D);
-        wmma::mma_sync(of, pf, vf, of);
-      }
-      wmma::store_matrix_sync(os + n * 16, of, kOLd<D>, wmma::mem_row_major);
-    }
+    tile_step<T, D, kSplitKTile, kSplitSLd, kSplitPLd>(qf, ks, vs, ss, ps, os, lane, t0, sk, qi, sq, last, mrow, scale,
+                                                       m, l);
   }
   if (half == 0) st[r] = m, st[kRows + r] = l;
   __syncthreads();
