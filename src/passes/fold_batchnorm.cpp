@@ -36,29 +36,6 @@ Tensor tensor_from_doubles(DType dt, const std::vector<int64_t>& shape, const st
   return t;
 }
 
-// Fresh value names, unique among everything the graph names.
-class NameGen {
- public:
-  explicit NameGen(const Graph& g) {
-    for (const auto& [n, _] : g.initializers) taken_.insert(n);
-    for (const auto& [n, _] : g.types) taken_.insert(n);
-    taken_.insert(g.inputs.begin(), g.inputs.end());
-    taken_.insert(g.outputs.begin(), g.outputs.end());
-    for (const Node& n : g.nodes) {
-      taken_.insert(n.inputs.begin(), n.inputs.end());
-      taken_.insert(n.outputs.begin(), n.outputs.end());
-    }
-  }
-  std::string make(const std::string& base) {
-    std::string name = base;
-    for (int i = 1; taken_.count(name); ++i) name = base + "_" + std::to_string(i);
-    taken_.insert(name);
-    return name;
-  }
-
- private:
-  std::unordered_set<std::string> taken_;
-};
 
 class FoldBatchnorm : public Pass {
  public:

@@ -460,25 +460,6 @@ class Matcher {
   std::unordered_set<std::string> graph_outputs_;
 };
 
-// Fresh value names that collide with nothing in the graph.
-class NameGen {
- public:
-  explicit NameGen(const Graph& g) {
-    taken_.insert(g.inputs.begin(), g.inputs.end());
-    for (const auto& [n, t] : g.initializers) taken_.insert(n);
-    for (const auto& [n, t] : g.types) taken_.insert(n);
-    for (const Node& n : g.nodes) taken_.insert(n.outputs.begin(), n.outputs.end());
-  }
-  std::string operator()(const std::string& base) {
-    std::string name = base;
-    for (int i = 1; taken_.count(name); ++i) name = base + "_" + std::to_string(i);
-    taken_.insert(name);
-    return name;
-  }
-
- private:
-  std::unordered_set<std::string> taken_;
-};
 
 // Sets the types of a new node's outputs that have none yet, from its schema.
 void infer_new_node(Model& model, const Node& n) {

@@ -80,6 +80,18 @@ struct UseIndex {
 // value_int(s)), or an Identity of one.
 std::optional<Tensor> constant_value(const Graph& g, const UseIndex& u, const std::string& v, int depth = 0);
 
+// Fresh value names, unique among everything the graph names (inputs, outputs, initializers, typed
+// values and every node's inputs and outputs): base, then base_1, base_2, ...
+class NameGen {
+ public:
+  explicit NameGen(const Graph& g);
+  std::string make(const std::string& base);
+  std::string operator()(const std::string& base) { return make(base); }
+
+ private:
+  std::unordered_set<std::string> taken_;
+};
+
 // Records on a fused node which original nodes it replaced ("Conv:conv1", "Relu:relu1"), as the
 // string-list attribute "fused_ops", so tools can show what was fused into what.
 void record_fusion(Node& fused, const std::vector<const Node*>& originals);
@@ -94,9 +106,11 @@ std::unique_ptr<Pass> make_shape_subgraph_folding();       // Shape->Gather->...
 std::unique_ptr<Pass> make_fold_batchnorm();               // BatchNormalization into Conv, Gemm or MatMul
 std::unique_ptr<Pass> make_fuse_layernorm();               // ReduceMean/Sub/Pow/Sqrt/Div -> kiln::LayerNormalization
 std::unique_ptr<Pass> make_fuse_gelu();                    // Erf and tanh GELU forms -> kiln::Gelu
+std::unique_ptr<Pass> make_split_packed_projections();     // Reshape/Unsqueeze/Transpose/Squeeze/Gather of a packed projection -> Slice
 std::unique_ptr<Pass> make_fuse_attention();               // MatMul/scale/mask/Softmax/MatMul -> kiln::Attention
 std::unique_ptr<Pass> make_fuse_conv_bias_activation();    // Conv + bias + activation + residual -> kiln::FusedConv
 std::unique_ptr<Pass> make_fuse_matmul_bias_activation();  // MatMul/Gemm + bias + activation -> kiln::FusedMatMul
+std::unique_ptr<Pass> make_cancel_transposes();            // Transpose -> row-wise ops -> inverse Transpose: both go
 std::unique_ptr<Pass> make_fuse_qdq();                     // DQ -> Conv/MatMul/MaxPool -> Q -> kiln::QConv, QMatMul, int8 MaxPool
 std::unique_ptr<Pass> make_fuse_elementwise_chains();      // chains of elementwise ops -> kiln::ElementwiseChain
 std::unique_ptr<Pass> make_dead_node_elimination();

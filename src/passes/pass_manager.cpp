@@ -48,13 +48,33 @@ PassManager PassManager::standard() {
   pm.add(make_fold_batchnorm());
   pm.add(make_fuse_layernorm());
   pm.add(make_fuse_gelu());
+  pm.add(make_split_packed_projections());
   pm.add(make_fuse_attention());
   pm.add(make_fuse_conv_bias_activation());
   pm.add(make_fuse_matmul_bias_activation());
+  pm.add(make_cancel_transposes());
   pm.add(make_fuse_qdq());
   pm.add(make_fuse_elementwise_chains());
   pm.add(make_dead_node_elimination());
   return pm;
+}
+
+NameGen::NameGen(const Graph& g) {
+  for (const auto& [n, _] : g.initializers) taken_.insert(n);
+  for (const auto& [n, _] : g.types) taken_.insert(n);
+  taken_.insert(g.inputs.begin(), g.inputs.end());
+  taken_.insert(g.outputs.begin(), g.outputs.end());
+  for (const Node& n : g.nodes) {
+    taken_.insert(n.inputs.begin(), n.inputs.end());
+    taken_.insert(n.outputs.begin(), n.outputs.end());
+  }
+}
+
+std::string NameGen::make(const std::string& base) {
+  std::string name = base;
+  for (int i = 1; taken_.count(name); ++i) name = base + "_" + std::to_string(i);
+  taken_.insert(name);
+  return name;
 }
 
 std::unordered_map<std::string, int> count_uses(const Graph& g) {

@@ -136,6 +136,40 @@ int main() {
       std::printf("attention fp16 BERT b%-3ld h12 s128 d64 %20s %10.4f %10.2f\n", static_cast<long>(batch), "", ms,
                   4.0 * batch * heads * seq * seq * dim / (ms * 1e-3) / 1e12);
     }
+    // The tensor-core kernels (attention_tc) on dense [b, h, s, d] tensors: BERT-base with a
+    // key-padding mask (zeros, one row of key biases per batch row), ViT-B/16 without a mask.
+    std::printf("\n%-46s %10s %10s\n", "fused attention (tensor cores, attention_tc)", "ms", "TFLOP/s");
+    struct AttnRow {
+      const char* model;
+      int64_t batch, seq;
+      bool mask;
+    };
+    const AttnRow attn_rows[] = {
+        {"BERT", 1, 128, true}, {"BERT", 32, 128, true}, {"BERT", 128, 128, true}, {"ViT", 1, 197, false},
+        {"ViT", 64, 197, false}};
+    for (const AttnRow& r : attn_rows) {
+      const int64_t heads = 12, dim = 64, n = r.batch * heads * r.seq * dim;
+      DeviceBuffer q = filled(n * 2, 16), k = filled(n * 2, 17), v = filled(n * 2, 18), o(n * 2);
+      DeviceBuffer mask(r.batch * r.seq * 4);
+      KILN_CUDA_CHECK(cudaMemset(mask.get(), 0, mask.bytes()));
+      AttnLayout L{};
+      for (int64_t* x : {L.q, L.k, L.v, L.o}) x[0] = heads * r.seq * dim, x[1] = r.seq * dim, x[2] = dim;
+      L.mask[0] = r.seq, L.mask[1] = 0, L.mask[2] = 0;
+      const std::pair<AttnKernel, const char*> kernels[] = {
+          {AttnKernel::kAuto, "auto"}, {AttnKernel::kMma, "mma"}, {AttnKernel::kSplit, "split"}, {AttnKernel::kWarp, "warp"}};
+      for (const auto& [which, kname] : kernels) {
+        const float ms = median_ms(
+            [&](cudaStream_t s) {
+              attention_tc(DType::kF16, q.get(), k.get(), v.get(), o.get(), r.batch, heads, r.seq, r.seq, dim, 0.125f, L,
+                           r.mask ? mask.as<float>() : nullptr, false, s, which);
+            },
+            stream.get());
+        char name[80];
+        std::snprintf(name, sizeof(name), "attention_tc fp16 %s b%ld h12 s%ld d64%s [%s]", r.model,
+                      static_cast<long>(r.batch), static_cast<long>(r.seq), r.mask ? " +mask" : "", kname);
+        std::printf("%-52s %10.4f %10.2f\n", name, ms, 4.0 * r.batch * heads * r.seq * r.seq * dim / (ms * 1e-3) / 1e12);
+      }
+    }
     // cuDNN convolutions, NHWC fp16 with the epilogue a ResNet-50 layer fuses (bias + ReLU; the
     // last 1x1 of a bottleneck also adds the residual), batch 32 and 256.
     std::printf("\n%-44s %10s %10s  %s\n", "conv (ResNet-50 layers, fp16 NHWC)", "ms", "TFLOP/s", "algorithm");

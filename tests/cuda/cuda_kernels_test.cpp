@@ -151,7 +151,10 @@ TEST_F(Cuda, AttentionMatchesReference) {
                         {1, 1, 33, 33, 16, true, true},     {1, 2, 10, 4, 32, false, true},
                         // Enough query rows (b*h*sq >= 128 per SM) for the thread-per-query tactic:
                         {8, 12, 200, 200, 64, true, false}, {4, 16, 300, 300, 32, false, true},
-                        {6, 16, 130, 130, 128, true, false}, {3, 12, 513, 257, 64, false, true}};
+                        {6, 16, 130, 130, 128, true, false}, {3, 12, 513, 257, 64, false, true},
+                        // The mma.sync kernel's fast paths: BERT b32 (full key tiles, key-padding
+                        // mask staged with K) and ViT-B/16 b64 (no mask, a partial last key tile).
+                        {32, 12, 128, 128, 64, true, false}, {64, 12, 197, 197, 64, false, false}};
   for (DType t : kTypes) {
     for (const Case& c : cases) {
       std::vector<float> q = random(static_cast<size_t>(c.b * c.h * c.sq * c.d), -1.f, 1.f),
@@ -198,19 +201,24 @@ TEST_F(Cuda, AttentionMatchesReference) {
           << dtype_name(t) << " b=" << c.b << " h=" << c.h << " sq=" << c.sq << " sk=" << c.sk << " d=" << c.d
           << (c.mask ? " mask" : "") << (c.causal ? " causal" : "");
       // The tensor-core kernels on the same problem, through explicit strides: mma.sync with 4
-      // warps of 16 queries each for large grids (the last four cases), 4 warps splitting the keys
-      // of 16 queries for small ones (sk >= 64), one warp of 16 queries otherwise.
+      // warps of 16 queries each (dispatched for large grids, the last six cases), 4 warps
+      // splitting the keys of 16 queries (small grids, sk >= 64), one warp of 16 queries.
       AttnLayout L{};
       for (auto* x : {L.q, L.o}) x[0] = c.h * c.sq * c.d, x[1] = c.sq * c.d, x[2] = c.d;
       for (auto* x : {L.k, L.v}) x[0] = c.h * c.sk * c.d, x[1] = c.sk * c.d, x[2] = c.d;
       L.mask[0] = c.sk, L.mask[1] = 0, L.mask[2] = 0;
       if (!attention_tc_supported(t, c.d, L)) continue;
-      DeviceBuffer dtc = poisoned(t, q.size());
-      attention_tc(t, dq.get(), dk.get(), dv.get(), dtc.get(), c.b, c.h, c.sq, c.sk, c.d, scale, L,
-                   c.mask ? dmask.as<float>() : nullptr, c.causal, nullptr);
-      EXPECT_LT(rel_error(download(t, dtc, q.size()), ref), tolerance(t))
-          << "tensor cores " << dtype_name(t) << " b=" << c.b << " h=" << c.h << " sq=" << c.sq << " sk=" << c.sk
-          << " d=" << c.d << (c.mask ? " mask" : "") << (c.causal ? " causal" : "");
+      // Each kernel as dispatched (kAuto), then each forced on every case it takes.
+      for (AttnKernel which : {AttnKernel::kAuto, AttnKernel::kMma, AttnKernel::kSplit, AttnKernel::kWarp}) {
+        if (which == AttnKernel::kSplit && c.sk < 64) continue;
+        DeviceBuffer dtc = poisoned(t, q.size());
+        attention_tc(t, dq.get(), dk.get(), dv.get(), dtc.get(), c.b, c.h, c.sq, c.sk, c.d, scale, L,
+                     c.mask ? dmask.as<float>() : nullptr, c.causal, nullptr, which);
+        EXPECT_LT(rel_error(download(t, dtc, q.size()), ref), tolerance(t))
+            << "tensor cores (kernel " << static_cast<int>(which) << ") " << dtype_name(t) << " b=" << c.b
+            << " h=" << c.h << " sq=" << c.sq << " sk=" << c.sk
+            << " d=" << c.d << (c.mask ? " mask" : "") << (c.causal ? " causal" : "");
+      }
     }
   }
   DeviceBuffer x(64);
@@ -219,6 +227,60 @@ TEST_F(Cuda, AttentionMatchesReference) {
     FAIL() << "head_dim 48 was accepted";
   } catch (const CudaError& e) {
     EXPECT_NE(std::string(e.what()).find("head_dim 48 is not supported"), std::string::npos) << e.what();
+  }
+}
+
+// A mask with one row per query ([B, Sq, Sk], shared by the heads: strides {Sq*Sk, 0, Sk}), as
+// a decoder's padding-plus-causal mask arrives: every tensor-core kernel, forced.
+TEST_F(Cuda, AttentionPerQueryMaskMatchesReference) {
+  struct Case {
+    int64_t b, h, sq, sk, d;
+  };
+  const Case cases[] = {{3, 4, 150, 150, 64}, {2, 2, 70, 90, 32}, {1, 2, 33, 200, 128}};
+  for (DType t : {DType::kF16, DType::kBF16}) {
+    for (const Case& c : cases) {
+      std::vector<float> q = random(static_cast<size_t>(c.b * c.h * c.sq * c.d), -1.f, 1.f),
+                         k = random(static_cast<size_t>(c.b * c.h * c.sk * c.d), -1.f, 1.f),
+                         v = random(static_cast<size_t>(c.b * c.h * c.sk * c.d), -1.f, 1.f);
+      std::vector<float> mask(static_cast<size_t>(c.b * c.sq * c.sk), 0.f);
+      for (size_t i = 0; i < mask.size(); ++i)
+        if (i % static_cast<size_t>(c.sk) != 0 && rng_() % 3 == 0) mask[i] = -10000.f;  // key 0 always seen
+      const float scale = 1.f / std::sqrt(static_cast<float>(c.d));
+      std::vector<double> ref(q.size(), 0.0);
+      for (int64_t b = 0; b < c.b; ++b)
+        for (int64_t h = 0; h < c.h; ++h)
+          for (int64_t i = 0; i < c.sq; ++i) {
+            const int64_t bh = b * c.h + h;
+            std::vector<double> s(static_cast<size_t>(c.sk));
+            double mx = -INFINITY;
+            for (int64_t j = 0; j < c.sk; ++j) {
+              double dot = 0;
+              for (int64_t d = 0; d < c.d; ++d) dot += double(q[(bh * c.sq + i) * c.d + d]) * k[(bh * c.sk + j) * c.d + d];
+              s[j] = dot * scale + mask[(b * c.sq + i) * c.sk + j];
+              mx = std::max(mx, s[j]);
+            }
+            double sum = 0;
+            for (int64_t j = 0; j < c.sk; ++j) sum += std::exp(s[j] - mx);
+            for (int64_t j = 0; j < c.sk; ++j)
+              for (int64_t d = 0; d < c.d; ++d)
+                ref[(bh * c.sq + i) * c.d + d] += std::exp(s[j] - mx) / sum * v[(bh * c.sk + j) * c.d + d];
+          }
+      DeviceBuffer dq = upload(t, q), dk = upload(t, k), dv = upload(t, v);
+      DeviceBuffer dmask(mask.size() * 4);
+      KILN_CUDA_CHECK(cudaMemcpy(dmask.get(), mask.data(), mask.size() * 4, cudaMemcpyHostToDevice));
+      AttnLayout L{};
+      for (auto* x : {L.q, L.o}) x[0] = c.h * c.sq * c.d, x[1] = c.sq * c.d, x[2] = c.d;
+      for (auto* x : {L.k, L.v}) x[0] = c.h * c.sk * c.d, x[1] = c.sk * c.d, x[2] = c.d;
+      L.mask[0] = c.sq * c.sk, L.mask[1] = 0, L.mask[2] = c.sk;
+      for (AttnKernel which : {AttnKernel::kMma, AttnKernel::kSplit, AttnKernel::kWarp}) {
+        DeviceBuffer dtc = poisoned(t, q.size());
+        attention_tc(t, dq.get(), dk.get(), dv.get(), dtc.get(), c.b, c.h, c.sq, c.sk, c.d, scale, L, dmask.as<float>(),
+                     false, nullptr, which);
+        EXPECT_LT(rel_error(download(t, dtc, q.size()), ref), tolerance(t))
+            << "kernel " << static_cast<int>(which) << " " << dtype_name(t) << " b=" << c.b << " sq=" << c.sq
+            << " sk=" << c.sk << " d=" << c.d;
+      }
+    }
   }
 }
 

@@ -292,6 +292,26 @@ TEST_P(GpuProgram, ElementwiseChainsVectorizedAndNot) {
   }
 }
 
+// One activation of one dense input runs as a kernel specialized for it (GELU with a fast erf, tanh
+// GELU, Erf, Sigmoid, Tanh, ReLU) when the element count fills 16-byte vectors (cols 64), and in
+// the interpreter otherwise (cols 13); a GEMM's erf-GELU too (cuBLASLt's GELU is the tanh form).
+TEST_P(GpuProgram, SingleActivationsOnDenseInputs) {
+  for (int64_t cols : {64, 13}) {
+    SCOPED_TRACE("cols " + std::to_string(cols));
+    Builder b;
+    b.input("x", {4, cols}).weight("w", {cols, 32}).weight("bias", {32});
+    b.node("Gelu", {"x"}, {"gelu"}, {}, "kiln")
+        .node("Gelu", {"x"}, {"gelu_tanh"}, {{"approximate", Attribute::of_string("tanh")}}, "kiln")
+        .node("Erf", {"x"}, {"erf"})
+        .node("Sigmoid", {"x"}, {"sigmoid"})
+        .node("Tanh", {"x"}, {"tanh"})
+        .node("Relu", {"x"}, {"relu"})
+        .node("FusedMatMul", {"x", "w", "bias"}, {"ffn"}, {{"activation", Attribute::of_string("Gelu")}}, "kiln");
+    for (const char* o : {"gelu", "gelu_tanh", "erf", "sigmoid", "tanh", "relu", "ffn"}) b.output(o);
+    check(b, {{"x", b.random({4, cols}, -4.f, 4.f)}});
+  }
+}
+
 // An attention's Q, K and V projections (BERT's three Linear layers) run as one GEMM by the
 // concatenated weights, the attention reading Q, K and V in place; when one projection has another
 // reader, or the projections read different inputs, each keeps its own GEMM.
@@ -323,6 +343,36 @@ TEST_P(GpuProgram, QkvProjectionsOfAnAttentionRunAsOneGemm) {
     for (const auto& st : built.program->steps()) gemms += st.op == "FusedMatMul";
     const bool packed = form == kPacked || form == kNoBias;
     EXPECT_EQ(gemms, packed ? 1 : 3) << "projections, besides the output projection's MatMul";
+  }
+}
+
+// Q, K and V as last-axis Slices of one packed projection (torch's nn.MultiheadAttention after
+// split-packed-projections and cancel-transposes): the attention reads them in place, no Slice
+// runs. A Slice with another reader keeps all three.
+TEST_P(GpuProgram, AttentionReadsSlicesOfAPackedProjectionInPlace) {
+  const int64_t B = 2, S = 17, Hh = 2, D = 32, E = Hh * D;
+  for (bool shared : {false, true}) {
+    SCOPED_TRACE(shared ? "K sliced for another reader too" : "in place");
+    Builder b;
+    b.input("x", {B, S, E}).weight("w", {E, 3 * E}).weight("bias", {3 * E}).weight("wo", {E, E});
+    b.node("FusedMatMul", {"x", "w", "bias"}, {"proj"}, {}, "kiln");
+    const char* names[3] = {"q", "k", "v"};
+    for (int64_t j = 0; j < 3; ++j) {
+      const std::string n = names[j];
+      b.init(n + "_lo", Tensor::from_vector<int64_t>({1}, {j * E}))
+          .init(n + "_hi", Tensor::from_vector<int64_t>({1}, {(j + 1) * E}))
+          .init(n + "_ax", Tensor::from_vector<int64_t>({1}, {-1}));
+      b.node("Slice", {"proj", n + "_lo", n + "_hi", n + "_ax"}, {n});
+    }
+    b.node("Attention", {"q", "k", "v"}, {"a"}, {{"num_heads", i64(Hh)}}, "kiln");
+    b.node("MatMul", {"a", "wo"}, {"y"}).output("y");
+    if (shared) b.node("Relu", {"k"}, {"kr"}).output("kr");
+    const Tensor x = b.random({B, S, E});
+    check(b, {{"x", x}}, 1e-2, 2e-2, 0);
+    auto built = gpu::build_gpu_program(b.m, {{"x", {B, S, E}}}, 0, {}, 0);
+    int slices = 0;
+    for (const auto& st : built.program->steps()) slices += st.op == "Slice";
+    EXPECT_EQ(slices, shared ? 3 : 0);
   }
 }
 

@@ -386,6 +386,56 @@ Model build_seq_first_sdpa(int64_t s, int64_t b, int64_t h, int64_t d) {
   return bd.done({"y"});
 }
 
+// torch 2.x's split of nn.MultiheadAttention's packed in-projection X [S,B,3E]: Reshape [S,B,3,E]
+// -> Unsqueeze 0 -> Transpose `perm` -> Squeeze 3 -> Gather 0, 1, 2 (Q, K, V), combined as
+// (Q + K) * V so that every Gather is read.
+Model build_packed_split(int64_t s, int64_t b, int64_t e, std::vector<int64_t> perm = {3, 1, 2, 0, 4}) {
+  Builder bd;
+  bd.input("x", Shape{Dim(s), Dim(b), Dim(e)});
+  bd.add("MatMul", {"x", bd.weights("w", {e, 3 * e})}, "proj");
+  bd.add("Reshape", {"proj", bd.ints("shape", {s, b, 3, e})}, "r");
+  bd.add("Unsqueeze", {"r", bd.ints("zero", {0})}, "u");
+  bd.transpose("u", "t", std::move(perm));
+  bd.add("Squeeze", {"t", bd.ints("three", {3})}, "sq");
+  for (int64_t k = 0; k < 3; ++k) {
+    const std::string i = "i" + std::to_string(k);
+    bd.init(i, Tensor::scalar<int64_t>(k));
+    bd.add("Gather", {"sq", i}, "g" + std::to_string(k), {{"axis", Attribute::of_int(0)}});
+  }
+  bd.add("Add", {"g0", "g1"}, "g01");
+  bd.add("Mul", {"g01", "g2"}, "y");
+  return bd.done({"y"});
+}
+
+// A sequence-first attention block after split-packed-projections and fuse-attention: x [B,S,E]
+// -> Transpose -> packed QKV FusedMatMul -> Slices -> Transposes -> kiln::Attention -> Transpose
+// -> Reshape [S*B,E] -> FusedMatMul -> Reshape `back` -> Transpose -> + x.
+Model build_seq_first_block(int64_t b, int64_t s, int64_t h, int64_t d, std::vector<int64_t> back = {}) {
+  Builder bd;
+  const int64_t e = h * d;
+  if (back.empty()) back = {s, b, e};
+  bd.input("x", Shape{Dim(b), Dim(s), Dim(e)});
+  bd.transpose("x", "xt", {1, 0, 2});
+  bd.m.graph.nodes.push_back(Node{"qkv", "FusedMatMul", "kiln", {"xt", bd.weights("wqkv", {e, 3 * e}), bd.weights("bqkv", {3 * e})}, {"proj"}, {}});
+  const char* names[3] = {"q", "k", "v"};
+  for (int64_t j = 0; j < 3; ++j) {
+    const std::string n = names[j];
+    bd.add("Slice", {"proj", bd.ints(n + "_lo", {j * e}), bd.ints(n + "_hi", {(j + 1) * e}), bd.ints(n + "_ax", {-1})}, n);
+    bd.transpose(n, n + "_bsd", {1, 0, 2});
+  }
+  Node att{"att", "Attention", "kiln", {"q_bsd", "k_bsd", "v_bsd"}, {"a"}, {}};
+  att.attrs["num_heads"] = Attribute::of_int(h);
+  bd.m.graph.nodes.push_back(att);
+  bd.transpose("a", "a_sbd", {1, 0, 2});
+  bd.add("Reshape", {"a_sbd", bd.ints("flat", {s * b, e})}, "a2");
+  bd.m.graph.nodes.push_back(Node{"out", "FusedMatMul", "kiln", {"a2", bd.weights("wo", {e, e}), bd.weights("bo", {e})}, {"o2"}, {}});
+  bd.add("Reshape", {"o2", bd.ints("back", back)}, "o3");
+  bd.transpose("o3", "o4", {1, 0, 2});
+  bd.add("Add", {"o4", "x"}, "y");
+  bd.m.opsets["kiln"] = 1;
+  return bd.done({"y"});
+}
+
 // Cross attention written out unfused: q [B,Sq,H*Dk], k [B,Sk,H*Dk], v [B,Sk,H*Dv], optional
 // additive mask input of `mask_shape`, scores scaled by `scale`.
 Model build_unfused(int64_t b, int64_t sq, int64_t sk, int64_t h, int64_t dk, int64_t dv,
@@ -560,6 +610,115 @@ TEST(FuseAttention, SequenceFirstMultiheadAttentionTorch2) {
     if (n.op_type == "Transpose" && n.outputs[0] == "ot") n.attrs["perm"] = Attribute::of_ints({2, 1, 0, 3});
   infer_types(bad);
   EXPECT_EQ(run_attention(bad), 0) << "an output permutation other than [2,0,1,3] must not fuse";
+}
+
+// ---- split-packed-projections and cancel-transposes (torch's nn.MultiheadAttention layout)
+
+TEST(SplitPackedProjections, GathersOfTheTorch2SplitBecomeSlicesOfTheProjection) {
+  Model m = build_packed_split(5, 2, 8);
+  infer_types(m);
+  const Model before = m;
+  std::vector<std::unique_ptr<Pass>> p;
+  p.push_back(make_split_packed_projections());
+  p.push_back(make_dead_node_elimination());
+  run_passes(m, std::move(p));
+  EXPECT_EQ(summary(m),
+            "MatMul(x,w)->proj; Slice(proj,g0/starts,g0/ends,g0/axes)->g0; "
+            "Slice(proj,g1/starts,g1/ends,g1/axes)->g1; Slice(proj,g2/starts,g2/ends,g2/axes)->g2; "
+            "Add(g0,g1)->g01; Mul(g01,g2)->y; out: y");
+  EXPECT_EQ(m.graph.initializers.at("g1/starts").to_int64_vector(), std::vector<int64_t>{8});
+  EXPECT_EQ(m.graph.initializers.at("g1/ends").to_int64_vector(), std::vector<int64_t>{16});
+  EXPECT_EQ(m.graph.initializers.at("g1/axes").to_int64_vector(), std::vector<int64_t>{2});
+  for (unsigned seed : {1u, 2u}) expect_close(before, m, random_inputs(before, seed), -1);  // exact: a copy either way
+}
+
+TEST(SplitPackedProjections, GuardOtherPermutationsAndIndices) {
+  // Another permutation picks other elements: [3,b,s,1,E] is not a column split of [s,b,3E].
+  Model m = build_packed_split(4, 2, 8, {3, 2, 1, 0, 4});
+  infer_types(m);
+  std::vector<std::unique_ptr<Pass>> p;
+  p.push_back(make_split_packed_projections());
+  EXPECT_EQ(run_passes(m, std::move(p)), 0);
+  // An index that is not a constant scalar.
+  Model n = build_packed_split(4, 2, 8);
+  n.graph.initializers["i1"] = Tensor::from_vector<int64_t>({1}, {1});
+  infer_types(n);
+  std::vector<std::unique_ptr<Pass>> q;
+  q.push_back(make_split_packed_projections());
+  EXPECT_EQ(run_passes(n, std::move(q)), 2) << "only the scalar-index Gathers";
+}
+
+TEST(CancelTransposes, SequenceFirstAttentionBlockRunsInTheBatchFirstLayout) {
+  Model m = build_seq_first_block(2, 5, 2, 4);
+  infer_types(m);
+  const Model before = m;
+  std::vector<std::unique_ptr<Pass>> p;
+  p.push_back(make_cancel_transposes());
+  EXPECT_EQ(run_passes(m, std::move(p)), 2) << "the QKV region and the output projection's region";
+  std::vector<std::unique_ptr<Pass>> dne;
+  dne.push_back(make_dead_node_elimination());
+  run_passes(m, std::move(dne));
+  EXPECT_EQ(summary(m),
+            "kiln::FusedMatMul(x,wqkv,bqkv)->proj; Slice(proj,q_lo,q_hi,q_ax)->q; Slice(proj,k_lo,k_hi,k_ax)->k; "
+            "Slice(proj,v_lo,v_hi,v_ax)->v; kiln::Attention(q,k,v)->a; Reshape(a,flat)->a2; "
+            "kiln::FusedMatMul(a2,wo,bo)->o2; Reshape(o2,o3/shape)->o3; Add(o3,x)->y; out: y");
+  EXPECT_EQ(m.graph.initializers.at("o3/shape").to_int64_vector(), (std::vector<int64_t>{2, 5, 8}));
+  EXPECT_EQ(shape_to_string(*m.graph.type_of("proj")->shape), "[2,5,24]");
+  EXPECT_EQ(shape_to_string(*m.graph.type_of("q")->shape), "[2,5,8]");
+  for (unsigned seed : {3u, 4u}) expect_close(before, m, random_inputs(before, seed), kF32Tol);
+}
+
+TEST(CancelTransposes, Guards) {
+  auto rewrites = [](Model m) {
+    infer_types(m);
+    std::vector<std::unique_ptr<Pass>> p;
+    p.push_back(make_cancel_transposes());
+    return run_passes(m, std::move(p));
+  };
+  // A value of the region is a graph output: that region stays (the other one goes).
+  Model out = build_seq_first_block(2, 5, 2, 4);
+  out.graph.outputs.push_back("proj");
+  EXPECT_EQ(rewrites(out), 1);
+  // A reader that is not row-wise (a softmax over the sequence axis).
+  Model soft = build_seq_first_block(2, 5, 2, 4);
+  soft.graph.nodes.push_back(Node{"sm", "Softmax", "", {"proj"}, {"sm"}, {{"axis", Attribute::of_int(0)}}});
+  soft.graph.outputs.push_back("sm");
+  EXPECT_EQ(rewrites(soft), 1);
+  // A target that does not name the permuted leading dims exactly (-1 for one of them).
+  EXPECT_EQ(rewrites(build_seq_first_block(2, 4, 2, 4, {4, -1, 8})), 1);
+}
+
+// torch 2.11's export of a tiny torchvision ViT (tests/data/vit_torch2): the standard pipeline
+// leaves one Transpose (the patch embedding's) and matches PyTorch.
+TEST(CancelTransposes, Torch2VisionTransformerKeepsOnlyThePatchTranspose) {
+  const fs::path dir = fs::path(KILN_SOURCE_DIR) / "tests/data/vit_torch2";
+  Model m = load_onnx(dir / "vit_tiny.onnx");
+  std::map<std::string, Tensor> io;
+  for (auto& [key, t] : read_npz(dir / "vit_tiny.io.npz")) io[key] = t;
+  const Tensor x = io.at("input");
+  m.graph.types["input"] = TensorType{DType::kF32, shape_from_dims(x.shape())};
+  InferOptions opt;
+  opt.evaluator = reference::constant_evaluator();
+  infer_types(m, opt);
+  const Model before = m;
+  PassContext ctx;
+  ctx.evaluator = reference::constant_evaluator();
+  ctx.input_shapes["input"] = x.shape();
+  PassManager::standard().run(m, ctx);
+  for (const auto& line : ctx.log) std::cout << "vit_tiny: " << line << "\n";
+  EXPECT_EQ(count_op(m, "Transpose"), 1);
+  EXPECT_EQ(count_op(m, "Attention"), 2);
+  EXPECT_EQ(count_op(m, "Squeeze") + count_op(m, "Unsqueeze"), 0);
+  auto error = [](const Tensor& a, const Tensor& b) {  // max |a - b| / max |b|
+    const auto x = a.to_double_vector(), y = b.to_double_vector();
+    double d = 0, r = 0;
+    for (size_t i = 0; i < x.size() && i < y.size(); ++i) d = std::max(d, std::fabs(x[i] - y[i])), r = std::max(r, std::fabs(y[i]));
+    return x.size() == y.size() ? d / std::max(r, 1e-30) : 1e9;
+  };
+  const auto got = reference::Executor(m).run({{"input", x}});
+  const auto want = reference::Executor(before).run({{"input", x}});
+  EXPECT_LE(error(got.at("output"), want.at("output")), 1e-5);
+  EXPECT_LE(error(got.at("output"), io.at("output")), 1e-4) << "against PyTorch";
 }
 
 TEST(FuseAttention, TwoLayersFuseTwice) {

@@ -55,9 +55,13 @@ void attention(DType t, const void* q, const void* k, const void* v, void* o, in
 
 // The tensor-core version (attention_tc.cu): FP16 or BF16 with head_dim 32, 64 or 128; FP32
 // accumulation and softmax statistics. attention_tc_supported says whether it takes the problem.
+// Three kernels (attention_tc.cu's header): kAuto picks by the grid; the others force one, for
+// tests and benchmarks (kSplit needs sk >= 64; a forced kernel that does not take the problem
+// throws CudaError).
+enum class AttnKernel { kAuto, kMma, kSplit, kWarp };
 bool attention_tc_supported(DType t, int64_t head_dim, const AttnLayout& layout);
 void attention_tc(DType t, const void* q, const void* k, const void* v, void* o, int64_t batch, int64_t heads,
                   int64_t sq, int64_t sk, int64_t head_dim, float scale, const AttnLayout& layout, const float* mask,
-                  bool causal, cudaStream_t stream);
+                  bool causal, cudaStream_t stream, AttnKernel which = AttnKernel::kAuto);
 
 }  // namespace kiln::cuda

@@ -375,6 +375,64 @@ __global__ void elementwise_vec_kernel(EwProgram prog, EwPtrs ptrs, uint32_t nve
   }
 }
 
+// erf to within 1.5e-7 absolute (Abramowitz and Stegun 7.1.26): one reciprocal, one exp and five
+// FMAs, where erff costs a few dozen instructions with branches. The GELU after a transformer's
+// first FFN GEMM is the largest elementwise pass of BERT and ViT, and with erff it is bound by
+// instructions rather than memory.
+__device__ __forceinline__ float erf_fast(float x) {
+  const float a = fabsf(x);
+  const float t = __frcp_rn(fmaf(0.3275911f, a, 1.f));
+  float p = fmaf(1.061405429f, t, -1.453152027f);
+  p = fmaf(p, t, 1.421413741f);
+  p = fmaf(p, t, -0.284496736f);
+  p = fmaf(p, t, 0.254829592f);
+  const float r = 1.f - p * t * __expf(-a * a);
+  return copysignf(r, x);
+}
+
+template <EwOp Op>
+__device__ __forceinline__ float unary_fast(float v) {
+  if constexpr (Op == EwOp::kGelu) return 0.5f * v * (1.f + erf_fast(v * 0.70710678118654752f));
+  else if constexpr (Op == EwOp::kErf) return erf_fast(v);
+  else if constexpr (Op == EwOp::kGeluTanh) return 0.5f * v * (1.f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+  else if constexpr (Op == EwOp::kSiLU) return v * sigmoidf(v);
+  else if constexpr (Op == EwOp::kSigmoid) return sigmoidf(v);
+  else if constexpr (Op == EwOp::kTanh) return tanhf(v);
+  else return v > 0.f ? v : 0.f;  // kRelu
+}
+
+// One unary op on one dense input of the output's type, 16-byte loads and stores: the op is a
+// template argument, so there is no interpreter loop or switch per element.
+template <typename T, EwOp Op>
+__global__ void unary_vec_kernel(const T* __restrict__ x, T* __restrict__ y, uint32_t nvec) {
+  constexpr int kPer = 16 / sizeof(T);
+  for (uint32_t vi = blockIdx.x * blockDim.x + threadIdx.x; vi < nvec; vi += gridDim.x * blockDim.x) {
+    const uint4 raw = __ldg(reinterpret_cast<const uint4*>(x) + vi);
+    const T* e = reinterpret_cast<const T*>(&raw);
+    uint4 out;
+    T* o = reinterpret_cast<T*>(&out);
+#pragma unroll
+    for (int u = 0; u < kPer; ++u) o[u] = from_f<T>(unary_fast<Op>(to_f(e[u])));
+    reinterpret_cast<uint4*>(y)[vi] = out;
+  }
+}
+
+template <typename T>
+bool launch_unary_vec(EwOp op, const void* x, void* y, uint32_t nvec, unsigned blocks, cudaStream_t stream) {
+  const T* xt = static_cast<const T*>(x);
+  T* yt = static_cast<T*>(y);
+  switch (op) {
+    case EwOp::kGelu: unary_vec_kernel<T, EwOp::kGelu><<<blocks, kThreads, 0, stream>>>(xt, yt, nvec); return true;
+    case EwOp::kErf: unary_vec_kernel<T, EwOp::kErf><<<blocks, kThreads, 0, stream>>>(xt, yt, nvec); return true;
+    case EwOp::kGeluTanh: unary_vec_kernel<T, EwOp::kGeluTanh><<<blocks, kThreads, 0, stream>>>(xt, yt, nvec); return true;
+    case EwOp::kSiLU: unary_vec_kernel<T, EwOp::kSiLU><<<blocks, kThreads, 0, stream>>>(xt, yt, nvec); return true;
+    case EwOp::kSigmoid: unary_vec_kernel<T, EwOp::kSigmoid><<<blocks, kThreads, 0, stream>>>(xt, yt, nvec); return true;
+    case EwOp::kTanh: unary_vec_kernel<T, EwOp::kTanh><<<blocks, kThreads, 0, stream>>>(xt, yt, nvec); return true;
+    case EwOp::kRelu: unary_vec_kernel<T, EwOp::kRelu><<<blocks, kThreads, 0, stream>>>(xt, yt, nvec); return true;
+    default: return false;
+  }
+}
+
 // U: the unit copied (1, 4 or 16 bytes); inner counts units.
 template <typename U>
 __global__ void gather_kernel(ElemType it, const U* __restrict__ data, const void* __restrict__ idx, U* __restrict__ y,
@@ -625,6 +683,17 @@ void elementwise(const EwProgram& p, const void* const* inputs, void* y, cudaStr
   if (uniform && aligned && n % per == 0 && n < (int64_t{1} << 31)) {
     const uint32_t nvec = static_cast<uint32_t>(n / per);
     const unsigned blocks = blocks_for(nvec);
+    // One activation of one dense input (a GEMM's GELU epilogue): the specialized kernel.
+    if (p.num_steps == 2 && p.num_inputs == 1 && (dense & 1u) && p.steps[0].op == EwOp::kLoad) {
+      const EwOp op = p.steps[1].op;
+      const bool done = p.out_type == ElemType::kF32  ? launch_unary_vec<float>(op, inputs[0], y, nvec, blocks, stream)
+                        : p.out_type == ElemType::kF16 ? launch_unary_vec<__half>(op, inputs[0], y, nvec, blocks, stream)
+                                                       : launch_unary_vec<__nv_bfloat16>(op, inputs[0], y, nvec, blocks, stream);
+      if (done) {
+        check_launch("elementwise (unary)");
+        return;
+      }
+    }
     if (p.out_type == ElemType::kF32)
       elementwise_vec_kernel<float><<<blocks, kThreads, 0, stream>>>(p, ptrs, nvec, static_cast<float*>(y), scalar);
     else if (p.out_type == ElemType::kF16)

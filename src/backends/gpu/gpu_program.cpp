@@ -445,6 +445,7 @@ class GpuProgramBuilder {
   void lower_pool(const Node& n);
   void lower_attention(const Node& n);
   void plan_packed_qkv();
+  bool plan_sliced_qkv(size_t attention, const size_t (&producers)[3]);
   void lower_data(const Node& n);
   // Builds an elementwise step over `ins` writing output `out` (a new value) with `steps`.
   void emit_elementwise(const std::string& label, const std::string& op, std::vector<std::string> ins,
@@ -1001,6 +1002,7 @@ void GpuProgramBuilder::plan_packed_qkv() {
     if (q.empty() || k.empty() || v.empty() || q == k || q == v || k == v) continue;
     if (!producer.count(q) || !producer.count(k) || !producer.count(v)) continue;
     const size_t idx[3] = {producer[q], producer[k], producer[v]};
+    if (plan_sliced_qkv(ai, idx)) continue;
     const Node& p0 = g().nodes[idx[0]];
     const bool biased = p0.inputs.size() > 2 && !p0.inputs[2].empty();
     int64_t K = -1;
@@ -1063,6 +1065,47 @@ void GpuProgramBuilder::plan_packed_qkv() {
     packed_[k] = {base, widths[0], W};
     packed_[v] = {base, widths[0] + widths[1], W};
   }
+}
+
+// Q, K and V as Slices of one value's last axis (a packed projection split by the graph, e.g.
+// torch's nn.MultiheadAttention after split-packed-projections): the attention reads the column
+// ranges in place and the Slices are not lowered. Each Slice must be read only by this attention,
+// with constant bounds within the row and step 1.
+bool GpuProgramBuilder::plan_sliced_qkv(size_t ai, const size_t (&idx)[3]) {
+  const Node& at = g().nodes[ai];
+  std::string base;
+  int64_t width = 0, offsets[3] = {};
+  for (int j = 0; j < 3; ++j) {
+    const Node& s = g().nodes[idx[j]];
+    if (!s.domain.empty() || s.op_type != "Slice" || s.inputs.size() < 4 || s.outputs.size() != 1) return false;
+    if (j > 0 && s.inputs[0] != base) return false;
+    base = s.inputs[0];
+    const TensorType* xt = g().type_of(base);
+    if (!xt || !xt->shape || xt->shape->size() != 3 || !shape_is_static(*xt->shape)) return false;
+    const int64_t rank = 3, w = xt->shape->back().value;
+    width = w;
+    std::vector<int64_t> b[4];
+    for (size_t i = 1; i < s.inputs.size() && i < 5; ++i) {
+      if (s.inputs[i].empty()) continue;
+      if (!is_const(s.inputs[i])) return false;
+      const Tensor& t = g().initializers.at(s.inputs[i]);
+      if (!dtype_is_integer(t.dtype()) || t.rank() != 1) return false;
+      b[i - 1] = t.to_int64_vector();
+    }
+    if (b[0].size() != 1 || b[1].size() != 1 || b[2].size() != 1 || (!b[3].empty() && (b[3].size() != 1 || b[3][0] != 1)))
+      return false;
+    if ((b[2][0] < 0 ? b[2][0] + rank : b[2][0]) != rank - 1) return false;
+    int64_t lo = b[0][0] < 0 ? b[0][0] + w : b[0][0], hi = b[1][0] < 0 ? b[1][0] + w : std::min(b[1][0], w);
+    if (lo < 0 || lo >= hi) return false;
+    const auto readers = readers_.find(s.outputs[0]);
+    if (readers == readers_.end() || readers->second != std::vector<size_t>{ai}) return false;
+    offsets[j] = lo;
+  }
+  for (int j = 0; j < 3; ++j) {
+    packed_[at.inputs[static_cast<size_t>(j)]] = {base, offsets[j], width};
+    packed_skip_.insert(idx[j]);
+  }
+  return true;
 }
 
 void GpuProgramBuilder::lower_attention(const Node& n) {
