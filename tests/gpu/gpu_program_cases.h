@@ -193,6 +193,39 @@ TEST_P(GpuProgram, DepthwiseClipAveragePoolAndStridedConv) {
   }
 }
 
+// MobileNetV2's inverted residual: 1x1 expansion with ReLU6 -> depthwise 3x3 with ReLU6 -> 1x1
+// projection. The expansion runs with a plain ReLU (fusable in cuDNN's and cuBLASLt's epilogues)
+// and the depthwise kernel clamps its input at 6 as it reads it. Expansion outputs above 6 are
+// common here (weights of scale 1), so a missing clamp shows. With the expansion's output read
+// by another node too, or the depthwise convolution forced to cuDNN, nothing moves.
+TEST_P(GpuProgram, Relu6OfAnExpansionIsClampedByTheDepthwiseRead) {
+  for (int form = 0; form < 3; ++form) {
+    SCOPED_TRACE(form == 0 ? "deferred" : form == 1 ? "expansion read twice" : "depthwise on cuDNN");
+    Builder b;
+    b.input("x", {2, 8, 10, 10}).weight("we", {24, 8, 1, 1}, 1.f).weight("be", {24}).weight("wd", {24, 1, 3, 3}, 1.f)
+        .weight("bd", {24}).weight("wp", {8, 24, 1, 1}).weight("bp", {8});
+    const std::map<std::string, Attribute> relu6 = {{"activation", Attribute::of_string("Clip")},
+                                                    {"activation_params", Attribute::of_floats({0.f, 6.f})}};
+    auto dw = relu6;
+    dw["group"] = i64(24);
+    dw["pads"] = ints({1, 1, 1, 1});
+    b.node("FusedConv", {"x", "we", "be"}, {"e"}, relu6, "kiln")
+        .node("FusedConv", {"e", "wd", "bd"}, {"d"}, dw, "kiln")
+        .node("FusedConv", {"d", "wp", "bp"}, {"y"}, {}, "kiln")
+        .output("y");
+    if (form == 1) b.node("Sigmoid", {"e"}, {"es"}).output("es");
+    const Tensor x = b.random({2, 8, 10, 10}, -3.f, 3.f);
+    const std::string dw_tactic = form == 2 ? "cudnn" : "auto";
+    check(b, {{"x", x}}, 1e-2, 2e-2, 0, "auto", dw_tactic);
+    gpu::CompileOptions opt;
+    opt.depthwise_tactic = dw_tactic;
+    auto built = gpu::build_gpu_program(b.m, {{"x", {2, 8, 10, 10}}}, 0, opt, 0);
+    bool clamped_read = false;
+    for (const auto& st : built.program->steps()) clamped_read = clamped_read || st.kernel.find("input<=6") != std::string::npos;
+    EXPECT_EQ(clamped_read, form == 0);
+  }
+}
+
 TEST_P(GpuProgram, TransformerBlockWithLayerNormSoftmaxAndDataMovement) {
   const int64_t B = 2, S = 12, H = 32;
   Builder b;

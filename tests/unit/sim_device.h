@@ -302,6 +302,7 @@ class SimDevice final : public Device {
     });
   }
   std::unique_ptr<Kernel> conv(const ConvDesc& d, size_t, const std::string& tactic) override {
+    if (d.in_clip) throw std::runtime_error("conv: cuDNN cannot clamp a convolution's input");
     return conv_kernel(d, false, tactic);
   }
   std::unique_ptr<Kernel> depthwise(const ConvDesc& d, const std::string& tactic) override {
@@ -489,7 +490,9 @@ class SimDevice final : public Device {
     const int64_t oh = (d.h + 2 * d.pad_h - d.dil_h * (d.r - 1) - 1) / d.stride_h + 1;
     const int64_t ow = (d.w + 2 * d.pad_w - d.dil_w * (d.s - 1) - 1) / d.stride_w + 1;
     if (oh <= 0 || ow <= 0 || d.c % d.groups || d.k % d.groups) throw std::runtime_error("conv: bad parameters");
-    return tuned(depthwise ? "sim-depthwise" : "sim-conv", tactic, depthwise ? "depthwise" : "conv", 2 + d.bias + d.residual, [d, oh, ow, depthwise](const void* const* in, void* const* out, void*) {
+    std::string what = depthwise ? "depthwise" : "conv";
+    if (d.in_clip) what += " input<=" + std::to_string(d.in_clip_hi);
+    return tuned(depthwise ? "sim-depthwise" : "sim-conv", tactic, what, 2 + d.bias + d.residual, [d, oh, ow, depthwise](const void* const* in, void* const* out, void*) {
       const int64_t cg = d.c / d.groups, kg = d.k / d.groups;
       const void* bias = d.bias ? in[2] : nullptr;
       const void* z = d.residual ? in[d.bias ? 3 : 2] : nullptr;
@@ -506,8 +509,9 @@ class SimDevice final : public Device {
                   for (int64_t ci = 0; ci < cg; ++ci) {
                     const int64_t c = g * cg + ci;
                     const int64_t wi = depthwise ? (r * d.s + s) * d.c + k : ((k * d.r + r) * d.s + s) * cg + ci;
-                    acc += static_cast<double>(sim_load(d.type, in[0], ((n * d.h + iy) * d.w + ix) * d.c + c)) *
-                           sim_load(d.type, in[1], wi);
+                    float xv = sim_load(d.type, in[0], ((n * d.h + iy) * d.w + ix) * d.c + c);
+                    if (d.in_clip) xv = std::min(xv, d.in_clip_hi);
+                    acc += static_cast<double>(xv) * sim_load(d.type, in[1], wi);
                   }
                 }
               const int64_t o = ((n * oh + y) * ow + x) * d.k + k;

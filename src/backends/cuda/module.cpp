@@ -104,6 +104,7 @@ class DepthwiseKernel final : public gpu::Kernel {
     if (p_.oh <= 0 || p_.ow <= 0) throw CudaError("depthwise: the kernel is larger than the padded input");
     if (d.act == gpu::Act::kRelu) p_.lo = 0;
     if (d.act == gpu::Act::kClip) p_.lo = d.clip_lo, p_.hi = d.clip_hi;
+    if (d.in_clip) p_.in_hi = d.in_clip_hi;
     if (!tactic.empty() && tactic != kTactic)
       throw CudaError("depthwise: tactic '" + tactic + "' is not Kiln's depthwise kernel ('" + kTactic + "')");
     if (!tactic.empty()) return;  // recorded: no timing
@@ -133,6 +134,7 @@ class DepthwiseKernel final : public gpu::Kernel {
   }
   std::string describe() const override {
     return std::string("kiln depthwise nhwc ") + elem_type_name(d_.type) +
+           (d_.in_clip ? " input<=" + std::to_string(d_.in_clip_hi) : std::string()) +
            (ms_ < 0 ? std::string(" (recorded tactic)") : " (" + std::to_string(ms_) + " ms)");
   }
   double timed_ms() const override { return ms_; }
@@ -308,6 +310,7 @@ class CudaDevice final : public gpu::Device {
     return std::make_unique<MatmulKernel>(d, limit, tactic);
   }
   std::unique_ptr<gpu::Kernel> conv(const gpu::ConvDesc& d, size_t limit, const std::string& tactic) override {
+    if (d.in_clip) throw CudaError("conv: cuDNN cannot clamp a convolution's input (Kiln's depthwise kernel can)");
     bind();
     return std::make_unique<ConvKernel>(d, limit, tactic);
   }

@@ -547,7 +547,7 @@ __global__ void depthwise_nhwc_kernel(const T* __restrict__ x, const T* __restri
         const T* xp = x + ((static_cast<size_t>(b) * p.h + iy) * p.w + ix) * C + c0;
         const T* wp = w + (static_cast<size_t>(ky) * p.s + kx) * C + c0;
         if constexpr (V == 1) {
-          acc[0] += to_f(*xp) * to_f(*wp);
+          acc[0] += fminf(to_f(*xp), p.in_hi) * to_f(*wp);
         } else {
           union {
             uint4 raw;
@@ -556,7 +556,7 @@ __global__ void depthwise_nhwc_kernel(const T* __restrict__ x, const T* __restri
           xv.raw = __ldg(reinterpret_cast<const uint4*>(xp));
           wv.raw = __ldg(reinterpret_cast<const uint4*>(wp));
 #pragma unroll
-          for (int u = 0; u < V; ++u) acc[u] += to_f(xv.v[u]) * to_f(wv.v[u]);
+          for (int u = 0; u < V; ++u) acc[u] += fminf(to_f(xv.v[u]), p.in_hi) * to_f(wv.v[u]);
         }
       }
     }

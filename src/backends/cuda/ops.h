@@ -46,6 +46,7 @@ struct Depthwise2d {
   int64_t n = 0, h = 0, w = 0, c = 0, oh = 0, ow = 0;
   int r = 1, s = 1, sh = 1, sw = 1, pad_t = 0, pad_l = 0, dh = 1, dw = 1;
   float lo = -INFINITY, hi = INFINITY;
+  float in_hi = INFINITY;  // inputs are clamped to at most this as they are read
 };
 void depthwise_nhwc(ElemType t, const void* x, const void* w, const void* bias, const void* z, void* y,
                     const Depthwise2d& p, cudaStream_t stream);

@@ -15,7 +15,7 @@
 
 namespace kiln::gpu {
 
-inline constexpr int kApiVersion = 3;
+inline constexpr int kApiVersion = 4;
 
 // Element types of device tensors. kBool is one byte, 0 or 1.
 enum class ElemType : uint8_t { kF32, kF16, kBF16, kF64, kI64, kI32, kI8, kU8, kBool };
@@ -104,6 +104,11 @@ struct ConvDesc {
   bool bias = false, residual = false;
   Act act = Act::kNone;
   float clip_lo = 0, clip_hi = 6;
+  // Depthwise only (Kiln's kernel): each input value is clamped to at most in_clip_hi as it is
+  // read. The producer's ReLU6 runs as a plain ReLU, fusable where the clamp is not (cuDNN's and
+  // cuBLASLt's epilogues), and the clamp rides on this read.
+  bool in_clip = false;
+  float in_clip_hi = 0;
 };
 
 // O = softmax(Q K^T * scale + mask) V. Strides in elements (head dims contiguous): batch, head and

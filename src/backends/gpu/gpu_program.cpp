@@ -381,7 +381,7 @@ class GpuProgramBuilder {
        << " groups" << d.groups << " pad" << d.pad_h << "," << d.pad_w << " stride" << d.stride_h << "," << d.stride_w
        << " dil" << d.dil_h << "," << d.dil_w << " " << type_tag(d.type) << " bias" << d.bias << " residual"
        << d.residual << " act" << static_cast<int>(d.act) << " clip" << d.clip_lo << "," << d.clip_hi
-       << " ws<=" << opt_.workspace_limit;
+       << (d.in_clip ? " in<=" + std::to_string(d.in_clip_hi) : std::string()) << " ws<=" << opt_.workspace_limit;
     return os.str();
   }
 
@@ -445,6 +445,7 @@ class GpuProgramBuilder {
   void lower_pool(const Node& n);
   void lower_attention(const Node& n);
   void plan_packed_qkv();
+  void plan_deferred_clips();
   bool plan_sliced_qkv(size_t attention, const size_t (&producers)[3]);
   void lower_data(const Node& n);
   // Builds an elementwise step over `ins` writing output `out` (a new value) with `steps`.
@@ -513,6 +514,9 @@ class GpuProgramBuilder {
   std::map<std::string, PackedView> packed_;
   std::map<size_t, Node> packed_first_;
   std::set<size_t> packed_skip_;
+  // Convolutions whose ReLU6 (Clip [0, hi]) runs as a ReLU, the upper clamp moved onto the read of
+  // their only reader, a depthwise convolution on Kiln's kernel (plan_deferred_clips): output -> hi.
+  std::map<std::string, float> deferred_clip_;
   std::vector<Pending> steps_;
   std::vector<cpu::BufferRequest> buffers_;
   std::shared_ptr<WeightPool> pool_;
@@ -651,6 +655,8 @@ void GpuProgramBuilder::lower_conv(const Node& n) {
   else if (act == "Clip" && ap.size() == 2 && ap[0] == 0.f && std::isfinite(ap[1])) d.act = Act::kClip, d.clip_lo = 0, d.clip_hi = ap[1];
   else if (!activation_steps(act, ap, post))
     throw Error(ErrorCode::kUnsupported, "node '" + n.name + "': activation " + act + " has no GPU kernel");
+  if (deferred_clip_.count(n.outputs[0])) d.act = Act::kRelu;  // the reader clamps at the top
+  if (auto it = deferred_clip_.find(n.inputs[0]); it != deferred_clip_.end()) d.in_clip = true, d.in_clip_hi = it->second;
   // Filter OIHW -> KRSC (cuDNN's NHWC filter layout).
   const int64_t K = wd[0], C = wd[1], R = wd[2], S = wd[3];
   std::vector<int64_t> order(static_cast<size_t>(K * R * S * C));
@@ -685,7 +691,7 @@ void GpuProgramBuilder::lower_conv(const Node& n) {
     try {
       if (family == "depthwise" && dw_ok) dw_k = dev_->depthwise(d, t);
       else if (family == "gemm" && gemm_ok) gemm_k = dev_->matmul(md, opt_.workspace_limit, t);
-      else if (family == "cudnn") conv_k = dev_->conv(d, opt_.workspace_limit, t);
+      else if (family == "cudnn" && !d.in_clip) conv_k = dev_->conv(d, opt_.workspace_limit, t);
       else throw std::runtime_error("'" + rec + "' is not a convolution tactic for this node");
       ++stats_.recorded;
     } catch (const std::runtime_error& e) {
@@ -696,7 +702,8 @@ void GpuProgramBuilder::lower_conv(const Node& n) {
   if (timed) {
     warm_up();
     if (dw_ok && dw_tactic != "cudnn") dw_k = dev_->depthwise(d);
-    if ((!gemm_ok || tactic != "gemm") && !(dw_k && dw_tactic == "kiln")) conv_k = dev_->conv(d, opt_.workspace_limit);
+    if ((!gemm_ok || tactic != "gemm") && !(dw_k && dw_tactic == "kiln") && !d.in_clip)
+      conv_k = dev_->conv(d, opt_.workspace_limit);
     if (gemm_ok && tactic != "cudnn") gemm_k = dev_->matmul(md, opt_.workspace_limit);
     ++stats_.timed;
   }
@@ -1108,6 +1115,43 @@ bool GpuProgramBuilder::plan_sliced_qkv(size_t ai, const size_t (&idx)[3]) {
   return true;
 }
 
+// MobileNet's inverted residuals: a convolution with ReLU6 feeds a depthwise convolution and
+// nothing else. cuDNN's fused epilogue and cuBLASLt's (1x1 as a GEMM) take ReLU but not a clamp, so
+// the expansion would need a separate pass over its output, the largest tensor of the block.
+// Instead it runs with a ReLU and the depthwise convolution (Kiln's kernel) clamps each value at
+// the top as it reads it: relu then min(., hi) is the same Clip [0, hi]. Skipped when the
+// depthwise convolution is forced to cuDNN.
+void GpuProgramBuilder::plan_deferred_clips() {
+  if (opt_.depthwise_tactic == "cudnn") return;
+  std::map<std::string, size_t> producer;
+  for (size_t i = 0; i < g().nodes.size(); ++i)
+    if (!folded_.count(i))
+      for (const auto& o : g().nodes[i].outputs)
+        if (!o.empty()) producer[o] = i;
+  for (size_t ci = 0; ci < g().nodes.size(); ++ci) {
+    const Node& c = g().nodes[ci];
+    if (folded_.count(ci) || c.domain != "kiln" || c.op_type != "FusedConv" || c.inputs.size() < 2) continue;
+    const std::string& x = c.inputs[0];
+    const auto p = producer.find(x);
+    const auto readers = readers_.find(x);
+    if (p == producer.end() || readers == readers_.end() || readers->second != std::vector<size_t>{ci}) continue;
+    const Node& pn = g().nodes[p->second];
+    if (pn.domain != "kiln" || pn.op_type != "FusedConv" || pn.outputs.size() != 1 || attr_string(pn, "activation") != "Clip")
+      continue;
+    std::vector<float> ap;
+    if (const Attribute* a = pn.attr("activation_params")) ap = a->floats;
+    if (ap.size() != 2 || ap[0] != 0.f || !std::isfinite(ap[1])) continue;
+    // The reader: depthwise (groups == in channels == out channels), x read once, as its input.
+    const TensorType* xt = g().type_of(x);
+    if (!is_const(c.inputs[1]) || !xt || !xt->shape || xt->shape->size() != 4 || !(*xt->shape)[1].known()) continue;
+    const int64_t channels = (*xt->shape)[1].value;
+    const Tensor& w = g().initializers.at(c.inputs[1]);
+    if (attr_int(c, "group", 1) != channels || w.rank() != 4 || w.dim(0) != channels || w.dim(1) != 1) continue;
+    if (std::count(c.inputs.begin(), c.inputs.end(), x) != 1) continue;
+    deferred_clip_[x] = ap[1];
+  }
+}
+
 void GpuProgramBuilder::lower_attention(const Node& n) {
   const auto qd = dims_of(n.inputs[0]), kd = dims_of(n.inputs[1]), vd = dims_of(n.inputs[2]);
   const int64_t H = attr_int(n, "num_heads", 0);
@@ -1323,6 +1367,7 @@ std::shared_ptr<const GpuProgram> GpuProgramBuilder::build() {
   for (size_t i = 0; i < g().inputs.size(); ++i)
     vals_[g().inputs[i]] = edge_value(g().inputs[i], GpuProgram::Slot::kInput, i, p->inputs_);
   plan_packed_qkv();
+  plan_deferred_clips();
   for (size_t i = 0; i < g().nodes.size(); ++i) {
     if (folded_.count(i) || packed_skip_.count(i)) continue;
     if (auto it = packed_first_.find(i); it != packed_first_.end()) {
