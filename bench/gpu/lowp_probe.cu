@@ -2,7 +2,8 @@
 // cuBLASLt's INT8 (IMMA) and FP8 (E4M3) GEMMs reach on ResNet-50 and BERT-base shapes, before the
 // GPU lowering relies on them. Standalone (CUDA runtime, cuDNN, cuBLASLt only):
 //   nvcc -O2 -std=c++17 -gencode=arch=compute_90a,code=sm_90a bench/gpu/lowp_probe.cu -lcudnn -lcublasLt -o lowp_probe
-//   ./lowp_probe            one line per (shape, variant): median ms over 20 runs, TOPS, or why it failed
+//   ./lowp_probe [gemm]     one line per (shape, variant): median ms over 20 runs, TOPS, or why it
+//                           failed; `gemm`: the GEMMs only
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 #include <cudnn.h>
@@ -135,13 +136,14 @@ float cudnn_conv(cudnnHandle_t h, const Conv& p, cudnnDataType_t xt, cudnnTensor
   return best;
 }
 
-enum class LtKind { kF16NN, kI8, kI8Vec, kF8 };
+enum class LtKind { kF16NN, kI8, kI8Vec, kI32, kF8, kF8Bf16 };
 
 // Row-major Y[M,N] = X[M,K] W[K,N] on cuBLASLt, as column-major Y^T = W^T X^T.
 // kF16NN: W stored [K,N] (A = W, no transpose), FP16 everywhere, bias+ReLU epilogue when asked.
 // kI8 / kI8Vec: W stored [N,K] (A = W transposed: the TN form IMMA needs), int8 in, int8 out,
 //   float scale (kI8Vec: one alpha per output channel, from device memory).
-// kF8: E4M3 in (TN), FP16 out, per-tensor A/B scales, bias+ReLU epilogue when asked.
+// kI32: int8 in, int32 out (TN, int32 scale): exact accumulators for a separate requantizing pass.
+// kF8 / kF8Bf16: E4M3 in (TN), FP16 / BF16 out, per-tensor A/B scales, bias+ReLU when asked.
 float lt_gemm(cublasLtHandle_t lt, int64_t m, int64_t n, int64_t k, LtKind kind, bool bias_relu, std::string* why) {
   cublasLtMatmulDesc_t op = nullptr;
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
@@ -150,6 +152,8 @@ float lt_gemm(cublasLtHandle_t lt, int64_t m, int64_t n, int64_t k, LtKind kind,
   switch (kind) {
     case LtKind::kF16NN: ab = CUDA_R_16F; cd_t = CUDA_R_16F; break;
     case LtKind::kI8: case LtKind::kI8Vec: ab = CUDA_R_8I; cd_t = CUDA_R_8I; compute = CUBLAS_COMPUTE_32I; break;
+    case LtKind::kI32: ab = CUDA_R_8I; cd_t = CUDA_R_32I; compute = CUBLAS_COMPUTE_32I; scale = CUDA_R_32I; break;
+    case LtKind::kF8Bf16: ab = CUDA_R_8F_E4M3; cd_t = CUDA_R_16BF; break;
     default: ab = CUDA_R_8F_E4M3; cd_t = CUDA_R_16F; break;
   }
   const bool tn = kind != LtKind::kF16NN;
@@ -163,19 +167,21 @@ float lt_gemm(cublasLtHandle_t lt, int64_t m, int64_t n, int64_t k, LtKind kind,
   cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta));
   cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb));
   Buf xb(size_t(m * k) * (ab == CUDA_R_16F ? 2 : 1)), wb(size_t(k * n) * (ab == CUDA_R_16F ? 2 : 1)),
-      yb(size_t(m * n) * (cd_t == CUDA_R_16F ? 2 : 1)), bias(size_t(n) * 4), alpha_vec(size_t(n) * 4),
-      scales(16), ws(32u << 20);
+      yb(size_t(m * n) * (cd_t == CUDA_R_16F || cd_t == CUDA_R_16BF ? 2 : cd_t == CUDA_R_32I ? 4 : 1)), bias(size_t(n) * 4), alpha_vec(size_t(n) * 4),
+      scales(64), ws(32u << 20);
   cudaMemset(bias.p, 0, bias.n);
   {
     std::vector<float> av(size_t(n), 1.f / 4096);
     cudaMemcpy(alpha_vec.p, av.data(), av.size() * 4, cudaMemcpyHostToDevice);
-    const float sc[4] = {0.01f, 0.01f, 1.f, 1.f};
+    const float sc[16] = {0.01f, 0, 0, 0, 0.01f, 0, 0, 0, 1.f, 0, 0, 0, 1.f, 0, 0, 0};  // 16-byte aligned scalars
     cudaMemcpy(scales.p, sc, sizeof(sc), cudaMemcpyHostToDevice);
   }
   if (bias_relu) {
     const cublasLtEpilogue_t e = CUBLASLT_EPILOGUE_RELU_BIAS;
     cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &e, sizeof(e));
-    const cudaDataType_t bt = kind == LtKind::kF16NN || kind == LtKind::kF8 ? CUDA_R_16F : CUDA_R_32F;
+    const cudaDataType_t bt = kind == LtKind::kF16NN || kind == LtKind::kF8 ? CUDA_R_16F
+                              : kind == LtKind::kF8Bf16                   ? CUDA_R_16BF
+                                                                          : CUDA_R_32F;
     cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof(bt));
     cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias.p, sizeof(bias.p));
   }
@@ -184,9 +190,9 @@ float lt_gemm(cublasLtHandle_t lt, int64_t m, int64_t n, int64_t k, LtKind kind,
     s = cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_POINTER_MODE, &pm, sizeof(pm));
     if (s) return fail("pointer mode", s);
   }
-  if (kind == LtKind::kF8) {
+  if (kind == LtKind::kF8 || kind == LtKind::kF8Bf16) {
     void* sa = scales.p;
-    void* sb = static_cast<char*>(scales.p) + 4;
+    void* sb = static_cast<char*>(scales.p) + 16;
     cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &sa, sizeof(sa));
     cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &sb, sizeof(sb));
   }
@@ -210,15 +216,21 @@ float lt_gemm(cublasLtHandle_t lt, int64_t m, int64_t n, int64_t k, LtKind kind,
     *why = std::string("heuristic: ") + (s ? cublasLtGetStatusName(s) : "no algorithm");
   } else {
     for (int i = 0; i < returned; ++i) {
-      const float one = 1.f, zero = 0.f;
-      const void* alpha = kind == LtKind::kI8Vec ? alpha_vec.p : static_cast<const void*>(&one);
+      const float one = 1.f, zero_f = 0.f;
+      const int32_t one_i = 1, zero_i = 0;
+      const void* alpha = kind == LtKind::kI8Vec ? alpha_vec.p : kind == LtKind::kI32 ? static_cast<const void*>(&one_i)
+                                                                                      : static_cast<const void*>(&one);
+      const void* zero = kind == LtKind::kI32 ? static_cast<const void*>(&zero_i) : static_cast<const void*>(&zero_f);
+      cublasStatus_t last = CUBLAS_STATUS_SUCCESS;
       const float ms = time_ms([&] {
-        return cublasLtMatmul(lt, op, alpha, wb.p, a, xb.p, b, &zero, yb.p, c, yb.p, c, &found[i].algo, ws.p, ws.n,
-                              nullptr) == CUBLAS_STATUS_SUCCESS;
+        last = cublasLtMatmul(lt, op, alpha, wb.p, a, xb.p, b, zero, yb.p, c, yb.p, c, &found[i].algo, ws.p, ws.n,
+                              nullptr);
+        return last == CUBLAS_STATUS_SUCCESS;
       });
+      if (ms < 0) *why = std::string("run: ") + cublasLtGetStatusName(last);
       if (ms >= 0 && (best < 0 || ms < best)) best = ms;
     }
-    if (best < 0) *why = "no candidate ran";
+    if (best < 0 && why->empty()) *why = "no candidate ran";
   }
   cublasLtMatrixLayoutDestroy(a);
   cublasLtMatrixLayoutDestroy(b);
@@ -229,7 +241,8 @@ float lt_gemm(cublasLtHandle_t lt, int64_t m, int64_t n, int64_t k, LtKind kind,
 
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
+  const bool gemm_only = argc > 1 && std::string(argv[1]) == "gemm";
   cudaDeviceProp prop{};
   if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess) {
     std::printf("lowp_probe: no GPU\n");
@@ -248,8 +261,8 @@ int main() {
       {N, 512, 7, 7, 512, 3, 3, 1, 1},     {N, 128, 56, 56, 128, 3, 3, 2, 1}, {N, 256, 56, 56, 64, 1, 1, 1, 0},
       {N, 64, 56, 56, 256, 1, 1, 1, 0},    {N, 1024, 14, 14, 256, 1, 1, 1, 0}, {N, 256, 14, 14, 1024, 1, 1, 1, 0},
       {N, 2048, 7, 7, 512, 1, 1, 1, 0},    {N, 4, 224, 224, 64, 7, 7, 2, 3}};
-  std::printf("\ncuDNN convolutions, batch %d, NHWC (best over algorithms)\n", N);
-  for (const Conv& p : convs) {
+  if (!gemm_only) std::printf("\ncuDNN convolutions, batch %d, NHWC (best over algorithms)\n", N);
+  for (const Conv& p : gemm_only ? std::vector<Conv>{} : convs) {
     const double ops = 2.0 * p.n * p.k * p.oh() * p.ow() * p.c * p.r * p.s;
     std::printf("c%d %dx%d -> k%d %dx%d s%d\n", p.c, p.h, p.w, p.k, p.r, p.s, p.stride);
     int algo = -1;
@@ -297,6 +310,14 @@ int main() {
       why.clear();
       ms = lt_gemm(lt, g.m, g.n, g.k, LtKind::kF8, br, &why);
       report(std::string("fp8 e4m3 TN -> fp16") + e + (ms < 0 ? " " + why : ""), ops, ms);
+      why.clear();
+      ms = lt_gemm(lt, g.m, g.n, g.k, LtKind::kF8Bf16, br, &why);
+      report(std::string("fp8 e4m3 TN -> bf16") + e + (ms < 0 ? " " + why : ""), ops, ms);
+      if (!br) {
+        why.clear();
+        ms = lt_gemm(lt, g.m, g.n, g.k, LtKind::kI32, false, &why);
+        report(std::string("int8 TN -> int32") + (ms < 0 ? " " + why : ""), ops, ms);
+      }
     }
   }
   cublasLtDestroy(lt);
