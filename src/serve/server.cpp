@@ -616,6 +616,8 @@ void InferenceServer::load_model_locked(const std::string& model) {
     s->batcher->shutdown(true);
     if (!models_.at(model).count(v)) repository_->mark_unloaded(model, v);
   }
+  // A GPU may be in use now: regions registered before it are pinned for it.
+  shared_memory_.pin_unpinned();
 }
 
 std::vector<IndexEntry> InferenceServer::repository_index(bool ready_only) const {

@@ -71,21 +71,35 @@ void SharedMemoryRegistry::register_region(const std::string& name, const std::s
     std::lock_guard lock(mu_);
     pin = pin_;
   }
-  std::shared_ptr<void> pinned;
+  auto mapped = std::make_shared<Mapped>(Mapped{p, length, nullptr});
   if (pin) {
-    pinned = pin(p, length, &status.not_pinned);
-    status.pinned = pinned != nullptr;
-    if (pinned) status.not_pinned.clear();
+    mapped->pin = pin(p, length, &status.not_pinned);
+    status.pinned = mapped->pin != nullptr;
+    if (status.pinned) status.not_pinned.clear();
   }
   // The last user of the region unpins it, then unmaps it.
-  std::shared_ptr<const void> mapping(static_cast<const char*>(p) + (offset - start),
-                                      [p, length, pinned](const void*) mutable {
-                                        pinned.reset();
-                                        munmap(p, length);
-                                      });
+  std::shared_ptr<const void> mapping(static_cast<const char*>(p) + (offset - start), [mapped](const void*) {
+    mapped->pin.reset();
+    munmap(mapped->base, mapped->length);
+  });
   std::lock_guard lock(mu_);
   if (regions_.count(name)) bad("shared-memory region " + dq(name) + " is already registered (unregister it first)");
-  regions_[name] = Region{std::move(status), std::move(mapping)};
+  regions_[name] = Region{std::move(status), std::move(mapping), std::move(mapped)};
+}
+
+int SharedMemoryRegistry::pin_unpinned() {
+  std::lock_guard lock(mu_);
+  if (!pin_) return 0;
+  int pinned = 0;
+  for (auto& [n, r] : regions_) {
+    if (r.status.pinned) continue;
+    std::string why;
+    r.mapped->pin = pin_(r.mapped->base, r.mapped->length, &why);
+    r.status.pinned = r.mapped->pin != nullptr;
+    r.status.not_pinned = r.status.pinned ? std::string() : why;
+    pinned += r.status.pinned;
+  }
+  return pinned;
 }
 
 void SharedMemoryRegistry::set_pin(PinFn pin) {

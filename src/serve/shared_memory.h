@@ -37,6 +37,10 @@ class SharedMemoryRegistry {
   // dropped before the mapping is unmapped. Without it, regions are not pinned.
   using PinFn = std::function<std::shared_ptr<void>(const void* data, size_t bytes, std::string* why)>;
   void set_pin(PinFn pin);
+  // Tries the pin function again on every region not pinned yet: the server calls it when a model
+  // has loaded, so regions registered before any GPU was in use get pinned once one is. Returns
+  // how many it pinned.
+  int pin_unpinned();
 
   // Maps bytes [offset, offset + byte_size) of the shared-memory object `key` ("/name", as
   // shm_open takes it) under `name`. Throws ServeError kBadRequest with the reason: a bad name or
@@ -59,9 +63,17 @@ class SharedMemoryRegistry {
   View view(const std::string& name, uint64_t offset, uint64_t byte_size, const std::string& what) const;
 
  private:
+  // The mapped pages and their pin handle, if any: the mapping's last user drops the pin, then
+  // unmaps. `pin` is only set under mu_ while the region is registered (so the mapping is alive).
+  struct Mapped {
+    void* base = nullptr;
+    size_t length = 0;
+    std::shared_ptr<void> pin;
+  };
   struct Region {
     SharedMemoryStatus status;
     std::shared_ptr<const void> mapping;  // the region's first byte; munmap when the last user is done
+    std::shared_ptr<Mapped> mapped;
   };
   mutable std::mutex mu_;
   std::map<std::string, Region> regions_;

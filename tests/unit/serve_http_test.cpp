@@ -602,6 +602,48 @@ TEST_F(ServeHttp, ListenErrorsAreClear) {
   }
 }
 
+// Regions registered before any GPU is in use are pinned when one is: the registry tries its pin
+// function again on every unpinned region (the server does after each model load). The pin
+// handle is dropped when the region's last user is done, before the unmap.
+TEST(SharedMemoryRegistry, RegionsRegisteredBeforeAGpuArePinnedLater) {
+  const std::vector<float> x = {1, 2, 3, 4};
+  kiln_test::TestSharedMemory shm(kiln_test::raw_bytes_of(x), 0);
+  SharedMemoryRegistry reg;
+  bool gpu_in_use = false;
+  int live_pins = 0;
+  reg.set_pin([&](const void* p, size_t n, std::string* why) -> std::shared_ptr<void> {
+    if (!gpu_in_use) {
+      *why = "no GPU in use";
+      return nullptr;
+    }
+    EXPECT_NE(p, nullptr);
+    EXPECT_GE(n, x.size() * 4);
+    ++live_pins;
+    return std::shared_ptr<void>(reinterpret_cast<void*>(1), [&](void*) { --live_pins; });
+  });
+  EXPECT_EQ(reg.pin_unpinned(), 0) << "no region yet";
+  reg.register_region("a", shm.key(), 0, x.size() * 4);
+  SharedMemoryStatus st = reg.status("a").at(0);
+  EXPECT_FALSE(st.pinned);
+  EXPECT_EQ(st.not_pinned, "no GPU in use");
+  EXPECT_EQ(reg.pin_unpinned(), 0) << "still no GPU";
+  gpu_in_use = true;
+  EXPECT_EQ(reg.pin_unpinned(), 1);
+  st = reg.status("a").at(0);
+  EXPECT_TRUE(st.pinned);
+  EXPECT_EQ(st.not_pinned, "");
+  EXPECT_EQ(live_pins, 1);
+  EXPECT_EQ(reg.pin_unpinned(), 0) << "pinned once only";
+  EXPECT_EQ(live_pins, 1);
+  // A request still reading the region keeps it mapped and pinned after unregistering.
+  SharedMemoryRegistry::View v = reg.view("a", 4, 8, "input x");
+  EXPECT_EQ(*static_cast<const float*>(v.data), 2.f);
+  reg.unregister("a");
+  EXPECT_EQ(live_pins, 1);
+  v = {};
+  EXPECT_EQ(live_pins, 0);
+}
+
 // The system shared-memory extension over HTTP: register a region of a client's shm object, infer
 // from it (results against the independent reference), status, unregister, and the refusals.
 TEST_F(ServeHttp, SystemSharedMemoryInputs) {
