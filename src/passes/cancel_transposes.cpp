@@ -30,16 +30,6 @@
 namespace kiln {
 namespace {
 
-const Shape* shape_of(const Graph& g, const std::string& v) {
-  const TensorType* t = g.type_of(v);
-  return t && t->shape ? &*t->shape : nullptr;
-}
-
-int64_t int_attr(const Node& n, const char* key, int64_t def) {
-  const Attribute* a = n.attr(key);
-  return a ? a->i : def;
-}
-
 enum class Form { kPermuted, kFlat };
 
 struct Region {

@@ -92,6 +92,11 @@ class NameGen {
   std::unordered_set<std::string> taken_;
 };
 
+// The shape of `value` when its rank is known, else null.
+const Shape* shape_of(const Graph& g, const std::string& value);
+// An integer attribute, or `def` when the node does not set it.
+int64_t int_attr(const Node& n, const std::string& key, int64_t def);
+
 // Records on a fused node which original nodes it replaced ("Conv:conv1", "Relu:relu1"), as the
 // string-list attribute "fused_ops", so tools can show what was fused into what.
 void record_fusion(Node& fused, const std::vector<const Node*>& originals);

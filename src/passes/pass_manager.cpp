@@ -59,6 +59,16 @@ PassManager PassManager::standard() {
   return pm;
 }
 
+const Shape* shape_of(const Graph& g, const std::string& value) {
+  const TensorType* t = g.type_of(value);
+  return t && t->shape ? &*t->shape : nullptr;
+}
+
+int64_t int_attr(const Node& n, const std::string& key, int64_t def) {
+  const Attribute* a = n.attr(key);
+  return a ? a->i : def;
+}
+
 NameGen::NameGen(const Graph& g) {
   for (const auto& [n, _] : g.initializers) taken_.insert(n);
   for (const auto& [n, _] : g.types) taken_.insert(n);

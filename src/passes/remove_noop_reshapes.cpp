@@ -38,17 +38,6 @@ std::optional<std::vector<int64_t>> const_ints(const Graph& g, const std::string
   return t->to_int64_vector();
 }
 
-const Shape* shape_of(const Graph& g, const std::string& value) {
-  const TensorType* t = g.type_of(value);
-  return t && t->shape ? &*t->shape : nullptr;
-}
-
-// Integer attribute with a default (for attributes whose schema default we know).
-int64_t int_attr(const Node& n, const std::string& key, int64_t def) {
-  const Attribute* a = n.attr(key);
-  return a ? a->i : def;
-}
-
 // The permutation of a Transpose (default: reverse), or nullopt when the rank is unknown.
 std::optional<std::vector<int64_t>> transpose_perm(const Graph& g, const Node& n) {
   if (const Attribute* a = n.attr("perm"); a && !a->ints.empty()) return a->ints;

@@ -131,10 +131,6 @@ Vals analyze(const Model& model, const Graph& g, const Types& types) {
     auto it = types.find(name);
     return it == types.end() ? nullptr : &it->second;
   };
-  auto int_attr = [](const Node& n, const char* key, int64_t def) {
-    const Attribute* a = n.attr(key);
-    return a ? a->i : def;
-  };
   // Squeeze/Unsqueeze/Slice moved some attributes to inputs at opsets 10/13.
   auto ints_from = [&](const Node& n, const char* attr, size_t input, int64_t since) -> std::optional<std::vector<int64_t>> {
     if (opset < since) {

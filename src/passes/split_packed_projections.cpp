@@ -21,11 +21,6 @@
 namespace kiln {
 namespace {
 
-const Shape* shape_of(const Graph& g, const std::string& v) {
-  const TensorType* t = g.type_of(v);
-  return t && t->shape ? &*t->shape : nullptr;
-}
-
 // The axes of an Unsqueeze/Squeeze: the attribute (before opset 13) or the constant input.
 std::optional<std::vector<int64_t>> axes_of(const Graph& g, const UseIndex& u, const Node& n) {
   if (const Attribute* a = n.attr("axes")) return a->ints;

@@ -499,6 +499,7 @@ class GpuProgramBuilder {
   std::set<size_t> folded_;
   std::map<std::string, Val> vals_;
   std::map<std::string, std::vector<size_t>> readers_;  // value -> the unfolded nodes reading it (outputs: SIZE_MAX)
+  std::map<std::string, size_t> producer_;              // value -> the unfolded node writing it
   struct PendingAdd {
     std::string a, b;
     bool keep_sum = false;
@@ -997,18 +998,13 @@ void GpuProgramBuilder::lower_pool(const Node& n) {
 // one GEMM by the concatenated weights: one launch that fills the GPU better than three small ones
 // (BERT at batch 1: [128, 768] x [768, 768] each). The attention reads Q, K and V in place.
 void GpuProgramBuilder::plan_packed_qkv() {
-  std::map<std::string, size_t> producer;
-  for (size_t i = 0; i < g().nodes.size(); ++i)
-    if (!folded_.count(i))
-      for (const auto& o : g().nodes[i].outputs)
-        if (!o.empty()) producer[o] = i;
   for (size_t ai = 0; ai < g().nodes.size(); ++ai) {
     const Node& at = g().nodes[ai];
     if (folded_.count(ai) || at.domain != "kiln" || at.op_type != "Attention" || at.inputs.size() < 3) continue;
     const std::string q = at.inputs[0], k = at.inputs[1], v = at.inputs[2];
     if (q.empty() || k.empty() || v.empty() || q == k || q == v || k == v) continue;
-    if (!producer.count(q) || !producer.count(k) || !producer.count(v)) continue;
-    const size_t idx[3] = {producer[q], producer[k], producer[v]};
+    if (!producer_.count(q) || !producer_.count(k) || !producer_.count(v)) continue;
+    const size_t idx[3] = {producer_.at(q), producer_.at(k), producer_.at(v)};
     if (plan_sliced_qkv(ai, idx)) continue;
     const Node& p0 = g().nodes[idx[0]];
     const bool biased = p0.inputs.size() > 2 && !p0.inputs[2].empty();
@@ -1123,18 +1119,13 @@ bool GpuProgramBuilder::plan_sliced_qkv(size_t ai, const size_t (&idx)[3]) {
 // depthwise convolution is forced to cuDNN.
 void GpuProgramBuilder::plan_deferred_clips() {
   if (opt_.depthwise_tactic == "cudnn") return;
-  std::map<std::string, size_t> producer;
-  for (size_t i = 0; i < g().nodes.size(); ++i)
-    if (!folded_.count(i))
-      for (const auto& o : g().nodes[i].outputs)
-        if (!o.empty()) producer[o] = i;
   for (size_t ci = 0; ci < g().nodes.size(); ++ci) {
     const Node& c = g().nodes[ci];
     if (folded_.count(ci) || c.domain != "kiln" || c.op_type != "FusedConv" || c.inputs.size() < 2) continue;
     const std::string& x = c.inputs[0];
-    const auto p = producer.find(x);
+    const auto p = producer_.find(x);
     const auto readers = readers_.find(x);
-    if (p == producer.end() || readers == readers_.end() || readers->second != std::vector<size_t>{ci}) continue;
+    if (p == producer_.end() || readers == readers_.end() || readers->second != std::vector<size_t>{ci}) continue;
     const Node& pn = g().nodes[p->second];
     if (pn.domain != "kiln" || pn.op_type != "FusedConv" || pn.outputs.size() != 1 || attr_string(pn, "activation") != "Clip")
       continue;
@@ -1362,6 +1353,10 @@ std::shared_ptr<const GpuProgram> GpuProgramBuilder::build() {
       for (const auto& in : g().nodes[i].inputs)
         if (!in.empty()) readers_[in].push_back(i);
   for (const auto& o : g().outputs) readers_[o].push_back(SIZE_MAX);
+  for (size_t i = 0; i < g().nodes.size(); ++i)
+    if (!folded_.count(i))
+      for (const auto& o : g().nodes[i].outputs)
+        if (!o.empty()) producer_[o] = i;
   // Inputs are kept in their own type: the first op that needs one converts it (with a layout
   // change in the same copy, e.g. NCHW FP32 -> NHWC FP16 for a first convolution).
   for (size_t i = 0; i < g().inputs.size(); ++i)
