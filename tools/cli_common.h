@@ -78,8 +78,16 @@ struct GpuRun {
   bool gpu_engine = false;    // from a GPU engine file
   bool tactics_used = false;  // a GPU engine's recorded tactics were used (nothing timed)
 };
+// An FP8 program built from an ONNX model (not an engine) calibrates its GEMM inputs on
+// `fp8_calib_inputs` (one batch of the program's shapes: the inputs `kiln run` and `kiln bench`
+// run), MinMax; null for the other precisions.
 GpuRun gpu_program_for(Model model, const EngineInfo* engine, const std::map<std::string, std::vector<int64_t>>& shapes,
-                       int gpu_index, const std::string& precision, size_t workspace_limit, int opt_level);
+                       int gpu_index, const std::string& precision, size_t workspace_limit, int opt_level,
+                       const std::map<std::string, Tensor>* fp8_calib_inputs = nullptr);
+
+// "48 of 62 GEMMs in FP8": how many of a GPU program's GEMMs run in FP8 (precision fp8 chooses per
+// GEMM, by timing).
+std::string fp8_gemm_summary(const gpu::GpuProgram& program);
 
 // "f32[1x1000] min=-2.1 max=3.4 mean=0.01"
 std::string summarize(const Tensor& t);

@@ -466,12 +466,14 @@ int bench_gpu(const BenchArgs& args, int gpu_index, Model model, const EngineInf
               const std::map<std::string, std::vector<int64_t>>& resolved,
               const std::vector<std::pair<std::string, DType>>& input_types, std::ofstream& json_file) {
   const bool is_engine = engine != nullptr;
+  BenchInputs generated = make_bench_inputs(args, input_types, resolved);
+  // FP8 from an ONNX model: the GEMM inputs are calibrated on the generated inputs (a speed
+  // measurement; an engine built with --calib carries scales from real data).
   GpuRun built = gpu_program_for(std::move(model), engine, resolved, gpu_index, args.precision,
-                                 args.workspace_mib << 20, args.opt_level);
+                                 args.workspace_mib << 20, args.opt_level, &generated.tensors);
   const gpu::GpuProgram& prog = *built.program;
   const gpu::Precision precision = prog.precision();
   const gpu::DeviceProps& dp = prog.device().props();
-  BenchInputs generated = make_bench_inputs(args, input_types, resolved);
   const TensorMap& inputs = generated.tensors;
   const json& inputs_json = generated.described;
   const int64_t batch = generated.batch;
@@ -481,7 +483,11 @@ int bench_gpu(const BenchArgs& args, int gpu_index, Model model, const EngineInf
   std::cout << "device:     cuda:" << dp.id << " " << dp.name << " (" << dp.sm() << ", " << dp.multiprocessors
             << " SMs, driver " << dp.driver_version << ", runtime " << dp.runtime_version << ", cuBLASLt "
             << dp.cublaslt_version << ", cuDNN " << dp.cudnn_version << ")\n";
-  std::cout << "precision:  " << gpu::precision_name(precision) << " (FP32 at the inputs and outputs)\n";
+  std::cout << "precision:  " << gpu::precision_name(precision) << " (FP32 at the inputs and outputs"
+            << (precision == gpu::Precision::kFP8 && !is_engine ? "; FP8 scales calibrated on the generated inputs" : "")
+            << ")\n";
+  if (precision == gpu::Precision::kFP8)
+    std::cout << "fp8:        " << fp8_gemm_summary(prog) << " (the others were not faster in FP8)\n";
   if (built.gpu_engine)
     std::cout << "build:      GPU engine, " << built.nodes_after << " nodes -> " << prog.steps().size()
               << " kernels; loaded in " << fixed(built.compile_ms, 1) << " ms ("
@@ -858,8 +864,8 @@ CLI::App* add_bench_command(CLI::App& app, std::function<int()>* run) {
       ->check(CLI::Range(0, 3));
   sub->add_option("--device", args->device, "cpu (default), cuda or cuda:N (the GPU backend module)");
   sub->add_option("--precision", args->precision,
-                  "GPU precision of float layers: fp16 (default; a GPU engine's own), bf16 or fp32 (TF32)")
-      ->check(CLI::IsMember({"fp32", "fp16", "bf16"}));
+                  "GPU precision of float layers: fp16 (default; a GPU engine's own), bf16, fp32 (TF32) or fp8 (FP8 GEMMs, FP16 elsewhere)")
+      ->check(CLI::IsMember({"fp32", "fp16", "bf16", "fp8"}));
   sub->add_flag("--no-cuda-graph", args->no_cuda_graph, "GPU: launch kernel by kernel instead of replaying a CUDA graph");
   sub->add_option("--workspace", args->workspace_mib, "GPU: scratch limit per library kernel in MiB (default 1024)")
       ->check(CLI::Range(0, 1 << 20));

@@ -51,7 +51,7 @@ struct BuildArgs {
   bool verbose = false;
   // Precision
   bool int8 = false, bf16 = false, fp16 = false;
-  std::string calib, calib_method = "entropy", calib_cache, precision_constraints = "prefer", layer_precision;
+  std::string calib, calib_method, calib_cache, precision_constraints = "prefer", layer_precision;
   size_t calib_samples = 0;  // 0: all
   int64_t calib_batch = 0;   // 0: 8, or the input's static batch
   std::string accuracy_budget, accuracy_metric = "auto", validation;
@@ -159,10 +159,11 @@ struct ProgressBar {
 int cmd_build_gpu(const BuildArgs& args, int gpu_index) {
   const auto t0 = std::chrono::steady_clock::now();
   std::vector<std::string> cpu_only;
-  if (args.int8 || args.bf16 || args.fp16) cpu_only.push_back("--int8/--bf16/--fp16 (use --precision fp16, bf16 or fp32)");
-  if (!args.calib.empty() || !args.calib_cache.empty() || !args.accuracy_budget.empty() || !args.validation.empty() ||
-      !args.layer_precision.empty())
-    cpu_only.push_back("calibration, accuracy guard and --layer-precision (INT8 has no GPU kernels yet)");
+  const bool fp8 = args.precision == "fp8";
+  if (args.int8 || args.bf16 || args.fp16) cpu_only.push_back("--int8/--bf16/--fp16 (use --precision fp16, bf16, fp32 or fp8)");
+  if (!args.calib.empty() && !fp8) cpu_only.push_back("--calib without --precision fp8 (the GPU calibrates only FP8 GEMM inputs)");
+  if (!args.calib_cache.empty() || !args.accuracy_budget.empty() || !args.validation.empty() || !args.layer_precision.empty())
+    cpu_only.push_back("--calib-cache, accuracy guard and --layer-precision (INT8 has no GPU kernels yet)");
   if (!args.min_shapes.empty() || !args.opt_shapes.empty() || !args.max_shapes.empty())
     cpu_only.push_back("--min/--opt/--max-shapes (GPU engines have static shapes: give them with --shapes)");
   if (args.threads > 0) cpu_only.push_back("--threads");
@@ -200,6 +201,17 @@ int cmd_build_gpu(const BuildArgs& args, int gpu_index) {
     if (!warning.empty()) std::cerr << "kiln: warning: " << warning << "\n";
   }
   opt.timing_cache = &cache;
+  // FP8: the GEMM inputs' scales from --calib, in batches of the engine's batch size.
+  std::unique_ptr<quant::FileCalibrator> calibrator;
+  gpu::Fp8Calibration fp8_calib;
+  if (fp8 && !args.calib.empty()) {
+    const auto& first = shapes.at(model.graph.inputs.at(0));
+    calibrator = std::make_unique<quant::FileCalibrator>(args.calib, model, first.empty() ? 1 : first[0], args.calib_samples);
+    fp8_calib.data = calibrator.get();
+    fp8_calib.method = quant::parse_calib_method(args.calib_method.empty() ? "minmax" : args.calib_method);
+    fp8_calib.source = "--calib " + args.calib;
+    opt.fp8 = &fp8_calib;
+  }
   gpu::GpuEngineBuild b = gpu::build_gpu_engine(std::move(model), shapes, gpu_index, opt);
   const auto t_write = std::chrono::steady_clock::now();
   save_engine(b.optimized, b.info, args.output);
@@ -215,6 +227,10 @@ int cmd_build_gpu(const BuildArgs& args, int gpu_index) {
   std::cout << "device:       cuda:" << dp.id << " " << dp.name << " (" << dp.sm() << "; CUDA " << dp.runtime_version
             << ", cuBLASLt " << dp.cublaslt_version << ", cuDNN " << dp.cudnn_version << ")\n";
   std::cout << "precision:    " << gpu::precision_name(opt.precision) << (opt.hardware_compatible ? ", hardware-compatible (SM 8.0 and newer)" : "") << "\n";
+  if (fp8)
+    std::cout << "fp8:          " << fp8_gemm_summary(prog) << " (the others were not faster in FP8); " << b.fp8_gemms
+              << " GEMM inputs calibrated (" << fp8_calib.source << ", " << quant::to_string(fp8_calib.method) << ", "
+              << (calibrator ? calibrator->samples_read() : 0) << " samples) in " << fixed(b.calib_ms, 1) << " ms\n";
   std::cout << "shapes:      ";
   for (const auto& [name, dims] : shapes) std::cout << " " << name << ":" << shape_to_string(dims);
   std::cout << "\n";
@@ -273,7 +289,7 @@ int cmd_build(const BuildArgs& args) {
   cfg.precision.bf16 = args.bf16;
   cfg.precision.fp16 = args.fp16;
   cfg.precision.constraints = args.precision_constraints;
-  cfg.precision.calib_method = quant::parse_calib_method(args.calib_method);
+  cfg.precision.calib_method = quant::parse_calib_method(args.calib_method.empty() ? "entropy" : args.calib_method);
   cfg.precision.calib_cache = args.calib_cache;
   cfg.precision.layer_precision = parse_layer_precision(args.layer_precision, "NAME:PRECISION (fp32, bf16, fp16, int8)");
   if (!args.int8 && (!args.calib.empty() || !args.calib_cache.empty()))
@@ -539,8 +555,19 @@ CpuEngine cpu_engine_from_onnx(Model model, const ShapeMap& shapes, int opt_leve
   return c;
 }
 
+std::string fp8_gemm_summary(const gpu::GpuProgram& program) {
+  int gemms = 0, fp8 = 0;
+  for (const auto& st : program.steps())
+    if (st.op == "FusedMatMul" || st.op == "MatMul" || st.op == "Gemm") {
+      ++gemms;
+      fp8 += st.kernel.find("fp8") != std::string::npos;
+    }
+  return std::to_string(fp8) + " of " + std::to_string(gemms) + " GEMMs in FP8";
+}
+
 GpuRun gpu_program_for(Model model, const EngineInfo* engine, const ShapeMap& shapes, int gpu_index,
-                       const std::string& precision, size_t workspace_limit, int opt_level) {
+                       const std::string& precision, size_t workspace_limit, int opt_level,
+                       const std::map<std::string, Tensor>* fp8_calib_inputs) {
   GpuRun r;
   r.nodes_before = r.nodes_after = model.graph.nodes.size();
   if (engine && gpu::is_gpu_engine(*engine)) {
@@ -566,7 +593,14 @@ GpuRun gpu_program_for(Model model, const EngineInfo* engine, const ShapeMap& sh
   gpu::CompileOptions opt;
   opt.precision = gpu::parse_precision(precision.empty() ? "fp16" : precision);
   opt.workspace_limit = workspace_limit;
-  gpu::GpuBuild b = gpu::build_gpu_program(std::move(model), shapes, gpu_index, opt, engine ? 0 : opt_level);
+  std::unique_ptr<quant::MemoryCalibrator> calibrator;
+  gpu::Fp8Calibration fp8;
+  if (opt.precision == gpu::Precision::kFP8 && fp8_calib_inputs) {
+    calibrator = std::make_unique<quant::MemoryCalibrator>(std::vector<quant::TensorMap>{*fp8_calib_inputs});
+    fp8.data = calibrator.get();
+    fp8.source = "the inputs it runs";
+  }
+  gpu::GpuBuild b = gpu::build_gpu_program(std::move(model), shapes, gpu_index, opt, engine ? 0 : opt_level, &fp8);
   r.program = b.program;
   r.nodes_before = b.nodes_before;
   r.nodes_after = b.nodes_after;
@@ -610,7 +644,7 @@ CLI::App* add_build_command(CLI::App& app, std::function<int()>* run) {
                 "Run convolutions and matmuls in INT8 (needs --calib or --calib-cache; explicit Q/DQ models need neither)");
   sub->add_option("--calib", args->calib,
                   "Calibration data: a folder of .npy/.npz files or one .npz of stacked samples (docs/calibration.md)");
-  sub->add_option("--calib-method", args->calib_method, "entropy (default), minmax or percentile[=99.99]");
+  sub->add_option("--calib-method", args->calib_method, "entropy (INT8 default), minmax (FP8 default) or percentile[=99.99]");
   sub->add_option("--calib-cache", args->calib_cache,
                   "Calibration cache: read when it exists (no data needed), else written after calibrating");
   sub->add_option("--calib-samples", args->calib_samples, "Use at most this many calibration samples (default: all)");
@@ -627,7 +661,7 @@ CLI::App* add_build_command(CLI::App& app, std::function<int()>* run) {
                   "Per-layer precision by node name: NAME:fp32,NAME:bf16,NAME:int8,...");
   sub->add_option("--device", args->device,
                   "cpu (default): a CPU engine; cuda or cuda:N: a GPU engine for that GPU (static --shapes)");
-  sub->add_option("--precision", args->precision, "GPU engines: fp16 (default), bf16 or fp32 (TF32)");
+  sub->add_option("--precision", args->precision, "GPU engines: fp16 (default), bf16, fp32 (TF32) or fp8 (FP8 E4M3 GEMMs, FP16 elsewhere; needs --calib)");
   sub->add_flag("--hardware-compatible", args->hardware_compatible,
                 "GPU engines: runnable on any GPU of SM 8.0 or newer (elsewhere than the build GPU, tuned kernels are "
                 "timed again at load)");

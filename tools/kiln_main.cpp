@@ -217,7 +217,7 @@ int cmd_run(const RunArgs& args) {
     std::map<std::string, std::vector<int64_t>> actual;
     for (const auto& [name, t] : inputs) actual[name] = t.shape();
     cli::GpuRun built = cli::gpu_program_for(std::move(model), is_engine ? &info : nullptr, actual, gpu_index,
-                                             args.precision, size_t{1} << 30, args.opt_level);
+                                             args.precision, size_t{1} << 30, args.opt_level, &inputs);
     gpu::GpuContext ctx(built.program);
     const auto t2 = std::chrono::steady_clock::now();
     outputs = ctx.run(inputs);
@@ -325,8 +325,9 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"cpu", "reference"}));
   run->add_option("--device", run_args.device, "cpu (default), cuda or cuda:N (the GPU backend module)");
   run->add_option("--precision", run_args.precision,
-                  "GPU precision of float layers: fp16 (default; a GPU engine's own), bf16 or fp32 (TF32)")
-      ->check(CLI::IsMember({"fp32", "fp16", "bf16"}));
+                  "GPU precision of float layers: fp16 (default; a GPU engine's own), bf16, fp32 (TF32) or fp8 "
+                  "(FP8 GEMMs calibrated on the inputs run, FP16 elsewhere)")
+      ->check(CLI::IsMember({"fp32", "fp16", "bf16", "fp8"}));
   run->add_option("--threads", run_args.threads, "Threads of the cpu backend (default: the engine's, else the cores)")
       ->check(CLI::Range(1, 4096));
   run->add_option("--opt-level", run_args.opt_level, "Graph optimization level 0-5 of an ONNX model built for cpu (default 3)")

@@ -14,6 +14,9 @@ import sys
 
 def main():
     src, dst = sys.argv[1], sys.argv[2]
+    title = "GPU benchmark: Kiln vs PyTorch eager and torch.compile (FP16)"
+    if "--title" in sys.argv[3:]:
+        title = sys.argv[sys.argv.index("--title") + 1]
     torch = json.load(open(os.path.join(src, "torch.json"))) if os.path.exists(os.path.join(src, "torch.json")) else {"env": {}, "rows": []}
     peak = torch["env"].get("fp16_matmul_tflops")
     trow = {(r["model"], r["batch"]): r for r in torch["rows"]}
@@ -52,8 +55,8 @@ def main():
             m, b, fmt(gf, 1), " | ".join(fmt(v) for v in kms), fmt(t.get("eager_ms")), fmt(cms),
             (fmt(speed, 2) + "x") if speed else "—", fmt(b * 1000 / k16ms, 0) if k16ms else "—",
             (fmt(100 * frac, 1) + "%") if frac else "—"))
-        chart.append(("%s b%d" % (m, b), k16ms, t.get("eager_ms"), cms))
-    md = ["# GPU benchmark: Kiln vs PyTorch eager and torch.compile (FP16)", "",
+        chart.append(("%s b%d" % (m, b), k16ms, t.get("eager_ms"), cms, dict(zip(precisions, kms))))
+    md = ["# " + title, "",
           "Device: %s. PyTorch %s. FP16 matrix rate measured in the same run: %s TFLOP/s." % (
               device or "?", torch["env"].get("torch", "?"), peak),
           "", "Kiln times are GPU compute (CUDA events around the CUDA-graph replay, inputs already on the GPU), "
@@ -69,9 +72,12 @@ def main():
         import matplotlib.pyplot as plt
         fig, ax = plt.subplots(figsize=(11, 4.5))
         xs = range(len(chart))
-        w = 0.27
-        for i, (label, idx) in enumerate((("Kiln FP16", 1), ("PyTorch eager FP16", 2), ("torch.compile FP16", 3))):
-            ax.bar([x + (i - 1) * w for x in xs], [c[idx] or 0 for c in chart], w, label=label)
+        # One bar per Kiln precision that ran (FP16 first), then eager and torch.compile.
+        series = [("Kiln " + p.upper(), [c[4].get(p) or 0 for c in chart]) for p in sorted(precisions, key=lambda p: p != "fp16")]
+        series += [("PyTorch eager FP16", [c[2] or 0 for c in chart]), ("torch.compile FP16", [c[3] or 0 for c in chart])]
+        w = 0.8 / len(series)
+        for i, (label, vals) in enumerate(series):
+            ax.bar([x + (i - (len(series) - 1) / 2) * w for x in xs], vals, w, label=label)
         ax.set_xticks(list(xs))
         ax.set_xticklabels([c[0] for c in chart], rotation=30, ha="right")
         ax.set_ylabel("ms per batch (lower is better)")

@@ -2,6 +2,8 @@
 #include "ir/dtype.h"
 
 #include <cmath>
+#include <cstring>
+#include <limits>
 
 namespace kiln {
 
@@ -192,6 +194,36 @@ uint16_t float_to_half(float f) {
   uint32_t r = abs + 0xfffu + ((abs >> 13) & 1u);  // round to nearest even on bit 13
   r -= 0x38000000u;                                 // rebias 127 -> 15
   return sign | static_cast<uint16_t>(r >> 13);
+}
+
+float e4m3_to_float(uint8_t b) {
+  const float sign = (b & 0x80u) ? -1.f : 1.f;
+  const int e = (b >> 3) & 15, m = b & 7;
+  if (e == 15 && m == 7) return std::numeric_limits<float>::quiet_NaN();
+  if (e == 0) return sign * std::ldexp(static_cast<float>(m), -9);
+  return sign * std::ldexp(1.f + static_cast<float>(m) / 8.f, e - 7);
+}
+
+uint8_t float_to_e4m3(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  const uint8_t sign = static_cast<uint8_t>((u >> 24) & 0x80u);
+  const uint32_t abs = u & 0x7fffffffu;
+  if (abs > 0x7f800000u) return sign | 0x7f;  // NaN
+  if (abs >= 0x43e00000u) return sign | 0x7e;  // >= 448 (and inf): saturate
+  float a;
+  std::memcpy(&a, &abs, 4);
+  if (a < 0.015625f) {  // below 2^-6: subnormal steps of 2^-9 (exact scaling; code 8 is 2^-6)
+    return sign | static_cast<uint8_t>(std::nearbyint(a * 512.f));
+  }
+  int e = static_cast<int>(abs >> 23) - 127;  // -6 .. 8
+  const uint32_t mant = abs & 0x7fffffu;
+  uint32_t r = mant >> 20;
+  const uint32_t rem = mant & 0xfffffu;
+  if (rem > 0x80000u || (rem == 0x80000u && (r & 1u))) ++r;
+  if (r == 8) r = 0, ++e;
+  const uint32_t code = (static_cast<uint32_t>(e + 7) << 3) | r;
+  return sign | static_cast<uint8_t>(code > 0x7e ? 0x7e : code);
 }
 
 }  // namespace kiln

@@ -52,6 +52,13 @@ inline float bf16_to_float(uint16_t b) {
   std::memcpy(&f, &u, 4);
   return f;
 }
+// FP8 E4M3FN (OCP; ONNX float8e4m3fn): 4 exponent bits (bias 7), 3 mantissa bits, no infinities,
+// NaN 0x7f/0xff, largest finite 448. float_to_e4m3 rounds to nearest even and saturates: values
+// beyond +-448 (and infinities) become +-448, as the GPU's __NV_SATFINITE conversion does; NaN stays NaN.
+float e4m3_to_float(uint8_t b);
+uint8_t float_to_e4m3(float f);
+inline constexpr float kE4M3Max = 448.f;
+
 inline uint16_t float_to_bf16(float f) {  // round to nearest even, NaN kept quiet
   uint32_t u;
   std::memcpy(&u, &f, 4);

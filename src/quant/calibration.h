@@ -60,6 +60,24 @@ class FileCalibrator final : public Calibrator {
   std::unique_ptr<Impl> impl_;
 };
 
+// Batches held in memory (each maps every model input to a tensor), yielded in order.
+class MemoryCalibrator final : public Calibrator {
+ public:
+  explicit MemoryCalibrator(std::vector<TensorMap> batches) : batches_(std::move(batches)) {}
+  bool next_batch(TensorMap& batch) override {
+    if (next_ >= batches_.size()) return false;
+    batch = batches_[next_++];
+    samples_ += batch.empty() || batch.begin()->second.rank() == 0 ? 1 : static_cast<size_t>(batch.begin()->second.shape()[0]);
+    return true;
+  }
+  void reset() override { next_ = 0, samples_ = 0; }
+  size_t samples_read() const override { return samples_; }
+
+ private:
+  std::vector<TensorMap> batches_;
+  size_t next_ = 0, samples_ = 0;
+};
+
 // ---- Methods
 
 enum class CalibMethod { kEntropy, kMinMax, kPercentile };

@@ -3,6 +3,7 @@
 // (NaN) before each run so an unwritten element fails. Skips with a message when there is no GPU.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 
 #include <cmath>
 #include <cstring>
@@ -14,6 +15,7 @@
 #include "backends/cuda/cuda_util.h"
 #include "backends/cuda/kernels.h"
 #include "backends/cuda/lt_matmul.h"
+#include "backends/cuda/ops.h"
 #include "cuda_test_support.h"
 
 namespace kiln::cuda {
@@ -315,6 +317,105 @@ TEST_F(Cuda, MatmulEpiloguesMatchReference) {
             << dtype_name(dt) << " M=" << s.m << " N=" << s.n << " K=" << s.k << " " << epilogue_name(e) << " "
             << mm.describe();
       }
+    }
+  }
+}
+
+// FP8 E4M3 GEMMs (SM 8.9+): operands quantized here with CUDA's own host conversion, the reference
+// computed in float64 from the same quantized values and scales, so only accumulation order and the
+// output's rounding differ.
+TEST_F(Cuda, Fp8MatmulMatchesReference) {
+  int dev = 0, major = 0, minor = 0;
+  KILN_CUDA_CHECK(cudaGetDevice(&dev));
+  KILN_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+  KILN_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
+  if (major * 10 + minor < 89) GTEST_SKIP() << "FP8 GEMMs need SM 8.9 or newer";
+  for (auto [gt, dt] : {std::pair{GemmType::kF16, DType::kF16}, std::pair{GemmType::kBF16, DType::kBF16}}) {
+    for (GemmShape s : {GemmShape{128, 768, 768}, GemmShape{1, 3072, 768}, GemmShape{300, 512, 256, 1, 0, true}}) {
+      for (Epilogue e : {Epilogue::kNone, Epilogue::kBias, Epilogue::kBiasRelu, Epilogue::kBiasGelu}) {
+        std::vector<float> x = random(static_cast<size_t>(s.m * s.k), -3.f, 3.f),
+                           w = random(static_cast<size_t>(s.k * s.n), -0.2f, 0.2f), b = random(s.n), c = random(s.m * s.n);
+        float xa = 0, wa = 0;
+        for (float v : x) xa = std::max(xa, std::fabs(v));
+        for (float v : w) wa = std::max(wa, std::fabs(v));
+        const float sx = xa / 448.f, sw = wa / 448.f;
+        // X [M,K] and W stored [N,K], as E4M3 codes; the values they stand for.
+        std::vector<__nv_fp8_e4m3> xq(x.size()), wq(w.size());
+        std::vector<double> xv(x.size()), wv(w.size());
+        for (size_t i = 0; i < x.size(); ++i) xq[i] = __nv_fp8_e4m3(x[i] / sx), xv[i] = float(xq[i]);
+        for (int64_t k = 0; k < s.k; ++k)
+          for (int64_t j = 0; j < s.n; ++j) {
+            const size_t at = static_cast<size_t>(j * s.k + k);
+            wq[at] = __nv_fp8_e4m3(w[k * s.n + j] / sw), wv[at] = float(wq[at]);
+          }
+        DeviceBuffer dx(xq.size()), dw(wq.size());
+        KILN_CUDA_CHECK(cudaMemcpy(dx.get(), xq.data(), xq.size(), cudaMemcpyHostToDevice));
+        KILN_CUDA_CHECK(cudaMemcpy(dw.get(), wq.data(), wq.size(), cudaMemcpyHostToDevice));
+        DeviceBuffer db = upload(dt, b), dc = upload(dt, c), dy = poisoned(dt, s.m * s.n);
+        LtMatmul mm(s, gt, e, 32u << 20, 8, nullptr, {}, Fp8Inputs{true, sx, sw});
+        ASSERT_GE(mm.chosen(), 0) << mm.describe();
+        mm.run(dx.get(), dw.get(), db.get(), dy.get(), nullptr, nullptr, 0, s.accumulate ? dc.get() : nullptr);
+        std::vector<double> ref(static_cast<size_t>(s.m * s.n));
+        const bool bias = e != Epilogue::kNone;
+        for (int64_t i = 0; i < s.m; ++i)
+          for (int64_t j = 0; j < s.n; ++j) {
+            double acc = 0;
+            for (int64_t k = 0; k < s.k; ++k) acc += xv[i * s.k + k] * wv[j * s.k + k];
+            acc = acc * sx * sw + (bias ? b[j] : 0) + (s.accumulate ? c[i * s.n + j] : 0);
+            if (e == Epilogue::kBiasRelu) acc = std::max(acc, 0.0);
+            if (e == Epilogue::kBiasGelu) acc = 0.5 * acc * (1 + std::tanh(0.7978845608028654 * (acc + 0.044715 * acc * acc * acc)));
+            ref[i * s.n + j] = acc;
+          }
+        EXPECT_LT(rel_error(download(dt, dy, ref.size()), ref), tolerance(dt))
+            << dtype_name(dt) << " M=" << s.m << " N=" << s.n << " K=" << s.k << " " << epilogue_name(e) << " "
+            << mm.describe();
+      }
+    }
+  }
+  EXPECT_THROW(LtMatmul(GemmShape{4, 8, 8}, GemmType::kF32, Epilogue::kNone, 32u << 20, 8, nullptr, {}, Fp8Inputs{true, 1, 1}),
+               CudaError);
+  EXPECT_THROW(LtMatmul(GemmShape{4, 8, 8}, GemmType::kF16, Epilogue::kNone, 32u << 20, 8, nullptr, {}, Fp8Inputs{true, 0, 1}),
+               CudaError);
+}
+
+// The quantizing elementwise kernels (plain, and through GELU) write exactly the codes of CUDA's
+// host conversion of op(x) * scale: round to nearest even, saturating at +-448. Sizes that are and
+// are not multiples of 8 take the vectorized and the generic kernel.
+TEST_F(Cuda, Fp8QuantizeIsExact) {
+  for (int64_t n : {4096, 1000, 8 * 1000 + 3}) {
+    for (EwOp op : {EwOp::kLoad, EwOp::kGelu, EwOp::kRelu}) {
+      std::vector<float> x = random(static_cast<size_t>(n), -8.f, 8.f);
+      DeviceBuffer dx = upload(DType::kF16, x);  // x now holds the FP16 values
+      DeviceBuffer dy(static_cast<size_t>(n));
+      KILN_CUDA_CHECK(cudaMemset(dy.get(), 0x7f, dy.bytes()));
+      const float scale = 60.f;  // pushes values past 448: saturation is exercised
+      EwProgram p;
+      p.rank = 1, p.dims[0] = n, p.num_inputs = 1, p.in_types[0] = ElemType::kF16, p.in_strides[0][0] = 1;
+      p.steps[0] = EwStep{};
+      int s = 1;
+      if (op != EwOp::kLoad) p.steps[s++] = EwStep{op};
+      p.steps[s++] = EwStep{EwOp::kAffine, 0, 0, false, scale, 0.f};
+      p.num_steps = s;
+      p.out_type = ElemType::kF8E4M3;
+      const void* ins[1] = {dx.get()};
+      elementwise(p, ins, dy.get(), nullptr);
+      std::vector<uint8_t> got(static_cast<size_t>(n));
+      KILN_CUDA_CHECK(cudaDeviceSynchronize());
+      KILN_CUDA_CHECK(cudaMemcpy(got.data(), dy.get(), got.size(), cudaMemcpyDeviceToHost));
+      int bad = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        float v = x[i];
+        if (op == EwOp::kRelu) v = std::max(v, 0.f);
+        if (op == EwOp::kGelu) v = 0.5f * v * (1.f + std::erf(v * 0.70710678118654752f));
+        const __nv_fp8_e4m3 want(v * scale);
+        // GELU runs with a fast erf (1.5e-7 absolute): a value within that of a rounding midpoint
+        // may land on the neighbouring code.
+        const int diff = std::abs(int(got[i] & 0x7f) - int(want.__x & 0x7f));
+        // Zero's sign may differ (the interpreter's affine step adds +0: -0 * s + 0 is +0).
+        const bool zeros = (got[i] & 0x7f) == 0 && (want.__x & 0x7f) == 0;
+        if (got[i] != want.__x && !zeros && !(op == EwOp::kGelu && diff == 1 && (got[i] & 0x80) == (want.__x & 0x80))) ++bad;
+      }
+      EXPECT_EQ(bad, 0) << "n=" << n << " op " << static_cast<int>(op);
     }
   }
 }

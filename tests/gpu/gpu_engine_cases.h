@@ -93,6 +93,50 @@ TEST_P(GpuEngine, ASavedEngineLoadsItsRecordedTacticsAndComputesTheSame) {
   }
 }
 
+// An FP8 engine keeps its calibrated input scales in the stored graph: it loads without
+// calibration data, and computes what the built program computed.
+TEST_P(GpuEngine, AnFp8EngineKeepsItsScales) {
+  if (!sim_) {
+    auto dev = gpu::open_device(0);
+    if (dev->props().sm_major * 10 + dev->props().sm_minor < 89) GTEST_SKIP() << "FP8 GEMMs need SM 8.9 or newer";
+  }
+  Builder b;
+  b.input("x", {8, 64}).weight("w1", {64, 128}).weight("b1", {128}).weight("w2", {128, 32}).weight("b2", {32});
+  b.node("FusedMatMul", {"x", "w1", "b1"}, {"h"}, {{"activation", Attribute::of_string("Gelu")}}, "kiln")
+      .node("Gemm", {"h", "w2", "b2"}, {"y"})
+      .output("y");
+  quant::MemoryCalibrator data({{{"x", b.random({8, 64})}}, {{"x", b.random({8, 64})}}});
+  gpu::Fp8Calibration calib;
+  calib.data = &data;
+  gpu::GpuEngineOptions opt;
+  opt.precision = gpu::Precision::kFP8;  // FP8 where timing says it pays (FP16 elsewhere: same test)
+  try {
+    gpu::build_gpu_engine(b.m, {{"x", {8, 64}}}, 0, opt);
+    ADD_FAILURE() << "an FP8 engine was built without calibration data";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument) << e.what();
+  }
+  opt.fp8 = &calib;
+  const gpu::GpuEngineBuild built = gpu::build_gpu_engine(b.m, {{"x", {8, 64}}}, 0, opt);
+  EXPECT_EQ(built.fp8_gemms, 2u);
+  EXPECT_EQ(built.info.target.properties.at("precision"), "fp8");
+  const LoadedEngine file = round_trip(built);
+  const int timed_before = sim_ ? sim_->tuned_timed() : 0;
+  const gpu::LoadedGpuEngine loaded = gpu::load_gpu_engine(file.model, file.info, 0);
+  // The FP8-or-FP16 choice of each GEMM is recorded with the tactics: loading times nothing.
+  if (sim_) EXPECT_EQ(sim_->tuned_timed(), timed_before);
+  EXPECT_EQ(loaded.program->tactic_stats().timed, 0);
+  EXPECT_EQ(loaded.precision, gpu::Precision::kFP8);
+  EXPECT_TRUE(loaded.tactics_used);
+  int scaled = 0;
+  for (const Node& n : file.model.graph.nodes) scaled += gpu::fp8_input_scale(n) > 0;
+  EXPECT_EQ(scaled, 2);
+  const Tensor x = b.random({8, 64});
+  const auto ya = gpu::GpuContext(built.program).run({{"x", x}}), yc = gpu::GpuContext(loaded.program).run({{"x", x}});
+  EXPECT_LT(rel_error(yc.at("y"), ya.at("y")), 1e-3);
+  EXPECT_LT(rel_error(yc.at("y"), reference::Executor(b.m).run({{"x", x}}).at("y")), 1e-1);
+}
+
 TEST_P(GpuEngine, ATimingCacheMakesTheSecondBuildTimeNothing) {
   Builder b = model();
   auto device = gpu::open_device(0);

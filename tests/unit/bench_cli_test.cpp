@@ -249,7 +249,7 @@ TEST_F(BenchCliTest, BadFlagsExit2) {
 // module, as in the sanitizer build) `--device cuda` fails with a clear message instead of running
 // on the CPU. On a machine with a GPU the last part is skipped (the GPU tests cover it there).
 TEST_F(BenchCliTest, DeviceFlag) {
-  Result r = kiln_cli("bench " + model_ + " --device cuda --precision fp8");
+  Result r = kiln_cli("bench " + model_ + " --device cuda --precision int4");
   EXPECT_EQ(r.code, 2) << r.out;
   for (const char* cmd : {"bench", "run"}) {
     r = kiln_cli(std::string(cmd) + " " + model_ + " --device gpu7");

@@ -124,6 +124,46 @@ TEST_F(GpuEngineCli, AHardwareCompatibleEngineRunsOnOtherArchitecturesFromSm80) 
   EXPECT_TRUE(has(r.out, "SM 8.0 and newer") && has(r.out, "sm_75")) << r.out;
 }
 
+// --precision fp8: FP8 GEMMs (the example's final Gemm) with the input scale calibrated from
+// --calib; without data it is refused, and --calib without fp8 too. On an SM 8.0 GPU the build
+// keeps every GEMM in FP16 (no FP8 kernels there) and says so.
+TEST_F(GpuEngineCli, Fp8EnginesAreCalibratedFromCalibData) {
+  const std::string base = "build " + kModel + " --device cuda --shapes image:2x1x28x28 -o " + engine();
+  auto r = kiln(base + " --precision fp8");
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_TRUE(has(r.out, "needs calibration data")) << r.out;
+  const auto calib = dir_ / "calib.npz";
+  Tensor images(DType::kF32, {6, 1, 28, 28});
+  for (int64_t i = 0; i < images.numel(); ++i) images.mutable_data<float>()[i] = static_cast<float>((i * 7919) % 1000) / 1000.f;
+  write_npz(calib, {{"image", images}});
+  r = kiln(base + " --calib " + calib.string());
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_TRUE(has(r.out, "--calib without --precision fp8")) << r.out;
+
+  r = kiln(base + " --precision fp8 --calib " + calib.string());
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_TRUE(has(r.out, "precision:    fp8")) << r.out;
+  EXPECT_TRUE(has(r.out, "1 of 1 GEMMs in FP8")) << r.out;
+  EXPECT_TRUE(has(r.out, "1 GEMM inputs calibrated (--calib " + calib.string() + ", minmax, 6 samples)")) << r.out;
+  // The engine carries the scale: it runs with no data, close to the CPU's FP32 result.
+  const auto gpu_dir = dir_ / "gpu", cpu_dir = dir_ / "cpu";
+  r = kiln("run " + engine() + " --device cuda --seed 3 -o " + gpu_dir.string());
+  ASSERT_EQ(r.code, 0) << r.out;
+  r = kiln("run " + kModel + " --shapes image:2x1x28x28 --seed 3 -o " + cpu_dir.string(), "");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const Tensor g = read_npy(gpu_dir / "probabilities.npy"), want = read_npy(cpu_dir / "probabilities.npy");
+  ASSERT_EQ(g.shape(), want.shape());
+  for (int64_t k = 0; k < g.numel(); ++k) EXPECT_NEAR(g.data<float>()[k], want.data<float>()[k], 3e-2) << k;
+  // bench of the ONNX model calibrates on its own generated inputs.
+  r = kiln("bench " + kModel + " --device cuda --precision fp8 --shapes image:2x1x28x28 --iterations 3 --warmup-ms 0");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_TRUE(has(r.out, "FP8 scales calibrated on the generated inputs") && has(r.out, "GEMMs in FP8")) << r.out;
+  // SM 8.0: no FP8 kernels, so the GEMM stays FP16.
+  r = kiln(base + " --precision fp8 --calib " + calib.string(), sim(1, 80));
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_TRUE(has(r.out, "0 of 1 GEMMs in FP8")) << r.out;
+}
+
 TEST_F(GpuEngineCli, BadBuildFlagsAreRefused) {
   const std::string base = "build " + kModel + " --shapes image:2x1x28x28 -o " + engine();
   auto r = kiln(base + " --device cuda --int8");

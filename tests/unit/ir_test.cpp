@@ -1,6 +1,7 @@
 // IR basics: dtypes, 16-bit float conversion, tensors, topological order, broadcasting.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 
@@ -53,6 +54,48 @@ TEST(DType, BFloat16RoundTrip) {
   EXPECT_EQ(bf16_to_float(float_to_bf16(1.0f)), 1.0f);
 }
 
+
+// Every E4M3 code decodes to a value that encodes back to the same code (NaN to NaN), and
+// arbitrary floats round to the nearest code (ties to even), saturating at +-448.
+TEST(DType, E4M3RoundTripsEveryCodeAndRoundsToNearest) {
+  std::vector<float> finite;
+  for (int c = 0; c < 256; ++c) {
+    const float v = e4m3_to_float(static_cast<uint8_t>(c));
+    if ((c & 0x7f) == 0x7f) {
+      EXPECT_TRUE(std::isnan(v)) << c;
+      EXPECT_EQ(float_to_e4m3(v) & 0x7f, 0x7f);
+      continue;
+    }
+    if (c == 0x80) continue;  // -0 encodes back as 0x80 too, but compares equal to +0
+    EXPECT_EQ(float_to_e4m3(v), c) << "code " << c << " value " << v;
+    if (c < 0x80) finite.push_back(v);
+  }
+  EXPECT_EQ(e4m3_to_float(0x7e), 448.f);
+  EXPECT_EQ(e4m3_to_float(0x01), std::ldexp(1.f, -9));
+  EXPECT_EQ(e4m3_to_float(0x08), std::ldexp(1.f, -6));
+  EXPECT_EQ(float_to_e4m3(1e6f), 0x7e);
+  EXPECT_EQ(float_to_e4m3(-INFINITY), 0xfe);
+  EXPECT_EQ(float_to_e4m3(460.f), 0x7e);
+  // Against a brute-force nearest search over the positive codes (ties: the even code).
+  std::sort(finite.begin(), finite.end());
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<float> mag(-12, 9);
+  for (int i = 0; i < 20000; ++i) {
+    const float x = std::exp2(mag(rng));
+    if (x >= 448.f) continue;
+    uint8_t best = 0;
+    float best_d = INFINITY;
+    for (int c = 0; c < 0x7f; ++c) {
+      const float d = std::fabs(e4m3_to_float(static_cast<uint8_t>(c)) - x);
+      if (d < best_d || (d == best_d && (c & 1) == 0)) best = static_cast<uint8_t>(c), best_d = d;
+    }
+    ASSERT_EQ(float_to_e4m3(x), best) << x;
+    ASSERT_EQ(float_to_e4m3(-x), best | 0x80) << -x;
+  }
+  // Midpoints between neighbours go to the even one.
+  EXPECT_EQ(float_to_e4m3(1.0625f), 0x38);  // between 1 (0x38) and 1.125 (0x39)
+  EXPECT_EQ(float_to_e4m3(1.1875f), 0x3a);  // between 1.125 (0x39) and 1.25 (0x3a)
+}
 TEST(Tensor, AllocationViewsAndReshape) {
   Tensor t = Tensor::from_vector<float>({2, 3}, {1, 2, 3, 4, 5, 6});
   EXPECT_EQ(t.numel(), 6);

@@ -38,6 +38,7 @@ inline float sim_load(ElemType t, const void* p, int64_t i) {
     case ElemType::kI32: return static_cast<float>(static_cast<const int32_t*>(p)[i]);
     case ElemType::kI8: return static_cast<const int8_t*>(p)[i];
     case ElemType::kU8: return static_cast<const uint8_t*>(p)[i];
+    case ElemType::kF8E4M3: return kiln::e4m3_to_float(static_cast<const uint8_t*>(p)[i]);
     default: return static_cast<const uint8_t*>(p)[i] ? 1.f : 0.f;
   }
 }
@@ -52,6 +53,7 @@ inline void sim_store(ElemType t, void* p, int64_t i, float v) {
     case ElemType::kI32: static_cast<int32_t*>(p)[i] = std::isfinite(v) ? static_cast<int32_t>(v) : 0; break;
     case ElemType::kI8: static_cast<int8_t*>(p)[i] = static_cast<int8_t>(std::clamp(v, -128.f, 127.f)); break;
     case ElemType::kU8: static_cast<uint8_t*>(p)[i] = static_cast<uint8_t>(std::clamp(v, 0.f, 255.f)); break;
+    case ElemType::kF8E4M3: static_cast<uint8_t*>(p)[i] = kiln::float_to_e4m3(v); break;
     default: static_cast<uint8_t*>(p)[i] = v != 0.f ? 1 : 0; break;
   }
 }
@@ -138,7 +140,9 @@ class SimKernel final : public Kernel {
   void launch(const void* const* in, void* const* out, void* ws, void* stream) const override;
   std::string describe() const override { return "sim " + what_; }
   // Every simulated tactic costs the same; a kernel made from a recorded tactic was not timed.
-  double timed_ms() const override { return tactic_.empty() || timed_ ? 1.0 : -1.0; }
+  double timed_ms() const override { return tactic_.empty() || timed_ ? ms_ : -1.0; }
+  // FP8 GEMMs report a tenth of the time, so that FP8 builds choose them as they do on Hopper.
+  void set_ms(double ms) { ms_ = ms; }
   std::string tactic() const override { return tactic_; }
   void set_tactic(std::string tactic, bool timed) {
     tactic_ = std::move(tactic);
@@ -153,6 +157,7 @@ class SimKernel final : public Kernel {
   int outputs_;
   std::string tactic_;
   bool timed_ = true;
+  double ms_ = 1.0;
 };
 
 class SimDevice final : public Device {
@@ -281,6 +286,32 @@ class SimDevice final : public Device {
   void count_kernel() { ++kernels_run_; }
 
   std::unique_ptr<Kernel> matmul(const MatmulDesc& d, size_t, const std::string& tactic) override {
+    if (d.fp8 && (d.type == ElemType::kF32 || d.batch != 1))
+      throw std::runtime_error("matmul: FP8 operands need an FP16 or BF16 output and one unbatched product");
+    if (d.fp8 && props_.sm_major * 10 + props_.sm_minor < 89)
+      throw std::runtime_error("matmul: FP8 GEMMs need SM 8.9 or newer (Ada, Hopper); this GPU is " + props_.sm());
+    if (d.fp8) {
+      auto k = tuned("sim-matmul-fp8", tactic, "matmul fp8e4m3", 2 + d.bias + d.residual, [d](const void* const* in, void* const* out, void*) {
+        const void* bias = d.bias ? in[2] : nullptr;
+        const void* res = d.residual ? in[d.bias ? 3 : 2] : nullptr;
+        for (int64_t i = 0; i < d.m; ++i)
+          for (int64_t j = 0; j < d.n; ++j) {
+            double acc = 0;
+            for (int64_t k = 0; k < d.k; ++k)  // W stored [N, K]
+              acc += static_cast<double>(sim_load(ElemType::kF8E4M3, in[0], i * d.k + k)) *
+                     sim_load(ElemType::kF8E4M3, in[1], j * d.k + k);
+            float v = static_cast<float>(acc) * d.x_scale * d.w_scale;
+            const int64_t o = i * d.n + j;
+            if (res) v += sim_load(d.type, res, o);
+            if (bias) v += sim_load(d.type, bias, j);
+            if (d.epilogue == MatmulDesc::Epilogue::kRelu) v = std::max(v, 0.f);
+            if (d.epilogue == MatmulDesc::Epilogue::kGeluTanh) v = sim_unary(EwOp::kGeluTanh, v, 0, 0);
+            sim_store(d.type, out[0], o, v);
+          }
+      });
+      static_cast<SimKernel*>(k.get())->set_ms(0.1);
+      return k;
+    }
     return tuned("sim-matmul", tactic, "matmul", 2 + d.bias + d.residual, [d](const void* const* in, void* const* out, void*) {
       const void* bias = d.bias ? in[2] : nullptr;
       const void* res = d.residual ? in[d.bias ? 3 : 2] : nullptr;
@@ -398,8 +429,10 @@ class SimDevice final : public Device {
         }
     });
   }
-  std::unique_ptr<Kernel> layer_norm(ElemType t, int64_t rows, int64_t cols, float eps, bool write_sum) override {
-    return make("layer_norm", 4, [=](const void* const* in, void* const* out, void*) {
+  std::unique_ptr<Kernel> layer_norm(ElemType t, int64_t rows, int64_t cols, float eps, bool write_sum,
+                                     float fp8_scale) override {
+    const int y8 = fp8_scale > 0 ? (write_sum ? 2 : 1) : -1;
+    return make(y8 >= 0 ? "layer_norm (+ fp8e4m3 copy)" : "layer_norm", 4, [=](const void* const* in, void* const* out, void*) {
       std::vector<float> x(static_cast<size_t>(cols));
       for (int64_t r = 0; r < rows; ++r) {
         double mean = 0, var = 0;
@@ -418,9 +451,10 @@ class SimDevice final : public Device {
           if (in[1]) v *= sim_load(t, in[1], c);
           if (in[2]) v += sim_load(t, in[2], c);
           sim_store(t, out[0], r * cols + c, v);
+          if (y8 >= 0) sim_store(ElemType::kF8E4M3, out[y8], r * cols + c, sim_round(t, v) * (1.f / fp8_scale));
         }
       }
-    }, write_sum ? 2 : 1);
+    }, (write_sum ? 2 : 1) + (y8 >= 0));
   }
   std::unique_ptr<Kernel> softmax(ElemType t, int64_t rows, int64_t cols) override {
     return make("softmax", 1, [=](const void* const* in, void* const* out, void*) {

@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 
 #include <cmath>
 #include <cstdint>
@@ -51,7 +52,7 @@ __device__ __forceinline__ float block_max(float v, float* shared) {
 template <typename T>
 __global__ void layer_norm_kernel(const T* __restrict__ x, const T* __restrict__ res, const T* __restrict__ gamma,
                                   const T* __restrict__ beta, T* __restrict__ y, T* __restrict__ sum, int64_t cols,
-                                  float eps) {
+                                  float eps, __nv_fp8_e4m3* __restrict__ y8, float y8_mul) {
   __shared__ float shared[32];
   const T* row = x + blockIdx.x * cols;
   const T* rrow = res ? res + blockIdx.x * cols : nullptr;
@@ -73,6 +74,7 @@ __global__ void layer_norm_kernel(const T* __restrict__ x, const T* __restrict__
     if (beta) r += to_f(beta[c]);
     out[c] = from_f<T>(r);
     if (sum) sum[blockIdx.x * cols + c] = from_f<T>(at(c));
+    if (y8) y8[blockIdx.x * cols + c] = __nv_fp8_e4m3(to_f(from_f<T>(r)) * y8_mul);
   }
 }
 
@@ -116,7 +118,7 @@ constexpr int kWarpsPerBlock = 4;
 template <typename T, int VPL>
 __global__ void layer_norm_warp_kernel(const T* __restrict__ x, const T* __restrict__ res, const T* __restrict__ gamma,
                                        const T* __restrict__ beta, T* __restrict__ y, T* __restrict__ sum, int64_t rows,
-                                       int cols, float eps) {
+                                       int cols, float eps, uint8_t* __restrict__ y8, float y8_mul) {
   constexpr int N = Vec<T>::N;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
   if (row >= rows) return;
@@ -173,6 +175,14 @@ __global__ void layer_norm_warp_kernel(const T* __restrict__ x, const T* __restr
       o.v[e] = from_f<T>(r);
     }
     out[v] = o.raw;
+    if (y8) {  // the same values in FP8 (an FP8 GEMM's input), as an elementwise pass would write them
+      uint8_t q[N];
+#pragma unroll
+      for (int e = 0; e < N; ++e) q[e] = __nv_fp8_e4m3(to_f(o.v[e]) * y8_mul).__x;
+      uint8_t* dst = y8 + row * cols + static_cast<int64_t>(v) * N;
+      if constexpr (N == 8) *reinterpret_cast<uint2*>(dst) = *reinterpret_cast<const uint2*>(q);
+      else *reinterpret_cast<uint32_t*>(dst) = *reinterpret_cast<const uint32_t*>(q);
+    }
   }
 }
 
@@ -471,7 +481,7 @@ void layer_norm(DType t, const void* x, const void* gamma, const void* beta, voi
 }
 
 void layer_norm(DType t, const void* x, const void* residual, const void* gamma, const void* beta, void* y, int64_t rows,
-                int64_t cols, float eps, cudaStream_t stream, void* sum) {
+                int64_t cols, float eps, cudaStream_t stream, void* sum, void* y8, float y8_mul) {
   check_rows(rows, cols, "layer_norm");
   if (rows == 0) return;
   dispatch(t, [&](auto tag) {
@@ -481,13 +491,15 @@ void layer_norm(DType t, const void* x, const void* residual, const void* gamma,
         const unsigned blocks = static_cast<unsigned>((rows + kWarpsPerBlock - 1) / kWarpsPerBlock);
         layer_norm_warp_kernel<T, decltype(vpl)::value><<<blocks, 32 * kWarpsPerBlock, 0, stream>>>(
             static_cast<const T*>(x), static_cast<const T*>(residual), static_cast<const T*>(gamma),
-            static_cast<const T*>(beta), static_cast<T*>(y), static_cast<T*>(sum), rows, static_cast<int>(cols), eps);
+            static_cast<const T*>(beta), static_cast<T*>(y), static_cast<T*>(sum), rows, static_cast<int>(cols), eps,
+            static_cast<uint8_t*>(y8), y8_mul);
       });
       return;
     }
     layer_norm_kernel<T><<<static_cast<unsigned>(rows), kBlock, 0, stream>>>(
         static_cast<const T*>(x), static_cast<const T*>(residual), static_cast<const T*>(gamma),
-        static_cast<const T*>(beta), static_cast<T*>(y), static_cast<T*>(sum), cols, eps);
+        static_cast<const T*>(beta), static_cast<T*>(y), static_cast<T*>(sum), cols, eps,
+        static_cast<__nv_fp8_e4m3*>(y8), y8_mul);
   });
   check_launch("layer_norm");
 }

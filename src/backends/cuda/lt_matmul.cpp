@@ -2,6 +2,7 @@
 #include "backends/cuda/lt_matmul.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 
 namespace kiln::cuda {
@@ -80,24 +81,41 @@ bool parse_algo(const std::string& s, cublasLtMatmulAlgo_t* a) {
 // Row-major Y[M,N] = X[M,K] W[K,N] is column-major Y^T[N,M] = W^T[N,K] X^T[K,M]: cuBLASLt's A is W
 // (N x K, ld N), B is X (K x M, ld K) and D is Y (N x M, ld N); the bias runs along D's rows, N.
 LtMatmul::LtMatmul(GemmShape shape, GemmType type, Epilogue epilogue, size_t workspace_limit, int candidates,
-                   cudaStream_t stream, const std::string& tactic)
-    : shape_(shape), type_(type), epilogue_(epilogue) {
+                   cudaStream_t stream, const std::string& tactic, Fp8Inputs fp8)
+    : shape_(shape), type_(type), epilogue_(epilogue), fp8_(fp8) {
   if (shape.m <= 0 || shape.n <= 0 || shape.k <= 0)
     throw CudaError("matmul: bad shape M=" + std::to_string(shape.m) + " N=" + std::to_string(shape.n) +
                     " K=" + std::to_string(shape.k));
+  if (fp8.on && (type == GemmType::kF32 || shape.batch != 1))
+    throw CudaError("matmul: FP8 operands need an FP16 or BF16 output and one unbatched product");
+  if (fp8.on && !(std::isfinite(fp8.x_scale) && fp8.x_scale > 0 && std::isfinite(fp8.w_scale) && fp8.w_scale > 0))
+    throw CudaError("matmul: FP8 scales must be positive and finite");
   KILN_CUBLAS_CHECK(cublasLtCreate(&lt_));
   const cudaDataType_t dt = data_type(type);
+  const cudaDataType_t in_t = fp8.on ? CUDA_R_8F_E4M3 : dt;
   const cublasComputeType_t compute = type == GemmType::kF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
   KILN_CUBLAS_CHECK(cublasLtMatmulDescCreate(&op_, compute, CUDA_R_32F));
-  const cublasOperation_t no = CUBLAS_OP_N;
-  KILN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op_, CUBLASLT_MATMUL_DESC_TRANSA, &no, sizeof(no)));
+  const cublasOperation_t no = CUBLAS_OP_N, ta = fp8.on ? CUBLAS_OP_T : CUBLAS_OP_N;
+  KILN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op_, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
   KILN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op_, CUBLASLT_MATMUL_DESC_TRANSB, &no, sizeof(no)));
   const cublasLtEpilogue_t epi = lt_epilogue(epilogue);
   KILN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op_, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
   if (has_bias(epilogue))
     KILN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op_, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &dt, sizeof(dt)));
-  KILN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&a_, dt, shape.n, shape.k, shape.n));
-  KILN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&b_, dt, shape.k, shape.m, shape.k));
+  if (fp8.on) {
+    // The scales live on the device for the kernel's lifetime (cuBLASLt reads them at run time).
+    scales_ = DeviceBuffer(32);
+    const float host[8] = {fp8.w_scale, 0, 0, 0, fp8.x_scale, 0, 0, 0};
+    KILN_CUDA_CHECK(cudaMemcpy(scales_.get(), host, sizeof(host), cudaMemcpyHostToDevice));
+    void* sa = scales_.get();
+    void* sb = static_cast<char*>(scales_.get()) + 16;
+    KILN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op_, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &sa, sizeof(sa)));
+    KILN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op_, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &sb, sizeof(sb)));
+    KILN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&a_, in_t, shape.k, shape.n, shape.k));  // W [N,K] row major
+  } else {
+    KILN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&a_, in_t, shape.n, shape.k, shape.n));
+  }
+  KILN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&b_, in_t, shape.k, shape.m, shape.k));
   KILN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&c_, dt, shape.n, shape.m, shape.n));
   if (shape.batch < 1 || shape.batch > 0x7fffffff || shape.w_stride < 0)
     throw CudaError("matmul: bad batch " + std::to_string(shape.batch));
@@ -113,7 +131,7 @@ LtMatmul::LtMatmul(GemmShape shape, GemmType type, Epilogue epilogue, size_t wor
   }
 
   const std::string what = (shape.batch > 1 ? std::to_string(shape.batch) + "x " : std::string()) + "matmul M=" + std::to_string(shape.m) + " N=" + std::to_string(shape.n) +
-                           " K=" + std::to_string(shape.k) + " " + type_name(type) + " epilogue " +
+                           " K=" + std::to_string(shape.k) + " " + (fp8.on ? "fp8e4m3->" : "") + type_name(type) + " epilogue " +
                            epilogue_name(epilogue);
   if (!tactic.empty()) {
     // A recorded algorithm: parse, check against this problem, use as is.
@@ -149,10 +167,10 @@ LtMatmul::LtMatmul(GemmShape shape, GemmType type, Epilogue epilogue, size_t wor
   for (int i = 0; i < returned; ++i) ws = std::max(ws, found[i].workspaceSize);
   workspace_ = DeviceBuffer(ws);
   // Time every candidate on scratch operands (random-ish bytes: a constant pattern, not zeros).
-  const size_t es = type_size(type);
+  const size_t es = type_size(type), in_es = fp8.on ? 1 : es;
   const int64_t w_batches = shape.w_stride ? shape.batch : 1;
-  DeviceBuffer x(static_cast<size_t>(shape.batch * shape.m * shape.k) * es),
-      w(static_cast<size_t>(w_batches * shape.k * shape.n) * es),
+  DeviceBuffer x(static_cast<size_t>(shape.batch * shape.m * shape.k) * in_es),
+      w(static_cast<size_t>(w_batches * shape.k * shape.n) * in_es),
       y(static_cast<size_t>(shape.batch * shape.m * shape.n) * es), bias(static_cast<size_t>(shape.n) * es);
   KILN_CUDA_CHECK(cudaMemsetAsync(x.get(), 0x3c, x.bytes(), stream));
   KILN_CUDA_CHECK(cudaMemsetAsync(w.get(), 0x31, w.bytes(), stream));
@@ -218,8 +236,9 @@ void LtMatmul::run(const void* x, const void* w, const void* bias, void* y, cuda
 std::string LtMatmul::tactic() const { return format_algo(algo_); }
 
 std::string LtMatmul::describe() const {
-  if (best_ms_ < 0) return "cublasLt " + std::string(type_name(type_)) + " " + epilogue_name(epilogue_) + ": recorded algorithm";
-  std::string s = "cublasLt " + std::string(type_name(type_)) + " " + epilogue_name(epilogue_) + ": candidate " +
+  const std::string types = std::string(fp8_.on ? "fp8e4m3->" : "") + type_name(type_);
+  if (best_ms_ < 0) return "cublasLt " + types + " " + epilogue_name(epilogue_) + ": recorded algorithm";
+  std::string s = "cublasLt " + types + " " + epilogue_name(epilogue_) + ": candidate " +
                   std::to_string(chosen_) + " of " + std::to_string(timings_.size()) + " [";
   for (const AlgoTiming& t : timings_) s += (t.index ? " " : "") + (t.ms < 0 ? std::string("x") : std::to_string(t.ms));
   return s + " ms]";

@@ -1,5 +1,6 @@
 // MatMul / Gemm on cuBLASLt with fused epilogues: Y[M,N] = X[M,K] · W[K,N] (+ bias[N]) (then ReLU
-// or GELU), row major, in FP16, BF16 or FP32 (TF32 tensor cores). The algorithm is chosen by
+// or GELU), row major, in FP16, BF16 or FP32 (TF32 tensor cores), or from FP8 E4M3 operands with
+// per-tensor scales into FP16/BF16. The algorithm is chosen by
 // timing cuBLASLt's heuristic candidates on the actual shapes, not by taking its first answer.
 #pragma once
 #include <cublasLt.h>
@@ -29,6 +30,14 @@ struct GemmShape {
   bool accumulate = false;
 };
 
+// FP8 operands (Hopper and newer): X and W in E4M3 with one scale each, W stored [N,K] row major
+// (the transposed-A "TN" form FP8 tensor cores need); D = x_scale * w_scale * (Xq Wq^T) + bias, in
+// the GemmType (FP16 or BF16, also the bias's and C's). Only unbatched products.
+struct Fp8Inputs {
+  bool on = false;
+  float x_scale = 1, w_scale = 1;
+};
+
 // One candidate's timing, for logs and the timing cache.
 struct AlgoTiming {
   int index = 0;  // in the heuristic's order
@@ -45,7 +54,7 @@ class LtMatmul {
   // is checked with cublasLtMatmulAlgoCheck and used without timing; a tactic that does not parse,
   // does not fit the problem or the workspace limit throws CudaError.
   LtMatmul(GemmShape shape, GemmType type, Epilogue epilogue, size_t workspace_limit = 32u << 20,
-           int candidates = 8, cudaStream_t stream = nullptr, const std::string& tactic = {});
+           int candidates = 8, cudaStream_t stream = nullptr, const std::string& tactic = {}, Fp8Inputs fp8 = {});
   ~LtMatmul();
   LtMatmul(const LtMatmul&) = delete;
   LtMatmul& operator=(const LtMatmul&) = delete;
@@ -72,6 +81,8 @@ class LtMatmul {
   GemmShape shape_;
   GemmType type_;
   Epilogue epilogue_;
+  Fp8Inputs fp8_;
+  DeviceBuffer scales_;  // FP8: W's scale at byte 0, X's at byte 16 (cuBLASLt wants them 16-byte aligned)
   cublasLtHandle_t lt_ = nullptr;
   cublasLtMatmulDesc_t op_ = nullptr;
   cublasLtMatrixLayout_t a_ = nullptr, b_ = nullptr, c_ = nullptr;

@@ -45,8 +45,9 @@ class MatmulKernel final : public gpu::Kernel {
     using E = gpu::MatmulDesc::Epilogue;
     if (d.bias) e = d.epilogue == E::kRelu ? Epilogue::kBiasRelu : d.epilogue == E::kGeluTanh ? Epilogue::kBiasGelu : Epilogue::kBias;
     else e = d.epilogue == E::kRelu ? Epilogue::kRelu : d.epilogue == E::kGeluTanh ? Epilogue::kGelu : Epilogue::kNone;
+    if (d.fp8 && d.type == ElemType::kF32) throw CudaError("matmul: FP8 operands need an FP16 or BF16 output");
     mm_ = std::make_unique<LtMatmul>(GemmShape{d.m, d.n, d.k, d.batch, d.w_stride, d.residual}, type, e, limit, 8,
-                                     nullptr, tactic);
+                                     nullptr, tactic, Fp8Inputs{d.fp8, d.x_scale, d.w_scale});
   }
   // Inputs: x, w, bias (when desc.bias).
   void launch(const void* const* in, void* const* out, void* ws, void* s) const override {
@@ -307,6 +308,8 @@ class CudaDevice final : public gpu::Device {
 
   std::unique_ptr<gpu::Kernel> matmul(const gpu::MatmulDesc& d, size_t limit, const std::string& tactic) override {
     bind();
+    if (d.fp8 && props_.sm_major * 10 + props_.sm_minor < 89)
+      throw CudaError("matmul: FP8 GEMMs need SM 8.9 or newer (Ada, Hopper); this GPU is " + props_.sm());
     return std::make_unique<MatmulKernel>(d, limit, tactic);
   }
   std::unique_ptr<gpu::Kernel> conv(const gpu::ConvDesc& d, size_t limit, const std::string& tactic) override {
@@ -346,12 +349,16 @@ class CudaDevice final : public gpu::Device {
       cuda::mean_middle(t, in[0], out[0], n, sz, c, s);
     });
   }
-  std::unique_ptr<gpu::Kernel> layer_norm(ElemType t, int64_t rows, int64_t cols, float eps, bool write_sum) override {
+  std::unique_ptr<gpu::Kernel> layer_norm(ElemType t, int64_t rows, int64_t cols, float eps, bool write_sum,
+                                          float fp8_scale) override {
     const DType dt = float_type(t, "layer_norm");
-    return fn_kernel(std::string("layer_norm ") + dtype_name(dt) + (write_sum ? " (+ residual sum)" : ""),
+    const bool fp8 = fp8_scale > 0;
+    const float mul = fp8 ? 1.f / fp8_scale : 1.f;
+    return fn_kernel(std::string("layer_norm ") + dtype_name(dt) + (write_sum ? " (+ residual sum)" : "") +
+                         (fp8 ? " (+ fp8e4m3 copy)" : ""),
                      [=](const void* const* in, void* const* out, cudaStream_t s) {
                        cuda::layer_norm(dt, in[0], in[3], in[1], in[2], out[0], rows, cols, eps, s,
-                                        write_sum ? out[1] : nullptr);
+                                        write_sum ? out[1] : nullptr, fp8 ? out[write_sum ? 2 : 1] : nullptr, mul);
                      });
   }
   std::unique_ptr<gpu::Kernel> softmax(ElemType t, int64_t rows, int64_t cols) override {

@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <string>
 
+#include <cuda_fp8.h>
+
 #include "backends/cuda/convert.cuh"
 #include "backends/cuda/cuda_util.h"
 #include "backends/cuda/ops.h"
@@ -23,7 +25,7 @@ size_t elem_size(ElemType t) {
 }
 
 const char* elem_type_name(ElemType t) {
-  static const char* names[] = {"fp32", "fp16", "bf16", "fp64", "int64", "int32", "int8", "uint8", "bool"};
+  static const char* names[] = {"fp32", "fp16", "bf16", "fp64", "int64", "int32", "int8", "uint8", "bool", "fp8e4m3"};
   return names[static_cast<int>(t)];
 }
 
@@ -47,6 +49,7 @@ __device__ __forceinline__ float load_f(ElemType t, const void* p, int64_t i) {
     case ElemType::kI32: return static_cast<float>(static_cast<const int32_t*>(p)[i]);
     case ElemType::kI8: return static_cast<float>(static_cast<const int8_t*>(p)[i]);
     case ElemType::kU8: return static_cast<float>(static_cast<const uint8_t*>(p)[i]);
+    case ElemType::kF8E4M3: return static_cast<float>(static_cast<const __nv_fp8_e4m3*>(p)[i]);
     default: return static_cast<const uint8_t*>(p)[i] ? 1.f : 0.f;
   }
 }
@@ -62,6 +65,7 @@ __device__ __forceinline__ void store_f(ElemType t, void* p, int64_t i, float v)
     case ElemType::kI32: static_cast<int32_t*>(p)[i] = static_cast<int32_t>(v); break;
     case ElemType::kI8: static_cast<int8_t*>(p)[i] = static_cast<int8_t>(v); break;
     case ElemType::kU8: static_cast<uint8_t*>(p)[i] = static_cast<uint8_t>(v); break;
+    case ElemType::kF8E4M3: static_cast<__nv_fp8_e4m3*>(p)[i] = __nv_fp8_e4m3(v); break;  // RNE, saturating
     default: static_cast<uint8_t*>(p)[i] = v != 0.f ? 1 : 0; break;
   }
 }
@@ -392,7 +396,8 @@ __device__ __forceinline__ float erf_fast(float x) {
 
 template <EwOp Op>
 __device__ __forceinline__ float unary_fast(float v) {
-  if constexpr (Op == EwOp::kGelu) return 0.5f * v * (1.f + erf_fast(v * 0.70710678118654752f));
+  if constexpr (Op == EwOp::kLoad) return v;  // no op (the quantizing kernel's plain copy)
+  else if constexpr (Op == EwOp::kGelu) return 0.5f * v * (1.f + erf_fast(v * 0.70710678118654752f));
   else if constexpr (Op == EwOp::kErf) return erf_fast(v);
   else if constexpr (Op == EwOp::kGeluTanh) return 0.5f * v * (1.f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
   else if constexpr (Op == EwOp::kSiLU) return v * sigmoidf(v);
@@ -414,6 +419,44 @@ __global__ void unary_vec_kernel(const T* __restrict__ x, T* __restrict__ y, uin
 #pragma unroll
     for (int u = 0; u < kPer; ++u) o[u] = from_f<T>(unary_fast<Op>(to_f(e[u])));
     reinterpret_cast<uint4*>(y)[vi] = out;
+  }
+}
+
+// FP8 quantization of one dense input of type T, optionally through one unary op first:
+// y = e4m3(op(x) * scale), 8 elements per thread (one 16-byte or two 16-byte loads, one 8-byte
+// store). What an FP8 GEMM's activation goes through when its producer could not write FP8 itself,
+// and the GELU between a transformer's FFN GEMMs when it can.
+template <typename T, EwOp Op>
+__global__ void quantize_fp8_kernel(const T* __restrict__ x, uint2* __restrict__ y, float scale, uint32_t n8) {
+  constexpr int kLoads = 8 * sizeof(T) / 16;
+  for (uint32_t vi = blockIdx.x * blockDim.x + threadIdx.x; vi < n8; vi += gridDim.x * blockDim.x) {
+    float v[8];
+#pragma unroll
+    for (int l = 0; l < kLoads; ++l) {
+      const uint4 raw = __ldg(reinterpret_cast<const uint4*>(x) + static_cast<size_t>(vi) * kLoads + l);
+      const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+      for (int u = 0; u < 8 / kLoads; ++u) v[l * (8 / kLoads) + u] = unary_fast<Op>(to_f(e[u])) * scale;
+    }
+    uint32_t w[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u)
+      w[u] = __nv_cvt_float2_to_fp8x2(make_float2(v[2 * u], v[2 * u + 1]), __NV_SATFINITE, __NV_E4M3);
+    y[vi] = make_uint2(w[0] | (w[1] << 16), w[2] | (w[3] << 16));
+  }
+}
+
+template <typename T>
+bool launch_quantize_fp8(EwOp op, const void* x, void* y, float scale, uint32_t n8, unsigned blocks, cudaStream_t stream) {
+  const T* xt = static_cast<const T*>(x);
+  uint2* yt = static_cast<uint2*>(y);
+  switch (op) {
+    case EwOp::kLoad: quantize_fp8_kernel<T, EwOp::kLoad><<<blocks, kThreads, 0, stream>>>(xt, yt, scale, n8); return true;
+    case EwOp::kGelu: quantize_fp8_kernel<T, EwOp::kGelu><<<blocks, kThreads, 0, stream>>>(xt, yt, scale, n8); return true;
+    case EwOp::kGeluTanh: quantize_fp8_kernel<T, EwOp::kGeluTanh><<<blocks, kThreads, 0, stream>>>(xt, yt, scale, n8); return true;
+    case EwOp::kSiLU: quantize_fp8_kernel<T, EwOp::kSiLU><<<blocks, kThreads, 0, stream>>>(xt, yt, scale, n8); return true;
+    case EwOp::kRelu: quantize_fp8_kernel<T, EwOp::kRelu><<<blocks, kThreads, 0, stream>>>(xt, yt, scale, n8); return true;
+    default: return false;
   }
 }
 
@@ -672,6 +715,26 @@ void elementwise(const EwProgram& p, const void* const* inputs, void* y, cudaStr
     }
     if (is_dense) dense |= 1u << k;
     else if (is_scalar) scalar |= 1u << k;
+  }
+  // [Load x, (one activation), Affine(scale, 0)] from one dense float input to FP8: the
+  // quantizing kernel.
+  if (p.out_type == ElemType::kF8E4M3 && p.num_inputs == 1 && (dense & 1u) && (p.num_steps == 2 || p.num_steps == 3) &&
+      p.steps[0].op == EwOp::kLoad && p.steps[p.num_steps - 1].op == EwOp::kAffine && p.steps[p.num_steps - 1].p1 == 0.f &&
+      n % 8 == 0 && n / 8 < (int64_t{1} << 31) && (reinterpret_cast<uintptr_t>(inputs[0]) & 15) == 0 &&
+      (reinterpret_cast<uintptr_t>(y) & 7) == 0) {
+    const EwOp op = p.num_steps == 3 ? p.steps[1].op : EwOp::kLoad;
+    const float scale = p.steps[p.num_steps - 1].p0;
+    const uint32_t n8 = static_cast<uint32_t>(n / 8);
+    const unsigned blocks = blocks_for(n8);
+    const ElemType xt = p.in_types[0];
+    const bool done = xt == ElemType::kF16    ? launch_quantize_fp8<__half>(op, inputs[0], y, scale, n8, blocks, stream)
+                      : xt == ElemType::kBF16 ? launch_quantize_fp8<__nv_bfloat16>(op, inputs[0], y, scale, n8, blocks, stream)
+                      : xt == ElemType::kF32  ? launch_quantize_fp8<float>(op, inputs[0], y, scale, n8, blocks, stream)
+                                              : false;
+    if (done) {
+      check_launch("elementwise (fp8 quantize)");
+      return;
+    }
   }
   // Uniform float type, dense or scalar inputs: the typed kernel.
   bool uniform = p.out_type == ElemType::kF32 || p.out_type == ElemType::kF16 || p.out_type == ElemType::kBF16;

@@ -15,10 +15,12 @@
 
 namespace kiln::gpu {
 
-inline constexpr int kApiVersion = 4;
+inline constexpr int kApiVersion = 5;
 
-// Element types of device tensors. kBool is one byte, 0 or 1.
-enum class ElemType : uint8_t { kF32, kF16, kBF16, kF64, kI64, kI32, kI8, kU8, kBool };
+// Element types of device tensors. kBool is one byte, 0 or 1. kF8E4M3 is FP8 E4M3FN (one byte;
+// conversions to it round to nearest even and saturate at +-448): the activations and weights of
+// FP8 GEMMs, always beside a scale.
+enum class ElemType : uint8_t { kF32, kF16, kBF16, kF64, kI64, kI32, kI8, kU8, kBool, kF8E4M3 };
 
 constexpr int kMaxRank = 6;
 
@@ -94,6 +96,11 @@ struct MatmulDesc {
   bool bias = false;
   bool residual = false;  // a Y-shaped input added before the activation (inputs: x, w, [bias], residual)
   enum class Epilogue : uint8_t { kNone, kRelu, kGeluTanh } epilogue = Epilogue::kNone;
+  // FP8 (Hopper and newer): X [M,K] and W are E4M3, W stored [N,K] row major (K-major, the form FP8
+  // tensor cores take), and the product is scaled back: Y = act(x_scale * w_scale * (Xq · Wq^T) +
+  // bias + residual). `type` is Y's, the bias's and the residual's (kF16 or kBF16). batch 1 only.
+  bool fp8 = false;
+  float x_scale = 1, w_scale = 1;
 };
 
 // y = act(conv(x, w) + bias + z), NHWC activations, KRSC filter [k, r, s, c/groups].
@@ -214,8 +221,10 @@ class Device {
   virtual std::unique_ptr<Kernel> pool(ElemType t, const Pool2d& p) = 0;
   virtual std::unique_ptr<Kernel> mean_middle(ElemType t, int64_t n, int64_t s, int64_t c) = 0;  // [n,s,c] -> [n,c]
   // Inputs: x, gamma (or null), beta (or null), residual (or null: LayerNorm(x + residual)).
-  // Outputs: y, and with write_sum the residual sum x + residual (rounded to t) as a second output.
-  virtual std::unique_ptr<Kernel> layer_norm(ElemType t, int64_t rows, int64_t cols, float eps, bool write_sum = false) = 0;
+  // Outputs: y, and with write_sum the residual sum x + residual (rounded to t) as a second output;
+  // with fp8_scale > 0 a last output holds y (rounded to t) / fp8_scale in E4M3 (an FP8 GEMM's input).
+  virtual std::unique_ptr<Kernel> layer_norm(ElemType t, int64_t rows, int64_t cols, float eps, bool write_sum = false,
+                                             float fp8_scale = 0) = 0;
   virtual std::unique_ptr<Kernel> softmax(ElemType t, int64_t rows, int64_t cols) = 0;
   // Inputs: q, k, v, mask (FP32, or null).
   virtual std::unique_ptr<Kernel> attention(const AttentionDesc& d) = 0;

@@ -9,8 +9,94 @@
 
 namespace kiln::gpu {
 
+namespace {
+
+// Yields the batches of `inner` whose inputs have exactly `shapes` (an FP8 program is calibrated on
+// its own graph, specialized to one set of shapes).
+class ShapeFilter final : public quant::Calibrator {
+ public:
+  ShapeFilter(quant::Calibrator& inner, const ShapeMap& shapes) : inner_(inner), shapes_(shapes) {}
+  bool next_batch(quant::TensorMap& batch) override {
+    while (inner_.next_batch(batch)) {
+      bool same = true;
+      for (const auto& [name, dims] : shapes_) {
+        auto it = batch.find(name);
+        same = same && it != batch.end() && it->second.shape() == dims;
+      }
+      if (same) {
+        ++kept_;
+        return true;
+      }
+      ++skipped_;
+      batch.clear();
+    }
+    return false;
+  }
+  void reset() override { inner_.reset(), kept_ = skipped_ = 0; }
+  size_t samples_read() const override { return inner_.samples_read(); }
+  size_t kept() const { return kept_; }
+  size_t skipped() const { return skipped_; }
+
+ private:
+  quant::Calibrator& inner_;
+  const ShapeMap& shapes_;
+  size_t kept_ = 0, skipped_ = 0;
+};
+
+}  // namespace
+
+std::vector<size_t> fp8_gemm_candidates(const Model& model) {
+  const Graph& g = model.graph;
+  std::vector<size_t> out;
+  for (size_t i = 0; i < g.nodes.size(); ++i) {
+    const Node& n = g.nodes[i];
+    const bool gemm = (n.domain.empty() && (n.op_type == "MatMul" || n.op_type == "Gemm")) ||
+                      (n.domain == "kiln" && n.op_type == "FusedMatMul");
+    if (!gemm || n.inputs.size() < 2 || n.inputs[0].empty()) continue;
+    if (n.op_type != "MatMul") {
+      const Attribute* ta = n.attr("transA");
+      if (ta && ta->i != 0) continue;
+    }
+    auto b = g.initializers.find(n.inputs[1]);
+    if (b == g.initializers.end() || b->second.rank() != 2 || !dtype_is_float(b->second.dtype())) continue;
+    const TensorType* a = g.type_of(n.inputs[0]);
+    if (!a || a->dtype != DType::kF32) continue;
+    out.push_back(i);
+  }
+  return out;
+}
+
+size_t annotate_fp8_scales(Model& model, const ShapeMap& shapes, const Fp8Calibration& calib) {
+  const std::vector<size_t> gemms = fp8_gemm_candidates(model);
+  if (gemms.empty()) return 0;
+  if (!calib.data)
+    throw Error(ErrorCode::kInvalidArgument,
+                "precision fp8 needs calibration data for the " + std::to_string(gemms.size()) +
+                    " GEMM inputs it quantizes (kiln build --precision fp8 --calib DATA)");
+  std::vector<std::string> tensors;
+  for (size_t i : gemms) tensors.push_back(model.graph.nodes[i].inputs[0]);
+  ShapeFilter data(*calib.data, shapes);
+  quant::CalibrateOptions co;
+  co.method = calib.method;
+  quant::CalibrationTable table;
+  try {
+    table = quant::calibrate(model, data, tensors, co);
+  } catch (const Error& e) {
+    if (data.kept() == 0)
+      throw Error(ErrorCode::kInvalidArgument, "FP8 calibration: " + calib.source + " has no batch of the engine's shapes (" +
+                                                   std::to_string(data.skipped()) + " batches of other shapes)");
+    throw;
+  }
+  for (size_t i : gemms) {
+    Node& n = model.graph.nodes[i];
+    const quant::TensorRange& r = table.ranges.at(n.inputs[0]);
+    n.attrs[kFp8InputScale] = Attribute::of_float(r.amax / kE4M3Max);
+  }
+  return gemms.size();
+}
+
 GpuBuild build_gpu_program(Model model, const ShapeMap& shapes, int device_index, const CompileOptions& options,
-                           int opt_level) {
+                           int opt_level, const Fp8Calibration* fp8) {
   using Clock = std::chrono::steady_clock;
   GpuBuild out;
   auto device = open_device(device_index);  // before any work: no GPU is the first error to report
@@ -29,6 +115,14 @@ GpuBuild build_gpu_program(Model model, const ShapeMap& shapes, int device_index
     out.pass_log = std::move(ctx.log);
   }
   out.nodes_after = model.graph.nodes.size();
+  if (options.precision == Precision::kFP8) {
+    // Engines carry their scales; a graph with every candidate scaled needs no data.
+    const auto tc = Clock::now();
+    bool missing = false;
+    for (size_t i : fp8_gemm_candidates(model)) missing = missing || fp8_input_scale(model.graph.nodes[i]) <= 0;
+    if (missing) out.fp8_gemms = annotate_fp8_scales(model, shapes, fp8 ? *fp8 : Fp8Calibration{});
+    out.calib_ms = std::chrono::duration<double, std::milli>(Clock::now() - tc).count();
+  }
   const auto t1 = Clock::now();
   out.program = GpuProgram::compile(device, model, shapes, options);
   out.pass_ms = std::chrono::duration<double, std::milli>(t1 - t0).count();

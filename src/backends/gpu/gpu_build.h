@@ -6,8 +6,26 @@
 #include <vector>
 
 #include "backends/gpu/gpu_program.h"
+#include "quant/calibration.h"
 
 namespace kiln::gpu {
+
+// Calibration of FP8 programs (Precision::kFP8): the activations that FP8 GEMMs read get a
+// per-tensor scale amax / 448 from a run of the optimized FP32 graph on the CPU over `data`.
+struct Fp8Calibration {
+  quant::Calibrator* data = nullptr;  // batches of the model's inputs; those of other shapes are skipped
+  quant::CalibMethodSpec method{quant::CalibMethod::kMinMax, 99.99};
+  std::string source;  // where the data came from, for messages ("--calib DIR", "the generated inputs")
+};
+
+// The GEMMs an FP8 program can run in FP8: MatMul, Gemm and FusedMatMul nodes of a 2-D constant B
+// (no transposed A) whose A is an FP32 activation. Their indices in model.graph.nodes.
+std::vector<size_t> fp8_gemm_candidates(const Model& model);
+
+// Sets fp8_input_scale on every FP8 GEMM candidate of `model` (optimized and specialized to
+// `shapes`) from a calibration run over calib.data; returns how many were set. Throws
+// kInvalidArgument when the data has no batch of `shapes` (naming calib.source).
+size_t annotate_fp8_scales(Model& model, const ShapeMap& shapes, const Fp8Calibration& calib);
 
 struct GpuBuild {
   std::shared_ptr<const GpuProgram> program;
@@ -15,10 +33,14 @@ struct GpuBuild {
   size_t nodes_before = 0, nodes_after = 0;
   double pass_ms = 0, compile_ms = 0;
   std::vector<std::string> pass_log;
+  size_t fp8_gemms = 0;  // FP8 builds: GEMMs given an input scale by calibration
+  double calib_ms = 0;
 };
 
-// `shapes` must give every dynamic input's shape. opt_level 0 runs no passes.
+// `shapes` must give every dynamic input's shape. opt_level 0 runs no passes. An FP8 build of a
+// graph whose candidates have no scales yet calibrates them with `fp8` (after the passes); without
+// it, that is a kInvalidArgument error asking for calibration data.
 GpuBuild build_gpu_program(Model model, const ShapeMap& shapes, int device_index, const CompileOptions& options,
-                           int opt_level = 3);
+                           int opt_level = 3, const Fp8Calibration* fp8 = nullptr);
 
 }  // namespace kiln::gpu

@@ -51,13 +51,15 @@ GpuEngineBuild build_gpu_engine(Model model, const ShapeMap& shapes, int device_
   co.workspace_limit = options.workspace_limit;
   co.tactics = options.timing_cache;
   co.log = options.log;
-  GpuBuild b = build_gpu_program(std::move(model), shapes, device_index, co, options.opt_level);
+  GpuBuild b = build_gpu_program(std::move(model), shapes, device_index, co, options.opt_level, options.fp8);
   GpuEngineBuild out;
   out.program = b.program;
   out.nodes_before = b.nodes_before;
   out.nodes_after = b.nodes_after;
   out.pass_ms = b.pass_ms;
   out.compile_ms = b.compile_ms;
+  out.fp8_gemms = b.fp8_gemms;
+  out.calib_ms = b.calib_ms;
   out.optimized = std::move(b.optimized);
 
   const DeviceProps& d = out.program->device().props();

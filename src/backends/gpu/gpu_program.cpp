@@ -16,14 +16,20 @@
 namespace kiln::gpu {
 
 const char* precision_name(Precision p) {
-  return p == Precision::kFP32 ? "fp32" : p == Precision::kFP16 ? "fp16" : "bf16";
+  return p == Precision::kFP32 ? "fp32" : p == Precision::kFP16 ? "fp16" : p == Precision::kBF16 ? "bf16" : "fp8";
 }
 
 Precision parse_precision(const std::string& s) {
   if (s == "fp32") return Precision::kFP32;
   if (s == "fp16") return Precision::kFP16;
   if (s == "bf16") return Precision::kBF16;
-  throw Error(ErrorCode::kInvalidArgument, "precision '" + s + "' is not fp32, fp16 or bf16");
+  if (s == "fp8") return Precision::kFP8;
+  throw Error(ErrorCode::kInvalidArgument, "precision '" + s + "' is not fp32, fp16, bf16 or fp8");
+}
+
+float fp8_input_scale(const Node& n) {
+  const Attribute* a = n.attr(kFp8InputScale);
+  return a && std::isfinite(a->f) && a->f > 0 ? a->f : 0.f;
 }
 
 size_t TensorDesc::bytes() const {
@@ -121,6 +127,7 @@ void put_value(std::vector<uint8_t>& out, ElemType t, double v, int64_t exact_in
     case ElemType::kI8: { int8_t x = static_cast<int8_t>(v); std::memcpy(b, &x, 1); break; }
     case ElemType::kU8: { uint8_t x = static_cast<uint8_t>(v); std::memcpy(b, &x, 1); break; }
     case ElemType::kBool: b[0] = v != 0 ? 1 : 0; break;
+    case ElemType::kF8E4M3: b[0] = float_to_e4m3(static_cast<float>(v)); break;
   }
   out.insert(out.end(), b, b + n);
 }
@@ -195,7 +202,8 @@ class GpuProgramBuilder {
     if (&pool_->device() != dev_.get())
       throw Error(ErrorCode::kInvalidArgument, "the weight pool belongs to another GPU than the one compiled for");
     compute_ = opt.precision == Precision::kFP32 ? ElemType::kF32
-               : opt.precision == Precision::kFP16 ? ElemType::kF16 : ElemType::kBF16;
+               : opt.precision == Precision::kBF16 ? ElemType::kBF16 : ElemType::kF16;  // FP8: FP16 between GEMMs
+    fp8_ = opt.precision == Precision::kFP8;
   }
   std::shared_ptr<const GpuProgram> build();
 
@@ -446,6 +454,23 @@ class GpuProgramBuilder {
   void lower_attention(const Node& n);
   void plan_packed_qkv();
   void plan_deferred_clips();
+  void plan_fp8_outputs();
+  // Whether an [M,K] x [K,N] GEMM runs faster in FP8 than in FP16, counting the quantizing pass
+  // over X unless its producer writes it in FP8 (`prequantized`). See plan_fp8_outputs.
+  bool fp8_pays(int64_t m, int64_t n, int64_t k, bool prequantized, const std::string& node);
+  double time_on_device(const Kernel& k, const std::vector<size_t>& in_bytes, size_t out_bytes);
+  // The scale of node n's FP8 GEMM input (fp8_input_scale), or 0 when n runs in the program's float
+  // type: FP8 programs only, MatMul/Gemm/FusedMatMul of a 2-D constant B without transposed A.
+  float fp8_scale(const Node& n) const {
+    if (!fp8_ || !(n.op_type == "FusedMatMul" || n.op_type == "MatMul" || n.op_type == "Gemm")) return 0.f;
+    if (n.inputs.size() < 2 || !is_const(n.inputs[1]) || g().initializers.at(n.inputs[1]).rank() != 2) return 0.f;
+    if ((n.op_type != "MatMul" && attr_int(n, "transA", 0) != 0)) return 0.f;
+    return fp8_input_scale(n);
+  }
+  // `x` (plain layout) quantized to E4M3 as x / scale: the value itself when its producer already
+  // wrote it so (plan_fp8_outputs), else one quantizing elementwise step (shared by every reader).
+  std::string fp8_value(const std::string& x, float scale);
+  static std::string fp8_key(const std::string& x, float scale);  // the value name of x's E4M3 copy
   bool plan_sliced_qkv(size_t attention, const size_t (&producers)[3]);
   void lower_data(const Node& n);
   // Builds an elementwise step over `ins` writing output `out` (a new value) with `steps`.
@@ -518,6 +543,12 @@ class GpuProgramBuilder {
   // Convolutions whose ReLU6 (Clip [0, hi]) runs as a ReLU, the upper clamp moved onto the read of
   // their only reader, a depthwise convolution on Kiln's kernel (plan_deferred_clips): output -> hi.
   std::map<std::string, float> deferred_clip_;
+  // Values whose only reader is an FP8 GEMM: their elementwise producer writes them as E4M3,
+  // divided by the GEMM's input scale (plan_fp8_outputs): value -> scale.
+  std::map<std::string, float> fp8_out_;
+  std::set<size_t> fp8_nodes_;  // FP8 GEMM candidates that run in FP8 (the others run in FP16)
+  size_t current_ = SIZE_MAX;   // the index of the node being lowered
+  bool fp8_ = false;
   std::vector<Pending> steps_;
   std::vector<cpu::BufferRequest> buffers_;
   std::shared_ptr<WeightPool> pool_;
@@ -582,7 +613,18 @@ void GpuProgramBuilder::add_node(const Node& n) {
     new_value(n.outputs[0], compute_, dims, false);
     std::vector<std::string> outs = {n.outputs[0]};
     if (!sum.empty()) outs.push_back(new_value(sum, compute_, dims, false));
-    add_step(dev_->layer_norm(compute_, numel(dims) / cols, cols, attr_float(n, "epsilon", 1e-5f), !sum.empty()),
+    // An FP8 GEMM reading the output (a transformer's QKV or first FFN projection) gets its
+    // quantized input from this kernel too, instead of from a separate pass (see fp8_value).
+    float y8_scale = 0;
+    if (auto r = readers_.find(n.outputs[0]); r != readers_.end())
+      for (size_t i : r->second) {
+        if (!fp8_nodes_.count(i) || y8_scale > 0) continue;
+        const auto pf = packed_first_.find(i);
+        const Node& reader = pf != packed_first_.end() ? pf->second : g().nodes[i];
+        if (reader.inputs[0] == n.outputs[0]) y8_scale = fp8_scale(reader);
+      }
+    if (y8_scale > 0) outs.push_back(new_value(fp8_key(n.outputs[0], y8_scale), ElemType::kF8E4M3, dims, false));
+    add_step(dev_->layer_norm(compute_, numel(dims) / cols, cols, attr_float(n, "epsilon", 1e-5f), !sum.empty(), y8_scale),
              {x, gamma, beta, residual}, outs, {n.name, residual.empty() ? op : "Add+" + op, "", -1});
     return;
   }
@@ -784,7 +826,28 @@ void GpuProgramBuilder::lower_matmul(const Node& n) {
   }
   MatmulDesc d;
   d.m = M, d.n = N, d.k = K, d.batch = batch, d.w_stride = w_stride, d.type = compute_;
-  std::vector<std::string> ins = {as(n.inputs[0], false, compute_), w};
+  std::vector<std::string> ins = {"", w};
+  const float sx = batch == 1 && fp8_nodes_.count(current_) ? fp8_scale(n) : 0.f;
+  if (sx <= 0) ins[0] = as(n.inputs[0], false, compute_);
+  if (sx > 0) {
+    // FP8: W as E4M3 [N, K] scaled by 448 / amax(alpha W), X quantized by its calibrated scale.
+    const Tensor& b = g().initializers.at(n.inputs[1]);
+    double amax = 0;
+    for (int64_t i = 0; i < b.numel(); ++i) amax = std::max(amax, std::fabs(host_value(b, i)));
+    amax *= std::fabs(alpha);
+    const double sw = amax > 0 && std::isfinite(amax) ? amax / kE4M3Max : 1.0;
+    std::vector<int64_t> order;
+    if (!tb) {
+      order.resize(static_cast<size_t>(K * N));
+      for (int64_t j = 0; j < N; ++j)
+        for (int64_t k = 0; k < K; ++k) order[static_cast<size_t>(j * K + k)] = k * N + j;
+    }
+    ins[1] = weight_value(n.inputs[1], ElemType::kF8E4M3, {N, K}, order, tb ? "fp8nk-t" : "fp8nk", alpha / sw);
+    ins[0] = fp8_value(n.inputs[0], sx);
+    d.fp8 = true;
+    d.x_scale = sx;
+    d.w_scale = static_cast<float>(sw);
+  }
   // C: a [N] (or [1,N]) constant is the bias epilogue; anything else is added after.
   std::string c_rest;
   if (n.inputs.size() > 2 && !n.inputs[2].empty()) {
@@ -826,9 +889,152 @@ void GpuProgramBuilder::lower_matmul(const Node& n) {
   }
 }
 
+std::string GpuProgramBuilder::fp8_key(const std::string& x, float scale) {
+  std::ostringstream key;
+  key << x << "#fp8/" << std::hexfloat << scale;
+  return key.str();
+}
+
+std::string GpuProgramBuilder::fp8_value(const std::string& x, float scale) {
+  if (val(x).type == ElemType::kF8E4M3) return x;  // written so by its producer, with this scale
+  const std::string key = fp8_key(x, scale);
+  if (vals_.count(key)) return key;  // a copy its producer wrote (LayerNorm), or an earlier reader's
+  const std::string in = plain(x);
+  const std::vector<EwStep> steps = {EwStep{}, EwStep{EwOp::kAffine, 0, 0, false, 1.f / scale, 0.f}};
+  emit_elementwise("to fp8 " + x, "QuantizeFP8", {in}, steps, key, ElemType::kF8E4M3, val(in).dims);
+  return key;
+}
+
+// Values read only by one FP8 GEMM (as its X) are written in E4M3 by their producer when that is an
+// elementwise step (emit_elementwise appends the scaling): the GELU between a transformer's FFN
+// GEMMs then writes one byte per element instead of two, and no separate quantizing pass runs.
+//
+// Each candidate runs in FP8 only where that is faster (TensorRT's rule for a precision flag: it
+// allows, the timing decides): its FP8 kernel, plus the quantizing pass when the producer cannot
+// write X in FP8, against its FP16 kernel. Small GEMMs (batch 1) are bound by latency, not by the
+// tensor cores, and stay in FP16. The choice is timed once per shape and recorded like a tactic
+// ("gpu.fp8 ..." -> "fp8" or "fp16"), so an engine or a timing cache replays it untimed.
+void GpuProgramBuilder::plan_fp8_outputs() {
+  if (!fp8_) return;
+  for (size_t i = 0; i < g().nodes.size(); ++i) {
+    if (folded_.count(i) || packed_skip_.count(i)) continue;
+    const auto pf = packed_first_.find(i);
+    const Node& n = pf != packed_first_.end() ? pf->second : g().nodes[i];
+    const float sx = fp8_scale(n);
+    if (sx <= 0) continue;
+    const std::string& x = n.inputs[0];
+    const bool tb = n.op_type != "MatMul" && attr_int(n, "transB", 0) != 0;
+    const auto& bd = g().initializers.at(n.inputs[1]).shape();
+    const int64_t K = tb ? bd[1] : bd[0], N = tb ? bd[0] : bd[1];
+    const int64_t M = numel(dims_of(x)) / K;
+    auto r = readers_.find(x);
+    const TensorType* t = g().type_of(x);
+    const bool fusable = r != readers_.end() && r->second == std::vector<size_t>{i} &&
+                         std::count(n.inputs.begin(), n.inputs.end(), x) == 1 && producer_.count(x) && t && t->shape &&
+                         t->shape->size() != 4;  // 4-D values may be stored NHWC
+    // A LayerNorm producer writes the E4M3 copy beside its output (one more write, no extra read).
+    const bool from_layer_norm = producer_.count(x) && g().nodes[producer_.at(x)].op_type == "LayerNormalization" &&
+                                 g().nodes[producer_.at(x)].outputs[0] == x;
+    if (!fp8_pays(M, N, K, fusable || from_layer_norm, n.name)) continue;
+    fp8_nodes_.insert(i);
+    if (fusable) fp8_out_[x] = sx;
+  }
+}
+
+bool GpuProgramBuilder::fp8_pays(int64_t m, int64_t n, int64_t k, bool prequantized, const std::string& node) {
+  if (opt_.fp8_gemms == "always") return true;
+  if (opt_.fp8_gemms != "auto")
+    throw Error(ErrorCode::kInvalidArgument, "fp8_gemms '" + opt_.fp8_gemms + "' is not auto or always");
+  std::ostringstream key;
+  key << "gpu.fp8 m" << m << " n" << n << " k" << k << " prequantized" << prequantized << " ws<=" << opt_.workspace_limit;
+  if (auto it = tactics_.find(key.str()); it != tactics_.end()) return it->second.tactic == "fp8";
+  if (const auto hit = recorded(key.str()); hit && (hit->tactic == "fp8" || hit->tactic == "fp16")) {
+    record(key.str(), hit->tactic, hit->ms, false);
+    return hit->tactic == "fp8";
+  }
+  warm_up();
+  MatmulDesc d16;
+  d16.m = m, d16.n = n, d16.k = k;
+  MatmulDesc d8 = d16;
+  d8.fp8 = true;
+  double t16 = -1, t8 = -1, tq = 0;
+  try {
+    t16 = dev_->matmul(d16, opt_.workspace_limit)->timed_ms();
+    t8 = dev_->matmul(d8, opt_.workspace_limit)->timed_ms();
+    if (!prequantized) {
+      EwProgram p;
+      p.rank = 1, p.dims[0] = m * k, p.num_inputs = 1, p.in_types[0] = compute_, p.in_strides[0][0] = 1;
+      p.num_steps = 2;
+      p.steps[1] = EwStep{EwOp::kAffine, 0, 0, false, 1.f, 0.f};
+      p.out_type = ElemType::kF8E4M3;
+      const auto q = dev_->elementwise(p);
+      tq = time_on_device(*q, {static_cast<size_t>(m * k) * elem_bytes(compute_)}, static_cast<size_t>(m * k));
+    }
+  } catch (const std::runtime_error& e) {
+    if (opt_.log) opt_.log->push_back("node '" + node + "': no FP8 GEMM here (" + e.what() + "): FP16");
+    t8 = -1;
+  }
+  // FP8 costs accuracy: it must save at least 5% of the GEMM's FP16 time (also a margin over the
+  // timing noise of microsecond kernels, which graph replay does not reproduce exactly).
+  const bool fp8 = t8 >= 0 && t16 >= 0 && t8 + tq < 0.95 * t16;
+  if (opt_.log) {
+    std::ostringstream os;
+    os << "node '" << node << "': " << (fp8 ? "FP8" : "FP16") << " (GEMM M=" << m << " N=" << n << " K=" << k << ": fp16 "
+       << t16 << " ms, fp8 " << t8 << " ms + quantizing " << tq << " ms)";
+    opt_.log->push_back(os.str());
+  }
+  record(key.str(), fp8 ? "fp8" : "fp16", fp8 ? t8 + tq : t16, true);
+  return fp8;
+}
+
+// The median time of `k` over a few launches on scratch buffers of the given sizes (zeroed).
+double GpuProgramBuilder::time_on_device(const Kernel& k, const std::vector<size_t>& in_bytes, size_t out_bytes) {
+  std::vector<void*> ins;
+  void* out = nullptr;
+  void* ws = nullptr;
+  void* stream = dev_->create_stream();
+  void* ev[2] = {dev_->create_event(), dev_->create_event()};
+  std::vector<double> ms;
+  auto release = [&] {
+    for (void* p : ins) dev_->free(p);
+    if (out) dev_->free(out);
+    if (ws) dev_->free(ws);
+    dev_->destroy_event(ev[0]);
+    dev_->destroy_event(ev[1]);
+    dev_->destroy_stream(stream);
+  };
+  try {
+    for (size_t b : in_bytes) {
+      ins.push_back(dev_->alloc(std::max<size_t>(b, 16)));
+      dev_->memset_async(ins.back(), 0, std::max<size_t>(b, 16), stream);
+    }
+    out = dev_->alloc(std::max<size_t>(out_bytes, 16));
+    if (k.workspace_bytes()) ws = dev_->alloc(k.workspace_bytes());
+    k.launch(ins.data(), &out, ws, stream);  // warm-up
+    for (int r = 0; r < 5; ++r) {
+      dev_->record(ev[0], stream);
+      k.launch(ins.data(), &out, ws, stream);
+      dev_->record(ev[1], stream);
+      dev_->synchronize(stream);
+      ms.push_back(dev_->elapsed_ms(ev[0], ev[1]));
+    }
+  } catch (...) {
+    release();
+    throw;
+  }
+  release();
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
 void GpuProgramBuilder::emit_elementwise(const std::string& label, const std::string& op, std::vector<std::string> ins,
-                                         const std::vector<EwStep>& steps, const std::string& out, ElemType out_type,
+                                         const std::vector<EwStep>& steps_in, const std::string& out, ElemType out_type,
                                          const std::vector<int64_t>& od) {
+  std::vector<EwStep> steps = steps_in;
+  if (auto q = fp8_out_.find(out); q != fp8_out_.end() && out_type != ElemType::kF8E4M3) {
+    steps.push_back(EwStep{EwOp::kAffine, 0, 0, false, 1.f / q->second, 0.f});
+    out_type = ElemType::kF8E4M3;
+  }
   if (ins.size() > static_cast<size_t>(kMaxEwInputs) || steps.size() > static_cast<size_t>(kMaxEwSteps))
     throw Error(ErrorCode::kUnsupported, label + ": more than 8 inputs or 24 steps in one elementwise kernel");
   const int rank = static_cast<int>(od.size());
@@ -1060,6 +1266,8 @@ void GpuProgramBuilder::plan_packed_qkv() {
     packed_type.shape->back() = Dim(W);
     m_.graph.types[base] = packed_type;
     Node packed{p0.name + "+qkv", "FusedMatMul", "kiln", {p0.inputs[0], base + "#w", biased ? base + "#b" : ""}, {base}, {}};
+    // One input, so one FP8 input scale (calibration gives the three projections the same).
+    if (const float sx = fp8_scale(p0); sx > 0) packed.attrs[kFp8InputScale] = Attribute::of_float(sx);
     const size_t first = *std::min_element(idx, idx + 3);
     packed_first_[first] = std::move(packed);
     for (size_t i : idx)
@@ -1363,8 +1571,10 @@ std::shared_ptr<const GpuProgram> GpuProgramBuilder::build() {
     vals_[g().inputs[i]] = edge_value(g().inputs[i], GpuProgram::Slot::kInput, i, p->inputs_);
   plan_packed_qkv();
   plan_deferred_clips();
+  plan_fp8_outputs();
   for (size_t i = 0; i < g().nodes.size(); ++i) {
     if (folded_.count(i) || packed_skip_.count(i)) continue;
+    current_ = i;
     if (auto it = packed_first_.find(i); it != packed_first_.end()) {
       lower_matmul(it->second);
       continue;

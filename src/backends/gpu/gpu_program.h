@@ -30,9 +30,18 @@ namespace kiln::gpu {
 
 using ShapeMap = std::map<std::string, std::vector<int64_t>>;
 
-enum class Precision { kFP32, kFP16, kBF16 };
+// kFP8: FP16 everywhere, and FP8 E4M3 GEMMs (per-tensor scales, Hopper and Ada) for the MatMul,
+// Gemm and FusedMatMul nodes of constant 2-D weights that carry an fp8_input_scale attribute (the
+// activation's calibrated amax / 448, set by annotate_fp8_scales in gpu_build.h); the weight's own
+// scale is its amax / 448, found when it is converted. Nodes without the attribute run in FP16.
+enum class Precision { kFP32, kFP16, kBF16, kFP8 };
 const char* precision_name(Precision p);
-Precision parse_precision(const std::string& s);  // "fp32", "fp16", "bf16"; kInvalidArgument otherwise
+Precision parse_precision(const std::string& s);  // "fp32", "fp16", "bf16", "fp8"; kInvalidArgument otherwise
+
+// The node attribute holding an FP8 GEMM's input scale, and its value (0 when absent or not a
+// positive finite number).
+inline constexpr const char* kFp8InputScale = "fp8_input_scale";
+float fp8_input_scale(const Node& n);
 
 // Device copies of converted weights, shared by the programs compiled on one device (e.g. one
 // program per batch size of a served model): a weight is converted and uploaded once per content
@@ -77,6 +86,9 @@ struct CompileOptions {
   std::string conv1x1_tactic = "auto";
   // Depthwise convolutions: cuDNN or Kiln's own kernel ("auto" times both; "cudnn", "kiln" force one).
   std::string depthwise_tactic = "auto";
+  // Precision fp8: which GEMMs with an input scale run in FP8. "auto" times each against FP16
+  // (counting the quantizing pass) and keeps the faster; "always" runs them all in FP8 (tests).
+  std::string fp8_gemms = "auto";
   // Where the weights go: programs compiled with one pool share their weights. Null: a pool of the
   // program's own. The pool's device must be the one compiled for.
   std::shared_ptr<WeightPool> weights;
