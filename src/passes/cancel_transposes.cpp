@@ -119,8 +119,9 @@ class Matcher {
   // A constant broadcast along the last axis only (every other dim 1), of rank at most `rank`.
   bool row_constant(const std::string& v, int64_t rank) const {
     const auto t = constant(v);
-    if (!t || t->rank() > rank) return false;
-    for (int64_t i = 0; i + 1 < t->rank(); ++i)
+    const int64_t r = static_cast<int64_t>(t ? t->rank() : 0);
+    if (!t || r > rank) return false;
+    for (int64_t i = 0; i + 1 < r; ++i)
       if (t->dim(i) != 1) return false;
     return true;
   }

@@ -124,7 +124,9 @@ TEST_P(GpuEngine, AnFp8EngineKeepsItsScales) {
   const int timed_before = sim_ ? sim_->tuned_timed() : 0;
   const gpu::LoadedGpuEngine loaded = gpu::load_gpu_engine(file.model, file.info, 0);
   // The FP8-or-FP16 choice of each GEMM is recorded with the tactics: loading times nothing.
-  if (sim_) EXPECT_EQ(sim_->tuned_timed(), timed_before);
+  if (sim_) {
+    EXPECT_EQ(sim_->tuned_timed(), timed_before);
+  }
   EXPECT_EQ(loaded.program->tactic_stats().timed, 0);
   EXPECT_EQ(loaded.precision, gpu::Precision::kFP8);
   EXPECT_TRUE(loaded.tactics_used);
