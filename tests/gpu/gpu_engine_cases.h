@@ -96,10 +96,7 @@ TEST_P(GpuEngine, ASavedEngineLoadsItsRecordedTacticsAndComputesTheSame) {
 // An FP8 engine keeps its calibrated input scales in the stored graph: it loads without
 // calibration data, and computes what the built program computed.
 TEST_P(GpuEngine, AnFp8EngineKeepsItsScales) {
-  if (!sim_) {
-    auto dev = gpu::open_device(0);
-    if (dev->props().sm_major * 10 + dev->props().sm_minor < 89) GTEST_SKIP() << "FP8 GEMMs need SM 8.9 or newer";
-  }
+  if (no_fp8()) GTEST_SKIP() << "FP8 GEMMs need SM 8.9 or newer";
   Builder b;
   b.input("x", {8, 64}).weight("w1", {64, 128}).weight("b1", {128}).weight("w2", {128, 32}).weight("b2", {32});
   b.node("FusedMatMul", {"x", "w1", "b1"}, {"h"}, {{"activation", Attribute::of_string("Gelu")}}, "kiln")

@@ -125,6 +125,12 @@ class GpuProgram : public ::testing::TestWithParam<std::string> {
     if (sim_) gpu::set_device_override({});
   }
   std::shared_ptr<kiln_test::SimDevice> sim_;
+  // True on a real GPU without FP8 tensor cores (SM below 8.9); the simulated device has them.
+  bool no_fp8() const {
+    if (sim_) return false;
+    const auto& p = gpu::open_device(0)->props();
+    return p.sm_major * 10 + p.sm_minor < 89;
+  }
 
   // Runs `m` on the reference executor and on the GPU (at each precision) with the same random
   // inputs; checks the relative error of every output.
@@ -491,10 +497,7 @@ TEST_P(GpuProgram, UnsupportedNodesAreNamedAtBuild) {
 // FP8 is forced on every GEMM (these small GEMMs would stay FP16 on a GPU where FP8 does not pay);
 // on the simulated device, where FP8 GEMMs report a tenth of FP16's time, "auto" chooses the same.
 TEST_P(GpuProgram, Fp8TransformerLayerMatchesTheReference) {
-  if (!sim_) {
-    auto dev = gpu::open_device(0);
-    if (dev->props().sm_major * 10 + dev->props().sm_minor < 89) GTEST_SKIP() << "FP8 GEMMs need SM 8.9 or newer";
-  }
+  if (no_fp8()) GTEST_SKIP() << "FP8 GEMMs need SM 8.9 or newer";
   const int64_t B = 2, S = 16, Hh = 2, D = 32, E = Hh * D, F = 4 * E;
   Builder b;
   b.input("x", {B, S, E});
@@ -585,14 +588,8 @@ TEST_P(GpuProgram, Fp8NeedsCalibrationAndScalesAreTheInputsAmax) {
   quant::MemoryCalibrator data(batches);
   gpu::Fp8Calibration calib;
   calib.data = &data;
-  const auto built = [&] {
-    if (!sim_) {
-      auto dev = gpu::open_device(0);
-      if (dev->props().sm_major * 10 + dev->props().sm_minor < 89) return std::optional<gpu::GpuBuild>();
-    }
-    return std::optional<gpu::GpuBuild>(gpu::build_gpu_program(b.m, {{"x", {4, 32}}}, 0, opt, 0, &calib));
-  }();
-  if (!built) GTEST_SKIP() << "FP8 GEMMs need SM 8.9 or newer";
+  if (no_fp8()) GTEST_SKIP() << "FP8 GEMMs need SM 8.9 or newer";
+  const auto built = std::optional<gpu::GpuBuild>(gpu::build_gpu_program(b.m, {{"x", {4, 32}}}, 0, opt, 0, &calib));
   const Node& gemm = built->optimized.graph.nodes.at(0);
   EXPECT_FLOAT_EQ(gpu::fp8_input_scale(gemm), amax / 448.f);
   // Calibration data of other shapes only: named in the error.
