@@ -661,23 +661,8 @@ TEST(CalibData, Errors) {
 // ---------------------------------------------------------------------------------------------
 // calibrate()
 
-// Batches held in memory.
-class VectorCalibrator final : public Calibrator {
- public:
-  explicit VectorCalibrator(std::vector<TensorMap> batches) : batches_(std::move(batches)) {}
-  bool next_batch(TensorMap& batch) override {
-    if (next_ >= batches_.size()) return false;
-    batch = batches_[next_++];
-    read_ += static_cast<size_t>(batch.begin()->second.dim(0));
-    return true;
-  }
-  void reset() override { next_ = read_ = 0; }
-  size_t samples_read() const override { return read_; }
-
- private:
-  std::vector<TensorMap> batches_;
-  size_t next_ = 0, read_ = 0;
-};
+// Batches held in memory: quant::MemoryCalibrator.
+using VectorCalibrator = MemoryCalibrator;
 
 // x -> Relu -> r -> Mul by 2 -> y; r is an intermediate tensor.
 Model relu_mul_model() {
