@@ -589,8 +589,8 @@ TEST_P(GpuProgram, Fp8NeedsCalibrationAndScalesAreTheInputsAmax) {
   gpu::Fp8Calibration calib;
   calib.data = &data;
   if (no_fp8()) GTEST_SKIP() << "FP8 GEMMs need SM 8.9 or newer";
-  const auto built = std::optional<gpu::GpuBuild>(gpu::build_gpu_program(b.m, {{"x", {4, 32}}}, 0, opt, 0, &calib));
-  const Node& gemm = built->optimized.graph.nodes.at(0);
+  const gpu::GpuBuild built = gpu::build_gpu_program(b.m, {{"x", {4, 32}}}, 0, opt, 0, &calib);
+  const Node& gemm = built.optimized.graph.nodes.at(0);
   EXPECT_FLOAT_EQ(gpu::fp8_input_scale(gemm), amax / 448.f);
   // Calibration data of other shapes only: named in the error.
   quant::MemoryCalibrator wrong({{{"x", b.random({2, 32})}}});
@@ -604,7 +604,7 @@ TEST_P(GpuProgram, Fp8NeedsCalibrationAndScalesAreTheInputsAmax) {
   }
   const Tensor x = b.random({4, 32});
   const auto want = reference::Executor(b.m).run({{"x", x}});
-  EXPECT_LT(rel_error(gpu::GpuContext(built->program).run({{"x", x}}).at("y"), want.at("y")), 6e-2);
+  EXPECT_LT(rel_error(gpu::GpuContext(built.program).run({{"x", x}}).at("y"), want.at("y")), 6e-2);
 }
 
 TEST_P(GpuProgram, WrongInputsAreRefusedAndTheContextStaysUsable) {
