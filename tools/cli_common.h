@@ -88,6 +88,8 @@ GpuRun gpu_program_for(Model model, const EngineInfo* engine, const std::map<std
 // "48 of 62 GEMMs in FP8": how many of a GPU program's GEMMs run in FP8 (precision fp8 chooses per
 // GEMM, by timing).
 std::string fp8_gemm_summary(const gpu::GpuProgram& program);
+// "52 of 53 convolutions in INT8": the same for precision int8.
+std::string int8_conv_summary(const gpu::GpuProgram& program);
 
 // "f32[1x1000] min=-2.1 max=3.4 mean=0.01"
 std::string summarize(const Tensor& t);

@@ -485,9 +485,12 @@ int bench_gpu(const BenchArgs& args, int gpu_index, Model model, const EngineInf
             << dp.cublaslt_version << ", cuDNN " << dp.cudnn_version << ")\n";
   std::cout << "precision:  " << gpu::precision_name(precision) << " (FP32 at the inputs and outputs"
             << (precision == gpu::Precision::kFP8 && !is_engine ? "; FP8 scales calibrated on the generated inputs" : "")
+            << (precision == gpu::Precision::kINT8 && !is_engine ? "; INT8 scales calibrated on the generated inputs (MinMax)" : "")
             << ")\n";
   if (precision == gpu::Precision::kFP8)
     std::cout << "fp8:        " << fp8_gemm_summary(prog) << " (the others were not faster in FP8)\n";
+  if (precision == gpu::Precision::kINT8)
+    std::cout << "int8:       " << int8_conv_summary(prog) << " (the others were not faster in INT8 or have no INT8 kernel)\n";
   if (built.gpu_engine)
     std::cout << "build:      GPU engine, " << built.nodes_after << " nodes -> " << prog.steps().size()
               << " kernels; loaded in " << fixed(built.compile_ms, 1) << " ms ("
@@ -864,8 +867,9 @@ CLI::App* add_bench_command(CLI::App& app, std::function<int()>* run) {
       ->check(CLI::Range(0, 3));
   sub->add_option("--device", args->device, "cpu (default), cuda or cuda:N (the GPU backend module)");
   sub->add_option("--precision", args->precision,
-                  "GPU precision of float layers: fp16 (default; a GPU engine's own), bf16, fp32 (TF32) or fp8 (FP8 GEMMs, FP16 elsewhere)")
-      ->check(CLI::IsMember({"fp32", "fp16", "bf16", "fp8"}));
+                  "GPU precision of float layers: fp16 (default; a GPU engine's own), bf16, fp32 (TF32), fp8 (FP8 GEMMs, FP16 elsewhere) "
+                  "or int8 (INT8 convolutions, FP16 elsewhere)")
+      ->check(CLI::IsMember({"fp32", "fp16", "bf16", "fp8", "int8"}));
   sub->add_flag("--no-cuda-graph", args->no_cuda_graph, "GPU: launch kernel by kernel instead of replaying a CUDA graph");
   sub->add_option("--workspace", args->workspace_mib, "GPU: scratch limit per library kernel in MiB (default 1024)")
       ->check(CLI::Range(0, 1 << 20));

@@ -159,11 +159,12 @@ struct ProgressBar {
 int cmd_build_gpu(const BuildArgs& args, int gpu_index) {
   const auto t0 = std::chrono::steady_clock::now();
   std::vector<std::string> cpu_only;
-  const bool fp8 = args.precision == "fp8";
-  if (args.int8 || args.bf16 || args.fp16) cpu_only.push_back("--int8/--bf16/--fp16 (use --precision fp16, bf16, fp32 or fp8)");
-  if (!args.calib.empty() && !fp8) cpu_only.push_back("--calib without --precision fp8 (the GPU calibrates only FP8 GEMM inputs)");
+  const bool fp8 = args.precision == "fp8", int8 = args.precision == "int8";
+  if (args.int8 || args.bf16 || args.fp16) cpu_only.push_back("--int8/--bf16/--fp16 (use --precision fp16, bf16, fp32, fp8 or int8)");
+  if (!args.calib.empty() && !fp8 && !int8)
+    cpu_only.push_back("--calib without --precision fp8 or int8 (the GPU calibrates only FP8 GEMM and INT8 convolution tensors)");
   if (!args.calib_cache.empty() || !args.accuracy_budget.empty() || !args.validation.empty() || !args.layer_precision.empty())
-    cpu_only.push_back("--calib-cache, accuracy guard and --layer-precision (INT8 has no GPU kernels yet)");
+    cpu_only.push_back("--calib-cache, accuracy guard and --layer-precision (CPU INT8 engines only)");
   if (!args.min_shapes.empty() || !args.opt_shapes.empty() || !args.max_shapes.empty())
     cpu_only.push_back("--min/--opt/--max-shapes (GPU engines have static shapes: give them with --shapes)");
   if (args.threads > 0) cpu_only.push_back("--threads");
@@ -201,14 +202,15 @@ int cmd_build_gpu(const BuildArgs& args, int gpu_index) {
     if (!warning.empty()) std::cerr << "kiln: warning: " << warning << "\n";
   }
   opt.timing_cache = &cache;
-  // FP8: the GEMM inputs' scales from --calib, in batches of the engine's batch size.
+  // FP8 and INT8: the scales from --calib, in batches of the engine's batch size (FP8 MinMax and
+  // INT8 entropy by default, as TensorRT's calibrators).
   std::unique_ptr<quant::FileCalibrator> calibrator;
   gpu::Fp8Calibration fp8_calib;
-  if (fp8 && !args.calib.empty()) {
+  if ((fp8 || int8) && !args.calib.empty()) {
     const auto& first = shapes.at(model.graph.inputs.at(0));
     calibrator = std::make_unique<quant::FileCalibrator>(args.calib, model, first.empty() ? 1 : first[0], args.calib_samples);
     fp8_calib.data = calibrator.get();
-    fp8_calib.method = quant::parse_calib_method(args.calib_method.empty() ? "minmax" : args.calib_method);
+    fp8_calib.method = quant::parse_calib_method(args.calib_method.empty() ? (fp8 ? "minmax" : "entropy") : args.calib_method);
     fp8_calib.source = "--calib " + args.calib;
     opt.fp8 = &fp8_calib;
   }
@@ -231,6 +233,10 @@ int cmd_build_gpu(const BuildArgs& args, int gpu_index) {
     std::cout << "fp8:          " << fp8_gemm_summary(prog) << " (the others were not faster in FP8); " << b.fp8_gemms
               << " GEMM inputs calibrated (" << fp8_calib.source << ", " << quant::to_string(fp8_calib.method) << ", "
               << (calibrator ? calibrator->samples_read() : 0) << " samples) in " << fixed(b.calib_ms, 1) << " ms\n";
+  if (int8)
+    std::cout << "int8:         " << int8_conv_summary(prog) << " (the others were not faster in INT8 or have no INT8 kernel); "
+              << b.int8_convs << " convolutions calibrated (" << fp8_calib.source << ", " << quant::to_string(fp8_calib.method)
+              << ", " << (calibrator ? calibrator->samples_read() : 0) << " samples) in " << fixed(b.calib_ms, 1) << " ms\n";
   std::cout << "shapes:      ";
   for (const auto& [name, dims] : shapes) std::cout << " " << name << ":" << shape_to_string(dims);
   std::cout << "\n";
@@ -565,6 +571,16 @@ std::string fp8_gemm_summary(const gpu::GpuProgram& program) {
   return std::to_string(fp8) + " of " + std::to_string(gemms) + " GEMMs in FP8";
 }
 
+std::string int8_conv_summary(const gpu::GpuProgram& program) {
+  int convs = 0, int8 = 0;
+  for (const auto& st : program.steps())
+    if (st.op == "FusedConv" || st.op == "Conv") {
+      ++convs;
+      int8 += st.kernel.find("int8") != std::string::npos;
+    }
+  return std::to_string(int8) + " of " + std::to_string(convs) + " convolutions in INT8";
+}
+
 GpuRun gpu_program_for(Model model, const EngineInfo* engine, const ShapeMap& shapes, int gpu_index,
                        const std::string& precision, size_t workspace_limit, int opt_level,
                        const std::map<std::string, Tensor>* fp8_calib_inputs) {
@@ -595,7 +611,7 @@ GpuRun gpu_program_for(Model model, const EngineInfo* engine, const ShapeMap& sh
   opt.workspace_limit = workspace_limit;
   std::unique_ptr<quant::MemoryCalibrator> calibrator;
   gpu::Fp8Calibration fp8;
-  if (opt.precision == gpu::Precision::kFP8 && fp8_calib_inputs) {
+  if ((opt.precision == gpu::Precision::kFP8 || opt.precision == gpu::Precision::kINT8) && fp8_calib_inputs) {
     calibrator = std::make_unique<quant::MemoryCalibrator>(std::vector<quant::TensorMap>{*fp8_calib_inputs});
     fp8.data = calibrator.get();
     fp8.source = "the inputs it runs";
@@ -661,7 +677,7 @@ CLI::App* add_build_command(CLI::App& app, std::function<int()>* run) {
                   "Per-layer precision by node name: NAME:fp32,NAME:bf16,NAME:int8,...");
   sub->add_option("--device", args->device,
                   "cpu (default): a CPU engine; cuda or cuda:N: a GPU engine for that GPU (static --shapes)");
-  sub->add_option("--precision", args->precision, "GPU engines: fp16 (default), bf16, fp32 (TF32) or fp8 (FP8 E4M3 GEMMs, FP16 elsewhere; needs --calib)");
+  sub->add_option("--precision", args->precision, "GPU engines: fp16 (default), bf16, fp32 (TF32), fp8 (FP8 E4M3 GEMMs, FP16 elsewhere; needs --calib) or int8 (INT8 convolutions, FP16 elsewhere; needs --calib)");
   sub->add_flag("--hardware-compatible", args->hardware_compatible,
                 "GPU engines: runnable on any GPU of SM 8.0 or newer (elsewhere than the build GPU, tuned kernels are "
                 "timed again at load)");

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "backends/cuda/conv.h"
+#include "backends/cuda/conv_int8.h"
 #include "backends/cuda/cuda_util.h"
 #include "backends/cuda/kernels.h"
 #include "backends/cuda/lt_matmul.h"
@@ -207,6 +208,35 @@ int main() {
         const double tflops = 2.0 * p.n * oh * ow * p.k * p.r * p.s * p.c / (ms * 1e-3) / 1e12;
         std::printf("b%-3ld %-40s %10.3f %10.1f  %s\n", static_cast<long>(batch), r.name, ms, tflops,
                     conv.describe().c_str());
+        // Kiln's INT8 implicit GEMM on the same layer (INT8 in and out, per-channel scales, the
+        // same epilogue), each tile; the row is skipped where the kernel does not take the shape.
+        Int8ConvParams q;
+        q.n = p.n, q.c = p.c, q.h = p.h, q.w = p.w, q.k = p.k, q.r = p.r, q.s = p.s;
+        q.pad_h = p.pad_h, q.pad_w = p.pad_w, q.stride_h = p.stride_h, q.stride_w = p.stride_w;
+        q.bias = true, q.residual = r.residual, q.act = ConvAct::kRelu, q.y_scale = 0.05f, q.z_scale = 0.02f;
+        if (!conv_int8_unsupported(q).empty()) continue;
+        DeviceBuffer scale(p.k * 4), bias32(p.k * 4);
+        {
+          std::vector<float> sv(static_cast<size_t>(p.k), 1e-4f);
+          KILN_CUDA_CHECK(cudaMemcpy(scale.get(), sv.data(), sv.size() * 4, cudaMemcpyHostToDevice));
+          KILN_CUDA_CHECK(cudaMemcpy(bias32.get(), sv.data(), sv.size() * 4, cudaMemcpyHostToDevice));
+        }
+        // The FP16 buffers' bytes serve as INT8 data (random, non-zero).
+        float best = 1e30f;
+        Int8Tile best_tile = Int8Tile::k128x128;
+        for (int t = 0; t < static_cast<int>(Int8Tile::kCount); ++t) {
+          const float ms8 = median_ms(
+              [&](cudaStream_t s) {
+                conv_int8(q, static_cast<Int8Tile>(t), static_cast<const int8_t*>(x.get()),
+                          static_cast<const int8_t*>(w.get()), static_cast<const float*>(scale.get()),
+                          static_cast<const float*>(bias32.get()), r.residual ? z.get() : nullptr, y.get(), s);
+              },
+              stream.get());
+          if (ms8 < best) best = ms8, best_tile = static_cast<Int8Tile>(t);
+        }
+        std::printf("b%-3ld %-40s %10.3f %10.1f  kiln int8 implicit gemm %s (%.2fx fp16)\n", static_cast<long>(batch),
+                    r.name, best, 2.0 * p.n * oh * ow * p.k * p.r * p.s * p.c / (best * 1e-3) / 1e12,
+                    int8_tile_name(best_tile), ms / best);
       }
     }
     KILN_CUDA_CHECK(cudaDeviceSynchronize());

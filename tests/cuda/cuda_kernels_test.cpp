@@ -420,6 +420,41 @@ TEST_F(Cuda, Fp8QuantizeIsExact) {
   }
 }
 
+// The INT8 quantizing elementwise program [Load, Affine(scale), Round, Clip(-128, 127)] writes
+// exactly round_half_even(x * scale) saturated, from FP16, BF16 and FP32; sizes that are and are
+// not multiples of 8 take the vectorized and the generic kernel.
+TEST_F(Cuda, Int8QuantizeIsExact) {
+  for (DType t : {DType::kF16, DType::kBF16, DType::kF32})
+    for (int64_t n : {4096, 1000, 8 * 1000 + 3}) {
+      std::vector<float> x = random(static_cast<size_t>(n), -8.f, 8.f);
+      x[0] = 0.125f, x[1] = -0.125f, x[2] = 0.375f;  // exact midpoints times 20: 2.5, -2.5, 7.5 (half to even)
+      DeviceBuffer dx = upload(t, x);  // x now holds the values in t
+      DeviceBuffer dy(static_cast<size_t>(n));
+      KILN_CUDA_CHECK(cudaMemset(dy.get(), 0x55, dy.bytes()));
+      const float scale = 20.f;  // pushes values past 127: saturation is exercised
+      EwProgram p;
+      p.rank = 1, p.dims[0] = n, p.num_inputs = 1, p.in_types[0] = t == DType::kF16 ? ElemType::kF16 : t == DType::kBF16 ? ElemType::kBF16 : ElemType::kF32;
+      p.in_strides[0][0] = 1;
+      p.steps[0] = EwStep{};
+      p.steps[1] = EwStep{EwOp::kAffine, 0, 0, false, scale, 0.f};
+      p.steps[2] = EwStep{EwOp::kRound};
+      p.steps[3] = EwStep{EwOp::kClip, 0, 0, false, -128.f, 127.f};
+      p.num_steps = 4;
+      p.out_type = ElemType::kI8;
+      const void* ins[1] = {dx.get()};
+      elementwise(p, ins, dy.get(), nullptr);
+      std::vector<int8_t> got(static_cast<size_t>(n));
+      KILN_CUDA_CHECK(cudaDeviceSynchronize());
+      KILN_CUDA_CHECK(cudaMemcpy(got.data(), dy.get(), got.size(), cudaMemcpyDeviceToHost));
+      int bad = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        const float v = std::nearbyint(x[static_cast<size_t>(i)] * scale);
+        bad += got[static_cast<size_t>(i)] != static_cast<int8_t>(std::min(127.f, std::max(-128.f, v)));
+      }
+      EXPECT_EQ(bad, 0) << "n=" << n << " dtype " << dtype_name(t);
+    }
+}
+
 TEST_F(Cuda, MatmulBadInputIsAClearError) {
   EXPECT_THROW(LtMatmul(GemmShape{0, 8, 8}, GemmType::kF16, Epilogue::kNone), CudaError);
   LtMatmul mm(GemmShape{4, 8, 8}, GemmType::kF16, Epilogue::kBias);

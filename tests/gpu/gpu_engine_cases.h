@@ -136,6 +136,47 @@ TEST_P(GpuEngine, AnFp8EngineKeepsItsScales) {
   EXPECT_LT(rel_error(yc.at("y"), reference::Executor(b.m).run({{"x", x}}).at("y")), 1e-1);
 }
 
+// An INT8 engine stores its convolutions' scales and the INT8-or-FP16 choice of each: loading
+// needs no calibration data and times nothing.
+TEST_P(GpuEngine, AnInt8EngineKeepsItsScales) {
+  Builder b;
+  b.input("x", {2, 16, 8, 8}).weight("w1", {32, 16, 3, 3}).weight("b1", {32}).weight("w2", {16, 32, 1, 1});
+  b.node("Conv", {"x", "w1", "b1"}, {"c"}, {{"pads", Attribute::of_ints({1, 1, 1, 1})}})
+      .node("Relu", {"c"}, {"r"})
+      .node("Conv", {"r", "w2"}, {"y"})
+      .output("y");
+  quant::MemoryCalibrator data({{{"x", b.random({2, 16, 8, 8})}}, {{"x", b.random({2, 16, 8, 8})}}});
+  gpu::GpuCalibration calib;
+  calib.data = &data;
+  gpu::GpuEngineOptions opt;
+  opt.precision = gpu::Precision::kINT8;  // INT8 where timing says it pays (FP16 elsewhere: same test)
+  try {
+    gpu::build_gpu_engine(b.m, {{"x", {2, 16, 8, 8}}}, 0, opt);
+    ADD_FAILURE() << "an INT8 engine was built without calibration data";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument) << e.what();
+  }
+  opt.fp8 = &calib;
+  const gpu::GpuEngineBuild built = gpu::build_gpu_engine(b.m, {{"x", {2, 16, 8, 8}}}, 0, opt);
+  EXPECT_EQ(built.int8_convs, 2u);
+  EXPECT_EQ(built.info.target.properties.at("precision"), "int8");
+  const LoadedEngine file = round_trip(built);
+  const int timed_before = sim_ ? sim_->tuned_timed() : 0;
+  const gpu::LoadedGpuEngine loaded = gpu::load_gpu_engine(file.model, file.info, 0);
+  if (sim_) {
+    EXPECT_EQ(sim_->tuned_timed(), timed_before);
+  }
+  EXPECT_EQ(loaded.program->tactic_stats().timed, 0);
+  EXPECT_EQ(loaded.precision, gpu::Precision::kINT8);
+  int scaled = 0;
+  for (const Node& n : file.model.graph.nodes) scaled += gpu::int8_scales(n).ok();
+  EXPECT_EQ(scaled, 2);
+  const Tensor x = b.random({2, 16, 8, 8});
+  const auto ya = gpu::GpuContext(built.program).run({{"x", x}}), yc = gpu::GpuContext(loaded.program).run({{"x", x}});
+  EXPECT_LT(rel_error(yc.at("y"), ya.at("y")), 1e-3);
+  EXPECT_LT(rel_error(yc.at("y"), reference::Executor(b.m).run({{"x", x}}).at("y")), 5e-2);
+}
+
 TEST_P(GpuEngine, ATimingCacheMakesTheSecondBuildTimeNothing) {
   Builder b = model();
   auto device = gpu::open_device(0);

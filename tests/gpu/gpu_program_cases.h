@@ -607,6 +607,122 @@ TEST_P(GpuProgram, Fp8NeedsCalibrationAndScalesAreTheInputsAmax) {
   EXPECT_LT(rel_error(gpu::GpuContext(built.program).run({{"x", x}}).at("y"), want.at("y")), 6e-2);
 }
 
+// Precision int8: a ResNet-style stem and bottleneck (1x1, 3x3, 1x1 with the residual Add and
+// ReLU fused) and a strided 3x3, with activation scales calibrated on the CPU (MinMax). The stem
+// (3 input channels) stays FP16; the four other convolutions run on Kiln's INT8 kernel. Values
+// read only by INT8 convolutions stay INT8 (the bottleneck's inner values and its output); the
+// stem's output is quantized once for the first 1x1 and read in FP16 as the residual; the last
+// convolution writes FP16 for the pooling. Within INT8's error of the FP32 reference.
+TEST_P(GpuProgram, Int8BottleneckMatchesTheReference) {
+  Builder b;
+  b.input("x", {2, 3, 16, 16}).weight("ws", {32, 3, 3, 3}).weight("bs", {32});
+  b.weight("w1", {16, 32, 1, 1}).weight("b1", {16}).weight("w2", {16, 16, 3, 3}).weight("b2", {16});
+  b.weight("w3", {32, 16, 1, 1}).weight("b3", {32}).weight("w4", {32, 32, 3, 3}).weight("b4", {32});
+  b.weight("wf", {10, 32}).weight("bf", {10});
+  const auto pad1 = std::map<std::string, Attribute>{{"pads", ints({1, 1, 1, 1})}};
+  b.node("Conv", {"x", "ws", "bs"}, {"s"}, pad1).node("Relu", {"s"}, {"a"})
+      .node("Conv", {"a", "w1", "b1"}, {"c1"}).node("Relu", {"c1"}, {"r1"})
+      .node("Conv", {"r1", "w2", "b2"}, {"c2"}, pad1).node("Relu", {"c2"}, {"r2"})
+      .node("Conv", {"r2", "w3", "b3"}, {"c3"}).node("Add", {"c3", "a"}, {"s3"}).node("Relu", {"s3"}, {"r3"})
+      .node("Conv", {"r3", "w4", "b4"}, {"c4"}, {{"pads", ints({1, 1, 1, 1})}, {"strides", ints({2, 2})}})
+      .node("Relu", {"c4"}, {"r4"})
+      .node("GlobalAveragePool", {"r4"}, {"g"})
+      .node("Flatten", {"g"}, {"f"}, {{"axis", i64(1)}})
+      .node("Gemm", {"f", "wf", "bf"}, {"y"}, {{"transB", i64(1)}})
+      .output("y");
+  const gpu::ShapeMap shapes = {{"x", {2, 3, 16, 16}}};
+  std::vector<quant::TensorMap> batches;
+  for (int i = 0; i < 3; ++i) batches.push_back({{"x", b.random({2, 3, 16, 16})}});
+  quant::MemoryCalibrator data(batches);
+  gpu::GpuCalibration calib;
+  calib.data = &data;
+  calib.method = {quant::CalibMethod::kMinMax, 99.99};
+  calib.source = "test batches";
+  gpu::CompileOptions opt;
+  opt.precision = gpu::Precision::kINT8;
+  // Every candidate in INT8 (on a GPU these tiny convolutions may not pay); on the simulated
+  // device, where INT8 reports a tenth of FP16's time, "auto" chooses the same.
+  opt.int8_convs = sim_ ? "auto" : "always";
+  SCOPED_TRACE("int8_convs " + opt.int8_convs);
+  auto built = gpu::build_gpu_program(b.m, shapes, 0, opt, 3, &calib);
+  EXPECT_EQ(built.int8_convs, 4u) << "every convolution but the stem is a candidate";
+  int int8 = 0, int8_out = 0, quantize = 0;
+  for (const auto& st : built.program->steps()) {
+    const bool i8 = st.kernel.find("int8") != std::string::npos && st.op.find("Conv") != std::string::npos;
+    int8 += i8;
+    int8_out += i8 && st.kernel.find("-> int8") != std::string::npos;
+    quantize += st.op == "QuantizeINT8";
+  }
+  EXPECT_EQ(int8, 4);
+  EXPECT_EQ(int8_out, 3) << "the bottleneck's 1x1 and 3x3 and its output stay INT8; the last conv writes FP16";
+  EXPECT_EQ(quantize, 1) << "the stem's output, once";
+  // The scales are in the optimized graph (what an engine stores): a rebuild needs no data.
+  int scaled = 0;
+  for (const Node& n : built.optimized.graph.nodes) scaled += gpu::int8_scales(n).ok();
+  EXPECT_EQ(scaled, 4);
+  auto again = gpu::build_gpu_program(built.optimized, shapes, 0, opt, 0);
+  EXPECT_EQ(again.int8_convs, 0u);
+
+  reference::Executor ref(b.m);
+  for (const auto& in : {batches[0], quant::TensorMap{{"x", b.random({2, 3, 16, 16})}}}) {
+    const auto want = ref.run(in);
+    for (const auto& program : {built.program, again.program})
+      for (bool graph : {true, false}) {
+        gpu::GpuContext ctx(program, graph);
+        const double e = rel_error(ctx.run(in).at("y"), want.at("y"));
+        // Per-tensor INT8 activations (7 bits after a ReLU) and per-channel INT8 weights: about
+        // 1% per layer here.
+        EXPECT_LT(e, 8e-2) << (graph ? "graph" : "no graph");
+        EXPECT_GT(e, 1e-5) << "INT8 rounding leaves a trace; an exact match means INT8 did not run";
+      }
+  }
+}
+
+// INT8 needs its scales: a build without calibration data is a clear error; the scales are the
+// MinMax amax / 127 of the convolution's input and output over the calibration batches.
+TEST_P(GpuProgram, Int8NeedsCalibrationAndScalesAreTheTensorsAmax) {
+  Builder b;
+  b.input("x", {1, 16, 6, 6}).weight("w", {8, 16, 3, 3}).weight("c", {8});
+  b.node("Conv", {"x", "w", "c"}, {"y"}, {{"pads", ints({1, 1, 1, 1})}}).output("y");
+  gpu::CompileOptions opt;
+  opt.precision = gpu::Precision::kINT8;
+  opt.int8_convs = "always";
+  try {
+    gpu::build_gpu_program(b.m, {{"x", {1, 16, 6, 6}}}, 0, opt, 0);
+    ADD_FAILURE() << "an INT8 build without calibration data ran";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
+    EXPECT_NE(std::string(e.what()).find("calibration data"), std::string::npos) << e.what();
+  }
+  std::vector<quant::TensorMap> batches = {{{"x", b.random({1, 16, 6, 6})}}, {{"x", b.random({1, 16, 6, 6}, -3.f, 3.f)}}};
+  reference::Executor ref(b.m);
+  float ax = 0, ay = 0;
+  for (const auto& t : batches) {
+    const Tensor y = ref.run(t).at("y");
+    for (int64_t i = 0; i < t.at("x").numel(); ++i) ax = std::max(ax, std::fabs(t.at("x").data<float>()[i]));
+    for (int64_t i = 0; i < y.numel(); ++i) ay = std::max(ay, std::fabs(y.data<float>()[i]));
+  }
+  quant::MemoryCalibrator data(batches);
+  gpu::GpuCalibration calib;
+  calib.data = &data;
+  calib.method = {quant::CalibMethod::kMinMax, 99.99};
+  const gpu::GpuBuild built = gpu::build_gpu_program(b.m, {{"x", {1, 16, 6, 6}}}, 0, opt, 0, &calib);
+  const gpu::Int8Scales sc = gpu::int8_scales(built.optimized.graph.nodes.at(0));
+  EXPECT_FLOAT_EQ(sc.x, ax / 127.f);
+  EXPECT_NEAR(sc.y, ay / 127.f, 1e-5 * ay) << "the calibration run sums in another order than this reference run";
+  EXPECT_EQ(sc.z, 0.f);
+  const Tensor x = b.random({1, 16, 6, 6});
+  EXPECT_LT(rel_error(gpu::GpuContext(built.program).run({{"x", x}}).at("y"), ref.run({{"x", x}}).at("y")), 3e-2);
+  // A graph whose convolutions the INT8 kernel cannot take (3 input channels) needs no data and
+  // runs in FP16.
+  Builder c;
+  c.input("x", {1, 3, 6, 6}).weight("w", {8, 3, 3, 3});
+  c.node("Conv", {"x", "w"}, {"y"}).output("y");
+  const gpu::GpuBuild fp16 = gpu::build_gpu_program(c.m, {{"x", {1, 3, 6, 6}}}, 0, opt, 0);
+  EXPECT_EQ(fp16.int8_convs, 0u);
+  for (const auto& st : fp16.program->steps()) EXPECT_EQ(st.kernel.find("int8"), std::string::npos) << st.kernel;
+}
+
 TEST_P(GpuProgram, WrongInputsAreRefusedAndTheContextStaysUsable) {
   Builder b;
   b.input("x", {2, 3}).weight("w", {3});

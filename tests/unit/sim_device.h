@@ -334,6 +334,7 @@ class SimDevice final : public Device {
   }
   std::unique_ptr<Kernel> conv(const ConvDesc& d, size_t, const std::string& tactic) override {
     if (d.in_clip) throw std::runtime_error("conv: cuDNN cannot clamp a convolution's input");
+    if (d.type == ElemType::kI8) return int8_conv_kernel(d, tactic);
     return conv_kernel(d, false, tactic);
   }
   std::unique_ptr<Kernel> depthwise(const ConvDesc& d, const std::string& tactic) override {
@@ -557,6 +558,48 @@ class SimDevice final : public Device {
               sim_store(d.type, out[0], o, v);
             }
     });
+  }
+
+  // Kiln's INT8 convolution (ConvDesc's INT8 contract): exact integer sums, the FP32 epilogue,
+  // INT8 outputs rounded half to even and saturated. The same shape rules as the CUDA kernel.
+  std::unique_ptr<Kernel> int8_conv_kernel(const ConvDesc& d, const std::string& tactic) {
+    if (props_.sm_major < 8) throw std::runtime_error("conv int8: INT8 tensor-core convolutions need sm_80 or newer");
+    if (d.groups != 1 || d.c % 16 || d.k % 8) throw std::runtime_error("conv int8: needs groups 1, c % 16 == 0, k % 8 == 0");
+    if (d.y_type != ElemType::kI8 && d.y_type != ElemType::kF16) throw std::runtime_error("conv int8: bad output type");
+    const int64_t oh = (d.h + 2 * d.pad_h - d.dil_h * (d.r - 1) - 1) / d.stride_h + 1;
+    const int64_t ow = (d.w + 2 * d.pad_w - d.dil_w * (d.s - 1) - 1) / d.stride_w + 1;
+    if (oh <= 0 || ow <= 0) throw std::runtime_error("conv int8: bad parameters");
+    auto k = tuned("sim-conv-int8", tactic, std::string("conv int8 -> ") + (d.y_type == ElemType::kI8 ? "int8" : "fp16"),
+                 3 + d.bias + d.residual, [d, oh, ow](const void* const* in, void* const* out, void*) {
+      const auto* x = static_cast<const int8_t*>(in[0]);
+      const auto* w = static_cast<const int8_t*>(in[1]);
+      const auto* scale = static_cast<const float*>(in[2]);
+      const float* bias = d.bias ? static_cast<const float*>(in[3]) : nullptr;
+      const void* z = d.residual ? in[d.bias ? 4 : 3] : nullptr;
+      for (int64_t n = 0; n < d.n; ++n)
+        for (int64_t y = 0; y < oh; ++y)
+          for (int64_t xo = 0; xo < ow; ++xo)
+            for (int64_t k = 0; k < d.k; ++k) {
+              int64_t acc = 0;
+              for (int64_t r = 0; r < d.r; ++r)
+                for (int64_t s = 0; s < d.s; ++s) {
+                  const int64_t iy = y * d.stride_h - d.pad_h + r * d.dil_h, ix = xo * d.stride_w - d.pad_w + s * d.dil_w;
+                  if (iy < 0 || iy >= d.h || ix < 0 || ix >= d.w) continue;
+                  for (int64_t c = 0; c < d.c; ++c)
+                    acc += static_cast<int64_t>(x[((n * d.h + iy) * d.w + ix) * d.c + c]) * w[((k * d.r + r) * d.s + s) * d.c + c];
+                }
+              const int64_t o = ((n * oh + y) * ow + xo) * d.k + k;
+              float v = std::fma(static_cast<float>(acc), scale[k], bias ? bias[k] : 0.f);
+              if (z) v = d.z_type == ElemType::kF16 ? v + sim_load(ElemType::kF16, z, o)
+                                                     : std::fma(sim_load(ElemType::kI8, z, o), d.z_scale, v);
+              if (d.act == Act::kRelu) v = std::max(v, 0.f);
+              if (d.act == Act::kClip) v = std::min(std::max(v, d.clip_lo), d.clip_hi);
+              if (d.y_type == ElemType::kF16) sim_store(ElemType::kF16, out[0], o, v);
+              else static_cast<int8_t*>(out[0])[o] = static_cast<int8_t>(std::clamp(std::nearbyint(v * (1.f / d.y_scale)), -128.f, 127.f));
+            }
+    });
+    static_cast<SimKernel*>(k.get())->set_ms(0.1);  // faster than FP16 (1 ms), as on a GPU at scale
+    return k;
   }
 
   DeviceProps props_;

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "backends/cuda/conv.h"
+#include "backends/cuda/conv_int8.h"
 #include "backends/cuda/cuda_util.h"
 #include "backends/cuda/kernels.h"
 #include "backends/cuda/lt_matmul.h"
@@ -91,6 +92,72 @@ class ConvKernel final : public gpu::Kernel {
  private:
   gpu::ConvDesc d_;
   std::unique_ptr<CudnnConv> conv_;
+};
+
+// Kiln's INT8 implicit-GEMM convolution (conv_int8.h): the CTA tile is chosen by timing each on
+// scratch buffers (tactic "kiln-int8:<tile>").
+class Int8ConvKernel final : public gpu::Kernel {
+ public:
+  Int8ConvKernel(const gpu::ConvDesc& d, const std::string& tactic) : d_(d) {
+    if (d.groups != 1) throw CudaError("conv int8: grouped convolutions have no INT8 kernel");
+    if (d.y_type != ElemType::kI8 && d.y_type != ElemType::kF16) throw CudaError("conv int8: the output must be int8 or fp16");
+    if (d.residual && d.z_type != ElemType::kI8 && d.z_type != ElemType::kF16)
+      throw CudaError("conv int8: the residual must be int8 or fp16");
+    p_.n = d.n, p_.c = d.c, p_.h = d.h, p_.w = d.w, p_.k = d.k, p_.r = d.r, p_.s = d.s;
+    p_.pad_h = d.pad_h, p_.pad_w = d.pad_w, p_.stride_h = d.stride_h, p_.stride_w = d.stride_w;
+    p_.dil_h = d.dil_h, p_.dil_w = d.dil_w;
+    p_.bias = d.bias, p_.residual = d.residual, p_.z_f16 = d.z_type == ElemType::kF16, p_.z_scale = d.z_scale;
+    p_.y_f16 = d.y_type == ElemType::kF16, p_.y_scale = d.y_scale;
+    p_.act = d.act == gpu::Act::kRelu ? ConvAct::kRelu : d.act == gpu::Act::kClip ? ConvAct::kClip : ConvAct::kNone;
+    p_.clip_lo = d.clip_lo, p_.clip_hi = d.clip_hi;
+    if (const std::string why = conv_int8_unsupported(p_); !why.empty()) throw CudaError("conv int8: " + why);
+    if (!tactic.empty()) {
+      const std::string prefix = "kiln-int8:";
+      if (tactic.rfind(prefix, 0) != 0 || !parse_int8_tile(tactic.substr(prefix.size()), &tile_))
+        throw CudaError("conv int8: tactic '" + tactic + "' is not a tile of Kiln's INT8 convolution");
+      return;
+    }
+    // Each tile timed on scratch buffers (median of 5 after a warm-up).
+    const int64_t ny = d.n * p_.out_h() * p_.out_w() * d.k;
+    DeviceBuffer x(static_cast<size_t>(d.n * d.h * d.w * d.c)), w(static_cast<size_t>(d.k * d.r * d.s * d.c)),
+        sc(static_cast<size_t>(d.k) * 4), b(static_cast<size_t>(d.k) * 4), z(static_cast<size_t>(ny) * 2),
+        y(static_cast<size_t>(ny) * 2);
+    for (DeviceBuffer* buf : {&x, &w, &sc, &b, &z}) KILN_CUDA_CHECK(cudaMemset(buf->get(), 0, buf->bytes()));
+    EventTimer timer;
+    for (int t = 0; t < static_cast<int>(Int8Tile::kCount); ++t) {
+      auto run = [&] {
+        conv_int8(p_, static_cast<Int8Tile>(t), static_cast<const int8_t*>(x.get()), static_cast<const int8_t*>(w.get()),
+                  static_cast<const float*>(sc.get()), static_cast<const float*>(b.get()), z.get(), y.get(), nullptr);
+      };
+      run();
+      std::vector<float> ms;
+      for (int r = 0; r < 5; ++r) {
+        timer.start(nullptr);
+        run();
+        ms.push_back(timer.stop(nullptr));
+      }
+      std::sort(ms.begin(), ms.end());
+      if (ms_ < 0 || ms[2] < ms_) ms_ = ms[2], tile_ = static_cast<Int8Tile>(t);
+    }
+  }
+  void launch(const void* const* in, void* const* out, void*, void* s) const override {
+    const float* bias = d_.bias ? static_cast<const float*>(in[3]) : nullptr;
+    const void* z = d_.residual ? in[d_.bias ? 4 : 3] : nullptr;
+    conv_int8(p_, tile_, static_cast<const int8_t*>(in[0]), static_cast<const int8_t*>(in[1]),
+              static_cast<const float*>(in[2]), bias, z, out[0], st(s));
+  }
+  std::string describe() const override {
+    return "kiln int8 implicit gemm " + std::string(int8_tile_name(tile_)) + " -> " + elem_type_name(d_.y_type) +
+           (ms_ < 0 ? std::string(" (recorded tactic)") : " (" + std::to_string(ms_) + " ms)");
+  }
+  double timed_ms() const override { return ms_; }
+  std::string tactic() const override { return std::string("kiln-int8:") + int8_tile_name(tile_); }
+
+ private:
+  gpu::ConvDesc d_;
+  Int8ConvParams p_;
+  Int8Tile tile_ = Int8Tile::k128x128;
+  float ms_ = -1;
 };
 
 class DepthwiseKernel final : public gpu::Kernel {
@@ -315,6 +382,7 @@ class CudaDevice final : public gpu::Device {
   std::unique_ptr<gpu::Kernel> conv(const gpu::ConvDesc& d, size_t limit, const std::string& tactic) override {
     if (d.in_clip) throw CudaError("conv: cuDNN cannot clamp a convolution's input (Kiln's depthwise kernel can)");
     bind();
+    if (d.type == ElemType::kI8) return std::make_unique<Int8ConvKernel>(d, tactic);
     return std::make_unique<ConvKernel>(d, limit, tactic);
   }
   std::unique_ptr<gpu::Kernel> depthwise(const gpu::ConvDesc& d, const std::string& tactic) override {

@@ -446,6 +446,29 @@ __global__ void quantize_fp8_kernel(const T* __restrict__ x, uint2* __restrict__
   }
 }
 
+// INT8 quantization of one dense input of type T: y = saturate(round_half_even(x * scale)), 8
+// elements per thread (16-byte loads, one 8-byte store). An INT8 convolution's input when its
+// producer is not an INT8 convolution.
+template <typename T>
+__global__ void quantize_i8_kernel(const T* __restrict__ x, uint2* __restrict__ y, float scale, uint32_t n8) {
+  constexpr int kLoads = 8 * sizeof(T) / 16;
+  for (uint32_t vi = blockIdx.x * blockDim.x + threadIdx.x; vi < n8; vi += gridDim.x * blockDim.x) {
+    uint32_t w[2] = {0, 0};
+#pragma unroll
+    for (int l = 0; l < kLoads; ++l) {
+      const uint4 raw = __ldg(reinterpret_cast<const uint4*>(x) + static_cast<size_t>(vi) * kLoads + l);
+      const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+      for (int u = 0; u < 8 / kLoads; ++u) {
+        const int i = l * (8 / kLoads) + u;
+        const int q = max(-128, min(127, __float2int_rn(to_f(e[u]) * scale)));
+        w[i / 4] |= (static_cast<uint32_t>(q) & 0xffu) << (8 * (i % 4));
+      }
+    }
+    y[vi] = make_uint2(w[0], w[1]);
+  }
+}
+
 template <typename T>
 bool launch_quantize_fp8(EwOp op, const void* x, void* y, float scale, uint32_t n8, unsigned blocks, cudaStream_t stream) {
   const T* xt = static_cast<const T*>(x);
@@ -733,6 +756,27 @@ void elementwise(const EwProgram& p, const void* const* inputs, void* y, cudaStr
                                               : false;
     if (done) {
       check_launch("elementwise (fp8 quantize)");
+      return;
+    }
+  }
+  // [Load x, Affine(scale, 0), Round, Clip(-128, 127)] from one dense float input to INT8: the
+  // quantizing kernel (the same values: the product is rounded to FP32 either way).
+  if (p.out_type == ElemType::kI8 && p.num_inputs == 1 && (dense & 1u) && p.num_steps == 4 &&
+      p.steps[0].op == EwOp::kLoad && p.steps[1].op == EwOp::kAffine && p.steps[1].p1 == 0.f &&
+      p.steps[2].op == EwOp::kRound && p.steps[3].op == EwOp::kClip && p.steps[3].p0 == -128.f &&
+      p.steps[3].p1 == 127.f && n % 8 == 0 && n / 8 < (int64_t{1} << 31) &&
+      (reinterpret_cast<uintptr_t>(inputs[0]) & 15) == 0 && (reinterpret_cast<uintptr_t>(y) & 7) == 0) {
+    const float scale = p.steps[1].p0;
+    const uint32_t n8 = static_cast<uint32_t>(n / 8);
+    const unsigned blocks = blocks_for(n8);
+    const ElemType xt = p.in_types[0];
+    bool done = true;
+    if (xt == ElemType::kF16) quantize_i8_kernel<__half><<<blocks, kThreads, 0, stream>>>(static_cast<const __half*>(inputs[0]), static_cast<uint2*>(y), scale, n8);
+    else if (xt == ElemType::kBF16) quantize_i8_kernel<__nv_bfloat16><<<blocks, kThreads, 0, stream>>>(static_cast<const __nv_bfloat16*>(inputs[0]), static_cast<uint2*>(y), scale, n8);
+    else if (xt == ElemType::kF32) quantize_i8_kernel<float><<<blocks, kThreads, 0, stream>>>(static_cast<const float*>(inputs[0]), static_cast<uint2*>(y), scale, n8);
+    else done = false;
+    if (done) {
+      check_launch("elementwise (int8 quantize)");
       return;
     }
   }

@@ -15,7 +15,7 @@
 
 namespace kiln::gpu {
 
-inline constexpr int kApiVersion = 5;
+inline constexpr int kApiVersion = 6;
 
 // Element types of device tensors. kBool is one byte, 0 or 1. kF8E4M3 is FP8 E4M3FN (one byte;
 // conversions to it round to nearest even and saturate at +-448): the activations and weights of
@@ -116,6 +116,13 @@ struct ConvDesc {
   // cuBLASLt's epilogues), and the clamp rides on this read.
   bool in_clip = false;
   float in_clip_hi = 0;
+  // INT8 (type kI8; Kiln's implicit-GEMM kernel, sm_80 and newer): x and w (per output channel
+  // scaled) are INT8, and the inputs are x, w, scale, [bias], [z] with FP32 scale[k] (the input's
+  // scale times channel k's weight scale) and bias[k]: y = act(scale[k] * sum(x w) + bias[k] +
+  // z_scale * z). z is z_type (kI8, times z_scale, or kF16); y is y_type: kF16, or kI8 holding
+  // round(y / y_scale) saturated. Needs c % 16 == 0, k % 8 == 0, groups 1.
+  ElemType y_type = ElemType::kI8, z_type = ElemType::kI8;
+  float y_scale = 1, z_scale = 1;
 };
 
 // O = softmax(Q K^T * scale + mask) V. Strides in elements (head dims contiguous): batch, head and

@@ -1,7 +1,9 @@
 // ONNX model -> optimized graph -> GPU program (see gpu_build.h).
 #include "backends/gpu/gpu_build.h"
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 
 #include "backends/gpu/loader.h"
 #include "backends/reference/executor.h"
@@ -43,6 +45,24 @@ class ShapeFilter final : public quant::Calibrator {
   size_t kept_ = 0, skipped_ = 0;
 };
 
+// Runs the calibration of `tensors` over calib.data (batches of `shapes` only), naming the data's
+// source when none fits.
+quant::CalibrationTable calibrate_tensors(const Model& model, const ShapeMap& shapes, const GpuCalibration& calib,
+                                          const std::vector<std::string>& tensors, const char* what) {
+  ShapeFilter data(*calib.data, shapes);
+  quant::CalibrateOptions co;
+  co.method = calib.method;
+  try {
+    return quant::calibrate(model, data, tensors, co);
+  } catch (const Error& e) {
+    if (data.kept() == 0)
+      throw Error(ErrorCode::kInvalidArgument, std::string(what) + " calibration: " + calib.source +
+                                                   " has no batch of the engine's shapes (" +
+                                                   std::to_string(data.skipped()) + " batches of other shapes)");
+    throw;
+  }
+}
+
 }  // namespace
 
 std::vector<size_t> fp8_gemm_candidates(const Model& model) {
@@ -75,24 +95,67 @@ size_t annotate_fp8_scales(Model& model, const ShapeMap& shapes, const Fp8Calibr
                     " GEMM inputs it quantizes (kiln build --precision fp8 --calib DATA)");
   std::vector<std::string> tensors;
   for (size_t i : gemms) tensors.push_back(model.graph.nodes[i].inputs[0]);
-  ShapeFilter data(*calib.data, shapes);
-  quant::CalibrateOptions co;
-  co.method = calib.method;
-  quant::CalibrationTable table;
-  try {
-    table = quant::calibrate(model, data, tensors, co);
-  } catch (const Error& e) {
-    if (data.kept() == 0)
-      throw Error(ErrorCode::kInvalidArgument, "FP8 calibration: " + calib.source + " has no batch of the engine's shapes (" +
-                                                   std::to_string(data.skipped()) + " batches of other shapes)");
-    throw;
-  }
+  const quant::CalibrationTable table = calibrate_tensors(model, shapes, calib, tensors, "FP8");
   for (size_t i : gemms) {
     Node& n = model.graph.nodes[i];
     const quant::TensorRange& r = table.ranges.at(n.inputs[0]);
     n.attrs[kFp8InputScale] = Attribute::of_float(r.amax / kE4M3Max);
   }
   return gemms.size();
+}
+
+std::vector<size_t> int8_conv_candidates(const Model& model) {
+  const Graph& g = model.graph;
+  std::vector<size_t> out;
+  for (size_t i = 0; i < g.nodes.size(); ++i) {
+    const Node& n = g.nodes[i];
+    const bool conv = (n.domain.empty() && n.op_type == "Conv") || (n.domain == "kiln" && n.op_type == "FusedConv");
+    if (!conv || n.inputs.size() < 2 || n.inputs[0].empty() || n.outputs.empty()) continue;
+    const Attribute* group = n.attr("group");
+    if (group && group->i != 1) continue;
+    auto w = g.initializers.find(n.inputs[1]);
+    if (w == g.initializers.end() || w->second.rank() != 4 || !dtype_is_float(w->second.dtype())) continue;
+    if (w->second.shape()[1] % 16 != 0 || w->second.shape()[0] % 8 != 0) continue;
+    const Attribute* act = n.attr("activation");
+    const Attribute* params = n.attr("activation_params");
+    const std::string a = act ? act->s : "";
+    const bool clip0 = a == "Clip" && params && params->floats.size() == 2 && params->floats[0] == 0.f;
+    if (!(a.empty() || a == "Relu" || clip0)) continue;
+    const TensorType* x = g.type_of(n.inputs[0]);
+    if (!x || x->dtype != DType::kF32) continue;
+    out.push_back(i);
+  }
+  return out;
+}
+
+
+size_t annotate_int8_scales(Model& model, const ShapeMap& shapes, const GpuCalibration& calib) {
+  const std::vector<size_t> convs = int8_conv_candidates(model);
+  if (convs.empty()) return 0;
+  if (!calib.data)
+    throw Error(ErrorCode::kInvalidArgument,
+                "precision int8 needs calibration data for the " + std::to_string(convs.size()) +
+                    " convolutions it quantizes (kiln build --device cuda --precision int8 --calib DATA)");
+  std::vector<std::string> tensors;
+  for (size_t i : convs) {
+    const Node& n = model.graph.nodes[i];
+    tensors.push_back(n.inputs[0]);
+    tensors.push_back(n.outputs[0]);
+    if (n.inputs.size() > 3 && !n.inputs[3].empty()) tensors.push_back(n.inputs[3]);
+  }
+  std::sort(tensors.begin(), tensors.end());
+  tensors.erase(std::unique(tensors.begin(), tensors.end()), tensors.end());
+  const quant::CalibrationTable table = calibrate_tensors(model, shapes, calib, tensors, "INT8");
+  auto scale = [&](const std::string& t) {
+    const float amax = table.ranges.at(t).amax;
+    return amax > 0 && std::isfinite(amax) ? amax / 127.f : 1.f / 127.f;  // all zeros: any positive scale
+  };
+  for (size_t i : convs) {
+    Node& n = model.graph.nodes[i];
+    const bool z = n.inputs.size() > 3 && !n.inputs[3].empty();
+    n.attrs[kInt8Scales] = Attribute::of_floats({scale(n.inputs[0]), scale(n.outputs[0]), z ? scale(n.inputs[3]) : 0.f});
+  }
+  return convs.size();
 }
 
 GpuBuild build_gpu_program(Model model, const ShapeMap& shapes, int device_index, const CompileOptions& options,
@@ -121,6 +184,13 @@ GpuBuild build_gpu_program(Model model, const ShapeMap& shapes, int device_index
     bool missing = false;
     for (size_t i : fp8_gemm_candidates(model)) missing = missing || fp8_input_scale(model.graph.nodes[i]) <= 0;
     if (missing) out.fp8_gemms = annotate_fp8_scales(model, shapes, fp8 ? *fp8 : Fp8Calibration{});
+    out.calib_ms = std::chrono::duration<double, std::milli>(Clock::now() - tc).count();
+  }
+  if (options.precision == Precision::kINT8) {
+    const auto tc = Clock::now();
+    bool missing = false;
+    for (size_t i : int8_conv_candidates(model)) missing = missing || !int8_scales(model.graph.nodes[i]).ok();
+    if (missing) out.int8_convs = annotate_int8_scales(model, shapes, fp8 ? *fp8 : GpuCalibration{});
     out.calib_ms = std::chrono::duration<double, std::milli>(Clock::now() - tc).count();
   }
   const auto t1 = Clock::now();

@@ -10,13 +10,15 @@
 
 namespace kiln::gpu {
 
-// Calibration of FP8 programs (Precision::kFP8): the activations that FP8 GEMMs read get a
-// per-tensor scale amax / 448 from a run of the optimized FP32 graph on the CPU over `data`.
+// Calibration of FP8 and INT8 programs: the activations that FP8 GEMMs read get a per-tensor scale
+// amax / 448, those that INT8 convolutions read and write amax / 127, from a run of the optimized
+// FP32 graph on the CPU over `data`.
 struct Fp8Calibration {
   quant::Calibrator* data = nullptr;  // batches of the model's inputs; those of other shapes are skipped
   quant::CalibMethodSpec method{quant::CalibMethod::kMinMax, 99.99};
   std::string source;  // where the data came from, for messages ("--calib DIR", "the generated inputs")
 };
+using GpuCalibration = Fp8Calibration;
 
 // The GEMMs an FP8 program can run in FP8: MatMul, Gemm and FusedMatMul nodes of a 2-D constant B
 // (no transposed A) whose A is an FP32 activation. Their indices in model.graph.nodes.
@@ -27,6 +29,17 @@ std::vector<size_t> fp8_gemm_candidates(const Model& model);
 // kInvalidArgument when the data has no batch of `shapes` (naming calib.source).
 size_t annotate_fp8_scales(Model& model, const ShapeMap& shapes, const Fp8Calibration& calib);
 
+// The convolutions an INT8 program can run in INT8 (Kiln's INT8 kernel takes them): Conv and
+// FusedConv nodes of a constant 4-D float filter, ungrouped, with input channels a multiple of 16
+// and output channels a multiple of 8, no activation or ReLU or Clip(0, hi), and an FP32 input.
+std::vector<size_t> int8_conv_candidates(const Model& model);
+
+// Sets int8_scales {input, output, residual} (amax / 127 of each tensor) on every INT8 candidate of
+// `model` (optimized and specialized to `shapes`) from a calibration run over calib.data (entropy
+// by default, as TensorRT's INT8 calibrator); returns how many were set. Throws kInvalidArgument as
+// annotate_fp8_scales does.
+size_t annotate_int8_scales(Model& model, const ShapeMap& shapes, const GpuCalibration& calib);
+
 struct GpuBuild {
   std::shared_ptr<const GpuProgram> program;
   Model optimized;  // the graph after the passes (what a GPU engine file stores)
@@ -34,12 +47,13 @@ struct GpuBuild {
   double pass_ms = 0, compile_ms = 0;
   std::vector<std::string> pass_log;
   size_t fp8_gemms = 0;  // FP8 builds: GEMMs given an input scale by calibration
+  size_t int8_convs = 0;  // INT8 builds: convolutions given scales by calibration
   double calib_ms = 0;
 };
 
-// `shapes` must give every dynamic input's shape. opt_level 0 runs no passes. An FP8 build of a
-// graph whose candidates have no scales yet calibrates them with `fp8` (after the passes); without
-// it, that is a kInvalidArgument error asking for calibration data.
+// `shapes` must give every dynamic input's shape. opt_level 0 runs no passes. An FP8 (INT8) build of
+// a graph whose candidates have no scales yet calibrates them with `fp8` (after the passes);
+// without it, that is a kInvalidArgument error asking for calibration data.
 GpuBuild build_gpu_program(Model model, const ShapeMap& shapes, int device_index, const CompileOptions& options,
                            int opt_level = 3, const Fp8Calibration* fp8 = nullptr);
 

@@ -59,6 +59,7 @@ GpuEngineBuild build_gpu_engine(Model model, const ShapeMap& shapes, int device_
   out.pass_ms = b.pass_ms;
   out.compile_ms = b.compile_ms;
   out.fp8_gemms = b.fp8_gemms;
+  out.int8_convs = b.int8_convs;
   out.calib_ms = b.calib_ms;
   out.optimized = std::move(b.optimized);
 

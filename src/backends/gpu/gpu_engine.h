@@ -29,7 +29,7 @@ struct GpuEngineOptions {
   int opt_level = 3;
   cpu::TimingCache* timing_cache = nullptr;  // consulted and filled (its target: gpu_target())
   std::vector<std::string>* log = nullptr;
-  const Fp8Calibration* fp8 = nullptr;  // precision fp8: the calibration data (the engine keeps the scales)
+  const Fp8Calibration* fp8 = nullptr;  // precision fp8 or int8: the calibration data (the engine keeps the scales)
 };
 
 struct GpuEngineBuild {
@@ -38,7 +38,7 @@ struct GpuEngineBuild {
   std::shared_ptr<const GpuProgram> program;
   size_t nodes_before = 0, nodes_after = 0;
   double pass_ms = 0, compile_ms = 0;
-  size_t fp8_gemms = 0;
+  size_t fp8_gemms = 0, int8_convs = 0;
   double calib_ms = 0;
 };
 

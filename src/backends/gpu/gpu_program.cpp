@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <cstring>
 #include <numeric>
 #include <optional>
@@ -16,7 +17,8 @@
 namespace kiln::gpu {
 
 const char* precision_name(Precision p) {
-  return p == Precision::kFP32 ? "fp32" : p == Precision::kFP16 ? "fp16" : p == Precision::kBF16 ? "bf16" : "fp8";
+  return p == Precision::kFP32 ? "fp32" : p == Precision::kFP16 ? "fp16" : p == Precision::kBF16 ? "bf16"
+       : p == Precision::kFP8 ? "fp8" : "int8";
 }
 
 Precision parse_precision(const std::string& s) {
@@ -24,7 +26,16 @@ Precision parse_precision(const std::string& s) {
   if (s == "fp16") return Precision::kFP16;
   if (s == "bf16") return Precision::kBF16;
   if (s == "fp8") return Precision::kFP8;
-  throw Error(ErrorCode::kInvalidArgument, "precision '" + s + "' is not fp32, fp16, bf16 or fp8");
+  if (s == "int8") return Precision::kINT8;
+  throw Error(ErrorCode::kInvalidArgument, "precision '" + s + "' is not fp32, fp16, bf16, fp8 or int8");
+}
+
+Int8Scales int8_scales(const Node& n) {
+  const Attribute* a = n.attr(kInt8Scales);
+  if (!a || a->floats.size() != 3) return {};
+  auto good = [](float v) { return std::isfinite(v) && v > 0 ? v : 0.f; };
+  Int8Scales s{good(a->floats[0]), good(a->floats[1]), good(a->floats[2])};
+  return s.ok() ? s : Int8Scales{};
 }
 
 float fp8_input_scale(const Node& n) {
@@ -204,6 +215,7 @@ class GpuProgramBuilder {
     compute_ = opt.precision == Precision::kFP32 ? ElemType::kF32
                : opt.precision == Precision::kBF16 ? ElemType::kBF16 : ElemType::kF16;  // FP8: FP16 between GEMMs
     fp8_ = opt.precision == Precision::kFP8;
+    int8_ = opt.precision == Precision::kINT8;
   }
   std::shared_ptr<const GpuProgram> build();
 
@@ -447,7 +459,22 @@ class GpuProgramBuilder {
   }
 
   void add_node(const Node& n);
+  // The descriptor of a Conv / FusedConv node in the program's float type; the activation steps
+  // that run after it (those no convolution kernel fuses) go to *post.
+  ConvDesc conv_desc(const Node& n, std::vector<EwStep>* post);
   void lower_conv(const Node& n);
+  void lower_conv_int8(const Node& n, ConvDesc d);
+  // Precision int8: which convolutions run in INT8 (int8_nodes_) and which of their outputs stay
+  // INT8 (int8_vals_: read only by INT8 convolutions, as input or residual).
+  void plan_int8();
+  bool int8_pays(const ConvDesc& d16, bool prequantized, const std::string& node);
+  // `x` (4-D) as INT8 NHWC: round(x / scale) saturated, written by one quantizing step shared by
+  // every reader (or the value itself when its producer wrote it in INT8).
+  std::string int8_value(const std::string& x, float scale);
+  // A weight made from constant `name` by `make` (bytes of `type`, shape `dims`), uploaded once per
+  // content and variant.
+  std::string derived_weight(const std::string& name, const std::string& variant, ElemType type,
+                             std::vector<int64_t> dims, const std::function<std::vector<uint8_t>()>& make);
   void lower_matmul(const Node& n);
   void lower_elementwise(const Node& n);
   void lower_pool(const Node& n);
@@ -547,6 +574,9 @@ class GpuProgramBuilder {
   // divided by the GEMM's input scale (plan_fp8_outputs): value -> scale.
   std::map<std::string, float> fp8_out_;
   std::set<size_t> fp8_nodes_;  // FP8 GEMM candidates that run in FP8 (the others run in FP16)
+  std::set<size_t> int8_nodes_;                // convolutions that run in INT8
+  std::map<std::string, float> int8_vals_;     // values stored INT8 -> their scale
+  bool int8_ = false;
   size_t current_ = SIZE_MAX;   // the index of the node being lowered
   bool fp8_ = false;
   std::vector<Pending> steps_;
@@ -657,7 +687,7 @@ void GpuProgramBuilder::add_node(const Node& n) {
   return lower_elementwise(n);
 }
 
-void GpuProgramBuilder::lower_conv(const Node& n) {
+ConvDesc GpuProgramBuilder::conv_desc(const Node& n, std::vector<EwStep>* post) {
   const auto xd = dims_of(n.inputs[0]);
   const Tensor& w = constant(n.inputs[1], n, "weights");
   if (xd.size() != 4) throw Error(ErrorCode::kUnsupported, "node '" + n.name + "': only 2-D convolutions run on the GPU");
@@ -693,13 +723,25 @@ void GpuProgramBuilder::lower_conv(const Node& n) {
   const std::string act = attr_string(n, "activation");
   std::vector<float> ap;
   if (const Attribute* a = n.attr("activation_params")) ap = a->floats;
-  std::vector<EwStep> post;
   if (act == "Relu") d.act = Act::kRelu;
   else if (act == "Clip" && ap.size() == 2 && ap[0] == 0.f && std::isfinite(ap[1])) d.act = Act::kClip, d.clip_lo = 0, d.clip_hi = ap[1];
-  else if (!activation_steps(act, ap, post))
+  else if (!activation_steps(act, ap, *post))
     throw Error(ErrorCode::kUnsupported, "node '" + n.name + "': activation " + act + " has no GPU kernel");
   if (deferred_clip_.count(n.outputs[0])) d.act = Act::kRelu;  // the reader clamps at the top
   if (auto it = deferred_clip_.find(n.inputs[0]); it != deferred_clip_.end()) d.in_clip = true, d.in_clip_hi = it->second;
+  return d;
+}
+
+void GpuProgramBuilder::lower_conv(const Node& n) {
+  std::vector<EwStep> post;
+  ConvDesc d = conv_desc(n, &post);
+  if (int8_nodes_.count(current_)) return lower_conv_int8(n, d);
+  const std::string act = attr_string(n, "activation");
+  const auto od = dims_of(n.outputs[0]);
+  const Tensor& w = constant(n.inputs[1], n, "weights");
+  const auto& wd = w.shape();
+  const bool has_b = n.inputs.size() > 2 && !n.inputs[2].empty();
+  const bool has_z = n.inputs.size() > 3 && !n.inputs[3].empty();
   // Filter OIHW -> KRSC (cuDNN's NHWC filter layout).
   const int64_t K = wd[0], C = wd[1], R = wd[2], S = wd[3];
   std::vector<int64_t> order(static_cast<size_t>(K * R * S * C));
@@ -903,6 +945,229 @@ std::string GpuProgramBuilder::fp8_value(const std::string& x, float scale) {
   const std::vector<EwStep> steps = {EwStep{}, EwStep{EwOp::kAffine, 0, 0, false, 1.f / scale, 0.f}};
   emit_elementwise("to fp8 " + x, "QuantizeFP8", {in}, steps, key, ElemType::kF8E4M3, val(in).dims);
   return key;
+}
+
+std::string GpuProgramBuilder::derived_weight(const std::string& name, const std::string& variant, ElemType type,
+                                              std::vector<int64_t> dims, const std::function<std::vector<uint8_t>()>& make) {
+  const std::string vname = name + "#" + variant;
+  if (vals_.count(vname)) return vname;
+  const Tensor& t = g().initializers.at(name);
+  std::ostringstream pool_key;
+  pool_key << content_hash(t) << "|" << static_cast<int>(t.dtype());
+  for (int64_t d : t.shape()) pool_key << "," << d;
+  pool_key << "|derived|" << variant;
+  const WeightPool::Entry e = pool_->get(pool_key.str(), make);
+  weights_.push_back(e.data);
+  weight_bytes_ += e.bytes;
+  Val v;
+  v.type = type;
+  v.dims = std::move(dims);
+  v.slot.kind = GpuProgram::Slot::kWeight;
+  v.slot.index = weights_.size() - 1;
+  vals_[vname] = v;
+  return vname;
+}
+
+std::string GpuProgramBuilder::int8_value(const std::string& x, float scale) {
+  if (auto it = int8_vals_.find(x); it != int8_vals_.end() && it->second == scale) return x;
+  std::ostringstream key;
+  key << x << "#int8/" << std::hexfloat << scale;
+  if (vals_.count(key.str())) return key.str();
+  // Over the dense NHWC buffer as one flat range: the same layout in and out, so the kernel reads
+  // and writes contiguously (what int8_pays timed).
+  const std::string in = as(x, true, compute_);
+  const std::vector<int64_t> dims = val(in).dims;
+  EwProgram p;
+  p.rank = 1, p.dims[0] = numel(dims), p.num_inputs = 1, p.in_types[0] = compute_, p.in_strides[0][0] = 1;
+  p.num_steps = 4;
+  p.steps[1] = EwStep{EwOp::kAffine, 0, 0, false, 1.f / scale, 0.f};
+  p.steps[2] = EwStep{EwOp::kRound};
+  p.steps[3] = EwStep{EwOp::kClip, 0, 0, false, -128.f, 127.f};
+  p.out_type = ElemType::kI8;
+  new_value(key.str(), ElemType::kI8, dims, true);
+  add_step(dev_->elementwise(p), {in}, {key.str()}, {"to int8 " + x, "QuantizeINT8", "", -1});
+  return key.str();
+}
+
+// INT8 convolutions. A candidate (a Conv or FusedConv with int8_scales that Kiln's INT8 kernel
+// takes) runs in INT8 where that is faster than its FP16 kernel, counting the quantizing pass over
+// its input unless the input's producer is itself an INT8 candidate (it then writes INT8). The
+// choice is timed once per shape and recorded like a tactic ("gpu.int8 ..." -> "int8" or "fp16").
+// Then each INT8 convolution's output stays INT8 when every reader is an INT8 convolution reading
+// it as input or residual (a ResNet's bottleneck chain: only the stem's input is quantized and only
+// the last block's output is FP16).
+void GpuProgramBuilder::plan_int8() {
+  if (!int8_) return;
+  auto candidate = [&](size_t i, ConvDesc* d) {
+    const Node& n = g().nodes[i];
+    const bool conv = (n.domain.empty() && n.op_type == "Conv") || (n.domain == "kiln" && n.op_type == "FusedConv");
+    if (!conv || !int8_scales(n).ok() || !is_const(n.inputs[1])) return false;
+    std::vector<EwStep> post;
+    try {
+      *d = conv_desc(n, &post);
+    } catch (const Error&) {
+      return false;  // lowering reports it
+    }
+    return post.empty() && !d->in_clip && !deferred_clip_.count(n.outputs[0]) && d->groups == 1 && d->c % 16 == 0 &&
+           d->k % 8 == 0 && (!d->residual || dims_of(n.inputs[3]) == dims_of(n.outputs[0]));
+  };
+  std::set<size_t> candidates;
+  std::map<size_t, ConvDesc> descs;
+  for (size_t i = 0; i < g().nodes.size(); ++i) {
+    ConvDesc d;
+    if (!folded_.count(i) && candidate(i, &d)) candidates.insert(i), descs[i] = d;
+  }
+  for (size_t i : candidates) {
+    const Node& n = g().nodes[i];
+    auto p = producer_.find(n.inputs[0]);
+    const bool prequantized = p != producer_.end() && candidates.count(p->second);
+    if (int8_pays(descs[i], prequantized, n.name)) int8_nodes_.insert(i);
+  }
+  for (size_t i : int8_nodes_) {
+    const Node& n = g().nodes[i];
+    const std::string& out = n.outputs[0];
+    auto r = readers_.find(out);
+    bool ok = r != readers_.end() && !r->second.empty();
+    for (size_t j : ok ? r->second : std::vector<size_t>{}) {
+      if (j == SIZE_MAX || !int8_nodes_.count(j)) ok = false;
+      if (!ok) break;
+      const Node& reader = g().nodes[j];
+      for (size_t k = 0; k < reader.inputs.size(); ++k)
+        if (reader.inputs[k] == out && k != 0 && k != 3) ok = false;
+    }
+    if (ok) int8_vals_[out] = int8_scales(n).y;
+  }
+}
+
+bool GpuProgramBuilder::int8_pays(const ConvDesc& d16, bool prequantized, const std::string& node) {
+  if (opt_.int8_convs == "always") return true;
+  if (opt_.int8_convs != "auto")
+    throw Error(ErrorCode::kInvalidArgument, "int8_convs '" + opt_.int8_convs + "' is not auto or always");
+  const std::string key = "gpu.int8 " + conv_key(d16) + " prequantized" + std::to_string(prequantized);
+  if (auto it = tactics_.find(key); it != tactics_.end()) return it->second.tactic == "int8";
+  if (const auto hit = recorded(key); hit && (hit->tactic == "int8" || hit->tactic == "fp16")) {
+    record(key, hit->tactic, hit->ms, false);
+    return hit->tactic == "int8";
+  }
+  warm_up();
+  ConvDesc d8 = d16;
+  d8.type = ElemType::kI8;
+  d8.y_type = d8.z_type = ElemType::kI8;
+  double t16 = -1, t8 = -1, tq = 0;
+  try {
+    // FP16's best: cuDNN, or cuBLASLt for a 1x1 convolution that is a GEMM (as lower_conv chooses).
+    const bool gemm_ok = d16.r == 1 && d16.s == 1 && d16.stride_h == 1 && d16.stride_w == 1 && d16.pad_h == 0 &&
+                         d16.pad_w == 0 && (d16.act == Act::kNone || d16.act == Act::kRelu);
+    if (!gemm_ok || opt_.conv1x1_tactic != "gemm") t16 = dev_->conv(d16, opt_.workspace_limit)->timed_ms();
+    if (gemm_ok && opt_.conv1x1_tactic != "cudnn") {
+      MatmulDesc md;
+      md.m = d16.n * d16.h * d16.w, md.n = d16.k, md.k = d16.c, md.type = compute_, md.bias = d16.bias;
+      md.residual = d16.residual;
+      md.epilogue = d16.act == Act::kRelu ? MatmulDesc::Epilogue::kRelu : MatmulDesc::Epilogue::kNone;
+      const double tg = dev_->matmul(md, opt_.workspace_limit)->timed_ms();
+      if (tg >= 0 && (t16 < 0 || tg < t16)) t16 = tg;
+    }
+    t8 = dev_->conv(d8, opt_.workspace_limit)->timed_ms();
+    if (!prequantized) {
+      const int64_t n = d16.n * d16.h * d16.w * d16.c;
+      EwProgram p;
+      p.rank = 1, p.dims[0] = n, p.num_inputs = 1, p.in_types[0] = compute_, p.in_strides[0][0] = 1;
+      p.num_steps = 4;
+      p.steps[1] = EwStep{EwOp::kAffine, 0, 0, false, 1.f, 0.f};
+      p.steps[2] = EwStep{EwOp::kRound};
+      p.steps[3] = EwStep{EwOp::kClip, 0, 0, false, -128.f, 127.f};
+      p.out_type = ElemType::kI8;
+      tq = time_on_device(*dev_->elementwise(p), {static_cast<size_t>(n) * elem_bytes(compute_)}, static_cast<size_t>(n));
+    }
+  } catch (const std::runtime_error& e) {
+    if (opt_.log) opt_.log->push_back("node '" + node + "': no INT8 convolution here (" + e.what() + "): FP16");
+    t8 = -1;
+  }
+  // INT8 costs accuracy: it must save at least 5% of the FP16 time (and clear the timing noise).
+  const bool int8 = t8 >= 0 && t16 >= 0 && t8 + tq < 0.95 * t16;
+  if (opt_.log) {
+    std::ostringstream os;
+    os << "node '" << node << "': " << (int8 ? "INT8" : "FP16") << " (fp16 " << t16 << " ms, int8 " << t8
+       << " ms + quantizing " << tq << " ms)";
+    opt_.log->push_back(os.str());
+  }
+  record(key, int8 ? "int8" : "fp16", int8 ? t8 + tq : t16, true);
+  return int8;
+}
+
+void GpuProgramBuilder::lower_conv_int8(const Node& n, ConvDesc d) {
+  const Tensor& w = constant(n.inputs[1], n, "weights");
+  const auto& wd = w.shape();
+  const int64_t K = wd[0], C = wd[1], R = wd[2], S = wd[3];
+  const auto od = dims_of(n.outputs[0]);
+  const Int8Scales sc = int8_scales(n);
+  const float sx = int8_vals_.count(n.inputs[0]) ? int8_vals_.at(n.inputs[0]) : sc.x;
+  std::vector<std::string> ins = {int8_value(n.inputs[0], sx)};
+  // Weights per output channel: scale amax / 127, values round(w / scale) in [-127, 127], KRSC.
+  std::vector<double> sw(static_cast<size_t>(K), 1.0);
+  for (int64_t k = 0; k < K; ++k) {
+    double amax = 0;
+    for (int64_t i = 0; i < C * R * S; ++i) amax = std::max(amax, std::fabs(host_value(w, k * C * R * S + i)));
+    if (amax > 0 && std::isfinite(amax)) sw[static_cast<size_t>(k)] = amax / 127.0;
+  }
+  ins.push_back(derived_weight(n.inputs[1], "int8krsc", ElemType::kI8, {K, R, S, C}, [&] {
+    std::vector<uint8_t> bytes(static_cast<size_t>(K * R * S * C));
+    size_t i = 0;
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t s2 = 0; s2 < S; ++s2)
+          for (int64_t c = 0; c < C; ++c) {
+            const double q = std::nearbyint(host_value(w, ((k * C + c) * R + r) * S + s2) / sw[static_cast<size_t>(k)]);
+            bytes[i++] = static_cast<uint8_t>(static_cast<int8_t>(std::clamp(q, -127.0, 127.0)));
+          }
+    return bytes;
+  }));
+  std::ostringstream variant;
+  variant << "int8scale/" << std::hexfloat << sx;
+  ins.push_back(derived_weight(n.inputs[1], variant.str(), ElemType::kF32, {K}, [&] {
+    std::vector<uint8_t> bytes(static_cast<size_t>(K) * 4);
+    for (int64_t k = 0; k < K; ++k) {
+      const float v = static_cast<float>(sx * sw[static_cast<size_t>(k)]);
+      std::memcpy(&bytes[static_cast<size_t>(k) * 4], &v, 4);
+    }
+    return bytes;
+  }));
+  if (d.bias) ins.push_back(weight_value(n.inputs[2], ElemType::kF32, {K}, {}, "bias32"));
+  if (d.residual) {
+    const std::string& z = n.inputs[3];
+    if (auto it = int8_vals_.find(z); it != int8_vals_.end()) {
+      ins.push_back(z);
+      d.z_type = ElemType::kI8, d.z_scale = it->second;
+    } else {
+      ins.push_back(as(z, true, ElemType::kF16));
+      d.z_type = ElemType::kF16;
+    }
+  }
+  const std::string& out = n.outputs[0];
+  if (auto it = int8_vals_.find(out); it != int8_vals_.end()) d.y_type = ElemType::kI8, d.y_scale = it->second;
+  else d.y_type = ElemType::kF16;
+  d.type = ElemType::kI8;
+  new_value(out, d.y_type, od, true);
+  std::ostringstream key;
+  key << conv_key(d) << " y" << type_tag(d.y_type) << " z" << type_tag(d.z_type);
+  std::unique_ptr<Kernel> k;
+  const auto hit = recorded(key.str());
+  if (hit) {
+    try {
+      k = dev_->conv(d, opt_.workspace_limit, hit->tactic);
+      ++stats_.recorded;
+    } catch (const std::runtime_error& e) {
+      rejected(n.name, e.what());
+    }
+  }
+  const bool timed = !k;
+  if (timed) {
+    warm_up();
+    k = dev_->conv(d, opt_.workspace_limit);
+    ++stats_.timed;
+  }
+  record(key.str(), k->tactic(), timed ? k->timed_ms() : hit->ms, timed);
+  add_step(std::move(k), ins, {out}, {n.name, n.op_type, "", -1});
 }
 
 // Values read only by one FP8 GEMM (as its X) are written in E4M3 by their producer when that is an
@@ -1572,6 +1837,7 @@ std::shared_ptr<const GpuProgram> GpuProgramBuilder::build() {
   plan_packed_qkv();
   plan_deferred_clips();
   plan_fp8_outputs();
+  plan_int8();
   for (size_t i = 0; i < g().nodes.size(); ++i) {
     if (folded_.count(i) || packed_skip_.count(i)) continue;
     current_ = i;

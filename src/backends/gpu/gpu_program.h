@@ -34,14 +34,32 @@ using ShapeMap = std::map<std::string, std::vector<int64_t>>;
 // Gemm and FusedMatMul nodes of constant 2-D weights that carry an fp8_input_scale attribute (the
 // activation's calibrated amax / 448, set by annotate_fp8_scales in gpu_build.h); the weight's own
 // scale is its amax / 448, found when it is converted. Nodes without the attribute run in FP16.
-enum class Precision { kFP32, kFP16, kBF16, kFP8 };
+//
+// kINT8: FP16 everywhere, and INT8 convolutions (Kiln's implicit-GEMM kernel on the integer tensor
+// cores, sm_80 and newer) for the Conv and FusedConv nodes that carry int8_scales (calibrated by
+// annotate_int8_scales in gpu_build.h) and that the kernel takes: ungrouped, input channels a
+// multiple of 16, output channels a multiple of 8, no activation or ReLU or Clip(0, hi). Weights are
+// quantized per output channel (amax / 127). A value that only INT8 convolutions read stays INT8
+// between them (written so by its producer); elsewhere a convolution reads FP16 (one quantizing
+// pass) or writes FP16. The others run in FP16, as do nodes where INT8 is not faster (timed).
+enum class Precision { kFP32, kFP16, kBF16, kFP8, kINT8 };
 const char* precision_name(Precision p);
-Precision parse_precision(const std::string& s);  // "fp32", "fp16", "bf16", "fp8"; kInvalidArgument otherwise
+Precision parse_precision(const std::string& s);  // "fp32", "fp16", "bf16", "fp8", "int8"; kInvalidArgument otherwise
 
 // The node attribute holding an FP8 GEMM's input scale, and its value (0 when absent or not a
 // positive finite number).
 inline constexpr const char* kFp8InputScale = "fp8_input_scale";
 float fp8_input_scale(const Node& n);
+
+// The node attribute holding an INT8 convolution's per-tensor scales (amax / 127): floats
+// {input, output, residual} (residual 0 without one). int8_scales() gives zeros when the attribute
+// is absent or its input or output scale is not a positive finite number.
+inline constexpr const char* kInt8Scales = "int8_scales";
+struct Int8Scales {
+  float x = 0, y = 0, z = 0;
+  bool ok() const { return x > 0 && y > 0; }
+};
+Int8Scales int8_scales(const Node& n);
 
 // Device copies of converted weights, shared by the programs compiled on one device (e.g. one
 // program per batch size of a served model): a weight is converted and uploaded once per content
@@ -89,6 +107,10 @@ struct CompileOptions {
   // Precision fp8: which GEMMs with an input scale run in FP8. "auto" times each against FP16
   // (counting the quantizing pass) and keeps the faster; "always" runs them all in FP8 (tests).
   std::string fp8_gemms = "auto";
+  // Precision int8: which convolutions with scales run in INT8. "auto" times each against its FP16
+  // kernel (counting the quantizing pass where its input is not already INT8) and keeps the
+  // faster; "always" runs every one the kernel takes in INT8 (tests).
+  std::string int8_convs = "auto";
   // Where the weights go: programs compiled with one pool share their weights. Null: a pool of the
   // program's own. The pool's device must be the one compiled for.
   std::shared_ptr<WeightPool> weights;
