@@ -112,8 +112,10 @@ __device__ __forceinline__ void store1(const Args& a, float v, int64_t off) {
 // read, activation and store run on 16 consecutive channels per thread: 16-byte loads and stores,
 // for the layers bound by memory (a 1x1 expansion with its residual). Otherwise each thread
 // finishes its own accumulator pairs (2-byte INT8 stores).
+// Staged variants keep at least three CTAs of 256 threads per SM (the memory-bound layers they
+// serve need bytes in flight more than registers).
 template <int BM, int BN, int WM_WARPS, int WN_WARPS, bool STAGED>
-__global__ void __launch_bounds__(WM_WARPS* WN_WARPS * 32)
+__global__ void __launch_bounds__(WM_WARPS* WN_WARPS * 32, STAGED && BM * BN <= 128 * 64 ? 768 / (WM_WARPS * WN_WARPS * 32) : 2)
     conv_int8_kernel(const Args a) {
   constexpr int kThreads = WM_WARPS * WN_WARPS * 32;
   constexpr int WM = BM / WM_WARPS, WN = BN / WN_WARPS;  // warp tile
@@ -182,6 +184,25 @@ __global__ void __launch_bounds__(WM_WARPS* WN_WARPS * 32)
       cp_async16(base_b + swz(row, col), ok ? b_row[i] + kk : a.w, ok);
     }
   };
+
+  // The staged epilogue's INT8 residual, loaded before the main loop (it does not depend on it),
+  // so its DRAM latency hides behind the operands' (tiles with at most two chunks per thread; the
+  // others would lose occupancy to the registers).
+  constexpr int kChunks = BM * BN / 16;
+  constexpr int kPre = STAGED && kChunks / kThreads <= 2 ? kChunks / kThreads : 0;
+  uint4 zpre[kPre > 0 ? kPre : 1];
+  const bool prefetched = kPre > 0 && a.z && !a.z_f16 && a.k % 16 == 0;
+  if (prefetched) {
+#pragma unroll
+    for (int j = 0; j < kPre; ++j) {
+      const int ch = tid + j * kThreads;
+      const int row = ch / (BN / 16), col = (ch % (BN / 16)) * 16;
+      const int m = m0 + row, nc = n0 + col;
+      zpre[j] = m < a.m && nc < a.k
+                    ? __ldg(reinterpret_cast<const uint4*>(static_cast<const int8_t*>(a.z) + static_cast<int64_t>(m) * a.k + nc))
+                    : make_uint4(0, 0, 0, 0);
+    }
+  }
 
   int acc[MI][NI][4];
 #pragma unroll
@@ -252,9 +273,11 @@ __global__ void __launch_bounds__(WM_WARPS* WN_WARPS * 32)
         }
     }
     __syncthreads();
-    constexpr int kChunks = BM * BN / 16;
     const bool vec = a.k % 16 == 0;
-    for (int ch = tid; ch < kChunks; ch += kThreads) {
+    static_assert(kChunks % kThreads == 0, "whole chunks per thread");
+#pragma unroll
+    for (int j = 0; j < kChunks / kThreads; ++j) {
+      const int ch = tid + j * kThreads;
       const int row = ch / (BN / 16), col = (ch % (BN / 16)) * 16;
       const int m = m0 + row, nc = n0 + col;
       if (m >= a.m || nc >= a.k) continue;
@@ -281,7 +304,9 @@ __global__ void __launch_bounds__(WM_WARPS* WN_WARPS * 32)
             }
           }
         } else {
-          const uint4 raw = *reinterpret_cast<const uint4*>(static_cast<const int8_t*>(a.z) + off);
+          uint4 raw;
+          if constexpr (kPre > 0) raw = prefetched ? zpre[j] : *reinterpret_cast<const uint4*>(static_cast<const int8_t*>(a.z) + off);
+          else raw = *reinterpret_cast<const uint4*>(static_cast<const int8_t*>(a.z) + off);
           const int8_t* z8 = reinterpret_cast<const int8_t*>(&raw);
 #pragma unroll
           for (int e = 0; e < 16; ++e) v[e] = fmaf(static_cast<float>(z8[e]), a.z_scale, v[e]);

@@ -467,7 +467,8 @@ class GpuProgramBuilder {
   // Precision int8: which convolutions run in INT8 (int8_nodes_) and which of their outputs stay
   // INT8 (int8_vals_: read only by INT8 convolutions, as input or residual).
   void plan_int8();
-  bool int8_pays(const ConvDesc& d16, bool prequantized, const std::string& node);
+  std::pair<double, double> int8_times(const ConvDesc& d16, const std::string& node);
+  double quantize_ms(int64_t elems);
   // `x` (4-D) as INT8 NHWC: round(x / scale) saturated, written by one quantizing step shared by
   // every reader (or the value itself when its producer wrote it in INT8).
   std::string int8_value(const std::string& x, float scale);
@@ -974,7 +975,7 @@ std::string GpuProgramBuilder::int8_value(const std::string& x, float scale) {
   key << x << "#int8/" << std::hexfloat << scale;
   if (vals_.count(key.str())) return key.str();
   // Over the dense NHWC buffer as one flat range: the same layout in and out, so the kernel reads
-  // and writes contiguously (what int8_pays timed).
+  // and writes contiguously (what quantize_ms timed).
   const std::string in = as(x, true, compute_);
   const std::vector<int64_t> dims = val(in).dims;
   EwProgram p;
@@ -989,15 +990,21 @@ std::string GpuProgramBuilder::int8_value(const std::string& x, float scale) {
   return key.str();
 }
 
-// INT8 convolutions. A candidate (a Conv or FusedConv with int8_scales that Kiln's INT8 kernel
-// takes) runs in INT8 where that is faster than its FP16 kernel, counting the quantizing pass over
-// its input unless the input's producer is itself an INT8 candidate (it then writes INT8). The
-// choice is timed once per shape and recorded like a tactic ("gpu.int8 ..." -> "int8" or "fp16").
-// Then each INT8 convolution's output stays INT8 when every reader is an INT8 convolution reading
-// it as input or residual (a ResNet's bottleneck chain: only the stem's input is quantized and only
-// the last block's output is FP16).
+// INT8 convolutions. A candidate is a Conv or FusedConv with int8_scales that Kiln's INT8 kernel
+// takes. Which candidates run in INT8 is chosen for the whole graph, not one node at a time, from
+// times measured on the device: each candidate's INT8 kernel and its best FP16 kernel (cuDNN, or
+// cuBLASLt for a 1x1 GEMM), and the quantizing pass over each value an INT8 convolution reads that
+// is not already INT8. The cost of a choice S is the sum of its convolutions' times plus its
+// quantizing passes; a value stays INT8 (no pass) when its producer and every reader (as input or
+// residual) are in S. Starting from the nodes whose INT8 kernel is faster, single flips are applied
+// while they lower the cost (adding a node must save at least 5% of its FP16 time: INT8 costs
+// accuracy, and the margin clears timing noise), so a run of INT8 convolutions is kept or dropped
+// with its boundary passes counted. The times are recorded like tactics ("gpu.int8 ..."), so an
+// engine or a timing cache replays the same choice untimed.
 void GpuProgramBuilder::plan_int8() {
   if (!int8_) return;
+  if (opt_.int8_convs != "auto" && opt_.int8_convs != "always")
+    throw Error(ErrorCode::kInvalidArgument, "int8_convs '" + opt_.int8_convs + "' is not auto or always");
   auto candidate = [&](size_t i, ConvDesc* d) {
     const Node& n = g().nodes[i];
     const bool conv = (n.domain.empty() && n.op_type == "Conv") || (n.domain == "kiln" && n.op_type == "FusedConv");
@@ -1011,88 +1018,147 @@ void GpuProgramBuilder::plan_int8() {
     return post.empty() && !d->in_clip && !deferred_clip_.count(n.outputs[0]) && d->groups == 1 && d->c % 16 == 0 &&
            d->k % 8 == 0 && (!d->residual || dims_of(n.inputs[3]) == dims_of(n.outputs[0]));
   };
-  std::set<size_t> candidates;
+  std::vector<size_t> cands;
   std::map<size_t, ConvDesc> descs;
   for (size_t i = 0; i < g().nodes.size(); ++i) {
     ConvDesc d;
-    if (!folded_.count(i) && candidate(i, &d)) candidates.insert(i), descs[i] = d;
+    if (!folded_.count(i) && candidate(i, &d)) cands.push_back(i), descs[i] = d;
   }
-  for (size_t i : candidates) {
-    const Node& n = g().nodes[i];
-    auto p = producer_.find(n.inputs[0]);
-    const bool prequantized = p != producer_.end() && candidates.count(p->second);
-    if (int8_pays(descs[i], prequantized, n.name)) int8_nodes_.insert(i);
-  }
-  for (size_t i : int8_nodes_) {
-    const Node& n = g().nodes[i];
-    const std::string& out = n.outputs[0];
-    auto r = readers_.find(out);
-    bool ok = r != readers_.end() && !r->second.empty();
-    for (size_t j : ok ? r->second : std::vector<size_t>{}) {
-      if (j == SIZE_MAX || !int8_nodes_.count(j)) ok = false;
-      if (!ok) break;
-      const Node& reader = g().nodes[j];
-      for (size_t k = 0; k < reader.inputs.size(); ++k)
-        if (reader.inputs[k] == out && k != 0 && k != 3) ok = false;
+  // The INT8 values of a choice: outputs of chosen nodes read only by chosen nodes as input/residual.
+  auto stored = [&](const std::set<size_t>& S) {
+    std::map<std::string, float> out;
+    for (size_t i : S) {
+      const Node& n = g().nodes[i];
+      const std::string& o = n.outputs[0];
+      auto r = readers_.find(o);
+      bool ok = r != readers_.end() && !r->second.empty();
+      for (size_t j : ok ? r->second : std::vector<size_t>{}) {
+        if (j == SIZE_MAX || !S.count(j)) ok = false;
+        if (!ok) break;
+        const Node& reader = g().nodes[j];
+        for (size_t k = 0; k < reader.inputs.size(); ++k)
+          if (reader.inputs[k] == o && k != 0 && k != 3) ok = false;
+      }
+      if (ok) out[o] = int8_scales(n).y;
     }
-    if (ok) int8_vals_[out] = int8_scales(n).y;
+    return out;
+  };
+  std::set<size_t> S;
+  if (opt_.int8_convs == "always") {
+    S.insert(cands.begin(), cands.end());
+  } else {
+    std::map<size_t, std::pair<double, double>> t;  // node -> (fp16 ms, int8 ms; -1: no INT8 kernel)
+    std::map<std::string, double> tq;                // value -> quantizing ms
+    for (size_t i : cands) {
+      t[i] = int8_times(descs[i], g().nodes[i].name);
+      const std::string& x = g().nodes[i].inputs[0];
+      if (!tq.count(x)) tq[x] = quantize_ms(numel(dims_of(x)));
+    }
+    auto cost = [&](const std::set<size_t>& s) {
+      double c = 0;
+      for (size_t i : cands) c += s.count(i) ? t[i].second : t[i].first;
+      const auto kept = stored(s);
+      std::set<std::string> passes;
+      for (size_t i : s)
+        if (!kept.count(g().nodes[i].inputs[0])) passes.insert(g().nodes[i].inputs[0]);
+      for (const auto& v : passes) c += tq[v];
+      return c;
+    };
+    for (size_t i : cands)
+      if (t[i].second >= 0 && t[i].first >= 0 && t[i].second < 0.95 * t[i].first) S.insert(i);
+    for (int pass = 0; pass < 32; ++pass) {
+      bool changed = false;
+      for (size_t i : cands) {
+        if (t[i].second < 0 || t[i].first < 0) continue;
+        std::set<size_t> with = S, without = S;
+        with.insert(i), without.erase(i);
+        const bool in = cost(with) < cost(without) - 0.05 * t[i].first;
+        if (in != static_cast<bool>(S.count(i))) {
+          S = in ? with : without;
+          changed = true;
+        }
+      }
+      if (!changed) break;
+    }
+    if (opt_.log) {
+      std::set<size_t> none;
+      std::ostringstream os;
+      os << "int8: " << S.size() << " of " << cands.size() << " candidate convolutions in INT8; estimated "
+         << cost(S) << " ms against " << cost(none) << " ms all FP16";
+      opt_.log->push_back(os.str());
+    }
   }
+  int8_nodes_ = S;
+  int8_vals_ = stored(S);
 }
 
-bool GpuProgramBuilder::int8_pays(const ConvDesc& d16, bool prequantized, const std::string& node) {
-  if (opt_.int8_convs == "always") return true;
-  if (opt_.int8_convs != "auto")
-    throw Error(ErrorCode::kInvalidArgument, "int8_convs '" + opt_.int8_convs + "' is not auto or always");
-  const std::string key = "gpu.int8 " + conv_key(d16) + " prequantized" + std::to_string(prequantized);
-  if (auto it = tactics_.find(key); it != tactics_.end()) return it->second.tactic == "int8";
-  if (const auto hit = recorded(key); hit && (hit->tactic == "int8" || hit->tactic == "fp16")) {
-    record(key, hit->tactic, hit->ms, false);
-    return hit->tactic == "int8";
-  }
+// FP16's best time for a convolution and the INT8 kernel's (-1 where it has none): timed, or the
+// recorded times ("gpu.int8.fp16 <key>" and "gpu.int8.int8 <key>").
+std::pair<double, double> GpuProgramBuilder::int8_times(const ConvDesc& d16, const std::string& node) {
+  const std::string k16 = "gpu.int8.fp16 " + conv_key(d16), k8 = "gpu.int8.int8 " + conv_key(d16);
+  auto known = [&](const std::string& key) -> std::optional<double> {
+    if (auto it = tactics_.find(key); it != tactics_.end()) return it->second.ms;
+    if (const auto hit = recorded(key); hit && (hit->tactic == "fp16" || hit->tactic == "int8" || hit->tactic == "none")) {
+      record(key, hit->tactic, hit->ms, false);
+      return hit->tactic == "none" ? -1.0 : hit->ms;
+    }
+    return std::nullopt;
+  };
+  const auto r16 = known(k16), r8 = known(k8);
+  if (r16 && r8) return {*r16, *r8};
   warm_up();
   ConvDesc d8 = d16;
   d8.type = ElemType::kI8;
   d8.y_type = d8.z_type = ElemType::kI8;
-  double t16 = -1, t8 = -1, tq = 0;
+  double t16 = -1, t8 = -1;
+  // FP16's best: cuDNN, or cuBLASLt for a 1x1 convolution that is a GEMM (as lower_conv chooses).
+  const bool gemm_ok = d16.r == 1 && d16.s == 1 && d16.stride_h == 1 && d16.stride_w == 1 && d16.pad_h == 0 &&
+                       d16.pad_w == 0 && (d16.act == Act::kNone || d16.act == Act::kRelu);
+  if (!gemm_ok || opt_.conv1x1_tactic != "gemm") t16 = dev_->conv(d16, opt_.workspace_limit)->timed_ms();
+  if (gemm_ok && opt_.conv1x1_tactic != "cudnn") {
+    MatmulDesc md;
+    md.m = d16.n * d16.h * d16.w, md.n = d16.k, md.k = d16.c, md.type = compute_, md.bias = d16.bias;
+    md.residual = d16.residual;
+    md.epilogue = d16.act == Act::kRelu ? MatmulDesc::Epilogue::kRelu : MatmulDesc::Epilogue::kNone;
+    const double tg = dev_->matmul(md, opt_.workspace_limit)->timed_ms();
+    if (tg >= 0 && (t16 < 0 || tg < t16)) t16 = tg;
+  }
   try {
-    // FP16's best: cuDNN, or cuBLASLt for a 1x1 convolution that is a GEMM (as lower_conv chooses).
-    const bool gemm_ok = d16.r == 1 && d16.s == 1 && d16.stride_h == 1 && d16.stride_w == 1 && d16.pad_h == 0 &&
-                         d16.pad_w == 0 && (d16.act == Act::kNone || d16.act == Act::kRelu);
-    if (!gemm_ok || opt_.conv1x1_tactic != "gemm") t16 = dev_->conv(d16, opt_.workspace_limit)->timed_ms();
-    if (gemm_ok && opt_.conv1x1_tactic != "cudnn") {
-      MatmulDesc md;
-      md.m = d16.n * d16.h * d16.w, md.n = d16.k, md.k = d16.c, md.type = compute_, md.bias = d16.bias;
-      md.residual = d16.residual;
-      md.epilogue = d16.act == Act::kRelu ? MatmulDesc::Epilogue::kRelu : MatmulDesc::Epilogue::kNone;
-      const double tg = dev_->matmul(md, opt_.workspace_limit)->timed_ms();
-      if (tg >= 0 && (t16 < 0 || tg < t16)) t16 = tg;
-    }
     t8 = dev_->conv(d8, opt_.workspace_limit)->timed_ms();
-    if (!prequantized) {
-      const int64_t n = d16.n * d16.h * d16.w * d16.c;
-      EwProgram p;
-      p.rank = 1, p.dims[0] = n, p.num_inputs = 1, p.in_types[0] = compute_, p.in_strides[0][0] = 1;
-      p.num_steps = 4;
-      p.steps[1] = EwStep{EwOp::kAffine, 0, 0, false, 1.f, 0.f};
-      p.steps[2] = EwStep{EwOp::kRound};
-      p.steps[3] = EwStep{EwOp::kClip, 0, 0, false, -128.f, 127.f};
-      p.out_type = ElemType::kI8;
-      tq = time_on_device(*dev_->elementwise(p), {static_cast<size_t>(n) * elem_bytes(compute_)}, static_cast<size_t>(n));
-    }
   } catch (const std::runtime_error& e) {
     if (opt_.log) opt_.log->push_back("node '" + node + "': no INT8 convolution here (" + e.what() + "): FP16");
-    t8 = -1;
   }
-  // INT8 costs accuracy: it must save at least 5% of the FP16 time (and clear the timing noise).
-  const bool int8 = t8 >= 0 && t16 >= 0 && t8 + tq < 0.95 * t16;
   if (opt_.log) {
     std::ostringstream os;
-    os << "node '" << node << "': " << (int8 ? "INT8" : "FP16") << " (fp16 " << t16 << " ms, int8 " << t8
-       << " ms + quantizing " << tq << " ms)";
+    os << "node '" << node << "': fp16 " << t16 << " ms, int8 " << t8 << " ms";
     opt_.log->push_back(os.str());
   }
-  record(key, int8 ? "int8" : "fp16", int8 ? t8 + tq : t16, true);
-  return int8;
+  record(k16, "fp16", t16, true);
+  record(k8, t8 < 0 ? "none" : "int8", t8, true);
+  return {t16, t8};
+}
+
+// The quantizing pass over `elems` values of the program's float type (timed, or recorded as
+// "gpu.int8.quantize n<elems>").
+double GpuProgramBuilder::quantize_ms(int64_t elems) {
+  const std::string key = "gpu.int8.quantize n" + std::to_string(elems) + " " + type_tag(compute_);
+  if (auto it = tactics_.find(key); it != tactics_.end()) return it->second.ms;
+  if (const auto hit = recorded(key); hit && hit->tactic == "quantize") {
+    record(key, hit->tactic, hit->ms, false);
+    return hit->ms;
+  }
+  EwProgram p;
+  p.rank = 1, p.dims[0] = elems, p.num_inputs = 1, p.in_types[0] = compute_, p.in_strides[0][0] = 1;
+  p.num_steps = 4;
+  p.steps[1] = EwStep{EwOp::kAffine, 0, 0, false, 1.f, 0.f};
+  p.steps[2] = EwStep{EwOp::kRound};
+  p.steps[3] = EwStep{EwOp::kClip, 0, 0, false, -128.f, 127.f};
+  p.out_type = ElemType::kI8;
+  warm_up();
+  const double ms = time_on_device(*dev_->elementwise(p), {static_cast<size_t>(elems) * elem_bytes(compute_)},
+                                   static_cast<size_t>(elems));
+  record(key, "quantize", ms, true);
+  return ms;
 }
 
 void GpuProgramBuilder::lower_conv_int8(const Node& n, ConvDesc d) {
