@@ -641,8 +641,10 @@ TEST_P(GpuProgram, Int8BottleneckMatchesTheReference) {
   gpu::CompileOptions opt;
   opt.precision = gpu::Precision::kINT8;
   // Every candidate in INT8 (on a GPU these tiny convolutions may not pay); on the simulated
-  // device, where INT8 reports a tenth of FP16's time, "auto" chooses the same.
+  // device, where INT8 reports a tenth of FP16's time (modeled, also for the whole-program check),
+  // "auto" chooses the same.
   opt.int8_convs = sim_ ? "auto" : "always";
+  if (sim_) sim_->set_modeled_time(true);
   SCOPED_TRACE("int8_convs " + opt.int8_convs);
   auto built = gpu::build_gpu_program(b.m, shapes, 0, opt, 3, &calib);
   EXPECT_EQ(built.int8_convs, 4u) << "every convolution but the stem is a candidate";
@@ -676,6 +678,58 @@ TEST_P(GpuProgram, Int8BottleneckMatchesTheReference) {
         EXPECT_GT(e, 1e-5) << "INT8 rounding leaves a trace; an exact match means INT8 did not run";
       }
   }
+}
+
+// Precision int8 "auto" keeps the INT8 program only when the whole program is faster than the
+// same graph with every convolution in FP16 (a verdict recorded as a tactic, replayed from a
+// timing cache or an engine). On the simulated device with modeled time INT8 wins; a recorded
+// "fp16" verdict gives the FP16 program, and the recorded "int8" one the INT8 program, untimed.
+TEST_P(GpuProgram, Int8ProgramIsKeptOnlyWhenTheWholeProgramIsFaster) {
+  if (!sim_) GTEST_SKIP() << "timing-dependent: runs on the simulated device with modeled time";
+  sim_->set_modeled_time(true);
+  Builder b;
+  b.input("x", {1, 16, 8, 8}).weight("w1", {32, 16, 3, 3}).weight("w2", {16, 32, 1, 1});
+  b.node("Conv", {"x", "w1"}, {"c"}, {{"pads", ints({1, 1, 1, 1})}}).node("Relu", {"c"}, {"r"})
+      .node("Conv", {"r", "w2"}, {"y"}).output("y");
+  quant::MemoryCalibrator data({{{"x", b.random({1, 16, 8, 8})}}});
+  gpu::GpuCalibration calib;
+  calib.data = &data;
+  gpu::CompileOptions opt;
+  opt.precision = gpu::Precision::kINT8;
+  const gpu::ShapeMap shapes = {{"x", {1, 16, 8, 8}}};
+  auto int8_steps = [](const gpu::GpuProgram& p) {
+    int n = 0;
+    for (const auto& st : p.steps()) n += st.op.find("Conv") != std::string::npos && st.kernel.find("int8") != std::string::npos;
+    return n;
+  };
+  const auto built = gpu::build_gpu_program(b.m, shapes, 0, opt, 3, &calib);
+  EXPECT_EQ(int8_steps(*built.program), 2);
+  std::string key;
+  for (const auto& [k, e] : built.program->tactics())
+    if (k.rfind("gpu.int8.program", 0) == 0) {
+      key = k;
+      EXPECT_EQ(e.tactic, "int8");
+    }
+  ASSERT_FALSE(key.empty()) << "the whole-program verdict is recorded";
+  cpu::TimingCache cache(gpu::gpu_target(gpu::open_device(0)->props()));
+  for (const auto& [k, e] : built.program->tactics()) cache.put(k, e);
+  const int timed = sim_->tuned_timed();
+  const auto again = gpu::GpuProgram::compile(gpu::open_device(0), built.optimized, shapes, [&] {
+    gpu::CompileOptions o = opt;
+    o.tactics = &cache;
+    return o;
+  }());
+  EXPECT_EQ(int8_steps(*again), 2);
+  EXPECT_EQ(sim_->tuned_timed(), timed) << "recorded: nothing timed";
+  cache.put(key, cpu::TimingCache::Entry{"fp16", 1.0});
+  opt.tactics = &cache;
+  const auto fp16 = gpu::GpuProgram::compile(gpu::open_device(0), built.optimized, shapes, opt);
+  EXPECT_EQ(int8_steps(*fp16), 0) << "a recorded fp16 verdict gives the FP16 program";
+  EXPECT_EQ(fp16->tactics().at(key).tactic, "fp16");
+  const Tensor x = b.random({1, 16, 8, 8});
+  const auto want = reference::Executor(b.m).run({{"x", x}});
+  EXPECT_LT(rel_error(gpu::GpuContext(fp16).run({{"x", x}}).at("y"), want.at("y")), 2e-2);
+  EXPECT_LT(rel_error(gpu::GpuContext(again).run({{"x", x}}).at("y"), want.at("y")), 5e-2);
 }
 
 // INT8 needs its scales: a build without calibration data is a clear error; the scales are the

@@ -190,6 +190,10 @@ TEST_F(GpuEngineCli, Int8EnginesAreCalibratedFromCalibData) {
   const auto model = dir_ / "convs.onnx";
   save_onnx(m, model);
   const std::string base = "build " + model.string() + " --device cuda --shapes x:2x16x8x8 -o " + engine();
+  // Modeled time: the INT8-or-FP16 choices (per convolution and for the whole program) are
+  // deterministic on the simulated device.
+  const std::string env = sim() + " KILN_SIM_MODELED_TIME=1";
+  auto kiln = [&](const std::string& args, const std::string& e = "") { return this->kiln(args, e.empty() ? env : e); };
   auto r = kiln(base + " --precision int8");
   EXPECT_EQ(r.code, 1) << r.out;
   EXPECT_TRUE(has(r.out, "needs calibration data")) << r.out;
@@ -205,7 +209,7 @@ TEST_F(GpuEngineCli, Int8EnginesAreCalibratedFromCalibData) {
   const auto gpu_dir = dir_ / "gpu", cpu_dir = dir_ / "cpu";
   r = kiln("run " + engine() + " --device cuda --seed 3 -o " + gpu_dir.string());
   ASSERT_EQ(r.code, 0) << r.out;
-  r = kiln("run " + model.string() + " --seed 3 -o " + cpu_dir.string(), "");
+  r = this->kiln("run " + model.string() + " --seed 3 -o " + cpu_dir.string(), "");
   ASSERT_EQ(r.code, 0) << r.out;
   const Tensor g = read_npy(gpu_dir / "y.npy"), want = read_npy(cpu_dir / "y.npy");
   ASSERT_EQ(g.shape(), want.shape());

@@ -235,12 +235,30 @@ class SimDevice final : public Device {
     if (sync_delay_ms_ > 0) std::this_thread::sleep_for(std::chrono::milliseconds(sync_delay_ms_));
   }
   void set_sync_delay_ms(int ms) { sync_delay_ms_ = ms; }
-  void* create_event() override { return new std::chrono::steady_clock::time_point(); }
-  void destroy_event(void* e) override { delete static_cast<std::chrono::steady_clock::time_point*>(e); }
-  void record(void* e, void*) override { *static_cast<std::chrono::steady_clock::time_point*>(e) = std::chrono::steady_clock::now(); }
+  // Events hold the host clock, or with modeled time (set_modeled_time) the sum of the modeled
+  // milliseconds (SimKernel::timed_ms) of the kernels run so far: deterministic timings for tests
+  // of choices made by timing whole programs.
+  struct Event {
+    std::chrono::steady_clock::time_point wall;
+    double modeled = 0;
+  };
+  void* create_event() override { return new Event(); }
+  void destroy_event(void* e) override { delete static_cast<Event*>(e); }
+  void record(void* e, void*) override {
+    auto* ev = static_cast<Event*>(e);
+    ev->wall = std::chrono::steady_clock::now();
+    std::lock_guard<std::mutex> lock(mu_);
+    ev->modeled = modeled_ms_;
+  }
   float elapsed_ms(void* a, void* b) override {
-    using TP = std::chrono::steady_clock::time_point;
-    return std::chrono::duration<float, std::milli>(*static_cast<TP*>(b) - *static_cast<TP*>(a)).count();
+    const auto *x = static_cast<Event*>(a), *y = static_cast<Event*>(b);
+    if (modeled_time_) return static_cast<float>(y->modeled - x->modeled);
+    return std::chrono::duration<float, std::milli>(y->wall - x->wall).count();
+  }
+  void set_modeled_time(bool on) { modeled_time_ = on; }
+  void add_modeled_ms(double ms) {
+    std::lock_guard<std::mutex> lock(mu_);
+    modeled_ms_ += ms;
   }
   struct Graph {
     std::vector<std::function<void()>> work;
@@ -613,6 +631,8 @@ class SimDevice final : public Device {
   std::atomic<int> sync_delay_ms_{0};
   int64_t kernels_run_ = 0;
   std::atomic<int> tuned_timed_{0}, tuned_recorded_{0};
+  std::atomic<bool> modeled_time_{false};
+  double modeled_ms_ = 0;  // under mu_
 };
 
 inline void SimKernel::launch(const void* const* in, void* const* out, void* ws, void* stream) const {
@@ -621,8 +641,10 @@ inline void SimKernel::launch(const void* const* in, void* const* out, void* ws,
   std::vector<void*> outs(out, out + outputs_);
   SimDevice* dev = dev_;
   Fn fn = fn_;
-  dev_->enqueue(stream, [dev, fn, ins, outs, ws] {
+  const double ms = ms_;
+  dev_->enqueue(stream, [dev, fn, ins, outs, ws, ms] {
     dev->count_kernel();
+    dev->add_modeled_ms(ms);
     fn(ins.data(), outs.data(), ws);
   });
 }

@@ -1,7 +1,8 @@
 // The host-simulated GPU (sim_device.h) as a GPU backend module: a stand-in for libkiln_cuda.so
 // that the kiln CLI loads through KILN_CUDA_MODULE, so CLI tests exercise `--device cuda` (build,
 // run, bench, serve) in CI without a GPU. KILN_SIM_GPUS sets the number of devices (default 1);
-// KILN_SIM_GPU_SM their compute capability as major*10+minor (default 90).
+// KILN_SIM_GPU_SM their compute capability as major*10+minor (default 90); KILN_SIM_MODELED_TIME=1
+// makes their event timings modeled (deterministic) instead of the host clock.
 #include <cstdlib>
 #include <string>
 
@@ -32,5 +33,7 @@ extern "C" __attribute__((visibility("default"))) kiln::gpu::Device* kiln_gpu_op
     return nullptr;
   }
   const int sm = env_int("KILN_SIM_GPU_SM", 90);
-  return new kiln_test::SimDevice(index, size_t{8} << 30, sm / 10, sm % 10);
+  auto* d = new kiln_test::SimDevice(index, size_t{8} << 30, sm / 10, sm % 10);
+  d->set_modeled_time(env_int("KILN_SIM_MODELED_TIME", 0) != 0);  // deterministic timings (sim_device.h)
+  return d;
 }

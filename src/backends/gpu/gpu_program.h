@@ -110,7 +110,10 @@ struct CompileOptions {
   // Precision int8: which convolutions with scales run in INT8. "auto" times each against its FP16
   // kernel (counting the quantizing pass where its input is not already INT8) and keeps the
   // faster; "always" runs every one the kernel takes in INT8 (tests).
-  std::string int8_convs = "auto";
+  std::string int8_convs = "auto";  // or "none": every convolution in FP16 (what "auto" is checked against)
+  // With "auto": time the INT8 program against the all-FP16 one and keep the faster (GpuProgram::
+  // compile; recorded as a "gpu.int8.program" tactic). Off: the per-convolution choice stands.
+  bool int8_program_check = true;
   // Where the weights go: programs compiled with one pool share their weights. Null: a pool of the
   // program's own. The pool's device must be the one compiled for.
   std::shared_ptr<WeightPool> weights;
