@@ -464,6 +464,18 @@ class GpuProgramBuilder {
   ConvDesc conv_desc(const Node& n, std::vector<EwStep>* post);
   void lower_conv(const Node& n);
   void lower_conv_int8(const Node& n, ConvDesc d);
+  // A 1x1 convolution with stride 1 and no padding is a GEMM over NHWC rows: [N*H*W, C] x [C, K],
+  // with the bias, the residual (cuBLASLt's C) and ReLU in cuBLASLt's epilogue.
+  static bool is_gemm(const ConvDesc& d) {
+    return d.r == 1 && d.s == 1 && d.stride_h == 1 && d.stride_w == 1 && d.pad_h == 0 && d.pad_w == 0 &&
+           d.groups == 1 && (d.act == Act::kNone || d.act == Act::kRelu);
+  }
+  MatmulDesc as_gemm(const ConvDesc& d) const {
+    MatmulDesc md;
+    md.m = d.n * d.h * d.w, md.n = d.k, md.k = d.c, md.type = compute_, md.bias = d.bias, md.residual = d.residual;
+    md.epilogue = d.act == Act::kRelu ? MatmulDesc::Epilogue::kRelu : MatmulDesc::Epilogue::kNone;
+    return md;
+  }
   // Precision int8: which convolutions run in INT8 (int8_nodes_) and which of their outputs stay
   // INT8 (int8_vals_: read only by INT8 convolutions, as input or residual).
   void plan_int8();
@@ -756,17 +768,12 @@ void GpuProgramBuilder::lower_conv(const Node& n) {
   if (has_z) ins.push_back(as(n.inputs[3], true, compute_));
   const std::string out = post.empty() ? n.outputs[0] : n.outputs[0] + "#preact";
   new_value(out, compute_, od, true);
-  // A 1x1 convolution with stride 1 and no padding is a GEMM over NHWC rows: [N*H*W, C] x [C, K],
-  // with the bias, the residual (cuBLASLt's C) and ReLU in cuBLASLt's epilogue.
-  const bool gemm_ok = R == 1 && S == 1 && d.stride_h == 1 && d.stride_w == 1 && d.pad_h == 0 && d.pad_w == 0 &&
-                       d.groups == 1 && (d.act == Act::kNone || d.act == Act::kRelu);
+  const bool gemm_ok = is_gemm(d);
   const std::string& tactic = opt_.conv1x1_tactic;
   std::unique_ptr<Kernel> conv_k, gemm_k, dw_k;
   const bool dw_ok = d.groups == d.c && d.k == d.c && d.groups > 1;
   const std::string& dw_tactic = opt_.depthwise_tactic;
-  MatmulDesc md;
-  md.m = d.n * d.h * d.w, md.n = K, md.k = C, md.type = compute_, md.bias = has_b, md.residual = has_z;
-  md.epilogue = d.act == Act::kRelu ? MatmulDesc::Epilogue::kRelu : MatmulDesc::Epilogue::kNone;
+  const MatmulDesc md = as_gemm(d);
   // The timing cache records the winning family and its tactic: "depthwise|t", "gemm|t", "cudnn|t".
   const std::string key = conv_key(d) + " conv1x1=" + tactic + " depthwise=" + dw_tactic;
   const auto hit = recorded(key);
@@ -1113,15 +1120,10 @@ std::pair<double, double> GpuProgramBuilder::int8_times(const ConvDesc& d16, con
   d8.y_type = d8.z_type = ElemType::kI8;
   double t16 = -1, t8 = -1;
   // FP16's best: cuDNN, or cuBLASLt for a 1x1 convolution that is a GEMM (as lower_conv chooses).
-  const bool gemm_ok = d16.r == 1 && d16.s == 1 && d16.stride_h == 1 && d16.stride_w == 1 && d16.pad_h == 0 &&
-                       d16.pad_w == 0 && (d16.act == Act::kNone || d16.act == Act::kRelu);
+  const bool gemm_ok = is_gemm(d16);
   if (!gemm_ok || opt_.conv1x1_tactic != "gemm") t16 = dev_->conv(d16, opt_.workspace_limit)->timed_ms();
   if (gemm_ok && opt_.conv1x1_tactic != "cudnn") {
-    MatmulDesc md;
-    md.m = d16.n * d16.h * d16.w, md.n = d16.k, md.k = d16.c, md.type = compute_, md.bias = d16.bias;
-    md.residual = d16.residual;
-    md.epilogue = d16.act == Act::kRelu ? MatmulDesc::Epilogue::kRelu : MatmulDesc::Epilogue::kNone;
-    const double tg = dev_->matmul(md, opt_.workspace_limit)->timed_ms();
+    const double tg = dev_->matmul(as_gemm(d16), opt_.workspace_limit)->timed_ms();
     if (tg >= 0 && (t16 < 0 || tg < t16)) t16 = tg;
   }
   try {
