@@ -26,7 +26,7 @@ using namespace kiln::cuda;
 
 namespace {
 
-constexpr int BM = 64, BN = 128, kThreads = 256;  // 8 warps: 2 (pixels) x 4 (channels), 32x32 each
+constexpr int BM = 64, kThreads = 256;  // 8 warps: 2 (pixels) x 4 (channels), 32 x BN/4 each
 
 __device__ __forceinline__ uint32_t saddr(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
 __device__ __forceinline__ void cp16(uint32_t dst, const void* src, bool ok) {
@@ -54,7 +54,7 @@ __device__ __forceinline__ int swz(int row, int chunk) {
 }
 
 // y[m, n] = relu(scale[n] * sum_c x[m, c] w[n, c] + bias[n] + zs * z[m, n]) as INT8 of y / ys.
-template <int C, int MINB>
+template <int C, int MINB, int BN>
 __global__ void __launch_bounds__(kThreads, MINB) conv1x1_int8(const int8_t* __restrict__ x, const int8_t* __restrict__ w,
                                                         const float* __restrict__ scale, const float* __restrict__ bias,
                                                         const int8_t* __restrict__ z, int8_t* __restrict__ y, int M,
@@ -89,11 +89,12 @@ __global__ void __launch_bounds__(kThreads, MINB) conv1x1_int8(const int8_t* __r
   int t = blockIdx.x;
   if (t < m_tiles) load_tile(t, 0);
   commit();
+  constexpr int WN = BN / 4, NI = WN / 8;
   const int g = lane >> 2, q = lane & 3;
-  float2 sc[4], bi[4];
+  float2 sc[NI], bi[NI];
 #pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    const int n = n0 + wn * 32 + j * 8 + 2 * q;
+  for (int j = 0; j < NI; ++j) {
+    const int n = n0 + wn * WN + j * 8 + 2 * q;
     sc[j] = n < N ? *reinterpret_cast<const float2*>(scale + n) : make_float2(0, 0);
     bi[j] = n < N ? *reinterpret_cast<const float2*>(bias + n) : make_float2(0, 0);
   }
@@ -103,33 +104,33 @@ __global__ void __launch_bounds__(kThreads, MINB) conv1x1_int8(const int8_t* __r
     commit();
     wait_group<1>();
     __syncthreads();
-    int acc[2][4][4] = {};
+    int acc[2][NI][4] = {};
     const uint32_t a_base = saddr(sa + buf * BM * C), b_base = saddr(sb);
     const int j8 = lane >> 3, r8 = lane & 7;
 #pragma unroll
     for (int ks = 0; ks < C / 32; ++ks) {
-      uint32_t af[2][4], bf[4][2];
+      uint32_t af[2][4], bf[NI][2];
 #pragma unroll
       for (int i = 0; i < 2; ++i)
         ldm4(a_base + swz<C>(wm * 32 + i * 16 + (j8 & 1) * 8 + r8, ks * 2 + (j8 >> 1)), af[i][0], af[i][1], af[i][2], af[i][3]);
 #pragma unroll
-      for (int i = 0; i < 2; ++i)
-        ldm4(b_base + swz<C>(wn * 32 + i * 16 + (j8 >> 1) * 8 + r8, ks * 2 + (j8 & 1)), bf[2 * i][0], bf[2 * i][1],
+      for (int i = 0; i < NI / 2; ++i)
+        ldm4(b_base + swz<C>(wn * WN + i * 16 + (j8 >> 1) * 8 + r8, ks * 2 + (j8 & 1)), bf[2 * i][0], bf[2 * i][1],
              bf[2 * i + 1][0], bf[2 * i + 1][1]);
 #pragma unroll
       for (int i = 0; i < 2; ++i)
 #pragma unroll
-        for (int j = 0; j < 4; ++j) mma(acc[i][j], af[i], bf[j]);
+        for (int j = 0; j < NI; ++j) mma(acc[i][j], af[i], bf[j]);
     }
     // Epilogue in place over the residual tile: each thread reads its z pairs and writes y there.
     int8_t* zt = sz + buf * BM * BN;
 #pragma unroll
     for (int i = 0; i < 2; ++i)
 #pragma unroll
-      for (int j = 0; j < 4; ++j)
+      for (int j = 0; j < NI; ++j)
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-          const int row = wm * 32 + i * 16 + g + h * 8, col = wn * 32 + j * 8 + 2 * q;
+          const int row = wm * 32 + i * 16 + g + h * 8, col = wn * WN + j * 8 + 2 * q;
           char2* p = reinterpret_cast<char2*>(zt + row * BN + col);
           const char2 zz = *p;
           float v0 = fmaf(static_cast<float>(acc[i][j][2 * h]), sc[j].x, bi[j].x) + zs * zz.x;
@@ -165,7 +166,7 @@ float time_ms(F f) {
   return ms[10];
 }
 
-template <int C, int MINB = 2>
+template <int C, int MINB = 2, int BN = 128>
 void run_case(int64_t M, int N, bool check) {
   std::mt19937 rng(1);
   std::uniform_int_distribution<int> u(-127, 127);
@@ -183,14 +184,14 @@ void run_case(int64_t M, int N, bool check) {
   KILN_CUDA_CHECK(cudaMemcpy(b.get(), hb.data(), N * 4, cudaMemcpyHostToDevice));
   const float zs = 0.02f, ys = 0.05f;
   const size_t smem = BN * C + 2 * BM * C + 2 * BM * BN;
-  KILN_CUDA_CHECK(cudaFuncSetAttribute(conv1x1_int8<C, MINB>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  KILN_CUDA_CHECK(cudaFuncSetAttribute(conv1x1_int8<C, MINB, BN>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   int sms = 0, per_sm = 0;
   KILN_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
-  KILN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, conv1x1_int8<C, MINB>, kThreads, smem));
+  KILN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, conv1x1_int8<C, MINB, BN>, kThreads, smem));
   const int n_tiles = (N + BN - 1) / BN, m_tiles = static_cast<int>((M + BM - 1) / BM);
   const dim3 grid(std::max(1, std::min(m_tiles, sms * per_sm / n_tiles)), n_tiles);
   auto mine = [&] {
-    conv1x1_int8<C, MINB><<<grid, kThreads, smem>>>(static_cast<const int8_t*>(x.get()), static_cast<const int8_t*>(w.get()),
+    conv1x1_int8<C, MINB, BN><<<grid, kThreads, smem>>>(static_cast<const int8_t*>(x.get()), static_cast<const int8_t*>(w.get()),
                                                static_cast<const float*>(s.get()), static_cast<const float*>(b.get()),
                                                static_cast<const int8_t*>(z.get()), static_cast<int8_t*>(y.get()),
                                                static_cast<int>(M), N, zs, 1.f / ys);
@@ -230,9 +231,9 @@ void run_case(int64_t M, int N, bool check) {
   DeviceBuffer ws(std::max<size_t>(mm.chosen_workspace_bytes(), 16));
   const float t16 = time_ms([&] { mm.run(hx16.get(), hw16.get(), hb16.get(), hy16.get(), nullptr, ws.get(), ws.bytes(), hz16.get()); });
   const double bytes8 = double(M) * C + double(M) * N * 2, bytes16 = 2 * bytes8;
-  std::printf("[min %d CTAs/SM] M=%lld C=%d N=%d: fp16 cublasLt %.3f ms (%.0f GB/s) | int8 general %.3f ms | int8 1x1 persistent %.3f ms (%.0f GB/s, "
+  std::printf("[BN %d, min %d CTAs/SM] M=%lld C=%d N=%d: fp16 cublasLt %.3f ms (%.0f GB/s) | int8 general %.3f ms | int8 1x1 persistent %.3f ms (%.0f GB/s, "
               "grid %dx%d, %d CTAs/SM) | 1x1 vs fp16 %.2fx\n",
-              MINB, (long long)M, C, N, t16, bytes16 / t16 / 1e6, t_gen, t_mine, bytes8 / t_mine / 1e6, grid.x, grid.y, per_sm,
+              BN, MINB, (long long)M, C, N, t16, bytes16 / t16 / 1e6, t_gen, t_mine, bytes8 / t_mine / 1e6, grid.x, grid.y, per_sm,
               t16 / t_mine);
 }
 
@@ -244,11 +245,16 @@ int main() {
     run_case<128>(777, 512, true);
     run_case<64, 3>(1000, 256, true);
     run_case<64, 4>(1000, 256, true);
+    run_case<64, 1, 256>(1000, 256, true);
+    run_case<64, 2, 256>(1000, 256, true);
     run_case<64>(256LL * 56 * 56, 256, true);     // res2 conv3 and downsample, batch 256
     run_case<64, 3>(256LL * 56 * 56, 256, false);
     run_case<64, 4>(256LL * 56 * 56, 256, false);
+    run_case<64, 1, 256>(256LL * 56 * 56, 256, true);  // whole rows of 256 channels per CTA
+    run_case<64, 2, 256>(256LL * 56 * 56, 256, false);
     run_case<128>(256LL * 28 * 28, 512, false);   // res3 conv3
     run_case<128, 3>(256LL * 28 * 28, 512, false);
+    run_case<128, 1, 256>(256LL * 28 * 28, 512, false);
     run_case<64>(32LL * 56 * 56, 256, false);     // batch 32
   } catch (const CudaError& e) {
     std::fprintf(stderr, "int8_1x1_probe: %s\n", e.what());
