@@ -6,9 +6,11 @@
 #include <functional>
 #include <cstring>
 #include <numeric>
+#include <initializer_list>
 #include <optional>
 #include <set>
 #include <sstream>
+#include <string_view>
 
 #include "backends/cpu/memory_planner.h"
 #include "backends/gpu/host_memory.h"
@@ -348,6 +350,28 @@ class GpuProgramBuilder {
   std::optional<cpu::TimingCache::Entry> recorded(const std::string& key) {
     if (!opt_.tactics) return std::nullopt;
     return opt_.tactics->find(key);
+  }
+  // A choice this build already made (`key` in its record), or one the timing cache holds with
+  // one of the `valid` tactics (then taken into the record, untimed); nullopt: time it.
+  std::optional<cpu::TimingCache::Entry> known_choice(const std::string& key,
+                                                      std::initializer_list<std::string_view> valid) {
+    if (auto it = tactics_.find(key); it != tactics_.end()) return it->second;
+    const auto hit = recorded(key);
+    if (!hit || std::find(valid.begin(), valid.end(), hit->tactic) == valid.end()) return std::nullopt;
+    record(key, hit->tactic, hit->ms, false);
+    return hit;
+  }
+  // The INT8 quantizing program over n dense values of the program's float type:
+  // saturate(round_half_even(x * mul)) (the module runs it as its 16-byte quantizing kernel).
+  EwProgram int8_quantize_program(int64_t n, float mul) const {
+    EwProgram p;
+    p.rank = 1, p.dims[0] = n, p.num_inputs = 1, p.in_types[0] = compute_, p.in_strides[0][0] = 1;
+    p.num_steps = 4;
+    p.steps[1] = EwStep{EwOp::kAffine, 0, 0, false, mul, 0.f};
+    p.steps[2] = EwStep{EwOp::kRound};
+    p.steps[3] = EwStep{EwOp::kClip, 0, 0, false, -128.f, 127.f};
+    p.out_type = ElemType::kI8;
+    return p;
   }
   // Before the first timing of a build: the GPU at its working clocks, or a cold GPU's slow
   // first timings would pick the wrong tactics.
@@ -985,15 +1009,9 @@ std::string GpuProgramBuilder::int8_value(const std::string& x, float scale) {
   // and writes contiguously (what quantize_ms timed).
   const std::string in = as(x, true, compute_);
   const std::vector<int64_t> dims = val(in).dims;
-  EwProgram p;
-  p.rank = 1, p.dims[0] = numel(dims), p.num_inputs = 1, p.in_types[0] = compute_, p.in_strides[0][0] = 1;
-  p.num_steps = 4;
-  p.steps[1] = EwStep{EwOp::kAffine, 0, 0, false, 1.f / scale, 0.f};
-  p.steps[2] = EwStep{EwOp::kRound};
-  p.steps[3] = EwStep{EwOp::kClip, 0, 0, false, -128.f, 127.f};
-  p.out_type = ElemType::kI8;
   new_value(key.str(), ElemType::kI8, dims, true);
-  add_step(dev_->elementwise(p), {in}, {key.str()}, {"to int8 " + x, "QuantizeINT8", "", -1});
+  add_step(dev_->elementwise(int8_quantize_program(numel(dims), 1.f / scale)), {in}, {key.str()},
+           {"to int8 " + x, "QuantizeINT8", "", -1});
   return key.str();
 }
 
@@ -1105,12 +1123,9 @@ void GpuProgramBuilder::plan_int8() {
 std::pair<double, double> GpuProgramBuilder::int8_times(const ConvDesc& d16, const std::string& node) {
   const std::string k16 = "gpu.int8.fp16 " + conv_key(d16), k8 = "gpu.int8.int8 " + conv_key(d16);
   auto known = [&](const std::string& key) -> std::optional<double> {
-    if (auto it = tactics_.find(key); it != tactics_.end()) return it->second.ms;
-    if (const auto hit = recorded(key); hit && (hit->tactic == "fp16" || hit->tactic == "int8" || hit->tactic == "none")) {
-      record(key, hit->tactic, hit->ms, false);
-      return hit->tactic == "none" ? -1.0 : hit->ms;
-    }
-    return std::nullopt;
+    const auto e = known_choice(key, {"fp16", "int8", "none"});
+    if (!e) return std::nullopt;
+    return e->tactic == "none" ? -1.0 : e->ms;
   };
   const auto r16 = known(k16), r8 = known(k8);
   if (r16 && r8) return {*r16, *r8};
@@ -1145,20 +1160,9 @@ std::pair<double, double> GpuProgramBuilder::int8_times(const ConvDesc& d16, con
 // "gpu.int8.quantize n<elems>").
 double GpuProgramBuilder::quantize_ms(int64_t elems) {
   const std::string key = "gpu.int8.quantize n" + std::to_string(elems) + " " + type_tag(compute_);
-  if (auto it = tactics_.find(key); it != tactics_.end()) return it->second.ms;
-  if (const auto hit = recorded(key); hit && hit->tactic == "quantize") {
-    record(key, hit->tactic, hit->ms, false);
-    return hit->ms;
-  }
-  EwProgram p;
-  p.rank = 1, p.dims[0] = elems, p.num_inputs = 1, p.in_types[0] = compute_, p.in_strides[0][0] = 1;
-  p.num_steps = 4;
-  p.steps[1] = EwStep{EwOp::kAffine, 0, 0, false, 1.f, 0.f};
-  p.steps[2] = EwStep{EwOp::kRound};
-  p.steps[3] = EwStep{EwOp::kClip, 0, 0, false, -128.f, 127.f};
-  p.out_type = ElemType::kI8;
+  if (const auto known = known_choice(key, {"quantize"})) return known->ms;
   warm_up();
-  const double ms = time_on_device(*dev_->elementwise(p), {static_cast<size_t>(elems) * elem_bytes(compute_)},
+  const double ms = time_on_device(*dev_->elementwise(int8_quantize_program(elems, 1.f)), {static_cast<size_t>(elems) * elem_bytes(compute_)},
                                    static_cast<size_t>(elems));
   record(key, "quantize", ms, true);
   return ms;
@@ -1281,11 +1285,7 @@ bool GpuProgramBuilder::fp8_pays(int64_t m, int64_t n, int64_t k, bool prequanti
     throw Error(ErrorCode::kInvalidArgument, "fp8_gemms '" + opt_.fp8_gemms + "' is not auto or always");
   std::ostringstream key;
   key << "gpu.fp8 m" << m << " n" << n << " k" << k << " prequantized" << prequantized << " ws<=" << opt_.workspace_limit;
-  if (auto it = tactics_.find(key.str()); it != tactics_.end()) return it->second.tactic == "fp8";
-  if (const auto hit = recorded(key.str()); hit && (hit->tactic == "fp8" || hit->tactic == "fp16")) {
-    record(key.str(), hit->tactic, hit->ms, false);
-    return hit->tactic == "fp8";
-  }
+  if (const auto known = known_choice(key.str(), {"fp8", "fp16"})) return known->tactic == "fp8";
   warm_up();
   MatmulDesc d16;
   d16.m = m, d16.n = n, d16.k = k;
