@@ -9,7 +9,9 @@
 #   scripts/device-test.sh run [WHAT...]
 #                                    on the GPU machine, from the repository root, with
 #                                    build-cuda/bundle.tar.xz carried. WHAT: kernels (module tests +
-#                                    kernel benchmark), programs (GPU program tests), models
+#                                    kernel benchmark), programs (GPU program tests; the digits
+#                                    model, when exported here, travels for the INT8 real-data
+#                                    test), models
 #                                    (exports models/export.py's models there, then the model
 #                                    accuracy test), bench (bench/gpu/run_bench.sh: Kiln and
 #                                    PyTorch side by side), accuracy (PyTorch's own FP16 error on the
@@ -17,7 +19,8 @@
 #                                    bench/gpu/serve_bench.sh: one GPU against every GPU),
 #                                    engines (bench/gpu/engine_bench.sh: GPU engine files built
 #                                    with a timing cache, loaded, benched and compared),
-#                                    exec CMD... (a command in this environment);
+#                                    guard (bench/gpu/int8_guard.sh: the INT8 accuracy guard on
+#                                    exported CNNs), exec CMD... (a command in this environment);
 #                                    default: kernels programs models.
 # Logs go to out/device, packed into $OUT/device-results.tgz when $OUT is set. The GPU machine provides the CUDA runtime and cuBLASLt
 # (/usr/local/cuda) and cuDNN (the nvidia-cudnn Python package); PyTorch there exports the models.
@@ -40,6 +43,13 @@ case "${1:-}" in
       ldd "$bin" | awk '$3 ~ /^\// {print $3}'
     done | sort -u | grep -v -E '/(libc|libm|libstdc\+\+|libgcc_s|libpthread|libdl|librt|ld-linux[^/]*)\.so|/(libcuda|libcudart|libcublas|libcublasLt|libcudnn[a-z_]*)\.so' |
       while read -r lib; do cp -L "$lib" build-cuda/bin/lib/; done
+    # The digits model trained on real data (models/digits.py needs scikit-learn, which the GPU
+    # machine lacks), for the GPU's INT8 real-data test.
+    digits="${KILN_MODEL_DIR:-$HOME/.cache/kiln/models}"
+    if [ -f "$digits/digits.onnx" ]; then
+      mkdir -p build-cuda/bin/models
+      cp "$digits"/digits.onnx "$digits"/digits_train.npz "$digits"/digits_test.npz build-cuda/bin/models/
+    fi
     tar -C build-cuda -cJf build-cuda/bundle.tar.xz bin
     echo "device-test: build-cuda/bundle.tar.xz ($(du -h build-cuda/bundle.tar.xz | cut -f1)); carry it to the GPU machine"
     ;;
@@ -79,7 +89,7 @@ EOF
           build-cuda/bin/kiln_cuda_bench > "$out/cuda_bench.txt" 2>&1 || rc=1
           tail -5 "$out/cuda_bench.txt" ;;
         programs)
-          KILN_MODEL_DIR= build-cuda/bin/kiln_gpu_tests --gtest_output=xml:"$out/gpu_tests.xml" > "$out/gpu_tests.log" 2>&1 || rc=1
+          KILN_MODEL_DIR="$([ -d build-cuda/bin/models ] && echo build-cuda/bin/models)" build-cuda/bin/kiln_gpu_tests --gtest_output=xml:"$out/gpu_tests.xml" > "$out/gpu_tests.log" 2>&1 || rc=1
           grep -E "^\[ *(OK|FAILED|PASSED|SKIPPED) *\]|Failure|Expected|Which is|error" "$out/gpu_tests.log" | head -60 ;;
         models)
           models="${KILN_GPU_MODELS:-resnet50,mobilenet_v2,bert,gpt,vit_b16_2layer}"
@@ -93,12 +103,14 @@ EOF
           build-cuda/bin/kiln_gpu_tests --gtest_filter='*ServeGpu*' > "$out/serve_gpu_tests.log" 2>&1 || rc=1
           grep -E "^\[ *(OK|FAILED|PASSED|SKIPPED) *\]|Failure|Expected|Which is" "$out/serve_gpu_tests.log" | head -20
           bash bench/gpu/serve_bench.sh "$out/serve" || rc=1 ;;
+        guard)  # the INT8 accuracy guard on exported CNNs (bench/gpu/int8_guard.sh)
+          bash bench/gpu/int8_guard.sh "$out/guard" 2>&1 | tee "$out/guard.txt" || rc=1 ;;
         engines)  # GPU engine files: build with a timing cache, inspect, bench and run them (bench/gpu/engine_bench.sh)
           bash bench/gpu/engine_bench.sh "$out/engines" 2>&1 | tee "$out/engines.txt" || rc=1 ;;
         accuracy)  # PyTorch's own FP16 error on the same models (the yardstick for Kiln's)
           python3 bench/gpu/torch_accuracy.py --models "${KILN_GPU_MODELS:-resnet50,mobilenet_v2,bert,gpt}" \
             --json "$out/torch_accuracy.json" 2>&1 | tail -8 || rc=1 ;;
-        *) echo "device-test: unknown part '$w' (kernels, programs, models, accuracy, bench, serve, engines, exec CMD...)" >&2; exit 2 ;;
+        *) echo "device-test: unknown part '$w' (kernels, programs, models, accuracy, bench, serve, engines, guard, exec CMD...)" >&2; exit 2 ;;
       esac
     done
     if [ -n "${OUT:-}" ]; then tar -C "$out" -czf "$OUT/device-results.tgz" . && cp "$out"/*.txt "$OUT"/ 2>/dev/null; fi

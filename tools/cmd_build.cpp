@@ -163,8 +163,10 @@ int cmd_build_gpu(const BuildArgs& args, int gpu_index) {
   if (args.int8 || args.bf16 || args.fp16) cpu_only.push_back("--int8/--bf16/--fp16 (use --precision fp16, bf16, fp32, fp8 or int8)");
   if (!args.calib.empty() && !fp8 && !int8)
     cpu_only.push_back("--calib without --precision fp8 or int8 (the GPU calibrates only FP8 GEMM and INT8 convolution tensors)");
-  if (!args.calib_cache.empty() || !args.accuracy_budget.empty() || !args.validation.empty() || !args.layer_precision.empty())
-    cpu_only.push_back("--calib-cache, accuracy guard and --layer-precision (CPU INT8 engines only)");
+  if (!args.calib_cache.empty()) cpu_only.push_back("--calib-cache (CPU INT8 engines only)");
+  if (!int8 && (!args.accuracy_budget.empty() || !args.validation.empty() || !args.layer_precision.empty()))
+    cpu_only.push_back("--accuracy-budget, --validation and --layer-precision without --precision int8 (on the GPU they "
+                       "choose between INT8 and FP16 convolutions)");
   if (!args.min_shapes.empty() || !args.opt_shapes.empty() || !args.max_shapes.empty())
     cpu_only.push_back("--min/--opt/--max-shapes (GPU engines have static shapes: give them with --shapes)");
   if (args.threads > 0) cpu_only.push_back("--threads");
@@ -214,6 +216,32 @@ int cmd_build_gpu(const BuildArgs& args, int gpu_index) {
     fp8_calib.source = "--calib " + args.calib;
     opt.fp8 = &fp8_calib;
   }
+  // INT8: --layer-precision NAME:fp16 and the accuracy guard.
+  std::unique_ptr<quant::FileCalibrator> validation;
+  if (int8) {
+    for (const auto& [layer, prec] : parse_layer_precision(args.layer_precision, "NAME:fp16")) {
+      if (prec != "fp16")
+        throw Error(ErrorCode::kInvalidArgument, "--layer-precision " + layer + ":" + prec +
+                                                     ": a GPU INT8 engine keeps layers in fp16 (NAME:fp16); the others "
+                                                     "run in INT8 where it is faster");
+      fp8_calib.keep_fp16.insert(layer);
+    }
+    if (!args.accuracy_budget.empty()) {
+      fp8_calib.guard.budget = quant::parse_accuracy_budget(args.accuracy_budget);
+      fp8_calib.guard.metric = quant::parse_accuracy_metric(args.accuracy_metric);
+      fp8_calib.guard.max_samples = args.validation_samples;
+      const std::string data = !args.validation.empty() ? args.validation : args.calib;
+      if (data.empty())
+        throw Error(ErrorCode::kInvalidArgument, "--accuracy-budget needs validation data (--validation DATA or --calib DATA)");
+      const auto& first = shapes.at(model.graph.inputs.at(0));
+      validation = std::make_unique<quant::FileCalibrator>(data, model, first.empty() ? 1 : first[0], args.validation_samples);
+      fp8_calib.validation = validation.get();
+      if (args.verbose) fp8_calib.guard.progress = [](const std::string& line) { std::cerr << "guard: " << line << "\n"; };
+    } else if (!args.validation.empty()) {
+      throw Error(ErrorCode::kInvalidArgument, "--validation needs --accuracy-budget");
+    }
+    opt.fp8 = &fp8_calib;
+  }
   gpu::GpuEngineBuild b = gpu::build_gpu_engine(std::move(model), shapes, gpu_index, opt);
   const auto t_write = std::chrono::steady_clock::now();
   save_engine(b.optimized, b.info, args.output);
@@ -237,6 +265,15 @@ int cmd_build_gpu(const BuildArgs& args, int gpu_index) {
     std::cout << "int8:         " << int8_conv_summary(prog) << " (the others were not faster in INT8 or have no INT8 kernel); "
               << b.int8_convs << " convolutions calibrated (" << fp8_calib.source << ", " << quant::to_string(fp8_calib.method)
               << ", " << (calibrator ? calibrator->samples_read() : 0) << " samples) in " << fixed(b.calib_ms, 1) << " ms\n";
+  if (b.guard && b.guard->layers.empty())
+    std::cout << "guard:        no convolution can run in INT8: nothing to guard\n";
+  else if (b.guard) {
+    std::istringstream report(quant::format_guard_report(*b.guard, fp8_calib.guard.budget, "fp16"));
+    std::string line;
+    for (bool first = true; std::getline(report, line); first = false)
+      std::cout << (first ? "guard:        " : "              ") << line << "\n";
+    std::cout << "              (" << fixed(b.guard_ms, 1) << " ms)\n";
+  }
   std::cout << "shapes:      ";
   for (const auto& [name, dims] : shapes) std::cout << " " << name << ":" << shape_to_string(dims);
   std::cout << "\n";
@@ -668,13 +705,13 @@ CLI::App* add_build_command(CLI::App& app, std::function<int()>* run) {
   sub->add_option("--precision-constraints", args->precision_constraints,
                   "prefer (default): layers that cannot take the asked precision fall back; obey: that is an error");
   sub->add_option("--accuracy-budget", args->accuracy_budget,
-                  "INT8 accuracy guard: keep the most sensitive layers in fp32 until the metric loss is within this (1%)");
+                  "INT8 accuracy guard: keep the most sensitive layers in fp32 (GPU: fp16) until the metric loss is within this (1%)");
   sub->add_option("--accuracy-metric", args->accuracy_metric,
                   "auto (default: top-1 agreement for classifiers, else cosine), top1 or cosine");
   sub->add_option("--validation", args->validation, "Validation data for the accuracy guard (default: --calib)");
   sub->add_option("--validation-samples", args->validation_samples, "Validation samples the guard uses (default 64)");
   sub->add_option("--layer-precision", args->layer_precision,
-                  "Per-layer precision by node name: NAME:fp32,NAME:bf16,NAME:int8,...");
+                  "Per-layer precision by node name: NAME:fp32,NAME:bf16,NAME:int8,... (GPU int8 engines: NAME:fp16)");
   sub->add_option("--device", args->device,
                   "cpu (default): a CPU engine; cuda or cuda:N: a GPU engine for that GPU (static --shapes)");
   sub->add_option("--precision", args->precision, "GPU engines: fp16 (default), bf16, fp32 (TF32), fp8 (FP8 E4M3 GEMMs, FP16 elsewhere; needs --calib) or int8 (INT8 convolutions, FP16 elsewhere; needs --calib)");

@@ -11,6 +11,9 @@ import json
 import os
 import sys
 
+# Row order of the pages: the rows first, then the others.
+ORDER = ["resnet50", "mobilenet_v2", "vit_b16", "bert", "densenet121", "shufflenet_v2_x0_5", "yolov8_tiny"]
+
 
 def main():
     src, dst = sys.argv[1], sys.argv[2]
@@ -29,7 +32,7 @@ def main():
         device = "%s (%s), driver %s, cuBLASLt %s, cuDNN %s" % (
             j["device"]["name"], j["device"]["sm"], j["device"]["driver"], j["device"]["cublaslt"], j["device"]["cudnn"])
     precisions = sorted({k[2] for k in kiln})
-    rows = sorted({(k[0], k[1]) for k in kiln} | set(trow), key=lambda r: (["resnet50", "mobilenet_v2", "vit_b16", "bert"].index(r[0]) if r[0] in ("resnet50", "mobilenet_v2", "vit_b16", "bert") else 9, r[1]))
+    rows = sorted({(k[0], k[1]) for k in kiln} | set(trow), key=lambda r: (ORDER.index(r[0]) if r[0] in ORDER else len(ORDER), r[1]))
     lines = []
     head = "| model | batch | GFLOP | " + " | ".join("Kiln %s ms" % p for p in precisions) + \
         " | eager ms | compile ms | Kiln fp16 / compile | Kiln fp16 items/s | Kiln fp16 % of peak |"

@@ -21,6 +21,7 @@ for row in ${rows//,/ }; do
   b=${row##*:}
   case "$name" in
     bert) shapes="input_ids:${b}x128,attention_mask:${b}x128"; extra="--int-range 0,2" ;;
+    yolov8_tiny) shapes="images:${b}x3x320x320"; extra="" ;;
     *) shapes="input:${b}x3x224x224"; extra="" ;;
   esac
   for p in ${precisions//,/ }; do

@@ -40,13 +40,19 @@ def build(name):
     if name == "bert":
         import export  # models/export.py: the BERT-base encoder Kiln's tests export
         return export.BertModel(export.BertConfig()), "tokens"
+    if name in ("densenet121", "shufflenet_v2_x0_5"):
+        return getattr(torchvision.models, name)(weights=None), "image"
+    if name == "yolov8_tiny":
+        import export  # the YOLOv8-style detector Kiln's tests export, with its TopK/gather head
+        return export.build_yolov8_tiny()[0], "image320"
     raise SystemExit(f"unknown model {name}")
 
 
 def make_inputs(kind, batch, device):
     g = torch.Generator().manual_seed(1234)
-    if kind == "image":
-        x = torch.randn(batch, 3, 224, 224, generator=g).to(device, torch.float16)
+    if kind in ("image", "image320"):
+        side = 320 if kind == "image320" else 224
+        x = torch.randn(batch, 3, side, side, generator=g).to(device, torch.float16)
         return (x.contiguous(memory_format=torch.channels_last),)
     seq = 128
     ids = torch.randint(1000, 30522, (batch, seq), generator=g).to(device)
@@ -113,7 +119,7 @@ def main():
         if name not in models:
             m, kind = build(name)
             m = m.eval().to(dev, torch.float16)
-            if kind == "image":
+            if kind.startswith("image"):
                 m = m.to(memory_format=torch.channels_last)
             models[name] = (m, kind, {})
         m, kind, compiled = models[name]

@@ -1,6 +1,10 @@
 // fold-batchnorm: an inference-mode BatchNormalization, y = x * s + t with s = scale / sqrt(var + eps)
 // and t = B - mean * s, is folded into the constant weights and bias of the Conv, ConvTranspose,
 // Gemm or MatMul that produces x (MatMul becomes a Gemm, which carries the bias).
+// decompose-batchnorm (after it): one that no producer absorbed (DenseNet's, after a Concat) becomes
+// Mul(x, s) and Add(., t) with s and t constants of shape [C, 1, ...], which fuse-elementwise-chains
+// then merges with its neighbours (the ReLU after it) into one pass over memory.
+#include <array>
 #include <cmath>
 #include <optional>
 #include <unordered_set>
@@ -244,8 +248,84 @@ class FoldBatchnorm : public Pass {
   }
 };
 
+class DecomposeBatchnorm : public Pass {
+ public:
+  std::string_view name() const override { return "decompose-batchnorm"; }
+  int min_opt_level() const override { return 1; }
+
+  int run(Model& model, PassContext&) override {
+    Graph& g = model.graph;
+    NameGen names(g);
+    int done = 0;
+    for (size_t i = 0; i < g.nodes.size(); ++i) {
+      const Node& bn = g.nodes[i];
+      if (bn.op_type != "BatchNormalization" || !bn.domain.empty()) continue;
+      std::optional<std::array<Node, 2>> parts = decompose(g, bn, names);
+      if (!parts) continue;
+      if (model.default_opset() < 7)  // before multidirectional broadcasting
+        for (Node& p : *parts) p.attrs["broadcast"] = Attribute::of_int(1);
+      g.nodes[i] = std::move((*parts)[0]);
+      g.nodes.insert(g.nodes.begin() + static_cast<std::ptrdiff_t>(i) + 1, std::move((*parts)[1]));
+      ++i;
+      ++done;
+    }
+    return done;
+  }
+
+ private:
+  static std::optional<std::array<Node, 2>> decompose(Graph& g, const Node& bn, NameGen& names) {
+    // The guards of fold-batchnorm on the BatchNormalization itself.
+    if (bn.inputs.size() != 5 || bn.outputs.empty() || bn.outputs[0].empty()) return std::nullopt;
+    if (const Attribute* a = bn.attr("training_mode"); a && a->i != 0) return std::nullopt;
+    if (const Attribute* a = bn.attr("spatial"); a && a->i == 0) return std::nullopt;
+    const auto uses = count_uses(g);
+    for (size_t k = 1; k < bn.outputs.size(); ++k)
+      if (!bn.outputs[k].empty() && uses.count(bn.outputs[k])) return std::nullopt;
+    const TensorType* xt = g.type_of(bn.inputs[0]);
+    if (!xt || !is_float(xt->dtype) || !xt->shape || xt->shape->size() < 2) return std::nullopt;
+    const DType dt = xt->dtype;
+    const Dim& channels = (*xt->shape)[1];
+    if (!channels.known()) return std::nullopt;
+    const int64_t c = channels.value;
+    std::vector<std::vector<double>> stats;
+    for (size_t k = 1; k < 5; ++k) {
+      auto v = constant_of(g, bn.inputs[k]);
+      if (!v || v->dtype() != dt || v->numel() != c) return std::nullopt;
+      stats.push_back(v->to_double_vector());
+    }
+    const Attribute* eps_attr = bn.attr("epsilon");
+    const double eps = eps_attr ? eps_attr->f : 1e-5;
+    std::vector<double> s(static_cast<size_t>(c)), t(static_cast<size_t>(c));
+    for (int64_t k = 0; k < c; ++k) {
+      const double var = stats[3][k] + eps;
+      if (!(var > 0)) return std::nullopt;
+      s[k] = stats[0][k] / std::sqrt(var);
+      t[k] = stats[1][k] - stats[2][k] * s[k];
+    }
+    // [C, 1, ...]: broadcast against x's dims after the channel (x's rank minus one).
+    std::vector<int64_t> shape(xt->shape->size() - 1, 1);
+    shape[0] = c;
+    auto add = [&](const std::string& base, const std::vector<double>& v) {
+      const std::string name = names.make(base);
+      Tensor tensor = tensor_from_doubles(dt, shape, v);
+      g.types[name] = TensorType{dt, shape_from_dims(tensor.shape())};
+      g.initializers[name] = std::move(tensor);
+      return name;
+    };
+    const std::string sn = add(bn.name + "_scale", s), tn = add(bn.name + "_shift", t);
+    const std::string scaled = names.make(bn.outputs[0] + "_scaled");
+    g.types[scaled] = *xt;
+    for (size_t k = 1; k < bn.outputs.size(); ++k)
+      if (!bn.outputs[k].empty()) g.types.erase(bn.outputs[k]);
+    Node mul{bn.name + "_mul", "Mul", "", {bn.inputs[0], sn}, {scaled}, {}};
+    Node addn{bn.name + "_add", "Add", "", {scaled, tn}, {bn.outputs[0]}, {}};
+    return std::array<Node, 2>{std::move(mul), std::move(addn)};
+  }
+};
+
 }  // namespace
 
 std::unique_ptr<Pass> make_fold_batchnorm() { return std::make_unique<FoldBatchnorm>(); }
+std::unique_ptr<Pass> make_decompose_batchnorm() { return std::make_unique<DecomposeBatchnorm>(); }
 
 }  // namespace kiln

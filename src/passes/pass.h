@@ -109,6 +109,7 @@ std::unique_ptr<Pass> make_remove_noop_reshapes();         // Reshape to same sh
 std::unique_ptr<Pass> make_constant_folding();             // nodes whose inputs are all constant
 std::unique_ptr<Pass> make_shape_subgraph_folding();       // Shape->Gather->...->Reshape from static/profile shapes
 std::unique_ptr<Pass> make_fold_batchnorm();               // BatchNormalization into Conv, Gemm or MatMul
+std::unique_ptr<Pass> make_decompose_batchnorm();          // the rest into Mul + Add of per-channel constants
 std::unique_ptr<Pass> make_fuse_layernorm();               // ReduceMean/Sub/Pow/Sqrt/Div -> kiln::LayerNormalization
 std::unique_ptr<Pass> make_fuse_gelu();                    // Erf and tanh GELU forms -> kiln::Gelu
 std::unique_ptr<Pass> make_split_packed_projections();     // Reshape/Unsqueeze/Transpose/Squeeze/Gather of a packed projection -> Slice

@@ -46,6 +46,7 @@ PassManager PassManager::standard() {
   pm.add(make_constant_folding());
   pm.add(make_shape_subgraph_folding());
   pm.add(make_fold_batchnorm());
+  pm.add(make_decompose_batchnorm());
   pm.add(make_fuse_layernorm());
   pm.add(make_fuse_gelu());
   pm.add(make_split_packed_projections());

@@ -19,19 +19,7 @@ namespace {
 
 [[noreturn]] void invalid(const std::string& m) { throw Error(ErrorCode::kInvalidArgument, m); }
 
-using Outputs = std::vector<TensorMap>;  // per batch: the graph outputs by name
-
-// Runs `model` on every batch through the engine runtime (a program per shape set, first
-// supporting tactic per node).
-Outputs run_model(Model model, const std::vector<TensorMap>& batches, int threads) {
-  InferOptions io;
-  io.evaluator = reference::constant_evaluator();
-  infer_types(model, io);
-  Context ctx(std::make_shared<EngineRuntime>(std::move(model), EngineInfo{}, threads));
-  Outputs out;
-  for (const auto& batch : batches) out.push_back(ctx.run(batch));
-  return out;
-}
+using Outputs = GuardOutputs;
 
 // Every output's errors, accumulated over the batches.
 std::map<std::string, ErrorStats> errors(const Outputs& got, const Outputs& want) {
@@ -88,20 +76,58 @@ double parse_accuracy_budget(const std::string& text) {
   return b;
 }
 
-GuardResult accuracy_guard(const Model& optimized, const CalibrationTable& table, const Int8Options& base,
-                           Calibrator& validation, const GuardOptions& options) {
-  GuardResult r;
-  // The validation batches, kept in memory (each evaluation runs them all).
+std::vector<TensorMap> read_validation(Calibrator& validation, size_t max_samples) {
+  // Kept in memory: each evaluation runs them all.
   std::vector<TensorMap> batches;
   validation.reset();
   for (TensorMap b; validation.next_batch(b); b.clear()) {
     batches.push_back(b);
-    if (options.max_samples && validation.samples_read() >= options.max_samples) break;
+    if (max_samples && validation.samples_read() >= max_samples) break;
   }
   if (batches.empty()) invalid("accuracy guard: the validation data yielded no batch");
-  r.samples = validation.samples_read();
+  return batches;
+}
 
-  const Outputs reference = run_model(optimized, batches, options.threads);
+// Runs `model` on every batch through the engine runtime (a program per shape set, first
+// supporting tactic per node).
+GuardOutputs run_fp32(Model model, const std::vector<TensorMap>& batches, int threads) {
+  InferOptions io;
+  io.evaluator = reference::constant_evaluator();
+  infer_types(model, io);
+  Context ctx(std::make_shared<EngineRuntime>(std::move(model), EngineInfo{}, threads));
+  GuardOutputs out;
+  for (const auto& batch : batches) out.push_back(ctx.run(batch));
+  return out;
+}
+
+GuardResult accuracy_guard(const Model& optimized, const CalibrationTable& table, const Int8Options& base,
+                           Calibrator& validation, const GuardOptions& options) {
+  const std::vector<TensorMap> batches = read_validation(validation, options.max_samples);
+  const size_t samples = validation.samples_read();
+  const Outputs reference = run_fp32(optimized, batches, options.threads);
+  std::vector<GuardLayer> layers;
+  std::map<std::string, std::string> op_of;
+  for (const Node& n : optimized.graph.nodes) op_of[n.name] = n.op_type;
+  for (const std::string& l : int8_layers(optimized, base)) layers.push_back(GuardLayer{l, op_of[l]});
+  GuardResult r = guard_search(
+      layers, reference,
+      [&](const std::set<std::string>& keep_float) {
+        Model m = optimized;
+        Int8Options o = base;
+        o.keep_float.insert(keep_float.begin(), keep_float.end());
+        quantize_int8(m, table, o);
+        if (options.finalize) options.finalize(m);
+        return run_fp32(std::move(m), batches, options.threads);
+      },
+      options);
+  r.samples = samples;
+  return r;
+}
+
+GuardResult guard_search(const std::vector<GuardLayer>& candidates, const GuardOutputs& reference,
+                         const std::function<GuardOutputs(const std::set<std::string>& keep_float)>& run,
+                         const GuardOptions& options) {
+  GuardResult r;
   const bool top1 = options.metric == AccuracyMetric::kTop1 ||
                     (options.metric == AccuracyMetric::kAuto && is_classifier(reference));
   if (top1 && !is_classifier(reference))
@@ -110,19 +136,14 @@ GuardResult accuracy_guard(const Model& optimized, const CalibrationTable& table
   const double target = 1.0 - options.budget;
 
   auto evaluate = [&](const std::set<std::string>& keep_float) {
-    Model m = optimized;
-    Int8Options o = base;
-    o.keep_float.insert(keep_float.begin(), keep_float.end());
-    quantize_int8(m, table, o);
-    if (options.finalize) options.finalize(m);
-    const Outputs got = run_model(std::move(m), batches, options.threads);
+    const Outputs got = run(keep_float);
     ++r.evaluations;
     return top1 ? top1_agreement(got, reference) : min_cosine(got, reference);
   };
 
-  const std::vector<std::string> layers = int8_layers(optimized, base);
+  std::vector<std::string> layers;
   std::map<std::string, std::string> op_of;
-  for (const Node& n : optimized.graph.nodes) op_of[n.name] = n.op_type;
+  for (const GuardLayer& l : candidates) layers.push_back(l.name), op_of[l.name] = l.op;
   const std::set<std::string> all(layers.begin(), layers.end());
 
   r.all_int8_metric = evaluate({});
@@ -187,14 +208,14 @@ GuardResult accuracy_guard(const Model& optimized, const CalibrationTable& table
   return r;
 }
 
-std::string format_guard_report(const GuardResult& r, double budget) {
+std::string format_guard_report(const GuardResult& r, double budget, const std::string& float_name) {
   std::ostringstream os;
   char buf[256];
   std::snprintf(buf, sizeof buf, "accuracy guard: %s >= %.6g needed (budget %.4g%%), %zu validation samples\n",
                 r.metric_name.c_str(), 1.0 - budget, budget * 100.0, r.samples);
   os << buf;
-  std::snprintf(buf, sizeof buf, "  all int8: %.6f; chosen: %.6f with %zu of %zu layers kept in fp32 (%d evaluations)\n",
-                r.all_int8_metric, r.metric, r.keep_float.size(), r.layers.size(), r.evaluations);
+  std::snprintf(buf, sizeof buf, "  all int8: %.6f; chosen: %.6f with %zu of %zu layers kept in %s (%d evaluations)\n",
+                r.all_int8_metric, r.metric, r.keep_float.size(), r.layers.size(), float_name.c_str(), r.evaluations);
   os << buf;
   os << "  per layer, most sensitive first (" << r.metric_name << " with only that layer in int8):\n";
   if (!r.layers.empty() && r.layers.front().metric < 0) {
@@ -202,7 +223,7 @@ std::string format_guard_report(const GuardResult& r, double budget) {
     return os.str();
   }
   for (const auto& s : r.layers) {
-    std::snprintf(buf, sizeof buf, "    %-6s %.6f  %-12s %s\n", s.int8 ? "int8" : "fp32", s.metric, s.op.c_str(),
+    std::snprintf(buf, sizeof buf, "    %-6s %.6f  %-12s %s\n", s.int8 ? "int8" : float_name.c_str(), s.metric, s.op.c_str(),
                   s.layer.c_str());
     os << buf;
   }

@@ -56,7 +56,27 @@ struct GuardResult {
 GuardResult accuracy_guard(const Model& optimized, const CalibrationTable& table, const Int8Options& base,
                            Calibrator& validation, const GuardOptions& options);
 
-// The per-layer report the build prints.
-std::string format_guard_report(const GuardResult& r, double budget);
+// The pieces of the guard that do not depend on the backend (the GPU's INT8 guard uses them too).
+using GuardOutputs = std::vector<TensorMap>;  // per validation batch: the graph outputs by name
+struct GuardLayer {
+  std::string name;  // node name in the optimized graph
+  std::string op;
+};
+// Reads the validation batches (rewinding first) until max_samples samples (0: all). Throws
+// kInvalidArgument when there is none.
+std::vector<TensorMap> read_validation(Calibrator& validation, size_t max_samples);
+// `model` (FP32) on every batch on the CPU: the reference the guard compares with.
+GuardOutputs run_fp32(Model model, const std::vector<TensorMap>& batches, int threads);
+// The guard's search over `layers` (graph order): evaluates run(keep_float) against `reference`
+// with every layer in INT8, then (when that misses the budget) each layer alone in INT8, then the
+// fewest most sensitive layers kept float that meet it. `run` gives the outputs of the model with
+// the named layers kept in floating point and the other layers in INT8. Fills everything but
+// `samples`. Throws kInvalidArgument when the metric is top1 and the outputs are not classifiers'.
+GuardResult guard_search(const std::vector<GuardLayer>& layers, const GuardOutputs& reference,
+                         const std::function<GuardOutputs(const std::set<std::string>& keep_float)>& run,
+                         const GuardOptions& options);
+
+// The per-layer report the build prints; `float_name`: the precision kept layers run in.
+std::string format_guard_report(const GuardResult& r, double budget, const std::string& float_name = "fp32");
 
 }  // namespace kiln::quant

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <filesystem>
 #include <memory>
+#include <numeric>
 #include <optional>
 #include <random>
 #include <string>
@@ -231,6 +232,128 @@ TEST_P(GpuProgram, Relu6OfAnExpansionIsClampedByTheDepthwiseRead) {
     for (const auto& st : built.program->steps()) clamped_read = clamped_read || st.kernel.find("input<=6") != std::string::npos;
     EXPECT_EQ(clamped_read, form == 0);
   }
+}
+
+// A detection head's ops: reductions (adjacent axes, with and without keepdims, axes as an input),
+// ArgMax/ArgMin (select_last_index), TopK (largest and smallest, along a middle axis) and
+// GatherElements (negative indices), against the reference executor. The input's values are
+// distinct multiples of 1/64, exact in FP16, so the FP16 program sees no ties the FP32 one does not.
+TEST_P(GpuProgram, ReductionsArgMaxTopKAndGatherElements) {
+  Builder b;
+  b.input("x", {2, 6, 5});
+  Tensor idx(DType::kI64, {2, 3, 5});
+  for (int64_t i = 0; i < idx.numel(); ++i) idx.mutable_data<int64_t>()[i] = (i * 7) % 11 - 5;  // in [-5, 5]
+  b.init("idx", idx).init("k", Tensor::from_vector<int64_t>({1}, {3})).init("axes", Tensor::from_vector<int64_t>({2}, {1, 2}));
+  b.node("ReduceMax", {"x"}, {"rmax"}, {{"axes", ints({1})}, {"keepdims", i64(0)}})
+      .node("ReduceMean", {"x"}, {"rmean"}, {{"axes", ints({2})}})
+      .node("ReduceMin", {"x"}, {"rmin"}, {{"axes", ints({0, 1})}, {"keepdims", i64(0)}})
+      .node("ReduceSum", {"x", "axes"}, {"rsum"})
+      .node("ArgMax", {"x"}, {"amax"}, {{"axis", i64(1)}, {"keepdims", i64(0)}})
+      .node("ArgMin", {"x"}, {"amin"}, {{"axis", i64(-1)}, {"select_last_index", i64(1)}})
+      .node("TopK", {"x", "k"}, {"tv", "ti"}, {{"axis", i64(1)}})
+      .node("TopK", {"x", "k"}, {"sv", "si"}, {{"axis", i64(-1)}, {"largest", i64(0)}})
+      .node("GatherElements", {"x", "idx"}, {"ge"}, {{"axis", i64(1)}});
+  for (const char* o : {"rmax", "rmean", "rmin", "rsum", "amax", "amin", "tv", "ti", "sv", "si", "ge"}) b.output(o);
+  Tensor x(DType::kF32, {2, 6, 5});
+  std::vector<int> perm(60);
+  std::iota(perm.begin(), perm.end(), 0);
+  std::shuffle(perm.begin(), perm.end(), b.rng);
+  for (int i = 0; i < 60; ++i) x.mutable_data<float>()[i] = static_cast<float>(perm[static_cast<size_t>(i)] - 30) / 64.f;
+  check(b, {{"x", x}});
+}
+
+// DenseNet's and detectors' data ops: Pad (constant, reflect, edge, a crop), Resize (nearest
+// asymmetric/floor by scales, linear half_pixel and align_corners by sizes, nearest
+// round_prefer_floor shrinking) and a BatchNormalization that no convolution absorbs, read both
+// from an NHWC convolution output and from a plain input.
+TEST_P(GpuProgram, PadResizeAndBatchNormalization) {
+  Builder b;
+  b.input("x", {1, 3, 4, 5}).weight("w", {3, 3, 1, 1});
+  auto f = [](std::vector<float> v) { return Tensor::from_vector<float>({static_cast<int64_t>(v.size())}, v); };
+  auto i = [](std::vector<int64_t> v) { return Tensor::from_vector<int64_t>({static_cast<int64_t>(v.size())}, v); };
+  b.init("p1", i({0, 0, 1, 2, 0, 0, 2, 1})).init("p2", i({0, 0, 2, 3, 0, 0, 1, 4})).init("p3", i({0, 1, -1, 0, 0, 0, 0, -2}));
+  b.init("cv", Tensor::scalar(0.5f)).init("s2", f({1, 1, 2, 2})).init("sz", i({1, 3, 7, 9})).init("sz2", i({1, 3, 3, 3}));
+  b.init("g", f({1.5f, 0.5f, -1.f})).init("bb", f({0.1f, -0.2f, 0.3f})).init("mu", f({0.2f, -0.1f, 0.f})).init("var", f({0.5f, 2.f, 1.f}));
+  b.node("Pad", {"x", "p1", "cv"}, {"pc"})
+      .node("Pad", {"x", "p2"}, {"pr"}, {{"mode", Attribute::of_string("reflect")}})
+      .node("Pad", {"x", "p3"}, {"pe"}, {{"mode", Attribute::of_string("edge")}})
+      .node("Resize", {"x", "", "s2"}, {"rn"}, {{"mode", Attribute::of_string("nearest")},
+                                               {"coordinate_transformation_mode", Attribute::of_string("asymmetric")},
+                                               {"nearest_mode", Attribute::of_string("floor")}})
+      .node("Resize", {"x", "", "", "sz"}, {"rl"}, {{"mode", Attribute::of_string("linear")}})
+      .node("Resize", {"x", "", "", "sz"}, {"ra"}, {{"mode", Attribute::of_string("linear")},
+                                                    {"coordinate_transformation_mode", Attribute::of_string("align_corners")}})
+      .node("Resize", {"x", "", "", "sz2"}, {"rd"}, {{"mode", Attribute::of_string("nearest")}})
+      .node("Conv", {"x", "w"}, {"c"})
+      .node("BatchNormalization", {"c", "g", "bb", "mu", "var"}, {"bn"}, {{"epsilon", f32(1e-3f)}})
+      .node("BatchNormalization", {"x", "g", "bb", "mu", "var"}, {"bx"});
+  for (const char* o : {"pc", "pr", "pe", "rn", "rl", "ra", "rd", "bn", "bx"}) b.output(o);
+  check(b, {{"x", b.random({1, 3, 4, 5})}});
+}
+
+// Channel Split, Slice and Concat of convolution outputs, a BatchNormalization + ReLU after the Concat
+// (decompose-batchnorm and the chain fusion make it one elementwise kernel) and a nearest Resize,
+// all kept in the convolutions' NHWC layout: no layout change anywhere between the first
+// convolution and the last. Against the reference executor.
+TEST_P(GpuProgram, ChannelSplitConcatBatchNormAndResizeStayNhwc) {
+  Builder b;
+  b.input("x", {2, 8, 6, 6}).weight("w0", {16, 8, 1, 1}).weight("w1", {8, 8, 3, 3}).weight("w2", {16, 24, 1, 1});
+  // (The Slice takes channels 4..11 of the first convolution's 16.)
+  auto f = [](std::vector<float> v) { return Tensor::from_vector<float>({static_cast<int64_t>(v.size())}, v); };
+  std::vector<float> g(24), be(24), mu(24), var(24);
+  for (int i = 0; i < 24; ++i) g[i] = 0.5f + 0.05f * i, be[i] = 0.01f * i - 0.1f, mu[i] = 0.02f * (i % 5), var[i] = 0.5f + 0.1f * (i % 7);
+  b.init("g", f(g)).init("be", f(be)).init("mu", f(mu)).init("var", f(var)).init("sc", f({1, 1, 2, 2}));
+  b.init("split", Tensor::from_vector<int64_t>({2}, {8, 8}));
+  b.init("st", Tensor::from_vector<int64_t>({1}, {4})).init("en", Tensor::from_vector<int64_t>({1}, {12}));
+  b.init("ax", Tensor::from_vector<int64_t>({1}, {1}));
+  const auto pad1 = std::map<std::string, Attribute>{{"pads", ints({1, 1, 1, 1})}};
+  b.node("Conv", {"x", "w0"}, {"c0"})
+      .node("Split", {"c0", "split"}, {"s0", "s1"}, {{"axis", i64(1)}})
+      .node("Conv", {"s1", "w1"}, {"c1"}, pad1)
+      .node("Slice", {"c0", "st", "en", "ax"}, {"sl"})
+      .node("Concat", {"s0", "sl", "c1"}, {"cat"}, {{"axis", i64(1)}})
+      .node("BatchNormalization", {"cat", "g", "be", "mu", "var"}, {"bn"})
+      .node("Relu", {"bn"}, {"r"})
+      .node("Resize", {"r", "", "sc"}, {"up"}, {{"mode", Attribute::of_string("nearest")}})
+      .node("Conv", {"up", "w2"}, {"y"})
+      .output("y");
+  check(b, {{"x", b.random({2, 8, 6, 6})}});
+  gpu::CompileOptions opt;
+  const auto built = gpu::build_gpu_program(b.m, {{"x", {2, 8, 6, 6}}}, 0, opt);
+  int layout = 0, elementwise = 0;
+  std::string steps;
+  for (const auto& st : built.program->steps()) {
+    steps += st.op + " " + st.name + "\n";
+    layout += st.name.rfind("to nhwc", 0) == 0 || st.name.rfind("to nchw", 0) == 0;
+    elementwise += st.op == "ElementwiseChain";
+  }
+  EXPECT_EQ(layout, 1) << "only the graph input's, before the first convolution:\n" << steps;
+  EXPECT_EQ(elementwise, 1) << steps;
+}
+
+// A dense block (DenseNet): each layer concatenates every feature so far. A Concat whose inputs
+// begin with an earlier Concat's copies that one's output as one part, so the block costs two
+// copies per layer, not one per layer and earlier feature. Against the reference executor.
+TEST_P(GpuProgram, DenseBlockConcatsReuseTheEarlierConcat) {
+  Builder b;
+  b.input("x", {2, 8, 5, 5}).weight("w0", {16, 8, 1, 1});
+  b.node("Conv", {"x", "w0"}, {"f0"});
+  std::vector<std::string> feats = {"f0"};
+  int64_t channels = 16;
+  for (int layer = 1; layer <= 3; ++layer) {
+    const std::string l = std::to_string(layer), in = layer == 1 ? "f0" : "cat" + std::to_string(layer - 1);
+    b.weight("w" + l, {8, channels, 3, 3});
+    b.node("Conv", {in, "w" + l}, {"f" + l}, {{"pads", ints({1, 1, 1, 1})}});
+    feats.push_back("f" + l);
+    b.node("Concat", feats, {"cat" + l}, {{"axis", i64(1)}});
+    channels += 8;
+  }
+  b.node("Relu", {"cat3"}, {"y"}).output("y");
+  check(b, {{"x", b.random({2, 8, 5, 5})}});
+  const auto built = gpu::build_gpu_program(b.m, {{"x", {2, 8, 5, 5}}}, 0, {});
+  int copies = 0;
+  for (const auto& st : built.program->steps()) copies += st.op == "Concat";
+  EXPECT_EQ(copies, 6) << "two parts per Concat: the previous Concat's output and the new feature";
 }
 
 TEST_P(GpuProgram, TransformerBlockWithLayerNormSoftmaxAndDataMovement) {
@@ -478,14 +601,14 @@ TEST_P(GpuProgram, TransposesOfSizeOneDimsAreFree) {
 TEST_P(GpuProgram, UnsupportedNodesAreNamedAtBuild) {
   Builder b;
   b.input("x", {2, 8});
-  b.node("TopK", {"x", "k"}, {"v", "i"}, {{"axis", i64(-1)}}).output("v");
-  b.init("k", Tensor::from_vector<int64_t>({1}, {3}));
+  b.node("CumSum", {"x", "axis"}, {"y"}).output("y");
+  b.init("axis", Tensor::scalar<int64_t>(1));
   try {
     gpu::build_gpu_program(b.m, {{"x", {2, 8}}}, 0, {}, 0);
-    FAIL() << "TopK built for the GPU";
+    FAIL() << "CumSum built for the GPU";
   } catch (const Error& e) {
     EXPECT_EQ(e.code(), ErrorCode::kUnsupported);
-    EXPECT_NE(std::string(e.what()).find("TopK"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("CumSum"), std::string::npos) << e.what();
   }
 }
 
@@ -775,6 +898,164 @@ TEST_P(GpuProgram, Int8NeedsCalibrationAndScalesAreTheTensorsAmax) {
   const gpu::GpuBuild fp16 = gpu::build_gpu_program(c.m, {{"x", {1, 3, 6, 6}}}, 0, opt, 0);
   EXPECT_EQ(fp16.int8_convs, 0u);
   for (const auto& st : fp16.program->steps()) EXPECT_EQ(st.kernel.find("int8"), std::string::npos) << st.kernel;
+}
+
+// The INT8 accuracy guard on the GPU (GpuCalibration::guard): the first convolution reads an input
+// with one outlier per sample (200 among values in [-1, 1]), so its per-tensor INT8 scale rounds
+// everything else to zero; its Clip(0, 1) keeps the outlier from the later layers, which quantize
+// well. The guard must find that one layer, keep it in FP16 (marked in the graph an engine stores)
+// and leave the others in INT8; --layer-precision NAME:fp16 keeps a named layer likewise.
+TEST_P(GpuProgram, Int8AccuracyGuardKeepsTheSensitiveConvolutionInFp16) {
+  Builder b;
+  b.input("x", {2, 16, 8, 8}).weight("w1", {16, 16, 3, 3}).weight("w2", {16, 16, 3, 3}).weight("w3", {16, 16, 1, 1});
+  const auto pad1 = std::map<std::string, Attribute>{{"pads", ints({1, 1, 1, 1})}};
+  b.node("Conv", {"x", "w1"}, {"c1"}, pad1)
+      .node("Clip", {"c1", "lo", "hi"}, {"a1"})
+      .node("Conv", {"a1", "w2"}, {"c2"}, pad1)
+      .node("Relu", {"c2"}, {"a2"})
+      .node("Conv", {"a2", "w3"}, {"y"})
+      .output("y");
+  b.m.graph.initializers["lo"] = Tensor::scalar(0.f);
+  b.m.graph.initializers["hi"] = Tensor::scalar(1.f);
+  auto batch = [&] {
+    Tensor x = b.random({2, 16, 8, 8});
+    x.mutable_data<float>()[37] = 200.f;
+    x.mutable_data<float>()[16 * 64 + 300] = -200.f;
+    return quant::TensorMap{{"x", x}};
+  };
+  std::vector<quant::TensorMap> calib_batches = {batch(), batch()}, validation_batches = {batch(), batch(), batch()};
+  // A batch of another shape in the validation data is skipped, not an error.
+  validation_batches.push_back({{"x", b.random({1, 16, 8, 8})}});
+  quant::MemoryCalibrator data(calib_batches), validation(validation_batches);
+  gpu::GpuCalibration calib;
+  calib.data = &data;
+  calib.method = {quant::CalibMethod::kMinMax, 99.99};
+  calib.validation = &validation;
+  calib.guard.budget = 0.01;
+  std::vector<std::string> progress;
+  calib.guard.progress = [&](const std::string& line) { progress.push_back(line); };
+  gpu::CompileOptions opt;
+  opt.precision = gpu::Precision::kINT8;
+  opt.int8_convs = "always";
+  const gpu::ShapeMap shapes = {{"x", {2, 16, 8, 8}}};
+  const gpu::GpuBuild built = gpu::build_gpu_program(b.m, shapes, 0, opt, 3, &calib);
+  ASSERT_TRUE(built.guard.has_value());
+  const quant::GuardResult& g = *built.guard;
+  EXPECT_EQ(g.metric_name, "cosine");
+  EXPECT_EQ(g.samples, 6u) << "three batches of 2; the batch of another shape is skipped";
+  EXPECT_LT(g.all_int8_metric, 0.99) << "the outlier must ruin the first layer in INT8";
+  ASSERT_EQ(g.layers.size(), 3u);
+  EXPECT_EQ(g.layers.front().layer, "Conv0") << "the first convolution is the most sensitive";
+  EXPECT_EQ(g.keep_float, std::set<std::string>{"Conv0"});
+  EXPECT_TRUE(g.within_budget);
+  EXPECT_GE(g.metric, 0.99);
+  EXPECT_FALSE(progress.empty());
+  const std::string report = quant::format_guard_report(g, 0.01, "fp16");
+  EXPECT_NE(report.find("1 of 3 layers kept in fp16"), std::string::npos) << report;
+  std::cout << report;
+
+  auto int8_kernels = [](const gpu::GpuProgram& p) {
+    std::set<std::string> names;
+    for (const auto& st : p.steps())
+      if (st.op.find("Conv") != std::string::npos && st.kernel.find("int8") != std::string::npos) names.insert(st.name);
+    return names;
+  };
+  EXPECT_EQ(int8_kernels(*built.program), (std::set<std::string>{"Conv2", "Conv4"}));
+  for (const Node& n : built.optimized.graph.nodes)
+    if (n.name == "Conv0") {
+      EXPECT_FALSE(gpu::int8_scales(n).ok()) << "the kept layer carries no scales";
+      ASSERT_NE(n.attr(gpu::kInt8KeepFloat), nullptr);
+    }
+  // What an engine stores rebuilds untimed and uncalibrated to the same choice.
+  const auto again = gpu::build_gpu_program(built.optimized, shapes, 0, opt, 0);
+  EXPECT_EQ(int8_kernels(*again.program), (std::set<std::string>{"Conv2", "Conv4"}));
+  EXPECT_EQ(again.int8_convs, 0u) << "nothing to calibrate";
+
+  // The guarded program against the FP32 reference on a fresh batch.
+  const quant::TensorMap fresh = batch();
+  const Tensor want = reference::Executor(b.m).run(fresh).at("y");
+  const Tensor got = gpu::GpuContext(built.program).run(fresh).at("y");
+  double dot = 0, gg = 0, ww = 0;
+  for (int64_t i = 0; i < want.numel(); ++i) {
+    const double p = got.data<float>()[i], q = want.data<float>()[i];
+    dot += p * q, gg += p * p, ww += q * q;
+  }
+  EXPECT_GT(dot / std::sqrt(gg * ww), 0.99);
+
+  // --layer-precision NAME:fp16, without the guard.
+  gpu::GpuCalibration named;
+  named.data = &data;
+  named.keep_fp16 = {"Conv4"};
+  const gpu::GpuBuild kept = gpu::build_gpu_program(b.m, shapes, 0, opt, 3, &named);
+  EXPECT_FALSE(kept.guard.has_value());
+  EXPECT_EQ(int8_kernels(*kept.program), (std::set<std::string>{"Conv0", "Conv2"}));
+  named.keep_fp16 = {"NoSuchConv"};
+  try {
+    gpu::build_gpu_program(b.m, shapes, 0, opt, 3, &named);
+    ADD_FAILURE() << "an unknown layer name was accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
+    EXPECT_NE(std::string(e.what()).find("no layer (node) named 'NoSuchConv'"), std::string::npos) << e.what();
+  }
+  // Validation data without a batch of the program's shapes is a clear error.
+  quant::MemoryCalibrator wrong({{{"x", b.random({1, 16, 8, 8})}}});
+  calib.validation = &wrong;
+  try {
+    gpu::build_gpu_program(b.m, shapes, 0, opt, 3, &calib);
+    ADD_FAILURE() << "validation data of other shapes was accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
+    EXPECT_NE(std::string(e.what()).find("no batch of the engine's shapes"), std::string::npos) << e.what();
+  }
+}
+
+// Real data: the digits CNN (models/digits.py, trained on scikit-learn's handwritten digits) keeps
+// its test accuracy (within half a point) with its convolutions in INT8, calibrated on 300 training
+// images, as the CPU's INT8 does (tests/models/precision_model_test.cpp).
+TEST_P(GpuProgram, Int8DigitsKeepTheirTestAccuracy) {
+  const std::filesystem::path dir = kiln_test::model_dir();
+  if (dir.empty() || !std::filesystem::exists(dir / "digits.onnx"))
+    GTEST_SKIP() << "digits model not exported (scripts/export-models.sh)";
+  const Model model = load_onnx((dir / "digits.onnx").string());
+  Tensor images, labels;
+  for (const auto& [k, t] : read_tensor_file((dir / "digits_test.npz").string())) (k == "input" ? images : labels) = t;
+  constexpr int64_t kBatch = 100;
+  // All 500 test images on a GPU; 200 on the simulated device, whose loops take ~1.7 s a batch.
+  const int64_t n = std::min<int64_t>(images.dim(0), sim_ ? 200 : 500) / kBatch * kBatch;
+  quant::FileCalibrator train(dir / "digits_train.npz", model, kBatch, 300);
+  gpu::GpuCalibration calib;
+  calib.data = &train;
+  calib.method = {quant::CalibMethod::kEntropy, 99.99};
+  gpu::CompileOptions opt;
+  opt.precision = gpu::Precision::kINT8;
+  opt.int8_convs = "always";  // accuracy wherever timing would put them
+  const gpu::ShapeMap shapes = {{"input", {kBatch, 1, 32, 32}}};
+  const gpu::GpuBuild int8 = gpu::build_gpu_program(model, shapes, 0, opt, 3, &calib);
+  int convs = 0;
+  for (const auto& st : int8.program->steps())
+    convs += st.op.find("Conv") != std::string::npos && st.kernel.find("int8") != std::string::npos;
+  EXPECT_EQ(convs, 3) << "every convolution but the 1-channel stem";
+  gpu::GpuContext ctx(int8.program);
+  const Tensor logits32 = quant::run_fp32(model, {{{"input", images}}}, 0).at(0).at("logits");  // the CPU runtime
+  const int64_t classes = logits32.dim(1);
+  int64_t ok32 = 0, ok8 = 0;
+  for (int64_t b0 = 0; b0 < n; b0 += kBatch) {
+    Tensor x(DType::kF32, {kBatch, 1, 32, 32});
+    std::copy_n(images.data<float>() + b0 * 32 * 32, kBatch * 32 * 32, x.mutable_data<float>());
+    const Tensor y = ctx.run({{"input", x}}).at("logits");
+    for (int64_t r = 0; r < kBatch; ++r) {
+      const int64_t label = labels.data<int64_t>()[b0 + r];
+      const float* a = y.data<float>() + r * classes;
+      const float* f = logits32.data<float>() + (b0 + r) * classes;
+      ok8 += std::max_element(a, a + classes) - a == label;
+      ok32 += std::max_element(f, f + classes) - f == label;
+    }
+  }
+  const double acc32 = 100.0 * ok32 / n, acc8 = 100.0 * ok8 / n;
+  std::cout << "[ digits ] test accuracy (" << n << " images): fp32 " << acc32 << "%, gpu int8 " << acc8 << "% ("
+            << convs << " convolutions in INT8)\n";
+  EXPECT_GT(acc32, 95.0);
+  EXPECT_LE(std::fabs(acc8 - acc32), std::max(0.5, 100.0 / n)) << "within half a point (one image of 200)";
 }
 
 TEST_P(GpuProgram, WrongInputsAreRefusedAndTheContextStaysUsable) {

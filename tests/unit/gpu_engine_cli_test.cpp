@@ -219,6 +219,30 @@ TEST_F(GpuEngineCli, Int8EnginesAreCalibratedFromCalibData) {
     num += d * d, den += double(want.data<float>()[k]) * want.data<float>()[k];
   }
   EXPECT_LT(std::sqrt(num / den), 5e-2);
+  // The accuracy guard and --layer-precision NAME:fp16 (their choices are the compiler's, tested in
+  // the GPU program cases; here the flags and the report).
+  r = kiln(base + " --precision int8 --calib " + calib.string() + " --accuracy-budget 50%");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_TRUE(has(r.out, "guard:        accuracy guard: cosine >= 0.5 needed (budget 50%), 4 validation samples")) << r.out;
+  EXPECT_TRUE(has(r.out, "with 0 of 2 layers kept in fp16")) << r.out;
+  r = kiln(base + " --precision int8 --calib " + calib.string() + " --layer-precision c2:fp16");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_TRUE(has(r.out, "; 1 convolutions calibrated")) << "c2 is no INT8 candidate any more\n" << r.out;
+  r = kiln(base + " --precision int8 --calib " + calib.string() + " --layer-precision c2:fp32");
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_TRUE(has(r.out, "keeps layers in fp16 (NAME:fp16)")) << r.out;
+  r = kiln(base + " --precision int8 --calib " + calib.string() + " --layer-precision nope:fp16");
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_TRUE(has(r.out, "no layer (node) named 'nope'")) << r.out;
+  r = kiln(base + " --precision int8 --accuracy-budget 1%");
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_TRUE(has(r.out, "needs validation data")) << r.out;
+  r = kiln(base + " --precision int8 --calib " + calib.string() + " --validation " + calib.string());
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_TRUE(has(r.out, "--validation needs --accuracy-budget")) << r.out;
+  r = kiln(base + " --accuracy-budget 1%");
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_TRUE(has(r.out, "without --precision int8")) << r.out;
   // bench of the ONNX model calibrates on its own generated inputs.
   r = kiln("bench " + model.string() + " --device cuda --precision int8 --shapes x:2x16x8x8 --iterations 3 --warmup-ms 0");
   ASSERT_EQ(r.code, 0) << r.out;

@@ -4,6 +4,7 @@
 // reference executor, plus what only a simulation can count: graph capture and replay, memory
 // given back by programs and contexts (also when a context runs out of memory half-way), and
 // programs on two devices at once.
+#include <chrono>
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -271,40 +272,23 @@ TEST_F(SimDevices, ExportedModelsMatchPyTorchInFp32) {
   install(1);
   const std::filesystem::path dir = kiln_test::model_dir();
   int checked = 0;
-  for (const char* name : {"digits", "gpt", "squeezenet1_1", "mobilenet_v3_small"}) {
+  // (DenseNet-121 runs on a real GPU only: 30 s on this simulator.)
+  for (const char* name : {"digits", "gpt", "squeezenet1_1", "mobilenet_v3_small", "shufflenet_v2_x0_5", "yolov8_tiny"}) {
     auto e = load_exported(dir, name);
     if (!e) continue;
     gpu::CompileOptions opt;
     opt.precision = gpu::Precision::kFP32;
     auto built = gpu::build_gpu_program(e->model, e->shapes, 0, opt);
     gpu::GpuContext ctx(built.program);
+    const auto t0 = std::chrono::steady_clock::now();
     const auto got = ctx.run(e->inputs);
+    std::cout << "[ model ] " << name << " on the simulated GPU: "
+              << std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() << " s\n";
     for (const auto& [k, want] : e->expected) {
-      if (want.dtype() == DType::kF32) {
-        EXPECT_LT(rel_error(got.at(k), want), 1e-4) << name << " " << k;
-      }
+      // Every output, integer ones (the detector's labels and indices) exactly.
+      EXPECT_LE(rel_error(got.at(k), want), want.dtype() == DType::kF32 ? 1e-4 : 0.0) << name << " " << k;
     }
     ++checked;
-  }
-  // Ops without GPU kernels are named at build time (ShuffleNet's ReduceMean, the detector's Resize).
-  for (const auto& [name, op] : {std::pair<const char*, const char*>{"shufflenet_v2_x0_5", "ReduceMean"},
-                                 {"yolov8_tiny", "Resize"}}) {
-    const auto onnx = dir / (std::string(name) + ".onnx");
-    if (dir.empty() || !std::filesystem::exists(onnx)) continue;
-    Model m = load_onnx(onnx.string());
-    gpu::ShapeMap shapes;
-    for (const auto& in : m.graph.inputs) {
-      std::vector<int64_t> dims;
-      for (const Dim& d : *m.graph.type_of(in)->shape) dims.push_back(d.known() ? d.value : 1);
-      shapes[in] = dims;
-    }
-    try {
-      gpu::build_gpu_program(m, shapes, 0, {});
-      ADD_FAILURE() << name << " built for the GPU, but it has " << op;
-    } catch (const Error& e) {
-      EXPECT_EQ(e.code(), ErrorCode::kUnsupported);
-      EXPECT_NE(std::string(e.what()).find(op), std::string::npos) << e.what();
-    }
   }
   if (checked == 0) GTEST_SKIP() << "no exported models in " << dir << " (scripts/export-models.sh)";
 }

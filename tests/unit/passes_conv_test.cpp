@@ -807,6 +807,63 @@ TEST(FuseConvBiasActivation, MustNotAbsorb) {
   EXPECT_EQ(n.opsets.count("kiln"), 0u);
 }
 
+// ===================================================================== decompose-batchnorm
+
+// DenseNet's pattern: a BatchNormalization after a Concat (no producer to fold into) becomes
+// Mul + Add of [C, 1, 1] constants; with fuse-elementwise-chains, Mul, Add and the ReLU are one node.
+TEST(DecomposeBatchnorm, AfterAConcatAndFusedWithItsRelu) {
+  Builder b;
+  b.input("x", kImage)
+      .conv("c", "x", "a", 3, 4, {1, 1}, true)
+      .node("cat", "Concat", {"x", "a"}, {"k"}, {{"axis", Attribute::of_int(1)}})
+      .bn("bn", "k", "b", 7, {{"epsilon", Attribute::of_float(1e-3f)}})
+      .node("r", "Relu", {"b"}, {"y"})
+      .output("y");
+  Model m = b.m;
+  EXPECT_EQ(run_pass(make_decompose_batchnorm(), m), 1);
+  EXPECT_EQ(summary(m), "Conv(x,c_w,c_b)->a; Concat(x,a)->k; Mul(k,bn_scale_1)->b_scaled; Add(b_scaled,bn_shift)->b; "
+                        "Relu(b)->y; out: y");
+  EXPECT_EQ(m.graph.initializers.at("bn_scale_1").shape(), (std::vector<int64_t>{7, 1, 1}));
+  expect_equivalent(b.m, m);
+  Model chained = b.m;
+  std::vector<std::unique_ptr<Pass>> passes;
+  passes.push_back(make_fold_batchnorm());
+  passes.push_back(make_decompose_batchnorm());
+  passes.push_back(make_fuse_elementwise_chains());
+  run_passes(chained, std::move(passes));
+  int chains = 0, others = 0;
+  for (const Node& n : chained.graph.nodes) (n.op_type == "ElementwiseChain" ? chains : others) += 1;
+  EXPECT_EQ(chains, 1) << summary(chained);
+  EXPECT_EQ(others, 2) << "the Conv and the Concat: " << summary(chained);
+  expect_equivalent(b.m, chained);
+}
+
+TEST(DecomposeBatchnorm, MustNotChange) {
+  std::vector<std::pair<std::string, Model>> cases;
+  {  // training mode
+    Builder b;
+    b.input("x", kImage).bn("bn", "x", "y", 3, {{"training_mode", Attribute::of_int(1)}}).output("y");
+    cases.emplace_back("training mode", b.m);
+  }
+  {  // non-constant statistics
+    Builder b;
+    b.input("x", kImage).input("mean", {Dim(3)}).rand_init("s", {3}).rand_init("t", {3}).rand_init("v", {3}, 0.5f, 1);
+    b.node("bn", "BatchNormalization", {"x", "s", "t", "mean", "v"}, {"y"}).output("y");
+    cases.emplace_back("mean is an input", b.m);
+  }
+  {  // BatchNormalization-7 with spatial=0
+    Builder b(7);
+    b.input("x", {Dim(2), Dim(4)}).bn("bn", "x", "y", 4, {{"spatial", Attribute::of_int(0)}}).output("y");
+    cases.emplace_back("spatial=0", b.m);
+  }
+  for (auto& [what, m] : cases) {
+    SCOPED_TRACE(what);
+    const std::string golden = summary(m);
+    EXPECT_EQ(run_pass(make_decompose_batchnorm(), m), 0);
+    EXPECT_EQ(summary(m), golden);
+  }
+}
+
 TEST(FuseConvBiasActivation, AfterFoldBatchnormWithDeadNodeElimination) {
   Builder b;
   b.input("x", {Dim::sym("N"), Dim(3), Dim(6), Dim(6)})

@@ -17,6 +17,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <numeric>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -446,6 +447,143 @@ class SimDevice final : public Device {
           for (int64_t i = 0; i < s; ++i) acc += sim_load(t, in[0], (b * s + i) * c + ch);
           sim_store(t, out[0], b * c + ch, acc / static_cast<float>(s));
         }
+    });
+  }
+  std::unique_ptr<Kernel> reduce(ElemType t, ReduceOp op, int64_t outer, int64_t r, int64_t inner,
+                                 bool select_last) override {
+    using R = ReduceOp;
+    return make("reduce", 1, [=](const void* const* in, void* const* out, void*) {
+      for (int64_t o = 0; o < outer; ++o)
+        for (int64_t i = 0; i < inner; ++i) {
+          std::vector<float> v;
+          for (int64_t j = 0; j < r; ++j) v.push_back(sim_load(t, in[0], (o * r + j) * inner + i));
+          const int64_t e = o * inner + i;
+          if (op == R::kArgMax || op == R::kArgMin) {
+            int64_t at = 0;
+            for (int64_t j = 1; j < r; ++j) {
+              const float a = v[static_cast<size_t>(j)], b = v[static_cast<size_t>(at)];
+              if (op == R::kArgMax ? (a > b || (select_last && a == b)) : (a < b || (select_last && a == b))) at = j;
+            }
+            static_cast<int64_t*>(out[0])[e] = at;
+            continue;
+          }
+          double acc = op == R::kProd ? 1.0 : 0.0;
+          if (op == R::kMax || op == R::kMin) acc = v[0];
+          for (float x : v) {
+            if (op == R::kSum || op == R::kMean) acc += x;
+            else if (op == R::kProd) acc *= x;
+            else if (std::isnan(x) || std::isnan(acc)) acc = NAN;
+            else acc = op == R::kMax ? std::max<double>(acc, x) : std::min<double>(acc, x);
+          }
+          if (op == R::kMean) acc /= static_cast<double>(r);
+          sim_store(t, out[0], e, static_cast<float>(acc));
+        }
+    });
+  }
+  std::unique_ptr<Kernel> pad(ElemType t, const PadDesc& d) override {
+    return make("pad", 1, [t, d](const void* const* in, void* const* out, void*) {
+      int64_t total = 1;
+      for (int a = 0; a < d.rank; ++a) total *= d.out_dims[a];
+      for (int64_t e = 0; e < total; ++e) {
+        int64_t rest = e, src = 0, stride = 1;
+        bool inside = true;
+        for (int a = d.rank - 1; a >= 0; --a) {
+          int64_t c = rest % d.out_dims[a] - d.begin[a];
+          rest /= d.out_dims[a];
+          const int64_t n = d.in_dims[a];
+          if (c < 0 || c >= n) {
+            if (d.mode == PadDesc::Mode::kConstant) inside = false;
+            else if (d.mode == PadDesc::Mode::kEdge) c = c < 0 ? 0 : n - 1;
+            else if (d.mode == PadDesc::Mode::kWrap) c = ((c % n) + n) % n;
+            else if (n == 1) c = 0;
+            else
+              while (c < 0 || c >= n) c = c < 0 ? -c : 2 * (n - 1) - c;  // reflect
+          }
+          src += c * stride;
+          stride *= n;
+        }
+        sim_store(t, out[0], e, inside ? sim_load(t, in[0], src) : d.value);
+      }
+    });
+  }
+  std::unique_ptr<Kernel> resample(ElemType t, const ResampleDesc& d) override {
+    return make("resample", 2, [t, d](const void* const* in, void* const* out, void*) {
+      struct Tap {
+        int32_t i0, i1;
+        float w;
+      };
+      const Tap* taps = static_cast<const Tap*>(in[1]);
+      int64_t total = 1;
+      for (int a = 0; a < d.rank; ++a) total *= d.out_dims[a];
+      // Separable: resample one axis at a time, in FP32.
+      std::vector<float> cur(static_cast<size_t>(std::accumulate(d.in_dims, d.in_dims + d.rank, int64_t{1},
+                                                                 std::multiplies<int64_t>())));
+      for (size_t i = 0; i < cur.size(); ++i) cur[i] = sim_load(t, in[0], static_cast<int64_t>(i));
+      std::vector<int64_t> dims(d.in_dims, d.in_dims + d.rank);
+      int64_t base = 0;
+      for (int a = 0; a < d.rank; ++a) {
+        int64_t outer = 1, inner = 1;
+        for (int b = 0; b < a; ++b) outer *= dims[static_cast<size_t>(b)];
+        for (int b = a + 1; b < d.rank; ++b) inner *= dims[static_cast<size_t>(b)];
+        const int64_t n_in = dims[static_cast<size_t>(a)], n_out = d.out_dims[a];
+        std::vector<float> next(static_cast<size_t>(outer * n_out * inner));
+        for (int64_t o = 0; o < outer; ++o)
+          for (int64_t c = 0; c < n_out; ++c) {
+            const Tap tp = taps[base + c];
+            for (int64_t i = 0; i < inner; ++i) {
+              const float lo = cur[static_cast<size_t>((o * n_in + tp.i0) * inner + i)];
+              const float hi = cur[static_cast<size_t>((o * n_in + tp.i1) * inner + i)];
+              next[static_cast<size_t>((o * n_out + c) * inner + i)] = tp.w == 0.f ? lo : (1 - tp.w) * lo + tp.w * hi;
+            }
+          }
+        cur.swap(next);
+        dims[static_cast<size_t>(a)] = n_out;
+        base += n_out;
+      }
+      for (int64_t e = 0; e < total; ++e) sim_store(t, out[0], e, cur[static_cast<size_t>(e)]);
+    });
+  }
+  std::unique_ptr<Kernel> topk(ElemType t, int64_t outer, int64_t n, int64_t inner, int64_t k, bool largest) override {
+    return make("topk", 1, [=](const void* const* in, void* const* out, void*) {
+      for (int64_t o = 0; o < outer; ++o)
+        for (int64_t i = 0; i < inner; ++i) {
+          std::vector<int64_t> order(static_cast<size_t>(n));
+          std::iota(order.begin(), order.end(), 0);
+          auto at = [&](int64_t j) { return sim_load(t, in[0], (o * n + j) * inner + i); };
+          std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+            const float x = at(a), y = at(b);
+            if (std::isnan(x) || std::isnan(y)) return std::isnan(x) && !std::isnan(y);  // NaN is the largest
+            return largest ? x > y : x < y;
+          });
+          for (int64_t r = 0; r < k; ++r) {
+            const int64_t e = (o * k + r) * inner + i;
+            sim_store(t, out[0], e, at(order[static_cast<size_t>(r)]));
+            static_cast<int64_t*>(out[1])[e] = order[static_cast<size_t>(r)];
+          }
+        }
+    }, 2);
+  }
+  std::unique_ptr<Kernel> gather_elements(ElemType idx, size_t eb, const GatherElementsDesc& d) override {
+    return make("gather_elements", 2, [idx, eb, d](const void* const* in, void* const* out, void*) {
+      int64_t total = 1;
+      for (int a = 0; a < d.rank; ++a) total *= d.out_dims[a];
+      for (int64_t e = 0; e < total; ++e) {
+        int64_t j = idx == ElemType::kI64 ? static_cast<const int64_t*>(in[1])[e] : static_cast<const int32_t*>(in[1])[e];
+        if (j < 0) j += d.data_dims[d.axis];
+        char* dst = static_cast<char*>(out[0]) + e * static_cast<int64_t>(eb);
+        if (j < 0 || j >= d.data_dims[d.axis]) {
+          std::memset(dst, 0, eb);
+          continue;
+        }
+        int64_t rest = e, src = 0, stride = 1;
+        for (int a = d.rank - 1; a >= 0; --a) {
+          const int64_t c = rest % d.out_dims[a];
+          rest /= d.out_dims[a];
+          src += (a == d.axis ? j : c) * stride;
+          stride *= d.data_dims[a];
+        }
+        std::memcpy(dst, static_cast<const char*>(in[0]) + src * static_cast<int64_t>(eb), eb);
+      }
     });
   }
   std::unique_ptr<Kernel> layer_norm(ElemType t, int64_t rows, int64_t cols, float eps, bool write_sum,

@@ -420,6 +420,30 @@ class CudaDevice final : public gpu::Device {
       cuda::mean_middle(t, in[0], out[0], n, sz, c, s);
     });
   }
+  std::unique_ptr<gpu::Kernel> reduce(ElemType t, gpu::ReduceOp op, int64_t outer, int64_t r, int64_t inner,
+                                      bool select_last) override {
+    return fn_kernel("reduce", [=](const void* const* in, void* const* out, cudaStream_t s) {
+      cuda::reduce(t, op, in[0], out[0], outer, r, inner, select_last, s);
+    });
+  }
+  std::unique_ptr<gpu::Kernel> pad(ElemType t, const gpu::PadDesc& d) override {
+    return fn_kernel("pad", [=](const void* const* in, void* const* out, cudaStream_t s) { cuda::pad(t, in[0], out[0], d, s); });
+  }
+  std::unique_ptr<gpu::Kernel> resample(ElemType t, const gpu::ResampleDesc& d) override {
+    return fn_kernel("resample", [=](const void* const* in, void* const* out, cudaStream_t s) {
+      cuda::resample(t, in[0], in[1], out[0], d, s);
+    });
+  }
+  std::unique_ptr<gpu::Kernel> topk(ElemType t, int64_t outer, int64_t n, int64_t inner, int64_t k, bool largest) override {
+    return fn_kernel("topk", [=](const void* const* in, void* const* out, cudaStream_t s) {
+      cuda::topk(t, in[0], out[0], out[1], outer, n, inner, k, largest, s);
+    });
+  }
+  std::unique_ptr<gpu::Kernel> gather_elements(ElemType idx, size_t elem_bytes, const gpu::GatherElementsDesc& d) override {
+    return fn_kernel("gather_elements", [=](const void* const* in, void* const* out, cudaStream_t s) {
+      cuda::gather_elements(idx, in[0], in[1], out[0], d, elem_bytes, s);
+    });
+  }
   std::unique_ptr<gpu::Kernel> layer_norm(ElemType t, int64_t rows, int64_t cols, float eps, bool write_sum,
                                           float fp8_scale) override {
     const DType dt = float_type(t, "layer_norm");

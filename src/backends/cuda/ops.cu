@@ -320,9 +320,12 @@ __global__ void elementwise_dense_kernel(EwProgram prog, EwPtrs ptrs, uint32_t n
 
 // The dense kernel with 16-byte loads and stores: kPer = 16 / sizeof(T) elements per thread and
 // step (8 FP16/BF16 or 4 FP32). Taken when the element count is a multiple of kPer and every
-// non-scalar pointer is 16-byte aligned; nvec counts the 16-byte vectors.
+// non-scalar pointer is 16-byte aligned; nvec counts the 16-byte vectors. Inputs in `inner` vary
+// along the innermost dim only (a per-channel vector over NHWC: a BatchNormalization's scale and
+// shift), inner_vecs 16-byte vectors long: vector vi reads their vector vi % inner_vecs.
 template <typename T>
-__global__ void elementwise_vec_kernel(EwProgram prog, EwPtrs ptrs, uint32_t nvec, T* __restrict__ y, unsigned scalar) {
+__global__ void elementwise_vec_kernel(EwProgram prog, EwPtrs ptrs, uint32_t nvec, T* __restrict__ y, unsigned scalar,
+                                       unsigned inner = 0, uint32_t inner_vecs = 1) {
   constexpr int kPer = 16 / sizeof(T);
   __shared__ EwProgram p;
   __shared__ EwPtrs ins;
@@ -338,7 +341,7 @@ __global__ void elementwise_vec_kernel(EwProgram prog, EwPtrs ptrs, uint32_t nve
 #pragma unroll
       for (int u = 0; u < kPer; ++u) out[u] = v;
     } else {
-      const uint4 raw = __ldg(reinterpret_cast<const uint4*>(src) + vi);
+      const uint4 raw = __ldg(reinterpret_cast<const uint4*>(src) + ((inner >> k) & 1u ? vi % inner_vecs : vi));
       const T* e = reinterpret_cast<const T*>(&raw);
 #pragma unroll
       for (int u = 0; u < kPer; ++u) out[u] = to_f(e[u]);
@@ -781,13 +784,36 @@ void elementwise(const EwProgram& p, const void* const* inputs, void* y, cudaStr
     }
   }
   // Uniform float type, dense or scalar inputs: the typed kernel.
-  bool uniform = p.out_type == ElemType::kF32 || p.out_type == ElemType::kF16 || p.out_type == ElemType::kBF16;
-  for (int k = 0; k < p.num_inputs; ++k) uniform = uniform && p.in_types[k] == p.out_type && (((dense | scalar) >> k) & 1u);
   const int64_t per = p.out_type == ElemType::kF32 ? 4 : 8;  // elements in 16 bytes
+  const bool float_out = p.out_type == ElemType::kF32 || p.out_type == ElemType::kF16 || p.out_type == ElemType::kBF16;
+  // Inputs that vary along the innermost dim only, whole 16-byte vectors long (16-byte kernel only).
+  unsigned inner = 0;
+  const int64_t inner_len = p.rank > 0 ? p.dims[p.rank - 1] : 1;
+  for (int k = 0; k < p.num_inputs && p.rank > 1; ++k) {
+    if (((dense | scalar) >> k) & 1u || p.in_strides[k][p.rank - 1] != 1 || inner_len % per != 0) continue;
+    bool only_inner = true;
+    for (int d = 0; d + 1 < p.rank; ++d) only_inner = only_inner && (p.dims[d] == 1 || p.in_strides[k][d] == 0);
+    if (only_inner) inner |= 1u << k;
+  }
+  bool uniform = float_out, uniform_vec = float_out;
+  for (int k = 0; k < p.num_inputs; ++k) {
+    uniform = uniform && p.in_types[k] == p.out_type && (((dense | scalar) >> k) & 1u);
+    uniform_vec = uniform_vec && p.in_types[k] == p.out_type && (((dense | scalar | inner) >> k) & 1u);
+  }
   bool aligned = (reinterpret_cast<uintptr_t>(y) & 15) == 0;
   for (int k = 0; k < p.num_inputs; ++k)
     aligned = aligned && (((scalar >> k) & 1u) || (reinterpret_cast<uintptr_t>(inputs[k]) & 15) == 0);
-  if (uniform && aligned && n % per == 0 && n < (int64_t{1} << 31)) {
+  if (uniform_vec && !uniform && aligned && n % per == 0 && n < (int64_t{1} << 31)) {
+    const uint32_t nvec = static_cast<uint32_t>(n / per), inner_vecs = static_cast<uint32_t>(inner_len / per);
+    const unsigned blocks = blocks_for(nvec);
+    if (p.out_type == ElemType::kF32)
+      elementwise_vec_kernel<float><<<blocks, kThreads, 0, stream>>>(p, ptrs, nvec, static_cast<float*>(y), scalar, inner, inner_vecs);
+    else if (p.out_type == ElemType::kF16)
+      elementwise_vec_kernel<__half><<<blocks, kThreads, 0, stream>>>(p, ptrs, nvec, static_cast<__half*>(y), scalar, inner, inner_vecs);
+    else
+      elementwise_vec_kernel<__nv_bfloat16><<<blocks, kThreads, 0, stream>>>(p, ptrs, nvec, static_cast<__nv_bfloat16*>(y),
+                                                                             scalar, inner, inner_vecs);
+  } else if (uniform && aligned && n % per == 0 && n < (int64_t{1} << 31)) {
     const uint32_t nvec = static_cast<uint32_t>(n / per);
     const unsigned blocks = blocks_for(nvec);
     // One activation of one dense input (a GEMM's GELU epilogue): the specialized kernel.

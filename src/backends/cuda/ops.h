@@ -23,7 +23,11 @@ using gpu::EwStep;
 using gpu::kMaxEwInputs;
 using gpu::kMaxEwSteps;
 using gpu::kMaxRank;
+using gpu::GatherElementsDesc;
+using gpu::PadDesc;
 using gpu::Pool2d;
+using gpu::ReduceOp;
+using gpu::ResampleDesc;
 using gpu::StridedCopy;
 size_t elem_size(ElemType t);
 const char* elem_type_name(ElemType t);
@@ -52,5 +56,16 @@ void depthwise_nhwc(ElemType t, const void* x, const void* w, const void* bias, 
                     const Depthwise2d& p, cudaStream_t stream);
 // y[n, c] = mean over s of x[n, s, c] (GlobalAveragePool in NHWC: s = H*W).
 void mean_middle(ElemType t, const void* x, void* y, int64_t n, int64_t s, int64_t c, cudaStream_t stream);
+
+// tensor_ops.cu: the semantics are the device interface's (gpu::Device::reduce, topk, pad,
+// resample, gather_elements). Float types (kF32, kF16, kBF16) except gather_elements (any size).
+void reduce(ElemType t, ReduceOp op, const void* x, void* y, int64_t outer, int64_t r, int64_t inner, bool select_last,
+            cudaStream_t stream);
+void topk(ElemType t, const void* x, void* values, void* indices, int64_t outer, int64_t n, int64_t inner, int64_t k,
+          bool largest, cudaStream_t stream);
+void pad(ElemType t, const void* x, void* y, const PadDesc& d, cudaStream_t stream);
+void resample(ElemType t, const void* x, const void* taps, void* y, const ResampleDesc& d, cudaStream_t stream);
+void gather_elements(ElemType idx_type, const void* data, const void* idx, void* y, const GatherElementsDesc& d,
+                     size_t elem_bytes, cudaStream_t stream);
 
 }  // namespace kiln::cuda

@@ -15,7 +15,7 @@
 
 namespace kiln::gpu {
 
-inline constexpr int kApiVersion = 6;
+inline constexpr int kApiVersion = 7;
 
 // Element types of device tensors. kBool is one byte, 0 or 1. kF8E4M3 is FP8 E4M3FN (one byte;
 // conversions to it round to nearest even and saturate at +-448): the activations and weights of
@@ -85,6 +85,43 @@ struct Pool2d {
 };
 
 enum class Act : uint8_t { kNone, kRelu, kClip };
+
+// Reductions over the middle axis of x viewed as [outer, r, inner] (y is [outer, inner]): sum, mean,
+// max, min and product in FP32, stored as x's type; ArgMax/ArgMin store the index as kI64 (the first
+// extreme one, or the last with select_last). NaN wins max and min, as in ONNX Runtime.
+enum class ReduceOp : uint8_t { kSum, kMean, kMax, kMin, kProd, kArgMax, kArgMin };
+
+// Pad: y[i] = x[i - begin] where that is inside x; elsewhere the constant `value`, the nearest edge
+// element, the reflection (edge not repeated) or the wrapped-around element. begin may be negative
+// (a crop); dims count elements of the plain (row-major) layout.
+struct PadDesc {
+  enum class Mode : uint8_t { kConstant, kEdge, kReflect, kWrap };
+  int rank = 0;
+  int64_t in_dims[kMaxRank] = {};
+  int64_t out_dims[kMaxRank] = {};
+  int64_t begin[kMaxRank] = {};
+  Mode mode = Mode::kConstant;
+  float value = 0;
+};
+
+// Separable resampling (Resize, nearest or linear): for output coordinate o of axis a, the input
+// coordinates i0, i1 and the weight w of i1 come from a host-made table (the second input: per axis
+// in order, out_dims[a] entries of {int32 i0, int32 i1, float w}); y = sum over the corners of the
+// products of (1 - w) or w. Axes with w == 0 everywhere cost one tap.
+struct ResampleDesc {
+  int rank = 0;
+  int64_t in_dims[kMaxRank] = {};
+  int64_t out_dims[kMaxRank] = {};
+};
+
+// GatherElements: y[i] = data[i with coordinate `axis` replaced by idx[i]] (negative indices count
+// from the end; one outside the axis gives 0). y and idx have out_dims.
+struct GatherElementsDesc {
+  int rank = 0;
+  int64_t data_dims[kMaxRank] = {};
+  int64_t out_dims[kMaxRank] = {};
+  int axis = 0;
+};
 
 // Y[M,N] = act(X[M,K] · W[K,N] + bias[N]) per batch; W row major [K,N]. type: kF32 (TF32 tensor cores),
 // kF16 or kBF16 for X, W, bias and Y. act kGeluTanh is fused by cuBLASLt; others run after.
@@ -227,6 +264,17 @@ class Device {
                                          int64_t inner, int64_t count) = 0;
   virtual std::unique_ptr<Kernel> pool(ElemType t, const Pool2d& p) = 0;
   virtual std::unique_ptr<Kernel> mean_middle(ElemType t, int64_t n, int64_t s, int64_t c) = 0;  // [n,s,c] -> [n,c]
+  // Float t (kF32, kF16, kBF16) for reduce, pad, resample and topk.
+  virtual std::unique_ptr<Kernel> reduce(ElemType t, ReduceOp op, int64_t outer, int64_t r, int64_t inner,
+                                         bool select_last = false) = 0;
+  virtual std::unique_ptr<Kernel> pad(ElemType t, const PadDesc& d) = 0;
+  // Inputs: x, the tap table (see ResampleDesc).
+  virtual std::unique_ptr<Kernel> resample(ElemType t, const ResampleDesc& d) = 0;
+  // TopK along the middle axis of [outer, n, inner]: outputs values (t) and indices (kI64), each
+  // [outer, k, inner], largest (or smallest) first; equal values keep the lower index first.
+  virtual std::unique_ptr<Kernel> topk(ElemType t, int64_t outer, int64_t n, int64_t inner, int64_t k, bool largest) = 0;
+  // Any element type of elem_bytes; idx kI64 or kI32.
+  virtual std::unique_ptr<Kernel> gather_elements(ElemType idx, size_t elem_bytes, const GatherElementsDesc& d) = 0;
   // Inputs: x, gamma (or null), beta (or null), residual (or null: LayerNorm(x + residual)).
   // Outputs: y, and with write_sum the residual sum x + residual (rounded to t) as a second output;
   // with fp8_scale > 0 a last output holds y (rounded to t) / fp8_scale in E4M3 (an FP8 GEMM's input).

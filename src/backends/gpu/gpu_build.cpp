@@ -111,6 +111,7 @@ std::vector<size_t> int8_conv_candidates(const Model& model) {
     const Node& n = g.nodes[i];
     const bool conv = (n.domain.empty() && n.op_type == "Conv") || (n.domain == "kiln" && n.op_type == "FusedConv");
     if (!conv || n.inputs.size() < 2 || n.inputs[0].empty() || n.outputs.empty()) continue;
+    if (const Attribute* keep = n.attr(kInt8KeepFloat); keep && keep->i) continue;
     const Attribute* group = n.attr("group");
     if (group && group->i != 1) continue;
     auto w = g.initializers.find(n.inputs[1]);
@@ -158,6 +159,82 @@ size_t annotate_int8_scales(Model& model, const ShapeMap& shapes, const GpuCalib
   return convs.size();
 }
 
+namespace {
+
+// Marks `node` kept in FP16: no scales, skipped as an INT8 candidate.
+void keep_in_fp16(Node& node) {
+  node.attrs.erase(kInt8Scales);
+  node.attrs[kInt8KeepFloat] = Attribute::of_int(1);
+}
+
+// --layer-precision NAME:fp16 on the optimized graph. `names`: the node names of the graph before
+// the passes (a fused node answers to the names of the nodes it fused).
+void apply_keep_fp16(Model& model, const std::set<std::string>& keep, const std::set<std::string>& names) {
+  for (const std::string& k : keep)
+    if (!names.count(k))
+      throw Error(ErrorCode::kInvalidArgument, "--layer-precision: the model has no layer (node) named '" + k + "'");
+  if (keep.empty()) return;
+  for (size_t i : int8_conv_candidates(model))
+    if (quant::node_matches_layer(model.graph.nodes[i], keep)) keep_in_fp16(model.graph.nodes[i]);
+}
+
+// The INT8 accuracy guard on the GPU (see Fp8Calibration::guard): programs compiled with every
+// candidate not kept in FP16 forced to INT8, run on the validation batches, against the FP32 graph
+// on the CPU. Marks the convolutions it keeps in FP16. Nothing to guard (an empty result, no
+// evaluation) when no convolution can run in INT8.
+quant::GuardResult int8_accuracy_guard(const std::shared_ptr<Device>& device, Model& model, const ShapeMap& shapes,
+                                       const CompileOptions& options, const GpuCalibration& calib) {
+  quant::Calibrator* source = calib.validation ? calib.validation : calib.data;
+  if (!source)
+    throw Error(ErrorCode::kInvalidArgument,
+                "--accuracy-budget needs validation data (--validation DATA or --calib DATA)");
+  std::vector<quant::GuardLayer> layers;
+  for (size_t i : int8_conv_candidates(model)) {
+    const Node& n = model.graph.nodes[i];
+    if (int8_scales(n).ok()) layers.push_back(quant::GuardLayer{n.name, n.op_type});
+  }
+  if (layers.empty()) return {};  // no convolution can run in INT8: the program is FP16's
+  ShapeFilter data(*source, shapes);
+  std::vector<quant::TensorMap> batches;
+  try {
+    batches = quant::read_validation(data, calib.guard.max_samples);
+  } catch (const Error&) {
+    throw Error(ErrorCode::kInvalidArgument, "accuracy guard: the validation data has no batch of the engine's shapes (" +
+                                                 std::to_string(data.skipped()) + " batches of other shapes skipped)");
+  }
+  size_t samples = 0;
+  for (const auto& b : batches) samples += b.empty() || b.begin()->second.rank() == 0 ? 1 : b.begin()->second.dim(0);
+  // The reference: the FP32 graph (scales are attributes the CPU ignores).
+  const quant::GuardOutputs reference = quant::run_fp32(model, batches, calib.guard.threads);
+
+  // Every evaluation compiles a program: one timing cache keeps the kernels timed once.
+  std::unique_ptr<cpu::TimingCache> local;
+  CompileOptions co = options;
+  co.int8_convs = "always";  // the accuracy of the INT8 kernel wherever timing would put it
+  co.int8_program_check = false;
+  co.log = nullptr;
+  if (!co.tactics) {
+    local = std::make_unique<cpu::TimingCache>(gpu_target(device->props()));
+    co.tactics = local.get();
+  }
+  auto run = [&](const std::set<std::string>& keep_float) {
+    Model m = model;
+    for (Node& n : m.graph.nodes)
+      if (keep_float.count(n.name)) keep_in_fp16(n);
+    GpuContext ctx(GpuProgram::compile(device, m, shapes, co));
+    quant::GuardOutputs out;
+    for (const auto& b : batches) out.push_back(ctx.run(b));
+    return out;
+  };
+  quant::GuardResult r = quant::guard_search(layers, reference, run, calib.guard);
+  r.samples = samples;
+  for (Node& n : model.graph.nodes)
+    if (r.keep_float.count(n.name)) keep_in_fp16(n);
+  return r;
+}
+
+}  // namespace
+
 GpuBuild build_gpu_program(Model model, const ShapeMap& shapes, int device_index, const CompileOptions& options,
                            int opt_level, const Fp8Calibration* fp8) {
   using Clock = std::chrono::steady_clock;
@@ -168,6 +245,8 @@ GpuBuild build_gpu_program(Model model, const ShapeMap& shapes, int device_index
   infer.evaluator = reference::constant_evaluator();
   infer_types(model, infer);
   out.nodes_before = model.graph.nodes.size();
+  std::set<std::string> names;  // the layers --layer-precision may name
+  for (const Node& n : model.graph.nodes) names.insert(n.name);
   if (opt_level > 0) {
     PassContext ctx;
     ctx.opt_level = opt_level;
@@ -188,10 +267,16 @@ GpuBuild build_gpu_program(Model model, const ShapeMap& shapes, int device_index
   }
   if (options.precision == Precision::kINT8) {
     const auto tc = Clock::now();
+    if (fp8) apply_keep_fp16(model, fp8->keep_fp16, names);
     bool missing = false;
     for (size_t i : int8_conv_candidates(model)) missing = missing || !int8_scales(model.graph.nodes[i]).ok();
     if (missing) out.int8_convs = annotate_int8_scales(model, shapes, fp8 ? *fp8 : GpuCalibration{});
     out.calib_ms = std::chrono::duration<double, std::milli>(Clock::now() - tc).count();
+    if (fp8 && fp8->guard.budget >= 0) {
+      const auto tg = Clock::now();
+      out.guard = int8_accuracy_guard(device, model, shapes, options, *fp8);
+      out.guard_ms = std::chrono::duration<double, std::milli>(Clock::now() - tg).count();
+    }
   }
   const auto t1 = Clock::now();
   out.program = GpuProgram::compile(device, model, shapes, options);

@@ -61,6 +61,8 @@ GpuEngineBuild build_gpu_engine(Model model, const ShapeMap& shapes, int device_
   out.fp8_gemms = b.fp8_gemms;
   out.int8_convs = b.int8_convs;
   out.calib_ms = b.calib_ms;
+  out.guard = std::move(b.guard);
+  out.guard_ms = b.guard_ms;
   out.optimized = std::move(b.optimized);
 
   const DeviceProps& d = out.program->device().props();

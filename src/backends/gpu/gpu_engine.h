@@ -40,6 +40,8 @@ struct GpuEngineBuild {
   double pass_ms = 0, compile_ms = 0;
   size_t fp8_gemms = 0, int8_convs = 0;
   double calib_ms = 0;
+  std::optional<quant::GuardResult> guard;  // INT8 with the accuracy guard on
+  double guard_ms = 0;
 };
 
 // Optimizes `model` for `shapes` (every input's full shape), compiles it on GPU `device_index`

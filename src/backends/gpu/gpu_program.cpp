@@ -108,10 +108,9 @@ double host_value(const Tensor& t, int64_t i) {
   }
 }
 
-// A 64-bit hash of a tensor's bytes (FNV-1a over 8-byte words, then the tail, then a final mix).
-uint64_t content_hash(const Tensor& t) {
-  const auto* p = static_cast<const uint8_t*>(t.raw());
-  const size_t n = t.nbytes();
+// A 64-bit hash of n bytes (FNV-1a over 8-byte words, then the tail, then a final mix).
+uint64_t bytes_hash(const void* data, size_t n) {
+  const auto* p = static_cast<const uint8_t*>(data);
   uint64_t h = 1469598103934665603ull ^ n;
   size_t i = 0;
   for (; i + 8 <= n; i += 8) {
@@ -125,6 +124,8 @@ uint64_t content_hash(const Tensor& t) {
   h ^= h >> 33;
   return h;
 }
+
+uint64_t content_hash(const Tensor& t) { return bytes_hash(t.raw(), t.nbytes()); }
 
 // Appends element value v as type t.
 void put_value(std::vector<uint8_t>& out, ElemType t, double v, int64_t exact_int = 0, bool use_int = false) {
@@ -512,9 +513,13 @@ class GpuProgramBuilder {
   // content and variant.
   std::string derived_weight(const std::string& name, const std::string& variant, ElemType type,
                              std::vector<int64_t> dims, const std::function<std::vector<uint8_t>()>& make);
+  // A weight of host-made bytes (`type`, shape `dims`), uploaded once per content.
+  std::string host_weight(ElemType type, std::vector<int64_t> dims, std::vector<uint8_t> bytes);
   void lower_matmul(const Node& n);
   void lower_elementwise(const Node& n);
   void lower_pool(const Node& n);
+  // Reductions, ArgMax/ArgMin, TopK, GatherElements, Pad, Resize/Upsample, BatchNormalization.
+  void lower_tensor_op(const Node& n);
   void lower_attention(const Node& n);
   void plan_packed_qkv();
   void plan_deferred_clips();
@@ -613,6 +618,7 @@ class GpuProgramBuilder {
   std::set<size_t> fp8_nodes_;  // FP8 GEMM candidates that run in FP8 (the others run in FP16)
   std::set<size_t> int8_nodes_;                // convolutions that run in INT8
   std::map<std::string, float> int8_vals_;     // values stored INT8 -> their scale
+  std::map<std::vector<std::string>, std::string> nhwc_concats_;  // a channel Concat's inputs -> its NHWC output
   bool int8_ = false;
   size_t current_ = SIZE_MAX;   // the index of the node being lowered
   bool fp8_ = false;
@@ -640,7 +646,8 @@ std::string GpuProgramBuilder::unsupported_reason(const Node& n) const {
   static const std::set<std::string> ok = {
       "Conv", "MatMul", "Gemm", "LayerNormalization", "Softmax", "MaxPool", "AveragePool", "GlobalAveragePool",
       "GlobalMaxPool", "Transpose", "Concat", "Split", "Slice", "Gather", "Expand", "Cast", "Where", "Clip",
-      "LeakyRelu", "Elu", "HardSigmoid", "Gelu", "Mean"};
+      "LeakyRelu", "Elu", "HardSigmoid", "Gelu", "Mean", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin",
+      "ReduceProd", "ArgMax", "ArgMin", "TopK", "GatherElements", "Pad", "Resize", "Upsample", "BatchNormalization"};
   if (ok.count(op) || kAliasOps.count(op) || kUnary.count(op) || kBinary.count(op)) return "";
   return op + " has no GPU kernel";
 }
@@ -700,12 +707,34 @@ void GpuProgramBuilder::add_node(const Node& n) {
     const int64_t opset = m_.opsets.count("") ? m_.opsets.at("") : 13;
     int64_t axis = attr_int(n, "axis", opset >= 13 ? -1 : 1);
     if (axis < 0) axis += static_cast<int64_t>(dims.size());
-    // Before opset 13 Softmax flattens from `axis`: the same as the last axis only when it is the last.
-    if (axis != static_cast<int64_t>(dims.size()) - 1)
-      throw Error(ErrorCode::kUnsupported, "node '" + n.name + "': Softmax over a non-last axis has no GPU kernel");
+    const int64_t rank = static_cast<int64_t>(dims.size());
+    if (axis < 0 || axis >= rank) throw Error(ErrorCode::kInvalidArgument, "node '" + n.name + "': Softmax axis outside the rank");
+    int64_t inner = 1;
+    for (int64_t a = axis + 1; a < rank; ++a) inner *= dims[static_cast<size_t>(a)];
     const std::string x = plain(n.inputs[0]);
-    new_value(n.outputs[0], val(x).type, dims, false);
-    add_step(dev_->softmax(val(x).type, numel(dims) / dims.back(), dims.back()), {x}, {n.outputs[0]}, {n.name, op, "", -1});
+    const ElemType t = val(x).type;
+    // Before opset 13 Softmax flattens from `axis`: rows of everything after it, contiguous.
+    const int64_t cols = opset >= 13 ? dims[static_cast<size_t>(axis)] : dims[static_cast<size_t>(axis)] * inner;
+    if (opset < 13 || inner == 1) {
+      new_value(n.outputs[0], t, dims, false);
+      add_step(dev_->softmax(t, numel(dims) / cols, cols), {x}, {n.outputs[0]}, {n.name, op, "", -1});
+      return;
+    }
+    // A middle axis: [outer, n, inner] moved to [outer, inner, n], softmax over rows, moved back.
+    const int64_t len = cols, outer = numel(dims) / (len * inner);
+    auto move = [&](const std::string& from, const std::string& to, std::vector<int64_t> d, std::vector<int64_t> xs) {
+      StridedCopy c;
+      c.rank = 3;
+      for (int k = 0; k < 3; ++k) c.dims[k] = d[static_cast<size_t>(k)], c.x_strides[k] = xs[static_cast<size_t>(k)];
+      c.y_strides[0] = d[1] * d[2], c.y_strides[1] = d[2], c.y_strides[2] = 1;
+      add_step(dev_->copy(t, t, c), {from}, {to}, {n.name, "Transpose (for " + op + ")", "", -1});
+    };
+    const std::string rows = new_value(n.outputs[0] + "#rows", t, {outer, inner, len}, false);
+    move(x, rows, {outer, inner, len}, {len * inner, 1, inner});
+    const std::string done = new_value(n.outputs[0] + "#softmax", t, {outer, inner, len}, false);
+    add_step(dev_->softmax(t, outer * inner, len), {rows}, {done}, {n.name, op, "", -1});
+    new_value(n.outputs[0], t, dims, false);
+    move(done, n.outputs[0], {outer, len, inner}, {inner * len, 1, len});
     return;
   }
   if (kAliasOps.count(op) && n.domain.empty()) {
@@ -721,6 +750,9 @@ void GpuProgramBuilder::add_node(const Node& n) {
   }
   if (op == "Transpose" || op == "Concat" || op == "Split" || op == "Slice" || op == "Gather" || op == "Expand")
     return lower_data(n);
+  if (op.rfind("Reduce", 0) == 0 || op == "ArgMax" || op == "ArgMin" || op == "TopK" || op == "GatherElements" ||
+      op == "Pad" || op == "Resize" || op == "Upsample" || op == "BatchNormalization")
+    return lower_tensor_op(n);
   return lower_elementwise(n);
 }
 
@@ -977,6 +1009,302 @@ std::string GpuProgramBuilder::fp8_value(const std::string& x, float scale) {
   const std::vector<EwStep> steps = {EwStep{}, EwStep{EwOp::kAffine, 0, 0, false, 1.f / scale, 0.f}};
   emit_elementwise("to fp8 " + x, "QuantizeFP8", {in}, steps, key, ElemType::kF8E4M3, val(in).dims);
   return key;
+}
+
+std::string GpuProgramBuilder::host_weight(ElemType type, std::vector<int64_t> dims, std::vector<uint8_t> bytes) {
+  std::ostringstream key;
+  key << "host|" << std::hex << bytes_hash(bytes.data(), bytes.size()) << "|" << bytes.size() << "|"
+      << static_cast<int>(type);
+  for (int64_t d : dims) key << "," << d;
+  const std::string vname = "#" + key.str();
+  if (vals_.count(vname)) return vname;
+  const WeightPool::Entry e = pool_->get(key.str(), [&] { return bytes; });
+  weights_.push_back(e.data);
+  weight_bytes_ += e.bytes;
+  Val v;
+  v.type = type;
+  v.dims = std::move(dims);
+  v.slot.kind = GpuProgram::Slot::kWeight;
+  v.slot.index = weights_.size() - 1;
+  vals_[vname] = v;
+  return vname;
+}
+
+void GpuProgramBuilder::lower_tensor_op(const Node& n) {
+  const std::string& op = n.op_type;
+  auto fail = [&](const std::string& why) {
+    throw Error(ErrorCode::kUnsupported, "node '" + n.name + "' (" + op + "): " + why);
+  };
+  const int64_t opset = m_.opsets.count("") ? m_.opsets.at("") : 13;
+  const auto xd = dims_of(n.inputs[0]);
+  const int64_t rank = static_cast<int64_t>(xd.size());
+  auto norm_axis = [&](int64_t a) {
+    if (a < -rank || a >= rank) fail("axis " + std::to_string(a) + " outside the rank " + std::to_string(rank));
+    return a < 0 ? a + rank : a;
+  };
+  auto float_input = [&](const std::string& name) {
+    const std::string x = plain(name);
+    if (!is_float(val(x).type)) fail("only float tensors have a GPU kernel for this op");
+    return x;
+  };
+  auto product = [&](int64_t from, int64_t to) {  // of xd[from, to)
+    int64_t p = 1;
+    for (int64_t i = from; i < to; ++i) p *= xd[static_cast<size_t>(i)];
+    return p;
+  };
+  auto ints_input = [&](size_t i, const char* what) {
+    std::vector<int64_t> v;
+    if (n.inputs.size() <= i || n.inputs[i].empty()) return v;
+    const Tensor& t = constant(n.inputs[i], n, what);
+    for (int64_t k = 0; k < t.numel(); ++k) v.push_back(static_cast<int64_t>(host_value(t, k)));
+    return v;
+  };
+  const auto od = dims_of(n.outputs[0]);
+
+  if (op == "BatchNormalization") {
+    // Inference form: y = x * s + b per channel (axis 1), s = scale / sqrt(var + eps), b = B - mean * s.
+    if (attr_int(n, "training_mode", 0) != 0 || (n.outputs.size() > 1 && !n.outputs[1].empty()))
+      fail("training mode has no GPU kernel");
+    if (rank < 2) fail("needs an input of rank 2 or more");
+    const Tensor& sc = constant(n.inputs[1], n, "scale");
+    const Tensor& bb = constant(n.inputs[2], n, "bias");
+    const Tensor& mean = constant(n.inputs[3], n, "mean");
+    const Tensor& var = constant(n.inputs[4], n, "variance");
+    const int64_t c = xd[1];
+    if (sc.numel() != c || bb.numel() != c || mean.numel() != c || var.numel() != c) fail("parameters are not [C]");
+    const double eps = attr_float(n, "epsilon", 1e-5f);
+    std::vector<uint8_t> sb(static_cast<size_t>(c) * 4), bbytes(static_cast<size_t>(c) * 4);
+    for (int64_t i = 0; i < c; ++i) {
+      const double s = host_value(sc, i) / std::sqrt(host_value(var, i) + eps);
+      const float sf = static_cast<float>(s), bf = static_cast<float>(host_value(bb, i) - host_value(mean, i) * s);
+      std::memcpy(sb.data() + 4 * i, &sf, 4);
+      std::memcpy(bbytes.data() + 4 * i, &bf, 4);
+    }
+    std::vector<int64_t> pd(static_cast<size_t>(rank - 1), 1);
+    pd[0] = c;  // [C, 1, ...]: broadcast over the dims after the channel
+    const std::string s = host_weight(ElemType::kF32, pd, std::move(sb));
+    const std::string b = host_weight(ElemType::kF32, pd, std::move(bbytes));
+    const std::vector<EwStep> steps = {{EwOp::kLoad, 0}, {EwOp::kMul, 1}, {EwOp::kAdd, 2}};
+    emit_elementwise(n.name, op, {n.inputs[0], s, b}, steps, n.outputs[0], internal_type(g().type_of(n.outputs[0])->dtype), od);
+    return;
+  }
+
+  if (op.rfind("Reduce", 0) == 0) {
+    static const std::map<std::string, ReduceOp> kReduce = {{"ReduceMean", ReduceOp::kMean}, {"ReduceSum", ReduceOp::kSum},
+                                                            {"ReduceMax", ReduceOp::kMax},   {"ReduceMin", ReduceOp::kMin},
+                                                            {"ReduceProd", ReduceOp::kProd}};
+    const auto r = kReduce.find(op);
+    if (r == kReduce.end()) fail("no GPU kernel");
+    std::vector<int64_t> axes = attr_ints(n, "axes");
+    const bool axes_input = op == "ReduceSum" ? opset >= 13 : opset >= 18;
+    if (axes_input) axes = ints_input(1, "axes");
+    if (axes.empty()) {
+      if (attr_int(n, "noop_with_empty_axes", 0) != 0) {  // the input itself
+        Val v = val(plain(n.inputs[0]));
+        vals_[n.outputs[0]] = v;
+        return;
+      }
+      for (int64_t a = 0; a < rank; ++a) axes.push_back(a);
+    }
+    for (auto& a : axes) a = norm_axis(a);
+    std::sort(axes.begin(), axes.end());
+    axes.erase(std::unique(axes.begin(), axes.end()), axes.end());
+    for (size_t i = 1; i < axes.size(); ++i)
+      if (axes[i] != axes[i - 1] + 1) fail("reducing axes that are not adjacent has no GPU kernel");
+    const int64_t first = axes.front(), last = axes.back() + 1;
+    // A spatial mean of an NHWC value (a global average pool written as ReduceMean) reads it as is.
+    const Val& in = val(n.inputs[0]);
+    if (r->second == ReduceOp::kMean && rank == 4 && first == 2 && last == 4 && in.nhwc && is_float(in.type)) {
+      const std::string x = n.inputs[0];
+      new_value(n.outputs[0], in.type, od, false);
+      add_step(dev_->mean_middle(val(x).type, xd[0], xd[2] * xd[3], xd[1]), {x}, {n.outputs[0]}, {n.name, op, "", -1});
+      return;
+    }
+    const std::string x = float_input(n.inputs[0]);
+    new_value(n.outputs[0], val(x).type, od, false);
+    add_step(dev_->reduce(val(x).type, r->second, product(0, first), product(first, last), product(last, rank)), {x},
+             {n.outputs[0]}, {n.name, op, "", -1});
+    return;
+  }
+
+  if (op == "ArgMax" || op == "ArgMin") {
+    const int64_t axis = norm_axis(attr_int(n, "axis", 0));
+    const std::string x = float_input(n.inputs[0]);
+    new_value(n.outputs[0], ElemType::kI64, od, false);
+    add_step(dev_->reduce(val(x).type, op == "ArgMax" ? ReduceOp::kArgMax : ReduceOp::kArgMin, product(0, axis),
+                          xd[static_cast<size_t>(axis)], product(axis + 1, rank), attr_int(n, "select_last_index", 0) != 0),
+             {x}, {n.outputs[0]}, {n.name, op, "", -1});
+    return;
+  }
+
+  if (op == "TopK") {
+    const int64_t axis = norm_axis(attr_int(n, "axis", -1));
+    int64_t k = attr_int(n, "k", -1);
+    if (opset >= 10) {
+      const auto kv = ints_input(1, "k");
+      if (kv.size() != 1) fail("k must be one constant");
+      k = kv[0];
+    }
+    const int64_t len = xd[static_cast<size_t>(axis)];
+    if (k < 0 || k > len) fail("k = " + std::to_string(k) + " outside [0, " + std::to_string(len) + "]");
+    const std::string x = float_input(n.inputs[0]);
+    new_value(n.outputs[0], val(x).type, od, false);
+    std::vector<std::string> outs = {n.outputs[0]};
+    const std::string indices = n.outputs.size() > 1 && !n.outputs[1].empty() ? n.outputs[1] : n.name + "#indices";
+    outs.push_back(new_value(indices, ElemType::kI64, od, false));
+    add_step(dev_->topk(val(x).type, product(0, axis), len, product(axis + 1, rank), k, attr_int(n, "largest", 1) != 0),
+             {x}, outs, {n.name, op, "", -1});
+    return;
+  }
+
+  if (op == "GatherElements") {
+    const int64_t axis = norm_axis(attr_int(n, "axis", 0));
+    const std::string data = plain(n.inputs[0]);
+    const std::string idx = plain(n.inputs[1]);
+    const ElemType it = val(idx).type;
+    if (it != ElemType::kI64 && it != ElemType::kI32) fail("indices must be int64 or int32");
+    GatherElementsDesc d;
+    d.rank = static_cast<int>(rank);
+    check_rank(d.rank, n.name);
+    for (int64_t a = 0; a < rank; ++a) d.data_dims[a] = xd[static_cast<size_t>(a)], d.out_dims[a] = od[static_cast<size_t>(a)];
+    d.axis = static_cast<int>(axis);
+    new_value(n.outputs[0], val(data).type, od, false);
+    add_step(dev_->gather_elements(it, elem_bytes(val(data).type), d), {data, idx}, {n.outputs[0]}, {n.name, op, "", -1});
+    return;
+  }
+
+  if (op == "Pad") {
+    std::vector<int64_t> pads = opset >= 11 ? ints_input(1, "pads") : attr_ints(n, "pads");
+    float value = opset >= 11 ? 0.f : attr_float(n, "value", 0.f);
+    if (opset >= 11 && n.inputs.size() > 2 && !n.inputs[2].empty())
+      value = static_cast<float>(host_value(constant(n.inputs[2], n, "constant_value"), 0));
+    std::vector<int64_t> axes = ints_input(3, "axes");
+    if (axes.empty())
+      for (int64_t a = 0; a < rank; ++a) axes.push_back(a);
+    if (pads.size() != 2 * axes.size()) fail("pads has " + std::to_string(pads.size()) + " values for " + std::to_string(axes.size()) + " axes");
+    PadDesc d;
+    d.rank = static_cast<int>(rank);
+    check_rank(d.rank, n.name);
+    bool none = true;
+    for (int64_t a = 0; a < rank; ++a) d.in_dims[a] = xd[static_cast<size_t>(a)], d.out_dims[a] = od[static_cast<size_t>(a)];
+    for (size_t i = 0; i < axes.size(); ++i) {
+      d.begin[norm_axis(axes[i])] = pads[i];
+      none = none && pads[i] == 0 && pads[i + axes.size()] == 0;
+    }
+    const std::string mode = attr_string(n, "mode", "constant");
+    d.mode = mode == "constant" ? PadDesc::Mode::kConstant : mode == "edge" ? PadDesc::Mode::kEdge
+           : mode == "reflect" ? PadDesc::Mode::kReflect : mode == "wrap" ? PadDesc::Mode::kWrap : (fail("mode " + mode), PadDesc::Mode::kConstant);
+    d.value = value;
+    const std::string x = float_input(n.inputs[0]);
+    if (none) {  // nothing to pad: the same bytes
+      vals_[n.outputs[0]] = val(x);
+      return;
+    }
+    new_value(n.outputs[0], val(x).type, od, false);
+    add_step(dev_->pad(val(x).type, d), {x}, {n.outputs[0]}, {n.name, op, "", -1});
+    return;
+  }
+
+  if (op == "Resize" || op == "Upsample") {
+    const bool legacy = op == "Upsample" || opset < 11;
+    const std::string mode = attr_string(n, "mode", "nearest");
+    if (mode != "nearest" && mode != "linear" && mode != "bilinear") fail("mode " + mode + " has no GPU kernel");
+    const bool linear = mode != "nearest";
+    const std::string coord = legacy ? "asymmetric" : attr_string(n, "coordinate_transformation_mode", "half_pixel");
+    const std::string nearest = attr_string(n, "nearest_mode", "round_prefer_floor");
+    if (attr_int(n, "antialias", 0) != 0) fail("antialias has no GPU kernel");
+    if (coord == "tf_crop_and_resize") fail("tf_crop_and_resize has no GPU kernel");
+    if (attr_string(n, "keep_aspect_ratio_policy", "stretch") != "stretch") fail("keep_aspect_ratio_policy has no GPU kernel");
+    // Per-axis scales: the scales input (or attribute) when given, else output / input.
+    std::vector<double> scales(static_cast<size_t>(rank), 0.0);
+    std::vector<int64_t> axes = attr_ints(n, "axes");
+    if (axes.empty())
+      for (int64_t a = 0; a < rank; ++a) axes.push_back(a);
+    std::vector<double> given;
+    if (op == "Upsample" && opset < 9) {
+      if (const Attribute* a = n.attr("scales")) given.assign(a->floats.begin(), a->floats.end());
+    } else {
+      const size_t si = legacy ? 1 : 2;
+      if (n.inputs.size() > si && !n.inputs[si].empty()) {
+        const Tensor& t = constant(n.inputs[si], n, "scales");
+        for (int64_t i = 0; i < t.numel(); ++i) given.push_back(host_value(t, i));
+      }
+    }
+    for (size_t i = 0; i < axes.size(); ++i) {
+      const size_t a = static_cast<size_t>(norm_axis(axes[i]));
+      scales[a] = i < given.size() ? given[i] : 0.0;
+    }
+    for (int64_t a = 0; a < rank; ++a) {
+      double& sc = scales[static_cast<size_t>(a)];
+      if (sc <= 0) sc = static_cast<double>(od[static_cast<size_t>(a)]) / static_cast<double>(xd[static_cast<size_t>(a)]);
+    }
+    // The tap table: per axis, per output coordinate {i0, i1, w}. An NHWC input is resampled as it
+    // is stored (axes N, H, W, C), into an NHWC output.
+    const bool nhwc = val(n.inputs[0]).nhwc && rank == 4;
+    const std::vector<int64_t> order = nhwc ? std::vector<int64_t>{0, 2, 3, 1} : [&] {
+      std::vector<int64_t> o(static_cast<size_t>(rank));
+      std::iota(o.begin(), o.end(), 0);
+      return o;
+    }();
+    std::vector<std::vector<uint8_t>> axis_taps(static_cast<size_t>(rank));
+    std::vector<uint8_t>* table = nullptr;
+    auto put = [&](int32_t i0, int32_t i1, float w) {
+      const size_t at = table->size();
+      table->resize(at + 12);
+      std::memcpy(table->data() + at, &i0, 4);
+      std::memcpy(table->data() + at + 4, &i1, 4);
+      std::memcpy(table->data() + at + 8, &w, 4);
+    };
+    for (int64_t a = 0; a < rank; ++a) {
+      table = &axis_taps[static_cast<size_t>(a)];
+      const int64_t in = xd[static_cast<size_t>(a)], out = od[static_cast<size_t>(a)];
+      const double scale = scales[static_cast<size_t>(a)], in_d = static_cast<double>(in);
+      const double out_w = scale * in_d;
+      for (int64_t o = 0; o < out; ++o) {
+        const double x = static_cast<double>(o);
+        double src;
+        if (coord == "asymmetric") src = x / scale;
+        else if (coord == "half_pixel") src = (x + 0.5) / scale - 0.5;
+        else if (coord == "pytorch_half_pixel") src = out_w == 1 ? -0.5 : (x + 0.5) / scale - 0.5;
+        else if (coord == "align_corners") src = out_w == 1 ? 0.0 : x * (in_d - 1) / (out_w - 1);
+        else if (coord == "tf_half_pixel_for_nn") src = (x + 0.5) / scale;
+        else if (coord == "half_pixel_symmetric") src = in_d / 2 * (1 - static_cast<double>(out) / out_w) + (x + 0.5) / scale - 0.5;
+        else fail("coordinate_transformation_mode " + coord + " has no GPU kernel");
+        const double f = std::floor(src);
+        auto clamp = [&](double i) { return static_cast<int32_t>(std::clamp<double>(i, 0, static_cast<double>(in - 1))); };
+        if (!linear) {
+          double pick = f;
+          const double frac = src - f;
+          if (legacy) pick = scale < 1 ? std::ceil(src) : f;
+          else if (frac == 0) pick = src;
+          else if (nearest == "round_prefer_floor") pick = frac <= 0.5 ? f : f + 1;
+          else if (nearest == "round_prefer_ceil") pick = frac < 0.5 ? f : f + 1;
+          else if (nearest == "floor") pick = f;
+          else if (nearest == "ceil") pick = f + 1;
+          else fail("nearest_mode " + nearest);
+          put(clamp(pick), clamp(pick), 0.f);
+        } else {
+          put(clamp(f), clamp(f + 1), static_cast<float>(src - f));
+        }
+      }
+    }
+    ResampleDesc d;
+    d.rank = static_cast<int>(rank);
+    check_rank(d.rank, n.name);
+    std::vector<uint8_t> all;
+    for (int64_t k = 0; k < rank; ++k) {
+      const size_t a = static_cast<size_t>(order[static_cast<size_t>(k)]);
+      d.in_dims[k] = xd[a], d.out_dims[k] = od[a];
+      all.insert(all.end(), axis_taps[a].begin(), axis_taps[a].end());
+    }
+    const std::string x = nhwc ? n.inputs[0] : float_input(n.inputs[0]);
+    if (!is_float(val(x).type)) fail("only float tensors have a GPU kernel for this op");
+    const std::string taps = host_weight(ElemType::kU8, {static_cast<int64_t>(all.size())}, std::move(all));
+    new_value(n.outputs[0], val(x).type, od, nhwc);
+    add_step(dev_->resample(val(x).type, d), {x, taps}, {n.outputs[0]}, {n.name, op, "", -1});
+    return;
+  }
+  fail("no GPU kernel");
 }
 
 std::string GpuProgramBuilder::derived_weight(const std::string& name, const std::string& variant, ElemType type,
@@ -1760,6 +2088,59 @@ void GpuProgramBuilder::lower_data(const Node& n) {
     k->xo = x_off, k->yo = y_off, k->es = elem_bytes(t);
     add_step(std::move(k), {in}, {out}, {label, op, "", -1});
   };
+  // A channel Concat or Split of NHWC values stays NHWC: each part is a strided copy into (or out
+  // of) a channel slice, with no layout change on either side (DenseNet's and C2f blocks' concats).
+  if ((op == "Concat" || op == "Split") && dims_of(n.inputs[0]).size() == 4) {
+    int64_t axis = attr_int(n, "axis", op == "Split" ? 0 : 1);
+    if (axis < 0) axis += 4;
+    bool nhwc = false;
+    if (op == "Concat")
+      for (const auto& in : n.inputs) nhwc = nhwc || (!in.empty() && val(in).nhwc);
+    else
+      nhwc = val(n.inputs[0]).nhwc;
+    if (axis == 1 && nhwc) {
+      auto nhwc_strides = [](const std::vector<int64_t>& d) {  // of NCHW dims d, stored NHWC
+        return std::vector<int64_t>{d[2] * d[3] * d[1], d[3] * d[1], d[1], 1};
+      };
+      int64_t pos = 0;
+      if (op == "Concat") {
+        const auto od = dims_of(n.outputs[0]);
+        const ElemType t = compute_type_of(n.inputs);
+        new_value(n.outputs[0], t, od, true);
+        // A Concat whose inputs begin with every input of an earlier one (DenseNet: each layer
+        // concatenates the block's features so far) copies that one's output as its first part:
+        // per block, a copy per layer and input instead of one per layer and earlier feature.
+        std::vector<std::string> parts = n.inputs;
+        parts.erase(std::remove(parts.begin(), parts.end(), std::string()), parts.end());
+        std::vector<std::string> todo = parts;
+        for (size_t k = parts.size() - 1; parts.size() >= 3 && k >= 2; --k) {
+          auto it = nhwc_concats_.find(std::vector<std::string>(parts.begin(), parts.begin() + static_cast<std::ptrdiff_t>(k)));
+          if (it == nhwc_concats_.end() || val(it->second).type != t) continue;
+          todo.assign(parts.begin() + static_cast<std::ptrdiff_t>(k), parts.end());
+          todo.insert(todo.begin(), it->second);
+          break;
+        }
+        nhwc_concats_[parts] = n.outputs[0];
+        for (const auto& in : todo) {
+          const std::string p = as(in, true, t);
+          const auto pd = val(p).dims;
+          strided(p, n.outputs[0], {pd[0], pd[2], pd[3], pd[1]}, nhwc_strides(pd), nhwc_strides(od), 0, pos, n.name);
+          pos += pd[1];
+        }
+      } else {
+        const std::string x = n.inputs[0];
+        const auto xd = val(x).dims;
+        for (const auto& out : n.outputs) {
+          if (out.empty()) continue;
+          const auto od = dims_of(out);
+          new_value(out, val(x).type, od, true);
+          strided(x, out, {od[0], od[2], od[3], od[1]}, nhwc_strides(xd), nhwc_strides(od), pos, 0, n.name);
+          pos += od[1];
+        }
+      }
+      return;
+    }
+  }
   if (op == "Gather") {
     const auto dd = dims_of(n.inputs[0]);
     const auto id = is_const(n.inputs[1]) ? g().initializers.at(n.inputs[1]).shape() : dims_of(n.inputs[1]);
@@ -1778,9 +2159,11 @@ void GpuProgramBuilder::lower_data(const Node& n) {
              {data, idx}, {n.outputs[0]}, {n.name, op, "", -1});
     return;
   }
-  const std::string x = plain(n.inputs[0]);
+  // A Slice of an NHWC value reads it in place and writes NHWC (C2f blocks' channel chunks).
+  const bool slice_nhwc = op == "Slice" && val(n.inputs[0]).nhwc && val(n.inputs[0]).dims.size() == 4;
+  const std::string x = slice_nhwc ? n.inputs[0] : plain(n.inputs[0]);
   const Val xv = val(x);
-  const auto xs = dense_strides(xv.dims);
+  const auto xs = slice_nhwc ? logical_strides(xv) : dense_strides(xv.dims);
   const int rank = static_cast<int>(xv.dims.size());
   auto norm_axis = [&](int64_t a) { return a < 0 ? a + rank : a; };
   if (op == "Transpose") {
@@ -1839,8 +2222,17 @@ void GpuProgramBuilder::lower_data(const Node& n) {
       offset += s * xs[static_cast<size_t>(a)];
       ss[static_cast<size_t>(a)] = xs[static_cast<size_t>(a)] * st;
     }
-    new_value(n.outputs[0], xv.type, od, false);
-    strided(x, n.outputs[0], od, ss, dense_strides(od), offset, 0, n.name);
+    new_value(n.outputs[0], xv.type, od, slice_nhwc);
+    if (slice_nhwc) {
+      // Walked in storage order (N, H, W, C) so the innermost copies are contiguous.
+      const std::vector<int64_t> ys = logical_strides(val(n.outputs[0]));
+      const int perm[4] = {0, 2, 3, 1};
+      std::vector<int64_t> pd(4), px(4), py(4);
+      for (int k = 0; k < 4; ++k) pd[k] = od[perm[k]], px[k] = ss[perm[k]], py[k] = ys[perm[k]];
+      strided(x, n.outputs[0], pd, px, py, offset, 0, n.name);
+    } else {
+      strided(x, n.outputs[0], od, ss, dense_strides(od), offset, 0, n.name);
+    }
   } else if (op == "Concat") {
     const auto od = dims_of(n.outputs[0]);
     const int64_t axis = norm_axis(attr_int(n, "axis", 0));
