@@ -154,6 +154,14 @@ struct ProgressBar {
   }
 };
 
+// The accuracy guard's data: --validation, else --calib.
+std::string validation_data(const BuildArgs& args) {
+  const std::string data = !args.validation.empty() ? args.validation : args.calib;
+  if (data.empty())
+    throw Error(ErrorCode::kInvalidArgument, "--accuracy-budget needs validation data (--validation DATA or --calib DATA)");
+  return data;
+}
+
 // `kiln build --device cuda[:N]`: a GPU engine (src/backends/gpu/gpu_engine.h) for one set of
 // static shapes, its tuned kernels timed on that GPU (or taken from --timing-cache).
 int cmd_build_gpu(const BuildArgs& args, int gpu_index) {
@@ -230,9 +238,7 @@ int cmd_build_gpu(const BuildArgs& args, int gpu_index) {
       fp8_calib.guard.budget = quant::parse_accuracy_budget(args.accuracy_budget);
       fp8_calib.guard.metric = quant::parse_accuracy_metric(args.accuracy_metric);
       fp8_calib.guard.max_samples = args.validation_samples;
-      const std::string data = !args.validation.empty() ? args.validation : args.calib;
-      if (data.empty())
-        throw Error(ErrorCode::kInvalidArgument, "--accuracy-budget needs validation data (--validation DATA or --calib DATA)");
+      const std::string data = validation_data(args);
       const auto& first = shapes.at(model.graph.inputs.at(0));
       validation = std::make_unique<quant::FileCalibrator>(data, model, first.empty() ? 1 : first[0], args.validation_samples);
       fp8_calib.validation = validation.get();
@@ -348,9 +354,7 @@ int cmd_build(const BuildArgs& args) {
     cfg.precision.accuracy_budget = quant::parse_accuracy_budget(args.accuracy_budget);
     cfg.precision.accuracy_metric = quant::parse_accuracy_metric(args.accuracy_metric);
     cfg.precision.validation_samples = args.validation_samples;
-    const std::string data = !args.validation.empty() ? args.validation : args.calib;
-    if (data.empty())
-      throw Error(ErrorCode::kInvalidArgument, "--accuracy-budget needs validation data (--validation DATA or --calib DATA)");
+    const std::string data = validation_data(args);
     validation = std::make_unique<quant::FileCalibrator>(data, model, 1, args.validation_samples);
     cfg.precision.validation = validation.get();
     if (args.verbose) cfg.precision.guard_progress = [](const std::string& line) { std::cerr << "guard: " << line << "\n"; };

@@ -515,6 +515,9 @@ class GpuProgramBuilder {
                              std::vector<int64_t> dims, const std::function<std::vector<uint8_t>()>& make);
   // A weight of host-made bytes (`type`, shape `dims`), uploaded once per content.
   std::string host_weight(ElemType type, std::vector<int64_t> dims, std::vector<uint8_t> bytes);
+  // Value `vname`: the weight pool's entry `pool_key` (made by `make` on first use) as a weight.
+  std::string pooled_weight(const std::string& vname, const std::string& pool_key, ElemType type,
+                            std::vector<int64_t> dims, const std::function<std::vector<uint8_t>()>& make);
   void lower_matmul(const Node& n);
   void lower_elementwise(const Node& n);
   void lower_pool(const Node& n);
@@ -1016,9 +1019,13 @@ std::string GpuProgramBuilder::host_weight(ElemType type, std::vector<int64_t> d
   key << "host|" << std::hex << bytes_hash(bytes.data(), bytes.size()) << "|" << bytes.size() << "|"
       << static_cast<int>(type);
   for (int64_t d : dims) key << "," << d;
-  const std::string vname = "#" + key.str();
+  return pooled_weight("#" + key.str(), key.str(), type, std::move(dims), [&] { return bytes; });
+}
+
+std::string GpuProgramBuilder::pooled_weight(const std::string& vname, const std::string& pool_key, ElemType type,
+                                             std::vector<int64_t> dims, const std::function<std::vector<uint8_t>()>& make) {
   if (vals_.count(vname)) return vname;
-  const WeightPool::Entry e = pool_->get(key.str(), [&] { return bytes; });
+  const WeightPool::Entry e = pool_->get(pool_key, make);
   weights_.push_back(e.data);
   weight_bytes_ += e.bytes;
   Val v;
@@ -1316,16 +1323,7 @@ std::string GpuProgramBuilder::derived_weight(const std::string& name, const std
   pool_key << content_hash(t) << "|" << static_cast<int>(t.dtype());
   for (int64_t d : t.shape()) pool_key << "," << d;
   pool_key << "|derived|" << variant;
-  const WeightPool::Entry e = pool_->get(pool_key.str(), make);
-  weights_.push_back(e.data);
-  weight_bytes_ += e.bytes;
-  Val v;
-  v.type = type;
-  v.dims = std::move(dims);
-  v.slot.kind = GpuProgram::Slot::kWeight;
-  v.slot.index = weights_.size() - 1;
-  vals_[vname] = v;
-  return vname;
+  return pooled_weight(vname, pool_key.str(), type, std::move(dims), make);
 }
 
 std::string GpuProgramBuilder::int8_value(const std::string& x, float scale) {
