@@ -41,6 +41,51 @@ Tensor tensor_from_doubles(DType dt, const std::vector<int64_t>& shape, const st
 }
 
 
+// A new initializer (and its type) named after `base`.
+std::string add_initializer(Graph& g, NameGen& names, const std::string& base, Tensor t) {
+  const std::string name = names.make(base);
+  g.types[name] = TensorType{t.dtype(), shape_from_dims(t.shape())};
+  g.initializers[name] = std::move(t);
+  return name;
+}
+
+// y = x * s + t per channel.
+struct Affine {
+  std::vector<double> s, t;
+};
+
+// The affine form of an inference-mode BatchNormalization with only Y used and constant
+// per-channel statistics of x's float dtype (rank >= 2, known channels); nullopt when a guard fails.
+std::optional<Affine> batchnorm_affine(const Graph& g, const Node& bn,
+                                       const std::unordered_map<std::string, int>& uses) {
+  if (bn.inputs.size() != 5 || bn.outputs.empty() || bn.outputs[0].empty()) return std::nullopt;
+  if (const Attribute* a = bn.attr("training_mode"); a && a->i != 0) return std::nullopt;
+  if (const Attribute* a = bn.attr("spatial"); a && a->i == 0) return std::nullopt;
+  for (size_t k = 1; k < bn.outputs.size(); ++k)
+    if (!bn.outputs[k].empty() && uses.count(bn.outputs[k])) return std::nullopt;
+  const TensorType* xt = g.type_of(bn.inputs[0]);
+  if (!xt || !is_float(xt->dtype) || !xt->shape || xt->shape->size() < 2) return std::nullopt;
+  const Dim& channels = (*xt->shape)[1];
+  if (!channels.known()) return std::nullopt;
+  const int64_t c = channels.value;
+  std::vector<std::vector<double>> stats;
+  for (size_t k = 1; k < 5; ++k) {
+    auto v = constant_of(g, bn.inputs[k]);
+    if (!v || v->dtype() != xt->dtype || v->numel() != c) return std::nullopt;
+    stats.push_back(v->to_double_vector());
+  }
+  const Attribute* eps_attr = bn.attr("epsilon");
+  const double eps = eps_attr ? eps_attr->f : 1e-5;
+  Affine f{std::vector<double>(static_cast<size_t>(c)), std::vector<double>(static_cast<size_t>(c))};
+  for (int64_t k = 0; k < c; ++k) {
+    const double var = stats[3][k] + eps;
+    if (!(var > 0)) return std::nullopt;  // a non-positive variance would make the rewrite (and the op) meaningless
+    f.s[k] = stats[0][k] / std::sqrt(var);
+    f.t[k] = stats[1][k] - stats[2][k] * f.s[k];
+  }
+  return f;
+}
+
 class FoldBatchnorm : public Pass {
  public:
   std::string_view name() const override { return "fold-batchnorm"; }
@@ -61,30 +106,18 @@ class FoldBatchnorm : public Pass {
   }
 
  private:
-  // y = x * s + t per channel.
-  struct Affine {
-    std::vector<double> s, t;
-  };
-
   // Folds the BatchNormalization at `bn_index` into its producer; false (graph unchanged) when a
   // guard fails.
   static bool try_fold(Model& model, size_t bn_index, NameGen& names) {
     Graph& g = model.graph;
     const Node& bn = g.nodes[bn_index];
-    // Guards on the BatchNormalization: inference mode with only Y used, per-channel statistics.
-    if (bn.inputs.size() != 5 || bn.outputs.empty() || bn.outputs[0].empty()) return false;
-    if (const Attribute* a = bn.attr("training_mode"); a && a->i != 0) return false;
-    if (const Attribute* a = bn.attr("spatial"); a && a->i == 0) return false;
+    // Guards on the BatchNormalization (inference mode with only Y used, constant per-channel
+    // statistics), and its affine form.
     const auto uses = count_uses(g);
-    for (size_t k = 1; k < bn.outputs.size(); ++k)
-      if (!bn.outputs[k].empty() && uses.count(bn.outputs[k])) return false;
+    const std::optional<Affine> f = batchnorm_affine(g, bn, uses);
+    if (!f) return false;
     const std::string& x = bn.inputs[0];
-    const TensorType* xt = g.type_of(x);
-    if (!xt || !is_float(xt->dtype) || !xt->shape || xt->shape->size() < 2) return false;
-    const DType dt = xt->dtype;
-    const Dim& channels = (*xt->shape)[1];
-    if (!channels.known()) return false;
-    const int64_t c = channels.value;
+    const DType dt = g.type_of(x)->dtype;
     // Guards on the producer: one of the foldable ops, and x is used by this BatchNormalization only
     // (and is not a graph output), since x itself disappears.
     const int p_index = g.producer_index(x);
@@ -95,30 +128,14 @@ class FoldBatchnorm : public Pass {
       return false;
     auto it = uses.find(x);
     if (it == uses.end() || it->second != 1) return false;
-    // Guards on the statistics: constants of x's dtype with one value per channel.
-    std::vector<std::vector<double>> stats;
-    for (size_t k = 1; k < 5; ++k) {
-      auto v = constant_of(g, bn.inputs[k]);
-      if (!v || v->dtype() != dt || v->numel() != c) return false;
-      stats.push_back(v->to_double_vector());
-    }
-    const Attribute* eps_attr = bn.attr("epsilon");
-    const double eps = eps_attr ? eps_attr->f : 1e-5;
-    Affine f{std::vector<double>(c), std::vector<double>(c)};
-    for (int64_t k = 0; k < c; ++k) {
-      const double var = stats[3][k] + eps;
-      if (!(var > 0)) return false;  // a non-positive variance would make the fold (and the op) meaningless
-      f.s[k] = stats[0][k] / std::sqrt(var);
-      f.t[k] = stats[1][k] - stats[2][k] * f.s[k];
-    }
 
     std::optional<Node> rewritten;
     if (p.op_type == "Conv" || p.op_type == "ConvTranspose")
-      rewritten = fold_conv(g, p, f, dt, names);
+      rewritten = fold_conv(g, p, *f, dt, names);
     else if (p.op_type == "Gemm")
-      rewritten = fold_gemm(model, p, f, dt, names);
+      rewritten = fold_gemm(model, p, *f, dt, names);
     else
-      rewritten = fold_matmul(model, p, f, dt, names);
+      rewritten = fold_matmul(model, p, *f, dt, names);
     if (!rewritten) return false;
 
     // The producer now computes the BatchNormalization's output directly.
@@ -129,13 +146,6 @@ class FoldBatchnorm : public Pass {
     g.nodes[static_cast<size_t>(p_index)] = std::move(*rewritten);
     g.nodes.erase(g.nodes.begin() + static_cast<std::ptrdiff_t>(bn_index));
     return true;
-  }
-
-  static std::string add_initializer(Graph& g, NameGen& names, const std::string& base, Tensor t) {
-    const std::string name = names.make(base);
-    g.types[name] = TensorType{t.dtype(), shape_from_dims(t.shape())};
-    g.initializers[name] = std::move(t);
-    return name;
   }
 
   // Conv: W [M, C/group, k...], output channel m = W's row m.
@@ -274,45 +284,18 @@ class DecomposeBatchnorm : public Pass {
 
  private:
   static std::optional<std::array<Node, 2>> decompose(Graph& g, const Node& bn, NameGen& names) {
-    // The guards of fold-batchnorm on the BatchNormalization itself.
-    if (bn.inputs.size() != 5 || bn.outputs.empty() || bn.outputs[0].empty()) return std::nullopt;
-    if (const Attribute* a = bn.attr("training_mode"); a && a->i != 0) return std::nullopt;
-    if (const Attribute* a = bn.attr("spatial"); a && a->i == 0) return std::nullopt;
-    const auto uses = count_uses(g);
-    for (size_t k = 1; k < bn.outputs.size(); ++k)
-      if (!bn.outputs[k].empty() && uses.count(bn.outputs[k])) return std::nullopt;
+    const std::optional<Affine> f = batchnorm_affine(g, bn, count_uses(g));
+    if (!f) return std::nullopt;
     const TensorType* xt = g.type_of(bn.inputs[0]);
-    if (!xt || !is_float(xt->dtype) || !xt->shape || xt->shape->size() < 2) return std::nullopt;
     const DType dt = xt->dtype;
-    const Dim& channels = (*xt->shape)[1];
-    if (!channels.known()) return std::nullopt;
-    const int64_t c = channels.value;
-    std::vector<std::vector<double>> stats;
-    for (size_t k = 1; k < 5; ++k) {
-      auto v = constant_of(g, bn.inputs[k]);
-      if (!v || v->dtype() != dt || v->numel() != c) return std::nullopt;
-      stats.push_back(v->to_double_vector());
-    }
-    const Attribute* eps_attr = bn.attr("epsilon");
-    const double eps = eps_attr ? eps_attr->f : 1e-5;
-    std::vector<double> s(static_cast<size_t>(c)), t(static_cast<size_t>(c));
-    for (int64_t k = 0; k < c; ++k) {
-      const double var = stats[3][k] + eps;
-      if (!(var > 0)) return std::nullopt;
-      s[k] = stats[0][k] / std::sqrt(var);
-      t[k] = stats[1][k] - stats[2][k] * s[k];
-    }
+    const int64_t c = static_cast<int64_t>(f->s.size());
+    const std::vector<double>& s = f->s;
+    const std::vector<double>& t = f->t;
     // [C, 1, ...]: broadcast against x's dims after the channel (x's rank minus one).
     std::vector<int64_t> shape(xt->shape->size() - 1, 1);
     shape[0] = c;
-    auto add = [&](const std::string& base, const std::vector<double>& v) {
-      const std::string name = names.make(base);
-      Tensor tensor = tensor_from_doubles(dt, shape, v);
-      g.types[name] = TensorType{dt, shape_from_dims(tensor.shape())};
-      g.initializers[name] = std::move(tensor);
-      return name;
-    };
-    const std::string sn = add(bn.name + "_scale", s), tn = add(bn.name + "_shift", t);
+    const std::string sn = add_initializer(g, names, bn.name + "_scale", tensor_from_doubles(dt, shape, s));
+    const std::string tn = add_initializer(g, names, bn.name + "_shift", tensor_from_doubles(dt, shape, t));
     const std::string scaled = names.make(bn.outputs[0] + "_scaled");
     g.types[scaled] = *xt;
     for (size_t k = 1; k < bn.outputs.size(); ++k)
