@@ -1269,7 +1269,7 @@ void GpuProgramBuilder::lower_tensor_op(const Node& n) {
       const double out_w = scale * in_d;
       for (int64_t o = 0; o < out; ++o) {
         const double x = static_cast<double>(o);
-        double src;
+        double src = 0;
         if (coord == "asymmetric") src = x / scale;
         else if (coord == "half_pixel") src = (x + 0.5) / scale - 0.5;
         else if (coord == "pytorch_half_pixel") src = out_w == 1 ? -0.5 : (x + 0.5) / scale - 0.5;
