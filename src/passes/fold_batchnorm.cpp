@@ -49,13 +49,9 @@ std::string add_initializer(Graph& g, NameGen& names, const std::string& base, T
   return name;
 }
 
-// y = x * s + t per channel.
-struct Affine {
-  std::vector<double> s, t;
-};
+using Affine = BatchnormAffine;
 
-// The affine form of an inference-mode BatchNormalization with only Y used and constant
-// per-channel statistics of x's float dtype (rank >= 2, known channels); nullopt when a guard fails.
+// batchnorm_affine() with the graph's use counts already made.
 std::optional<Affine> batchnorm_affine(const Graph& g, const Node& bn,
                                        const std::unordered_map<std::string, int>& uses) {
   if (bn.inputs.size() != 5 || bn.outputs.empty() || bn.outputs[0].empty()) return std::nullopt;
@@ -307,6 +303,10 @@ class DecomposeBatchnorm : public Pass {
 };
 
 }  // namespace
+
+std::optional<BatchnormAffine> batchnorm_affine(const Graph& g, const Node& bn) {
+  return batchnorm_affine(g, bn, count_uses(g));
+}
 
 std::unique_ptr<Pass> make_fold_batchnorm() { return std::make_unique<FoldBatchnorm>(); }
 std::unique_ptr<Pass> make_decompose_batchnorm() { return std::make_unique<DecomposeBatchnorm>(); }

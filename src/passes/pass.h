@@ -58,6 +58,14 @@ class PassManager {
 
 // Number of uses of each value by nodes, plus one per graph output.
 std::unordered_map<std::string, int> count_uses(const Graph& g);
+// An inference-mode BatchNormalization as y = x * s + t per channel (axis 1), s = scale /
+// sqrt(var + eps), t = B - mean * s: when only Y is used, x is float of rank >= 2 with known
+// channels and the statistics are constants of x's dtype (fold_batchnorm.cpp); else nullopt.
+struct BatchnormAffine {
+  std::vector<double> s, t;
+};
+std::optional<BatchnormAffine> batchnorm_affine(const Graph& g, const Node& bn);
+
 // Replaces every use of `from` (node inputs and graph outputs) with `to`.
 void replace_uses(Graph& g, const std::string& from, const std::string& to);
 

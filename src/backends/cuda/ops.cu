@@ -29,14 +29,22 @@ const char* elem_type_name(ElemType t) {
   return names[static_cast<int>(t)];
 }
 
-namespace {
-
-constexpr int kThreads = 256;
-
 unsigned blocks_for(int64_t n) {
   const int64_t b = (n + kThreads - 1) / kThreads;
   return static_cast<unsigned>(b < 1 ? 1 : b > (1 << 20) ? (1 << 20) : b);
 }
+
+int64_t count_of(int rank, const int64_t* dims, const char* what) {
+  if (rank < 0 || rank > kMaxRank) throw CudaError(std::string(what) + ": rank " + std::to_string(rank) + " > 6");
+  int64_t n = 1;
+  for (int d = 0; d < rank; ++d) {
+    if (dims[d] < 0) throw CudaError(std::string(what) + ": negative dimension");
+    n *= dims[d];
+  }
+  return n;
+}
+
+namespace {
 
 // Loads element i of a typed buffer as float (integers exactly up to 2^24).
 __device__ __forceinline__ float load_f(ElemType t, const void* p, int64_t i) {
@@ -651,15 +659,6 @@ __global__ void mean_middle_kernel(ElemType t, const void* x, void* y, int64_t n
   }
 }
 
-int64_t count_of(int rank, const int64_t* dims, const char* what) {
-  if (rank < 0 || rank > kMaxRank) throw CudaError(std::string(what) + ": rank " + std::to_string(rank) + " > 6");
-  int64_t n = 1;
-  for (int d = 0; d < rank; ++d) {
-    if (dims[d] < 0) throw CudaError(std::string(what) + ": negative dimension");
-    n *= dims[d];
-  }
-  return n;
-}
 
 }  // namespace
 

@@ -32,6 +32,14 @@ using gpu::StridedCopy;
 size_t elem_size(ElemType t);
 const char* elem_type_name(ElemType t);
 
+// Launch shapes shared by the module's generic kernels: kThreads per block, and enough blocks for
+// n threads (at least 1, at most 2^20; the kernels stride over the rest).
+constexpr int kThreads = 256;
+unsigned blocks_for(int64_t n);
+// The element count of `dims` (rank 0..6); throws CudaError naming `what` for a bad rank or a
+// negative dimension.
+int64_t count_of(int rank, const int64_t* dims, const char* what);
+
 void copy_strided(ElemType xt, const void* x, ElemType yt, void* y, const StridedCopy& c, cudaStream_t stream);
 // inputs[k] points at input k's first element.
 void elementwise(const EwProgram& p, const void* const* inputs, void* y, cudaStream_t stream);

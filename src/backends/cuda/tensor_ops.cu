@@ -15,13 +15,6 @@ namespace kiln::cuda {
 
 namespace {
 
-constexpr int kThreads = 256;
-
-unsigned blocks_for(int64_t n) {
-  const int64_t b = (n + kThreads - 1) / kThreads;
-  return static_cast<unsigned>(b < 1 ? 1 : b > (1 << 20) ? (1 << 20) : b);
-}
-
 // Calls f(T{}) for the float element type t.
 template <typename F>
 void with_float_type(ElemType t, const char* what, F&& f) {
@@ -239,14 +232,10 @@ __global__ void gather_elements_kernel(const U* __restrict__ data, const void* _
   }
 }
 
+// count_of() for the ops here, which need at least one axis.
 int64_t count(int rank, const int64_t* dims, const char* what) {
-  if (rank < 1 || rank > kMaxRank) throw CudaError(std::string(what) + ": rank must be 1.." + std::to_string(kMaxRank));
-  int64_t n = 1;
-  for (int a = 0; a < rank; ++a) {
-    if (dims[a] < 0) throw CudaError(std::string(what) + ": negative dimension");
-    n *= dims[a];
-  }
-  return n;
+  if (rank < 1) throw CudaError(std::string(what) + ": rank must be 1.." + std::to_string(kMaxRank));
+  return count_of(rank, dims, what);
 }
 
 }  // namespace

@@ -14,6 +14,7 @@
 
 #include "backends/cpu/memory_planner.h"
 #include "backends/gpu/host_memory.h"
+#include "passes/pass.h"
 #include "runtime/specialize.h"
 
 namespace kiln::gpu {
@@ -1069,21 +1070,15 @@ void GpuProgramBuilder::lower_tensor_op(const Node& n) {
   const auto od = dims_of(n.outputs[0]);
 
   if (op == "BatchNormalization") {
-    // Inference form: y = x * s + b per channel (axis 1), s = scale / sqrt(var + eps), b = B - mean * s.
-    if (attr_int(n, "training_mode", 0) != 0 || (n.outputs.size() > 1 && !n.outputs[1].empty()))
-      fail("training mode has no GPU kernel");
-    if (rank < 2) fail("needs an input of rank 2 or more");
-    const Tensor& sc = constant(n.inputs[1], n, "scale");
-    const Tensor& bb = constant(n.inputs[2], n, "bias");
-    const Tensor& mean = constant(n.inputs[3], n, "mean");
-    const Tensor& var = constant(n.inputs[4], n, "variance");
+    // Inference form y = x * s + t per channel (the decompose-batchnorm pass's; it runs before
+    // lowering at opt levels >= 1, so this is for graphs it did not touch).
+    const std::optional<BatchnormAffine> f = batchnorm_affine(g(), n);
+    if (!f)
+      fail("only inference mode with constant per-channel statistics (and only Y used) has a GPU kernel");
     const int64_t c = xd[1];
-    if (sc.numel() != c || bb.numel() != c || mean.numel() != c || var.numel() != c) fail("parameters are not [C]");
-    const double eps = attr_float(n, "epsilon", 1e-5f);
     std::vector<uint8_t> sb(static_cast<size_t>(c) * 4), bbytes(static_cast<size_t>(c) * 4);
     for (int64_t i = 0; i < c; ++i) {
-      const double s = host_value(sc, i) / std::sqrt(host_value(var, i) + eps);
-      const float sf = static_cast<float>(s), bf = static_cast<float>(host_value(bb, i) - host_value(mean, i) * s);
+      const float sf = static_cast<float>(f->s[static_cast<size_t>(i)]), bf = static_cast<float>(f->t[static_cast<size_t>(i)]);
       std::memcpy(sb.data() + 4 * i, &sf, 4);
       std::memcpy(bbytes.data() + 4 * i, &bf, 4);
     }
