@@ -22,18 +22,9 @@
 using namespace kiln::cuda;
 
 namespace {
-float median_ms(const std::function<void(cudaStream_t)>& f, cudaStream_t s, int reps = 20) {
-  for (int i = 0; i < 3; ++i) f(s);
-  EventTimer t;
-  std::vector<float> ms;
-  for (int i = 0; i < reps; ++i) {
-    t.start(s);
-    f(s);
-    ms.push_back(t.stop(s));
-  }
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2];
-}
+// As an engine's CUDA graph runs it: time_tactic (back-to-back runs replayed as a graph), so a
+// library's host-side launch overhead is not counted as GPU time.
+float median_ms(const std::function<void(cudaStream_t)>& f, cudaStream_t s) { return time_tactic(f, s); }
 
 // Uniform random values in [-1, 1) as fp32, or as fp16 / bf16 bit patterns (es == 2, `bf16`).
 DeviceBuffer filled(size_t bytes, int seed, bool bf16 = false) {
@@ -187,9 +178,12 @@ int main() {
         {"res2 1x1 64->256 56 +residual", 64, 56, 256, 1, 0, 1, true},
         {"res3 3x3/2 128->128 56", 128, 56, 128, 3, 1, 2, false},
         {"res3 3x3 128->128 28", 128, 28, 128, 3, 1, 1, false},
+        {"res3 1x1 128->512 28 +residual", 128, 28, 512, 1, 0, 1, true},
+        {"res4 1x1 1024->256 14", 1024, 14, 256, 1, 0, 1, false},
         {"res4 3x3 256->256 14", 256, 14, 256, 3, 1, 1, false},
         {"res5 1x1/2 1024->2048 14 (downsample)", 1024, 14, 2048, 1, 0, 2, false},
         {"res5 3x3 512->512 7", 512, 7, 512, 3, 1, 1, false},
+        {"res5 1x1 512->2048 7 +residual", 512, 7, 2048, 1, 0, 1, true},
     };
     for (int64_t batch : {32, 256}) {
       for (const ConvRow& r : convs) {
@@ -237,6 +231,24 @@ int main() {
         std::printf("b%-3ld %-40s %10.3f %10.1f  kiln int8 implicit gemm %s (%.2fx fp16)\n", static_cast<long>(batch),
                     r.name, best, 2.0 * p.n * oh * ow * p.k * p.r * p.s * p.c / (best * 1e-3) / 1e12,
                     int8_tile_name(best_tile), ms / best);
+        // A 1x1 layer as one cuBLASLt INT8 GEMM (scales made on the stream, then the GEMM).
+        if (conv_int8_gemm_unsupported(q).empty()) try {
+          Int8ConvGemm g(q, 64u << 20, stream.get());
+          DeviceBuffer ws(g.workspace_bytes());
+          const float msg = median_ms(
+              [&](cudaStream_t s) {
+                g.run(static_cast<const int8_t*>(x.get()), static_cast<const int8_t*>(w.get()),
+                      static_cast<const float*>(scale.get()), static_cast<const float*>(bias32.get()),
+                      r.residual ? z.get() : nullptr, y.get(), s, ws.get());
+              },
+              stream.get());
+          const double bytes = static_cast<double>(p.n * p.h * p.w * (p.c + p.k * (r.residual ? 2 : 1)));
+          std::printf("b%-3ld %-40s %10.3f %10.1f  cublasLt int8 gemm, %.2f TB/s (%.2fx fp16) %s\n",
+                      static_cast<long>(batch), r.name, msg, 2.0 * p.n * oh * ow * p.k * p.c / (msg * 1e-3) / 1e12,
+                      bytes / (msg * 1e-3) / 1e12, ms / msg, g.describe().c_str());
+        } catch (const CudaError& e) {
+          std::printf("b%-3ld %-40s  cublasLt int8 gemm: %s\n", static_cast<long>(batch), r.name, e.what());
+        }
       }
     }
     KILN_CUDA_CHECK(cudaDeviceSynchronize());

@@ -54,9 +54,11 @@ struct Case {
   const char* what;
 };
 
+// tile == Int8Tile::kCount: the layer as one cuBLASLt INT8 GEMM (Int8ConvGemm).
 void run_case(const Case& cs, Int8Tile tile, uint32_t seed) {
   const Int8ConvParams& p = cs.p;
-  SCOPED_TRACE(std::string(cs.what) + " " + p.str() + " tile " + int8_tile_name(tile));
+  const bool gemm = tile == Int8Tile::kCount;
+  SCOPED_TRACE(std::string(cs.what) + " " + p.str() + " tile " + (gemm ? "cublasLt gemm" : int8_tile_name(tile)));
   std::mt19937 rng(seed);
   std::uniform_int_distribution<int> q(-127, 127);
   std::uniform_real_distribution<float> u(-1.f, 1.f), pos(0.5f, 1.5f);
@@ -82,8 +84,15 @@ void run_case(const Case& cs, Int8Tile tile, uint32_t seed) {
   DeviceBuffer dz = p.z_f16 ? to_device(z16) : to_device(z8);
   DeviceBuffer dy(ny * (p.y_f16 ? 2 : 1));
   KILN_CUDA_CHECK(cudaMemset(dy.get(), p.y_f16 ? 0xff : 0x80, dy.bytes()));  // NaN / -128 where unwritten
-  conv_int8(p, tile, static_cast<const int8_t*>(dx.get()), static_cast<const int8_t*>(dw.get()),
-            static_cast<const float*>(ds.get()), static_cast<const float*>(db.get()), dz.get(), dy.get(), nullptr);
+  if (gemm) {
+    Int8ConvGemm g(p, 64u << 20, nullptr);
+    DeviceBuffer ws(g.workspace_bytes());
+    g.run(static_cast<const int8_t*>(dx.get()), static_cast<const int8_t*>(dw.get()), static_cast<const float*>(ds.get()),
+          static_cast<const float*>(db.get()), dz.get(), dy.get(), nullptr, ws.get());
+  } else {
+    conv_int8(p, tile, static_cast<const int8_t*>(dx.get()), static_cast<const int8_t*>(dw.get()),
+              static_cast<const float*>(ds.get()), static_cast<const float*>(db.get()), dz.get(), dy.get(), nullptr);
+  }
   KILN_CUDA_CHECK(cudaDeviceSynchronize());
   std::vector<uint8_t> out(dy.bytes());
   KILN_CUDA_CHECK(cudaMemcpy(out.data(), dy.get(), out.size(), cudaMemcpyDeviceToHost));
@@ -153,6 +162,8 @@ std::vector<Case> cases() {
   { auto& p = add(2, 48, 9, 9, 136, 1, 0, 2, 1, "1x1 stride 2, fp16 out"); p.y_f16 = true; }
   { auto& p = add(1, 64, 10, 10, 64, 3, 1, 1, 1, "3x3 fp16 residual"); p.residual = true; p.z_f16 = true; p.act = ConvAct::kRelu; }
   { auto& p = add(1, 32, 5, 5, 16, 3, 1, 1, 1, "no bias, fp16 out, residual"); p.bias = false; p.y_f16 = true; p.residual = true; }
+  add(3, 48, 7, 5, 136, 1, 0, 1, 1, "1x1, 48 -> 136, no activation");
+  { auto& p = add(1, 96, 6, 6, 40, 1, 0, 1, 1, "1x1 no bias, residual int8"); p.bias = false; p.residual = true; }
   return v;
 }
 
@@ -162,6 +173,20 @@ TEST(CudaInt8Conv, MatchesTheExactReferenceOnEveryTile) {
   SCOPED_TRACE("seed " + std::to_string(seed));
   for (const Case& c : cases())
     for (int t = 0; t < static_cast<int>(Int8Tile::kCount); ++t) run_case(c, static_cast<Int8Tile>(t), seed++);
+}
+
+// The 1x1 layers as one cuBLASLt INT8 GEMM, against the same exact reference.
+TEST(CudaInt8Conv, OneByOneLayersAsCublasLtGemmsMatchTheExactReference) {
+  REQUIRE_GPU();
+  uint32_t seed = std::random_device{}();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  int ran = 0;
+  for (const Case& c : cases()) {
+    if (!conv_int8_gemm_unsupported(c.p).empty()) continue;
+    run_case(c, Int8Tile::kCount, seed++);
+    ++ran;
+  }
+  EXPECT_EQ(ran, 4);
 }
 
 TEST(CudaInt8Conv, RefusesShapesItCannotTake) {
@@ -179,6 +204,19 @@ TEST(CudaInt8Conv, RefusesShapesItCannotTake) {
   EXPECT_TRUE(parse_int8_tile("128x64", &t));
   EXPECT_EQ(t, Int8Tile::k128x64);
   EXPECT_FALSE(parse_int8_tile("256x256", &t));
+  // What one GEMM cannot take, with the reason (no GPU needed).
+  Int8ConvParams g;
+  g.n = 1, g.c = 32, g.h = 4, g.w = 4, g.k = 16, g.r = g.s = 1, g.y_scale = 1;
+  EXPECT_EQ(conv_int8_gemm_unsupported(g), "");
+  g.stride_h = 2;
+  EXPECT_NE(conv_int8_gemm_unsupported(g).find("1x1"), std::string::npos);
+  g.stride_h = 1, g.y_f16 = true;
+  EXPECT_NE(conv_int8_gemm_unsupported(g).find("FP16"), std::string::npos);
+  g.y_f16 = false, g.act = ConvAct::kClip;
+  EXPECT_NE(conv_int8_gemm_unsupported(g).find("clip"), std::string::npos);
+  g.act = ConvAct::kNone, g.residual = true, g.z_f16 = true;
+  EXPECT_NE(conv_int8_gemm_unsupported(g).find("residual"), std::string::npos);
+  EXPECT_THROW(Int8ConvGemm(g, 1u << 20, nullptr), CudaError);
 }
 
 }  // namespace

@@ -465,6 +465,56 @@ TEST_F(Cuda, MatmulBadInputIsAClearError) {
   } catch (const CudaError& e) {
     EXPECT_NE(std::string(e.what()).find("needs a bias"), std::string::npos);
   }
+  // INT8: unbatched, no GELU, and run() needs the per-column scales.
+  GemmShape batched{4, 8, 16};
+  batched.batch = 2;
+  EXPECT_THROW(LtMatmul(batched, GemmType::kI8, Epilogue::kNone), CudaError);
+  EXPECT_THROW(LtMatmul(GemmShape{4, 8, 16}, GemmType::kI8, Epilogue::kBiasGelu), CudaError);
+  LtMatmul i8(GemmShape{4, 8, 16}, GemmType::kI8, Epilogue::kNone);
+  try {
+    i8.run(x.get(), w.get(), nullptr, y.get(), nullptr, nullptr, 0);
+    FAIL() << "an INT8 product ran without its scales";
+  } catch (const CudaError& e) {
+    EXPECT_NE(std::string(e.what()).find("per-column scales"), std::string::npos) << e.what();
+  }
+}
+
+// time_tactic() captures the runs into a CUDA graph: the work is really done (the output is right),
+// the time is positive, and a run that throws while being captured ends the capture, propagates,
+// and leaves the stream and the device usable.
+TEST_F(Cuda, TacticTimingRunsInAGraphAndPropagatesFailures) {
+  const size_t n = 1 << 20;
+  std::vector<float> a = random(n), b = random(n);
+  DeviceBuffer da = upload(DType::kF32, a), db = upload(DType::kF32, b), dy = poisoned(DType::kF32, n);
+  Stream stream;
+  int calls = 0;
+  const float ms = time_tactic(
+      [&](cudaStream_t s) {
+        ++calls;
+        add(DType::kF32, da.get(), db.get(), dy.get(), static_cast<int64_t>(n), s);
+      },
+      stream.get());
+  EXPECT_GT(ms, 0.f);
+  EXPECT_LT(ms, 100.f);
+  EXPECT_GE(calls, 2);  // the warm-up, then at least one captured run
+  const std::vector<float> y = download(DType::kF32, dy, n);
+  for (size_t i = 0; i < n; i += 4099) EXPECT_FLOAT_EQ(y[i], a[i] + b[i]);
+
+  int tries = 0;
+  EXPECT_THROW(time_tactic(
+                   [&](cudaStream_t s) {
+                     if (++tries == 2) throw CudaError("this candidate does not run here");
+                     add(DType::kF32, da.get(), db.get(), dy.get(), static_cast<int64_t>(n), s);
+                   },
+                   stream.get()),
+               CudaError);
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusActive;
+  ASSERT_EQ(cudaStreamIsCapturing(stream.get(), &status), cudaSuccess);
+  EXPECT_EQ(status, cudaStreamCaptureStatusNone);
+  DeviceBuffer dz = poisoned(DType::kF32, n);
+  add(DType::kF32, da.get(), da.get(), dz.get(), static_cast<int64_t>(n), stream.get());
+  stream.synchronize();
+  EXPECT_FLOAT_EQ(download(DType::kF32, dz, n)[7], 2 * a[7]);
 }
 
 }  // namespace

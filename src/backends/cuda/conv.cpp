@@ -196,7 +196,7 @@ CudnnConv::CudnnConv(const ConvParams& p, size_t workspace_limit, cudaStream_t s
     }
 
     // Time each candidate on scratch operands (a constant nonzero byte pattern) through enqueue(),
-    // the very call run() makes: warm-up, then the median of 5.
+    // the very call run() makes, as a CUDA graph replays it (time_tactic).
     // A recorded tactic allocates no scratch operands: nothing is timed.
     const bool timing = tactic.empty();
     const size_t es = dtype_size(p.type), y_bytes = static_cast<size_t>(p.n * oh * ow * p.k) * es;
@@ -214,7 +214,6 @@ CudnnConv::CudnnConv(const ConvParams& p, size_t workspace_limit, cudaStream_t s
       KILN_CUDA_CHECK(cudaMemsetAsync(zero_bias_.get(), 0, zero_bias_.bytes(), stream));
     }
     workspace_ = DeviceBuffer(ws_max);
-    EventTimer timer;
     std::string last_error;
     if (!timing) {
       timings_ = candidates;
@@ -226,15 +225,8 @@ CudnnConv::CudnnConv(const ConvParams& p, size_t workspace_limit, cudaStream_t s
         KILN_CUDNN_CHECK(cudnnSetConvolutionMathType(conv_desc_, static_cast<cudnnMathType_t>(t.math_type)));
         const void* b = p.bias ? bias.get() : nullptr;
         const void* zz = p.residual ? z.get() : nullptr;
-        enqueue(t, x.get(), w.get(), b, zz, y.get(), stream, workspace_.get());
-        std::vector<float> ms;
-        for (int r = 0; r < 5; ++r) {
-          timer.start(stream);
-          enqueue(t, x.get(), w.get(), b, zz, y.get(), stream, workspace_.get());
-          ms.push_back(timer.stop(stream));
-        }
-        std::sort(ms.begin(), ms.end());
-        t.ms = ms[ms.size() / 2];
+        t.ms = time_tactic([&](cudaStream_t s) { enqueue(t, x.get(), w.get(), b, zz, y.get(), s, workspace_.get()); },
+                           stream);
       } catch (const CudaError& e) {
         if (e.sticky()) throw;
         t.ms = -1;  // this candidate does not run here

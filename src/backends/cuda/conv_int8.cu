@@ -387,7 +387,22 @@ void launch_tile(const Args& args, cudaStream_t stream) {
   check_launch("conv_int8");
 }
 
+__global__ void scale_channels_kernel(const float* scale, const float* bias, float inv, int64_t k, float* alpha,
+                                      float* bias_out) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= k) return;
+  alpha[i] = scale[i] * inv;
+  if (bias) bias_out[i] = bias[i] * inv;
+}
+
 }  // namespace
+
+void scale_channels(const float* scale, const float* bias, float inv, int64_t k, float* alpha, float* bias_out,
+                    cudaStream_t stream) {
+  if (k <= 0) return;
+  scale_channels_kernel<<<static_cast<unsigned>((k + 255) / 256), 256, 0, stream>>>(scale, bias, inv, k, alpha, bias_out);
+  KILN_CUDA_CHECK(cudaGetLastError());
+}
 
 std::string conv_int8_unsupported(const Int8ConvParams& p) {
   if (p.n <= 0 || p.c <= 0 || p.h <= 0 || p.w <= 0 || p.k <= 0 || p.r <= 0 || p.s <= 0)

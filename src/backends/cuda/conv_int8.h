@@ -18,6 +18,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "backends/cuda/conv.h"
@@ -55,5 +56,41 @@ std::string conv_int8_unsupported(const Int8ConvParams& p);
 // conv_int8_unsupported(p) is not empty.
 void conv_int8(const Int8ConvParams& p, Int8Tile tile, const int8_t* x, const int8_t* w, const float* scale,
                const float* bias, const void* z, void* y, cudaStream_t stream);
+
+// The same convolution as one cuBLASLt INT8 GEMM (IMMA, INT32 accumulation) where it is one: a
+// 1x1 filter, stride 1, no padding, an INT8 output, ReLU or no activation, and an INT8 residual
+// or none. M = n * h * w pixels, N = k channels, K = c; per channel alpha = scale / y_scale and
+// bias / y_scale (made on the stream into the workspace's first 2 * k floats, so the weights'
+// scales can change between runs), residual scale z_scale / y_scale. Rounds and saturates to INT8
+// as conv_int8 does (cuBLASLt's rounding may differ by one code where the FP32 result sits on a
+// half).
+std::string conv_int8_gemm_unsupported(const Int8ConvParams& p);  // "" when it applies
+
+class LtMatmul;
+class Int8ConvGemm {
+ public:
+  // Picks cuBLASLt's algorithm by timing its candidates (see LtMatmul), or uses `tactic` (an
+  // "lt:" record from tactic()). Throws CudaError when the shape does not apply, cuBLASLt has no
+  // algorithm within `workspace_limit` bytes, or the tactic does not run here.
+  Int8ConvGemm(const Int8ConvParams& p, size_t workspace_limit, cudaStream_t stream, const std::string& tactic = {});
+  ~Int8ConvGemm();
+  Int8ConvGemm(const Int8ConvGemm&) = delete;
+  Int8ConvGemm& operator=(const Int8ConvGemm&) = delete;
+  size_t workspace_bytes() const;
+  // The arguments of conv_int8; `workspace` holds workspace_bytes().
+  void run(const int8_t* x, const int8_t* w, const float* scale, const float* bias, const void* z, void* y,
+           cudaStream_t stream, void* workspace) const;
+  std::string tactic() const;
+  std::string describe() const;
+
+ private:
+  Int8ConvParams p_;
+  std::unique_ptr<LtMatmul> mm_;
+  size_t scales_bytes_ = 0;
+};
+
+// alpha[i] = scale[i] * inv and, with a bias, bias_out[i] = bias[i] * inv, for i < k.
+void scale_channels(const float* scale, const float* bias, float inv, int64_t k, float* alpha, float* bias_out,
+                    cudaStream_t stream);
 
 }  // namespace kiln::cuda

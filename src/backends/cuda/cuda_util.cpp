@@ -1,6 +1,9 @@
 // CUDA runtime helpers of the GPU backend (see cuda_util.h).
 #include "backends/cuda/cuda_util.h"
 
+#include <algorithm>
+#include <vector>
+
 #include <cublasLt.h>
 
 namespace kiln::cuda {
@@ -137,6 +140,57 @@ float EventTimer::stop(cudaStream_t s) {
   float ms = 0;
   KILN_CUDA_CHECK(cudaEventElapsedTime(&ms, a_, b_));
   return ms;
+}
+
+float time_tactic(const std::function<void(cudaStream_t)>& run, cudaStream_t stream) {
+  EventTimer timer;
+  timer.start(stream);
+  run(stream);  // warm-up, and a first estimate
+  const float once = timer.stop(stream);
+  const int count = std::max(1, std::min(16, static_cast<int>(0.2f / std::max(once, 1e-3f))));
+  Stream own;
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  bool captured = cudaStreamBeginCapture(own.get(), cudaStreamCaptureModeThreadLocal) == cudaSuccess;
+  if (captured) {
+    try {
+      for (int i = 0; i < count; ++i) run(own.get());
+    } catch (...) {
+      cudaStreamEndCapture(own.get(), &graph);
+      if (graph) cudaGraphDestroy(graph);
+      cudaGetLastError();
+      throw;
+    }
+    captured = cudaStreamEndCapture(own.get(), &graph) == cudaSuccess && graph &&
+               cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess;
+    if (graph) cudaGraphDestroy(graph);
+    if (!captured) cudaGetLastError();  // an invalidated capture: time on the stream instead
+  } else {
+    cudaGetLastError();
+  }
+  auto once_more = [&](cudaStream_t s) {
+    if (exec) {
+      KILN_CUDA_CHECK(cudaGraphLaunch(exec, s));
+    } else {
+      for (int i = 0; i < count; ++i) run(s);
+    }
+  };
+  const cudaStream_t s = exec ? own.get() : stream;
+  std::vector<float> ms;
+  try {
+    once_more(s);
+    for (int r = 0; r < 5; ++r) {
+      timer.start(s);
+      once_more(s);
+      ms.push_back(timer.stop(s) / static_cast<float>(count));
+    }
+  } catch (...) {
+    if (exec) cudaGraphExecDestroy(exec);
+    throw;
+  }
+  if (exec) cudaGraphExecDestroy(exec);
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
 }
 
 }  // namespace kiln::cuda

@@ -32,11 +32,20 @@ cudaDataType_t data_type(GemmType t) {
     case GemmType::kF16: return CUDA_R_16F;
     case GemmType::kBF16: return CUDA_R_16BF;
     case GemmType::kF32: return CUDA_R_32F;
+    case GemmType::kI8: return CUDA_R_8I;
   }
   return CUDA_R_32F;
 }
-const char* type_name(GemmType t) { return t == GemmType::kF16 ? "fp16" : t == GemmType::kBF16 ? "bf16" : "fp32"; }
-size_t type_size(GemmType t) { return t == GemmType::kF32 ? 4 : 2; }
+const char* type_name(GemmType t) {
+  switch (t) {
+    case GemmType::kF16: return "fp16";
+    case GemmType::kBF16: return "bf16";
+    case GemmType::kF32: return "fp32";
+    case GemmType::kI8: return "int8";
+  }
+  return "?";
+}
+size_t type_size(GemmType t) { return t == GemmType::kF32 ? 4 : t == GemmType::kI8 ? 1 : 2; }
 cublasLtEpilogue_t lt_epilogue(Epilogue e) {
   switch (e) {
     case Epilogue::kNone: return CUBLASLT_EPILOGUE_DEFAULT;
@@ -90,18 +99,34 @@ LtMatmul::LtMatmul(GemmShape shape, GemmType type, Epilogue epilogue, size_t wor
     throw CudaError("matmul: FP8 operands need an FP16 or BF16 output and one unbatched product");
   if (fp8.on && !(std::isfinite(fp8.x_scale) && fp8.x_scale > 0 && std::isfinite(fp8.w_scale) && fp8.w_scale > 0))
     throw CudaError("matmul: FP8 scales must be positive and finite");
+  const bool i8 = type == GemmType::kI8;
+  if (i8 && (fp8.on || shape.batch != 1)) throw CudaError("matmul: INT8 products are unbatched and take no FP8 scales");
+  if (i8 && (epilogue == Epilogue::kGelu || epilogue == Epilogue::kBiasGelu))
+    throw CudaError("matmul: INT8 products take no GELU epilogue");
+  if (shape.accumulate && !std::isfinite(shape.c_scale)) throw CudaError("matmul: the residual's scale must be finite");
   KILN_CUBLAS_CHECK(cublasLtCreate(&lt_));
   const cudaDataType_t dt = data_type(type);
   const cudaDataType_t in_t = fp8.on ? CUDA_R_8F_E4M3 : dt;
-  const cublasComputeType_t compute = type == GemmType::kF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+  const cublasComputeType_t compute =
+      i8 ? CUBLAS_COMPUTE_32I : type == GemmType::kF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
   KILN_CUBLAS_CHECK(cublasLtMatmulDescCreate(&op_, compute, CUDA_R_32F));
-  const cublasOperation_t no = CUBLAS_OP_N, ta = fp8.on ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const cublasOperation_t no = CUBLAS_OP_N, ta = fp8.on || i8 ? CUBLAS_OP_T : CUBLAS_OP_N;
   KILN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op_, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
   KILN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op_, CUBLASLT_MATMUL_DESC_TRANSB, &no, sizeof(no)));
   const cublasLtEpilogue_t epi = lt_epilogue(epilogue);
   KILN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op_, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
-  if (has_bias(epilogue))
-    KILN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op_, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &dt, sizeof(dt)));
+  if (has_bias(epilogue)) {
+    const cudaDataType_t bt = i8 ? CUDA_R_32F : dt;
+    KILN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op_, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof(bt)));
+  }
+  if (i8) {
+    // alpha: one FP32 per output column, in device memory; beta (the residual's scale, else 0) on
+    // the host. (cuBLASLt 13.1 on the H100 has no INT8 algorithm for the "beta zero" vector mode.)
+    const cublasLtPointerMode_t mode = CUBLASLT_POINTER_MODE_ALPHA_DEVICE_VECTOR_BETA_HOST;
+    KILN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op_, CUBLASLT_MATMUL_DESC_POINTER_MODE, &mode, sizeof(mode)));
+    alpha_scratch_ = DeviceBuffer(static_cast<size_t>(shape.n) * 4);
+    KILN_CUDA_CHECK(cudaMemsetAsync(alpha_scratch_.get(), 0x30, alpha_scratch_.bytes(), stream));
+  }
   if (fp8.on) {
     // The scales live on the device for the kernel's lifetime (cuBLASLt reads them at run time).
     scales_ = DeviceBuffer(32);
@@ -111,6 +136,8 @@ LtMatmul::LtMatmul(GemmShape shape, GemmType type, Epilogue epilogue, size_t wor
     void* sb = static_cast<char*>(scales_.get()) + 16;
     KILN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op_, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &sa, sizeof(sa)));
     KILN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op_, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &sb, sizeof(sb)));
+  }
+  if (fp8.on || i8) {
     KILN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&a_, in_t, shape.k, shape.n, shape.k));  // W [N,K] row major
   } else {
     KILN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&a_, in_t, shape.n, shape.k, shape.n));
@@ -171,28 +198,25 @@ LtMatmul::LtMatmul(GemmShape shape, GemmType type, Epilogue epilogue, size_t wor
   const int64_t w_batches = shape.w_stride ? shape.batch : 1;
   DeviceBuffer x(static_cast<size_t>(shape.batch * shape.m * shape.k) * in_es),
       w(static_cast<size_t>(w_batches * shape.k * shape.n) * in_es),
-      y(static_cast<size_t>(shape.batch * shape.m * shape.n) * es), bias(static_cast<size_t>(shape.n) * es);
+      y(static_cast<size_t>(shape.batch * shape.m * shape.n) * es), bias(static_cast<size_t>(shape.n) * (i8 ? 4 : es));
   KILN_CUDA_CHECK(cudaMemsetAsync(x.get(), 0x3c, x.bytes(), stream));
   KILN_CUDA_CHECK(cudaMemsetAsync(w.get(), 0x31, w.bytes(), stream));
   KILN_CUDA_CHECK(cudaMemsetAsync(bias.get(), 0x30, bias.bytes(), stream));
-  EventTimer timer;
   float best = 0;
   for (int i = 0; i < returned; ++i) {
     AlgoTiming t;
     t.index = i;
     t.workspace = found[i].workspaceSize;
     algo_ = found[i].algo;
+    const float* alpha = static_cast<const float*>(alpha_scratch_.get());  // INT8 only
     try {
-      run(x.get(), w.get(), bias.get(), y.get(), stream);  // warm-up
-      std::vector<float> ms;
-      for (int r = 0; r < 5; ++r) {
-        timer.start(stream);
-        run(x.get(), w.get(), bias.get(), y.get(), stream);
-        ms.push_back(timer.stop(stream));
-      }
-      std::sort(ms.begin(), ms.end());
-      t.ms = ms[ms.size() / 2];
-    } catch (const CudaError&) {
+      t.ms = time_tactic(
+          [&](cudaStream_t s) {
+            run(x.get(), w.get(), bias.get(), y.get(), s, workspace_.get(), workspace_.bytes(), nullptr, alpha);
+          },
+          stream);
+    } catch (const CudaError& e) {
+      if (e.sticky()) throw;
       t.ms = -1;  // this candidate does not run here
     }
     timings_.push_back(t);
@@ -221,15 +245,18 @@ void LtMatmul::run(const void* x, const void* w, const void* bias, void* y, cuda
 }
 
 void LtMatmul::run(const void* x, const void* w, const void* bias, void* y, cudaStream_t stream, void* workspace,
-                   size_t workspace_bytes, const void* c) const {
+                   size_t workspace_bytes, const void* c, const float* alpha_vector) const {
   if (shape_.accumulate && !c) c = y;  // timing runs: Y itself as C
+  const bool i8 = type_ == GemmType::kI8;
+  if (i8 && !alpha_vector) throw CudaError("matmul: an INT8 product needs its per-column scales (alpha)");
   std::lock_guard<std::mutex> lock(run_mu_);
   if (has_bias(epilogue_)) {
     if (!bias) throw CudaError(std::string("matmul: epilogue ") + epilogue_name(epilogue_) + " needs a bias");
     KILN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op_, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
   }
-  const float alpha = 1.f, beta = shape_.accumulate ? 1.f : 0.f;
-  KILN_CUBLAS_CHECK(cublasLtMatmul(lt_, op_, &alpha, w, a_, x, b_, &beta, shape_.accumulate ? c : y, c_, y, c_, &algo_, workspace,
+  const float one = 1.f, beta = shape_.accumulate ? shape_.c_scale : 0.f;
+  const void* alpha = i8 ? static_cast<const void*>(alpha_vector) : &one;
+  KILN_CUBLAS_CHECK(cublasLtMatmul(lt_, op_, alpha, w, a_, x, b_, &beta, shape_.accumulate ? c : y, c_, y, c_, &algo_, workspace,
                                    workspace_bytes, stream));
 }
 

@@ -1,6 +1,7 @@
 // MatMul / Gemm on cuBLASLt with fused epilogues: Y[M,N] = X[M,K] · W[K,N] (+ bias[N]) (then ReLU
 // or GELU), row major, in FP16, BF16 or FP32 (TF32 tensor cores), or from FP8 E4M3 operands with
-// per-tensor scales into FP16/BF16. The algorithm is chosen by
+// per-tensor scales into FP16/BF16, or in INT8 on the integer tensor cores (IMMA) with a per-column
+// FP32 scale and an INT8 output. The algorithm is chosen by
 // timing cuBLASLt's heuristic candidates on the actual shapes, not by taking its first answer.
 #pragma once
 #include <cublasLt.h>
@@ -15,7 +16,11 @@
 
 namespace kiln::cuda {
 
-enum class GemmType { kF16, kBF16, kF32 };  // inputs, outputs and bias share the type
+// Inputs, outputs and bias share the type, except kI8: INT8 X, W, C and Y, INT32 accumulation, an
+// FP32 bias and FP32 scales: Y = saturate(round(epilogue(alpha[n] * (X Wq^T)[m,n] + bias[n] +
+// c_scale * C[m,n]))), with W stored [N,K] row major (the transposed-A "TN" form IMMA needs) and
+// alpha a device vector of N floats passed to run(). Only unbatched products.
+enum class GemmType { kF16, kBF16, kF32, kI8 };
 enum class Epilogue { kNone, kRelu, kGelu, kBias, kBiasRelu, kBiasGelu };
 const char* epilogue_name(Epilogue e);
 // cuBLASLt's GELU epilogue is the tanh approximation, 0.5x(1 + tanh(sqrt(2/pi)(x + 0.044715x^3))).
@@ -26,8 +31,9 @@ struct GemmShape {
   // w_stride elements per batch (0: one W shared by every batch).
   int64_t batch = 1;
   int64_t w_stride = 0;
-  // Y = epilogue(X W + C (+ bias)): a Y-shaped C (a residual) added before the activation.
+  // Y = epilogue(X W + c_scale * C (+ bias)): a Y-shaped C (a residual) added before the activation.
   bool accumulate = false;
+  float c_scale = 1.f;
 };
 
 // FP8 operands (Hopper and newer): X and W in E4M3 with one scale each, W stored [N,K] row major
@@ -48,7 +54,7 @@ struct AlgoTiming {
 class LtMatmul {
  public:
   // Creates the descriptors and picks the algorithm: up to `candidates` heuristic answers that fit
-  // `workspace_limit` bytes are run on scratch buffers and timed (median of a few runs each).
+  // `workspace_limit` bytes are run on scratch buffers and timed as a CUDA graph replays them (time_tactic).
   // Throws CudaError when cuBLASLt has no algorithm for the problem (naming shape, type, epilogue).
   // With `tactic` (what tactic() returned on a build with the same cuBLASLt and GPU), that algorithm
   // is checked with cublasLtMatmulAlgoCheck and used without timing; a tactic that does not parse,
@@ -65,8 +71,9 @@ class LtMatmul {
   void run(const void* x, const void* w, const void* bias, void* y, cudaStream_t stream) const;
   // The same with the caller's workspace of at least chosen_workspace_bytes() (a context's own, so
   // concurrent runs on several streams never share scratch).
+  // kI8 needs `alpha`, N FP32 scales in device memory.
   void run(const void* x, const void* w, const void* bias, void* y, cudaStream_t stream, void* workspace,
-           size_t workspace_bytes, const void* c = nullptr) const;
+           size_t workspace_bytes, const void* c = nullptr, const float* alpha = nullptr) const;
   size_t chosen_workspace_bytes() const { return chosen_workspace_; }
   float chosen_ms() const { return best_ms_; }
 
@@ -83,6 +90,7 @@ class LtMatmul {
   Epilogue epilogue_;
   Fp8Inputs fp8_;
   DeviceBuffer scales_;  // FP8: W's scale at byte 0, X's at byte 16 (cuBLASLt wants them 16-byte aligned)
+  DeviceBuffer alpha_scratch_;  // INT8: the alpha vector the candidates are timed with
   cublasLtHandle_t lt_ = nullptr;
   cublasLtMatmulDesc_t op_ = nullptr;
   cublasLtMatrixLayout_t a_ = nullptr, b_ = nullptr, c_ = nullptr;

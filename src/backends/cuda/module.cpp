@@ -94,11 +94,12 @@ class ConvKernel final : public gpu::Kernel {
   std::unique_ptr<CudnnConv> conv_;
 };
 
-// Kiln's INT8 implicit-GEMM convolution (conv_int8.h): the CTA tile is chosen by timing each on
-// scratch buffers (tactic "kiln-int8:<tile>").
+// An INT8 convolution (conv_int8.h): Kiln's implicit GEMM with one of its CTA tiles (tactic
+// "kiln-int8:<tile>"), or, for a 1x1 layer that is one GEMM, cuBLASLt's INT8 GEMM (tactic "lt:...").
+// Each tile and cuBLASLt's best algorithm are timed on scratch buffers; the fastest is kept.
 class Int8ConvKernel final : public gpu::Kernel {
  public:
-  Int8ConvKernel(const gpu::ConvDesc& d, const std::string& tactic) : d_(d) {
+  Int8ConvKernel(const gpu::ConvDesc& d, size_t limit, const std::string& tactic) : d_(d) {
     if (d.groups != 1) throw CudaError("conv int8: grouped convolutions have no INT8 kernel");
     if (d.y_type != ElemType::kI8 && d.y_type != ElemType::kF16) throw CudaError("conv int8: the output must be int8 or fp16");
     if (d.residual && d.z_type != ElemType::kI8 && d.z_type != ElemType::kF16)
@@ -111,14 +112,20 @@ class Int8ConvKernel final : public gpu::Kernel {
     p_.act = d.act == gpu::Act::kRelu ? ConvAct::kRelu : d.act == gpu::Act::kClip ? ConvAct::kClip : ConvAct::kNone;
     p_.clip_lo = d.clip_lo, p_.clip_hi = d.clip_hi;
     if (const std::string why = conv_int8_unsupported(p_); !why.empty()) throw CudaError("conv int8: " + why);
+    if (tactic.rfind("lt:", 0) == 0) {
+      if (const std::string why = conv_int8_gemm_unsupported(p_); !why.empty())
+        throw CudaError("conv int8: tactic '" + tactic.substr(0, 16) + "...' is cuBLASLt's, but " + why);
+      gemm_ = std::make_unique<Int8ConvGemm>(p_, limit, nullptr, tactic);
+      return;
+    }
     if (!tactic.empty()) {
       const std::string prefix = "kiln-int8:";
       if (tactic.rfind(prefix, 0) != 0 || !parse_int8_tile(tactic.substr(prefix.size()), &tile_))
         throw CudaError("conv int8: tactic '" + tactic + "' is not a tile of Kiln's INT8 convolution");
       return;
     }
-    // Each tile timed on scratch buffers (median of 5 after a warm-up), filled with the constant
-    // non-zero bytes cuDNN's and cuBLASLt's candidates are timed on (zeros run faster than data).
+    // Each candidate timed on scratch buffers (time_tactic: as a CUDA graph replays it), filled with the
+    // constant non-zero bytes cuDNN's and cuBLASLt's candidates are timed on (zeros run faster).
     const int64_t ny = d.n * p_.out_h() * p_.out_w() * d.k;
     DeviceBuffer x(static_cast<size_t>(d.n * d.h * d.w * d.c)), w(static_cast<size_t>(d.k * d.r * d.s * d.c)),
         sc(static_cast<size_t>(d.k) * 4), b(static_cast<size_t>(d.k) * 4), z(static_cast<size_t>(ny) * 2),
@@ -126,40 +133,64 @@ class Int8ConvKernel final : public gpu::Kernel {
     KILN_CUDA_CHECK(cudaMemset(x.get(), 0x3c, x.bytes()));
     KILN_CUDA_CHECK(cudaMemset(w.get(), 0x31, w.bytes()));
     for (DeviceBuffer* buf : {&sc, &b, &z}) KILN_CUDA_CHECK(cudaMemset(buf->get(), 0x30, buf->bytes()));
-    EventTimer timer;
     for (int t = 0; t < static_cast<int>(Int8Tile::kCount); ++t) {
-      auto run = [&] {
-        conv_int8(p_, static_cast<Int8Tile>(t), static_cast<const int8_t*>(x.get()), static_cast<const int8_t*>(w.get()),
-                  static_cast<const float*>(sc.get()), static_cast<const float*>(b.get()), z.get(), y.get(), nullptr);
-      };
-      run();
-      std::vector<float> ms;
-      for (int r = 0; r < 5; ++r) {
-        timer.start(nullptr);
-        run();
-        ms.push_back(timer.stop(nullptr));
-      }
-      std::sort(ms.begin(), ms.end());
-      if (ms_ < 0 || ms[2] < ms_) ms_ = ms[2], tile_ = static_cast<Int8Tile>(t);
+      const float ms = time_tactic(
+          [&](cudaStream_t s) {
+            conv_int8(p_, static_cast<Int8Tile>(t), static_cast<const int8_t*>(x.get()),
+                      static_cast<const int8_t*>(w.get()), static_cast<const float*>(sc.get()),
+                      static_cast<const float*>(b.get()), z.get(), y.get(), s);
+          },
+          nullptr);
+      if (ms_ < 0 || ms < ms_) ms_ = ms, tile_ = static_cast<Int8Tile>(t);
     }
+    if (!conv_int8_gemm_unsupported(p_).empty()) return;
+    std::unique_ptr<Int8ConvGemm> gemm;
+    try {
+      gemm = std::make_unique<Int8ConvGemm>(p_, limit, nullptr);
+    } catch (const CudaError& e) {
+      gemm_note_ = e.what();  // no cuBLASLt algorithm here: the tiles stay
+      return;
+    }
+    DeviceBuffer ws(gemm->workspace_bytes());
+    // The scales-and-GEMM pair, as the program runs it.
+    const float ms = time_tactic(
+        [&](cudaStream_t s) {
+          gemm->run(static_cast<const int8_t*>(x.get()), static_cast<const int8_t*>(w.get()),
+                    static_cast<const float*>(sc.get()), static_cast<const float*>(b.get()), z.get(), y.get(), s, ws.get());
+        },
+        nullptr);
+    gemm_note_ = "cublasLt " + std::to_string(ms) + " ms";
+    if (ms < ms_) ms_ = ms, gemm_ = std::move(gemm);
   }
-  void launch(const void* const* in, void* const* out, void*, void* s) const override {
+  void launch(const void* const* in, void* const* out, void* ws, void* s) const override {
     const float* bias = d_.bias ? static_cast<const float*>(in[3]) : nullptr;
     const void* z = d_.residual ? in[d_.bias ? 4 : 3] : nullptr;
+    if (gemm_) {
+      gemm_->run(static_cast<const int8_t*>(in[0]), static_cast<const int8_t*>(in[1]), static_cast<const float*>(in[2]),
+                 bias, z, out[0], st(s), ws);
+      return;
+    }
     conv_int8(p_, tile_, static_cast<const int8_t*>(in[0]), static_cast<const int8_t*>(in[1]),
               static_cast<const float*>(in[2]), bias, z, out[0], st(s));
   }
+  size_t workspace_bytes() const override { return gemm_ ? gemm_->workspace_bytes() : 0; }
   std::string describe() const override {
-    return "kiln int8 implicit gemm " + std::string(int8_tile_name(tile_)) + " -> " + elem_type_name(d_.y_type) +
-           (ms_ < 0 ? std::string(" (recorded tactic)") : " (" + std::to_string(ms_) + " ms)");
+    const std::string timed = ms_ < 0 ? std::string(" (recorded tactic)") : " (" + std::to_string(ms_) + " ms)";
+    if (gemm_) return "int8 1x1 as one gemm: " + gemm_->describe() + " -> " + elem_type_name(d_.y_type) + timed;
+    return "kiln int8 implicit gemm " + std::string(int8_tile_name(tile_)) + " -> " + elem_type_name(d_.y_type) + timed +
+           (gemm_note_.empty() ? "" : "; " + gemm_note_);
   }
   double timed_ms() const override { return ms_; }
-  std::string tactic() const override { return std::string("kiln-int8:") + int8_tile_name(tile_); }
+  std::string tactic() const override {
+    return gemm_ ? gemm_->tactic() : std::string("kiln-int8:") + int8_tile_name(tile_);
+  }
 
  private:
   gpu::ConvDesc d_;
   Int8ConvParams p_;
   Int8Tile tile_ = Int8Tile::k128x128;
+  std::unique_ptr<Int8ConvGemm> gemm_;
+  std::string gemm_note_;  // what cuBLASLt's candidate measured, or why there was none
   float ms_ = -1;
 };
 
@@ -179,24 +210,19 @@ class DepthwiseKernel final : public gpu::Kernel {
     if (!tactic.empty() && tactic != kTactic)
       throw CudaError("depthwise: tactic '" + tactic + "' is not Kiln's depthwise kernel ('" + kTactic + "')");
     if (!tactic.empty()) return;  // recorded: no timing
-    // Timed on scratch buffers (median of 5 after a warm-up), to compete with cuDNN.
+    // Timed on scratch buffers as a CUDA graph replays it (time_tactic), to compete with cuDNN.
     const size_t es = elem_size(d.type);
     DeviceBuffer x(static_cast<size_t>(d.n * d.h * d.w * d.c) * es), w(static_cast<size_t>(d.r * d.s * d.c) * es),
         b(static_cast<size_t>(d.c) * es), y(static_cast<size_t>(d.n * p_.oh * p_.ow * d.c) * es);
     KILN_CUDA_CHECK(cudaMemset(x.get(), 0, x.bytes()));
     KILN_CUDA_CHECK(cudaMemset(w.get(), 0, w.bytes()));
     KILN_CUDA_CHECK(cudaMemset(b.get(), 0, b.bytes()));
-    EventTimer timer;
-    depthwise_nhwc(d.type, x.get(), w.get(), d.bias ? b.get() : nullptr, d.residual ? y.get() : nullptr, y.get(), p_, nullptr);
-    std::vector<float> ms;
-    for (int r = 0; r < 5; ++r) {
-      timer.start(nullptr);
-      depthwise_nhwc(d.type, x.get(), w.get(), d.bias ? b.get() : nullptr, d.residual ? y.get() : nullptr, y.get(), p_,
-                     nullptr);
-      ms.push_back(timer.stop(nullptr));
-    }
-    std::sort(ms.begin(), ms.end());
-    ms_ = ms[2];
+    ms_ = time_tactic(
+        [&](cudaStream_t s) {
+          depthwise_nhwc(d.type, x.get(), w.get(), d.bias ? b.get() : nullptr, d.residual ? y.get() : nullptr, y.get(),
+                         p_, s);
+        },
+        nullptr);
   }
   void launch(const void* const* in, void* const* out, void*, void* s) const override {
     const void* bias = d_.bias ? in[2] : nullptr;
@@ -385,7 +411,7 @@ class CudaDevice final : public gpu::Device {
   std::unique_ptr<gpu::Kernel> conv(const gpu::ConvDesc& d, size_t limit, const std::string& tactic) override {
     if (d.in_clip) throw CudaError("conv: cuDNN cannot clamp a convolution's input (Kiln's depthwise kernel can)");
     bind();
-    if (d.type == ElemType::kI8) return std::make_unique<Int8ConvKernel>(d, tactic);
+    if (d.type == ElemType::kI8) return std::make_unique<Int8ConvKernel>(d, limit, tactic);
     return std::make_unique<ConvKernel>(d, limit, tactic);
   }
   std::unique_ptr<gpu::Kernel> depthwise(const gpu::ConvDesc& d, const std::string& tactic) override {
