@@ -143,6 +143,7 @@ void run_case(const Case& cs, Int8Tile tile, uint32_t seed) {
 
 std::vector<Case> cases() {
   std::vector<Case> v;
+  v.reserve(16);  // add() hands out a reference to the last element
   auto add = [&](int64_t n, int64_t c, int64_t h, int64_t w, int64_t k, int64_t r, int pad, int stride, int dil,
                  const char* what) -> Int8ConvParams& {
     Case cs;

@@ -234,6 +234,36 @@ TEST_P(GpuProgram, Relu6OfAnExpansionIsClampedByTheDepthwiseRead) {
   }
 }
 
+// YOLO's Conv + SiLU (a Sigmoid and a Mul after the convolution): the fusion pass makes it a
+// FusedConv with activation SiLU, and the GPU runs the SiLU inside the convolution (cuDNN's graph
+// API, or cuDNN then Kiln's epilogue), with no pass of its own. A depthwise convolution with SiLU
+// keeps Kiln's depthwise kernel and a separate pass. Against the reference executor, FP32 and FP16.
+TEST_P(GpuProgram, SiluFusesIntoTheConvolution) {
+  Builder b;
+  b.input("x", {2, 16, 12, 12}).weight("w1", {32, 16, 3, 3}).weight("b1", {32}).weight("w2", {32, 32, 1, 1})
+      .weight("b2", {32}).weight("wd", {32, 1, 3, 3}).weight("bd", {32});
+  b.node("Conv", {"x", "w1", "b1"}, {"c1"}, {{"pads", ints({1, 1, 1, 1})}})
+      .node("Sigmoid", {"c1"}, {"s1"})
+      .node("Mul", {"c1", "s1"}, {"a1"})
+      .node("Conv", {"a1", "w2", "b2"}, {"c2"})
+      .node("Sigmoid", {"c2"}, {"s2"})
+      .node("Mul", {"c2", "s2"}, {"a2"})
+      .node("Conv", {"a2", "wd", "bd"}, {"c3"}, {{"group", i64(32)}, {"pads", ints({1, 1, 1, 1})}})
+      .node("Sigmoid", {"c3"}, {"s3"})
+      .node("Mul", {"c3", "s3"}, {"y"})
+      .output("y");
+  const Tensor x = b.random({2, 16, 12, 12}, -2.f, 2.f);
+  check(b, {{"x", x}});
+  auto built = gpu::build_gpu_program(b.m, {{"x", {2, 16, 12, 12}}}, 0, gpu::CompileOptions{}, 3);
+  int convs = 0, passes = 0;
+  for (const auto& st : built.program->steps()) {
+    if (st.name.find(" activation") != std::string::npos) ++passes;
+    else if (st.op == "Conv" || st.op == "FusedConv") ++convs;
+  }
+  EXPECT_EQ(convs, 3);
+  EXPECT_EQ(passes, 1) << "only the depthwise convolution's SiLU runs as a pass of its own";
+}
+
 // A detection head's ops: reductions (adjacent axes, with and without keepdims, axes as an input),
 // ArgMax/ArgMin (select_last_index), TopK (largest and smallest, along a middle axis) and
 // GatherElements (negative indices), against the reference executor. The input's values are

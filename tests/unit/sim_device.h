@@ -358,6 +358,7 @@ class SimDevice final : public Device {
   }
   std::unique_ptr<Kernel> depthwise(const ConvDesc& d, const std::string& tactic) override {
     if (d.groups != d.c || d.k != d.c) throw std::runtime_error("depthwise: needs groups == in channels == out channels");
+    if (d.act == Act::kSilu) throw std::runtime_error("depthwise: no SiLU epilogue");
     return conv_kernel(d, true, tactic);
   }
   std::unique_ptr<Kernel> copy(ElemType xt, ElemType yt, const StridedCopy& c) override {
@@ -711,6 +712,7 @@ class SimDevice final : public Device {
               if (z) v += sim_load(d.type, z, o);
               if (d.act == Act::kRelu) v = std::max(v, 0.f);
               if (d.act == Act::kClip) v = std::min(std::max(v, d.clip_lo), d.clip_hi);
+              if (d.act == Act::kSilu) v = v / (1.f + std::exp(-v));
               sim_store(d.type, out[0], o, v);
             }
     });
@@ -722,6 +724,7 @@ class SimDevice final : public Device {
     if (props_.sm_major < 8) throw std::runtime_error("conv int8: INT8 tensor-core convolutions need sm_80 or newer");
     if (d.groups != 1 || d.c % 16 || d.k % 8) throw std::runtime_error("conv int8: needs groups 1, c % 16 == 0, k % 8 == 0");
     if (d.y_type != ElemType::kI8 && d.y_type != ElemType::kF16) throw std::runtime_error("conv int8: bad output type");
+    if (d.act == Act::kSilu) throw std::runtime_error("conv int8: no SiLU epilogue");
     const int64_t oh = (d.h + 2 * d.pad_h - d.dil_h * (d.r - 1) - 1) / d.stride_h + 1;
     const int64_t ow = (d.w + 2 * d.pad_w - d.dil_w * (d.s - 1) - 1) / d.stride_w + 1;
     if (oh <= 0 || ow <= 0) throw std::runtime_error("conv int8: bad parameters");

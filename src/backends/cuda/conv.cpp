@@ -10,6 +10,7 @@
 #include <climits>
 #include <cmath>
 #include <cstdio>
+#include <deque>
 
 namespace kiln::cuda {
 
@@ -51,6 +52,7 @@ std::string epilogue_str(const ConvParams& p) {
   if (p.residual) add("residual");
   if (p.act == ConvAct::kRelu) add("relu");
   if (p.act == ConvAct::kClip) add("clip[" + fmt(p.clip_lo) + "," + fmt(p.clip_hi) + "]");
+  if (p.act == ConvAct::kSilu) add("silu");
   return s.empty() ? "plain" : s;
 }
 
@@ -89,7 +91,15 @@ void validate(const ConvParams& p) {
 
 }  // namespace
 
-const char* conv_act_name(ConvAct a) { return a == ConvAct::kNone ? "none" : a == ConvAct::kRelu ? "relu" : "clip"; }
+const char* conv_act_name(ConvAct a) {
+  switch (a) {
+    case ConvAct::kNone: return "none";
+    case ConvAct::kRelu: return "relu";
+    case ConvAct::kClip: return "clip";
+    case ConvAct::kSilu: return "silu";
+  }
+  return "?";
+}
 
 int64_t ConvParams::out_h() const { return out_dim(h, pad_h, r, dil_h, stride_h); }
 int64_t ConvParams::out_w() const { return out_dim(w, pad_w, s, dil_w, stride_w); }
@@ -338,6 +348,335 @@ std::string CudnnConv::describe() const {
   char ms[32];
   std::snprintf(ms, sizeof(ms), "%.3f", t.ms);
   return s + " nhwc " + dtype_name(p_.type) + " (" + ms + " ms, best of " + std::to_string(timings_.size()) + ")";
+}
+
+// ---- The graph API: convolution + bias + residual + activation as one cuDNN operation graph ----
+
+namespace {
+
+// A cuDNN backend descriptor, destroyed with its owner.
+class BackendDesc {
+ public:
+  explicit BackendDesc(cudnnBackendDescriptorType_t t) { KILN_CUDNN_CHECK(cudnnBackendCreateDescriptor(t, &d_)); }
+  ~BackendDesc() {
+    if (d_) cudnnBackendDestroyDescriptor(d_);
+  }
+  BackendDesc(BackendDesc&& o) noexcept : d_(o.d_) { o.d_ = nullptr; }
+  BackendDesc(const BackendDesc&) = delete;
+  BackendDesc& operator=(const BackendDesc&) = delete;
+  BackendDesc& operator=(BackendDesc&&) = delete;
+  cudnnBackendDescriptor_t get() const { return d_; }
+  BackendDesc& set(cudnnBackendAttributeName_t a, cudnnBackendAttributeType_t t, int64_t count, const void* v) {
+    KILN_CUDNN_CHECK(cudnnBackendSetAttribute(d_, a, t, count, v));
+    return *this;
+  }
+  BackendDesc& set_desc(cudnnBackendAttributeName_t a, const BackendDesc& other) {
+    cudnnBackendDescriptor_t o = other.get();
+    return set(a, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &o);
+  }
+  void finalize() { KILN_CUDNN_CHECK(cudnnBackendFinalize(d_)); }
+
+ private:
+  cudnnBackendDescriptor_t d_ = nullptr;
+};
+
+// The variant pack's unique ids.
+enum : int64_t { kUidX = 1, kUidW, kUidY, kUidBias, kUidZ, kUidVirtual = 100 };
+
+}  // namespace
+
+struct CudnnGraphConv::Impl {
+  ConvParams p;
+  cudnnHandle_t handle = nullptr;
+  std::deque<BackendDesc> keep;  // every descriptor the operation graph refers to (stable addresses)
+  std::unique_ptr<BackendDesc> graph, plan;
+  int index = -1, considered = 0;
+  std::vector<float> timings;  // per configuration tried: ms, or -1 (did not finalize or run)
+  size_t workspace = 0;
+  float ms = -1;
+  mutable std::mutex mu;
+
+  ~Impl() {
+    plan.reset();
+    graph.reset();
+    keep.clear();
+    if (handle) cudnnDestroy(handle);
+  }
+
+  BackendDesc& tensor(int64_t uid, cudnnDataType_t dt, const int64_t dims[4], const int64_t strides[4], bool virt) {
+    keep.emplace_back(CUDNN_BACKEND_TENSOR_DESCRIPTOR);
+    BackendDesc& t = keep.back();
+    const int64_t align = 16;
+    t.set(CUDNN_ATTR_TENSOR_DATA_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &dt)
+        .set(CUDNN_ATTR_TENSOR_DIMENSIONS, CUDNN_TYPE_INT64, 4, dims)
+        .set(CUDNN_ATTR_TENSOR_STRIDES, CUDNN_TYPE_INT64, 4, strides)
+        .set(CUDNN_ATTR_TENSOR_UNIQUE_ID, CUDNN_TYPE_INT64, 1, &uid)
+        .set(CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT, CUDNN_TYPE_INT64, 1, &align)
+        .set(CUDNN_ATTR_TENSOR_IS_VIRTUAL, CUDNN_TYPE_BOOLEAN, 1, &virt);
+    t.finalize();
+    return t;
+  }
+
+  // out = mode(in, b): one pointwise operation (b null for a unary one).
+  BackendDesc& pointwise(cudnnPointwiseMode_t mode, const BackendDesc& in, const BackendDesc* b, const BackendDesc& out,
+                         double upper_clip = 0, bool clip = false) {
+    keep.emplace_back(CUDNN_BACKEND_POINTWISE_DESCRIPTOR);
+    BackendDesc& pw = keep.back();
+    const cudnnDataType_t prec = CUDNN_DATA_FLOAT;
+    pw.set(CUDNN_ATTR_POINTWISE_MODE, CUDNN_TYPE_POINTWISE_MODE, 1, &mode)
+        .set(CUDNN_ATTR_POINTWISE_MATH_PREC, CUDNN_TYPE_DATA_TYPE, 1, &prec);
+    if (clip) {
+      const double lower = 0;
+      pw.set(CUDNN_ATTR_POINTWISE_RELU_LOWER_CLIP, CUDNN_TYPE_DOUBLE, 1, &lower)
+          .set(CUDNN_ATTR_POINTWISE_RELU_UPPER_CLIP, CUDNN_TYPE_DOUBLE, 1, &upper_clip);
+    }
+    pw.finalize();
+    keep.emplace_back(CUDNN_BACKEND_OPERATION_POINTWISE_DESCRIPTOR);
+    BackendDesc& op = keep.back();
+    op.set_desc(CUDNN_ATTR_OPERATION_POINTWISE_PW_DESCRIPTOR, pw).set_desc(CUDNN_ATTR_OPERATION_POINTWISE_XDESC, in);
+    if (b) op.set_desc(CUDNN_ATTR_OPERATION_POINTWISE_BDESC, *b);
+    op.set_desc(CUDNN_ATTR_OPERATION_POINTWISE_YDESC, out);
+    op.finalize();
+    return op;
+  }
+
+  // The operation graph: conv -> (+ bias) -> (+ z) -> (activation), the last result in y.
+  void build_graph() {
+    const cudnnDataType_t dt = cudnn_type(p.type);
+    const int64_t oh = p.out_h(), ow = p.out_w();
+    // Dimensions in NCHW order, strides of NHWC memory.
+    const int64_t xd[4] = {p.n, p.c, p.h, p.w}, xs[4] = {p.h * p.w * p.c, 1, p.w * p.c, p.c};
+    const int64_t wd[4] = {p.k, p.c, p.r, p.s}, ws[4] = {p.r * p.s * p.c, 1, p.s * p.c, p.c};
+    const int64_t yd[4] = {p.n, p.k, oh, ow}, ys[4] = {oh * ow * p.k, 1, ow * p.k, p.k};
+    const int64_t bd[4] = {1, p.k, 1, 1}, bs[4] = {p.k, 1, p.k, p.k};
+    const bool relu = p.act == ConvAct::kRelu || p.act == ConvAct::kClip;
+    const int steps = (p.bias ? 1 : 0) + (p.residual ? 1 : 0) + (p.act != ConvAct::kNone ? 1 : 0);
+    int64_t next_virtual = kUidVirtual;
+    // The output of step i: a virtual FP32 tensor, or y for the last step.
+    int step = 0;
+    auto result = [&]() -> BackendDesc& {
+      ++step;
+      return step > steps ? tensor(kUidY, dt, yd, ys, false) : tensor(next_virtual++, CUDNN_DATA_FLOAT, yd, ys, true);
+    };
+    std::vector<cudnnBackendDescriptor_t> ops;
+    BackendDesc& x = tensor(kUidX, dt, xd, xs, false);
+    BackendDesc& w = tensor(kUidW, dt, wd, ws, false);
+    keep.emplace_back(CUDNN_BACKEND_CONVOLUTION_DESCRIPTOR);
+    BackendDesc& conv = keep.back();
+    const int64_t dims = 2;
+    const cudnnDataType_t comp = CUDNN_DATA_FLOAT;
+    const cudnnConvolutionMode_t mode = CUDNN_CROSS_CORRELATION;
+    const int64_t dil[2] = {p.dil_h, p.dil_w}, stride[2] = {p.stride_h, p.stride_w}, pad[2] = {p.pad_h, p.pad_w};
+    conv.set(CUDNN_ATTR_CONVOLUTION_SPATIAL_DIMS, CUDNN_TYPE_INT64, 1, &dims)
+        .set(CUDNN_ATTR_CONVOLUTION_COMP_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &comp)
+        .set(CUDNN_ATTR_CONVOLUTION_CONV_MODE, CUDNN_TYPE_CONVOLUTION_MODE, 1, &mode)
+        .set(CUDNN_ATTR_CONVOLUTION_DILATIONS, CUDNN_TYPE_INT64, 2, dil)
+        .set(CUDNN_ATTR_CONVOLUTION_FILTER_STRIDES, CUDNN_TYPE_INT64, 2, stride)
+        .set(CUDNN_ATTR_CONVOLUTION_PRE_PADDINGS, CUDNN_TYPE_INT64, 2, pad)
+        .set(CUDNN_ATTR_CONVOLUTION_POST_PADDINGS, CUDNN_TYPE_INT64, 2, pad);
+    conv.finalize();
+    BackendDesc* cur = &result();
+    keep.emplace_back(CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR);
+    BackendDesc& conv_op = keep.back();
+    const float alpha = 1.f, beta = 0.f;
+    conv_op.set_desc(CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_X, x)
+        .set_desc(CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_W, w)
+        .set_desc(CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_Y, *cur)
+        .set_desc(CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_CONV_DESC, conv)
+        .set(CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_ALPHA, CUDNN_TYPE_FLOAT, 1, &alpha)
+        .set(CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_BETA, CUDNN_TYPE_FLOAT, 1, &beta);
+    conv_op.finalize();
+    ops.push_back(conv_op.get());
+    if (p.bias) {
+      BackendDesc& b = tensor(kUidBias, dt, bd, bs, false);
+      BackendDesc& out = result();
+      ops.push_back(pointwise(CUDNN_POINTWISE_ADD, *cur, &b, out).get());
+      cur = &out;
+    }
+    if (p.residual) {
+      BackendDesc& z = tensor(kUidZ, dt, yd, ys, false);
+      BackendDesc& out = result();
+      ops.push_back(pointwise(CUDNN_POINTWISE_ADD, *cur, &z, out).get());
+      cur = &out;
+    }
+    if (p.act != ConvAct::kNone) {
+      BackendDesc& out = result();
+      if (relu) {
+        const double upper = p.act == ConvAct::kClip ? p.clip_hi : static_cast<double>(3.4e38f);
+        ops.push_back(pointwise(CUDNN_POINTWISE_RELU_FWD, *cur, nullptr, out, upper, true).get());
+      } else {
+        ops.push_back(pointwise(CUDNN_POINTWISE_SWISH_FWD, *cur, nullptr, out).get());
+      }
+    }
+    graph = std::make_unique<BackendDesc>(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR);
+    graph->set(CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, static_cast<int64_t>(ops.size()), ops.data())
+        .set(CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle);
+    graph->finalize();
+  }
+
+  // The heuristic's engine configurations, best first.
+  std::vector<BackendDesc> configs() {
+    BackendDesc heur(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR);
+    const cudnnBackendHeurMode_t mode = CUDNN_HEUR_MODE_A;
+    heur.set_desc(CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, *graph).set(CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1, &mode);
+    heur.finalize();
+    int64_t count = 0;
+    KILN_CUDNN_CHECK(cudnnBackendGetAttribute(heur.get(), CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 0,
+                                              &count, nullptr));
+    std::vector<BackendDesc> out;
+    std::vector<cudnnBackendDescriptor_t> raw;
+    for (int64_t i = 0; i < count; ++i) {
+      out.emplace_back(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR);
+      raw.push_back(out.back().get());
+    }
+    int64_t returned = 0;
+    if (count > 0)
+      KILN_CUDNN_CHECK(cudnnBackendGetAttribute(heur.get(), CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR,
+                                                count, &returned, raw.data()));
+    while (static_cast<int64_t>(out.size()) > std::max<int64_t>(0, returned)) out.pop_back();
+    return out;
+  }
+
+  // The execution plan of one configuration; null (and why) when it does not finalize.
+  std::unique_ptr<BackendDesc> make_plan(const BackendDesc& cfg, size_t limit, size_t* ws, std::string* why) {
+    try {
+      auto pl = std::make_unique<BackendDesc>(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR);
+      pl->set(CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle)
+          .set_desc(CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, cfg);
+      pl->finalize();
+      int64_t bytes = 0, n = 0;
+      KILN_CUDNN_CHECK(cudnnBackendGetAttribute(pl->get(), CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1,
+                                                &n, &bytes));
+      if (bytes < 0 || static_cast<size_t>(bytes) > limit) {
+        *why = "needs " + std::to_string(bytes) + " workspace bytes, over the " + std::to_string(limit) + "-byte limit";
+        return nullptr;
+      }
+      *ws = static_cast<size_t>(bytes);
+      return pl;
+    } catch (const CudaError& e) {
+      *why = e.what();
+      return nullptr;
+    }
+  }
+
+  void execute(const BackendDesc& pl, const void* x, const void* w, const void* bias, const void* z, void* y,
+               cudaStream_t stream, void* ws) const {
+    std::vector<int64_t> uids = {kUidX, kUidW, kUidY};
+    std::vector<void*> ptrs = {const_cast<void*>(x), const_cast<void*>(w), y};
+    if (p.bias) uids.push_back(kUidBias), ptrs.push_back(const_cast<void*>(bias));
+    if (p.residual) uids.push_back(kUidZ), ptrs.push_back(const_cast<void*>(z));
+    BackendDesc pack(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR);
+    pack.set(CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, static_cast<int64_t>(uids.size()), uids.data())
+        .set(CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, static_cast<int64_t>(ptrs.size()), ptrs.data())
+        .set(CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &ws);
+    pack.finalize();
+    KILN_CUDNN_CHECK(cudnnSetStream(handle, stream));
+    KILN_CUDNN_CHECK(cudnnBackendExecute(handle, pl.get(), pack.get()));
+  }
+};
+
+std::string conv_graph_unsupported(const ConvParams& p) {
+  if (p.type != DType::kF16 && p.type != DType::kBF16) return "the graph path takes FP16 and BF16 convolutions";
+  if (p.groups != 1) return "the graph path takes ungrouped convolutions";
+  if (p.act == ConvAct::kClip && p.clip_lo != 0) return "the graph path clips at 0 from below (ReLU with a ceiling)";
+  if ((p.c * 2) % 16 != 0 || (p.k * 2) % 16 != 0) return "the graph path needs channels in multiples of 8";
+  return {};
+}
+
+CudnnGraphConv::CudnnGraphConv(const ConvParams& p, size_t workspace_limit, cudaStream_t stream, const std::string& tactic,
+                               int candidates)
+    : impl_(std::make_unique<Impl>()) {
+  validate(p);
+  if (const std::string why = conv_graph_unsupported(p); !why.empty()) throw CudaError("conv " + p.str() + ": " + why);
+  Impl& m = *impl_;
+  m.p = p;
+  KILN_CUDNN_CHECK(cudnnCreate(&m.handle));
+  KILN_CUDNN_CHECK(cudnnSetStream(m.handle, stream));
+  m.build_graph();
+  std::vector<BackendDesc> cfgs = m.configs();
+  const std::string what = "conv " + p.str() + " (cuDNN graph)";
+  if (!tactic.empty()) {
+    int index = -1;
+    char tail = 0;
+    if (std::sscanf(tactic.c_str(), "graph:%d%c", &index, &tail) != 1 || index < 0)
+      throw CudaError(what + ": tactic '" + tactic + "' is not a cuDNN graph configuration");
+    if (static_cast<size_t>(index) >= cfgs.size())
+      throw CudaError(what + ": configuration " + std::to_string(index) + " is not among cuDNN's " +
+                      std::to_string(cfgs.size()) + " here");
+    std::string why;
+    m.plan = m.make_plan(cfgs[static_cast<size_t>(index)], workspace_limit, &m.workspace, &why);
+    if (!m.plan) throw CudaError(what + ": the recorded configuration " + std::to_string(index) + " does not run here: " + why);
+    m.index = index;
+    m.considered = 1;
+    return;
+  }
+  // Time the first `candidates` configurations that finalize, on scratch operands.
+  const size_t es = dtype_size(p.type);
+  const int64_t ny = p.n * p.out_h() * p.out_w() * p.k;
+  DeviceBuffer x(static_cast<size_t>(p.n * p.h * p.w * p.c) * es), w(static_cast<size_t>(p.k * p.r * p.s * p.c) * es),
+      b(static_cast<size_t>(p.k) * es), z(static_cast<size_t>(ny) * es), y(static_cast<size_t>(ny) * es);
+  KILN_CUDA_CHECK(cudaMemsetAsync(x.get(), 0x3c, x.bytes(), stream));
+  KILN_CUDA_CHECK(cudaMemsetAsync(w.get(), 0x31, w.bytes(), stream));
+  KILN_CUDA_CHECK(cudaMemsetAsync(b.get(), 0x30, b.bytes(), stream));
+  KILN_CUDA_CHECK(cudaMemsetAsync(z.get(), 0x30, z.bytes(), stream));
+  std::string last_error = "cuDNN's heuristics returned no configuration";
+  for (size_t i = 0; i < cfgs.size() && m.considered < candidates; ++i) {
+    size_t ws_bytes = 0;
+    std::string why;
+    std::unique_ptr<BackendDesc> pl = m.make_plan(cfgs[i], workspace_limit, &ws_bytes, &why);
+    if (!pl) {
+      m.timings.push_back(-1);
+      last_error = why;
+      continue;
+    }
+    ++m.considered;
+    float ms = -1;
+    try {
+      DeviceBuffer ws(ws_bytes);
+      ms = time_tactic([&](cudaStream_t s) { m.execute(*pl, x.get(), w.get(), b.get(), z.get(), y.get(), s, ws.get()); },
+                       stream);
+    } catch (const CudaError& e) {
+      if (e.sticky()) throw;
+      last_error = e.what();
+    }
+    m.timings.push_back(ms);
+    if (ms >= 0 && (m.ms < 0 || ms < m.ms)) {
+      m.ms = ms, m.index = static_cast<int>(i), m.workspace = ws_bytes;
+      m.plan = std::move(pl);
+    }
+  }
+  KILN_CUDA_CHECK(cudaStreamSynchronize(stream));
+  if (!m.plan) throw CudaError(what + ": no configuration ran (" + last_error + ")");
+}
+
+CudnnGraphConv::~CudnnGraphConv() = default;
+
+void CudnnGraphConv::run(const void* x, const void* w, const void* bias, const void* z, void* y, cudaStream_t stream,
+                         void* workspace, size_t workspace_bytes) const {
+  const Impl& m = *impl_;
+  if (!x || !w || !y || (m.p.bias && !bias) || (m.p.residual && !z))
+    throw CudaError("conv " + m.p.str() + " (cuDNN graph): x, w, y and the bias and residual it was built with must not be null");
+  if (workspace_bytes < m.workspace || (m.workspace && !workspace))
+    throw CudaError("conv " + m.p.str() + " (cuDNN graph): needs " + std::to_string(m.workspace) + " workspace bytes");
+  std::lock_guard<std::mutex> lock(m.mu);
+  m.execute(*m.plan, x, w, bias, z, y, stream, workspace);
+}
+
+size_t CudnnGraphConv::workspace_bytes() const { return impl_->workspace; }
+float CudnnGraphConv::chosen_ms() const { return impl_->ms; }
+std::string CudnnGraphConv::tactic() const { return "graph:" + std::to_string(impl_->index); }
+
+std::string CudnnGraphConv::describe() const {
+  const Impl& m = *impl_;
+  std::string s = std::string("cudnn graph conv+") + epilogue_str(m.p) + " nhwc " + dtype_name(m.p.type) + ": config " +
+                  std::to_string(m.index);
+  if (m.ms < 0) return s + " (recorded tactic)";
+  s += " of " + std::to_string(m.timings.size()) + " [";
+  for (size_t i = 0; i < m.timings.size(); ++i) {
+    if (i) s += ' ';
+    s += m.timings[i] < 0 ? std::string("x") : std::to_string(m.timings[i]);
+  }
+  return s + " ms]";
 }
 
 }  // namespace kiln::cuda

@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -23,7 +24,8 @@ struct cudnnActivationStruct;
 
 namespace kiln::cuda {
 
-enum class ConvAct { kNone, kRelu, kClip };  // kClip: min(max(v, clip_lo), clip_hi) (ReLU6: 0, 6)
+// kClip: min(max(v, clip_lo), clip_hi) (ReLU6: 0, 6); kSilu: v * sigmoid(v).
+enum class ConvAct { kNone, kRelu, kClip, kSilu };
 const char* conv_act_name(ConvAct a);
 
 struct ConvParams {
@@ -110,9 +112,40 @@ class CudnnConv {
   mutable std::mutex run_mu_;
 };
 
+// The same convolution as one cuDNN graph (cuDNN 9's backend API): convolution -> + bias -> + z ->
+// activation, which cuDNN's runtime-fusion engines compile into one kernel. It fuses what the legacy
+// fused call cannot: SiLU and a clip (ReLU6). FP16 and BF16, ungrouped; intermediates in FP32. The
+// candidates are the first `candidates` engine configurations of cuDNN's heuristics (mode A) that
+// finalize within the workspace limit, each timed (time_tactic); tactic "graph:<index>" (the
+// configuration's place in the heuristic's list, stable for one cuDNN and GPU).
+std::string conv_graph_unsupported(const ConvParams& p);  // "" when the graph applies
+
+class CudnnGraphConv {
+ public:
+  // Throws CudaError when the parameters do not apply, when no configuration finalizes and runs, or
+  // when `tactic` does not parse or does not finalize here.
+  CudnnGraphConv(const ConvParams& p, size_t workspace_limit = 64u << 20, cudaStream_t stream = nullptr,
+                 const std::string& tactic = {}, int candidates = 4);
+  ~CudnnGraphConv();
+  CudnnGraphConv(const CudnnGraphConv&) = delete;
+  CudnnGraphConv& operator=(const CudnnGraphConv&) = delete;
+  // As CudnnConv::run with the caller's workspace (at least workspace_bytes()); enqueues on
+  // `stream` only, so it can be captured into a CUDA graph.
+  void run(const void* x, const void* w, const void* bias, const void* z, void* y, cudaStream_t stream, void* workspace,
+           size_t workspace_bytes) const;
+  size_t workspace_bytes() const;
+  float chosen_ms() const;  // -1 with a recorded tactic
+  std::string tactic() const;
+  std::string describe() const;  // "cudnn graph conv+bias+silu nhwc fp16: config 0 of 3 [0.1 0.2 x ms]"
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
 // y = act(y + bias[channel] + z) in place over an NHWC tensor of `elements` values with `k`
 // channels innermost; bias and z may be null. kRelu clamps below at 0, kClip to [clip_lo, clip_hi]
-// (the bounds are ignored for other activations). NaN propagates.
+// (the bounds are ignored for other activations), kSilu is v * sigmoid(v). NaN propagates.
 void conv_epilogue(DType t, void* y, const void* bias, const void* z, int64_t elements, int64_t k, ConvAct act,
                    float clip_lo, float clip_hi, cudaStream_t stream);
 

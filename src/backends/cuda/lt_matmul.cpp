@@ -267,7 +267,10 @@ std::string LtMatmul::describe() const {
   if (best_ms_ < 0) return "cublasLt " + types + " " + epilogue_name(epilogue_) + ": recorded algorithm";
   std::string s = "cublasLt " + types + " " + epilogue_name(epilogue_) + ": candidate " +
                   std::to_string(chosen_) + " of " + std::to_string(timings_.size()) + " [";
-  for (const AlgoTiming& t : timings_) s += (t.index ? " " : "") + (t.ms < 0 ? std::string("x") : std::to_string(t.ms));
+  for (const AlgoTiming& t : timings_) {
+    if (t.index) s += ' ';
+    s += t.ms < 0 ? std::string("x") : std::to_string(t.ms);
+  }
   return s + " ms]";
 }
 

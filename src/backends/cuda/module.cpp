@@ -65,6 +65,19 @@ class MatmulKernel final : public gpu::Kernel {
   std::unique_ptr<LtMatmul> mm_;
 };
 
+ConvAct conv_act(gpu::Act a) {
+  switch (a) {
+    case gpu::Act::kNone: return ConvAct::kNone;
+    case gpu::Act::kRelu: return ConvAct::kRelu;
+    case gpu::Act::kClip: return ConvAct::kClip;
+    case gpu::Act::kSilu: return ConvAct::kSilu;
+  }
+  throw CudaError("conv: unknown activation");
+}
+
+// A convolution on cuDNN: the legacy API's candidates (its fused call, or a plain convolution and
+// Kiln's epilogue; tactic "cudnn:..."), and for the activations that call cannot fuse (SiLU, a
+// clip), cuDNN's graph API too (one fused kernel; tactic "graph:<n>"). The faster is kept.
 class ConvKernel final : public gpu::Kernel {
  public:
   ConvKernel(const gpu::ConvDesc& d, size_t limit, const std::string& tactic) : d_(d) {
@@ -74,24 +87,50 @@ class ConvKernel final : public gpu::Kernel {
     p.dil_h = d.dil_h, p.dil_w = d.dil_w;
     p.type = float_type(d.type, "conv");
     p.bias = d.bias, p.residual = d.residual;
-    p.act = d.act == gpu::Act::kRelu ? ConvAct::kRelu : d.act == gpu::Act::kClip ? ConvAct::kClip : ConvAct::kNone;
+    p.act = conv_act(d.act);
     p.clip_lo = d.clip_lo, p.clip_hi = d.clip_hi;
+    if (tactic.rfind("graph:", 0) == 0) {
+      graph_ = std::make_unique<CudnnGraphConv>(p, limit, nullptr, tactic);
+      return;
+    }
     conv_ = std::make_unique<CudnnConv>(p, limit, nullptr, tactic);
+    if (!tactic.empty() || (p.act != ConvAct::kSilu && p.act != ConvAct::kClip)) return;
+    if (const std::string why = conv_graph_unsupported(p); !why.empty()) {
+      graph_note_ = why;
+      return;
+    }
+    try {
+      auto g = std::make_unique<CudnnGraphConv>(p, limit, nullptr);
+      graph_note_ = "graph " + std::to_string(g->chosen_ms()) + " ms";
+      if (g->chosen_ms() < conv_->chosen_ms()) graph_ = std::move(g), conv_.reset();
+    } catch (const CudaError& e) {
+      if (e.sticky()) throw;
+      graph_note_ = e.what();  // the legacy candidates stay
+    }
   }
   // Inputs: x, w, bias (when desc.bias), z (when desc.residual).
   void launch(const void* const* in, void* const* out, void* ws, void* s) const override {
     const void* bias = d_.bias ? in[2] : nullptr;
     const void* z = d_.residual ? in[d_.bias ? 3 : 2] : nullptr;
+    if (graph_) {
+      graph_->run(in[0], in[1], bias, z, out[0], st(s), ws, graph_->workspace_bytes());
+      return;
+    }
     conv_->run(in[0], in[1], bias, z, out[0], st(s), ws, conv_->workspace_bytes());
   }
-  size_t workspace_bytes() const override { return conv_->workspace_bytes(); }
-  std::string describe() const override { return conv_->describe(); }
-  double timed_ms() const override { return conv_->chosen_ms(); }
-  std::string tactic() const override { return conv_->tactic(); }
+  size_t workspace_bytes() const override { return graph_ ? graph_->workspace_bytes() : conv_->workspace_bytes(); }
+  std::string describe() const override {
+    if (graph_) return graph_->describe();
+    return conv_->describe() + (graph_note_.empty() ? "" : "; " + graph_note_);
+  }
+  double timed_ms() const override { return graph_ ? graph_->chosen_ms() : conv_->chosen_ms(); }
+  std::string tactic() const override { return graph_ ? graph_->tactic() : conv_->tactic(); }
 
  private:
   gpu::ConvDesc d_;
   std::unique_ptr<CudnnConv> conv_;
+  std::unique_ptr<CudnnGraphConv> graph_;
+  std::string graph_note_;  // what the graph candidate measured, or why there was none
 };
 
 // An INT8 convolution (conv_int8.h): Kiln's implicit GEMM with one of its CTA tiles (tactic
@@ -109,7 +148,8 @@ class Int8ConvKernel final : public gpu::Kernel {
     p_.dil_h = d.dil_h, p_.dil_w = d.dil_w;
     p_.bias = d.bias, p_.residual = d.residual, p_.z_f16 = d.z_type == ElemType::kF16, p_.z_scale = d.z_scale;
     p_.y_f16 = d.y_type == ElemType::kF16, p_.y_scale = d.y_scale;
-    p_.act = d.act == gpu::Act::kRelu ? ConvAct::kRelu : d.act == gpu::Act::kClip ? ConvAct::kClip : ConvAct::kNone;
+    if (d.act == gpu::Act::kSilu) throw CudaError("conv int8: the INT8 kernel has no SiLU epilogue");
+    p_.act = conv_act(d.act);
     p_.clip_lo = d.clip_lo, p_.clip_hi = d.clip_hi;
     if (const std::string why = conv_int8_unsupported(p_); !why.empty()) throw CudaError("conv int8: " + why);
     if (tactic.rfind("lt:", 0) == 0) {
@@ -204,6 +244,7 @@ class DepthwiseKernel final : public gpu::Kernel {
     p_.oh = (d.h + 2 * d.pad_h - d.dil_h * (d.r - 1) - 1) / d.stride_h + 1;
     p_.ow = (d.w + 2 * d.pad_w - d.dil_w * (d.s - 1) - 1) / d.stride_w + 1;
     if (p_.oh <= 0 || p_.ow <= 0) throw CudaError("depthwise: the kernel is larger than the padded input");
+    if (d.act == gpu::Act::kSilu) throw CudaError("depthwise: Kiln's depthwise kernel has no SiLU epilogue");
     if (d.act == gpu::Act::kRelu) p_.lo = 0;
     if (d.act == gpu::Act::kClip) p_.lo = d.clip_lo, p_.hi = d.clip_hi;
     if (d.in_clip) p_.in_hi = d.in_clip_hi;

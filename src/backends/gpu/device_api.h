@@ -15,7 +15,7 @@
 
 namespace kiln::gpu {
 
-inline constexpr int kApiVersion = 7;
+inline constexpr int kApiVersion = 8;
 
 // Element types of device tensors. kBool is one byte, 0 or 1. kF8E4M3 is FP8 E4M3FN (one byte;
 // conversions to it round to nearest even and saturate at +-448): the activations and weights of
@@ -84,7 +84,7 @@ struct Pool2d {
   int kh = 1, kw = 1, sh = 1, sw = 1, pad_t = 0, pad_l = 0, dh = 1, dw = 1;
 };
 
-enum class Act : uint8_t { kNone, kRelu, kClip };
+enum class Act : uint8_t { kNone, kRelu, kClip, kSilu };  // kSilu: x * sigmoid(x)
 
 // Reductions over the middle axis of x viewed as [outer, r, inner] (y is [outer, inner]): sum, mean,
 // max, min and product in FP32, stored as x's type; ArgMax/ArgMin store the index as kI64 (the first

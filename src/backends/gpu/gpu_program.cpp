@@ -798,6 +798,9 @@ ConvDesc GpuProgramBuilder::conv_desc(const Node& n, std::vector<EwStep>* post) 
   if (const Attribute* a = n.attr("activation_params")) ap = a->floats;
   if (act == "Relu") d.act = Act::kRelu;
   else if (act == "Clip" && ap.size() == 2 && ap[0] == 0.f && std::isfinite(ap[1])) d.act = Act::kClip, d.clip_lo = 0, d.clip_hi = ap[1];
+  // SiLU fuses into cuDNN's convolution (its graph API, or Kiln's epilogue after it); a depthwise
+  // convolution keeps Kiln's kernel and a separate pass.
+  else if (act == "SiLU" && !(d.groups > 1 && d.groups == d.c && d.k == d.c)) d.act = Act::kSilu;
   else if (!activation_steps(act, ap, *post))
     throw Error(ErrorCode::kUnsupported, "node '" + n.name + "': activation " + act + " has no GPU kernel");
   if (deferred_clip_.count(n.outputs[0])) d.act = Act::kRelu;  // the reader clamps at the top
@@ -1362,7 +1365,7 @@ void GpuProgramBuilder::plan_int8() {
     } catch (const Error&) {
       return false;  // lowering reports it
     }
-    return post.empty() && !d->in_clip && !deferred_clip_.count(n.outputs[0]) && d->groups == 1 && d->c % 16 == 0 &&
+    return post.empty() && d->act != Act::kSilu && !d->in_clip && !deferred_clip_.count(n.outputs[0]) && d->groups == 1 && d->c % 16 == 0 &&
            d->k % 8 == 0 && (!d->residual || dims_of(n.inputs[3]) == dims_of(n.outputs[0]));
   };
   std::vector<size_t> cands;
