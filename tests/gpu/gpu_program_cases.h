@@ -1039,6 +1039,9 @@ TEST_P(GpuProgram, Int8AccuracyGuardKeepsTheSensitiveConvolutionInFp16) {
   } catch (const Error& e) {
     EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
     EXPECT_NE(std::string(e.what()).find("no batch of the engine's shapes"), std::string::npos) << e.what();
+    // It says what was expected and what came.
+    EXPECT_NE(std::string(e.what()).find("the engine's shapes are x:2x16x8x8"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("the first x:1x16x8x8"), std::string::npos) << e.what();
   }
 }
 

@@ -197,6 +197,23 @@ TEST_F(GpuEngineCli, Int8EnginesAreCalibratedFromCalibData) {
   auto r = kiln(base + " --precision int8");
   EXPECT_EQ(r.code, 1) << r.out;
   EXPECT_TRUE(has(r.out, "needs calibration data")) << r.out;
+  // Fewer samples than the batch --shapes fixes (the model's own batch is dynamic): no whole batch,
+  // said with both shapes.
+  {
+    Model dyn = m;
+    dyn.graph.types["x"] = TensorType{DType::kF32, Shape{Dim::sym("N"), Dim(16), Dim(8), Dim(8)}};
+    const auto dyn_model = dir_ / "convs_dynamic.onnx";
+    save_onnx(dyn, dyn_model);
+    const auto one = dir_ / "one.npz";
+    Tensor x1(DType::kF32, {1, 16, 8, 8});
+    for (int64_t i = 0; i < x1.numel(); ++i) x1.mutable_data<float>()[i] = static_cast<float>(i % 13) / 13.f;
+    write_npz(one, {{"x", x1}});
+    r = kiln("build " + dyn_model.string() + " --device cuda --shapes x:2x16x8x8 -o " + engine() +
+             " --precision int8 --calib " + one.string());
+    EXPECT_EQ(r.code, 1) << r.out;
+    EXPECT_TRUE(has(r.out, "has no batch of the engine's shapes (the engine's shapes are x:2x16x8x8; 1 batches of "
+                           "other shapes, the first x:1x16x8x8")) << r.out;
+  }
   const auto calib = dir_ / "calib.npz";
   Tensor x(DType::kF32, {4, 16, 8, 8});
   for (int64_t i = 0; i < x.numel(); ++i) x.mutable_data<float>()[i] = static_cast<float>((i * 7919) % 1000) / 500.f - 1.f;

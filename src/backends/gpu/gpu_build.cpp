@@ -29,7 +29,7 @@ class ShapeFilter final : public quant::Calibrator {
         ++kept_;
         return true;
       }
-      ++skipped_;
+      if (skipped_++ == 0) first_skipped_ = shapes_str(batch);
       batch.clear();
     }
     return false;
@@ -38,8 +38,35 @@ class ShapeFilter final : public quant::Calibrator {
   size_t samples_read() const override { return inner_.samples_read(); }
   size_t kept() const { return kept_; }
   size_t skipped() const { return skipped_; }
+  // Why nothing fit: the engine's shapes against the first batch skipped.
+  std::string mismatch() const {
+    std::string s = "the engine's shapes are ";
+    bool first = true;
+    for (const auto& [name, dims] : shapes_) {
+      s += (first ? "" : ", ") + name + ":" + dims_str(dims);
+      first = false;
+    }
+    s += "; " + std::to_string(skipped_) + " batches of other shapes";
+    if (!first_skipped_.empty()) s += ", the first " + first_skipped_;
+    return s + " (a static batch needs the data in whole batches of that size: at least that many samples)";
+  }
 
  private:
+  static std::string dims_str(const std::vector<int64_t>& dims) {
+    std::string s;
+    for (size_t i = 0; i < dims.size(); ++i) s += (i ? "x" : "") + std::to_string(dims[i]);
+    return s;
+  }
+  std::string shapes_str(const quant::TensorMap& batch) const {
+    std::string s;
+    for (const auto& [name, dims] : shapes_) {
+      auto it = batch.find(name);
+      s += (s.empty() ? "" : ", ") + name + ":" + (it == batch.end() ? std::string("missing") : dims_str(it->second.shape()));
+    }
+    return s;
+  }
+  std::string first_skipped_;
+
   quant::Calibrator& inner_;
   const ShapeMap& shapes_;
   size_t kept_ = 0, skipped_ = 0;
@@ -57,8 +84,7 @@ quant::CalibrationTable calibrate_tensors(const Model& model, const ShapeMap& sh
   } catch (const Error& e) {
     if (data.kept() == 0)
       throw Error(ErrorCode::kInvalidArgument, std::string(what) + " calibration: " + calib.source +
-                                                   " has no batch of the engine's shapes (" +
-                                                   std::to_string(data.skipped()) + " batches of other shapes)");
+                                                   " has no batch of the engine's shapes (" + data.mismatch() + ")");
     throw;
   }
 }
@@ -199,8 +225,8 @@ quant::GuardResult int8_accuracy_guard(const std::shared_ptr<Device>& device, Mo
   try {
     batches = quant::read_validation(data, calib.guard.max_samples);
   } catch (const Error&) {
-    throw Error(ErrorCode::kInvalidArgument, "accuracy guard: the validation data has no batch of the engine's shapes (" +
-                                                 std::to_string(data.skipped()) + " batches of other shapes skipped)");
+    throw Error(ErrorCode::kInvalidArgument,
+                "accuracy guard: the validation data has no batch of the engine's shapes (" + data.mismatch() + ")");
   }
   size_t samples = 0;
   for (const auto& b : batches) samples += b.empty() || b.begin()->second.rank() == 0 ? 1 : b.begin()->second.dim(0);
