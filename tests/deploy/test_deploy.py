@@ -37,6 +37,7 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 CHART = os.path.join(ROOT, "deploy", "helm", "kiln")
 KSERVE = os.path.join(ROOT, "deploy", "kserve")
 DOC = os.path.join(ROOT, "docs", "kubernetes.md")
+DOCKERFILE = os.path.join(ROOT, "deploy", "docker", "Dockerfile")
 
 OPTIONS = argparse.Namespace(kiln=os.environ.get("KILN_CLI_PATH"), routes_json=None)
 
@@ -569,6 +570,126 @@ def http(method, url, body=None, timeout=10):
         return e.code, e.read().decode()
     except (urllib.error.URLError, ConnectionError, TimeoutError):
         return None, ""
+
+
+def dockerfile_stages():
+    """The Dockerfile's stages: a list of (FROM line, [instructions]), continuation lines joined."""
+    with open(DOCKERFILE) as f:
+        text = f.read()
+    lines, cur = [], ""
+    for raw in text.splitlines():
+        if raw.strip().startswith("#") and not cur:
+            continue
+        cur += raw.rstrip("\\").strip() + " " if raw.rstrip().endswith("\\") else raw.strip()
+        if not raw.rstrip().endswith("\\"):
+            if cur.strip():
+                lines.append(cur.strip())
+            cur = ""
+    stages = []
+    for line in lines:
+        if line.upper().startswith("FROM "):
+            stages.append((line, []))
+        elif stages:
+            stages[-1][1].append(line)
+    return stages
+
+
+def apt_packages(instructions):
+    """The packages of every `apt-get install` in a stage's RUN instructions."""
+    pkgs = []
+    for ins in instructions:
+        if not ins.startswith("RUN "):
+            continue
+        for part in ins[4:].split("&&"):
+            words = part.split()
+            if "apt-get" in words and "install" in words:
+                pkgs += [w for w in words[words.index("install") + 1:] if not w.startswith("-")]
+    return pkgs
+
+
+def linked_packages(binary):
+    """{Debian package: [libraries]} of the shared libraries `ldd binary` resolves."""
+    p = subprocess.run(["ldd", binary], capture_output=True, text=True, timeout=60)
+    if p.returncode != 0:
+        raise AssertionError("ldd %s: %s" % (binary, p.stderr))
+    out = {}
+    for line in p.stdout.splitlines():
+        m = re.search(r"=>\s*(/\S+)", line)
+        if not m:
+            continue
+        lib = m.group(1)
+        candidates = [lib, os.path.realpath(lib)]
+        if lib.startswith("/lib/"):
+            candidates.append("/usr" + lib)
+        pkg = None
+        for c in candidates:
+            q = subprocess.run(["dpkg", "-S", c], capture_output=True, text=True, timeout=60)
+            if q.returncode == 0 and q.stdout:
+                pkg = q.stdout.split(":", 1)[0].strip()
+                break
+        out.setdefault(pkg or "?", []).append(lib)
+    return out
+
+
+class DockerfileTest(unittest.TestCase):
+    """deploy/docker/Dockerfile builds the image the chart runs: its runtime stage installs every
+    library `kiln` links, and its ports, user and folders are the chart's. (Building the image needs
+    a Docker daemon and Debian's registry, which the test machine may lack; this checks what can be
+    checked without them.)"""
+
+    # What debian:12-slim itself holds (apt and dpkg need them).
+    BASE = {"libc6", "libgcc-s1", "libstdc++6"}
+
+    def test_two_stages_on_debian_12(self):
+        stages = dockerfile_stages()
+        self.assertEqual(len(stages), 2, [s[0] for s in stages])
+        self.assertTrue(stages[0][0].startswith("FROM debian:12 AS build"), stages[0][0])
+        self.assertEqual(stages[1][0], "FROM debian:12-slim")
+        build = " ".join(stages[0][1])
+        for flag in ("-DKILN_BUILD_TESTS=OFF", "-DKILN_PYTHON=OFF", "-DKILN_CUDA=OFF", "--target kiln"):
+            self.assertIn(flag, build)
+        # The build stage's packages are Debian's, a subset of what scripts/setup.sh installs.
+        with open(os.path.join(ROOT, "scripts", "setup.sh")) as f:
+            setup = f.read()
+        for pkg in apt_packages(stages[0][1]):
+            self.assertRegex(setup, r"(^|\s)%s(\s|$)" % re.escape(pkg), "%s is not one of setup.sh's packages" % pkg)
+
+    def test_runtime_stage_installs_every_library_kiln_links(self):
+        need_binary(self)
+        if not shutil.which("dpkg") or not shutil.which("ldd"):
+            self.skipTest("needs dpkg and ldd (a Debian machine)")
+        runtime = set(apt_packages(dockerfile_stages()[1][1]))
+        linked = linked_packages(OPTIONS.kiln)
+        self.assertNotIn("?", linked, "libraries no Debian package owns: %s" % linked.get("?"))
+        missing = sorted(set(linked) - runtime - self.BASE)
+        self.assertEqual(missing, [], "the runtime stage lacks %s (for %s)" % (missing, {m: linked[m] for m in missing}))
+
+    def test_ports_user_and_folders_are_the_charts(self):
+        values = chart_values({})
+        ins = dockerfile_stages()[1][1]
+        expose = [int(p) for i in ins if i.startswith("EXPOSE ") for p in i.split()[1:]]
+        self.assertEqual(sorted(expose), sorted([values["server"]["httpPort"], values["server"]["grpcPort"]]))
+        users = [i.split()[1] for i in ins if i.startswith("USER ")]
+        self.assertEqual(users, [str(values["securityContext"]["runAsUser"])])
+        run = " ".join(i for i in ins if i.startswith("RUN "))
+        for path in (values["modelRepository"]["mountPath"], values["cache"]["mountPath"]):
+            self.assertIn(path, run, "the image does not create %s" % path)
+        entry = [json.loads(i[len("ENTRYPOINT "):]) for i in ins if i.startswith("ENTRYPOINT ")]
+        self.assertEqual(entry, [["kiln"]])
+        # The chart replaces the command line; the image's own default is a working `kiln serve`.
+        cmd = [json.loads(i[len("CMD "):]) for i in ins if i.startswith("CMD ")]
+        self.assertEqual(len(cmd), 1)
+        flags, errors = dc.parse_serve({"name": "image", "command": entry[0], "args": cmd[0]})
+        self.assertEqual(errors, [])
+        self.assertEqual(flags["--model-repository"], [values["modelRepository"]["mountPath"]])
+        self.assertEqual(flags["--cache-dir"], [values["cache"]["mountPath"]])
+        self.assertEqual(flags["--http-port"], [str(values["server"]["httpPort"])])
+        self.assertEqual(flags["--grpc-port"], [str(values["server"]["grpcPort"])])
+        if OPTIONS.kiln and not OPTIONS.routes_json:
+            with tempfile.TemporaryDirectory(prefix="kiln-docker-") as tmp:
+                argv = local_argv({"name": "image", "command": entry[0], "args": cmd[0]}, tmp) + ["--print-routes"]
+                p = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+                self.assertEqual(p.returncode, 0, "%s\n%s" % (" ".join(argv), p.stderr))
 
 
 class LiveServerTest(unittest.TestCase):
