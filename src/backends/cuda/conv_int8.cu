@@ -7,6 +7,7 @@
 
 #include "backends/cuda/conv_int8.h"
 #include "backends/cuda/cuda_util.h"
+#include "backends/cuda/ops.h"
 
 namespace kiln::cuda {
 
@@ -400,7 +401,7 @@ __global__ void scale_channels_kernel(const float* scale, const float* bias, flo
 void scale_channels(const float* scale, const float* bias, float inv, int64_t k, float* alpha, float* bias_out,
                     cudaStream_t stream) {
   if (k <= 0) return;
-  scale_channels_kernel<<<static_cast<unsigned>((k + 255) / 256), 256, 0, stream>>>(scale, bias, inv, k, alpha, bias_out);
+  scale_channels_kernel<<<blocks_for(k), kThreads, 0, stream>>>(scale, bias, inv, k, alpha, bias_out);
   KILN_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -203,12 +203,12 @@ LtMatmul::LtMatmul(GemmShape shape, GemmType type, Epilogue epilogue, size_t wor
   KILN_CUDA_CHECK(cudaMemsetAsync(w.get(), 0x31, w.bytes(), stream));
   KILN_CUDA_CHECK(cudaMemsetAsync(bias.get(), 0x30, bias.bytes(), stream));
   float best = 0;
+  const float* alpha = static_cast<const float*>(alpha_scratch_.get());  // INT8 only
   for (int i = 0; i < returned; ++i) {
     AlgoTiming t;
     t.index = i;
     t.workspace = found[i].workspaceSize;
     algo_ = found[i].algo;
-    const float* alpha = static_cast<const float*>(alpha_scratch_.get());  // INT8 only
     try {
       t.ms = time_tactic(
           [&](cudaStream_t s) {

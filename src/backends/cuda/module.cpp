@@ -188,6 +188,7 @@ class Int8ConvKernel final : public gpu::Kernel {
     try {
       gemm = std::make_unique<Int8ConvGemm>(p_, limit, nullptr);
     } catch (const CudaError& e) {
+      if (e.sticky()) throw;
       gemm_note_ = e.what();  // no cuBLASLt algorithm here: the tiles stay
       return;
     }
