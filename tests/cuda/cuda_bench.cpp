@@ -185,6 +185,41 @@ int main() {
         {"res5 3x3 512->512 7", 512, 7, 512, 3, 1, 1, false},
         {"res5 1x1 512->2048 7 +residual", 512, 7, 2048, 1, 0, 1, true},
     };
+    // The INT8 kernels' main loop apart from their epilogue: long K (many stages per tile) against
+    // the ResNet-50 shapes' 8-36, each tile's rate.
+    {
+      struct Probe {
+        const char* name;
+        int64_t n, c, hw, k, rs;
+      };
+      const Probe probes[] = {{"1x1 4096->256 14 b256 (K 4096)", 256, 4096, 14, 256, 1},
+                              {"1x1 1024->1024 28 b64", 64, 1024, 28, 1024, 1},
+                              {"3x3 512->256 14 b256 (K 4608)", 256, 512, 14, 256, 3}};
+      for (const Probe& pr : probes) {
+        Int8ConvParams q;
+        q.n = pr.n, q.c = pr.c, q.h = q.w = pr.hw, q.k = pr.k, q.r = q.s = pr.rs, q.pad_h = q.pad_w = pr.rs / 2;
+        q.bias = true, q.act = ConvAct::kRelu, q.y_scale = 0.05f;
+        const double ops = 2.0 * q.n * q.h * q.w * q.k * q.c * q.r * q.s;
+        DeviceBuffer x = filled(q.n * q.h * q.w * q.c, 21), w = filled(q.k * q.r * q.s * q.c, 22), y(q.n * q.h * q.w * q.k);
+        std::vector<float> sv(static_cast<size_t>(q.k), 1e-4f);
+        DeviceBuffer scale(q.k * 4);
+        KILN_CUDA_CHECK(cudaMemcpy(scale.get(), sv.data(), sv.size() * 4, cudaMemcpyHostToDevice));
+        std::string line;
+        for (int t = 0; t < static_cast<int>(Int8Tile::kCount); ++t) {
+          if (!int8_tile_available(static_cast<Int8Tile>(t))) continue;
+          const float ms8 = median_ms(
+              [&](cudaStream_t s) {
+                conv_int8(q, static_cast<Int8Tile>(t), static_cast<const int8_t*>(x.get()), static_cast<const int8_t*>(w.get()),
+                          static_cast<const float*>(scale.get()), static_cast<const float*>(scale.get()), nullptr, y.get(), s);
+              },
+              stream.get());
+          char one[64];
+          std::snprintf(one, sizeof(one), " %s %.0f", int8_tile_name(static_cast<Int8Tile>(t)), ops / (ms8 * 1e-3) / 1e12);
+          line += one;
+        }
+        std::printf("int8 probe %-34s TOPS:%s\n", pr.name, line.c_str());
+      }
+    }
     for (int64_t batch : {32, 256}) {
       for (const ConvRow& r : convs) {
         ConvParams p;
@@ -218,7 +253,10 @@ int main() {
         // The FP16 buffers' bytes serve as INT8 data (random, non-zero).
         float best = 1e30f;
         Int8Tile best_tile = Int8Tile::k128x128;
+        float best_mma = 1e30f;
+        std::string tiles;  // every tile's time
         for (int t = 0; t < static_cast<int>(Int8Tile::kCount); ++t) {
+          if (!int8_tile_available(static_cast<Int8Tile>(t))) continue;
           const float ms8 = median_ms(
               [&](cudaStream_t s) {
                 conv_int8(q, static_cast<Int8Tile>(t), static_cast<const int8_t*>(x.get()),
@@ -227,10 +265,15 @@ int main() {
               },
               stream.get());
           if (ms8 < best) best = ms8, best_tile = static_cast<Int8Tile>(t);
+          if (t < static_cast<int>(Int8Tile::kW128x256)) best_mma = std::min(best_mma, ms8);
+          char one[48];
+          std::snprintf(one, sizeof(one), " %s %.3f", int8_tile_name(static_cast<Int8Tile>(t)), ms8);
+          tiles += one;
         }
-        std::printf("b%-3ld %-40s %10.3f %10.1f  kiln int8 implicit gemm %s (%.2fx fp16)\n", static_cast<long>(batch),
-                    r.name, best, 2.0 * p.n * oh * ow * p.k * p.r * p.s * p.c / (best * 1e-3) / 1e12,
-                    int8_tile_name(best_tile), ms / best);
+        std::printf("b%-3ld %-40s %10.3f %10.1f  kiln int8 implicit gemm %s (%.2fx fp16; best mma.sync tile %.3f ms)\n",
+                    static_cast<long>(batch), r.name, best, 2.0 * p.n * oh * ow * p.k * p.r * p.s * p.c / (best * 1e-3) / 1e12,
+                    int8_tile_name(best_tile), ms / best, best_mma);
+        std::printf("     tiles:%s\n", tiles.c_str());
         // A 1x1 layer as one cuBLASLt INT8 GEMM (scales made on the stream, then the GEMM).
         if (conv_int8_gemm_unsupported(q).empty()) try {
           Int8ConvGemm g(q, 64u << 20, stream.get());

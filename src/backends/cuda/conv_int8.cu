@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "backends/cuda/conv_int8.h"
+#include "backends/cuda/conv_int8_common.cuh"
 #include "backends/cuda/cuda_util.h"
 #include "backends/cuda/ops.h"
 
@@ -39,6 +40,10 @@ const char* int8_tile_name(Int8Tile t) {
     case Int8Tile::k128x128s: return "128x128s";
     case Int8Tile::k128x64s: return "128x64s";
     case Int8Tile::k64x64s: return "64x64s";
+    case Int8Tile::kW128x256: return "w128x256";
+    case Int8Tile::kW128x64s: return "w128x64s";
+    case Int8Tile::kW128x128s: return "w128x128s";
+    case Int8Tile::kWs128x128: return "ws128x128";
     default: return "?";
   }
 }
@@ -47,40 +52,15 @@ bool parse_int8_tile(const std::string& s, Int8Tile* t) {
     if (s == int8_tile_name(static_cast<Int8Tile>(i))) return *t = static_cast<Int8Tile>(i), true;
   return false;
 }
+bool int8_tile_available(Int8Tile t) { return t < Int8Tile::kW128x256 || int8conv::wgmma_available(); }
 
 namespace {
+
+using namespace int8conv;
 
 constexpr int kBK = 64;      // bytes (= INT8 values) of K per pipeline stage: four 16-byte chunks a row
 constexpr int kStages = 4;
 
-struct Args {
-  const int8_t* x;
-  const int8_t* w;
-  const float* scale;
-  const float* bias;
-  const void* z;
-  void* y;
-  int n, h, w_, c, k, r, s, oh, ow;
-  int pad_h, pad_w, stride_h, stride_w, dil_h, dil_w;
-  int m;      // n * oh * ow
-  int ktot;   // r * s * c
-  int n_tiles;
-  bool z_f16, y_f16;
-  float z_scale, y_inv, lo, hi;
-};
-
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
-  const int bytes = valid ? 16 : 0;  // 0: the 16 bytes are zero-filled
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
 __device__ __forceinline__ void ldmatrix_x4(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
@@ -95,19 +75,6 @@ __device__ __forceinline__ void mma_s8(int* c, const uint32_t* a, const uint32_t
 // Byte offset of 16-byte chunk `chunk` (0..3) of tile row `row`: rows of 64 bytes, chunks XORed
 // with (row / 2) % 4 so that the 8 rows one ldmatrix phase reads hit 8 different bank groups.
 __device__ __forceinline__ int swz(int row, int chunk) { return row * kBK + ((chunk ^ ((row >> 1) & 3)) << 4); }
-
-// The finishing of one output value: residual, activation, store (INT8 or FP16).
-__device__ __forceinline__ float finish(const Args& a, float v, int64_t off) {
-  if (a.z) {
-    if (a.z_f16) v += __half2float(static_cast<const __half*>(a.z)[off]);
-    else v = fmaf(static_cast<float>(static_cast<const int8_t*>(a.z)[off]), a.z_scale, v);
-  }
-  return fminf(fmaxf(v, a.lo), a.hi);  // lo/hi are -inf/inf without an activation
-}
-__device__ __forceinline__ void store1(const Args& a, float v, int64_t off) {
-  if (a.y_f16) static_cast<__half*>(a.y)[off] = __float2half_rn(v);
-  else static_cast<int8_t*>(a.y)[off] = static_cast<int8_t>(max(-128, min(127, __float2int_rn(v * a.y_inv))));
-}
 
 // STAGED: the accumulators (scaled, bias added) go through shared memory first, and the residual
 // read, activation and store run on 16 consecutive channels per thread: 16-byte loads and stores,
@@ -136,24 +103,9 @@ __global__ void __launch_bounds__(WM_WARPS* WN_WARPS * 32, STAGED && BM * BN <= 
   const int col = tid & 3;  // this thread's 16-byte chunk within a 64-byte row (same for all its rows)
 
   // Per A row this thread loads: the image's offset and the window's top-left corner.
-  int64_t a_base[A_CHUNKS];
-  int a_ih[A_CHUNKS], a_iw[A_CHUNKS];
+  PixelRow prow[A_CHUNKS];
 #pragma unroll
-  for (int i = 0; i < A_CHUNKS; ++i) {
-    const int row = (tid >> 2) + i * (kThreads / 4);
-    const int m = m0 + row;
-    if (m < a.m) {
-      const int img = m / (a.oh * a.ow), rem = m - img * (a.oh * a.ow);
-      const int oy = rem / a.ow, ox = rem - oy * a.ow;
-      a_base[i] = static_cast<int64_t>(img) * a.h * a.w_ * a.c;
-      a_ih[i] = oy * a.stride_h - a.pad_h;
-      a_iw[i] = ox * a.stride_w - a.pad_w;
-    } else {
-      a_base[i] = 0;
-      a_ih[i] = -(1 << 29);  // never inside the input: zero-filled
-      a_iw[i] = 0;
-    }
-  }
+  for (int i = 0; i < A_CHUNKS; ++i) prow[i] = pixel_row(a, m0 + (tid >> 2) + i * (kThreads / 4));
   const int8_t* b_row[B_CHUNKS];
   bool b_ok[B_CHUNKS];
 #pragma unroll
@@ -165,23 +117,14 @@ __global__ void __launch_bounds__(WM_WARPS* WN_WARPS * 32, STAGED && BM * BN <= 
 
   auto load_stage = [&](int slot, int kt) {
     const int kk = kt * kBK + col * 16;
-    const bool k_ok = kk < a.ktot;
-    const int rs = kk / a.c, ci = kk - rs * a.c;
-    const int fr = rs / a.s, fs = rs - fr * a.s;
-    const int dy = fr * a.dil_h, dx = fs * a.dil_w;
+    const KPos kp = k_pos(a, kk);
     const uint32_t base_a = smem_addr(sa + slot * BM * kBK), base_b = smem_addr(sb + slot * BN * kBK);
 #pragma unroll
-    for (int i = 0; i < A_CHUNKS; ++i) {
-      const int row = (tid >> 2) + i * (kThreads / 4);
-      const int ih = a_ih[i] + dy, iw = a_iw[i] + dx;
-      const bool ok = k_ok && ih >= 0 && ih < a.h && iw >= 0 && iw < a.w_;
-      const int8_t* src = ok ? a.x + a_base[i] + (static_cast<int64_t>(ih) * a.w_ + iw) * a.c + ci : a.x;
-      cp_async16(base_a + swz(row, col), src, ok);
-    }
+    for (int i = 0; i < A_CHUNKS; ++i) load_a_chunk(a, prow[i], kp, base_a + swz((tid >> 2) + i * (kThreads / 4), col));
 #pragma unroll
     for (int i = 0; i < B_CHUNKS; ++i) {
       const int row = (tid >> 2) + i * (kThreads / 4);
-      const bool ok = k_ok && b_ok[i];
+      const bool ok = kp.ok && b_ok[i];
       cp_async16(base_b + swz(row, col), ok ? b_row[i] + kk : a.w, ok);
     }
   };
@@ -257,12 +200,9 @@ __global__ void __launch_bounds__(WM_WARPS* WN_WARPS * 32, STAGED && BM * BN <= 
     __syncthreads();  // every warp is done reading the pipeline buffers
 #pragma unroll
     for (int jn = 0; jn < NI; ++jn) {
-      const int col = wn * WN + jn * 8 + 2 * t, nc = n0 + col;
-      float2 sc = make_float2(0.f, 0.f), bi = make_float2(0.f, 0.f);
-      if (nc < a.k) {
-        sc = *reinterpret_cast<const float2*>(a.scale + nc);
-        if (a.bias) bi = *reinterpret_cast<const float2*>(a.bias + nc);
-      }
+      const int col = wn * WN + jn * 8 + 2 * t;
+      float2 sc, bi;
+      channel_pair(a, n0 + col, sc, bi);
 #pragma unroll
       for (int i = 0; i < MI; ++i)
 #pragma unroll
@@ -274,99 +214,20 @@ __global__ void __launch_bounds__(WM_WARPS* WN_WARPS * 32, STAGED && BM * BN <= 
         }
     }
     __syncthreads();
-    const bool vec = a.k % 16 == 0;
-    static_assert(kChunks % kThreads == 0, "whole chunks per thread");
-#pragma unroll
-    for (int j = 0; j < kChunks / kThreads; ++j) {
-      const int ch = tid + j * kThreads;
-      const int row = ch / (BN / 16), col = (ch % (BN / 16)) * 16;
-      const int m = m0 + row, nc = n0 + col;
-      if (m >= a.m || nc >= a.k) continue;
-      const int64_t off = static_cast<int64_t>(m) * a.k + nc;
-      const float* src = stage + row * LD + col;
-      if (!vec) {  // channels not a multiple of 16: element by element (k % 8 == 0 keeps 8 at least)
-        for (int e = 0; e < 16 && nc + e < a.k; ++e) store1(a, finish(a, src[e], off + e), off + e);
-        continue;
-      }
-      float v[16];
-#pragma unroll
-      for (int e = 0; e < 16; e += 4) *reinterpret_cast<float4*>(v + e) = *reinterpret_cast<const float4*>(src + e);
-      if (a.z) {
-        if (a.z_f16) {
-          const uint4* zp = reinterpret_cast<const uint4*>(static_cast<const __half*>(a.z) + off);
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const uint4 raw = zp[h];
-            const __half2* z2 = reinterpret_cast<const __half2*>(&raw);
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const float2 f = __half22float2(z2[e]);
-              v[h * 8 + 2 * e] += f.x, v[h * 8 + 2 * e + 1] += f.y;
-            }
-          }
-        } else {
-          uint4 raw;
-          if constexpr (kPre > 0) raw = prefetched ? zpre[j] : *reinterpret_cast<const uint4*>(static_cast<const int8_t*>(a.z) + off);
-          else raw = *reinterpret_cast<const uint4*>(static_cast<const int8_t*>(a.z) + off);
-          const int8_t* z8 = reinterpret_cast<const int8_t*>(&raw);
-#pragma unroll
-          for (int e = 0; e < 16; ++e) v[e] = fmaf(static_cast<float>(z8[e]), a.z_scale, v[e]);
-        }
-      }
-#pragma unroll
-      for (int e = 0; e < 16; ++e) v[e] = fminf(fmaxf(v[e], a.lo), a.hi);
-      if (a.y_f16) {
-        uint4 out[2];
-        __half2* o2 = reinterpret_cast<__half2*>(out);
-#pragma unroll
-        for (int e = 0; e < 8; ++e) o2[e] = __floats2half2_rn(v[2 * e], v[2 * e + 1]);
-        uint4* dst = reinterpret_cast<uint4*>(static_cast<__half*>(a.y) + off);
-        dst[0] = out[0], dst[1] = out[1];
-      } else {
-        uint4 out;
-        int8_t* o8 = reinterpret_cast<int8_t*>(&out);
-#pragma unroll
-        for (int e = 0; e < 16; ++e) o8[e] = static_cast<int8_t>(max(-128, min(127, __float2int_rn(v[e] * a.y_inv))));
-        *reinterpret_cast<uint4*>(static_cast<int8_t*>(a.y) + off) = out;
-      }
-    }
+    drain_staged<BM, BN, kThreads, kPre>(a, stage, m0, n0, tid, zpre, prefetched);
   } else {
 #pragma unroll
-  for (int jn = 0; jn < NI; ++jn) {
-    const int nc = n0 + wn * WN + jn * 8 + 2 * t;
-    if (nc >= a.k) continue;  // k % 8 == 0: both columns are in or out together
-    const float2 sc = *reinterpret_cast<const float2*>(a.scale + nc);
-    const float2 bi = a.bias ? *reinterpret_cast<const float2*>(a.bias + nc) : make_float2(0.f, 0.f);
+    for (int jn = 0; jn < NI; ++jn) {
+      const int nc = n0 + wn * WN + jn * 8 + 2 * t;
+      float2 sc, bi;
+      channel_pair(a, nc, sc, bi);
 #pragma unroll
-    for (int i = 0; i < MI; ++i)
+      for (int i = 0; i < MI; ++i)
 #pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int m = m0 + wm * WM + i * 16 + g + half * 8;
-        if (m >= a.m) continue;
-        const int64_t off = static_cast<int64_t>(m) * a.k + nc;
-        float v0 = fmaf(static_cast<float>(acc[i][jn][2 * half]), sc.x, bi.x);
-        float v1 = fmaf(static_cast<float>(acc[i][jn][2 * half + 1]), sc.y, bi.y);
-        if (a.z) {
-          if (a.z_f16) {
-            const float2 zz = __half22float2(*reinterpret_cast<const __half2*>(static_cast<const __half*>(a.z) + off));
-            v0 += zz.x, v1 += zz.y;
-          } else {
-            const char2 zz = *reinterpret_cast<const char2*>(static_cast<const int8_t*>(a.z) + off);
-            v0 = fmaf(static_cast<float>(zz.x), a.z_scale, v0);
-            v1 = fmaf(static_cast<float>(zz.y), a.z_scale, v1);
-          }
-        }
-        v0 = fminf(fmaxf(v0, a.lo), a.hi);  // lo/hi are -inf/inf without an activation
-        v1 = fminf(fmaxf(v1, a.lo), a.hi);
-        if (a.y_f16) {
-          *reinterpret_cast<__half2*>(static_cast<__half*>(a.y) + off) = __floats2half2_rn(v0, v1);
-        } else {
-          const int q0 = max(-128, min(127, __float2int_rn(v0 * a.y_inv)));
-          const int q1 = max(-128, min(127, __float2int_rn(v1 * a.y_inv)));
-          *reinterpret_cast<char2*>(static_cast<int8_t*>(a.y) + off) =
-              make_char2(static_cast<signed char>(q0), static_cast<signed char>(q1));
-        }
-      }
+        for (int half = 0; half < 2; ++half)
+          finish_pair(a, m0 + wm * WM + i * 16 + g + half * 8, nc,
+                      fmaf(static_cast<float>(acc[i][jn][2 * half]), sc.x, bi.x),
+                      fmaf(static_cast<float>(acc[i][jn][2 * half + 1]), sc.y, bi.y));
     }
   }
 }
@@ -447,6 +308,10 @@ void conv_int8(const Int8ConvParams& p, Int8Tile tile, const int8_t* x, const in
     case Int8Tile::k128x128s: return launch_tile<128, 128, 2, 4, true>(a, stream);
     case Int8Tile::k128x64s: return launch_tile<128, 64, 4, 2, true>(a, stream);
     case Int8Tile::k64x64s: return launch_tile<64, 64, 2, 2, true>(a, stream);
+    case Int8Tile::kW128x256: return launch_wgmma(a, 256, false, false, stream);
+    case Int8Tile::kW128x64s: return launch_wgmma(a, 64, true, false, stream);
+    case Int8Tile::kW128x128s: return launch_wgmma(a, 128, true, false, stream);
+    case Int8Tile::kWs128x128: return launch_wgmma(a, 128, false, true, stream);
     default: throw CudaError("conv_int8: unknown tile");
   }
 }

@@ -13,7 +13,9 @@
 // BM x BN tile of Y over K in steps of 64 bytes, staged through shared memory by cp.async in a
 // 4-deep pipeline (zero-filled where the window leaves the input), read by ldmatrix from an
 // XOR-swizzled layout (no bank conflicts). Needs c % 16 == 0 (16-byte loads stay within one filter
-// tap) and k % 8 == 0; ungrouped only.
+// tap) and k % 8 == 0; ungrouped only. On Hopper (sm_90, the sm_90a image) the "w" tiles run the
+// same GEMM on wgmma in stages of 128 bytes (conv_int8_wgmma.cu), one of them warp-specialized and
+// persistent with the filters (and a plain-GEMM 1x1 layer's pixels) loaded by TMA.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -45,9 +47,17 @@ struct Int8ConvParams {
 // CTA tiles (output pixels x output channels); which is fastest depends on the shape. The "s"
 // variants stage the output tile through shared memory and finish 16 channels per thread (16-byte
 // residual loads and stores: for layers bound by memory).
-enum class Int8Tile { k128x128, k128x64, k64x64, k128x128s, k128x64s, k64x64s, kCount };
+// The "w" tiles run on Hopper's wgmma (conv_int8_wgmma.cu: sm_90 GPUs, sm_90a build): 128 pixels
+// by 64, 128 or 256 channels, K in stages of 128 bytes.
+enum class Int8Tile {
+  k128x128, k128x64, k64x64, k128x128s, k128x64s, k64x64s,
+  kW128x256, kW128x64s, kW128x128s, kWs128x128,
+  kCount
+};
 const char* int8_tile_name(Int8Tile t);  // "128x128"
 bool parse_int8_tile(const std::string& s, Int8Tile* t);
+// Whether this GPU runs tile `t` (the wgmma tiles need sm_90 and the sm_90a image).
+bool int8_tile_available(Int8Tile t);
 
 // Why the kernel cannot take `p` ("" when it can): shape rules, and the GPU (sm_80 or newer).
 std::string conv_int8_unsupported(const Int8ConvParams& p);

@@ -174,6 +174,7 @@ class Int8ConvKernel final : public gpu::Kernel {
     KILN_CUDA_CHECK(cudaMemset(w.get(), 0x31, w.bytes()));
     for (DeviceBuffer* buf : {&sc, &b, &z}) KILN_CUDA_CHECK(cudaMemset(buf->get(), 0x30, buf->bytes()));
     for (int t = 0; t < static_cast<int>(Int8Tile::kCount); ++t) {
+      if (!int8_tile_available(static_cast<Int8Tile>(t))) continue;  // the wgmma tiles off Hopper
       const float ms = time_tactic(
           [&](cudaStream_t s) {
             conv_int8(p_, static_cast<Int8Tile>(t), static_cast<const int8_t*>(x.get()),
