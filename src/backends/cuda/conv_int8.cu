@@ -43,6 +43,7 @@ const char* int8_tile_name(Int8Tile t) {
     case Int8Tile::kW128x256: return "w128x256";
     case Int8Tile::kW128x64s: return "w128x64s";
     case Int8Tile::kW128x128s: return "w128x128s";
+    case Int8Tile::kW128x256s: return "w128x256s";
     case Int8Tile::kWs128x128: return "ws128x128";
     default: return "?";
   }
@@ -311,6 +312,7 @@ void conv_int8(const Int8ConvParams& p, Int8Tile tile, const int8_t* x, const in
     case Int8Tile::kW128x256: return launch_wgmma(a, 256, false, false, stream);
     case Int8Tile::kW128x64s: return launch_wgmma(a, 64, true, false, stream);
     case Int8Tile::kW128x128s: return launch_wgmma(a, 128, true, false, stream);
+    case Int8Tile::kW128x256s: return launch_wgmma(a, 256, true, false, stream);
     case Int8Tile::kWs128x128: return launch_wgmma(a, 128, false, true, stream);
     default: throw CudaError("conv_int8: unknown tile");
   }

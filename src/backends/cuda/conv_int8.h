@@ -51,7 +51,7 @@ struct Int8ConvParams {
 // by 64, 128 or 256 channels, K in stages of 128 bytes.
 enum class Int8Tile {
   k128x128, k128x64, k64x64, k128x128s, k128x64s, k64x64s,
-  kW128x256, kW128x64s, kW128x128s, kWs128x128,
+  kW128x256, kW128x64s, kW128x128s, kW128x256s, kWs128x128,
   kCount
 };
 const char* int8_tile_name(Int8Tile t);  // "128x128"

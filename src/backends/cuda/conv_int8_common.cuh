@@ -93,11 +93,8 @@ __device__ __forceinline__ void channel_pair(const Args& a, int nc, float2& sc, 
   }
 }
 
-// Finishes and stores outputs (m, nc) and (m, nc + 1), already scaled and biased: residual,
-// activation, a 2-element store. k % 8 == 0 keeps both columns in or out together.
-__device__ __forceinline__ void finish_pair(const Args& a, int m, int nc, float v0, float v1) {
-  if (m >= a.m || nc >= a.k) return;
-  const int64_t off = static_cast<int64_t>(m) * a.k + nc;
+// Residual and activation of outputs off and off + 1 (already scaled and biased).
+__device__ __forceinline__ void residual_act_pair(const Args& a, int64_t off, float& v0, float& v1) {
   if (a.z) {
     if (a.z_f16) {
       // z is read-only here too (where y is z, each element is read before the same thread writes it).
@@ -111,14 +108,21 @@ __device__ __forceinline__ void finish_pair(const Args& a, int m, int nc, float 
   }
   v0 = fminf(fmaxf(v0, a.lo), a.hi);
   v1 = fminf(fmaxf(v1, a.lo), a.hi);
-  if (a.y_f16) {
-    *reinterpret_cast<__half2*>(static_cast<__half*>(a.y) + off) = __floats2half2_rn(v0, v1);
-  } else {
-    const int q0 = max(-128, min(127, __float2int_rn(v0 * a.y_inv)));
-    const int q1 = max(-128, min(127, __float2int_rn(v1 * a.y_inv)));
-    *reinterpret_cast<char2*>(static_cast<int8_t*>(a.y) + off) =
-        make_char2(static_cast<signed char>(q0), static_cast<signed char>(q1));
-  }
+}
+__device__ __forceinline__ char2 quantize_pair(const Args& a, float v0, float v1) {
+  const int q0 = max(-128, min(127, __float2int_rn(v0 * a.y_inv)));
+  const int q1 = max(-128, min(127, __float2int_rn(v1 * a.y_inv)));
+  return make_char2(static_cast<signed char>(q0), static_cast<signed char>(q1));
+}
+
+// Finishes and stores outputs (m, nc) and (m, nc + 1), already scaled and biased: residual,
+// activation, a 2-element store. k % 8 == 0 keeps both columns in or out together.
+__device__ __forceinline__ void finish_pair(const Args& a, int m, int nc, float v0, float v1) {
+  if (m >= a.m || nc >= a.k) return;
+  const int64_t off = static_cast<int64_t>(m) * a.k + nc;
+  residual_act_pair(a, off, v0, v1);
+  if (a.y_f16) *reinterpret_cast<__half2*>(static_cast<__half*>(a.y) + off) = __floats2half2_rn(v0, v1);
+  else *reinterpret_cast<char2*>(static_cast<int8_t*>(a.y) + off) = quantize_pair(a, v0, v1);
 }
 
 // The staged epilogue's second half: `stage` holds the BM x BN tile (scaled and biased, rows of

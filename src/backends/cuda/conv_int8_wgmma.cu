@@ -254,6 +254,8 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
       "r"(parity)
       : "memory");
 }
+// The two consumer warpgroups only (named barrier 1; the producer never joins).
+__device__ __forceinline__ void consumer_sync() { asm volatile("bar.sync 1, 256;\n" ::: "memory"); }
 __device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
 }
@@ -271,8 +273,9 @@ __device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map
 // im2col rows otherwise by cp.async), each stage completing on a "full" mbarrier; warpgroups 1
 // and 2 only multiply (64 pixel rows each) and free a stage on its "empty" mbarrier once their
 // wgmmas on it are done. The loads run up to STAGES - 1 stages ahead, across tile boundaries, so
-// the next tile's operands arrive while the consumers finish the last one (epilogue straight from
-// the accumulators).
+// the next tile's operands arrive while the consumers finish the last one (the scales are loaded
+// under the main loop, and the finished outputs go through a shared-memory area of their own so
+// that the stores are 16 bytes wide).
 constexpr int kWsThreads = 384;
 
 template <int BN, int STAGES>
@@ -285,6 +288,8 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   int8_t* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
   int8_t* sa = smem;                       // [STAGES][128][128]
   int8_t* sb = smem + STAGES * kBM * kBK;  // [STAGES][BN][128]
+  constexpr int kStageRow = BN * 2 + 16;  // bytes: FP16 outputs, padded against bank conflicts
+  int8_t* stage = sb + STAGES * BN * kBK;  // [128][kStageRow], the epilogue's
   const int tid = threadIdx.x, wg = tid >> 7;
   const int k_tiles = (a.ktot + kBK - 1) / kBK;
   const int tiles = ((a.m + kBM - 1) / kBM) * a.n_tiles;
@@ -333,6 +338,9 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   int it = 0;
   for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
     const int m0 = (tile / a.n_tiles) * kBM, n0 = (tile % a.n_tiles) * BN;
+    float2 sc[BN / 8], bi[BN / 8];  // this thread's channels' scale and bias, loaded under the main loop
+#pragma unroll
+    for (int j = 0; j < BN / 8; ++j) channel_pair(a, n0 + j * 8 + 2 * t, sc[j], bi[j]);
     int acc[BN / 2];
 #pragma unroll
     for (int i = 0; i < BN / 2; ++i) acc[i] = 0;
@@ -353,16 +361,36 @@ __global__ void __launch_bounds__(kWsThreads, 1)
     wgmma_wait<0>();
     fence_regs(acc);
     mbar_arrive(smem_addr(&empty[(it - 1) % STAGES]));
-    // acc[4j + 2h + e] is row row0 + 8h, column 8j + 2t + e.
+    // The epilogue: residual, activation and rounding from the accumulators, the finished values
+    // (INT8 or FP16) through this CTA's own staging area (the pipeline's buffers already take the
+    // next tile), then out in 16-byte stores. acc[4j + 2h + e] is row row0 + 8h, column 8j + 2t + e.
+    consumer_sync();  // the last tile's copy-out is done with the staging area
 #pragma unroll
     for (int j = 0; j < BN / 8; ++j) {
-      const int nc = n0 + j * 8 + 2 * t;
-      float2 sc, bi;
-      channel_pair(a, nc, sc, bi);
+      const int cc = j * 8 + 2 * t, nc = n0 + cc;
 #pragma unroll
-      for (int h = 0; h < 2; ++h)
-        finish_pair(a, m0 + row0 + 8 * h, nc, fmaf(static_cast<float>(acc[4 * j + 2 * h]), sc.x, bi.x),
-                    fmaf(static_cast<float>(acc[4 * j + 2 * h + 1]), sc.y, bi.y));
+      for (int h = 0; h < 2; ++h) {
+        const int r = row0 + 8 * h, m = m0 + r;
+        float v0 = fmaf(static_cast<float>(acc[4 * j + 2 * h]), sc[j].x, bi[j].x);
+        float v1 = fmaf(static_cast<float>(acc[4 * j + 2 * h + 1]), sc[j].y, bi[j].y);
+        if (m < a.m && nc < a.k) residual_act_pair(a, static_cast<int64_t>(m) * a.k + nc, v0, v1);
+        if (a.y_f16) *reinterpret_cast<__half2*>(stage + r * kStageRow + cc * 2) = __floats2half2_rn(v0, v1);
+        else *reinterpret_cast<char2*>(stage + r * kStageRow + cc) = quantize_pair(a, v0, v1);
+      }
+    }
+    consumer_sync();
+    const int es = a.y_f16 ? 2 : 1, row_chunks = BN * es / 16;
+    const bool vec = a.k * es % 16 == 0;
+    for (int ch = tid - 128; ch < kBM * row_chunks; ch += 256) {
+      const int r = ch / row_chunks, c0 = (ch - r * row_chunks) * 16 / es, m = m0 + r;  // c0: first channel
+      if (m >= a.m || n0 + c0 >= a.k) continue;
+      int8_t* dst = static_cast<int8_t*>(a.y) + (static_cast<int64_t>(m) * a.k + n0 + c0) * es;
+      const int8_t* src = stage + r * kStageRow + c0 * es;
+      if (vec) {
+        *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
+      } else {  // channels not a multiple of 16 (8 at least): byte by byte
+        for (int e = 0; e < 16 && n0 + c0 + e / es < a.k; ++e) dst[e] = src[e];
+      }
     }
   }
 #else
@@ -425,7 +453,7 @@ CUtensorMap int8_matrix_map(const void* base, int64_t rows, int64_t cols, int bo
 
 template <int BN, int STAGES>
 void launch_ws(const Args& args, cudaStream_t stream) {
-  constexpr size_t smem = static_cast<size_t>(STAGES) * (kBM + BN) * kBK + 1024;
+  constexpr size_t smem = static_cast<size_t>(STAGES) * (kBM + BN) * kBK + static_cast<size_t>(kBM) * (BN * 2 + 16) + 1024;
   static int sms = 0;
   static std::once_flag once;
   std::call_once(once, [] {
@@ -471,10 +499,11 @@ bool wgmma_available() {
 void launch_wgmma(const Args& a, int bn, bool staged, bool specialized, cudaStream_t stream) {
   if (!wgmma_available()) throw CudaError("conv_int8: the wgmma tiles need an sm_90 GPU and Kiln's sm_90a build");
   // The variants that won somewhere on ResNet-50's layers (bench: kiln_cuda_bench's INT8 rows).
-  if (specialized && !staged && bn == 128) return launch_ws<128, 6>(a, stream);
+  if (specialized && !staged && bn == 128) return launch_ws<128, 5>(a, stream);
   if (!specialized && bn == 64 && staged) return launch<64, 4, true>(a, stream);
   if (!specialized && bn == 128 && staged) return launch<128, 5, true>(a, stream);
   if (!specialized && bn == 256 && !staged) return launch<256, 4, false>(a, stream);
+  if (!specialized && bn == 256 && staged) return launch<256, 4, true>(a, stream);
   throw CudaError("conv_int8: no wgmma tile of " + std::to_string(bn) + " channels" + (staged ? ", staged" : "") +
                   (specialized ? ", warp-specialized" : ""));
 }
