@@ -22,24 +22,6 @@
 #include "passes/pass.h"
 
 namespace kiln {
-namespace {
-
-// The quantization parameters of a QuantizeLinear or DequantizeLinear node.
-struct QParams {
-  std::vector<float> scale;  // one value (per tensor) or one per index along axis
-  std::vector<int32_t> zero_point;
-  DType dtype = DType::kUndefined;  // the quantized side's type
-  int64_t axis = 1;
-  bool per_tensor() const { return scale.size() == 1; }
-  bool zero_points_zero() const {
-    for (int32_t z : zero_point)
-      if (z != 0) return false;
-    return true;
-  }
-  bool same(const QParams& o) const {
-    return scale == o.scale && zero_point == o.zero_point && dtype == o.dtype && (per_tensor() || axis == o.axis);
-  }
-};
 
 // Reads scale/zero point when both are constants and valid; nullopt otherwise.
 std::optional<QParams> qparams(const Graph& g, const UseIndex& u, const Node& n) {
@@ -73,6 +55,8 @@ std::optional<QParams> qparams(const Graph& g, const UseIndex& u, const Node& n)
   }
   return q;
 }
+
+namespace {
 
 // A DequantizeLinear producing `v`, with its parameters.
 struct Dq {

@@ -88,6 +88,26 @@ struct UseIndex {
 // value_int(s)), or an Identity of one.
 std::optional<Tensor> constant_value(const Graph& g, const UseIndex& u, const std::string& v, int depth = 0);
 
+// The quantization parameters of a QuantizeLinear or DequantizeLinear node (fuse_qdq.cpp).
+struct QParams {
+  std::vector<float> scale;  // one value (per tensor) or one per index along axis
+  std::vector<int32_t> zero_point;
+  DType dtype = DType::kUndefined;  // the quantized side's type
+  int64_t axis = 1;                 // normalized (non-negative) when per axis
+  bool per_tensor() const { return scale.size() == 1; }
+  bool zero_points_zero() const {
+    for (int32_t z : zero_point)
+      if (z != 0) return false;
+    return true;
+  }
+  bool same(const QParams& o) const {
+    return scale == o.scale && zero_point == o.zero_point && dtype == o.dtype && (per_tensor() || axis == o.axis);
+  }
+};
+// Reads a Q/DQ node's float32 scale and zero point when both are constants and valid (positive
+// finite scales, no block quantization, a known rank for per-axis ones); nullopt otherwise.
+std::optional<QParams> qparams(const Graph& g, const UseIndex& u, const Node& n);
+
 // Fresh value names, unique among everything the graph names (inputs, outputs, initializers, typed
 // values and every node's inputs and outputs): base, then base_1, base_2, ...
 class NameGen {
@@ -128,5 +148,10 @@ std::unique_ptr<Pass> make_cancel_transposes();            // Transpose -> row-w
 std::unique_ptr<Pass> make_fuse_qdq();                     // DQ -> Conv/MatMul/MaxPool -> Q -> kiln::QConv, QMatMul, int8 MaxPool
 std::unique_ptr<Pass> make_fuse_elementwise_chains();      // chains of elementwise ops -> kiln::ElementwiseChain
 std::unique_ptr<Pass> make_dead_node_elimination();
+
+// Not in the standard pipeline: for backends without Q/DQ kernels (the GPU), every
+// QuantizeLinear/DequantizeLinear of 8-bit values becomes float arithmetic with the same result
+// (decompose_qdq.cpp).
+std::unique_ptr<Pass> make_decompose_qdq();
 
 }  // namespace kiln

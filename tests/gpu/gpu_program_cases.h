@@ -645,6 +645,86 @@ TEST_P(GpuProgram, UnsupportedNodesAreNamedAtBuild) {
   }
 }
 
+// An explicit Q/DQ model (as ONNX Runtime's quantizer or PyTorch's QAT export writes one): int8
+// activations quantized and dequantized around two convolutions with per-channel int8 weights, a
+// uint8 pair after the ReLU and a standalone DequantizeLinear of an int8 input. The GPU has no Q/DQ
+// kernels; decompose-qdq makes them float arithmetic with the same values, so the program matches
+// the reference executor on the Q/DQ model itself: every output on the last quantizer's grid, and
+// near the reference's value. A GPU sum in another order, or FP16 storage, can move a value across
+// a rounding boundary of the next quantizer (a step of the last one: 0.05, outputs of about 1).
+TEST_P(GpuProgram, ExplicitQdqModelRunsAsFloatArithmetic) {
+  Builder b;
+  b.input("x", {2, 16, 10, 10}).input("bias_q", {2, 8, 10, 10}, DType::kI8);
+  auto q8 = [&](std::vector<int64_t> dims) {
+    Tensor t(DType::kI8, dims);
+    std::uniform_int_distribution<int> d(-127, 127);
+    for (int64_t i = 0; i < t.numel(); ++i) t.mutable_data<int8_t>()[i] = static_cast<int8_t>(d(b.rng));
+    return t;
+  };
+  auto channel_scales = [](int64_t c, float base) {
+    std::vector<float> v(static_cast<size_t>(c));
+    for (int64_t i = 0; i < c; ++i) v[static_cast<size_t>(i)] = base * (1.f + 0.25f * static_cast<float>(i % 4));
+    return Tensor::from_vector<float>({c}, v);
+  };
+  Tensor zi8(DType::kI8, {}), zu8(DType::kU8, {});
+  zi8.mutable_data<int8_t>()[0] = 0;
+  zu8.mutable_data<uint8_t>()[0] = 0;
+  b.init("s_x", Tensor::scalar<float>(0.01f)).init("s_r", Tensor::scalar<float>(0.02f)).init("s_y", Tensor::scalar<float>(0.05f))
+      .init("z8", zi8).init("zu8", zu8)
+      .init("w1", q8({32, 16, 3, 3})).init("w1_s", channel_scales(32, 0.004f)).init("w1_z", Tensor(DType::kI8, {32}))
+      .init("w2", q8({8, 32, 1, 1})).init("w2_s", channel_scales(8, 0.006f)).init("w2_z", Tensor(DType::kI8, {8}))
+      .init("s_b", Tensor::scalar<float>(0.004f))
+      .weight("b1", {32}, 0.1f).weight("b2", {8}, 0.1f);
+  for (const char* z : {"w1_z", "w2_z"}) std::fill_n(b.m.graph.initializers[z].mutable_data<int8_t>(), b.m.graph.initializers[z].numel(), 0);
+  b.node("QuantizeLinear", {"x", "s_x", "z8"}, {"xq"}).node("DequantizeLinear", {"xq", "s_x", "z8"}, {"xd"})
+      .node("DequantizeLinear", {"w1", "w1_s", "w1_z"}, {"w1d"}, {{"axis", i64(0)}})
+      .node("Conv", {"xd", "w1d", "b1"}, {"c1"}, {{"pads", ints({1, 1, 1, 1})}})
+      .node("Relu", {"c1"}, {"r1"})
+      .node("QuantizeLinear", {"r1", "s_r", "zu8"}, {"rq"}).node("DequantizeLinear", {"rq", "s_r", "zu8"}, {"rd"})
+      .node("DequantizeLinear", {"w2", "w2_s", "w2_z"}, {"w2d"}, {{"axis", i64(0)}})
+      .node("Conv", {"rd", "w2d", "b2"}, {"c2"})
+      .node("DequantizeLinear", {"bias_q", "s_b", "z8"}, {"bd"})
+      .node("Add", {"c2", "bd"}, {"s2"})
+      .node("QuantizeLinear", {"s2", "s_y", "z8"}, {"yq"}).node("DequantizeLinear", {"yq", "s_y", "z8"}, {"y"})
+      .output("y");
+  const Tensor x = b.random({2, 16, 10, 10});
+  const Tensor bq = q8({2, 8, 10, 10});
+  check(b, {{"x", x}, {"bias_q", bq}}, 2e-2, 3e-2);
+  // Element by element: every output sits on the last quantizer's grid (multiples of 0.05, within
+  // FP16's rounding of them), none is more than one step from the reference's, and few are a step
+  // away at all (only values that a sum in another order moved across a rounding boundary).
+  reference::Executor ref(b.m);
+  const Tensor want = ref.run({{"x", x}, {"bias_q", bq}}).at("y");
+  for (auto p : {gpu::Precision::kFP32, gpu::Precision::kFP16}) {
+    SCOPED_TRACE(gpu::precision_name(p));
+    gpu::CompileOptions opt;
+    opt.precision = p;
+    auto prog = gpu::build_gpu_program(b.m, {{"x", x.shape()}, {"bias_q", bq.shape()}}, 0, opt, 3);
+    gpu::GpuContext ctx(prog.program);
+    const Tensor got = ctx.run({{"x", x}, {"bias_q", bq}}).at("y");
+    ASSERT_EQ(got.shape(), want.shape());
+    int64_t off_grid = 0, far = 0, stepped = 0;
+    for (int64_t i = 0; i < got.numel(); ++i) {
+      const double g = got.data<float>()[i], w = want.data<float>()[i];
+      off_grid += std::fabs(g / 0.05 - std::nearbyint(g / 0.05)) > 0.08;
+      far += std::fabs(g - w) > 0.05 * 1.01;
+      stepped += std::fabs(g - w) > 0.025;
+    }
+    EXPECT_EQ(off_grid, 0);
+    // FP16 (and TF32 convolutions) round the activations before the next quantizer divides them:
+    // on the simulated device FP32 matched the reference exactly and FP16 moved 18-25% of the
+    // outputs by a step and 4-7% by two.
+    const bool fp16 = p == gpu::Precision::kFP16;
+    EXPECT_LE(far, got.numel() / (fp16 ? 10 : 50));
+    EXPECT_LE(stepped, got.numel() * (fp16 ? 35 : 15) / 100);
+  }
+  // Nothing quantized is left for the GPU to refuse, and the build says what it did.
+  auto built = gpu::build_gpu_program(b.m, {{"x", x.shape()}, {"bias_q", bq.shape()}}, 0, {}, 3);
+  bool logged = false;
+  for (const std::string& line : built.pass_log) logged = logged || line.rfind("decompose-qdq: 9 ", 0) == 0;
+  EXPECT_TRUE(logged) << "no decompose-qdq line in the pass log";
+}
+
 // Precision fp8: a post-LN transformer layer (packed QKV projection, attention, output projection
 // with its residual, FFN with erf-GELU) with every GEMM in FP8 E4M3, its input scales calibrated on
 // the CPU. The GELU writes the second FFN GEMM's input in FP8 itself, the LayerNorms write FP8

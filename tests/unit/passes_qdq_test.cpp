@@ -359,3 +359,130 @@ TEST(QdqParams, ZeroScaleAndBadZeroPointAreClearErrors) {
   infer_types(ok.m, io);
   EXPECT_NO_THROW(quant::check_qdq_params(ok.m));
 }
+
+// ---- decompose-qdq: the GPU's Q/DQ (float arithmetic with the same values).
+
+namespace {
+
+Model typed(Model m) {
+  InferOptions io;
+  io.evaluator = reference::constant_evaluator();
+  infer_types(m, io);
+  return m;
+}
+
+int decompose(Model& m) {
+  PassContext ctx;
+  ctx.evaluator = reference::constant_evaluator();
+  const int n = make_decompose_qdq()->run(m, ctx);
+  InferOptions io;
+  io.evaluator = reference::constant_evaluator();
+  infer_types(m, io);
+  return n;
+}
+
+// The largest |a - b| over two tensors of the same shape and dtype.
+double max_abs_diff(const Tensor& a, const Tensor& b) {
+  EXPECT_EQ(a.shape(), b.shape());
+  EXPECT_EQ(a.dtype(), b.dtype());
+  const auto x = a.to_double_vector(), y = b.to_double_vector();
+  double d = 0;
+  for (size_t i = 0; i < x.size() && i < y.size(); ++i) d = std::max(d, std::fabs(x[i] - y[i]));
+  return d;
+}
+
+}  // namespace
+
+// Before: x -Q/DQ-> Conv(DQ(int8 weights, per channel)) -> Relu -Q/DQ-> Conv -Q/DQ-> y.
+// After: no QuantizeLinear or DequantizeLinear left, the activations' pairs as Div/Round/Clip/Mul
+// (zero points 0: no Add/Sub), the weights' DQ as Cast and Mul; the same outputs, value for value,
+// on fresh random inputs.
+TEST(DecomposeQdq, ConvChainBecomesFloatArithmeticWithTheSameValues) {
+  QdqBuilder b;
+  std::string v = b.qdq("x", 0.01f, DType::kI8);
+  v = b.conv(v, 8, 16, 1, true);
+  v = b.qdq(v, 0.02f, DType::kI8);
+  v = b.conv(v, 16, 8, 2, false);
+  v = b.qdq(v, 0.05f, DType::kI8);
+  b.output(v);
+  const Model before = typed(b.m);
+  Model after = before;
+  EXPECT_EQ(decompose(after), 3 + 2);  // three activation pairs (one rewrite each), two weights
+  EXPECT_EQ(count_op(after, "QuantizeLinear"), 0);
+  EXPECT_EQ(count_op(after, "DequantizeLinear"), 0);
+  EXPECT_EQ(count_op(after, "Round"), 3);
+  EXPECT_EQ(count_op(after, "Clip"), 3);
+  EXPECT_EQ(count_op(after, "Cast"), 2);  // the int8 weights
+  EXPECT_EQ(count_op(after, "Add") + count_op(after, "Sub"), 0);
+  const Tensor x = random_f32({1, 8, 10, 10}, std::random_device{}());
+  EXPECT_LE(max_abs_diff(run(after, x), run(before, x)), 1e-6);
+  // And after the standard passes (the weights' casts fold into float weights).
+  const Model opt = optimized(after);
+  EXPECT_EQ(count_op(opt, "Cast"), 0);
+  EXPECT_LE(max_abs_diff(run(opt, x), run(before, x)), 0.05 * 1.01);  // at most one step of the last quantizer
+}
+
+// uint8 with a non-zero zero point: a Q whose 8-bit output is a graph output stays (as float
+// arithmetic and a Cast to uint8) beside the fake quantization its DQ becomes; a DQ of an int8
+// graph input becomes Cast, Sub and Mul. Values and dtypes as before.
+TEST(DecomposeQdq, ZeroPointsStandaloneQuantizersAndEightBitInputs) {
+  Model m;
+  m.opsets[""] = 17;
+  m.graph.inputs = {"x", "q_in"};
+  m.graph.types["x"] = TensorType{DType::kF32, Shape{Dim(2), Dim(3), Dim(4)}};
+  m.graph.types["q_in"] = TensorType{DType::kI8, Shape{Dim(2), Dim(3), Dim(4)}};
+  m.graph.initializers["s"] = Tensor::scalar<float>(0.03f);
+  Tensor z(DType::kU8, {});
+  z.mutable_data<uint8_t>()[0] = 100;
+  m.graph.initializers["z"] = z;
+  m.graph.initializers["s_in"] = Tensor::from_vector<float>({3}, {0.5f, 0.25f, 0.125f});
+  Tensor zin(DType::kI8, {3});
+  for (int i = 0; i < 3; ++i) zin.mutable_data<int8_t>()[i] = static_cast<int8_t>(i - 1);
+  m.graph.initializers["z_in"] = zin;
+  m.graph.nodes.push_back(Node{"q", "QuantizeLinear", "", {"x", "s", "z"}, {"xq"}, {}});
+  m.graph.nodes.push_back(Node{"dq", "DequantizeLinear", "", {"xq", "s", "z"}, {"xd"}, {}});
+  Node din{"dq_in", "DequantizeLinear", "", {"q_in", "s_in", "z_in"}, {"d_in"}, {}};
+  din.attrs["axis"] = Attribute::of_int(1);
+  m.graph.nodes.push_back(din);
+  m.graph.nodes.push_back(Node{"add", "Add", "", {"xd", "d_in"}, {"y"}, {}});
+  m.graph.outputs = {"xq", "y"};
+  const Model before = typed(m);
+  Model after = before;
+  EXPECT_EQ(decompose(after), 3);
+  EXPECT_EQ(count_op(after, "QuantizeLinear") + count_op(after, "DequantizeLinear"), 0);
+  EXPECT_EQ(after.graph.type_of("xq")->dtype, DType::kU8);
+  std::mt19937 rng(std::random_device{}());
+  Tensor x = random_f32({2, 3, 4}, rng(), -4.f, 4.f);  // past the uint8 range on both sides
+  Tensor qi = q8(DType::kI8, {2, 3, 4}, rng());
+  reference::Executor eb(before), ea(after);
+  const auto want = eb.run({{"x", x}, {"q_in", qi}}), got = ea.run({{"x", x}, {"q_in", qi}});
+  EXPECT_EQ(max_abs_diff(got.at("xq"), want.at("xq")), 0.0);
+  EXPECT_LE(max_abs_diff(got.at("y"), want.at("y")), 1e-6);
+}
+
+// What it leaves alone: a scale that is not a constant, block quantization, a float16 input.
+TEST(DecomposeQdq, GuardsLeaveOtherQuantizersAlone) {
+  Model m;
+  m.opsets[""] = 21;
+  m.graph.inputs = {"x", "s_dyn", "h"};
+  m.graph.types["x"] = TensorType{DType::kF32, Shape{Dim(4), Dim(8)}};
+  m.graph.types["s_dyn"] = TensorType{DType::kF32, Shape{}};
+  m.graph.types["h"] = TensorType{DType::kF16, Shape{Dim(4), Dim(8)}};
+  m.graph.initializers["s"] = Tensor::scalar<float>(0.1f);
+  m.graph.initializers["sb"] = Tensor::from_vector<float>({4, 2}, std::vector<float>(8, 0.1f));
+  Tensor z(DType::kI8, {});
+  z.mutable_data<int8_t>()[0] = 0;
+  m.graph.initializers["z"] = z;
+  m.graph.nodes.push_back(Node{"q_dyn", "QuantizeLinear", "", {"x", "s_dyn", "z"}, {"a"}, {}});
+  Node blocked{"q_block", "QuantizeLinear", "", {"x", "sb"}, {"b"}, {}};
+  blocked.attrs["block_size"] = Attribute::of_int(4);
+  blocked.attrs["axis"] = Attribute::of_int(1);
+  blocked.attrs["output_dtype"] = Attribute::of_int(3);  // int8
+  m.graph.nodes.push_back(blocked);
+  m.graph.nodes.push_back(Node{"q_half", "QuantizeLinear", "", {"h", "s", "z"}, {"c"}, {}});
+  m.graph.outputs = {"a", "b", "c"};
+  Model after = m;
+  PassContext ctx;
+  EXPECT_EQ(make_decompose_qdq()->run(after, ctx), 0);
+  EXPECT_EQ(after.graph.nodes.size(), m.graph.nodes.size());
+}

@@ -273,6 +273,25 @@ GpuBuild build_gpu_program(Model model, const ShapeMap& shapes, int device_index
   out.nodes_before = model.graph.nodes.size();
   std::set<std::string> names;  // the layers --layer-precision may name
   for (const Node& n : model.graph.nodes) names.insert(n.name);
+  // The GPU has no Q/DQ kernels: an explicit Q/DQ model's quantizers become float arithmetic that
+  // computes the same values (at every optimization level, 0 included).
+  std::vector<std::string> qdq_log;
+  {
+    PassContext qctx;
+    qctx.evaluator = reference::constant_evaluator();
+    auto qdq_nodes = [&] {
+      size_t k = 0;
+      for (const Node& n : model.graph.nodes)
+        k += n.domain.empty() && (n.op_type == "QuantizeLinear" || n.op_type == "DequantizeLinear");
+      return k;
+    };
+    const size_t before = qdq_nodes();
+    if (before > 0 && make_decompose_qdq()->run(model, qctx) > 0) {
+      infer_types(model, infer);
+      qdq_log.push_back("decompose-qdq: " + std::to_string(before - qdq_nodes()) +
+                        " QuantizeLinear/DequantizeLinear nodes as float arithmetic");
+    }
+  }
   if (opt_level > 0) {
     PassContext ctx;
     ctx.opt_level = opt_level;
@@ -282,6 +301,7 @@ GpuBuild build_gpu_program(Model model, const ShapeMap& shapes, int device_index
     infer_types(model, infer);
     out.pass_log = std::move(ctx.log);
   }
+  out.pass_log.insert(out.pass_log.begin(), qdq_log.begin(), qdq_log.end());
   out.nodes_after = model.graph.nodes.size();
   if (options.precision == Precision::kFP8) {
     // Engines carry their scales; a graph with every candidate scaled needs no data.
