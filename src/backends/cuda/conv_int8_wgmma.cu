@@ -14,6 +14,7 @@
 #include <cudaTypedefs.h>
 
 #include <algorithm>
+#include <atomic>
 #include <mutex>
 
 #include "backends/cuda/conv_int8_common.cuh"
@@ -478,21 +479,32 @@ void launch_ws(const Args& args, cudaStream_t stream) {
 }  // namespace
 
 bool wgmma_available() {
-  static const bool ok = [] {
-    int dev = 0, major = 0, minor = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess || major != 9 || minor != 0)
-      return false;
-    // Which image the driver loaded: the sm_90a one has the kernel, the others a trap.
+  // Per device (a host may mix GPUs): -1 not asked yet, else 0 or 1.
+  static std::atomic<int> known[64];
+  static std::once_flag init;
+  std::call_once(init, [] {
+    for (auto& k : known) k.store(-1);
+  });
+  int dev = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0) return false;
+  if (dev < 64 && known[dev].load() >= 0) return known[dev].load() == 1;
+  bool ok = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+            cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess && major == 9 &&
+            minor == 0;
+  if (ok) {
+    // Which image the driver loaded: the sm_90a one has the kernels, the others a trap.
     int* d = nullptr;
     int h = 0;
-    if (cudaMalloc(&d, sizeof(int)) != cudaSuccess) return (void)cudaGetLastError(), false;
-    probe_kernel<<<1, 1>>>(d);
-    const bool ran = cudaGetLastError() == cudaSuccess && cudaMemcpy(&h, d, sizeof(int), cudaMemcpyDeviceToHost) == cudaSuccess;
-    cudaFree(d);
-    return ran && h == 1;
-  }();
+    ok = cudaMalloc(&d, sizeof(int)) == cudaSuccess;
+    if (ok) {
+      probe_kernel<<<1, 1>>>(d);
+      ok = cudaGetLastError() == cudaSuccess && cudaMemcpy(&h, d, sizeof(int), cudaMemcpyDeviceToHost) == cudaSuccess && h == 1;
+      cudaFree(d);
+    } else {
+      (void)cudaGetLastError();
+    }
+  }
+  if (dev < 64) known[dev].store(ok ? 1 : 0);
   return ok;
 }
 
