@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -453,6 +454,47 @@ TEST_F(Cuda, Int8QuantizeIsExact) {
       }
       EXPECT_EQ(bad, 0) << "n=" << n << " dtype " << dtype_name(t);
     }
+}
+
+// A few-channel image to NHWC with zero channels appended (the padded input of a first
+// convolution): NCHW FP32 in, FP16 out, from poisoned (NaN) memory, so every padding channel must
+// be written; and from an NHWC input. 8x6 images take the four-pixels-per-thread path, 7x5 ones
+// the general one. A malformed request is refused.
+TEST_F(Cuda, PaddedNhwcCopyWritesZeroChannels) {
+  const int64_t N = 3, C = 3;
+  for (auto [H, W] : {std::pair<int64_t, int64_t>{7, 5}, {8, 6}})
+  for (int64_t P : {4, 8})
+    for (bool from_nhwc : {false, true}) {
+      std::vector<float> x = random(static_cast<size_t>(N * C * H * W));
+      DeviceBuffer dx = upload(DType::kF32, x);
+      DeviceBuffer dy = poisoned(DType::kF16, static_cast<size_t>(N * H * W * P));
+      StridedCopy c;
+      c.rank = 4;
+      const int64_t dims[4] = {N, C, H, W};
+      const int64_t nchw[4] = {C * H * W, H * W, W, 1}, nhwc[4] = {H * W * C, 1, W * C, C};
+      const int64_t ys[4] = {H * W * P, 1, W * P, P};
+      for (int d = 0; d < 4; ++d)
+        c.dims[d] = dims[d], c.x_strides[d] = from_nhwc ? nhwc[d] : nchw[d], c.y_strides[d] = ys[d];
+      c.pad_channels = P;
+      copy_strided(ElemType::kF32, dx.get(), ElemType::kF16, dy.get(), c, nullptr);
+      const auto y = download(DType::kF16, dy, static_cast<size_t>(N * H * W * P));
+      int bad = 0;
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t h = 0; h < H; ++h)
+          for (int64_t w = 0; w < W; ++w)
+            for (int64_t ch = 0; ch < P; ++ch) {
+              const float got = y[static_cast<size_t>(((n * H + h) * W + w) * P + ch)];
+              const int64_t xi = n * c.x_strides[0] + ch * c.x_strides[1] + h * c.x_strides[2] + w * c.x_strides[3];
+              const float want = ch < C ? __half2float(__float2half_rn(x[static_cast<size_t>(xi)])) : 0.f;
+              bad += !(got == want);
+            }
+      EXPECT_EQ(bad, 0) << H << "x" << W << " P=" << P << (from_nhwc ? " from NHWC" : " from NCHW");
+    }
+  StridedCopy bad;
+  bad.rank = 4, bad.dims[0] = 1, bad.dims[1] = 5, bad.dims[2] = 2, bad.dims[3] = 2, bad.pad_channels = 4;  // P < C
+  EXPECT_FALSE(gpu::channel_pad_ok(bad));
+  DeviceBuffer b1(64), b2(64);
+  EXPECT_THROW(copy_strided(ElemType::kF32, b1.get(), ElemType::kF16, b2.get(), bad, nullptr), std::runtime_error);
 }
 
 TEST_F(Cuda, MatmulBadInputIsAClearError) {

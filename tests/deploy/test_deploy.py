@@ -692,6 +692,27 @@ class DockerfileTest(unittest.TestCase):
                 self.assertEqual(p.returncode, 0, "%s\n%s" % (" ".join(argv), p.stderr))
 
 
+class DockerSmokeTestTest(unittest.TestCase):
+    """deploy/docker/smoke-test.sh asks the container only what the server answers: each URL it
+    requests is a route of `kiln serve --print-routes` (its model name in place of {model}), with
+    the method it uses, on the image's HTTP port."""
+
+    def test_smoke_test_urls_are_server_routes(self):
+        with open(os.path.join(ROOT, "deploy", "docker", "smoke-test.sh")) as f:
+            script = f.read()
+        table = routes()
+        known = {(r["method"], r["path"]) for r in table.get("http", [])}
+        used = [(line, m) for line in script.splitlines() if "curl " in line
+                for m in re.findall(r'"\$url(/[A-Za-z0-9/_.-]*)"', line)]
+        self.assertGreaterEqual(len(used), 4, used)
+        for line, path in used:
+            method = "POST" if " -d " in line else "GET"
+            templated = re.sub(r"^/v2/models/tiny_cnn", "/v2/models/{model}", path)
+            self.assertIn((method, templated), known, "%s %s is not a server route" % (method, path))
+        ports = re.findall(r'-p "127\.0\.0\.1:\$PORT:(\d+)"', script)
+        self.assertEqual([int(p) for p in ports], [chart_values({})["server"]["httpPort"]])
+
+
 class LiveServerTest(unittest.TestCase):
     """kiln serve, started with the chart's arguments, answers the chart's probes and exports the HPA's metric."""
 

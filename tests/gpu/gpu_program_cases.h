@@ -264,6 +264,52 @@ TEST_P(GpuProgram, SiluFusesIntoTheConvolution) {
   EXPECT_EQ(passes, 1) << "only the depthwise convolution's SiLU runs as a pass of its own";
 }
 
+// An image's first convolution (3 input channels, 7x7 stride 2) and a grayscale one (1 channel)
+// on their inputs zero-padded to 4 and 8 channels per pixel (filters padded to match), forced and
+// timed, against the reference executor: one converting copy writes the padded NHWC input, and
+// FP32 programs (TF32 convolutions) never pad.
+TEST_P(GpuProgram, FewChannelConvolutionsRunOnZeroPaddedChannels) {
+  Builder b;
+  b.input("x", {2, 3, 23, 23}).input("g", {2, 1, 9, 9}).weight("w1", {16, 3, 7, 7}).weight("b1", {16})
+      .weight("w2", {16, 16, 3, 3}).weight("wg", {8, 1, 3, 3});
+  b.node("Conv", {"x", "w1", "b1"}, {"c1"}, {{"pads", ints({3, 3, 3, 3})}, {"strides", ints({2, 2})}})
+      .node("Relu", {"c1"}, {"r1"})
+      .node("Conv", {"r1", "w2"}, {"y"}, {{"pads", ints({1, 1, 1, 1})}})
+      .node("Conv", {"g", "wg"}, {"yg"})
+      .output("y")
+      .output("yg");
+  const std::map<std::string, Tensor> inputs = {{"x", b.random({2, 3, 23, 23})}, {"g", b.random({2, 1, 9, 9})}};
+  reference::Executor ref(b.m);
+  const auto want = ref.run(inputs);
+  const gpu::ShapeMap shapes = {{"x", {2, 3, 23, 23}}, {"g", {2, 1, 9, 9}}};
+  for (const std::string pad : {"4", "8", "off", "auto"}) {
+    for (auto p : {gpu::Precision::kFP16, gpu::Precision::kFP32}) {
+      SCOPED_TRACE("channel_pad " + pad + " at " + gpu::precision_name(p));
+      gpu::CompileOptions opt;
+      opt.precision = p;
+      opt.channel_pad = pad;
+      auto built = gpu::build_gpu_program(b.m, shapes, 0, opt, 3);
+      int padded_copies = 0;
+      for (const auto& st : built.program->steps())
+        if (st.op == "Copy" && st.name.find(" channels)") != std::string::npos) {
+          ++padded_copies;
+          if (pad == "4" || pad == "8") EXPECT_NE(st.name.find("(" + pad + " channels)"), std::string::npos) << st.name;
+        }
+      const bool forced = (pad == "4" || pad == "8") && p == gpu::Precision::kFP16;
+      if (forced) EXPECT_EQ(padded_copies, 2) << "both few-channel inputs are padded";
+      if (pad == "off" || p == gpu::Precision::kFP32) EXPECT_EQ(padded_copies, 0);
+      gpu::GpuContext ctx(built.program, true);
+      for (int rep = 0; rep < 2; ++rep) {
+        const auto got = ctx.run(inputs);
+        for (const char* o : {"y", "yg"}) EXPECT_LT(rel_error(got.at(o), want.at(o)), p == gpu::Precision::kFP32 ? 1e-2 : 2e-2) << o;
+      }
+    }
+  }
+  gpu::CompileOptions bad;
+  bad.channel_pad = "3";
+  EXPECT_THROW(gpu::build_gpu_program(b.m, shapes, 0, bad, 3), Error);
+}
+
 // A detection head's ops: reductions (adjacent axes, with and without keepdims, axes as an input),
 // ArgMax/ArgMin (select_last_index), TopK (largest and smallest, along a middle axis) and
 // GatherElements (negative indices), against the reference executor. The input's values are

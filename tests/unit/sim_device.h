@@ -362,7 +362,13 @@ class SimDevice final : public Device {
     return conv_kernel(d, true, tactic);
   }
   std::unique_ptr<Kernel> copy(ElemType xt, ElemType yt, const StridedCopy& c) override {
+    if (!channel_pad_ok(c)) throw std::runtime_error("copy: pad_channels needs a dense NHWC output of at least C channels");
     return make("copy", 1, [xt, yt, c](const void* const* in, void* const* out, void*) {
+      if (c.pad_channels > 0) {  // the padding channels are zeros
+        const int64_t pixels = c.dims[0] * c.dims[2] * c.dims[3];
+        for (int64_t e = 0; e < pixels; ++e)
+          for (int64_t ch = c.dims[1]; ch < c.pad_channels; ++ch) sim_store(yt, out[0], e * c.pad_channels + ch, 0.f);
+      }
       int64_t n = 1;
       for (int d = 0; d < c.rank; ++d) n *= c.dims[d];
       for (int64_t e = 0; e < n; ++e) {

@@ -462,6 +462,8 @@ class CudaDevice final : public gpu::Device {
     return std::make_unique<DepthwiseKernel>(d, tactic);
   }
   std::unique_ptr<gpu::Kernel> copy(ElemType x, ElemType y, const gpu::StridedCopy& c) override {
+    if (!gpu::channel_pad_ok(c))
+      throw CudaError("copy: pad_channels needs rank 4 and a dense NHWC output of at least C and at most 64 channels");
     return fn_kernel(std::string("copy ") + elem_type_name(x) + "->" + elem_type_name(y),
                      [x, y, c](const void* const* in, void* const* out, cudaStream_t s) {
                        copy_strided(x, in[0], y, out[0], c, s);

@@ -158,6 +158,55 @@ __global__ void nchw_to_nhwc_small_kernel(ElemType xt, const void* x, ElemType y
   }
 }
 
+// NCHW-or-any-layout -> dense NHWC with P >= C channels per pixel, channels C.. zero: a thread per
+// pixel reads its C values (x strides of [N, C, H, W]) and writes P.
+__global__ void to_nhwc_padded_kernel(ElemType xt, const void* x, ElemType yt, void* y, int64_t n, int c, int p, int64_t h,
+                                      int64_t w, int64_t xs0, int64_t xs1, int64_t xs2, int64_t xs3) {
+  const int64_t total = n * h * w;
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t b = e / (h * w), hw = e % (h * w), i = hw / w, j = hw % w;
+    const int64_t base = b * xs0 + i * xs2 + j * xs3;
+    if (yt == ElemType::kF16 && (p == 4 || p == 8)) {  // one 8- or 16-byte store per pixel
+      __half2 v[4];
+      for (int q = 0; q < p / 2; ++q) {
+        const float lo = 2 * q < c ? load_f(xt, x, base + (2 * q) * xs1) : 0.f;
+        const float hi = 2 * q + 1 < c ? load_f(xt, x, base + (2 * q + 1) * xs1) : 0.f;
+        v[q] = __floats2half2_rn(lo, hi);
+      }
+      if (p == 4) reinterpret_cast<uint2*>(y)[e] = *reinterpret_cast<const uint2*>(v);
+      else reinterpret_cast<uint4*>(y)[e] = *reinterpret_cast<const uint4*>(v);
+      continue;
+    }
+    for (int ch = 0; ch < p; ++ch) store_f(yt, y, e * p + ch, ch < c ? load_f(xt, x, base + ch * xs1) : 0.f);
+  }
+}
+
+// The same from a dense NCHW FP32 image to FP16, four pixels per thread: one 16-byte load per
+// channel, then one 8- or 16-byte store per pixel (the loads of a few channels over HW pixels are
+// what bounds it; hw % 4 == 0).
+__global__ void nchw_f32_to_nhwc_f16_padded_kernel(const float* __restrict__ x, __half* __restrict__ y, int64_t n, int c,
+                                                   int p, int64_t hw) {
+  const int64_t quads = n * hw / 4;
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < quads;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t pix = e * 4, b = pix / hw, q = pix % hw;
+    float4 v[8];
+#pragma unroll
+    for (int ch = 0; ch < 8; ++ch)
+      v[ch] = ch < c ? __ldg(reinterpret_cast<const float4*>(x + (b * c + ch) * hw + q)) : make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      auto at = [&](int ch) { return i == 0 ? v[ch].x : i == 1 ? v[ch].y : i == 2 ? v[ch].z : v[ch].w; };
+      __half2 h[4];
+#pragma unroll
+      for (int k = 0; k < 4; ++k) h[k] = __floats2half2_rn(at(2 * k), at(2 * k + 1));
+      if (p == 4) reinterpret_cast<uint2*>(y)[pix + i] = *reinterpret_cast<const uint2*>(h);
+      else reinterpret_cast<uint4*>(y)[pix + i] = *reinterpret_cast<const uint4*>(h);
+    }
+  }
+}
+
 // A same-type strided copy in units of U (16 bytes: whole vectors of the last, contiguous dim).
 template <typename U>
 __global__ void copy_units_kernel(const U* __restrict__ x, U* __restrict__ y, StridedCopy copy, uint32_t n) {
@@ -665,6 +714,23 @@ __global__ void mean_middle_kernel(ElemType t, const void* x, void* y, int64_t n
 void copy_strided(ElemType xt, const void* x, ElemType yt, void* y, const StridedCopy& c, cudaStream_t stream) {
   const int64_t n = count_of(c.rank, c.dims, "copy_strided");
   if (n == 0) return;
+  if (c.pad_channels > 0) {
+    const int64_t N = c.dims[0], C = c.dims[1], H = c.dims[2], W = c.dims[3], P = c.pad_channels;
+    const bool nchw = c.x_strides[3] == 1 && c.x_strides[2] == W && c.x_strides[1] == H * W && c.x_strides[0] == C * H * W;
+    if (nchw && xt == ElemType::kF32 && yt == ElemType::kF16 && (P == 4 || P == 8) && (H * W) % 4 == 0 &&
+        (reinterpret_cast<uintptr_t>(x) & 15) == 0 && (reinterpret_cast<uintptr_t>(y) & 15) == 0 && gpu::channel_pad_ok(c)) {
+      nchw_f32_to_nhwc_f16_padded_kernel<<<blocks_for(N * H * W / 4), kThreads, 0, stream>>>(
+          static_cast<const float*>(x), static_cast<__half*>(y), N, static_cast<int>(C), static_cast<int>(P), H * W);
+      check_launch("nchw_f32_to_nhwc_f16_padded");
+      return;
+    }
+    if (!gpu::channel_pad_ok(c)) throw CudaError("copy_strided: pad_channels needs rank 4 and a dense NHWC output of 1-64 channels, at least C");
+    to_nhwc_padded_kernel<<<blocks_for(N * H * W), kThreads, 0, stream>>>(xt, x, yt, y, N, static_cast<int>(C),
+                                                                          static_cast<int>(P), H, W, c.x_strides[0],
+                                                                          c.x_strides[1], c.x_strides[2], c.x_strides[3]);
+    check_launch("to_nhwc_padded");
+    return;
+  }
   // NCHW <-> NHWC of floats: tiled transposes. dims are the logical [N, C, H, W].
   const bool floats = xt != ElemType::kI64 && xt != ElemType::kI32 && yt != ElemType::kI64 && yt != ElemType::kI32 &&
                       xt != ElemType::kF64 && yt != ElemType::kF64;

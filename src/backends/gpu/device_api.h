@@ -15,7 +15,7 @@
 
 namespace kiln::gpu {
 
-inline constexpr int kApiVersion = 8;
+inline constexpr int kApiVersion = 9;
 
 // Element types of device tensors. kBool is one byte, 0 or 1. kF8E4M3 is FP8 E4M3FN (one byte;
 // conversions to it round to nearest even and saturate at +-448): the activations and weights of
@@ -26,12 +26,25 @@ constexpr int kMaxRank = 6;
 
 // y[sum_d i_d * y_strides[d]] = convert(x[sum_d i_d * x_strides[d]]) for every index i < dims.
 // Strides count elements and may be 0 (broadcast) or negative (reversed slices).
+// pad_channels > 0 (rank 4, dims the logical [N, C, H, W]): y is a dense NHWC tensor of
+// pad_channels >= C channels per pixel (y_strides must say so) whose channels C.. are written as
+// zeros: a few-channel image padded for the tensor cores (a first convolution over C = 3).
 struct StridedCopy {
   int rank = 0;
   int64_t dims[kMaxRank] = {};
   int64_t x_strides[kMaxRank] = {};
   int64_t y_strides[kMaxRank] = {};
+  int64_t pad_channels = 0;
 };
+// Whether a copy with pad_channels is well formed (modules refuse the others when they make it).
+inline bool channel_pad_ok(const StridedCopy& c) {
+  if (c.pad_channels <= 0) return true;
+  if (c.rank != 4 || c.pad_channels < c.dims[1] || c.pad_channels > 64) return false;
+  const int64_t p = c.pad_channels, want[4] = {c.dims[2] * c.dims[3] * p, 1, c.dims[3] * p, p};
+  for (int d = 0; d < 4; ++d)
+    if (c.y_strides[d] != want[d]) return false;
+  return true;
+}
 
 // The elementwise interpreter: per output element an FP32 accumulator runs the steps in order;
 // `a`/`b` name inputs, read at the element's broadcast offset (per-input strides over the output

@@ -312,7 +312,8 @@ class GpuProgramBuilder {
         bytes.resize(static_cast<size_t>(n) * elem_bytes(type));
         const float* src = t.data<float>();
         for (int64_t i = 0; i < n; ++i) {
-          const float x = src[order.empty() ? i : order[static_cast<size_t>(i)]];
+          const int64_t at = order.empty() ? i : order[static_cast<size_t>(i)];  // -1: a zero (padding)
+          const float x = at < 0 ? 0.f : src[at];
           const float v = scale == 1.0 ? x : static_cast<float>(static_cast<double>(x) * scale);
           if (type == ElemType::kF32) std::memcpy(bytes.data() + 4 * i, &v, 4);
           else {
@@ -326,8 +327,8 @@ class GpuProgramBuilder {
       for (int64_t i = 0; i < n; ++i) {
         const int64_t src = order.empty() ? i : order[static_cast<size_t>(i)];
         int64_t exact = 0;
-        if (ints) exact = t.dtype() == DType::kI64 ? t.data<int64_t>()[src] : t.data<int32_t>()[src];
-        put_value(bytes, type, host_value(t, src) * scale, exact, ints && scale == 1.0);
+        if (ints && src >= 0) exact = t.dtype() == DType::kI64 ? t.data<int64_t>()[src] : t.data<int32_t>()[src];
+        put_value(bytes, type, src < 0 ? 0.0 : host_value(t, src) * scale, exact, ints && scale == 1.0);
       }
       return bytes;
     });
@@ -467,6 +468,25 @@ class GpuProgramBuilder {
     return key;
   }
   std::string plain(const std::string& name) { return as(name, false, val(name).type); }
+  // A 4-D value as dense NHWC of `type` with `channels` channels per pixel, the ones past its own
+  // zero (one converting copy from any layout): the input of a convolution padded for the tensor cores.
+  std::string padded_nhwc(const std::string& name, int64_t channels, ElemType type) {
+    const Val v = val(name);
+    if (v.dims.size() != 4 || channels < v.dims[1])
+      throw Error(ErrorCode::kInternal, "channel padding needs a 4-D value of at most " + std::to_string(channels) +
+                                            " channels: " + name);
+    const std::string key = name + "#nhwc_c" + std::to_string(channels) + "_" + std::to_string(static_cast<int>(type));
+    if (vals_.count(key)) return key;
+    new_value(key, type, {v.dims[0], channels, v.dims[2], v.dims[3]}, true);
+    StridedCopy c;
+    c.rank = 4;
+    const auto xs = logical_strides(v), ys = logical_strides(val(key));
+    for (int d = 0; d < 4; ++d) c.dims[d] = v.dims[d], c.x_strides[d] = xs[d], c.y_strides[d] = ys[d];
+    c.pad_channels = channels;
+    add_step(dev_->copy(v.type, type, c), {name}, {key},
+             {"to nhwc " + name + " (" + std::to_string(channels) + " channels)", "Copy", "", -1});
+    return key;
+  }
 
   // out = in (same logical dims), converting layout and type.
   void emit_copy(const std::string& in, const std::string& out, const std::string& label) {
@@ -826,7 +846,7 @@ void GpuProgramBuilder::lower_conv(const Node& n) {
     for (int64_t r = 0; r < R; ++r)
       for (int64_t s = 0; s < S; ++s)
         for (int64_t c = 0; c < C; ++c) order[i++] = ((k * C + c) * R + r) * S + s;
-  std::vector<std::string> ins = {as(n.inputs[0], true, compute_), ""};  // the weights once the kernel is chosen
+  std::vector<std::string> ins = {"", ""};  // the input and the weights once the kernel is chosen
   if (has_b) ins.push_back(as(n.inputs[2], false, compute_));
   if (has_z) ins.push_back(as(n.inputs[3], true, compute_));
   const std::string out = post.empty() ? n.outputs[0] : n.outputs[0] + "#preact";
@@ -837,8 +857,25 @@ void GpuProgramBuilder::lower_conv(const Node& n) {
   const bool dw_ok = d.groups == d.c && d.k == d.c && d.groups > 1;
   const std::string& dw_tactic = opt_.depthwise_tactic;
   const MatmulDesc md = as_gemm(d);
-  // The timing cache records the winning family and its tactic: "depthwise|t", "gemm|t", "cudnn|t".
-  const std::string key = conv_key(d) + " conv1x1=" + tactic + " depthwise=" + dw_tactic;
+  // A convolution over fewer than 8 channels (an image's first layer, C = 3) is also timed on its
+  // input zero-padded to 4 and to 8 channels per pixel, with zero filter channels: the same sums,
+  // in the channel counts cuDNN's tensor-core kernels are made for.
+  const std::string& pad_opt = opt_.channel_pad;
+  if (pad_opt != "auto" && pad_opt != "off" && pad_opt != "4" && pad_opt != "8")
+    throw Error(ErrorCode::kInvalidArgument, "channel_pad '" + pad_opt + "' is not auto, off, 4 or 8");
+  const bool pad_ok = pad_opt != "off" && d.groups == 1 && d.c < 8 && !d.in_clip &&
+                      (compute_ == ElemType::kF16 || compute_ == ElemType::kBF16);
+  std::unique_ptr<Kernel> pad_k;
+  int64_t pad_c = 0;
+  auto padded = [&](int64_t c) {
+    ConvDesc dp = d;
+    dp.c = c;
+    return dp;
+  };
+  // The timing cache records the winning family and its tactic: "depthwise|t", "gemm|t", "cudnn|t",
+  // "cudnn-pad4|t", "cudnn-pad8|t".
+  const std::string key =
+      conv_key(d) + " conv1x1=" + tactic + " depthwise=" + dw_tactic + (pad_ok ? " pad=" + pad_opt : std::string());
   const auto hit = recorded(key);
   if (hit) {
     const std::string& rec = hit->tactic;
@@ -848,30 +885,60 @@ void GpuProgramBuilder::lower_conv(const Node& n) {
       if (family == "depthwise" && dw_ok) dw_k = dev_->depthwise(d, t);
       else if (family == "gemm" && gemm_ok) gemm_k = dev_->matmul(md, opt_.workspace_limit, t);
       else if (family == "cudnn" && !d.in_clip) conv_k = dev_->conv(d, opt_.workspace_limit, t);
-      else throw std::runtime_error("'" + rec + "' is not a convolution tactic for this node");
+      else if ((family == "cudnn-pad4" || family == "cudnn-pad8") && pad_ok && family.back() - '0' > d.c) {
+        pad_c = family.back() - '0';
+        pad_k = dev_->conv(padded(pad_c), opt_.workspace_limit, t);
+      } else throw std::runtime_error("'" + rec + "' is not a convolution tactic for this node");
       ++stats_.recorded;
     } catch (const std::runtime_error& e) {
       rejected(n.name, e.what());
     }
   }
-  const bool timed = !dw_k && !gemm_k && !conv_k;
+  const bool timed = !dw_k && !gemm_k && !conv_k && !pad_k;
   if (timed) {
     warm_up();
+    const bool forced_pad = pad_ok && pad_opt != "auto";
     if (dw_ok && dw_tactic != "cudnn") dw_k = dev_->depthwise(d);
-    if ((!gemm_ok || tactic != "gemm") && !(dw_k && dw_tactic == "kiln") && !d.in_clip)
+    if ((!gemm_ok || tactic != "gemm") && !(dw_k && dw_tactic == "kiln") && !d.in_clip && !forced_pad)
       conv_k = dev_->conv(d, opt_.workspace_limit);
-    if (gemm_ok && tactic != "cudnn") gemm_k = dev_->matmul(md, opt_.workspace_limit);
+    if (gemm_ok && tactic != "cudnn" && !forced_pad) gemm_k = dev_->matmul(md, opt_.workspace_limit);
+    std::ostringstream pad_log;
+    if (conv_k) pad_log << d.c << " channels " << conv_k->timed_ms() << " ms";
+    for (int64_t c : {int64_t{4}, int64_t{8}}) {
+      if (!pad_ok || c <= d.c || (forced_pad && pad_opt != std::to_string(c))) continue;
+      try {
+        auto k = dev_->conv(padded(c), opt_.workspace_limit);
+        pad_log << (pad_log.tellp() > 0 ? ", " : "") << c << " channels " << k->timed_ms() << " ms";
+        if (!pad_k || k->timed_ms() < pad_k->timed_ms()) pad_k = std::move(k), pad_c = c;
+      } catch (const std::runtime_error& e) {
+        if (forced_pad) throw;
+        if (opt_.log) opt_.log->push_back("node '" + n.name + "': no convolution over " + std::to_string(c) + " channels (" + e.what() + ")");
+      }
+    }
+    if (pad_ok && opt_.log) opt_.log->push_back("node '" + n.name + "': cuDNN on " + pad_log.str());
     ++stats_.timed;
   }
   // The fastest of the candidates, each timed on the device when it was made (or the one recorded).
   auto faster = [](const std::unique_ptr<Kernel>& a, const std::unique_ptr<Kernel>& b) {
     return a && (!b || a->timed_ms() < b->timed_ms());
   };
-  const bool dw_wins = faster(dw_k, conv_k) && faster(dw_k, gemm_k), gemm_wins = !dw_wins && faster(gemm_k, conv_k);
-  const Kernel& winner = dw_wins ? *dw_k : gemm_wins ? *gemm_k : *conv_k;
-  record(key, std::string(dw_wins ? "depthwise" : gemm_wins ? "gemm" : "cudnn") + "|" + winner.tactic(),
-         timed ? winner.timed_ms() : hit->ms, timed);
-  if (dw_wins) {
+  const bool pad_wins = faster(pad_k, conv_k) && faster(pad_k, gemm_k) && faster(pad_k, dw_k);
+  const bool dw_wins = !pad_wins && faster(dw_k, conv_k) && faster(dw_k, gemm_k);
+  const bool gemm_wins = !pad_wins && !dw_wins && faster(gemm_k, conv_k);
+  const Kernel& winner = pad_wins ? *pad_k : dw_wins ? *dw_k : gemm_wins ? *gemm_k : *conv_k;
+  const std::string family = pad_wins ? "cudnn-pad" + std::to_string(pad_c) : dw_wins ? "depthwise" : gemm_wins ? "gemm" : "cudnn";
+  record(key, family + "|" + winner.tactic(), timed ? winner.timed_ms() : hit->ms, timed);
+  ins[0] = pad_wins ? padded_nhwc(n.inputs[0], pad_c, compute_) : as(n.inputs[0], true, compute_);
+  if (pad_wins) {
+    std::vector<int64_t> krsc(static_cast<size_t>(K * R * S * pad_c));
+    size_t at = 0;
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t s2 = 0; s2 < S; ++s2)
+          for (int64_t c = 0; c < pad_c; ++c) krsc[at++] = c < C ? ((k * C + c) * R + r) * S + s2 : -1;
+    ins[1] = weight_value(n.inputs[1], compute_, {K, R, S, pad_c}, krsc, "krsc_c" + std::to_string(pad_c));
+    add_step(std::move(pad_k), ins, {out}, {n.name, n.op_type, "", -1});
+  } else if (dw_wins) {
     std::vector<int64_t> rsc(static_cast<size_t>(R * S * K));
     for (int64_t r = 0; r < R; ++r)
       for (int64_t s2 = 0; s2 < S; ++s2)

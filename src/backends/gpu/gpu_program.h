@@ -104,6 +104,10 @@ struct CompileOptions {
   std::string conv1x1_tactic = "auto";
   // Depthwise convolutions: cuDNN or Kiln's own kernel ("auto" times both; "cudnn", "kiln" force one).
   std::string depthwise_tactic = "auto";
+  // Convolutions over fewer than 8 input channels in FP16/BF16 (an image's first layer): "auto"
+  // times cuDNN on the input as it is and on a copy zero-padded to 4 and to 8 channels per pixel
+  // (filters padded to match), keeping the fastest; "off" never pads; "4" or "8" always pads (tests).
+  std::string channel_pad = "auto";
   // Precision fp8: which GEMMs with an input scale run in FP8. "auto" times each against FP16
   // (counting the quantizing pass) and keeps the faster; "always" runs them all in FP8 (tests).
   std::string fp8_gemms = "auto";
