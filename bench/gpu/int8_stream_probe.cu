@@ -6,8 +6,10 @@
 // cp.async STAGES - 1 tiles ahead, mma.sync m16n8k32, the finished INT8 tile staged for 16-byte
 // stores. Not part of the build; timings only (outputs of the ablated variants are wrong).
 // Measured on the H100 (bench/results/2026-11-27-gpu-stem-padding.md): the loads and stores alone
-// run at the layer's memory ceiling; the epilogue's instructions (about 15 per output) set the time,
-// and conversions without I2F/F2I do not change it.
+// run at the layer's memory ceiling; the epilogue's dependent instructions set the time, more
+// warps per SM hide them (64 x 128 tiles at four CTAs per SM: 0.235 ms), and conversions without
+// I2F/F2I do not help. The shipped streaming tiles (src/backends/cuda/conv_int8_stream.cu) came
+// from it.
 //
 //   /usr/local/cuda/bin/nvcc -O3 -std=c++17 -gencode=arch=compute_90,code=sm_90 -Isrc \
 //     bench/gpu/int8_stream_probe.cu -o build-cuda/int8_stream_probe
@@ -48,25 +50,26 @@ __device__ __forceinline__ float small_int_to_float(int i) { return __int_as_flo
 __device__ __forceinline__ int q8(float v) { return __float_as_int(fminf(fmaxf(v, -128.f), 127.f) + 12582912.f) - 0x4B400000; }
 __device__ __forceinline__ int sw(int row, int chunk) { return row * 64 + ((chunk ^ ((row >> 1) & 3)) << 4); }
 
-enum Part : int { kAll = 0, kNoMma = 1, kNoEpilogue = 2, kNoStore = 4, kZDirect = 8, kNoLoads = 16, kFastCvt = 32 };
+enum Part : int { kAll = 0, kNoMma = 1, kNoEpilogue = 2, kNoStore = 4, kZDirect = 8, kNoLoads = 16, kFastCvt = 32, kScaleRegs = 64, kNoScale = 128 };
 
-constexpr int BM = 64, BN = 256, K = 64, kThreads = 256, WN = BN / 4, NI = WN / 8;
-constexpr int ZP = BN + 16, YP = BN + 16;  // staged row pitches (bytes)
+constexpr int BM = 64, N = 256, K = 64, kThreads = 256;  // the layer: 64 -> 256 channels
 
-template <int STAGES>
-__global__ void __launch_bounds__(kThreads, 1)
+// A CTA takes channel chunk blockIdx.x % (N / BN) and every (gridDim.x / (N / BN))-th pixel tile.
+template <int STAGES, int BN, int MINB>
+__global__ void __launch_bounds__(kThreads, MINB)
     probe_kernel(const int8_t* __restrict__ x, const int8_t* __restrict__ w, const float* __restrict__ scale,
                  const int8_t* __restrict__ z, int8_t* __restrict__ y, int m, int m_tiles, int parts) {
+  constexpr int WN = BN / 4, NI = WN / 8, ZP = BN + 16, YP = BN + 16, NCH = N / BN;  // staged row pitches (bytes)
   extern __shared__ __align__(128) int8_t smem[];
   constexpr int A_BYTES = BM * K, STAGE = A_BYTES + BM * ZP;
   int8_t* sb = smem;
   int8_t* stages = smem + BN * K;
   int8_t* so = stages + STAGES * STAGE;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wm = warp >> 2, wn = warp & 3;
-  const int first = blockIdx.x, step = gridDim.x;
+  const int n0 = (blockIdx.x % NCH) * BN, first = blockIdx.x / NCH, step = gridDim.x / NCH;
   const int my_tiles = first < m_tiles ? (m_tiles - first + step - 1) / step : 0;
   const bool z_staged = !(parts & kZDirect);
-  for (int i = tid; i < BN * 4; i += kThreads) cp_async16(smem_addr(sb + sw(i >> 2, i & 3)), w + i * 16, true);
+  for (int i = tid; i < BN * 4; i += kThreads) cp_async16(smem_addr(sb + sw(i >> 2, i & 3)), w + n0 * K + i * 16, true);
   auto load = [&](int slot, int tile) {
     if (parts & kNoLoads) return;
     int8_t* sa = stages + slot * STAGE;
@@ -80,10 +83,14 @@ __global__ void __launch_bounds__(kThreads, 1)
       for (int i = tid; i < BM * (BN / 16); i += kThreads) {
         const int row = i >> 4, c = i & 15;
         const bool ok = m0 + row < m;
-        cp_async16(smem_addr(sa + A_BYTES + row * ZP + c * 16), ok ? z + static_cast<int64_t>(m0 + row) * BN + c * 16 : z, ok);
+        cp_async16(smem_addr(sa + A_BYTES + row * ZP + c * 16), ok ? z + static_cast<int64_t>(m0 + row) * N + n0 + c * 16 : z, ok);
       }
   };
   const int g = lane >> 2, t = lane & 3;
+  float2 sreg[NI];  // kScaleRegs: this thread's scales, loaded once
+#pragma unroll
+  for (int jn = 0; jn < NI; ++jn)
+    sreg[jn] = (parts & kScaleRegs) ? __ldg(reinterpret_cast<const float2*>(scale + n0 + wn * WN + jn * 8 + 2 * t)) : make_float2(1.f, 1.f);
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) {
     if (s < my_tiles) load(s, first + s * step);
@@ -120,7 +127,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
       for (int jn = 0; jn < NI; ++jn) {
         const int col = wn * WN + jn * 8 + 2 * t;
-        const float2 sc = __ldg(reinterpret_cast<const float2*>(scale + col));
+        const float2 sc = (parts & (kScaleRegs | kNoScale)) ? sreg[jn] : __ldg(reinterpret_cast<const float2*>(scale + n0 + col));
 #pragma unroll
         for (int i = 0; i < 2; ++i)
 #pragma unroll
@@ -128,7 +135,7 @@ __global__ void __launch_bounds__(kThreads, 1)
             const int row = wm * 32 + i * 16 + g + h * 8;
             char2 zz;
             if (z_staged) zz = *reinterpret_cast<const char2*>(sa + A_BYTES + row * ZP + col);
-            else zz = m0 + row < m ? __ldg(reinterpret_cast<const char2*>(z + static_cast<int64_t>(m0 + row) * BN + col)) : make_char2(0, 0);
+            else zz = m0 + row < m ? __ldg(reinterpret_cast<const char2*>(z + static_cast<int64_t>(m0 + row) * N + n0 + col)) : make_char2(0, 0);
             if (parts & kFastCvt) {  // the full-rate conversions of conv_int8_common.cuh
               float v0 = small_int_to_float(acc[i][jn][2 * h]) * sc.x, v1 = small_int_to_float(acc[i][jn][2 * h + 1]) * sc.y;
               v0 = fmaxf(fmaf(small_int_to_float(zz.x), 0.02f, v0), 0.f);
@@ -151,31 +158,31 @@ __global__ void __launch_bounds__(kThreads, 1)
       for (int i = tid; i < BM * (BN / 16); i += kThreads) {
         const int row = i >> 4, c = i & 15;
         if (m0 + row < m)
-          *reinterpret_cast<uint4*>(y + static_cast<int64_t>(m0 + row) * BN + c * 16) = *reinterpret_cast<const uint4*>(so + row * YP + c * 16);
+          *reinterpret_cast<uint4*>(y + static_cast<int64_t>(m0 + row) * N + n0 + c * 16) = *reinterpret_cast<const uint4*>(so + row * YP + c * 16);
       }
   }
   cp_async_wait<0>();
 }
 
-template <int STAGES>
+template <int STAGES, int BN, int MINB>
 float run(const int8_t* x, const int8_t* w, const float* sc, const int8_t* z, int8_t* y, int m, int parts, int per_sm_want,
           int* per_sm_out) {
-  const size_t smem = BN * K + STAGES * (BM * K + BM * ZP) + BM * YP;
-  CHECK(cudaFuncSetAttribute(probe_kernel<STAGES>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  const size_t smem = BN * K + STAGES * (BM * K + BM * (BN + 16)) + BM * (BN + 16);
+  CHECK(cudaFuncSetAttribute(probe_kernel<STAGES, BN, MINB>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   int sms = 0, per_sm = 0;
   CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
-  CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, probe_kernel<STAGES>, kThreads, smem));
+  CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, probe_kernel<STAGES, BN, MINB>, kThreads, smem));
   per_sm = std::min(per_sm, per_sm_want);
   *per_sm_out = per_sm;
-  const int m_tiles = (m + BM - 1) / BM;
-  const int grid = std::min(m_tiles, sms * per_sm);
+  const int m_tiles = (m + BM - 1) / BM, nch = N / BN;
+  const int grid = std::max(1, std::min(m_tiles, sms * per_sm / nch)) * nch;
   cudaEvent_t e0, e1;
   CHECK(cudaEventCreate(&e0));
   CHECK(cudaEventCreate(&e1));
   std::vector<float> ms;
   for (int rep = 0; rep < 25; ++rep) {
     CHECK(cudaEventRecord(e0));
-    probe_kernel<STAGES><<<grid, kThreads, smem>>>(x, w, sc, z, y, m, m_tiles, parts);
+    probe_kernel<STAGES, BN, MINB><<<grid, kThreads, smem>>>(x, w, sc, z, y, m, m_tiles, parts);
     CHECK(cudaEventRecord(e1));
     CHECK(cudaEventSynchronize(e1));
     float t = 0;
@@ -192,20 +199,22 @@ int main() {
   int8_t *x, *w, *z, *y;
   float* sc;
   CHECK(cudaMalloc(&x, static_cast<size_t>(m) * K));
-  CHECK(cudaMalloc(&w, BN * K));
-  CHECK(cudaMalloc(&z, static_cast<size_t>(m) * BN));
-  CHECK(cudaMalloc(&y, static_cast<size_t>(m) * BN));
-  CHECK(cudaMalloc(&sc, BN * 4));
+  CHECK(cudaMalloc(&w, N * K));
+  CHECK(cudaMalloc(&z, static_cast<size_t>(m) * N));
+  CHECK(cudaMalloc(&y, static_cast<size_t>(m) * N));
+  CHECK(cudaMalloc(&sc, N * 4));
   CHECK(cudaMemset(x, 3, static_cast<size_t>(m) * K));
-  CHECK(cudaMemset(w, 1, BN * K));
-  CHECK(cudaMemset(z, 5, static_cast<size_t>(m) * BN));
-  CHECK(cudaMemset(sc, 0, BN * 4));
-  const double bytes = static_cast<double>(m) * (K + 2 * BN);
+  CHECK(cudaMemset(w, 1, N * K));
+  CHECK(cudaMemset(z, 5, static_cast<size_t>(m) * N));
+  CHECK(cudaMemset(sc, 0, N * 4));
+  const double bytes = static_cast<double>(m) * (K + 2 * N);
   struct V {
     const char* name;
     int parts;
   };
   const V variants[] = {{"all parts", kAll},
+                        {"all parts, scales loaded once into registers", kScaleRegs},
+                        {"all parts, no scale loads (constant 1)", kNoScale},
                         {"all parts, full-rate conversions", kFastCvt},
                         {"no loads, full-rate conversions", kNoLoads | kFastCvt},
                         {"no MMA", kNoMma},
@@ -215,14 +224,17 @@ int main() {
                         {"no loads (A, residual)", kNoLoads},
                         {"only loads", kNoMma | kNoEpilogue | kNoStore},
                         {"only stores", kNoLoads | kNoMma | kNoEpilogue}};
-  for (int stages : {3})
-    for (int want : {2})
-      for (const V& v : variants) {
-        int per_sm = 0;
-        const float ms = stages == 3 ? run<3>(x, w, sc, z, y, m, v.parts, want, &per_sm)
-                                     : run<5>(x, w, sc, z, y, m, v.parts, want, &per_sm);
-        std::printf("stages %d, %d CTA/SM, %-44s %.3f ms  %.2f TB/s of the layer's bytes\n", stages, per_sm, v.name, ms,
-                    bytes / (ms * 1e-3) / 1e12);
-      }
+  // (tile channels, CTAs per SM at most): BN 256 fits 2 CTAs of 256 threads, BN 128 up to 4.
+  auto one = [&](const char* shape, auto runner) {
+    for (const V& v : variants) {
+      int per_sm = 0;
+      const float ms = runner(v.parts, &per_sm);
+      std::printf("%s, %d CTA/SM, %-44s %.3f ms  %.2f TB/s of the layer's bytes\n", shape, per_sm, v.name, ms,
+                  bytes / (ms * 1e-3) / 1e12);
+    }
+  };
+  one("64x256 tiles, 3 stages", [&](int parts, int* ps) { return run<3, 256, 2>(x, w, sc, z, y, m, parts, 2, ps); });
+  one("64x128 tiles, 3 stages", [&](int parts, int* ps) { return run<3, 128, 3>(x, w, sc, z, y, m, parts, 3, ps); });
+  one("64x128 tiles, 2 stages", [&](int parts, int* ps) { return run<2, 128, 4>(x, w, sc, z, y, m, parts, 4, ps); });
   return 0;
 }

@@ -206,7 +206,7 @@ int main() {
         KILN_CUDA_CHECK(cudaMemcpy(scale.get(), sv.data(), sv.size() * 4, cudaMemcpyHostToDevice));
         std::string line;
         for (int t = 0; t < static_cast<int>(Int8Tile::kCount); ++t) {
-          if (!int8_tile_available(static_cast<Int8Tile>(t))) continue;
+          if (!int8_tile_takes(q, static_cast<Int8Tile>(t))) continue;
           const float ms8 = median_ms(
               [&](cudaStream_t s) {
                 conv_int8(q, static_cast<Int8Tile>(t), static_cast<const int8_t*>(x.get()), static_cast<const int8_t*>(w.get()),
@@ -256,7 +256,7 @@ int main() {
         float best_mma = 1e30f;
         std::string tiles;  // every tile's time
         for (int t = 0; t < static_cast<int>(Int8Tile::kCount); ++t) {
-          if (!int8_tile_available(static_cast<Int8Tile>(t))) continue;
+          if (!int8_tile_takes(q, static_cast<Int8Tile>(t))) continue;
           const float ms8 = median_ms(
               [&](cudaStream_t s) {
                 conv_int8(q, static_cast<Int8Tile>(t), static_cast<const int8_t*>(x.get()),

@@ -169,6 +169,11 @@ std::vector<Case> cases() {
   // (its loads run into the next tile while the last one finishes), by TMA (1x1) and by cp.async (3x3).
   add(4, 64, 48, 48, 256, 1, 0, 1, 1, "1x1, 144 tiles of 128x128").act = ConvAct::kRelu;
   add(4, 16, 48, 48, 256, 3, 1, 1, 1, "3x3, 144 tiles of 128x128").act = ConvAct::kRelu;
+  // The streaming tiles' layers: more 64-pixel tiles than their CTAs (each walks several through
+  // its pipeline, the last one partial), K = 64 with a residual and K = 256 without, two chunks of
+  // channels with the last one partial (k = 208).
+  { auto& p = add(6, 64, 47, 48, 256, 1, 0, 1, 1, "1x1 64 -> 256, int8 residual, 212 pixel tiles"); p.residual = true; p.act = ConvAct::kRelu; }
+  add(8, 256, 30, 31, 208, 1, 0, 1, 1, "1x1 256 -> 208, 117 pixel tiles").act = ConvAct::kClip;
   return v;
 }
 
@@ -178,9 +183,46 @@ TEST(CudaInt8Conv, MatchesTheExactReferenceOnEveryTile) {
   SCOPED_TRACE("seed " + std::to_string(seed));
   for (const Case& c : cases())
     for (int t = 0; t < static_cast<int>(Int8Tile::kCount); ++t) {
-      if (!int8_tile_available(static_cast<Int8Tile>(t))) continue;
+      if (!int8_tile_takes(c.p, static_cast<Int8Tile>(t))) continue;
       run_case(c, static_cast<Int8Tile>(t), seed++);
     }
+}
+
+// The streaming tiles take only 1x1 plain-GEMM layers with 64, 128 or 256 input channels, output
+// channels a multiple of 16 and INT8 output and residual, and refuse the others with a clear error.
+TEST(CudaInt8Conv, StreamingTilesTakeOnlyShortGemmLayers) {
+  REQUIRE_GPU();
+  Int8ConvParams p;
+  p.n = 2, p.c = 64, p.h = p.w = 8, p.k = 256, p.r = p.s = 1, p.y_scale = 0.1f, p.residual = true;
+  EXPECT_TRUE(int8_tile_takes(p, Int8Tile::kStr64x128));
+  EXPECT_TRUE(int8_tile_takes(p, Int8Tile::k128x128));
+  auto refused = [&](Int8ConvParams q, const char* why) {
+    EXPECT_FALSE(int8_tile_takes(q, Int8Tile::kStr64x64)) << why;
+    EXPECT_FALSE(int8_tile_takes(q, Int8Tile::kStr64x128)) << why;
+    EXPECT_TRUE(int8_tile_takes(q, Int8Tile::k128x128)) << why;
+  };
+  Int8ConvParams q = p;
+  q.r = q.s = 3, q.pad_h = q.pad_w = 1;
+  refused(q, "3x3");
+  q = p, q.c = 96;
+  refused(q, "96 input channels");
+  q = p, q.c = 512;
+  refused(q, "512 input channels");
+  q = p, q.k = 136;
+  refused(q, "136 output channels");
+  q = p, q.stride_h = q.stride_w = 2;
+  refused(q, "stride 2");
+  q = p, q.y_f16 = true;
+  refused(q, "an FP16 output");
+  q = p, q.z_f16 = true;
+  refused(q, "an FP16 residual");
+  q = p, q.r = q.s = 3, q.pad_h = q.pad_w = 1;
+  try {
+    conv_int8(q, Int8Tile::kStr64x64, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr);
+    ADD_FAILURE() << "a 3x3 layer on a streaming tile was not refused";
+  } catch (const CudaError& e) {
+    EXPECT_NE(std::string(e.what()).find("1x1"), std::string::npos) << e.what();
+  }
 }
 
 // The wgmma tiles run wherever the GPU is an sm_90 one (the build always has the sm_90a image), so
@@ -215,7 +257,7 @@ TEST(CudaInt8Conv, OneByOneLayersAsCublasLtGemmsMatchTheExactReference) {
     run_case(c, Int8Tile::kCount, seed++);
     ++ran;
   }
-  EXPECT_EQ(ran, 5);
+  EXPECT_EQ(ran, 6);  // the 1x1 cases with stride 1, an INT8 output and an INT8 residual or none, and ReLU or none
 }
 
 TEST(CudaInt8Conv, RefusesShapesItCannotTake) {

@@ -45,6 +45,8 @@ const char* int8_tile_name(Int8Tile t) {
     case Int8Tile::kW128x128s: return "w128x128s";
     case Int8Tile::kW128x256s: return "w128x256s";
     case Int8Tile::kWs128x128: return "ws128x128";
+    case Int8Tile::kStr64x64: return "str64x64";
+    case Int8Tile::kStr64x128: return "str64x128";
     default: return "?";
   }
 }
@@ -53,7 +55,39 @@ bool parse_int8_tile(const std::string& s, Int8Tile* t) {
     if (s == int8_tile_name(static_cast<Int8Tile>(i))) return *t = static_cast<Int8Tile>(i), true;
   return false;
 }
-bool int8_tile_available(Int8Tile t) { return t < Int8Tile::kW128x256 || int8conv::wgmma_available(); }
+bool int8_tile_available(Int8Tile t) {
+  const bool wgmma = t >= Int8Tile::kW128x256 && t <= Int8Tile::kWs128x128;
+  return !wgmma || int8conv::wgmma_available();
+}
+
+namespace {
+// The kernels' arguments for `p` (pointers as given; z only with a residual).
+int8conv::Args make_args(const Int8ConvParams& p, const int8_t* x, const int8_t* w, const float* scale, const float* bias,
+                         const void* z, void* y) {
+  int8conv::Args a{};
+  a.x = x, a.w = w, a.scale = scale, a.bias = p.bias ? bias : nullptr, a.z = p.residual ? z : nullptr, a.y = y;
+  a.n = static_cast<int>(p.n), a.h = static_cast<int>(p.h), a.w_ = static_cast<int>(p.w), a.c = static_cast<int>(p.c);
+  a.k = static_cast<int>(p.k), a.r = static_cast<int>(p.r), a.s = static_cast<int>(p.s);
+  a.oh = static_cast<int>(p.out_h()), a.ow = static_cast<int>(p.out_w());
+  a.pad_h = p.pad_h, a.pad_w = p.pad_w, a.stride_h = p.stride_h, a.stride_w = p.stride_w, a.dil_h = p.dil_h, a.dil_w = p.dil_w;
+  a.m = a.n * a.oh * a.ow;
+  a.ktot = a.r * a.s * a.c;
+  a.z_f16 = p.z_f16, a.y_f16 = p.y_f16, a.z_scale = p.z_scale;
+  a.y_inv = p.y_f16 ? 1.f : 1.f / p.y_scale;
+  a.lo = -INFINITY, a.hi = INFINITY;
+  if (p.act == ConvAct::kRelu) a.lo = 0.f;
+  if (p.act == ConvAct::kClip) a.lo = p.clip_lo, a.hi = p.clip_hi;
+  return a;
+}
+bool is_stream(Int8Tile t) { return t == Int8Tile::kStr64x64 || t == Int8Tile::kStr64x128; }
+}  // namespace
+
+bool int8_tile_takes(const Int8ConvParams& p, Int8Tile t) {
+  if (!int8_tile_available(t)) return false;
+  if (!is_stream(t)) return true;
+  static const int8_t probe = 0;  // stands for the residual's pointer: only its presence matters
+  return int8conv::stream_takes(make_args(p, nullptr, nullptr, nullptr, nullptr, &probe, nullptr));
+}
 
 namespace {
 
@@ -62,20 +96,7 @@ using namespace int8conv;
 constexpr int kBK = 64;      // bytes (= INT8 values) of K per pipeline stage: four 16-byte chunks a row
 constexpr int kStages = 4;
 
-__device__ __forceinline__ void ldmatrix_x4(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-               : "r"(addr));
-}
-__device__ __forceinline__ void mma_s8(int* c, const uint32_t* a, const uint32_t* b) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-      : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-// Byte offset of 16-byte chunk `chunk` (0..3) of tile row `row`: rows of 64 bytes, chunks XORed
-// with (row / 2) % 4 so that the 8 rows one ldmatrix phase reads hit 8 different bank groups.
-__device__ __forceinline__ int swz(int row, int chunk) { return row * kBK + ((chunk ^ ((row >> 1) & 3)) << 4); }
+__device__ __forceinline__ int swz(int row, int chunk) { return swz64(row, chunk); }
 
 // STAGED: the accumulators (scaled, bias added) go through shared memory first, and the residual
 // read, activation and store run on 16 consecutive channels per thread: 16-byte loads and stores,
@@ -289,19 +310,7 @@ std::string conv_int8_unsupported(const Int8ConvParams& p) {
 void conv_int8(const Int8ConvParams& p, Int8Tile tile, const int8_t* x, const int8_t* w, const float* scale,
                const float* bias, const void* z, void* y, cudaStream_t stream) {
   if (const std::string why = conv_int8_unsupported(p); !why.empty()) throw CudaError("conv_int8: " + why);
-  Args a{};
-  a.x = x, a.w = w, a.scale = scale, a.bias = p.bias ? bias : nullptr, a.z = p.residual ? z : nullptr, a.y = y;
-  a.n = static_cast<int>(p.n), a.h = static_cast<int>(p.h), a.w_ = static_cast<int>(p.w), a.c = static_cast<int>(p.c);
-  a.k = static_cast<int>(p.k), a.r = static_cast<int>(p.r), a.s = static_cast<int>(p.s);
-  a.oh = static_cast<int>(p.out_h()), a.ow = static_cast<int>(p.out_w());
-  a.pad_h = p.pad_h, a.pad_w = p.pad_w, a.stride_h = p.stride_h, a.stride_w = p.stride_w, a.dil_h = p.dil_h, a.dil_w = p.dil_w;
-  a.m = a.n * a.oh * a.ow;
-  a.ktot = a.r * a.s * a.c;
-  a.z_f16 = p.z_f16, a.y_f16 = p.y_f16, a.z_scale = p.z_scale;
-  a.y_inv = p.y_f16 ? 1.f : 1.f / p.y_scale;
-  a.lo = -INFINITY, a.hi = INFINITY;
-  if (p.act == ConvAct::kRelu) a.lo = 0.f;
-  if (p.act == ConvAct::kClip) a.lo = p.clip_lo, a.hi = p.clip_hi;
+  const Args a = make_args(p, x, w, scale, bias, z, y);
   switch (tile) {
     case Int8Tile::k128x128: return launch_tile<128, 128, 2, 4, false>(a, stream);
     case Int8Tile::k128x64: return launch_tile<128, 64, 4, 2, false>(a, stream);
@@ -314,6 +323,8 @@ void conv_int8(const Int8ConvParams& p, Int8Tile tile, const int8_t* x, const in
     case Int8Tile::kW128x128s: return launch_wgmma(a, 128, true, false, stream);
     case Int8Tile::kW128x256s: return launch_wgmma(a, 256, true, false, stream);
     case Int8Tile::kWs128x128: return launch_wgmma(a, 128, false, true, stream);
+    case Int8Tile::kStr64x64: return launch_stream(a, 64, stream);
+    case Int8Tile::kStr64x128: return launch_stream(a, 128, stream);
     default: throw CudaError("conv_int8: unknown tile");
   }
 }

@@ -49,15 +49,23 @@ struct Int8ConvParams {
 // residual loads and stores: for layers bound by memory).
 // The "w" tiles run on Hopper's wgmma (conv_int8_wgmma.cu: sm_90 GPUs, sm_90a build): 128 pixels
 // by 64, 128 or 256 channels, K in stages of 128 bytes.
+// The "str" tiles (conv_int8_stream.cu) are persistent and stream 64-pixel tiles with their
+// residual through a pipeline, filters resident, at four CTAs per SM: only for 1x1 plain-GEMM
+// layers with 64, 128 or 256 input channels, output channels a multiple of 16, INT8 output and
+// INT8 residual or none (the memory-bound layers of a CNN).
 enum class Int8Tile {
   k128x128, k128x64, k64x64, k128x128s, k128x64s, k64x64s,
   kW128x256, kW128x64s, kW128x128s, kW128x256s, kWs128x128,
+  kStr64x64, kStr64x128,
   kCount
 };
 const char* int8_tile_name(Int8Tile t);  // "128x128"
 bool parse_int8_tile(const std::string& s, Int8Tile* t);
 // Whether this GPU runs tile `t` (the wgmma tiles need sm_90 and the sm_90a image).
 bool int8_tile_available(Int8Tile t);
+struct Int8ConvParams;
+// Whether tile `t` runs here and takes the shape of `p` (the streaming tiles take only some).
+bool int8_tile_takes(const Int8ConvParams& p, Int8Tile t);
 
 // Why the kernel cannot take `p` ("" when it can): shape rules, and the GPU (sm_80 or newer).
 std::string conv_int8_unsupported(const Int8ConvParams& p);

@@ -39,6 +39,22 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
+__device__ __forceinline__ void ldmatrix_x4(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+               : "r"(addr));
+}
+// c += a * b on the integer tensor cores (m16n8k32, s8 x s8 -> s32; sm_80 and newer).
+__device__ __forceinline__ void mma_s8(int* c, const uint32_t* a, const uint32_t* b) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+// Byte offset of 16-byte chunk `chunk` (0..3) of tile row `row` in rows of 64 bytes, chunks XORed
+// with (row / 2) % 4 so that the 8 rows one ldmatrix phase reads hit 8 different bank groups.
+__device__ __forceinline__ int swz64(int row, int chunk) { return row * 64 + ((chunk ^ ((row >> 1) & 3)) << 4); }
+
 // The per-row part of an implicit-GEMM A load: output pixel m's image offset and the top-left
 // corner of its window (a row past the end is never inside the input: zero-filled).
 struct PixelRow {
@@ -197,5 +213,11 @@ __device__ __forceinline__ void drain_staged(const Args& a, const float* stage, 
 // the build has no sm_90a.
 void launch_wgmma(const Args& a, int bn, bool staged, bool specialized, cudaStream_t stream);
 bool wgmma_available();
+
+// The streaming tiles' entry (conv_int8_stream.cu): tiles of 64 pixels by `bn` (64 or 128)
+// channels; stream_takes says whether the layer is one they run (1x1 plain GEMM, K of 64, 128 or
+// 256, k % 16 == 0, INT8 output and INT8 residual or none).
+bool stream_takes(const Args& a);
+void launch_stream(const Args& a, int bn, cudaStream_t stream);
 
 }  // namespace kiln::cuda::int8conv

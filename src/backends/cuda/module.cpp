@@ -162,6 +162,8 @@ class Int8ConvKernel final : public gpu::Kernel {
       const std::string prefix = "kiln-int8:";
       if (tactic.rfind(prefix, 0) != 0 || !parse_int8_tile(tactic.substr(prefix.size()), &tile_))
         throw CudaError("conv int8: tactic '" + tactic + "' is not a tile of Kiln's INT8 convolution");
+      if (!int8_tile_takes(p_, tile_))
+        throw CudaError("conv int8: tile " + std::string(int8_tile_name(tile_)) + " does not run here or does not take " + p_.str());
       return;
     }
     // Each candidate timed on scratch buffers (time_tactic: as a CUDA graph replays it), filled with the
@@ -174,7 +176,7 @@ class Int8ConvKernel final : public gpu::Kernel {
     KILN_CUDA_CHECK(cudaMemset(w.get(), 0x31, w.bytes()));
     for (DeviceBuffer* buf : {&sc, &b, &z}) KILN_CUDA_CHECK(cudaMemset(buf->get(), 0x30, buf->bytes()));
     for (int t = 0; t < static_cast<int>(Int8Tile::kCount); ++t) {
-      if (!int8_tile_available(static_cast<Int8Tile>(t))) continue;  // the wgmma tiles off Hopper
+      if (!int8_tile_takes(p_, static_cast<Int8Tile>(t))) continue;  // the wgmma tiles off Hopper, the streaming ones on other shapes
       const float ms = time_tactic(
           [&](cudaStream_t s) {
             conv_int8(p_, static_cast<Int8Tile>(t), static_cast<const int8_t*>(x.get()),
