@@ -32,23 +32,11 @@ using namespace kiln::cuda::int8conv;
     }                                                                                 \
   } while (0)
 
-__device__ __forceinline__ void ldsm_x4(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-               : "r"(addr));
-}
-__device__ __forceinline__ void mma(int* c, const uint32_t* a, const uint32_t* b) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-      : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
 // Exact integer <-> float conversions without I2F/F2I (which issue at a quarter rate): for
 // |i| <= 2^22, float(i) = bits(0x4B400000 + i) - 1.5 * 2^23; adding 1.5 * 2^23 to |f| < 2^22
 // rounds it half to even into the low bits.
 __device__ __forceinline__ float small_int_to_float(int i) { return __int_as_float(0x4B400000 + i) - 12582912.f; }
 __device__ __forceinline__ int q8(float v) { return __float_as_int(fminf(fmaxf(v, -128.f), 127.f) + 12582912.f) - 0x4B400000; }
-__device__ __forceinline__ int sw(int row, int chunk) { return row * 64 + ((chunk ^ ((row >> 1) & 3)) << 4); }
 
 enum Part : int { kAll = 0, kNoMma = 1, kNoEpilogue = 2, kNoStore = 4, kZDirect = 8, kNoLoads = 16, kFastCvt = 32, kScaleRegs = 64, kNoScale = 128 };
 
@@ -69,7 +57,7 @@ __global__ void __launch_bounds__(kThreads, MINB)
   const int n0 = (blockIdx.x % NCH) * BN, first = blockIdx.x / NCH, step = gridDim.x / NCH;
   const int my_tiles = first < m_tiles ? (m_tiles - first + step - 1) / step : 0;
   const bool z_staged = !(parts & kZDirect);
-  for (int i = tid; i < BN * 4; i += kThreads) cp_async16(smem_addr(sb + sw(i >> 2, i & 3)), w + n0 * K + i * 16, true);
+  for (int i = tid; i < BN * 4; i += kThreads) cp_async16(smem_addr(sb + swz64(i >> 2, i & 3)), w + n0 * K + i * 16, true);
   auto load = [&](int slot, int tile) {
     if (parts & kNoLoads) return;
     int8_t* sa = stages + slot * STAGE;
@@ -77,7 +65,7 @@ __global__ void __launch_bounds__(kThreads, MINB)
     {
       const int row = tid >> 2, c = tid & 3;
       const bool ok = m0 + row < m;
-      cp_async16(smem_addr(sa + sw(row, c)), ok ? x + static_cast<int64_t>(m0 + row) * K + c * 16 : x, ok);
+      cp_async16(smem_addr(sa + swz64(row, c)), ok ? x + static_cast<int64_t>(m0 + row) * K + c * 16 : x, ok);
     }
     if (z_staged)
       for (int i = tid; i < BM * (BN / 16); i += kThreads) {
@@ -105,24 +93,7 @@ __global__ void __launch_bounds__(kThreads, MINB)
     const int8_t* sa = stages + (it % STAGES) * STAGE;
     const int m0 = (first + it * step) * BM;
     int acc[2][NI][4] = {};
-    if (!(parts & kNoMma)) {
-#pragma unroll
-      for (int ks = 0; ks < 2; ++ks) {
-        uint32_t af[2][4], bf[NI][2];
-        const int j = lane >> 3, rr = lane & 7;
-#pragma unroll
-        for (int i = 0; i < 2; ++i)
-          ldsm_x4(smem_addr(sa + sw(wm * 32 + i * 16 + (j & 1) * 8 + rr, ks * 2 + (j >> 1))), af[i][0], af[i][1], af[i][2], af[i][3]);
-#pragma unroll
-        for (int i = 0; i < NI / 2; ++i)
-          ldsm_x4(smem_addr(sb + sw(wn * WN + i * 16 + (j >> 1) * 8 + rr, ks * 2 + (j & 1))), bf[2 * i][0], bf[2 * i][1],
-                  bf[2 * i + 1][0], bf[2 * i + 1][1]);
-#pragma unroll
-        for (int i = 0; i < 2; ++i)
-#pragma unroll
-          for (int jn = 0; jn < NI; ++jn) mma(acc[i][jn], af[i], bf[jn]);
-      }
-    }
+    if (!(parts & kNoMma)) mma_block64<2, NI>(smem_addr(sa), wm * 32, smem_addr(sb), wn * WN, lane, acc);
     if (!(parts & kNoEpilogue)) {
 #pragma unroll
       for (int jn = 0; jn < NI; ++jn) {

@@ -191,26 +191,7 @@ __global__ void __launch_bounds__(WM_WARPS* WN_WARPS * 32, STAGED && BM * BN <= 
     if (next < k_tiles) load_stage(next % kStages, next);
     cp_async_commit();
     const int slot = kt % kStages;
-    const uint32_t base_a = smem_addr(sa + slot * BM * kBK), base_b = smem_addr(sb + slot * BN * kBK);
-#pragma unroll
-    for (int ks = 0; ks < 2; ++ks) {  // two k32 steps per 64-byte stage
-      uint32_t af[MI][4], bf[NI][2];
-      const int j = lane >> 3, rr = lane & 7;
-#pragma unroll
-      for (int i = 0; i < MI; ++i) {
-        const int row = wm * WM + i * 16 + (j & 1) * 8 + rr;
-        ldmatrix_x4(base_a + swz(row, ks * 2 + (j >> 1)), af[i][0], af[i][1], af[i][2], af[i][3]);
-      }
-#pragma unroll
-      for (int i = 0; i < NI / 2; ++i) {
-        const int row = wn * WN + i * 16 + (j >> 1) * 8 + rr;
-        ldmatrix_x4(base_b + swz(row, ks * 2 + (j & 1)), bf[2 * i][0], bf[2 * i][1], bf[2 * i + 1][0], bf[2 * i + 1][1]);
-      }
-#pragma unroll
-      for (int i = 0; i < MI; ++i)
-#pragma unroll
-        for (int jn = 0; jn < NI; ++jn) mma_s8(acc[i][jn], af[i], bf[jn]);
-    }
+    mma_block64<MI, NI>(smem_addr(sa + slot * BM * kBK), wm * WM, smem_addr(sb + slot * BN * kBK), wn * WN, lane, acc);
   }
   cp_async_wait<0>();
 

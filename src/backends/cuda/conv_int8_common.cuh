@@ -55,6 +55,31 @@ __device__ __forceinline__ void mma_s8(int* c, const uint32_t* a, const uint32_t
 // with (row / 2) % 4 so that the 8 rows one ldmatrix phase reads hit 8 different bank groups.
 __device__ __forceinline__ int swz64(int row, int chunk) { return row * 64 + ((chunk ^ ((row >> 1) & 3)) << 4); }
 
+// acc += one 64-byte K block of a warp's MI x NI grid of m16n8k32 tiles (two k32 steps): A's rows
+// a_row0 + 16 i.. and B's rows b_row0 + 16 i.. of swizzled [rows][64] shared tiles (swz64).
+template <int MI, int NI>
+__device__ __forceinline__ void mma_block64(uint32_t base_a, int a_row0, uint32_t base_b, int b_row0, int lane,
+                                            int (&acc)[MI][NI][4]) {
+  static_assert(NI % 2 == 0, "B loads two 8-column tiles at a time");
+  const int j = lane >> 3, rr = lane & 7;
+#pragma unroll
+  for (int ks = 0; ks < 2; ++ks) {
+    uint32_t af[MI][4], bf[NI][2];
+#pragma unroll
+    for (int i = 0; i < MI; ++i)
+      ldmatrix_x4(base_a + swz64(a_row0 + i * 16 + (j & 1) * 8 + rr, ks * 2 + (j >> 1)), af[i][0], af[i][1], af[i][2],
+                  af[i][3]);
+#pragma unroll
+    for (int i = 0; i < NI / 2; ++i)
+      ldmatrix_x4(base_b + swz64(b_row0 + i * 16 + (j >> 1) * 8 + rr, ks * 2 + (j & 1)), bf[2 * i][0], bf[2 * i][1],
+                  bf[2 * i + 1][0], bf[2 * i + 1][1]);
+#pragma unroll
+    for (int i = 0; i < MI; ++i)
+#pragma unroll
+      for (int jn = 0; jn < NI; ++jn) mma_s8(acc[i][jn], af[i], bf[jn]);
+  }
+}
+
 // The per-row part of an implicit-GEMM A load: output pixel m's image offset and the top-left
 // corner of its window (a row past the end is never inside the input: zero-filled).
 struct PixelRow {

@@ -105,29 +105,8 @@ __global__ void __launch_bounds__(kThreads, kPerSm) conv_int8_stream_kernel(cons
 #pragma unroll
         for (int v = 0; v < 4; ++v) acc[i][j][v] = 0;
 #pragma unroll 1
-    for (int blk = 0; blk < kb; ++blk) {
-      const uint32_t base_a = smem_addr(sa + blk * kBM * 64), base_b = smem_addr(sb + blk * BN * 64);
-#pragma unroll
-      for (int ks = 0; ks < 2; ++ks) {  // two k32 steps per 64-byte block
-        uint32_t af[MI][4], bf[NI][2];
-        const int j = lane >> 3, rr = lane & 7;
-#pragma unroll
-        for (int i = 0; i < MI; ++i) {
-          const int row = wm * 32 + i * 16 + (j & 1) * 8 + rr;
-          ldmatrix_x4(base_a + swz64(row, ks * 2 + (j >> 1)), af[i][0], af[i][1], af[i][2], af[i][3]);
-        }
-#pragma unroll
-        for (int i = 0; i < NI / 2; ++i) {
-          const int row = wn * WN + i * 16 + (j >> 1) * 8 + rr;
-          ldmatrix_x4(base_b + swz64(row, ks * 2 + (j & 1)), bf[2 * i][0], bf[2 * i][1], bf[2 * i + 1][0],
-                      bf[2 * i + 1][1]);
-        }
-#pragma unroll
-        for (int i = 0; i < MI; ++i)
-#pragma unroll
-          for (int jn = 0; jn < NI; ++jn) mma_s8(acc[i][jn], af[i], bf[jn]);
-      }
-    }
+    for (int blk = 0; blk < kb; ++blk)
+      mma_block64<MI, NI>(smem_addr(sa + blk * kBM * 64), wm * 32, smem_addr(sb + blk * BN * 64), wn * WN, lane, acc);
 
     // Finish into `so`: scale and bias, the residual from its staged rows, activation, INT8.
 #pragma unroll
