@@ -838,14 +838,17 @@ void GpuProgramBuilder::lower_conv(const Node& n) {
   const auto& wd = w.shape();
   const bool has_b = n.inputs.size() > 2 && !n.inputs[2].empty();
   const bool has_z = n.inputs.size() > 3 && !n.inputs[3].empty();
-  // Filter OIHW -> KRSC (cuDNN's NHWC filter layout).
+  // Filter OIHW -> KRSC (cuDNN's NHWC filter layout) over cp >= C channels, the ones past C zero.
   const int64_t K = wd[0], C = wd[1], R = wd[2], S = wd[3];
-  std::vector<int64_t> order(static_cast<size_t>(K * R * S * C));
-  size_t i = 0;
-  for (int64_t k = 0; k < K; ++k)
-    for (int64_t r = 0; r < R; ++r)
-      for (int64_t s = 0; s < S; ++s)
-        for (int64_t c = 0; c < C; ++c) order[i++] = ((k * C + c) * R + r) * S + s;
+  auto krsc = [&](int64_t cp) {
+    std::vector<int64_t> order(static_cast<size_t>(K * R * S * cp));
+    size_t i = 0;
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t s = 0; s < S; ++s)
+          for (int64_t c = 0; c < cp; ++c) order[i++] = c < C ? ((k * C + c) * R + r) * S + s : -1;
+    return order;
+  };
   std::vector<std::string> ins = {"", ""};  // the input and the weights once the kernel is chosen
   if (has_b) ins.push_back(as(n.inputs[2], false, compute_));
   if (has_z) ins.push_back(as(n.inputs[3], true, compute_));
@@ -930,13 +933,7 @@ void GpuProgramBuilder::lower_conv(const Node& n) {
   record(key, family + "|" + winner.tactic(), timed ? winner.timed_ms() : hit->ms, timed);
   ins[0] = pad_wins ? padded_nhwc(n.inputs[0], pad_c, compute_) : as(n.inputs[0], true, compute_);
   if (pad_wins) {
-    std::vector<int64_t> krsc(static_cast<size_t>(K * R * S * pad_c));
-    size_t at = 0;
-    for (int64_t k = 0; k < K; ++k)
-      for (int64_t r = 0; r < R; ++r)
-        for (int64_t s2 = 0; s2 < S; ++s2)
-          for (int64_t c = 0; c < pad_c; ++c) krsc[at++] = c < C ? ((k * C + c) * R + r) * S + s2 : -1;
-    ins[1] = weight_value(n.inputs[1], compute_, {K, R, S, pad_c}, krsc, "krsc_c" + std::to_string(pad_c));
+    ins[1] = weight_value(n.inputs[1], compute_, {K, R, S, pad_c}, krsc(pad_c), "krsc_c" + std::to_string(pad_c));
     add_step(std::move(pad_k), ins, {out}, {n.name, n.op_type, "", -1});
   } else if (dw_wins) {
     std::vector<int64_t> rsc(static_cast<size_t>(R * S * K));
@@ -952,7 +949,7 @@ void GpuProgramBuilder::lower_conv(const Node& n) {
     ins[1] = weight_value(n.inputs[1], compute_, {C, K}, ck, "ck");
     add_step(std::move(gemm_k), ins, {out}, {n.name, n.op_type, "", -1});
   } else {
-    ins[1] = weight_value(n.inputs[1], compute_, {K, R, S, C}, order, "krsc");
+    ins[1] = weight_value(n.inputs[1], compute_, {K, R, S, C}, krsc(C), "krsc");
     add_step(std::move(conv_k), ins, {out}, {n.name, n.op_type, "", -1});
   }
   if (!post.empty()) {
