@@ -459,7 +459,7 @@ TEST_F(Cuda, Int8QuantizeIsExact) {
 // A few-channel image to NHWC with zero channels appended (the padded input of a first
 // convolution): NCHW FP32 in, FP16 out, from poisoned (NaN) memory, so every padding channel must
 // be written; and from an NHWC input. 8x6 images take the four-pixels-per-thread path, 7x5 ones
-// the general one. A malformed request is refused.
+// the general one; plain few-channel copies use the same kernel. A malformed request is refused.
 TEST_F(Cuda, PaddedNhwcCopyWritesZeroChannels) {
   const int64_t N = 3, C = 3;
   for (auto [H, W] : {std::pair<int64_t, int64_t>{7, 5}, {8, 6}})
@@ -490,6 +490,29 @@ TEST_F(Cuda, PaddedNhwcCopyWritesZeroChannels) {
             }
       EXPECT_EQ(bad, 0) << H << "x" << W << " P=" << P << (from_nhwc ? " from NHWC" : " from NCHW");
     }
+  // The same kernel serves plain few-channel NCHW -> NHWC copies (no padding): 4 channels to FP16
+  // (one 8-byte store per pixel) and 3 to FP32.
+  for (auto [C2, yt] : {std::pair<int64_t, DType>{4, DType::kF16}, {3, DType::kF32}}) {
+    const int64_t H = 5, W = 7;
+    std::vector<float> x = random(static_cast<size_t>(N * C2 * H * W));
+    DeviceBuffer dx = upload(DType::kF32, x);
+    DeviceBuffer dy = poisoned(yt, static_cast<size_t>(N * H * W * C2));
+    StridedCopy c;
+    c.rank = 4;
+    const int64_t dims[4] = {N, C2, H, W}, nchw[4] = {C2 * H * W, H * W, W, 1}, nhwc[4] = {H * W * C2, 1, W * C2, C2};
+    for (int d = 0; d < 4; ++d) c.dims[d] = dims[d], c.x_strides[d] = nchw[d], c.y_strides[d] = nhwc[d];
+    copy_strided(ElemType::kF32, dx.get(), yt == DType::kF16 ? ElemType::kF16 : ElemType::kF32, dy.get(), c, nullptr);
+    const auto y = download(yt, dy, static_cast<size_t>(N * H * W * C2));
+    int bad = 0;
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t i = 0; i < H * W; ++i)
+        for (int64_t ch = 0; ch < C2; ++ch) {
+          const float v = x[static_cast<size_t>((n * C2 + ch) * H * W + i)];
+          const float want = yt == DType::kF16 ? __half2float(__float2half_rn(v)) : v;
+          bad += !(y[static_cast<size_t>((n * H * W + i) * C2 + ch)] == want);
+        }
+    EXPECT_EQ(bad, 0) << C2 << " channels, no padding";
+  }
   StridedCopy bad;
   bad.rank = 4, bad.dims[0] = 1, bad.dims[1] = 5, bad.dims[2] = 2, bad.dims[3] = 2, bad.pad_channels = 4;  // P < C
   EXPECT_FALSE(gpu::channel_pad_ok(bad));

@@ -147,27 +147,18 @@ __global__ void transpose_tiles_kernel(ElemType xt, const void* x, ElemType yt, 
   }
 }
 
-// NCHW -> NHWC for few channels (a network's image input): a thread per pixel reads its C values
-// (coalesced across threads) and writes them contiguously.
-__global__ void nchw_to_nhwc_small_kernel(ElemType xt, const void* x, ElemType yt, void* y, int64_t n, int c, int64_t hw) {
-  const int64_t total = n * hw;
-  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
-       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t b = e / hw, p = e % hw;
-    for (int ch = 0; ch < c; ++ch) store_f(yt, y, e * c + ch, load_f(xt, x, (b * c + ch) * hw + p));
-  }
-}
-
-// NCHW-or-any-layout -> dense NHWC with P >= C channels per pixel, channels C.. zero: a thread per
-// pixel reads its C values (x strides of [N, C, H, W]) and writes P.
-__global__ void to_nhwc_padded_kernel(ElemType xt, const void* x, ElemType yt, void* y, int64_t n, int c, int p, int64_t h,
-                                      int64_t w, int64_t xs0, int64_t xs1, int64_t xs2, int64_t xs3) {
+// Few channels (a network's image input) to dense NHWC with P >= C channels per pixel, channels C..
+// zero: a thread per pixel reads its C values (x strides of [N, C, H, W]; coalesced across threads
+// from NCHW) and writes P contiguously. vec (FP16 out, P 4 or 8, y 16-byte aligned): one 8- or
+// 16-byte store per pixel.
+__global__ void to_nhwc_few_kernel(ElemType xt, const void* x, ElemType yt, void* y, int64_t n, int c, int p, int64_t h,
+                                   int64_t w, int64_t xs0, int64_t xs1, int64_t xs2, int64_t xs3, bool vec) {
   const int64_t total = n * h * w;
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
        e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t b = e / (h * w), hw = e % (h * w), i = hw / w, j = hw % w;
     const int64_t base = b * xs0 + i * xs2 + j * xs3;
-    if (yt == ElemType::kF16 && (p == 4 || p == 8)) {  // one 8- or 16-byte store per pixel
+    if (vec) {
       __half2 v[4];
       for (int q = 0; q < p / 2; ++q) {
         const float lo = 2 * q < c ? load_f(xt, x, base + (2 * q) * xs1) : 0.f;
@@ -180,6 +171,16 @@ __global__ void to_nhwc_padded_kernel(ElemType xt, const void* x, ElemType yt, v
     }
     for (int ch = 0; ch < p; ++ch) store_f(yt, y, e * p + ch, ch < c ? load_f(xt, x, base + ch * xs1) : 0.f);
   }
+}
+// Launches to_nhwc_few_kernel for c (dims [N, C, H, W]) writing P channels per pixel.
+void launch_to_nhwc_few(ElemType xt, const void* x, ElemType yt, void* y, const StridedCopy& c, int64_t P,
+                        cudaStream_t stream) {
+  const int64_t N = c.dims[0], C = c.dims[1], H = c.dims[2], W = c.dims[3];
+  const bool vec = yt == ElemType::kF16 && (P == 4 || P == 8) && (reinterpret_cast<uintptr_t>(y) & 15) == 0;
+  to_nhwc_few_kernel<<<blocks_for(N * H * W), kThreads, 0, stream>>>(xt, x, yt, y, N, static_cast<int>(C), static_cast<int>(P),
+                                                                     H, W, c.x_strides[0], c.x_strides[1], c.x_strides[2],
+                                                                     c.x_strides[3], vec);
+  check_launch("to_nhwc_few");
 }
 
 // The same from a dense NCHW FP32 image to FP16, four pixels per thread: one 16-byte load per
@@ -715,20 +716,17 @@ void copy_strided(ElemType xt, const void* x, ElemType yt, void* y, const Stride
   const int64_t n = count_of(c.rank, c.dims, "copy_strided");
   if (n == 0) return;
   if (c.pad_channels > 0) {
+    if (!gpu::channel_pad_ok(c)) throw CudaError("copy_strided: pad_channels needs rank 4 and a dense NHWC output of 1-64 channels, at least C");
     const int64_t N = c.dims[0], C = c.dims[1], H = c.dims[2], W = c.dims[3], P = c.pad_channels;
     const bool nchw = c.x_strides[3] == 1 && c.x_strides[2] == W && c.x_strides[1] == H * W && c.x_strides[0] == C * H * W;
     if (nchw && xt == ElemType::kF32 && yt == ElemType::kF16 && (P == 4 || P == 8) && (H * W) % 4 == 0 &&
-        (reinterpret_cast<uintptr_t>(x) & 15) == 0 && (reinterpret_cast<uintptr_t>(y) & 15) == 0 && gpu::channel_pad_ok(c)) {
+        (reinterpret_cast<uintptr_t>(x) & 15) == 0 && (reinterpret_cast<uintptr_t>(y) & 15) == 0) {
       nchw_f32_to_nhwc_f16_padded_kernel<<<blocks_for(N * H * W / 4), kThreads, 0, stream>>>(
           static_cast<const float*>(x), static_cast<__half*>(y), N, static_cast<int>(C), static_cast<int>(P), H * W);
       check_launch("nchw_f32_to_nhwc_f16_padded");
       return;
     }
-    if (!gpu::channel_pad_ok(c)) throw CudaError("copy_strided: pad_channels needs rank 4 and a dense NHWC output of 1-64 channels, at least C");
-    to_nhwc_padded_kernel<<<blocks_for(N * H * W), kThreads, 0, stream>>>(xt, x, yt, y, N, static_cast<int>(C),
-                                                                          static_cast<int>(P), H, W, c.x_strides[0],
-                                                                          c.x_strides[1], c.x_strides[2], c.x_strides[3]);
-    check_launch("to_nhwc_padded");
+    launch_to_nhwc_few(xt, x, yt, y, c, P, stream);
     return;
   }
   // NCHW <-> NHWC of floats: tiled transposes. dims are the logical [N, C, H, W].
@@ -745,8 +743,7 @@ void copy_strided(ElemType xt, const void* x, ElemType yt, void* y, const Stride
     const bool to_nhwc = is(c.x_strides, nchw) && is(c.y_strides, nhwc);
     const bool to_nchw = is(c.x_strides, nhwc) && is(c.y_strides, nchw);
     if (to_nhwc && C <= 8) {
-      nchw_to_nhwc_small_kernel<<<blocks_for(N * HW), kThreads, 0, stream>>>(xt, x, yt, y, N, static_cast<int>(C), HW);
-      check_launch("nchw_to_nhwc_small");
+      launch_to_nhwc_few(xt, x, yt, y, c, C, stream);
       return;
     }
     if ((to_nhwc || to_nchw) && N <= 65535 && C >= 32) {
