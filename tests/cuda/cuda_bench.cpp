@@ -292,6 +292,29 @@ int main() {
         } catch (const CudaError& e) {
           std::printf("b%-3ld %-40s  cublasLt int8 gemm: %s\n", static_cast<long>(batch), r.name, e.what());
         }
+        // cuDNN's graph API on the same 8-bit layer: INT8 and FP8 E4M3, 8-bit or FP16 out.
+        for (const bool fp8 : {false, true}) {
+          for (const bool y8 : {true, false}) {
+            GraphQuant gq;
+            gq.fp8 = fp8, gq.y_8bit = y8, gq.y_scale = 0.05f, gq.z_8bit = y8, gq.z_scale = 0.02f;
+            const char* kind = fp8 ? (y8 ? "fp8->fp8" : "fp8->fp16") : (y8 ? "int8->int8" : "int8->fp16");
+            try {
+              CudnnGraphConv g(p, gq, 64u << 20, stream.get(), {}, 8);
+              DeviceBuffer ws(g.workspace_bytes());
+              const float msg = median_ms(
+                  [&](cudaStream_t s) {
+                    g.run_quant(x.get(), w.get(), static_cast<const float*>(scale.get()), bias32.get(),
+                                r.residual ? z.get() : nullptr, y.get(), s, ws.get(), ws.bytes());
+                  },
+                  stream.get());
+              std::printf("b%-3ld %-40s %10.3f %10.1f  cudnn graph %s (%.2fx fp16) %s\n", static_cast<long>(batch), r.name,
+                          msg, 2.0 * p.n * oh * ow * p.k * p.r * p.s * p.c / (msg * 1e-3) / 1e12, kind, ms / msg,
+                          g.describe().c_str());
+            } catch (const CudaError& e) {
+              std::printf("b%-3ld %-40s  cudnn graph %s: %.300s\n", static_cast<long>(batch), r.name, kind, e.what());
+            }
+          }
+        }
       }
     }
     KILN_CUDA_CHECK(cudaDeviceSynchronize());

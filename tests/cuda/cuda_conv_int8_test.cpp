@@ -11,6 +11,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -54,11 +55,15 @@ struct Case {
   const char* what;
 };
 
-// tile == Int8Tile::kCount: the layer as one cuBLASLt INT8 GEMM (Int8ConvGemm).
-void run_case(const Case& cs, Int8Tile tile, uint32_t seed) {
+// tile == Int8Tile::kCount: the layer as one cuBLASLt INT8 GEMM (Int8ConvGemm); `graph`: on cuDNN's
+// graph API (CudnnGraphConv's 8-bit form), whose construction may throw (no engine for the shape).
+void run_case(const Case& cs, Int8Tile tile, uint32_t seed, bool graph = false) {
   const Int8ConvParams& p = cs.p;
   const bool gemm = tile == Int8Tile::kCount;
-  SCOPED_TRACE(std::string(cs.what) + " " + p.str() + " tile " + (gemm ? "cublasLt gemm" : int8_tile_name(tile)));
+  SCOPED_TRACE(std::string(cs.what) + " " + p.str() + " tile " +
+               (graph ? "cudnn graph" : gemm ? "cublasLt gemm" : int8_tile_name(tile)));
+  std::unique_ptr<CudnnGraphConv> g8;
+  if (graph) g8 = std::make_unique<CudnnGraphConv>(int8_conv_shape(p), int8_graph_quant(p), 64u << 20, nullptr);
   std::mt19937 rng(seed);
   std::uniform_int_distribution<int> q(-127, 127);
   std::uniform_real_distribution<float> u(-1.f, 1.f), pos(0.5f, 1.5f);
@@ -84,7 +89,11 @@ void run_case(const Case& cs, Int8Tile tile, uint32_t seed) {
   DeviceBuffer dz = p.z_f16 ? to_device(z16) : to_device(z8);
   DeviceBuffer dy(ny * (p.y_f16 ? 2 : 1));
   KILN_CUDA_CHECK(cudaMemset(dy.get(), p.y_f16 ? 0xff : 0x80, dy.bytes()));  // NaN / -128 where unwritten
-  if (gemm) {
+  if (graph) {
+    DeviceBuffer ws(g8->workspace_bytes());
+    g8->run_quant(dx.get(), dw.get(), static_cast<const float*>(ds.get()), db.get(), dz.get(), dy.get(), nullptr, ws.get(),
+                  ws.bytes());
+  } else if (gemm) {
     Int8ConvGemm g(p, 64u << 20, nullptr);
     DeviceBuffer ws(g.workspace_bytes());
     g.run(static_cast<const int8_t*>(dx.get()), static_cast<const int8_t*>(dw.get()), static_cast<const float*>(ds.get()),
@@ -260,6 +269,29 @@ TEST(CudaInt8Conv, OneByOneLayersAsCublasLtGemmsMatchTheExactReference) {
   EXPECT_EQ(ran, 6);  // the 1x1 cases with stride 1, an INT8 output and an INT8 residual or none, and ReLU or none
 }
 
+// The same layers on cuDNN's graph API (INT8 in, INT32 accumulation, the scale, bias, residual,
+// activation and requantization fused), against the same exact reference: the layers with channels
+// in multiples of 16. A layer cuDNN has no engine for is named and skipped; most must run.
+TEST(CudaInt8Conv, CudnnGraphLayersMatchTheExactReference) {
+  REQUIRE_GPU();
+  uint32_t seed = std::random_device{}();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  int ran = 0, took = 0;
+  for (const Case& c : cases()) {
+    if (!conv_graph_quant_unsupported(int8_conv_shape(c.p), int8_graph_quant(c.p)).empty()) continue;
+    ++took;
+    try {
+      run_case(c, Int8Tile::kCount, seed++, true);
+      ++ran;
+    } catch (const CudaError& e) {
+      if (e.sticky()) throw;
+      std::printf("[ info ] cuDNN graph: no INT8 engine for %s: %.200s\n", c.what, e.what());
+    }
+  }
+  EXPECT_EQ(took, 10);  // the cases with channels in multiples of 16
+  EXPECT_GE(ran, took / 2);
+}
+
 TEST(CudaInt8Conv, RefusesShapesItCannotTake) {
   Int8ConvParams p;
   p.n = 1, p.c = 24, p.h = 8, p.w = 8, p.k = 16, p.r = p.s = 3, p.pad_h = p.pad_w = 1;
@@ -288,6 +320,17 @@ TEST(CudaInt8Conv, RefusesShapesItCannotTake) {
   g.act = ConvAct::kNone, g.residual = true, g.z_f16 = true;
   EXPECT_NE(conv_int8_gemm_unsupported(g).find("residual"), std::string::npos);
   EXPECT_THROW(Int8ConvGemm(g, 1u << 20, nullptr), CudaError);
+  // What cuDNN's 8-bit graph cannot take (no GPU needed).
+  Int8ConvParams q = g;
+  q.residual = false, q.z_f16 = false, q.act = ConvAct::kRelu;
+  EXPECT_EQ(conv_graph_quant_unsupported(int8_conv_shape(q), int8_graph_quant(q)), "");
+  q.k = 24;
+  EXPECT_NE(conv_graph_quant_unsupported(int8_conv_shape(q), int8_graph_quant(q)).find("multiples of 16"), std::string::npos);
+  q.k = 16, q.act = ConvAct::kClip, q.clip_lo = -1;
+  EXPECT_NE(conv_graph_quant_unsupported(int8_conv_shape(q), int8_graph_quant(q)).find("clips at 0"), std::string::npos);
+  q.act = ConvAct::kRelu, q.y_scale = 0;
+  EXPECT_NE(conv_graph_quant_unsupported(int8_conv_shape(q), int8_graph_quant(q)).find("output scale"), std::string::npos);
+  EXPECT_THROW(CudnnGraphConv(int8_conv_shape(q), int8_graph_quant(q), 1u << 20, nullptr), CudaError);
 }
 
 }  // namespace

@@ -381,12 +381,28 @@ class BackendDesc {
 };
 
 // The variant pack's unique ids.
-enum : int64_t { kUidX = 1, kUidW, kUidY, kUidBias, kUidZ, kUidVirtual = 100 };
+enum : int64_t { kUidX = 1, kUidW, kUidY, kUidBias, kUidZ, kUidScale, kUidZScale, kUidYInv, kUidVirtual = 100 };
+
+size_t cudnn_size(cudnnDataType_t t) {
+  switch (t) {
+    case CUDNN_DATA_FLOAT:
+    case CUDNN_DATA_INT32: return 4;
+    case CUDNN_DATA_HALF:
+    case CUDNN_DATA_BFLOAT16: return 2;
+    default: return 1;  // INT8, FP8
+  }
+}
 
 }  // namespace
 
 struct CudnnGraphConv::Impl {
   ConvParams p;
+  bool quant = false;  // the 8-bit form (GraphQuant)
+  GraphQuant q;
+  // The tensors' types: x and w, the accumulation, the convolution's (virtual) output, bias, z, y.
+  cudnnDataType_t xw = CUDNN_DATA_HALF, comp = CUDNN_DATA_FLOAT, acc = CUDNN_DATA_FLOAT, bias_t = CUDNN_DATA_HALF,
+                  z_t = CUDNN_DATA_HALF, y_t = CUDNN_DATA_HALF;
+  DeviceBuffer consts;  // the 8-bit form's scalars: z_scale, 1 / y_scale
   cudnnHandle_t handle = nullptr;
   std::deque<BackendDesc> keep;  // every descriptor the operation graph refers to (stable addresses)
   std::unique_ptr<BackendDesc> graph, plan;
@@ -401,6 +417,20 @@ struct CudnnGraphConv::Impl {
     graph.reset();
     keep.clear();
     if (handle) cudnnDestroy(handle);
+  }
+
+  void set_types() {
+    if (!quant) {
+      xw = bias_t = z_t = y_t = cudnn_type(p.type);
+      return;
+    }
+    const cudnnDataType_t b8 = q.fp8 ? CUDNN_DATA_FP8_E4M3 : CUDNN_DATA_INT8;
+    xw = b8;
+    comp = q.fp8 ? CUDNN_DATA_FLOAT : CUDNN_DATA_INT32;
+    acc = comp;
+    bias_t = CUDNN_DATA_FLOAT;
+    z_t = q.z_8bit ? b8 : CUDNN_DATA_HALF;
+    y_t = q.y_8bit ? b8 : CUDNN_DATA_HALF;
   }
 
   BackendDesc& tensor(int64_t uid, cudnnDataType_t dt, const int64_t dims[4], const int64_t strides[4], bool virt) {
@@ -440,31 +470,33 @@ struct CudnnGraphConv::Impl {
     return op;
   }
 
-  // The operation graph: conv -> (+ bias) -> (+ z) -> (activation), the last result in y.
+  // The operation graph: conv -> (* scale[k]) -> (+ bias) -> (+ z, or z * z_scale) -> (activation)
+  // -> (* 1 / y_scale), the last result in y; intermediates are virtual FP32 tensors.
   void build_graph() {
-    const cudnnDataType_t dt = cudnn_type(p.type);
     const int64_t oh = p.out_h(), ow = p.out_w();
     // Dimensions in NCHW order, strides of NHWC memory.
     const int64_t xd[4] = {p.n, p.c, p.h, p.w}, xs[4] = {p.h * p.w * p.c, 1, p.w * p.c, p.c};
     const int64_t wd[4] = {p.k, p.c, p.r, p.s}, ws[4] = {p.r * p.s * p.c, 1, p.s * p.c, p.c};
     const int64_t yd[4] = {p.n, p.k, oh, ow}, ys[4] = {oh * ow * p.k, 1, ow * p.k, p.k};
     const int64_t bd[4] = {1, p.k, 1, 1}, bs[4] = {p.k, 1, p.k, p.k};
+    const int64_t one[4] = {1, 1, 1, 1};
     const bool relu = p.act == ConvAct::kRelu || p.act == ConvAct::kClip;
-    const int steps = (p.bias ? 1 : 0) + (p.residual ? 1 : 0) + (p.act != ConvAct::kNone ? 1 : 0);
+    const bool z_scaled = quant && p.residual && q.z_8bit, y_scaled = quant && q.y_8bit;
+    const int steps = (quant ? 1 : 0) + (p.bias ? 1 : 0) + (p.residual ? 1 : 0) + (p.act != ConvAct::kNone ? 1 : 0) +
+                      (y_scaled ? 1 : 0);
     int64_t next_virtual = kUidVirtual;
-    // The output of step i: a virtual FP32 tensor, or y for the last step.
+    // The output of chain step i: a virtual tensor, or y for the last step.
     int step = 0;
-    auto result = [&]() -> BackendDesc& {
+    auto result = [&](cudnnDataType_t virtual_type = CUDNN_DATA_FLOAT) -> BackendDesc& {
       ++step;
-      return step > steps ? tensor(kUidY, dt, yd, ys, false) : tensor(next_virtual++, CUDNN_DATA_FLOAT, yd, ys, true);
+      return step > steps ? tensor(kUidY, y_t, yd, ys, false) : tensor(next_virtual++, virtual_type, yd, ys, true);
     };
     std::vector<cudnnBackendDescriptor_t> ops;
-    BackendDesc& x = tensor(kUidX, dt, xd, xs, false);
-    BackendDesc& w = tensor(kUidW, dt, wd, ws, false);
+    BackendDesc& x = tensor(kUidX, xw, xd, xs, false);
+    BackendDesc& w = tensor(kUidW, xw, wd, ws, false);
     keep.emplace_back(CUDNN_BACKEND_CONVOLUTION_DESCRIPTOR);
     BackendDesc& conv = keep.back();
     const int64_t dims = 2;
-    const cudnnDataType_t comp = CUDNN_DATA_FLOAT;
     const cudnnConvolutionMode_t mode = CUDNN_CROSS_CORRELATION;
     const int64_t dil[2] = {p.dil_h, p.dil_w}, stride[2] = {p.stride_h, p.stride_w}, pad[2] = {p.pad_h, p.pad_w};
     conv.set(CUDNN_ATTR_CONVOLUTION_SPATIAL_DIMS, CUDNN_TYPE_INT64, 1, &dims)
@@ -475,7 +507,7 @@ struct CudnnGraphConv::Impl {
         .set(CUDNN_ATTR_CONVOLUTION_PRE_PADDINGS, CUDNN_TYPE_INT64, 2, pad)
         .set(CUDNN_ATTR_CONVOLUTION_POST_PADDINGS, CUDNN_TYPE_INT64, 2, pad);
     conv.finalize();
-    BackendDesc* cur = &result();
+    BackendDesc* cur = &result(acc);
     keep.emplace_back(CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR);
     BackendDesc& conv_op = keep.back();
     const float alpha = 1.f, beta = 0.f;
@@ -487,17 +519,22 @@ struct CudnnGraphConv::Impl {
         .set(CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_BETA, CUDNN_TYPE_FLOAT, 1, &beta);
     conv_op.finalize();
     ops.push_back(conv_op.get());
-    if (p.bias) {
-      BackendDesc& b = tensor(kUidBias, dt, bd, bs, false);
+    // cur = mode(cur, operand) as the chain's next step.
+    auto chain = [&](cudnnPointwiseMode_t m, const BackendDesc* operand) {
       BackendDesc& out = result();
-      ops.push_back(pointwise(CUDNN_POINTWISE_ADD, *cur, &b, out).get());
+      ops.push_back(pointwise(m, *cur, operand, out).get());
       cur = &out;
-    }
+    };
+    if (quant) chain(CUDNN_POINTWISE_MUL, &tensor(kUidScale, CUDNN_DATA_FLOAT, bd, bs, false));
+    if (p.bias) chain(CUDNN_POINTWISE_ADD, &tensor(kUidBias, bias_t, bd, bs, false));
     if (p.residual) {
-      BackendDesc& z = tensor(kUidZ, dt, yd, ys, false);
-      BackendDesc& out = result();
-      ops.push_back(pointwise(CUDNN_POINTWISE_ADD, *cur, &z, out).get());
-      cur = &out;
+      BackendDesc* z = &tensor(kUidZ, z_t, yd, ys, false);
+      if (z_scaled) {  // z * z_scale, off the chain
+        BackendDesc& zz = tensor(next_virtual++, CUDNN_DATA_FLOAT, yd, ys, true);
+        ops.push_back(pointwise(CUDNN_POINTWISE_MUL, *z, &tensor(kUidZScale, CUDNN_DATA_FLOAT, one, one, false), zz).get());
+        z = &zz;
+      }
+      chain(CUDNN_POINTWISE_ADD, z);
     }
     if (p.act != ConvAct::kNone) {
       BackendDesc& out = result();
@@ -507,7 +544,9 @@ struct CudnnGraphConv::Impl {
       } else {
         ops.push_back(pointwise(CUDNN_POINTWISE_SWISH_FWD, *cur, nullptr, out).get());
       }
+      cur = &out;
     }
+    if (y_scaled) chain(CUDNN_POINTWISE_MUL, &tensor(kUidYInv, CUDNN_DATA_FLOAT, one, one, false));
     graph = std::make_unique<BackendDesc>(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR);
     graph->set(CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, static_cast<int64_t>(ops.size()), ops.data())
         .set(CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle);
@@ -559,12 +598,15 @@ struct CudnnGraphConv::Impl {
     }
   }
 
-  void execute(const BackendDesc& pl, const void* x, const void* w, const void* bias, const void* z, void* y,
-               cudaStream_t stream, void* ws) const {
+  void execute(const BackendDesc& pl, const void* x, const void* w, const void* scale, const void* bias, const void* z,
+               void* y, cudaStream_t stream, void* ws) const {
     std::vector<int64_t> uids = {kUidX, kUidW, kUidY};
     std::vector<void*> ptrs = {const_cast<void*>(x), const_cast<void*>(w), y};
+    if (quant) uids.push_back(kUidScale), ptrs.push_back(const_cast<void*>(scale));
     if (p.bias) uids.push_back(kUidBias), ptrs.push_back(const_cast<void*>(bias));
     if (p.residual) uids.push_back(kUidZ), ptrs.push_back(const_cast<void*>(z));
+    if (quant && p.residual && q.z_8bit) uids.push_back(kUidZScale), ptrs.push_back(consts.as<float>());
+    if (quant && q.y_8bit) uids.push_back(kUidYInv), ptrs.push_back(consts.as<float>() + 4);
     BackendDesc pack(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR);
     pack.set(CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, static_cast<int64_t>(uids.size()), uids.data())
         .set(CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, static_cast<int64_t>(ptrs.size()), ptrs.data())
@@ -572,6 +614,74 @@ struct CudnnGraphConv::Impl {
     pack.finalize();
     KILN_CUDNN_CHECK(cudnnSetStream(handle, stream));
     KILN_CUDNN_CHECK(cudnnBackendExecute(handle, pl.get(), pack.get()));
+  }
+
+  // Builds the graph and picks its configuration: the recorded `tactic`, or the fastest of the first
+  // `candidates` that finalize within `limit`, timed on scratch operands.
+  void choose(cudaStream_t stream, size_t limit, const std::string& tactic, int candidates, const std::string& what) {
+    KILN_CUDNN_CHECK(cudnnCreate(&handle));
+    KILN_CUDNN_CHECK(cudnnSetStream(handle, stream));
+    set_types();
+    if (quant) {
+      consts = DeviceBuffer(32);  // z_scale at 0, 1 / y_scale at 16 (each 16-byte aligned)
+      const float host[8] = {q.z_scale, 0, 0, 0, 1.f / q.y_scale, 0, 0, 0};
+      KILN_CUDA_CHECK(cudaMemcpy(consts.get(), host, sizeof(host), cudaMemcpyHostToDevice));
+    }
+    build_graph();
+    std::vector<BackendDesc> cfgs = configs();
+    const std::string prefix = quant ? "graph8:" : "graph:";
+    if (!tactic.empty()) {
+      int i = -1;
+      char tail = 0;
+      if (tactic.rfind(prefix, 0) != 0 || std::sscanf(tactic.c_str() + prefix.size(), "%d%c", &i, &tail) != 1 || i < 0)
+        throw CudaError(what + ": tactic '" + tactic + "' is not a cuDNN graph configuration");
+      if (static_cast<size_t>(i) >= cfgs.size())
+        throw CudaError(what + ": configuration " + std::to_string(i) + " is not among cuDNN's " +
+                        std::to_string(cfgs.size()) + " here");
+      std::string why;
+      plan = make_plan(cfgs[static_cast<size_t>(i)], limit, &workspace, &why);
+      if (!plan) throw CudaError(what + ": the recorded configuration " + std::to_string(i) + " does not run here: " + why);
+      index = i;
+      considered = 1;
+      return;
+    }
+    const int64_t ny = p.n * p.out_h() * p.out_w() * p.k;
+    DeviceBuffer x(static_cast<size_t>(p.n * p.h * p.w * p.c) * cudnn_size(xw)),
+        w(static_cast<size_t>(p.k * p.r * p.s * p.c) * cudnn_size(xw)), sc(static_cast<size_t>(p.k) * 4),
+        b(static_cast<size_t>(p.k) * cudnn_size(bias_t)), z(static_cast<size_t>(ny) * cudnn_size(z_t)),
+        y(static_cast<size_t>(ny) * cudnn_size(y_t));
+    KILN_CUDA_CHECK(cudaMemsetAsync(x.get(), 0x3c, x.bytes(), stream));
+    KILN_CUDA_CHECK(cudaMemsetAsync(w.get(), 0x31, w.bytes(), stream));
+    for (DeviceBuffer* buf : {&sc, &b, &z}) KILN_CUDA_CHECK(cudaMemsetAsync(buf->get(), 0x30, buf->bytes(), stream));
+    std::string last_error = "cuDNN's heuristics returned no configuration";
+    for (size_t i = 0; i < cfgs.size() && considered < candidates; ++i) {
+      size_t ws_bytes = 0;
+      std::string why;
+      std::unique_ptr<BackendDesc> pl = make_plan(cfgs[i], limit, &ws_bytes, &why);
+      if (!pl) {
+        timings.push_back(-1);
+        last_error = why;
+        continue;
+      }
+      ++considered;
+      float t = -1;
+      try {
+        DeviceBuffer wsb(ws_bytes);
+        t = time_tactic(
+            [&](cudaStream_t s) { execute(*pl, x.get(), w.get(), sc.get(), b.get(), z.get(), y.get(), s, wsb.get()); },
+            stream);
+      } catch (const CudaError& e) {
+        if (e.sticky()) throw;
+        last_error = e.what();
+      }
+      timings.push_back(t);
+      if (t >= 0 && (ms < 0 || t < ms)) {
+        ms = t, index = static_cast<int>(i), workspace = ws_bytes;
+        plan = std::move(pl);
+      }
+    }
+    KILN_CUDA_CHECK(cudaStreamSynchronize(stream));
+    if (!plan) throw CudaError(what + ": no configuration ran (" + last_error + ")");
   }
 };
 
@@ -583,93 +693,69 @@ std::string conv_graph_unsupported(const ConvParams& p) {
   return {};
 }
 
+std::string conv_graph_quant_unsupported(const ConvParams& p, const GraphQuant& q) {
+  if (p.groups != 1) return "the graph path takes ungrouped convolutions";
+  if (p.act == ConvAct::kSilu) return "the 8-bit graph has no SiLU epilogue";
+  if (p.act == ConvAct::kClip && p.clip_lo != 0) return "the graph path clips at 0 from below (ReLU with a ceiling)";
+  if (p.c % 16 != 0 || p.k % 16 != 0) return "the 8-bit graph needs channels in multiples of 16";
+  if (!(q.y_scale > 0) || !std::isfinite(1.f / q.y_scale)) return "the output scale must be positive and finite";
+  if (p.residual && (!(q.z_scale > 0) || !std::isfinite(q.z_scale))) return "the residual scale must be positive and finite";
+  return {};
+}
+
 CudnnGraphConv::CudnnGraphConv(const ConvParams& p, size_t workspace_limit, cudaStream_t stream, const std::string& tactic,
                                int candidates)
     : impl_(std::make_unique<Impl>()) {
   validate(p);
   if (const std::string why = conv_graph_unsupported(p); !why.empty()) throw CudaError("conv " + p.str() + ": " + why);
-  Impl& m = *impl_;
-  m.p = p;
-  KILN_CUDNN_CHECK(cudnnCreate(&m.handle));
-  KILN_CUDNN_CHECK(cudnnSetStream(m.handle, stream));
-  m.build_graph();
-  std::vector<BackendDesc> cfgs = m.configs();
-  const std::string what = "conv " + p.str() + " (cuDNN graph)";
-  if (!tactic.empty()) {
-    int index = -1;
-    char tail = 0;
-    if (std::sscanf(tactic.c_str(), "graph:%d%c", &index, &tail) != 1 || index < 0)
-      throw CudaError(what + ": tactic '" + tactic + "' is not a cuDNN graph configuration");
-    if (static_cast<size_t>(index) >= cfgs.size())
-      throw CudaError(what + ": configuration " + std::to_string(index) + " is not among cuDNN's " +
-                      std::to_string(cfgs.size()) + " here");
-    std::string why;
-    m.plan = m.make_plan(cfgs[static_cast<size_t>(index)], workspace_limit, &m.workspace, &why);
-    if (!m.plan) throw CudaError(what + ": the recorded configuration " + std::to_string(index) + " does not run here: " + why);
-    m.index = index;
-    m.considered = 1;
-    return;
-  }
-  // Time the first `candidates` configurations that finalize, on scratch operands.
-  const size_t es = dtype_size(p.type);
-  const int64_t ny = p.n * p.out_h() * p.out_w() * p.k;
-  DeviceBuffer x(static_cast<size_t>(p.n * p.h * p.w * p.c) * es), w(static_cast<size_t>(p.k * p.r * p.s * p.c) * es),
-      b(static_cast<size_t>(p.k) * es), z(static_cast<size_t>(ny) * es), y(static_cast<size_t>(ny) * es);
-  KILN_CUDA_CHECK(cudaMemsetAsync(x.get(), 0x3c, x.bytes(), stream));
-  KILN_CUDA_CHECK(cudaMemsetAsync(w.get(), 0x31, w.bytes(), stream));
-  KILN_CUDA_CHECK(cudaMemsetAsync(b.get(), 0x30, b.bytes(), stream));
-  KILN_CUDA_CHECK(cudaMemsetAsync(z.get(), 0x30, z.bytes(), stream));
-  std::string last_error = "cuDNN's heuristics returned no configuration";
-  for (size_t i = 0; i < cfgs.size() && m.considered < candidates; ++i) {
-    size_t ws_bytes = 0;
-    std::string why;
-    std::unique_ptr<BackendDesc> pl = m.make_plan(cfgs[i], workspace_limit, &ws_bytes, &why);
-    if (!pl) {
-      m.timings.push_back(-1);
-      last_error = why;
-      continue;
-    }
-    ++m.considered;
-    float ms = -1;
-    try {
-      DeviceBuffer ws(ws_bytes);
-      ms = time_tactic([&](cudaStream_t s) { m.execute(*pl, x.get(), w.get(), b.get(), z.get(), y.get(), s, ws.get()); },
-                       stream);
-    } catch (const CudaError& e) {
-      if (e.sticky()) throw;
-      last_error = e.what();
-    }
-    m.timings.push_back(ms);
-    if (ms >= 0 && (m.ms < 0 || ms < m.ms)) {
-      m.ms = ms, m.index = static_cast<int>(i), m.workspace = ws_bytes;
-      m.plan = std::move(pl);
-    }
-  }
-  KILN_CUDA_CHECK(cudaStreamSynchronize(stream));
-  if (!m.plan) throw CudaError(what + ": no configuration ran (" + last_error + ")");
+  impl_->p = p;
+  impl_->choose(stream, workspace_limit, tactic, candidates, "conv " + p.str() + " (cuDNN graph)");
+}
+
+CudnnGraphConv::CudnnGraphConv(const ConvParams& p, const GraphQuant& q, size_t workspace_limit, cudaStream_t stream,
+                               const std::string& tactic, int candidates)
+    : impl_(std::make_unique<Impl>()) {
+  validate(p);
+  const std::string what = "conv " + p.str() + " (cuDNN graph, " + (q.fp8 ? "fp8" : "int8") + ")";
+  if (const std::string why = conv_graph_quant_unsupported(p, q); !why.empty()) throw CudaError(what + ": " + why);
+  impl_->p = p;
+  impl_->quant = true;
+  impl_->q = q;
+  impl_->choose(stream, workspace_limit, tactic, candidates, what);
 }
 
 CudnnGraphConv::~CudnnGraphConv() = default;
 
 void CudnnGraphConv::run(const void* x, const void* w, const void* bias, const void* z, void* y, cudaStream_t stream,
                          void* workspace, size_t workspace_bytes) const {
+  run_quant(x, w, nullptr, bias, z, y, stream, workspace, workspace_bytes);
+}
+
+void CudnnGraphConv::run_quant(const void* x, const void* w, const float* scale, const void* bias, const void* z, void* y,
+                               cudaStream_t stream, void* workspace, size_t workspace_bytes) const {
   const Impl& m = *impl_;
-  if (!x || !w || !y || (m.p.bias && !bias) || (m.p.residual && !z))
-    throw CudaError("conv " + m.p.str() + " (cuDNN graph): x, w, y and the bias and residual it was built with must not be null");
+  if (!x || !w || !y || (m.quant && !scale) || (m.p.bias && !bias) || (m.p.residual && !z))
+    throw CudaError("conv " + m.p.str() +
+                    " (cuDNN graph): x, w, y and the scales, bias and residual it was built with must not be null");
   if (workspace_bytes < m.workspace || (m.workspace && !workspace))
     throw CudaError("conv " + m.p.str() + " (cuDNN graph): needs " + std::to_string(m.workspace) + " workspace bytes");
   std::lock_guard<std::mutex> lock(m.mu);
-  m.execute(*m.plan, x, w, bias, z, y, stream, workspace);
+  m.execute(*m.plan, x, w, scale, bias, z, y, stream, workspace);
 }
 
 size_t CudnnGraphConv::workspace_bytes() const { return impl_->workspace; }
 float CudnnGraphConv::chosen_ms() const { return impl_->ms; }
-std::string CudnnGraphConv::tactic() const { return "graph:" + std::to_string(impl_->index); }
+std::string CudnnGraphConv::tactic() const {
+  return (impl_->quant ? "graph8:" : "graph:") + std::to_string(impl_->index);
+}
 
 std::string CudnnGraphConv::describe() const {
   const Impl& m = *impl_;
-  std::string s = std::string("cudnn graph conv+") + epilogue_str(m.p) + " nhwc " + dtype_name(m.p.type) + ": config " +
-                  std::to_string(m.index);
+  const std::string type = !m.quant ? dtype_name(m.p.type)
+                           : std::string(m.q.fp8 ? "fp8" : "int8") + " -> " +
+                                 (m.q.y_8bit ? (m.q.fp8 ? "fp8" : "int8") : "fp16");
+  std::string s = std::string("cudnn graph conv+") + (m.quant ? "scale+" : "") + epilogue_str(m.p) + " nhwc " + type +
+                  ": config " + std::to_string(m.index);
   if (m.ms < 0) return s + " (recorded tactic)";
   s += " of " + std::to_string(m.timings.size()) + " [";
   for (size_t i = 0; i < m.timings.size(); ++i) {

@@ -120,11 +120,31 @@ class CudnnConv {
 // configuration's place in the heuristic's list, stable for one cuDNN and GPU).
 std::string conv_graph_unsupported(const ConvParams& p);  // "" when the graph applies
 
+// The graph's 8-bit form (an INT8 or FP8 convolution, as conv_int8.h computes it):
+//
+//   y = act(scale[k] * conv(x, w) + bias[k] + z') [/ y_scale]
+//
+// x and w are INT8 (INT32 accumulation) or FP8 E4M3 (FP32 accumulation); scale[k] (FP32) is the
+// input's scale times channel k's weight scale; bias is FP32; z' is z * z_scale for an 8-bit z, or
+// an FP16 z as is; y is 8-bit (of y / y_scale, rounded and saturated by cuDNN) or FP16. The
+// ConvParams' type is ignored; tactic "graph8:<index>".
+struct GraphQuant {
+  bool fp8 = false;  // FP8 E4M3 instead of INT8 (x, w, and an 8-bit z and y)
+  bool z_8bit = true;
+  float z_scale = 1.f;
+  bool y_8bit = true;
+  float y_scale = 1.f;
+};
+std::string conv_graph_quant_unsupported(const ConvParams& p, const GraphQuant& q);  // "" when it applies
+
 class CudnnGraphConv {
  public:
   // Throws CudaError when the parameters do not apply, when no configuration finalizes and runs, or
   // when `tactic` does not parse or does not finalize here.
   CudnnGraphConv(const ConvParams& p, size_t workspace_limit = 64u << 20, cudaStream_t stream = nullptr,
+                 const std::string& tactic = {}, int candidates = 4);
+  // The 8-bit form (GraphQuant).
+  CudnnGraphConv(const ConvParams& p, const GraphQuant& q, size_t workspace_limit, cudaStream_t stream,
                  const std::string& tactic = {}, int candidates = 4);
   ~CudnnGraphConv();
   CudnnGraphConv(const CudnnGraphConv&) = delete;
@@ -133,6 +153,9 @@ class CudnnGraphConv {
   // `stream` only, so it can be captured into a CUDA graph.
   void run(const void* x, const void* w, const void* bias, const void* z, void* y, cudaStream_t stream, void* workspace,
            size_t workspace_bytes) const;
+  // The 8-bit form's run: scale[k] as GraphQuant describes (bias FP32).
+  void run_quant(const void* x, const void* w, const float* scale, const void* bias, const void* z, void* y,
+                 cudaStream_t stream, void* workspace, size_t workspace_bytes) const;
   size_t workspace_bytes() const;
   float chosen_ms() const;  // -1 with a recorded tactic
   std::string tactic() const;

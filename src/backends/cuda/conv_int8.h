@@ -107,6 +107,12 @@ class Int8ConvGemm {
   size_t scales_bytes_ = 0;
 };
 
+// The same convolution on cuDNN's graph API (CudnnGraphConv's 8-bit form, conv.h): the shape and
+// epilogue as ConvParams, and the types and scales as GraphQuant. Its run_quant takes conv_int8's
+// arguments (the FP32 bias as `bias`).
+ConvParams int8_conv_shape(const Int8ConvParams& p);
+GraphQuant int8_graph_quant(const Int8ConvParams& p);
+
 // alpha[i] = scale[i] * inv and, with a bias, bias_out[i] = bias[i] * inv, for i < k.
 void scale_channels(const float* scale, const float* bias, float inv, int64_t k, float* alpha, float* bias_out,
                     cudaStream_t stream);

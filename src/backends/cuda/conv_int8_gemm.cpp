@@ -53,6 +53,22 @@ void Int8ConvGemm::run(const int8_t* x, const int8_t* w, const float* scale, con
            mm_->chosen_workspace_bytes(), p_.residual ? z : nullptr, alpha);
 }
 
+ConvParams int8_conv_shape(const Int8ConvParams& p) {
+  ConvParams c;
+  c.n = p.n, c.c = p.c, c.h = p.h, c.w = p.w, c.k = p.k, c.r = p.r, c.s = p.s;
+  c.pad_h = p.pad_h, c.pad_w = p.pad_w, c.stride_h = p.stride_h, c.stride_w = p.stride_w;
+  c.dil_h = p.dil_h, c.dil_w = p.dil_w;
+  c.bias = p.bias, c.residual = p.residual, c.act = p.act, c.clip_lo = p.clip_lo, c.clip_hi = p.clip_hi;
+  return c;
+}
+
+GraphQuant int8_graph_quant(const Int8ConvParams& p) {
+  GraphQuant q;
+  q.z_8bit = !p.z_f16, q.z_scale = p.z_scale;
+  q.y_8bit = !p.y_f16, q.y_scale = p.y_scale;
+  return q;
+}
+
 std::string Int8ConvGemm::tactic() const { return mm_->tactic(); }
 
 std::string Int8ConvGemm::describe() const { return mm_->describe(); }

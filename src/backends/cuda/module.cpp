@@ -134,8 +134,9 @@ class ConvKernel final : public gpu::Kernel {
 };
 
 // An INT8 convolution (conv_int8.h): Kiln's implicit GEMM with one of its CTA tiles (tactic
-// "kiln-int8:<tile>"), or, for a 1x1 layer that is one GEMM, cuBLASLt's INT8 GEMM (tactic "lt:...").
-// Each tile and cuBLASLt's best algorithm are timed on scratch buffers; the fastest is kept.
+// "kiln-int8:<tile>"), for a 1x1 layer that is one GEMM cuBLASLt's INT8 GEMM (tactic "lt:..."), or
+// cuDNN's graph API with the whole epilogue fused (tactic "graph8:<n>"). Each tile, cuBLASLt's best
+// algorithm and cuDNN's best configuration are timed on scratch buffers; the fastest is kept.
 class Int8ConvKernel final : public gpu::Kernel {
  public:
   Int8ConvKernel(const gpu::ConvDesc& d, size_t limit, const std::string& tactic) : d_(d) {
@@ -152,6 +153,10 @@ class Int8ConvKernel final : public gpu::Kernel {
     p_.act = conv_act(d.act);
     p_.clip_lo = d.clip_lo, p_.clip_hi = d.clip_hi;
     if (const std::string why = conv_int8_unsupported(p_); !why.empty()) throw CudaError("conv int8: " + why);
+    if (tactic.rfind("graph8:", 0) == 0) {
+      graph_ = std::make_unique<CudnnGraphConv>(int8_conv_shape(p_), int8_graph_quant(p_), limit, nullptr, tactic);
+      return;
+    }
     if (tactic.rfind("lt:", 0) == 0) {
       if (const std::string why = conv_int8_gemm_unsupported(p_); !why.empty())
         throw CudaError("conv int8: tactic '" + tactic.substr(0, 16) + "...' is cuBLASLt's, but " + why);
@@ -186,6 +191,7 @@ class Int8ConvKernel final : public gpu::Kernel {
           nullptr);
       if (ms_ < 0 || ms < ms_) ms_ = ms, tile_ = static_cast<Int8Tile>(t);
     }
+    time_graph(limit);
     if (!conv_int8_gemm_unsupported(p_).empty()) return;
     std::unique_ptr<Int8ConvGemm> gemm;
     try {
@@ -203,12 +209,16 @@ class Int8ConvKernel final : public gpu::Kernel {
                     static_cast<const float*>(sc.get()), static_cast<const float*>(b.get()), z.get(), y.get(), s, ws.get());
         },
         nullptr);
-    gemm_note_ = "cublasLt " + std::to_string(ms) + " ms";
-    if (ms < ms_) ms_ = ms, gemm_ = std::move(gemm);
+    gemm_note_ += std::string(gemm_note_.empty() ? "" : "; ") + "cublasLt " + std::to_string(ms) + " ms";
+    if (ms < ms_) ms_ = ms, gemm_ = std::move(gemm), graph_.reset();
   }
   void launch(const void* const* in, void* const* out, void* ws, void* s) const override {
     const float* bias = d_.bias ? static_cast<const float*>(in[3]) : nullptr;
     const void* z = d_.residual ? in[d_.bias ? 4 : 3] : nullptr;
+    if (graph_) {
+      graph_->run_quant(in[0], in[1], static_cast<const float*>(in[2]), bias, z, out[0], st(s), ws, graph_->workspace_bytes());
+      return;
+    }
     if (gemm_) {
       gemm_->run(static_cast<const int8_t*>(in[0]), static_cast<const int8_t*>(in[1]), static_cast<const float*>(in[2]),
                  bias, z, out[0], st(s), ws);
@@ -217,24 +227,44 @@ class Int8ConvKernel final : public gpu::Kernel {
     conv_int8(p_, tile_, static_cast<const int8_t*>(in[0]), static_cast<const int8_t*>(in[1]),
               static_cast<const float*>(in[2]), bias, z, out[0], st(s));
   }
-  size_t workspace_bytes() const override { return gemm_ ? gemm_->workspace_bytes() : 0; }
+  size_t workspace_bytes() const override {
+    return graph_ ? graph_->workspace_bytes() : gemm_ ? gemm_->workspace_bytes() : 0;
+  }
   std::string describe() const override {
     const std::string timed = ms_ < 0 ? std::string(" (recorded tactic)") : " (" + std::to_string(ms_) + " ms)";
+    if (graph_) return graph_->describe() + (ms_ < 0 ? "" : timed);  // a recorded graph says so itself
     if (gemm_) return "int8 1x1 as one gemm: " + gemm_->describe() + " -> " + elem_type_name(d_.y_type) + timed;
     return "kiln int8 implicit gemm " + std::string(int8_tile_name(tile_)) + " -> " + elem_type_name(d_.y_type) + timed +
            (gemm_note_.empty() ? "" : "; " + gemm_note_);
   }
   double timed_ms() const override { return ms_; }
   std::string tactic() const override {
-    return gemm_ ? gemm_->tactic() : std::string("kiln-int8:") + int8_tile_name(tile_);
+    return graph_ ? graph_->tactic() : gemm_ ? gemm_->tactic() : std::string("kiln-int8:") + int8_tile_name(tile_);
   }
 
  private:
+  // cuDNN's graph candidate, kept when faster than the tiles (its own configurations timed inside).
+  void time_graph(size_t limit) {
+    const ConvParams shape = int8_conv_shape(p_);
+    const GraphQuant q = int8_graph_quant(p_);
+    if (!conv_graph_quant_unsupported(shape, q).empty()) return;
+    try {
+      auto g = std::make_unique<CudnnGraphConv>(shape, q, limit, nullptr);
+      const float ms = g->chosen_ms();
+      gemm_note_ = "cudnn graph " + std::to_string(ms) + " ms";
+      if (ms >= 0 && (ms_ < 0 || ms < ms_)) ms_ = ms, graph_ = std::move(g);
+    } catch (const CudaError& e) {
+      if (e.sticky()) throw;
+      gemm_note_ = "no cudnn graph engine";
+    }
+  }
+
   gpu::ConvDesc d_;
   Int8ConvParams p_;
   Int8Tile tile_ = Int8Tile::k128x128;
   std::unique_ptr<Int8ConvGemm> gemm_;
-  std::string gemm_note_;  // what cuBLASLt's candidate measured, or why there was none
+  std::unique_ptr<CudnnGraphConv> graph_;
+  std::string gemm_note_;  // what cuDNN's and cuBLASLt's candidates measured, or why there was none
   float ms_ = -1;
 };
 
