@@ -171,12 +171,7 @@ __global__ void __launch_bounds__(WM_WARPS* WN_WARPS * 32, STAGED && BM * BN <= 
   }
 
   int acc[MI][NI][4];
-#pragma unroll
-  for (int i = 0; i < MI; ++i)
-#pragma unroll
-    for (int j = 0; j < NI; ++j)
-#pragma unroll
-      for (int v = 0; v < 4; ++v) acc[i][j][v] = 0;
+  zero_acc(acc);
 
   const int k_tiles = (a.ktot + kBK - 1) / kBK;
 #pragma unroll

@@ -57,6 +57,17 @@ __device__ __forceinline__ int swz64(int row, int chunk) { return row * 64 + ((c
 
 // acc += one 64-byte K block of a warp's MI x NI grid of m16n8k32 tiles (two k32 steps): A's rows
 // a_row0 + 16 i.. and B's rows b_row0 + 16 i.. of swizzled [rows][64] shared tiles (swz64).
+// Zeroes an MI x NI block of m16n8 accumulator fragments (4 INT32 per thread each).
+template <int MI, int NI>
+__device__ __forceinline__ void zero_acc(int (&acc)[MI][NI][4]) {
+#pragma unroll
+  for (int i = 0; i < MI; ++i)
+#pragma unroll
+    for (int j = 0; j < NI; ++j)
+#pragma unroll
+      for (int v = 0; v < 4; ++v) acc[i][j][v] = 0;
+}
+
 template <int MI, int NI>
 __device__ __forceinline__ void mma_block64(uint32_t base_a, int a_row0, uint32_t base_b, int b_row0, int lane,
                                             int (&acc)[MI][NI][4]) {

@@ -98,12 +98,7 @@ __global__ void __launch_bounds__(kThreads, kPerSm) conv_int8_stream_kernel(cons
     const int8_t* sa = stages + (it % kStages) * stage_bytes;
 
     int acc[MI][NI][4];
-#pragma unroll
-    for (int i = 0; i < MI; ++i)
-#pragma unroll
-      for (int j = 0; j < NI; ++j)
-#pragma unroll
-        for (int v = 0; v < 4; ++v) acc[i][j][v] = 0;
+    zero_acc(acc);
 #pragma unroll 1
     for (int blk = 0; blk < kb; ++blk)
       mma_block64<MI, NI>(smem_addr(sa + blk * kBM * 64), wm * 32, smem_addr(sb + blk * BN * 64), wn * WN, lane, acc);
