@@ -685,18 +685,25 @@ struct CudnnGraphConv::Impl {
   }
 };
 
-std::string conv_graph_unsupported(const ConvParams& p) {
-  if (p.type != DType::kF16 && p.type != DType::kBF16) return "the graph path takes FP16 and BF16 convolutions";
+namespace {
+// What neither form of the graph takes.
+std::string graph_form_unsupported(const ConvParams& p) {
   if (p.groups != 1) return "the graph path takes ungrouped convolutions";
   if (p.act == ConvAct::kClip && p.clip_lo != 0) return "the graph path clips at 0 from below (ReLU with a ceiling)";
+  return {};
+}
+}  // namespace
+
+std::string conv_graph_unsupported(const ConvParams& p) {
+  if (p.type != DType::kF16 && p.type != DType::kBF16) return "the graph path takes FP16 and BF16 convolutions";
+  if (std::string why = graph_form_unsupported(p); !why.empty()) return why;
   if ((p.c * 2) % 16 != 0 || (p.k * 2) % 16 != 0) return "the graph path needs channels in multiples of 8";
   return {};
 }
 
 std::string conv_graph_quant_unsupported(const ConvParams& p, const GraphQuant& q) {
-  if (p.groups != 1) return "the graph path takes ungrouped convolutions";
+  if (std::string why = graph_form_unsupported(p); !why.empty()) return why;
   if (p.act == ConvAct::kSilu) return "the 8-bit graph has no SiLU epilogue";
-  if (p.act == ConvAct::kClip && p.clip_lo != 0) return "the graph path clips at 0 from below (ReLU with a ceiling)";
   if (p.c % 16 != 0 || p.k % 16 != 0) return "the 8-bit graph needs channels in multiples of 16";
   if (!(q.y_scale > 0) || !std::isfinite(1.f / q.y_scale)) return "the output scale must be positive and finite";
   if (p.residual && (!(q.z_scale > 0) || !std::isfinite(q.z_scale))) return "the residual scale must be positive and finite";
