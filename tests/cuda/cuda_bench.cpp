@@ -7,6 +7,7 @@
 //   kiln_cuda_bench            # prints a table; exit 1 with the error when there is no GPU
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <cstdio>
@@ -18,6 +19,7 @@
 #include "backends/cuda/cuda_util.h"
 #include "backends/cuda/kernels.h"
 #include "backends/cuda/lt_matmul.h"
+#include "backends/cuda/stem.h"
 
 using namespace kiln::cuda;
 
@@ -64,6 +66,9 @@ int main() {
                 d.sm().c_str(), d.multiprocessors, d.total_memory / 1073741824.0, d.driver_version, d.runtime_version,
                 d.cublaslt_version);
     Stream stream;
+    // KILN_CUDA_BENCH_CONV=<text>: only the convolution rows whose name holds <text>.
+    const char* only = std::getenv("KILN_CUDA_BENCH_CONV");
+    if (!only) {
     std::printf("\n%-44s %10s %10s  %s\n", "matmul (Y[M,N] = X[M,K] W[K,N])", "ms", "TFLOP/s", "algorithm");
     struct Row {
       const char* name;
@@ -162,6 +167,7 @@ int main() {
         std::printf("%-52s %10.4f %10.2f\n", name, ms, 4.0 * r.batch * heads * r.seq * r.seq * dim / (ms * 1e-3) / 1e12);
       }
     }
+    }  // !only
     // cuDNN convolutions, NHWC fp16 with the epilogue a ResNet-50 layer fuses (bias + ReLU; the
     // last 1x1 of a bottleneck also adds the residual), batch 32 and 256.
     std::printf("\n%-44s %10s %10s  %s\n", "conv (ResNet-50 layers, fp16 NHWC)", "ms", "TFLOP/s", "algorithm");
@@ -173,6 +179,10 @@ int main() {
     };
     const ConvRow convs[] = {
         {"stem 7x7/2 3->64 224", 3, 224, 64, 7, 3, 2, false},
+        {"stem 7x7/2 4->64 224 (channels padded to 4)", 4, 224, 64, 7, 3, 2, false},
+        // The stem as a space-to-depth convolution: 2x2 blocks of the padded 230x230 input as 12
+        // (padded to 16) channels of a 115x115 image, the 7x7 filter zero-padded to 8x8 as a 4x4.
+        {"stem s2d 4x4 16->64 115", 16, 115, 64, 4, 0, 1, false},
         {"res2 1x1 256->64 56", 256, 56, 64, 1, 0, 1, false},
         {"res2 3x3 64->64 56", 64, 56, 64, 3, 1, 1, false},
         {"res2 1x1 64->256 56 +residual", 64, 56, 256, 1, 0, 1, true},
@@ -187,7 +197,7 @@ int main() {
     };
     // The INT8 kernels' main loop apart from their epilogue: long K (many stages per tile) against
     // the ResNet-50 shapes' 8-36, each tile's rate.
-    {
+    if (!only) {
       struct Probe {
         const char* name;
         int64_t n, c, hw, k, rs;
@@ -222,6 +232,7 @@ int main() {
     }
     for (int64_t batch : {32, 256}) {
       for (const ConvRow& r : convs) {
+        if (only && !std::strstr(r.name, only)) continue;
         ConvParams p;
         p.n = batch, p.c = r.c, p.h = p.w = r.hw, p.k = r.k, p.r = p.s = r.rs;
         p.pad_h = p.pad_w = r.pad, p.stride_h = p.stride_w = r.stride;
@@ -243,7 +254,7 @@ int main() {
         q.n = p.n, q.c = p.c, q.h = p.h, q.w = p.w, q.k = p.k, q.r = p.r, q.s = p.s;
         q.pad_h = p.pad_h, q.pad_w = p.pad_w, q.stride_h = p.stride_h, q.stride_w = p.stride_w;
         q.bias = true, q.residual = r.residual, q.act = ConvAct::kRelu, q.y_scale = 0.05f, q.z_scale = 0.02f;
-        if (!conv_int8_unsupported(q).empty()) continue;
+        const bool kiln_takes = conv_int8_unsupported(q).empty();  // else only cuDNN's graph below
         DeviceBuffer scale(p.k * 4), bias32(p.k * 4);
         {
           std::vector<float> sv(static_cast<size_t>(p.k), 1e-4f);
@@ -256,7 +267,7 @@ int main() {
         float best_mma = 1e30f;
         std::string tiles;  // every tile's time
         for (int t = 0; t < static_cast<int>(Int8Tile::kCount); ++t) {
-          if (!int8_tile_takes(q, static_cast<Int8Tile>(t))) continue;
+          if (!kiln_takes || !int8_tile_takes(q, static_cast<Int8Tile>(t))) continue;
           const float ms8 = median_ms(
               [&](cudaStream_t s) {
                 conv_int8(q, static_cast<Int8Tile>(t), static_cast<const int8_t*>(x.get()),
@@ -270,10 +281,12 @@ int main() {
           std::snprintf(one, sizeof(one), " %s %.3f", int8_tile_name(static_cast<Int8Tile>(t)), ms8);
           tiles += one;
         }
+        if (kiln_takes) {
         std::printf("b%-3ld %-40s %10.3f %10.1f  kiln int8 implicit gemm %s (%.2fx fp16; best mma.sync tile %.3f ms)\n",
                     static_cast<long>(batch), r.name, best, 2.0 * p.n * oh * ow * p.k * p.r * p.s * p.c / (best * 1e-3) / 1e12,
                     int8_tile_name(best_tile), ms / best, best_mma);
         std::printf("     tiles:%s\n", tiles.c_str());
+        }
         // A 1x1 layer as one cuBLASLt INT8 GEMM (scales made on the stream, then the GEMM).
         if (conv_int8_gemm_unsupported(q).empty()) try {
           Int8ConvGemm g(q, 64u << 20, stream.get());
@@ -314,6 +327,25 @@ int main() {
               std::printf("b%-3ld %-40s  cudnn graph %s: %.300s\n", static_cast<long>(batch), r.name, kind, e.what());
             }
           }
+        }
+      }
+    }
+    // Kiln's fused stem (stem.cu): ResNet-50's 7x7/2 3->64 convolution, bias, ReLU and 3x3/2 max
+    // pooling from the FP32 NCHW image, FP16 or INT8 out; TFLOP/s counts the convolution's FLOPs.
+    if (!only || std::strstr("stem fused", only)) {
+      std::printf("\n%-44s %10s %10s\n", "fused stem (conv 7x7/2 + ReLU + maxpool 3x3/2)", "ms", "TFLOP/s");
+      const char* only_batch = std::getenv("KILN_CUDA_BENCH_STEM_BATCH");  // one batch (profiling)
+      for (int64_t batch : {1, 32, 256}) {
+        if (only_batch && std::atoll(only_batch) != batch) continue;
+        kiln::gpu::StemPoolDesc sd;
+        sd.n = batch, sd.c = 3, sd.h = sd.w = 224, sd.lo = 0;
+        DeviceBuffer x = filled(sd.n * 3 * 224 * 224 * 4, -31), w = filled(64 * kiln::gpu::stem_filter_pitch(3) * 2, 32),
+                     b = filled(64 * 2, 33), y(sd.n * 56 * 56 * 64 * 2);
+        for (const bool y8 : {false, true}) {
+          sd.y_type = y8 ? kiln::gpu::ElemType::kI8 : kiln::gpu::ElemType::kF16, sd.y_scale = 0.05f;
+          const float ms = median_ms([&](cudaStream_t s) { stem_pool(sd, x.get(), w.get(), b.get(), y.get(), s); }, stream.get());
+          std::printf("b%-3ld fused stem fp32 in, %s out %18s %10.3f %10.1f\n", static_cast<long>(batch), y8 ? "int8" : "fp16", "",
+                      ms, 2.0 * batch * 112 * 112 * 64 * 147 / (ms * 1e-3) / 1e12);
         }
       }
     }

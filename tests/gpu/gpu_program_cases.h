@@ -345,6 +345,121 @@ TEST_P(GpuProgram, FewChannelConvolutionsRunOnZeroPaddedChannels) {
 // ArgMax/ArgMin (select_last_index), TopK (largest and smallest, along a middle axis) and
 // GatherElements (negative indices), against the reference executor. The input's values are
 // distinct multiples of 1/64, exact in FP16, so the FP16 program sees no ties the FP32 one does not.
+// A CNN stem (7x7/2 over 3 channels to 64, bias, ReLU or a clip) read only by a 3x3/2 max pooling
+// runs as Kiln's fused stem kernel from the FP32 NCHW input: forced ("on"), never ("off") and timed
+// ("auto"), each matching the reference; FP32 programs and stems with a second reader keep the
+// separate steps; a bad option value is refused.
+TEST_P(GpuProgram, StemConvAndMaxPoolFuseIntoOneKernel) {
+  for (const bool clip : {false, true}) {
+    Builder b;
+    b.input("x", {2, 3, 45, 37}).weight("ws", {64, 3, 7, 7}, 0.2f).weight("bs", {64}).weight("w1", {32, 64, 1, 1})
+        .weight("b1", {32});
+    b.node("Conv", {"x", "ws", "bs"}, {"s"}, {{"pads", ints({3, 3, 3, 3})}, {"strides", ints({2, 2})}});
+    if (clip) b.node("Clip", {"s", "lo", "hi"}, {"a"}).init("lo", Tensor::scalar(0.f)).init("hi", Tensor::scalar(0.75f));
+    else b.node("Relu", {"s"}, {"a"});
+    b.node("MaxPool", {"a"}, {"p"}, {{"kernel_shape", ints({3, 3})}, {"strides", ints({2, 2})}, {"pads", ints({1, 1, 1, 1})}})
+        .node("Conv", {"p", "w1", "b1"}, {"y"})
+        .output("y");
+    const std::map<std::string, Tensor> inputs = {{"x", b.random({2, 3, 45, 37})}};
+    reference::Executor ref(b.m);
+    const auto want = ref.run(inputs);
+    const gpu::ShapeMap shapes = {{"x", {2, 3, 45, 37}}};
+    for (const std::string mode : {"on", "off", "auto"})
+      for (auto p : {gpu::Precision::kFP16, gpu::Precision::kFP32}) {
+        SCOPED_TRACE("stem_pool " + mode + " at " + gpu::precision_name(p) + (clip ? " with a clip" : " with ReLU"));
+        gpu::CompileOptions opt;
+        opt.precision = p;
+        opt.stem_pool = mode;
+        auto built = gpu::build_gpu_program(b.m, shapes, 0, opt, 3);
+        int fused = 0, pools = 0, copies = 0;
+        for (const auto& st : built.program->steps()) {
+          fused += st.op == "Conv+MaxPool";
+          pools += st.op == "MaxPool";
+          copies += st.op == "Copy" && st.name.rfind("to nhwc x", 0) == 0;
+        }
+        if (p == gpu::Precision::kFP32 || mode == "off") {
+          EXPECT_EQ(fused, 0);
+          EXPECT_EQ(pools, 1);
+        } else if (mode == "on") {
+          EXPECT_EQ(fused, 1);
+          EXPECT_EQ(pools, 0) << "the pooling runs inside the fused kernel";
+          EXPECT_EQ(copies, 0) << "the fused kernel reads the FP32 NCHW input itself";
+        } else {
+          EXPECT_EQ(fused + pools, 1);
+        }
+        for (bool graph : {true, false}) {
+          gpu::GpuContext ctx(built.program, graph);
+          EXPECT_LT(rel_error(ctx.run(inputs).at("y"), want.at("y")), p == gpu::Precision::kFP32 ? 1e-2 : 2e-2);
+        }
+      }
+  }
+  // A second reader of the stem's output keeps the separate steps, even with "on".
+  Builder b;
+  b.input("x", {1, 3, 32, 32}).weight("ws", {64, 3, 7, 7}, 0.2f).weight("bs", {64});
+  b.node("Conv", {"x", "ws", "bs"}, {"s"}, {{"pads", ints({3, 3, 3, 3})}, {"strides", ints({2, 2})}})
+      .node("MaxPool", {"s"}, {"p"}, {{"kernel_shape", ints({3, 3})}, {"strides", ints({2, 2})}, {"pads", ints({1, 1, 1, 1})}})
+      .output("p")
+      .output("s");
+  gpu::CompileOptions opt;
+  opt.stem_pool = "on";
+  const gpu::ShapeMap shapes = {{"x", {1, 3, 32, 32}}};
+  auto built = gpu::build_gpu_program(b.m, shapes, 0, opt, 3);
+  for (const auto& st : built.program->steps()) EXPECT_NE(st.op, "Conv+MaxPool");
+  const std::map<std::string, Tensor> inputs = {{"x", b.random({1, 3, 32, 32})}};
+  reference::Executor ref(b.m);
+  const auto want = ref.run(inputs);
+  gpu::GpuContext ctx(built.program, true);
+  const auto got = ctx.run(inputs);
+  for (const char* o : {"p", "s"}) EXPECT_LT(rel_error(got.at(o), want.at(o)), 2e-2) << o;
+  opt.stem_pool = "fused";
+  EXPECT_THROW(gpu::build_gpu_program(b.m, shapes, 0, opt, 3), Error);
+}
+
+// In an INT8 program whose pooled stem output is read only by INT8 convolutions, the fused stem
+// writes it in INT8 itself (quantized before the max, which commutes): no quantizing pass.
+TEST_P(GpuProgram, FusedStemWritesInt8ForInt8Readers) {
+  Builder b;
+  b.input("x", {2, 3, 40, 40}).weight("ws", {64, 3, 7, 7}, 0.2f).weight("bs", {64});
+  b.weight("w1", {32, 64, 1, 1}).weight("b1", {32}).weight("w2", {32, 32, 3, 3}).weight("b2", {32});
+  b.node("Conv", {"x", "ws", "bs"}, {"s"}, {{"pads", ints({3, 3, 3, 3})}, {"strides", ints({2, 2})}})
+      .node("Relu", {"s"}, {"a"})
+      .node("MaxPool", {"a"}, {"p"}, {{"kernel_shape", ints({3, 3})}, {"strides", ints({2, 2})}, {"pads", ints({1, 1, 1, 1})}})
+      .node("Conv", {"p", "w1", "b1"}, {"c1"}).node("Relu", {"c1"}, {"r1"})
+      .node("Conv", {"r1", "w2", "b2"}, {"y"}, {{"pads", ints({1, 1, 1, 1})}})
+      .output("y");
+  const gpu::ShapeMap shapes = {{"x", {2, 3, 40, 40}}};
+  std::vector<quant::TensorMap> batches;
+  for (int i = 0; i < 3; ++i) batches.push_back({{"x", b.random({2, 3, 40, 40})}});
+  quant::MemoryCalibrator data(batches);
+  gpu::GpuCalibration calib;
+  calib.data = &data;
+  calib.method = {quant::CalibMethod::kMinMax, 99.99};
+  calib.source = "test batches";
+  gpu::CompileOptions opt;
+  opt.precision = gpu::Precision::kINT8;
+  opt.int8_convs = sim_ ? "auto" : "always";
+  opt.int8_program_check = false;
+  opt.stem_pool = "on";
+  if (sim_) sim_->set_modeled_time(true);
+  auto built = gpu::build_gpu_program(b.m, shapes, 0, opt, 3, &calib);
+  int fused8 = 0, quantize = 0, int8 = 0;
+  for (const auto& st : built.program->steps()) {
+    fused8 += st.op == "Conv+MaxPool" && st.kernel.find("-> int8") != std::string::npos;
+    quantize += st.op == "QuantizeINT8";
+    int8 += st.op != "Conv+MaxPool" && st.kernel.find("int8") != std::string::npos;
+  }
+  EXPECT_EQ(int8, 2) << "both convolutions after the stem in INT8";
+  EXPECT_EQ(fused8, 1) << "the stem writes INT8";
+  EXPECT_EQ(quantize, 0);
+  reference::Executor ref(b.m);
+  const quant::TensorMap in = {{"x", b.random({2, 3, 40, 40})}};
+  const auto want = ref.run(in);
+  gpu::GpuContext ctx(built.program, true);
+  const double e = rel_error(ctx.run(in).at("y"), want.at("y"));
+  EXPECT_LT(e, 8e-2);
+  EXPECT_GT(e, 1e-5) << "INT8 rounding leaves a trace";
+}
+
 TEST_P(GpuProgram, ReductionsArgMaxTopKAndGatherElements) {
   Builder b;
   b.input("x", {2, 6, 5});

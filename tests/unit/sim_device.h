@@ -446,6 +446,43 @@ class SimDevice final : public Device {
             }
     });
   }
+  // The fused stem by its definition: FP16-rounded input, the packed FP16 filter, FP32 sums.
+  std::unique_ptr<Kernel> stem_pool(const StemPoolDesc& d) override {
+    if (d.c < 1 || d.c > 4) throw std::runtime_error("stem_pool: 1 to 4 input channels");
+    return make(std::string("stem+maxpool -> ") + (d.y_type == ElemType::kI8 ? "int8" : "fp16"), 3, [d](const void* const* in, void* const* out, void*) {
+      const int64_t oh = d.conv_h(), ow = d.conv_w(), ph = d.out_h(), pw = d.out_w(), pitch = stem_filter_pitch(d.c);
+      std::vector<float> conv(static_cast<size_t>(oh * ow * 64));
+      for (int64_t b = 0; b < d.n; ++b) {
+        for (int64_t i = 0; i < oh; ++i)
+          for (int64_t j = 0; j < ow; ++j)
+            for (int64_t k = 0; k < 64; ++k) {
+              float acc = sim_load(ElemType::kF16, in[2], k);
+              for (int64_t c = 0; c < d.c; ++c)
+                for (int64_t r = 0; r < 7; ++r)
+                  for (int64_t s = 0; s < 7; ++s) {
+                    const int64_t y = i * 2 - 3 + r, x = j * 2 - 3 + s;
+                    if (y < 0 || y >= d.h || x < 0 || x >= d.w) continue;
+                    const float xv = kiln::half_to_float(kiln::float_to_half(sim_load(d.x_type, in[0], ((b * d.c + c) * d.h + y) * d.w + x)));
+                    acc += xv * sim_load(ElemType::kF16, in[1], k * pitch + c * 56 + r * 8 + s);
+                  }
+              conv[static_cast<size_t>((i * ow + j) * 64 + k)] = std::min(std::max(acc, d.lo), d.hi);
+            }
+        for (int64_t i = 0; i < ph; ++i)
+          for (int64_t j = 0; j < pw; ++j)
+            for (int64_t k = 0; k < 64; ++k) {
+              float m = -INFINITY;
+              for (int64_t r = 0; r < 3; ++r)
+                for (int64_t s = 0; s < 3; ++s) {
+                  const int64_t y = i * 2 - 1 + r, x = j * 2 - 1 + s;
+                  if (y >= 0 && y < oh && x >= 0 && x < ow) m = std::max(m, conv[static_cast<size_t>((y * ow + x) * 64 + k)]);
+                }
+              const int64_t o = ((b * ph + i) * pw + j) * 64 + k;
+              if (d.y_type == ElemType::kI8) sim_store(ElemType::kI8, out[0], o, std::clamp(std::nearbyint(m / d.y_scale), -128.f, 127.f));
+              else sim_store(ElemType::kF16, out[0], o, m);
+            }
+      }
+    });
+  }
   std::unique_ptr<Kernel> mean_middle(ElemType t, int64_t n, int64_t s, int64_t c) override {
     return make("mean", 1, [=](const void* const* in, void* const* out, void*) {
       for (int64_t b = 0; b < n; ++b)

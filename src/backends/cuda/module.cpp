@@ -16,6 +16,7 @@
 #include "backends/cuda/kernels.h"
 #include "backends/cuda/lt_matmul.h"
 #include "backends/cuda/ops.h"
+#include "backends/cuda/stem.h"
 #include "backends/gpu/device_api.h"
 
 #include <cudnn.h>
@@ -516,6 +517,16 @@ class CudaDevice final : public gpu::Device {
   std::unique_ptr<gpu::Kernel> pool(ElemType t, const gpu::Pool2d& p) override {
     return fn_kernel(p.max ? "maxpool nhwc" : "avgpool nhwc", [t, p](const void* const* in, void* const* out, cudaStream_t s) {
       pool2d_nhwc(t, in[0], out[0], p, s);
+    });
+  }
+  std::unique_ptr<gpu::Kernel> stem_pool(const gpu::StemPoolDesc& d) override {
+    if (const std::string why = stem_pool_unsupported(d); !why.empty()) throw CudaError("stem_pool: " + why);
+    if (props_.sm_major < 8) throw CudaError("stem_pool: Kiln's fused stem needs SM 8.0 or newer; this GPU is " + props_.sm());
+    bind();
+    const std::string what = std::string("kiln fused stem conv 7x7/2 + maxpool 3x3/2 ") + elem_type_name(d.x_type) + " -> " +
+                             (d.y_type == ElemType::kI8 ? "int8" : "fp16");
+    return fn_kernel(what, [d](const void* const* in, void* const* out, cudaStream_t s) {
+      cuda::stem_pool(d, in[0], in[1], in[2], out[0], s);
     });
   }
   std::unique_ptr<gpu::Kernel> mean_middle(ElemType t, int64_t n, int64_t sz, int64_t c) override {

@@ -8,14 +8,17 @@
 // builds. Errors cross the boundary as std::runtime_error (the module's CudaError derives from it);
 // DeviceError-like stickiness is reported through Device::broken().
 #pragma once
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace kiln::gpu {
 
-inline constexpr int kApiVersion = 9;
+inline constexpr int kApiVersion = 10;
 
 // Element types of device tensors. kBool is one byte, 0 or 1. kF8E4M3 is FP8 E4M3FN (one byte;
 // conversions to it round to nearest even and saturate at +-448): the activations and weights of
@@ -98,6 +101,35 @@ struct Pool2d {
 };
 
 enum class Act : uint8_t { kNone, kRelu, kClip, kSilu };  // kSilu: x * sigmoid(x)
+
+// A CNN's stem as one kernel (Kiln's, FP16 tensor cores): y = maxpool 3x3/2 pad 1 (clamp(conv 7x7/2
+// pad 3 (x, w) + bias, lo, hi)) over 64 output channels. x is plain NCHW of x_type (kF32 or kF16)
+// with c <= 4 channels, read as FP16; w is the FP16 filter in stem_filter_order's layout; the bias
+// FP16 [64]; y dense NHWC of y_type: kF16, or kI8 holding round(y / y_scale) saturated (quantized
+// before the max, which is exact: rounding is monotonic). The inputs are x, w, bias.
+struct StemPoolDesc {
+  int64_t n = 0, c = 0, h = 0, w = 0;
+  ElemType x_type = ElemType::kF32, y_type = ElemType::kF16;
+  float lo = -INFINITY, hi = INFINITY, y_scale = 1;
+  int64_t conv_h() const { return (h - 1) / 2 + 1; }  // 7x7, stride 2, pad 3
+  int64_t conv_w() const { return (w - 1) / 2 + 1; }
+  int64_t out_h() const { return (conv_h() - 1) / 2 + 1; }  // 3x3, stride 2, pad 1
+  int64_t out_w() const { return (conv_w() - 1) / 2 + 1; }
+};
+// The packed filter's k axis: channel c, row r and column s of the 7x7 filter at c * 56 + r * 8 + s
+// (column 7 zero), k steps of 16 (the rest zero), rows padded by 8 halves (conflict-free ldmatrix).
+inline int64_t stem_filter_pitch(int64_t c) { return (c * 56 + 15) / 16 * 16 + 8; }
+// For each element of the packed [64][stem_filter_pitch(c)] filter, the index into the OIHW
+// [64][c][7][7] filter it copies, or -1 for a zero.
+inline std::vector<int64_t> stem_filter_order(int64_t c) {
+  const int64_t pitch = stem_filter_pitch(c);
+  std::vector<int64_t> order(static_cast<size_t>(64 * pitch), -1);
+  for (int64_t k = 0; k < 64; ++k)
+    for (int64_t ci = 0; ci < c; ++ci)
+      for (int64_t r = 0; r < 7; ++r)
+        for (int64_t s = 0; s < 7; ++s) order[static_cast<size_t>(k * pitch + ci * 56 + r * 8 + s)] = ((k * c + ci) * 7 + r) * 7 + s;
+  return order;
+}
 
 // Reductions over the middle axis of x viewed as [outer, r, inner] (y is [outer, inner]): sum, mean,
 // max, min and product in FP32, stored as x's type; ArgMax/ArgMin store the index as kI64 (the first
@@ -276,6 +308,11 @@ class Device {
   virtual std::unique_ptr<Kernel> gather(ElemType idx, size_t elem_bytes, int64_t outer, int64_t axis_dim,
                                          int64_t inner, int64_t count) = 0;
   virtual std::unique_ptr<Kernel> pool(ElemType t, const Pool2d& p) = 0;
+  // The fused stem (StemPoolDesc), timed when made (timed_ms); throws where the device has none.
+  virtual std::unique_ptr<Kernel> stem_pool(const StemPoolDesc& d) {
+    (void)d;
+    throw std::runtime_error("this device has no fused stem kernel");
+  }
   virtual std::unique_ptr<Kernel> mean_middle(ElemType t, int64_t n, int64_t s, int64_t c) = 0;  // [n,s,c] -> [n,c]
   // Float t (kF32, kF16, kBF16) for reduce, pad, resample and topk.
   virtual std::unique_ptr<Kernel> reduce(ElemType t, ReduceOp op, int64_t outer, int64_t r, int64_t inner,

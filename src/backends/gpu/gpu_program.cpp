@@ -510,6 +510,12 @@ class GpuProgramBuilder {
   ConvDesc conv_desc(const Node& n, std::vector<EwStep>* post);
   void lower_conv(const Node& n);
   void lower_conv_int8(const Node& n, ConvDesc d);
+  // A CNN's stem (7x7/2 pad 3 over at most 4 channels to 64, bias, ReLU/clip/none) read only by a
+  // 3x3/2 pad 1 MaxPool: lowered as Kiln's fused stem kernel (StemPoolDesc) when it is faster than
+  // the separate steps (conv_ms: the convolution's time; copy_channels: the input's converting copy
+  // to that many channels, 0 for none) plus the pooling and any quantizing pass; returns false to
+  // leave both nodes to their own lowering. Recorded as "gpu.stempool <conv key>": fused or split.
+  bool lower_stem_pool(const Node& n, const ConvDesc& d, const std::string& bias, double conv_ms, int64_t copy_channels);
   // A 1x1 convolution with stride 1 and no padding is a GEMM over NHWC rows: [N*H*W, C] x [C, K],
   // with the bias, the residual (cuBLASLt's C) and ReLU in cuBLASLt's epilogue.
   static bool is_gemm(const ConvDesc& d) {
@@ -853,7 +859,6 @@ void GpuProgramBuilder::lower_conv(const Node& n) {
   if (has_b) ins.push_back(as(n.inputs[2], false, compute_));
   if (has_z) ins.push_back(as(n.inputs[3], true, compute_));
   const std::string out = post.empty() ? n.outputs[0] : n.outputs[0] + "#preact";
-  new_value(out, compute_, od, true);
   const bool gemm_ok = is_gemm(d);
   const std::string& tactic = opt_.conv1x1_tactic;
   std::unique_ptr<Kernel> conv_k, gemm_k, dw_k;
@@ -931,6 +936,14 @@ void GpuProgramBuilder::lower_conv(const Node& n) {
   const Kernel& winner = pad_wins ? *pad_k : dw_wins ? *dw_k : gemm_wins ? *gemm_k : *conv_k;
   const std::string family = pad_wins ? "cudnn-pad" + std::to_string(pad_c) : dw_wins ? "depthwise" : gemm_wins ? "gemm" : "cudnn";
   record(key, family + "|" + winner.tactic(), timed ? winner.timed_ms() : hit->ms, timed);
+  if (post.empty() && has_b) {
+    // The input's converting copy (to NHWC of the compute type, channels padded or not) is part of
+    // the separate steps' cost too.
+    const std::string& x = n.inputs[0];
+    const bool copied = pad_wins || !(val(x).nhwc && val(x).type == compute_);
+    if (lower_stem_pool(n, d, ins[2], timed ? winner.timed_ms() : hit->ms, copied ? (pad_wins ? pad_c : d.c) : 0)) return;
+  }
+  new_value(out, compute_, od, true);
   ins[0] = pad_wins ? padded_nhwc(n.inputs[0], pad_c, compute_) : as(n.inputs[0], true, compute_);
   if (pad_wins) {
     ins[1] = weight_value(n.inputs[1], compute_, {K, R, S, pad_c}, krsc(pad_c), "krsc_c" + std::to_string(pad_c));
@@ -957,6 +970,104 @@ void GpuProgramBuilder::lower_conv(const Node& n) {
     steps.insert(steps.end(), post.begin(), post.end());
     emit_elementwise(n.name + " activation", act, {out}, steps, n.outputs[0], compute_, od);
   }
+}
+
+bool GpuProgramBuilder::lower_stem_pool(const Node& n, const ConvDesc& d, const std::string& bias, double conv_ms,
+                                        int64_t copy_channels) {
+  if (opt_.stem_pool != "auto" && opt_.stem_pool != "on" && opt_.stem_pool != "off")
+    throw Error(ErrorCode::kInvalidArgument, "stem_pool '" + opt_.stem_pool + "' is not auto, on or off");
+  if (opt_.stem_pool == "off" || compute_ != ElemType::kF16) return false;
+  if (d.groups != 1 || d.c > 4 || d.k != 64 || d.r != 7 || d.s != 7 || d.stride_h != 2 || d.stride_w != 2 ||
+      d.pad_h != 3 || d.pad_w != 3 || d.dil_h != 1 || d.dil_w != 1 || d.residual || d.in_clip || d.act == Act::kSilu ||
+      deferred_clip_.count(n.outputs[0]))
+    return false;
+  const std::string& x = n.inputs[0];
+  if (val(x).nhwc || (val(x).type != ElemType::kF32 && val(x).type != ElemType::kF16)) return false;
+  // The one reader: a 3x3/2 pad 1 MaxPool without Indices.
+  const auto r = readers_.find(n.outputs[0]);
+  if (r == readers_.end() || r->second.size() != 1 || r->second[0] == SIZE_MAX) return false;
+  const size_t pi = r->second[0];
+  const Node& pool = g().nodes[pi];
+  if (!pool.domain.empty() || pool.op_type != "MaxPool" || pool.inputs[0] != n.outputs[0]) return false;
+  if (pool.outputs.size() > 1 && !pool.outputs[1].empty()) return false;
+  auto ints = [&](const char* name, std::vector<int64_t> dflt) {
+    const auto v = attr_ints(pool, name);
+    return v.empty() ? dflt : v;
+  };
+  if (ints("kernel_shape", {}) != std::vector<int64_t>{3, 3} || ints("strides", {1, 1}) != std::vector<int64_t>{2, 2} ||
+      ints("pads", {0, 0, 0, 0}) != std::vector<int64_t>{1, 1, 1, 1} || ints("dilations", {1, 1}) != std::vector<int64_t>{1, 1} ||
+      attr_string(pool, "auto_pad", "NOTSET") != "NOTSET" || attr_int(pool, "storage_order", 0) != 0)
+    return false;
+  StemPoolDesc sd;
+  sd.n = d.n, sd.c = d.c, sd.h = d.h, sd.w = d.w, sd.x_type = val(x).type;
+  if (d.act == Act::kRelu) sd.lo = 0;
+  if (d.act == Act::kClip) sd.lo = d.clip_lo, sd.hi = d.clip_hi;
+  const auto pd = dims_of(pool.outputs[0]);
+  if (pd.size() != 4 || pd[1] != 64 || pd[2] != sd.out_h() || pd[3] != sd.out_w()) return false;
+  // INT8 out where every reader is an INT8 convolution reading it as its input or residual.
+  const auto pr = readers_.find(pool.outputs[0]);
+  bool y8 = int8_ && pr != readers_.end() && !pr->second.empty();
+  for (size_t j : y8 ? pr->second : std::vector<size_t>{}) {
+    if (j == SIZE_MAX || !int8_nodes_.count(j)) y8 = false;
+    if (!y8) break;
+    const Node& reader = g().nodes[j];
+    for (size_t k = 0; k < reader.inputs.size(); ++k)
+      if (reader.inputs[k] == pool.outputs[0] && k != 0 && k != 3) y8 = false;
+  }
+  if (y8) sd.y_type = ElemType::kI8, sd.y_scale = int8_scales(g().nodes[pr->second[0]]).x;
+  const size_t x_bytes = static_cast<size_t>(d.n * d.c * d.h * d.w) * elem_bytes(sd.x_type);
+  const size_t conv_elems = static_cast<size_t>(d.n * 64 * sd.conv_h() * sd.conv_w());
+  const size_t out_elems = static_cast<size_t>(d.n * 64 * sd.out_h() * sd.out_w());
+  std::unique_ptr<Kernel> k;
+  try {
+    k = dev_->stem_pool(sd);
+  } catch (const std::runtime_error& e) {
+    if (opt_.stem_pool == "on") throw Error(ErrorCode::kUnsupported, "node '" + n.name + "': " + e.what());
+    if (opt_.log) opt_.log->push_back("node '" + n.name + "': no fused stem (" + e.what() + ")");
+    return false;
+  }
+  const std::string key = "gpu.stempool " + conv_key(d) + " x" + type_tag(sd.x_type) + (y8 ? " y8" : " y16");
+  bool fused = opt_.stem_pool == "on";
+  if (!fused) {
+    if (const auto known = known_choice(key, {"fused", "split"})) {
+      fused = known->tactic == "fused";
+    } else {
+      warm_up();
+      const double t_fused = time_on_device(*k, {x_bytes, static_cast<size_t>(64 * stem_filter_pitch(d.c) * 2), 128},
+                                            out_elems * (y8 ? 1 : 2));
+      Pool2d p;
+      p.max = true, p.n = d.n, p.c = 64, p.h = sd.conv_h(), p.w = sd.conv_w(), p.oh = sd.out_h(), p.ow = sd.out_w();
+      p.kh = p.kw = 3, p.sh = p.sw = 2, p.pad_t = p.pad_l = 1;
+      double t_split = conv_ms + time_on_device(*dev_->pool(compute_, p), {conv_elems * 2}, out_elems * 2);
+      if (copy_channels > 0) {
+        StridedCopy c;  // NCHW -> dense NHWC with copy_channels channels (the ones past C zero)
+        c.rank = 4;
+        const int64_t dims[4] = {d.n, d.c, d.h, d.w};
+        const int64_t xs[4] = {d.c * d.h * d.w, d.h * d.w, d.w, 1};
+        const int64_t ys[4] = {d.h * d.w * copy_channels, 1, d.w * copy_channels, copy_channels};
+        for (int i = 0; i < 4; ++i) c.dims[i] = dims[i], c.x_strides[i] = xs[i], c.y_strides[i] = ys[i];
+        c.pad_channels = copy_channels;
+        t_split += time_on_device(*dev_->copy(sd.x_type, compute_, c), {x_bytes},
+                                  static_cast<size_t>(d.n * copy_channels * d.h * d.w) * 2);
+      }
+      if (y8) t_split += quantize_ms(static_cast<int64_t>(out_elems));
+      fused = t_fused < t_split;
+      record(key, fused ? "fused" : "split", t_fused, true);
+      if (opt_.log) {
+        std::ostringstream os;
+        os << "node '" << n.name << "' + '" << pool.name << "': fused stem " << t_fused << " ms, separate steps " << t_split
+           << " ms";
+        opt_.log->push_back(os.str());
+      }
+    }
+  }
+  if (!fused) return false;
+  const std::string w = weight_value(n.inputs[1], ElemType::kF16, {64, stem_filter_pitch(d.c)}, stem_filter_order(d.c), "stem");
+  new_value(pool.outputs[0], sd.y_type, pd, true);
+  if (y8) int8_vals_[pool.outputs[0]] = sd.y_scale;
+  add_step(std::move(k), {x, w, bias}, {pool.outputs[0]}, {n.name + " + " + pool.name, "Conv+MaxPool", "", -1});
+  packed_skip_.insert(pi);
+  return true;
 }
 
 void GpuProgramBuilder::lower_matmul(const Node& n) {

@@ -108,6 +108,10 @@ struct CompileOptions {
   // times cuDNN on the input as it is and on a copy zero-padded to 4 and to 8 channels per pixel
   // (filters padded to match), keeping the fastest; "off" never pads; "4" or "8" always pads (tests).
   std::string channel_pad = "auto";
+  // A stem convolution (7x7/2 over at most 4 channels to 64) read only by a 3x3/2 max pooling, in
+  // FP16/INT8 programs: "auto" times Kiln's fused stem kernel against the separate steps and keeps
+  // the faster; "on" always fuses where the pattern holds (tests); "off" never.
+  std::string stem_pool = "auto";
   // Precision fp8: which GEMMs with an input scale run in FP8. "auto" times each against FP16
   // (counting the quantizing pass) and keeps the faster; "always" runs them all in FP8 (tests).
   std::string fp8_gemms = "auto";
