@@ -60,19 +60,8 @@ std::vector<double> reference(const ConvParams& p, const std::vector<float>& x, 
   return y;
 }
 
-class CudaConv : public ::testing::Test {
+class CudaConv : public GpuTest {
  protected:
-  void SetUp() override {
-    std::string why;
-    if (device_count(&why) == 0) GTEST_SKIP() << "no CUDA GPU (" << why << "): the GPU tests are skipped";
-    rng_.seed(std::random_device{}());
-  }
-  std::vector<float> random(size_t n, float lo, float hi) {
-    std::uniform_real_distribution<float> u(lo, hi);
-    std::vector<float> v(n);
-    for (float& x : v) x = u(rng_);
-    return v;
-  }
 
   struct Result {
     double error = INFINITY;
@@ -112,7 +101,6 @@ class CudaConv : public ::testing::Test {
     EXPECT_LT(res.error, tolerance(p.type)) << p.str() << ": " << res.describe;
     return res;
   }
-  std::mt19937 rng_;
 };
 
 ConvParams make(int64_t n, int64_t c, int64_t h, int64_t w, int64_t k, int64_t r, int64_t s, int pad, int stride,

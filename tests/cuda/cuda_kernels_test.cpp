@@ -22,21 +22,7 @@
 namespace kiln::cuda {
 namespace {
 
-class Cuda : public ::testing::Test {
- protected:
-  void SetUp() override {
-    std::string why;
-    if (device_count(&why) == 0) GTEST_SKIP() << "no CUDA GPU (" << why << "): the GPU tests are skipped";
-    rng_.seed(std::random_device{}());
-  }
-  std::vector<float> random(size_t n, float lo = -2.f, float hi = 2.f) {
-    std::uniform_real_distribution<float> u(lo, hi);
-    std::vector<float> v(n);
-    for (float& x : v) x = u(rng_);
-    return v;
-  }
-  std::mt19937 rng_;
-};
+class Cuda : public test::GpuTest {};
 
 using namespace test;
 

@@ -64,19 +64,8 @@ std::vector<double> reference(const StemPoolDesc& d, const std::vector<float>& x
   return out;
 }
 
-class CudaStem : public ::testing::Test {
+class CudaStem : public GpuTest {
  protected:
-  void SetUp() override {
-    std::string why;
-    if (device_count(&why) == 0) GTEST_SKIP() << "no CUDA GPU (" << why << "): the GPU tests are skipped";
-    rng_.seed(std::random_device{}());
-  }
-  std::vector<float> random(size_t n, float lo, float hi) {
-    std::uniform_real_distribution<float> u(lo, hi);
-    std::vector<float> v(n);
-    for (float& x : v) x = u(rng_);
-    return v;
-  }
   void check(StemPoolDesc d) {
     SCOPED_TRACE("n" + std::to_string(d.n) + " c" + std::to_string(d.c) + " " + std::to_string(d.h) + "x" +
                  std::to_string(d.w) + (d.x_type == ElemType::kF16 ? " x16" : " x32") +
@@ -122,7 +111,6 @@ class CudaStem : public ::testing::Test {
       EXPECT_LE(off, n_out / 100) << "outputs one code off, of " << n_out;
     }
   }
-  std::mt19937 rng_;
 };
 
 TEST_F(CudaStem, ResNetStemFp32InFp16Out) {

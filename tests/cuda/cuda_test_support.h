@@ -4,11 +4,14 @@
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <random>
+#include <string>
 #include <vector>
 
 #include "backends/cuda/cuda_util.h"
@@ -76,5 +79,23 @@ inline double rel_error(const std::vector<float>& out, const std::vector<double>
   }
   return std::sqrt(num / std::max(den, 1e-30));
 }
+
+// The fixture of the GPU kernel tests: skips with a message without a GPU; random() draws from a
+// generator seeded afresh every run.
+class GpuTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string why;
+    if (device_count(&why) == 0) GTEST_SKIP() << "no CUDA GPU (" << why << "): the GPU tests are skipped";
+    rng_.seed(std::random_device{}());
+  }
+  std::vector<float> random(size_t n, float lo = -2.f, float hi = 2.f) {
+    std::uniform_real_distribution<float> u(lo, hi);
+    std::vector<float> v(n);
+    for (float& x : v) x = u(rng_);
+    return v;
+  }
+  std::mt19937 rng_;
+};
 
 }  // namespace kiln::cuda::test

@@ -162,6 +162,23 @@ class GpuProgram : public ::testing::TestWithParam<std::string> {
   }
 };
 
+// MinMax INT8 calibration over the given batches, for GPU INT8 builds.
+struct MinMaxCalibration {
+  quant::MemoryCalibrator data;
+  gpu::GpuCalibration calib;
+  explicit MinMaxCalibration(std::vector<quant::TensorMap> batches) : data(std::move(batches)) {
+    calib.data = &data;
+    calib.method = {quant::CalibMethod::kMinMax, 99.99};
+    calib.source = "test batches";
+  }
+};
+// `count` batches of random input "x" shaped `dims`.
+inline std::vector<quant::TensorMap> random_batches(Builder& b, const std::vector<int64_t>& dims, int count = 3) {
+  std::vector<quant::TensorMap> batches;
+  for (int i = 0; i < count; ++i) batches.push_back({{"x", b.random(dims)}});
+  return batches;
+}
+
 TEST_P(GpuProgram, ConvBiasReluPoolGemm) {
   Builder b;
   b.input("x", {2, 3, 20, 20}).weight("w1", {16, 3, 3, 3}).weight("b1", {16}).weight("w2", {16, 16, 1, 1})
@@ -428,20 +445,14 @@ TEST_P(GpuProgram, FusedStemWritesInt8ForInt8Readers) {
       .node("Conv", {"r1", "w2", "b2"}, {"y"}, {{"pads", ints({1, 1, 1, 1})}})
       .output("y");
   const gpu::ShapeMap shapes = {{"x", {2, 3, 40, 40}}};
-  std::vector<quant::TensorMap> batches;
-  for (int i = 0; i < 3; ++i) batches.push_back({{"x", b.random({2, 3, 40, 40})}});
-  quant::MemoryCalibrator data(batches);
-  gpu::GpuCalibration calib;
-  calib.data = &data;
-  calib.method = {quant::CalibMethod::kMinMax, 99.99};
-  calib.source = "test batches";
+  MinMaxCalibration cal(random_batches(b, {2, 3, 40, 40}));
   gpu::CompileOptions opt;
   opt.precision = gpu::Precision::kINT8;
   opt.int8_convs = sim_ ? "auto" : "always";
   opt.int8_program_check = false;
   opt.stem_pool = "on";
   if (sim_) sim_->set_modeled_time(true);
-  auto built = gpu::build_gpu_program(b.m, shapes, 0, opt, 3, &calib);
+  auto built = gpu::build_gpu_program(b.m, shapes, 0, opt, 3, &cal.calib);
   int fused8 = 0, quantize = 0, int8 = 0;
   for (const auto& st : built.program->steps()) {
     fused8 += st.op == "Conv+MaxPool" && st.kernel.find("-> int8") != std::string::npos;
@@ -1059,13 +1070,9 @@ TEST_P(GpuProgram, Int8BottleneckMatchesTheReference) {
       .node("Gemm", {"f", "wf", "bf"}, {"y"}, {{"transB", i64(1)}})
       .output("y");
   const gpu::ShapeMap shapes = {{"x", {2, 3, 16, 16}}};
-  std::vector<quant::TensorMap> batches;
-  for (int i = 0; i < 3; ++i) batches.push_back({{"x", b.random({2, 3, 16, 16})}});
-  quant::MemoryCalibrator data(batches);
-  gpu::GpuCalibration calib;
-  calib.data = &data;
-  calib.method = {quant::CalibMethod::kMinMax, 99.99};
-  calib.source = "test batches";
+  const std::vector<quant::TensorMap> batches = random_batches(b, {2, 3, 16, 16});
+  MinMaxCalibration cal(batches);
+  auto& calib = cal.calib;
   gpu::CompileOptions opt;
   opt.precision = gpu::Precision::kINT8;
   // Every candidate in INT8 (on a GPU these tiny convolutions may not pay); on the simulated
