@@ -478,16 +478,22 @@ class GpuProgramBuilder {
     const std::string key = name + "#nhwc_c" + std::to_string(channels) + "_" + std::to_string(static_cast<int>(type));
     if (vals_.count(key)) return key;
     new_value(key, type, {v.dims[0], channels, v.dims[2], v.dims[3]}, true);
-    StridedCopy c;
-    c.rank = 4;
-    const auto xs = logical_strides(v), ys = logical_strides(val(key));
-    for (int d = 0; d < 4; ++d) c.dims[d] = v.dims[d], c.x_strides[d] = xs[d], c.y_strides[d] = ys[d];
-    c.pad_channels = channels;
-    add_step(dev_->copy(v.type, type, c), {name}, {key},
+    add_step(dev_->copy(v.type, type, padded_copy(v, channels)), {name}, {key},
              {"to nhwc " + name + " (" + std::to_string(channels) + " channels)", "Copy", "", -1});
     return key;
   }
 
+  // The copy of 4-D value v into dense NHWC with `channels` channels per pixel (the ones past its
+  // own zero).
+  StridedCopy padded_copy(const Val& v, int64_t channels) const {
+    StridedCopy c;
+    c.rank = 4;
+    const auto xs = logical_strides(v);
+    const int64_t ys[4] = {v.dims[2] * v.dims[3] * channels, 1, v.dims[3] * channels, channels};
+    for (int d = 0; d < 4; ++d) c.dims[d] = v.dims[d], c.x_strides[d] = xs[d], c.y_strides[d] = ys[d];
+    c.pad_channels = channels;
+    return c;
+  }
   // out = in (same logical dims), converting layout and type.
   void emit_copy(const std::string& in, const std::string& out, const std::string& label) {
     const Val& a = val(in);
@@ -531,6 +537,19 @@ class GpuProgramBuilder {
   // Precision int8: which convolutions run in INT8 (int8_nodes_) and which of their outputs stay
   // INT8 (int8_vals_: read only by INT8 convolutions, as input or residual).
   void plan_int8();
+  // Whether value v has readers and all of them are convolutions in `convs` reading it as their
+  // input or residual (what an INT8 value needs).
+  bool read_only_by(const std::string& v, const std::set<size_t>& convs) const {
+    const auto r = readers_.find(v);
+    if (r == readers_.end() || r->second.empty()) return false;
+    for (size_t j : r->second) {
+      if (j == SIZE_MAX || !convs.count(j)) return false;
+      const Node& reader = g().nodes[j];
+      for (size_t k = 0; k < reader.inputs.size(); ++k)
+        if (reader.inputs[k] == v && k != 0 && k != 3) return false;
+    }
+    return true;
+  }
   std::pair<double, double> int8_times(const ConvDesc& d16, const std::string& node);
   double quantize_ms(int64_t elems);
   // `x` (4-D) as INT8 NHWC: round(x / scale) saturated, written by one quantizing step shared by
@@ -1005,16 +1024,8 @@ bool GpuProgramBuilder::lower_stem_pool(const Node& n, const ConvDesc& d, const 
   const auto pd = dims_of(pool.outputs[0]);
   if (pd.size() != 4 || pd[1] != 64 || pd[2] != sd.out_h() || pd[3] != sd.out_w()) return false;
   // INT8 out where every reader is an INT8 convolution reading it as its input or residual.
-  const auto pr = readers_.find(pool.outputs[0]);
-  bool y8 = int8_ && pr != readers_.end() && !pr->second.empty();
-  for (size_t j : y8 ? pr->second : std::vector<size_t>{}) {
-    if (j == SIZE_MAX || !int8_nodes_.count(j)) y8 = false;
-    if (!y8) break;
-    const Node& reader = g().nodes[j];
-    for (size_t k = 0; k < reader.inputs.size(); ++k)
-      if (reader.inputs[k] == pool.outputs[0] && k != 0 && k != 3) y8 = false;
-  }
-  if (y8) sd.y_type = ElemType::kI8, sd.y_scale = int8_scales(g().nodes[pr->second[0]]).x;
+  const bool y8 = int8_ && read_only_by(pool.outputs[0], int8_nodes_);
+  if (y8) sd.y_type = ElemType::kI8, sd.y_scale = int8_scales(g().nodes[readers_.at(pool.outputs[0])[0]]).x;
   const size_t x_bytes = static_cast<size_t>(d.n * d.c * d.h * d.w) * elem_bytes(sd.x_type);
   const size_t conv_elems = static_cast<size_t>(d.n * 64 * sd.conv_h() * sd.conv_w());
   const size_t out_elems = static_cast<size_t>(d.n * 64 * sd.out_h() * sd.out_w());
@@ -1039,17 +1050,9 @@ bool GpuProgramBuilder::lower_stem_pool(const Node& n, const ConvDesc& d, const 
       p.max = true, p.n = d.n, p.c = 64, p.h = sd.conv_h(), p.w = sd.conv_w(), p.oh = sd.out_h(), p.ow = sd.out_w();
       p.kh = p.kw = 3, p.sh = p.sw = 2, p.pad_t = p.pad_l = 1;
       double t_split = conv_ms + time_on_device(*dev_->pool(compute_, p), {conv_elems * 2}, out_elems * 2);
-      if (copy_channels > 0) {
-        StridedCopy c;  // NCHW -> dense NHWC with copy_channels channels (the ones past C zero)
-        c.rank = 4;
-        const int64_t dims[4] = {d.n, d.c, d.h, d.w};
-        const int64_t xs[4] = {d.c * d.h * d.w, d.h * d.w, d.w, 1};
-        const int64_t ys[4] = {d.h * d.w * copy_channels, 1, d.w * copy_channels, copy_channels};
-        for (int i = 0; i < 4; ++i) c.dims[i] = dims[i], c.x_strides[i] = xs[i], c.y_strides[i] = ys[i];
-        c.pad_channels = copy_channels;
-        t_split += time_on_device(*dev_->copy(sd.x_type, compute_, c), {x_bytes},
+      if (copy_channels > 0)
+        t_split += time_on_device(*dev_->copy(sd.x_type, compute_, padded_copy(val(x), copy_channels)), {x_bytes},
                                   static_cast<size_t>(d.n * copy_channels * d.h * d.w) * 2);
-      }
       if (y8) t_split += quantize_ms(static_cast<int64_t>(out_elems));
       fused = t_fused < t_split;
       record(key, fused ? "fused" : "split", t_fused, true);
@@ -1554,17 +1557,7 @@ void GpuProgramBuilder::plan_int8() {
     std::map<std::string, float> out;
     for (size_t i : S) {
       const Node& n = g().nodes[i];
-      const std::string& o = n.outputs[0];
-      auto r = readers_.find(o);
-      bool ok = r != readers_.end() && !r->second.empty();
-      for (size_t j : ok ? r->second : std::vector<size_t>{}) {
-        if (j == SIZE_MAX || !S.count(j)) ok = false;
-        if (!ok) break;
-        const Node& reader = g().nodes[j];
-        for (size_t k = 0; k < reader.inputs.size(); ++k)
-          if (reader.inputs[k] == o && k != 0 && k != 3) ok = false;
-      }
-      if (ok) out[o] = int8_scales(n).y;
+      if (read_only_by(n.outputs[0], S)) out[n.outputs[0]] = int8_scales(n).y;
     }
     return out;
   };
