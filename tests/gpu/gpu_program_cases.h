@@ -432,6 +432,53 @@ TEST_P(GpuProgram, StemConvAndMaxPoolFuseIntoOneKernel) {
   EXPECT_THROW(gpu::build_gpu_program(b.m, shapes, 0, opt, 3), Error);
 }
 
+// The fused stem's choice is recorded like a tactic ("gpu.stempool <conv key>"): a second build
+// with the same timing cache replays it untimed, and a recorded "split" or "fused" is what the
+// program then runs, computing the same.
+TEST_P(GpuProgram, FusedStemChoiceIsRecordedInTheTimingCache) {
+  Builder b;
+  b.input("x", {2, 3, 30, 30}).weight("ws", {64, 3, 7, 7}, 0.2f).weight("bs", {64});
+  b.node("Conv", {"x", "ws", "bs"}, {"s"}, {{"pads", ints({3, 3, 3, 3})}, {"strides", ints({2, 2})}})
+      .node("Relu", {"s"}, {"a"})
+      .node("MaxPool", {"a"}, {"y"}, {{"kernel_shape", ints({3, 3})}, {"strides", ints({2, 2})}, {"pads", ints({1, 1, 1, 1})}})
+      .output("y");
+  const gpu::ShapeMap shapes = {{"x", {2, 3, 30, 30}}};
+  const std::map<std::string, Tensor> inputs = {{"x", b.random({2, 3, 30, 30})}};
+  reference::Executor ref(b.m);
+  const auto want = ref.run(inputs);
+  cpu::TimingCache cache(gpu::gpu_target(gpu::open_device(0)->props()));
+  std::vector<std::string> log;
+  gpu::CompileOptions opt;
+  opt.tactics = &cache;
+  opt.log = &log;
+  auto timings = [&] {
+    return std::count_if(log.begin(), log.end(), [](const std::string& l) { return l.find("separate steps") != std::string::npos; });
+  };
+  const auto first = gpu::build_gpu_program(b.m, shapes, 0, opt, 3);
+  std::string key;
+  for (const auto& [k, t] : first.program->tactics())
+    if (k.rfind("gpu.stempool ", 0) == 0) key = k;
+  ASSERT_FALSE(key.empty()) << "the choice is in the program's record";
+  EXPECT_EQ(timings(), 1);
+  ASSERT_TRUE(cache.find(key).has_value());
+  log.clear();
+  const auto second = gpu::build_gpu_program(b.m, shapes, 0, opt, 3);
+  EXPECT_EQ(timings(), 0) << "replayed from the cache";
+  EXPECT_EQ(second.program->tactics().at(key).tactic, first.program->tactics().at(key).tactic);
+  for (const std::string choice : {"split", "fused"}) {
+    SCOPED_TRACE("recorded " + choice);
+    cache.put(key, {choice, 1.0});
+    log.clear();
+    const auto built = gpu::build_gpu_program(b.m, shapes, 0, opt, 3);
+    EXPECT_EQ(timings(), 0);
+    int fused = 0;
+    for (const auto& st : built.program->steps()) fused += st.op == "Conv+MaxPool";
+    EXPECT_EQ(fused, choice == "fused" ? 1 : 0);
+    gpu::GpuContext ctx(built.program, true);
+    EXPECT_LT(rel_error(ctx.run(inputs).at("y"), want.at("y")), 2e-2);
+  }
+}
+
 // In an INT8 program whose pooled stem output is read only by INT8 convolutions, the fused stem
 // writes it in INT8 itself (quantized before the max, which commutes): no quantizing pass.
 TEST_P(GpuProgram, FusedStemWritesInt8ForInt8Readers) {
