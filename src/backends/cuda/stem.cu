@@ -99,9 +99,9 @@ __global__ void __launch_bounds__(kThreads, 2)
         const int gy = ir0 + r, gx = ic0 + 2 * lane;
         v[u] = make_float2(0.f, 0.f);
         if (gy >= 0 && gy < H) {
-          const int64_t row = ((static_cast<int64_t>(img) * C + c) * H + gy) * W;
-          if (gx >= 0 && gx < W) v[u].x = load_x(x, x16, row + gx);
-          if (gx + 1 >= 0 && gx + 1 < W) v[u].y = load_x(x, x16, row + gx + 1);
+          const int64_t at = ((static_cast<int64_t>(img) * C + c) * H + gy) * W;  // the input row's start
+          if (gx >= 0 && gx < W) v[u].x = load_x(x, x16, at + gx);
+          if (gx + 1 >= 0 && gx + 1 < W) v[u].y = load_x(x, x16, at + gx + 1);
         }
       }
 #pragma unroll
