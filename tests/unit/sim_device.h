@@ -424,35 +424,38 @@ class SimDevice final : public Device {
     });
   }
   std::unique_ptr<Kernel> pool(ElemType t, const Pool2d& p) override {
-    return make("pool", 1, [t, p](const void* const* in, void* const* out, void*) {
-      for (int64_t b = 0; b < p.n; ++b)
-        for (int64_t oy = 0; oy < p.oh; ++oy)
-          for (int64_t ox = 0; ox < p.ow; ++ox)
-            for (int64_t c = 0; c < p.c; ++c) {
-              float acc = p.max ? -INFINITY : 0.f;
-              int count = 0;
-              for (int ky = 0; ky < p.kh; ++ky)
-                for (int kx = 0; kx < p.kw; ++kx) {
-                  const int64_t iy = oy * p.sh - p.pad_t + ky * p.dh, ix = ox * p.sw - p.pad_l + kx * p.dw;
-                  if (iy < 0 || iy >= p.h || ix < 0 || ix >= p.w) {
-                    if (p.count_include_pad) ++count;
-                    continue;
-                  }
-                  const float v = sim_load(t, in[0], ((b * p.h + iy) * p.w + ix) * p.c + c);
-                  acc = p.max ? std::max(acc, v) : acc + v;
-                  ++count;
-                }
-              sim_store(t, out[0], ((b * p.oh + oy) * p.ow + ox) * p.c + c, p.max ? acc : (count ? acc / count : 0.f));
-            }
-    });
+    return make("pool", 1, [t, p](const void* const* in, void* const* out, void*) { pool2d(t, in[0], out[0], p); });
   }
-  // The fused stem by its definition: FP16-rounded input, the packed FP16 filter, FP32 sums.
+  // Pooling over NHWC by its definition (padding never wins a max).
+  static void pool2d(ElemType t, const void* x, void* y, const Pool2d& p) {
+    for (int64_t b = 0; b < p.n; ++b)
+      for (int64_t oy = 0; oy < p.oh; ++oy)
+        for (int64_t ox = 0; ox < p.ow; ++ox)
+          for (int64_t c = 0; c < p.c; ++c) {
+            float acc = p.max ? -INFINITY : 0.f;
+            int count = 0;
+            for (int ky = 0; ky < p.kh; ++ky)
+              for (int kx = 0; kx < p.kw; ++kx) {
+                const int64_t iy = oy * p.sh - p.pad_t + ky * p.dh, ix = ox * p.sw - p.pad_l + kx * p.dw;
+                if (iy < 0 || iy >= p.h || ix < 0 || ix >= p.w) {
+                  if (p.count_include_pad) ++count;
+                  continue;
+                }
+                const float v = sim_load(t, x, ((b * p.h + iy) * p.w + ix) * p.c + c);
+                acc = p.max ? std::max(acc, v) : acc + v;
+                ++count;
+              }
+            sim_store(t, y, ((b * p.oh + oy) * p.ow + ox) * p.c + c, p.max ? acc : (count ? acc / count : 0.f));
+          }
+  }
+  // The fused stem by its definition: FP16-rounded input, the packed FP16 filter, FP32 sums, then
+  // the pooling above over the FP32 map and the output's rounding.
   std::unique_ptr<Kernel> stem_pool(const StemPoolDesc& d) override {
     if (d.c < 1 || d.c > 4) throw std::runtime_error("stem_pool: 1 to 4 input channels");
     return make(std::string("stem+maxpool -> ") + (d.y_type == ElemType::kI8 ? "int8" : "fp16"), 3, [d](const void* const* in, void* const* out, void*) {
       const int64_t oh = d.conv_h(), ow = d.conv_w(), ph = d.out_h(), pw = d.out_w(), pitch = stem_filter_pitch(d.c);
-      std::vector<float> conv(static_cast<size_t>(oh * ow * 64));
-      for (int64_t b = 0; b < d.n; ++b) {
+      std::vector<float> conv(static_cast<size_t>(d.n * oh * ow * 64)), pooled(static_cast<size_t>(d.n * ph * pw * 64));
+      for (int64_t b = 0; b < d.n; ++b)
         for (int64_t i = 0; i < oh; ++i)
           for (int64_t j = 0; j < ow; ++j)
             for (int64_t k = 0; k < 64; ++k) {
@@ -465,21 +468,14 @@ class SimDevice final : public Device {
                     const float xv = kiln::half_to_float(kiln::float_to_half(sim_load(d.x_type, in[0], ((b * d.c + c) * d.h + y) * d.w + x)));
                     acc += xv * sim_load(ElemType::kF16, in[1], k * pitch + c * 56 + r * 8 + s);
                   }
-              conv[static_cast<size_t>((i * ow + j) * 64 + k)] = std::min(std::max(acc, d.lo), d.hi);
+              conv[static_cast<size_t>(((b * oh + i) * ow + j) * 64 + k)] = std::min(std::max(acc, d.lo), d.hi);
             }
-        for (int64_t i = 0; i < ph; ++i)
-          for (int64_t j = 0; j < pw; ++j)
-            for (int64_t k = 0; k < 64; ++k) {
-              float m = -INFINITY;
-              for (int64_t r = 0; r < 3; ++r)
-                for (int64_t s = 0; s < 3; ++s) {
-                  const int64_t y = i * 2 - 1 + r, x = j * 2 - 1 + s;
-                  if (y >= 0 && y < oh && x >= 0 && x < ow) m = std::max(m, conv[static_cast<size_t>((y * ow + x) * 64 + k)]);
-                }
-              const int64_t o = ((b * ph + i) * pw + j) * 64 + k;
-              if (d.y_type == ElemType::kI8) sim_store(ElemType::kI8, out[0], o, std::clamp(std::nearbyint(m / d.y_scale), -128.f, 127.f));
-              else sim_store(ElemType::kF16, out[0], o, m);
-            }
+      Pool2d p;
+      p.n = d.n, p.c = 64, p.h = oh, p.w = ow, p.oh = ph, p.ow = pw, p.kh = p.kw = 3, p.sh = p.sw = 2, p.pad_t = p.pad_l = 1;
+      pool2d(ElemType::kF32, conv.data(), pooled.data(), p);
+      for (size_t o = 0; o < pooled.size(); ++o) {
+        if (d.y_type == ElemType::kI8) sim_store(ElemType::kI8, out[0], static_cast<int64_t>(o), std::clamp(std::nearbyint(pooled[o] / d.y_scale), -128.f, 127.f));
+        else sim_store(ElemType::kF16, out[0], static_cast<int64_t>(o), pooled[o]);
       }
     });
   }

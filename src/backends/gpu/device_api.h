@@ -308,7 +308,8 @@ class Device {
   virtual std::unique_ptr<Kernel> gather(ElemType idx, size_t elem_bytes, int64_t outer, int64_t axis_dim,
                                          int64_t inner, int64_t count) = 0;
   virtual std::unique_ptr<Kernel> pool(ElemType t, const Pool2d& p) = 0;
-  // The fused stem (StemPoolDesc), timed when made (timed_ms); throws where the device has none.
+  // The fused stem (StemPoolDesc; untimed: the compiler times it against the separate steps);
+  // throws where the device has none.
   virtual std::unique_ptr<Kernel> stem_pool(const StemPoolDesc& d) {
     (void)d;
     throw std::runtime_error("this device has no fused stem kernel");
