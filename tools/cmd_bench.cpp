@@ -868,7 +868,7 @@ CLI::App* add_bench_command(CLI::App& app, std::function<int()>* run) {
   sub->add_option("--device", args->device, "cpu (default), cuda or cuda:N (the GPU backend module)");
   sub->add_option("--precision", args->precision,
                   "GPU precision of float layers: fp16 (default; a GPU engine's own), bf16, fp32 (TF32), fp8 (FP8 GEMMs, FP16 elsewhere) "
-                  "or int8 (INT8 convolutions, FP16 elsewhere)")
+                  "or int8 (INT8 convolutions and GEMMs, FP16 elsewhere)")
       ->check(CLI::IsMember({"fp32", "fp16", "bf16", "fp8", "int8"}));
   sub->add_flag("--no-cuda-graph", args->no_cuda_graph, "GPU: launch kernel by kernel instead of replaying a CUDA graph");
   sub->add_option("--workspace", args->workspace_mib, "GPU: scratch limit per library kernel in MiB (default 1024)")

@@ -269,7 +269,8 @@ int cmd_build_gpu(const BuildArgs& args, int gpu_index) {
               << (calibrator ? calibrator->samples_read() : 0) << " samples) in " << fixed(b.calib_ms, 1) << " ms\n";
   if (int8)
     std::cout << "int8:         " << int8_conv_summary(prog) << " (the others were not faster in INT8 or have no INT8 kernel); "
-              << b.int8_convs << " convolutions calibrated (" << fp8_calib.source << ", " << quant::to_string(fp8_calib.method)
+              << b.int8_convs << " convolutions" << (b.int8_gemms ? " and " + std::to_string(b.int8_gemms) + " GEMMs" : "")
+              << " calibrated (" << fp8_calib.source << ", " << quant::to_string(fp8_calib.method)
               << ", " << (calibrator ? calibrator->samples_read() : 0) << " samples) in " << fixed(b.calib_ms, 1) << " ms\n";
   if (b.guard && b.guard->layers.empty())
     std::cout << "guard:        no convolution can run in INT8: nothing to guard\n";
@@ -602,10 +603,19 @@ CpuEngine cpu_engine_from_onnx(Model model, const ShapeMap& shapes, int opt_leve
   return c;
 }
 
+namespace {
+
+// A GEMM's own step (its elementwise epilogue, e.g. an erf-GELU, runs as a step of the same op).
+bool is_gemm_step(const gpu::GpuStepInfo& st) {
+  return (st.op == "FusedMatMul" || st.op == "MatMul" || st.op == "Gemm") && st.kernel.rfind("elementwise", 0) != 0;
+}
+
+}  // namespace
+
 std::string fp8_gemm_summary(const gpu::GpuProgram& program) {
   int gemms = 0, fp8 = 0;
   for (const auto& st : program.steps())
-    if (st.op == "FusedMatMul" || st.op == "MatMul" || st.op == "Gemm") {
+    if (is_gemm_step(st)) {
       ++gemms;
       fp8 += st.kernel.find("fp8") != std::string::npos;
     }
@@ -613,13 +623,15 @@ std::string fp8_gemm_summary(const gpu::GpuProgram& program) {
 }
 
 std::string int8_conv_summary(const gpu::GpuProgram& program) {
-  int convs = 0, int8 = 0;
-  for (const auto& st : program.steps())
-    if (st.op == "FusedConv" || st.op == "Conv") {
-      ++convs;
-      int8 += st.kernel.find("int8") != std::string::npos;
-    }
-  return std::to_string(int8) + " of " + std::to_string(convs) + " convolutions in INT8";
+  int convs = 0, int8 = 0, gemms = 0, gemms8 = 0;
+  for (const auto& st : program.steps()) {
+    const bool i8 = st.kernel.find("int8") != std::string::npos;
+    if (st.op == "FusedConv" || st.op == "Conv") ++convs, int8 += i8;
+    if (is_gemm_step(st)) ++gemms, gemms8 += i8;
+  }
+  std::string s = std::to_string(int8) + " of " + std::to_string(convs) + " convolutions";
+  if (gemms > 0) s += " and " + std::to_string(gemms8) + " of " + std::to_string(gemms) + " GEMMs";
+  return s + " in INT8";
 }
 
 GpuRun gpu_program_for(Model model, const EngineInfo* engine, const ShapeMap& shapes, int gpu_index,
@@ -718,7 +730,7 @@ CLI::App* add_build_command(CLI::App& app, std::function<int()>* run) {
                   "Per-layer precision by node name: NAME:fp32,NAME:bf16,NAME:int8,... (GPU int8 engines: NAME:fp16)");
   sub->add_option("--device", args->device,
                   "cpu (default): a CPU engine; cuda or cuda:N: a GPU engine for that GPU (static --shapes)");
-  sub->add_option("--precision", args->precision, "GPU engines: fp16 (default), bf16, fp32 (TF32), fp8 (FP8 E4M3 GEMMs, FP16 elsewhere; needs --calib) or int8 (INT8 convolutions, FP16 elsewhere; needs --calib)");
+  sub->add_option("--precision", args->precision, "GPU engines: fp16 (default), bf16, fp32 (TF32), fp8 (FP8 E4M3 GEMMs, FP16 elsewhere; needs --calib) or int8 (INT8 convolutions and GEMMs, FP16 elsewhere; needs --calib)");
   sub->add_flag("--hardware-compatible", args->hardware_compatible,
                 "GPU engines: runnable on any GPU of SM 8.0 or newer (elsewhere than the build GPU, tuned kernels are "
                 "timed again at load)");

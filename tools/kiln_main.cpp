@@ -326,7 +326,7 @@ int main(int argc, char** argv) {
   run->add_option("--device", run_args.device, "cpu (default), cuda or cuda:N (the GPU backend module)");
   run->add_option("--precision", run_args.precision,
                   "GPU precision of float layers: fp16 (default; a GPU engine's own), bf16, fp32 (TF32), fp8 "
-                  "(FP8 GEMMs calibrated on the inputs run, FP16 elsewhere) or int8 (INT8 convolutions, likewise)")
+                  "(FP8 GEMMs calibrated on the inputs run, FP16 elsewhere) or int8 (INT8 convolutions and GEMMs, likewise)")
       ->check(CLI::IsMember({"fp32", "fp16", "bf16", "fp8", "int8"}));
   run->add_option("--threads", run_args.threads, "Threads of the cpu backend (default: the engine's, else the cores)")
       ->check(CLI::Range(1, 4096));

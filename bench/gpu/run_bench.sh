@@ -4,9 +4,9 @@
 # torch.compile(mode="reduce-overhead") FP16) on the same rows, same card, same run. Writes one
 # JSON per Kiln row and torch.json to OUT; bench/gpu/report.py turns them into the results page.
 #   bash bench/gpu/run_bench.sh OUT [ROWS]    ROWS like "resnet50:1,bert:32" (default: every row)
-# KILN_GPU_PRECISIONS=fp16,fp8,int8 adds Kiln's FP8 rows (transformers only) and INT8 rows (CNNs
-# only); their scales are calibrated on the bench's generated inputs, which is what `kiln bench
-# --precision fp8|int8` does with an ONNX model.
+# KILN_GPU_PRECISIONS=fp16,fp8,int8 adds Kiln's FP8 rows (transformers only: FP8 GEMMs) and INT8
+# rows (INT8 convolutions and GEMMs); their scales are calibrated on the bench's generated inputs,
+# which is what `kiln bench --precision fp8|int8` does with an ONNX model.
 set -uo pipefail
 out="${1:?usage: run_bench.sh OUT [ROWS]}"
 rows="${2:-${KILN_GPU_ROWS:-resnet50:1,resnet50:32,resnet50:256,mobilenet_v2:1,mobilenet_v2:256,vit_b16:1,vit_b16:64,bert:1,bert:32,bert:128}}"
@@ -28,8 +28,6 @@ for row in ${rows//,/ }; do
     # FP8 is for GEMMs (transformers); the CNNs have no FP8 convolutions, so their FP8 row would be FP16.
     cnn=0; { [ "$name" = resnet50 ] || [ "$name" = mobilenet_v2 ]; } && cnn=1
     if [ "$p" = fp8 ] && [ "$cnn" = 1 ]; then continue; fi
-    # INT8 is for convolutions (CNNs); the transformers' GEMMs have no INT8 kernels.
-    if [ "$p" = int8 ] && [ "$cnn" = 0 ]; then continue; fi
     echo "== kiln $name batch $b $p"
     build-cuda/bin/kiln bench "$models/$name.onnx" --device cuda --precision "$p" --shapes "$shapes" $extra \
       --warmup-ms 300 --duration 1 --json "$out/kiln_${name}_${b}_${p}.json" > "$out/kiln_${name}_${b}_${p}.txt" 2>&1 || rc=1

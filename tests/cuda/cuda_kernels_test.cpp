@@ -90,6 +90,43 @@ TEST_F(Cuda, LayerNormMatchesReference) {
   }
 }
 
+// The narrow copy a LayerNorm writes beside y for the GEMM that reads it: y (as stored) times the
+// multiplier, in INT8 (half to even, saturated) or E4M3, on the warp path (768 columns) and the
+// block path (1000, 33). Exact: the copy is a function of the stored y.
+TEST_F(Cuda, LayerNormWritesInt8AndFp8CopiesOfItsOutput) {
+  for (DType t : {DType::kF16, DType::kF32}) {
+    for (auto [rows, cols] : {std::pair<int64_t, int64_t>{37, 768}, {5, 1000}, {9, 33}}) {
+      std::vector<float> x = random(static_cast<size_t>(rows * cols), -3.f, 3.f), res = random(x.size()),
+                         g = random(cols, 0.5f, 1.5f), b = random(cols, -0.5f, 0.5f);
+      for (bool i8 : {true, false}) {
+        DeviceBuffer dx = upload(t, x), dr = upload(t, res), dg = upload(t, g), db = upload(t, b), dy = poisoned(t, x.size());
+        DeviceBuffer dq(x.size());
+        const float mul = i8 ? 127.f / 2.5f : 448.f / 2.5f;  // some values saturate
+        layer_norm(t, dx.get(), dr.get(), dg.get(), db.get(), dy.get(), rows, cols, 1e-5f, nullptr, nullptr, dq.get(), mul, i8);
+        KILN_CUDA_CHECK(cudaDeviceSynchronize());
+        const std::vector<float> y = download(t, dy, x.size());
+        std::vector<uint8_t> q(x.size());
+        KILN_CUDA_CHECK(cudaMemcpy(q.data(), dq.get(), q.size(), cudaMemcpyDeviceToHost));
+        int64_t bad = 0, saturated = 0;
+        for (size_t i = 0; i < y.size(); ++i) {
+          const float v = y[i] * mul;
+          uint8_t want;
+          if (i8) {
+            want = static_cast<uint8_t>(static_cast<int8_t>(std::clamp(std::nearbyint(v), -128.f, 127.f)));
+            saturated += std::fabs(v) > 127.5f;
+          } else {
+            want = __nv_fp8_e4m3(v).__x;
+            saturated += std::fabs(v) > 448.f;
+          }
+          bad += q[i] != want;
+        }
+        EXPECT_EQ(bad, 0) << dtype_name(t) << " " << rows << "x" << cols << (i8 ? " int8" : " fp8");
+        EXPECT_GT(saturated, 0) << "the test's multiplier should saturate some values";
+      }
+    }
+  }
+}
+
 TEST_F(Cuda, SoftmaxMatchesReference) {
   for (DType t : kTypes) {
     for (auto [rows, cols] : {std::pair<int64_t, int64_t>{12 * 128, 128}, {5, 1000}, {2, 30001}}) {
@@ -407,39 +444,49 @@ TEST_F(Cuda, Fp8QuantizeIsExact) {
   }
 }
 
-// The INT8 quantizing elementwise program [Load, Affine(scale), Round, Clip(-128, 127)] writes
-// exactly round_half_even(x * scale) saturated, from FP16, BF16 and FP32; sizes that are and are
-// not multiples of 8 take the vectorized and the generic kernel.
+// The INT8 quantizing elementwise program [Load, (GELU or ReLU), Affine(scale), Round, Clip(-128,
+// 127)] writes exactly round_half_even(op(x) * scale) saturated, from FP16, BF16 and FP32; sizes
+// that are and are not multiples of 8 take the vectorized and the generic kernel.
 TEST_F(Cuda, Int8QuantizeIsExact) {
   for (DType t : {DType::kF16, DType::kBF16, DType::kF32})
-    for (int64_t n : {4096, 1000, 8 * 1000 + 3}) {
-      std::vector<float> x = random(static_cast<size_t>(n), -8.f, 8.f);
-      x[0] = 0.125f, x[1] = -0.125f, x[2] = 0.375f;  // exact midpoints times 20: 2.5, -2.5, 7.5 (half to even)
-      DeviceBuffer dx = upload(t, x);  // x now holds the values in t
-      DeviceBuffer dy(static_cast<size_t>(n));
-      KILN_CUDA_CHECK(cudaMemset(dy.get(), 0x55, dy.bytes()));
-      const float scale = 20.f;  // pushes values past 127: saturation is exercised
-      EwProgram p;
-      p.rank = 1, p.dims[0] = n, p.num_inputs = 1, p.in_types[0] = t == DType::kF16 ? ElemType::kF16 : t == DType::kBF16 ? ElemType::kBF16 : ElemType::kF32;
-      p.in_strides[0][0] = 1;
-      p.steps[0] = EwStep{};
-      p.steps[1] = EwStep{EwOp::kAffine, 0, 0, false, scale, 0.f};
-      p.steps[2] = EwStep{EwOp::kRound};
-      p.steps[3] = EwStep{EwOp::kClip, 0, 0, false, -128.f, 127.f};
-      p.num_steps = 4;
-      p.out_type = ElemType::kI8;
-      const void* ins[1] = {dx.get()};
-      elementwise(p, ins, dy.get(), nullptr);
-      std::vector<int8_t> got(static_cast<size_t>(n));
-      KILN_CUDA_CHECK(cudaDeviceSynchronize());
-      KILN_CUDA_CHECK(cudaMemcpy(got.data(), dy.get(), got.size(), cudaMemcpyDeviceToHost));
-      int bad = 0;
-      for (int64_t i = 0; i < n; ++i) {
-        const float v = std::nearbyint(x[static_cast<size_t>(i)] * scale);
-        bad += got[static_cast<size_t>(i)] != static_cast<int8_t>(std::min(127.f, std::max(-128.f, v)));
+    for (int64_t n : {4096, 1000, 8 * 1000 + 3})
+      for (EwOp op : {EwOp::kLoad, EwOp::kGelu, EwOp::kRelu}) {
+        std::vector<float> x = random(static_cast<size_t>(n), -8.f, 8.f);
+        x[0] = 0.125f, x[1] = -0.125f, x[2] = 0.375f;  // exact midpoints times 20: 2.5, -2.5, 7.5 (half to even)
+        DeviceBuffer dx = upload(t, x);  // x now holds the values in t
+        DeviceBuffer dy(static_cast<size_t>(n));
+        KILN_CUDA_CHECK(cudaMemset(dy.get(), 0x55, dy.bytes()));
+        const float scale = 20.f;  // pushes values past 127: saturation is exercised
+        EwProgram p;
+        p.rank = 1, p.dims[0] = n, p.num_inputs = 1;
+        p.in_types[0] = t == DType::kF16 ? ElemType::kF16 : t == DType::kBF16 ? ElemType::kBF16 : ElemType::kF32;
+        p.in_strides[0][0] = 1;
+        int s = 0;
+        p.steps[s++] = EwStep{};
+        if (op != EwOp::kLoad) p.steps[s++] = EwStep{op};
+        p.steps[s++] = EwStep{EwOp::kAffine, 0, 0, false, scale, 0.f};
+        p.steps[s++] = EwStep{EwOp::kRound};
+        p.steps[s++] = EwStep{EwOp::kClip, 0, 0, false, -128.f, 127.f};
+        p.num_steps = s;
+        p.out_type = ElemType::kI8;
+        const void* ins[1] = {dx.get()};
+        elementwise(p, ins, dy.get(), nullptr);
+        std::vector<int8_t> got(static_cast<size_t>(n));
+        KILN_CUDA_CHECK(cudaDeviceSynchronize());
+        KILN_CUDA_CHECK(cudaMemcpy(got.data(), dy.get(), got.size(), cudaMemcpyDeviceToHost));
+        int bad = 0;
+        for (int64_t i = 0; i < n; ++i) {
+          float v = x[static_cast<size_t>(i)];
+          if (op == EwOp::kRelu) v = std::max(v, 0.f);
+          if (op == EwOp::kGelu) v = 0.5f * v * (1.f + std::erf(v * 0.70710678118654752f));
+          const int want = static_cast<int>(std::min(127.f, std::max(-128.f, std::nearbyint(v * scale))));
+          // GELU runs with a fast erf (1.5e-7 absolute): a value within that of a rounding
+          // midpoint may land on the neighbouring code.
+          const int diff = std::abs(got[static_cast<size_t>(i)] - want);
+          bad += diff > (op == EwOp::kGelu ? 1 : 0);
+        }
+        EXPECT_EQ(bad, 0) << "n=" << n << " dtype " << dtype_name(t) << " op " << static_cast<int>(op);
       }
-      EXPECT_EQ(bad, 0) << "n=" << n << " dtype " << dtype_name(t);
-    }
 }
 
 // A few-channel image to NHWC with zero channels appended (the padded input of a first

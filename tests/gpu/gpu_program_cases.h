@@ -975,17 +975,11 @@ TEST_P(GpuProgram, ExplicitQdqModelRunsAsFloatArithmetic) {
   EXPECT_TRUE(logged) << "no decompose-qdq line in the pass log";
 }
 
-// Precision fp8: a post-LN transformer layer (packed QKV projection, attention, output projection
-// with its residual, FFN with erf-GELU) with every GEMM in FP8 E4M3, its input scales calibrated on
-// the CPU. The GELU writes the second FFN GEMM's input in FP8 itself, the LayerNorms write FP8
-// copies of their outputs beside them, and the attention output goes through one quantizing step.
-// Within FP8's error of the FP32 reference (the simulated device rounds exactly as the GPU does).
-// FP8 is forced on every GEMM (these small GEMMs would stay FP16 on a GPU where FP8 does not pay);
-// on the simulated device, where FP8 GEMMs report a tenth of FP16's time, "auto" chooses the same.
-TEST_P(GpuProgram, Fp8TransformerLayerMatchesTheReference) {
-  if (no_fp8()) GTEST_SKIP() << "FP8 GEMMs need SM 8.9 or newer";
-  const int64_t B = 2, S = 16, Hh = 2, D = 32, E = Hh * D, F = 4 * E;
-  Builder b;
+// A post-LN transformer layer over x [B, S, Hh * D]: separate Q, K and V projections (packed into
+// one GEMM by the GPU compiler), attention, the output projection with its residual, an FFN with
+// erf-GELU, its residual, and LayerNorms.
+inline void post_ln_transformer_layer(Builder& b, int64_t B, int64_t S, int64_t Hh, int64_t D) {
+  const int64_t E = Hh * D, F = 4 * E;
   b.input("x", {B, S, E});
   for (const char* w : {"wq", "wk", "wv", "wo"}) b.weight(w, {E, E});
   for (const char* bb : {"bq", "bk", "bv", "bo"}) b.weight(bb, {E});
@@ -1005,6 +999,20 @@ TEST_P(GpuProgram, Fp8TransformerLayerMatchesTheReference) {
       .node("Add", {"f2", "h2"}, {"r2"})
       .node("LayerNormalization", {"r2", "g2", "be2"}, {"y"}, ln(1e-5f))
       .output("y");
+}
+
+// Precision fp8: a post-LN transformer layer (packed QKV projection, attention, output projection
+// with its residual, FFN with erf-GELU) with every GEMM in FP8 E4M3, its input scales calibrated on
+// the CPU. The GELU writes the second FFN GEMM's input in FP8 itself, the LayerNorms write FP8
+// copies of their outputs beside them, and the attention output goes through one quantizing step.
+// Within FP8's error of the FP32 reference (the simulated device rounds exactly as the GPU does).
+// FP8 is forced on every GEMM (these small GEMMs would stay FP16 on a GPU where FP8 does not pay);
+// on the simulated device, where FP8 GEMMs report a tenth of FP16's time, "auto" chooses the same.
+TEST_P(GpuProgram, Fp8TransformerLayerMatchesTheReference) {
+  if (no_fp8()) GTEST_SKIP() << "FP8 GEMMs need SM 8.9 or newer";
+  const int64_t B = 2, S = 16, Hh = 2, D = 32, E = Hh * D;
+  Builder b;
+  post_ln_transformer_layer(b, B, S, Hh, D);
   const gpu::ShapeMap shapes = {{"x", {B, S, E}}};
   std::vector<quant::TensorMap> batches;
   for (int i = 0; i < 3; ++i) batches.push_back({{"x", b.random({B, S, E}, -2.f, 2.f)}});
@@ -1049,6 +1057,90 @@ TEST_P(GpuProgram, Fp8TransformerLayerMatchesTheReference) {
       EXPECT_LT(e, 1e-1) << (graph ? "graph" : "no graph");
       EXPECT_GT(e, 1e-4) << "FP8 rounding leaves a trace; an exact match means FP8 did not run";
     }
+  }
+}
+
+// Precision int8 on a transformer: the same layer with every GEMM on Kiln's INT8 kernel (a 1x1
+// convolution over the rows, weights per output column, FP16 out), activation scales calibrated on
+// the CPU (MinMax). As with FP8, the LayerNorms write INT8 copies of their outputs for the QKV and
+// first FFN GEMMs, the GELU writes the second FFN GEMM's input in INT8 itself, and the attention
+// output goes through one quantizing step; residuals and LayerNorms stay FP16. On a GPU every GEMM
+// is forced to INT8 (these small GEMMs may not pay); on the simulated device, where INT8 reports a
+// tenth of FP16's time (modeled, also for the whole-program check), "auto" chooses the same.
+TEST_P(GpuProgram, Int8TransformerLayerMatchesTheReference) {
+  const int64_t B = 2, S = 16, Hh = 2, D = 32, E = Hh * D;
+  Builder b;
+  post_ln_transformer_layer(b, B, S, Hh, D);
+  const gpu::ShapeMap shapes = {{"x", {B, S, E}}};
+  const std::vector<quant::TensorMap> batches = random_batches(b, {B, S, E});
+  MinMaxCalibration cal(batches);
+  gpu::CompileOptions opt;
+  opt.precision = gpu::Precision::kINT8;
+  opt.int8_gemms = sim_ ? "auto" : "always";
+  if (sim_) sim_->set_modeled_time(true);
+  SCOPED_TRACE("int8_gemms " + opt.int8_gemms);
+  auto built = gpu::build_gpu_program(b.m, shapes, 0, opt, 0, &cal.calib);
+  EXPECT_EQ(built.int8_gemms, 6u);
+  EXPECT_EQ(built.int8_convs, 0u);
+  int int8_gemms = 0, quantize = 0, ln_copies = 0;
+  for (const auto& st : built.program->steps()) {
+    int8_gemms += st.op == "FusedMatMul" && st.kernel.find("int8") != std::string::npos;
+    quantize += st.op == "QuantizeINT8";
+    ln_copies += st.op.find("LayerNormalization") != std::string::npos && st.kernel.find("int8 copy") != std::string::npos;
+  }
+  EXPECT_EQ(int8_gemms, 4) << "the packed QKV, output and two FFN GEMMs";
+  EXPECT_EQ(quantize, 1) << "the attention output; the GELU writes INT8 itself";
+  EXPECT_EQ(ln_copies, 2) << "the LayerNorms before the QKV and FFN GEMMs write their INT8 copies";
+  // The scales are in the optimized graph (what an engine stores): a rebuild needs no data.
+  for (const Node& n : built.optimized.graph.nodes) {
+    if (n.op_type == "FusedMatMul") {
+      EXPECT_TRUE(gpu::int8_scales(n).ok()) << n.name;
+    }
+  }
+  auto again = gpu::build_gpu_program(built.optimized, shapes, 0, opt, 0);
+  EXPECT_EQ(again.int8_gemms, 0u);
+  // int8_gemms "none": every GEMM in FP16, no quantizing step.
+  gpu::CompileOptions none = opt;
+  none.int8_gemms = "none";
+  auto fp16 = gpu::build_gpu_program(built.optimized, shapes, 0, none, 0);
+  for (const auto& st : fp16.program->steps()) {
+    EXPECT_EQ(st.kernel.find("int8"), std::string::npos) << st.name << ": " << st.kernel;
+    EXPECT_NE(st.op, "QuantizeINT8");
+  }
+
+  reference::Executor ref(b.m);
+  for (const auto& in : {batches[0], quant::TensorMap{{"x", b.random({B, S, E}, -2.f, 2.f)}}}) {
+    const auto want = ref.run(in);
+    for (const auto& program : {built.program, again.program})
+      for (bool graph : {true, false}) {
+        gpu::GpuContext ctx(program, graph);
+        const double e = rel_error(ctx.run(in).at("y"), want.at("y"));
+        // Per-tensor INT8 activations and per-column INT8 weights: about 1% per GEMM; measured
+        // 1-3% after the layer's four GEMMs and LayerNorms.
+        EXPECT_LT(e, 6e-2) << (graph ? "graph" : "no graph");
+        EXPECT_GT(e, 1e-4) << "INT8 rounding leaves a trace; an exact match means INT8 did not run";
+      }
+  }
+  const double e16 = rel_error(gpu::GpuContext(fp16.program).run(batches[0]).at("y"), ref.run(batches[0]).at("y"));
+  EXPECT_LT(e16, 1e-2) << "the FP16 program";
+}
+
+// Bad int8_gemms values are a clear error.
+TEST_P(GpuProgram, Int8GemmsOptionIsValidated) {
+  Builder b;
+  b.input("x", {4, 32}).weight("w", {32, 16}).weight("c", {16});
+  b.node("Gemm", {"x", "w", "c"}, {"y"}).output("y");
+  const std::vector<quant::TensorMap> batches = random_batches(b, {4, 32});
+  MinMaxCalibration cal(batches);
+  gpu::CompileOptions opt;
+  opt.precision = gpu::Precision::kINT8;
+  opt.int8_gemms = "sometimes";
+  try {
+    gpu::build_gpu_program(b.m, {{"x", {4, 32}}}, 0, opt, 0, &cal.calib);
+    ADD_FAILURE() << "int8_gemms 'sometimes' was accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
+    EXPECT_NE(std::string(e.what()).find("int8_gemms 'sometimes'"), std::string::npos) << e.what();
   }
 }
 

@@ -267,7 +267,7 @@ TEST_F(GpuEngineCli, Int8EnginesAreCalibratedFromCalibData) {
   // The example's convolutions have no INT8 kernel: built in FP16 without data.
   r = kiln("build " + kModel + " --device cuda --shapes image:2x1x28x28 -o " + engine() + " --precision int8");
   ASSERT_EQ(r.code, 0) << r.out;
-  EXPECT_TRUE(has(r.out, "0 of 2 convolutions in INT8")) << r.out;
+  EXPECT_TRUE(has(r.out, "0 of 2 convolutions and 0 of 1 GEMMs in INT8")) << r.out;
 }
 
 TEST_F(GpuEngineCli, BadBuildFlagsAreRefused) {

@@ -627,9 +627,12 @@ class SimDevice final : public Device {
     });
   }
   std::unique_ptr<Kernel> layer_norm(ElemType t, int64_t rows, int64_t cols, float eps, bool write_sum,
-                                     float fp8_scale) override {
-    const int y8 = fp8_scale > 0 ? (write_sum ? 2 : 1) : -1;
-    return make(y8 >= 0 ? "layer_norm (+ fp8e4m3 copy)" : "layer_norm", 4, [=](const void* const* in, void* const* out, void*) {
+                                     float copy_scale, ElemType copy_type) override {
+    const int y8 = copy_scale > 0 ? (write_sum ? 2 : 1) : -1;
+    if (y8 >= 0 && copy_type != ElemType::kF8E4M3 && copy_type != ElemType::kI8)
+      throw std::runtime_error("layer_norm: a copy is FP8 E4M3 or INT8");
+    const std::string name = y8 < 0 ? "layer_norm" : copy_type == ElemType::kI8 ? "layer_norm (+ int8 copy)" : "layer_norm (+ fp8e4m3 copy)";
+    return make(name, 4, [=](const void* const* in, void* const* out, void*) {
       std::vector<float> x(static_cast<size_t>(cols));
       for (int64_t r = 0; r < rows; ++r) {
         double mean = 0, var = 0;
@@ -648,7 +651,9 @@ class SimDevice final : public Device {
           if (in[1]) v *= sim_load(t, in[1], c);
           if (in[2]) v += sim_load(t, in[2], c);
           sim_store(t, out[0], r * cols + c, v);
-          if (y8 >= 0) sim_store(ElemType::kF8E4M3, out[y8], r * cols + c, sim_round(t, v) * (1.f / fp8_scale));
+          if (y8 < 0) continue;
+          const float q = sim_round(t, v) * (1.f / copy_scale);
+          sim_store(copy_type, out[y8], r * cols + c, copy_type == ElemType::kI8 ? std::nearbyint(q) : q);
         }
       }
     }, (write_sum ? 2 : 1) + (y8 >= 0));

@@ -48,11 +48,17 @@ __device__ __forceinline__ float block_max(float v, float* shared) {
   return m;
 }
 
+// One byte of a narrow GEMM's input: E4M3 (nearest even, saturated) or INT8 (half to even, saturated).
+__device__ __forceinline__ uint8_t narrow_copy(float v, bool int8) {
+  if (int8) return static_cast<uint8_t>(static_cast<int8_t>(max(-128, min(127, __float2int_rn(v)))));
+  return __nv_fp8_e4m3(v).__x;
+}
+
 // Two passes over the row (mean, then the centred variance: no cancellation), a third to write.
 template <typename T>
 __global__ void layer_norm_kernel(const T* __restrict__ x, const T* __restrict__ res, const T* __restrict__ gamma,
                                   const T* __restrict__ beta, T* __restrict__ y, T* __restrict__ sum, int64_t cols,
-                                  float eps, __nv_fp8_e4m3* __restrict__ y8, float y8_mul) {
+                                  float eps, uint8_t* __restrict__ y8, float y8_mul, bool y8_int8) {
   __shared__ float shared[32];
   const T* row = x + blockIdx.x * cols;
   const T* rrow = res ? res + blockIdx.x * cols : nullptr;
@@ -74,7 +80,7 @@ __global__ void layer_norm_kernel(const T* __restrict__ x, const T* __restrict__
     if (beta) r += to_f(beta[c]);
     out[c] = from_f<T>(r);
     if (sum) sum[blockIdx.x * cols + c] = from_f<T>(at(c));
-    if (y8) y8[blockIdx.x * cols + c] = __nv_fp8_e4m3(to_f(from_f<T>(r)) * y8_mul);
+    if (y8) y8[blockIdx.x * cols + c] = narrow_copy(to_f(from_f<T>(r)) * y8_mul, y8_int8);
   }
 }
 
@@ -118,7 +124,7 @@ constexpr int kWarpsPerBlock = 4;
 template <typename T, int VPL>
 __global__ void layer_norm_warp_kernel(const T* __restrict__ x, const T* __restrict__ res, const T* __restrict__ gamma,
                                        const T* __restrict__ beta, T* __restrict__ y, T* __restrict__ sum, int64_t rows,
-                                       int cols, float eps, uint8_t* __restrict__ y8, float y8_mul) {
+                                       int cols, float eps, uint8_t* __restrict__ y8, float y8_mul, bool y8_int8) {
   constexpr int N = Vec<T>::N;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
   if (row >= rows) return;
@@ -175,10 +181,10 @@ __global__ void layer_norm_warp_kernel(const T* __restrict__ x, const T* __restr
       o.v[e] = from_f<T>(r);
     }
     out[v] = o.raw;
-    if (y8) {  // the same values in FP8 (an FP8 GEMM's input), as an elementwise pass would write them
+    if (y8) {  // the same values in FP8 or INT8 (a narrow GEMM's input), as a quantizing pass would write them
       uint8_t q[N];
 #pragma unroll
-      for (int e = 0; e < N; ++e) q[e] = __nv_fp8_e4m3(to_f(o.v[e]) * y8_mul).__x;
+      for (int e = 0; e < N; ++e) q[e] = narrow_copy(to_f(o.v[e]) * y8_mul, y8_int8);
       uint8_t* dst = y8 + row * cols + static_cast<int64_t>(v) * N;
       if constexpr (N == 8) *reinterpret_cast<uint2*>(dst) = *reinterpret_cast<const uint2*>(q);
       else *reinterpret_cast<uint32_t*>(dst) = *reinterpret_cast<const uint32_t*>(q);
@@ -481,7 +487,7 @@ void layer_norm(DType t, const void* x, const void* gamma, const void* beta, voi
 }
 
 void layer_norm(DType t, const void* x, const void* residual, const void* gamma, const void* beta, void* y, int64_t rows,
-                int64_t cols, float eps, cudaStream_t stream, void* sum, void* y8, float y8_mul) {
+                int64_t cols, float eps, cudaStream_t stream, void* sum, void* y8, float y8_mul, bool y8_int8) {
   check_rows(rows, cols, "layer_norm");
   if (rows == 0) return;
   dispatch(t, [&](auto tag) {
@@ -492,14 +498,14 @@ void layer_norm(DType t, const void* x, const void* residual, const void* gamma,
         layer_norm_warp_kernel<T, decltype(vpl)::value><<<blocks, 32 * kWarpsPerBlock, 0, stream>>>(
             static_cast<const T*>(x), static_cast<const T*>(residual), static_cast<const T*>(gamma),
             static_cast<const T*>(beta), static_cast<T*>(y), static_cast<T*>(sum), rows, static_cast<int>(cols), eps,
-            static_cast<uint8_t*>(y8), y8_mul);
+            static_cast<uint8_t*>(y8), y8_mul, y8_int8);
       });
       return;
     }
     layer_norm_kernel<T><<<static_cast<unsigned>(rows), kBlock, 0, stream>>>(
         static_cast<const T*>(x), static_cast<const T*>(residual), static_cast<const T*>(gamma),
         static_cast<const T*>(beta), static_cast<T*>(y), static_cast<T*>(sum), cols, eps,
-        static_cast<__nv_fp8_e4m3*>(y8), y8_mul);
+        static_cast<uint8_t*>(y8), y8_mul, y8_int8);
   });
   check_launch("layer_norm");
 }

@@ -18,9 +18,11 @@ void layer_norm(DType t, const void* x, const void* gamma, const void* beta, voi
 // The same on x + residual (a fused residual Add; the sum is rounded to the dtype first, as the
 // unfused Add's output would be). residual may be null. With `sum`, the rounded x + residual is
 // written there too (the Add's output, for its other readers). With `y8`, y (rounded to the dtype)
-// times y8_mul is also written as FP8 E4M3 there (an FP8 GEMM's quantized input).
+// times y8_mul is also written there as FP8 E4M3, or with y8_int8 as INT8 (round half to even,
+// saturated): a narrow GEMM's quantized input.
 void layer_norm(DType t, const void* x, const void* residual, const void* gamma, const void* beta, void* y, int64_t rows,
-                int64_t cols, float eps, cudaStream_t stream, void* sum = nullptr, void* y8 = nullptr, float y8_mul = 1.f);
+                int64_t cols, float eps, cudaStream_t stream, void* sum = nullptr, void* y8 = nullptr, float y8_mul = 1.f,
+                bool y8_int8 = false);
 // y = softmax(x) along each row of `cols`.
 void softmax_rows(DType t, const void* x, void* y, int64_t rows, int64_t cols, cudaStream_t stream);
 // y = gelu(x + bias[col]) with gelu(v) = 0.5 v (1 + erf(v / sqrt 2)); bias may be null.

@@ -559,15 +559,18 @@ class CudaDevice final : public gpu::Device {
     });
   }
   std::unique_ptr<gpu::Kernel> layer_norm(ElemType t, int64_t rows, int64_t cols, float eps, bool write_sum,
-                                          float fp8_scale) override {
+                                          float copy_scale, ElemType copy_type) override {
     const DType dt = float_type(t, "layer_norm");
-    const bool fp8 = fp8_scale > 0;
-    const float mul = fp8 ? 1.f / fp8_scale : 1.f;
+    const bool copy = copy_scale > 0;
+    if (copy && copy_type != ElemType::kF8E4M3 && copy_type != ElemType::kI8)
+      throw CudaError("layer_norm: a copy is FP8 E4M3 or INT8");
+    const bool i8 = copy && copy_type == ElemType::kI8;
+    const float mul = copy ? 1.f / copy_scale : 1.f;
     return fn_kernel(std::string("layer_norm ") + dtype_name(dt) + (write_sum ? " (+ residual sum)" : "") +
-                         (fp8 ? " (+ fp8e4m3 copy)" : ""),
+                         (!copy ? "" : i8 ? " (+ int8 copy)" : " (+ fp8e4m3 copy)"),
                      [=](const void* const* in, void* const* out, cudaStream_t s) {
                        cuda::layer_norm(dt, in[0], in[3], in[1], in[2], out[0], rows, cols, eps, s,
-                                        write_sum ? out[1] : nullptr, fp8 ? out[write_sum ? 2 : 1] : nullptr, mul);
+                                        write_sum ? out[1] : nullptr, copy ? out[write_sum ? 2 : 1] : nullptr, mul, i8);
                      });
   }
   std::unique_ptr<gpu::Kernel> softmax(ElemType t, int64_t rows, int64_t cols) override {

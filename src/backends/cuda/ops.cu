@@ -507,10 +507,11 @@ __global__ void quantize_fp8_kernel(const T* __restrict__ x, uint2* __restrict__
   }
 }
 
-// INT8 quantization of one dense input of type T: y = saturate(round_half_even(x * scale)), 8
-// elements per thread (16-byte loads, one 8-byte store). An INT8 convolution's input when its
-// producer is not an INT8 convolution.
-template <typename T>
+// INT8 quantization of one dense input of type T, optionally through one unary op first:
+// y = saturate(round_half_even(op(x) * scale)), 8 elements per thread (16-byte loads, one 8-byte
+// store). An INT8 convolution's or GEMM's input when its producer is not an INT8 convolution, and
+// the GELU between a transformer's FFN GEMMs in an INT8 program.
+template <typename T, EwOp Op>
 __global__ void quantize_i8_kernel(const T* __restrict__ x, uint2* __restrict__ y, float scale, uint32_t n8) {
   constexpr int kLoads = 8 * sizeof(T) / 16;
   for (uint32_t vi = blockIdx.x * blockDim.x + threadIdx.x; vi < n8; vi += gridDim.x * blockDim.x) {
@@ -522,7 +523,7 @@ __global__ void quantize_i8_kernel(const T* __restrict__ x, uint2* __restrict__ 
 #pragma unroll
       for (int u = 0; u < 8 / kLoads; ++u) {
         const int i = l * (8 / kLoads) + u;
-        const int q = max(-128, min(127, __float2int_rn(to_f(e[u]) * scale)));
+        const int q = max(-128, min(127, __float2int_rn(unary_fast<Op>(to_f(e[u])) * scale)));
         w[i / 4] |= (static_cast<uint32_t>(q) & 0xffu) << (8 * (i % 4));
       }
     }
@@ -540,6 +541,20 @@ bool launch_quantize_fp8(EwOp op, const void* x, void* y, float scale, uint32_t 
     case EwOp::kGeluTanh: quantize_fp8_kernel<T, EwOp::kGeluTanh><<<blocks, kThreads, 0, stream>>>(xt, yt, scale, n8); return true;
     case EwOp::kSiLU: quantize_fp8_kernel<T, EwOp::kSiLU><<<blocks, kThreads, 0, stream>>>(xt, yt, scale, n8); return true;
     case EwOp::kRelu: quantize_fp8_kernel<T, EwOp::kRelu><<<blocks, kThreads, 0, stream>>>(xt, yt, scale, n8); return true;
+    default: return false;
+  }
+}
+
+template <typename T>
+bool launch_quantize_i8(EwOp op, const void* x, void* y, float scale, uint32_t n8, unsigned blocks, cudaStream_t stream) {
+  const T* xt = static_cast<const T*>(x);
+  uint2* yt = static_cast<uint2*>(y);
+  switch (op) {
+    case EwOp::kLoad: quantize_i8_kernel<T, EwOp::kLoad><<<blocks, kThreads, 0, stream>>>(xt, yt, scale, n8); return true;
+    case EwOp::kGelu: quantize_i8_kernel<T, EwOp::kGelu><<<blocks, kThreads, 0, stream>>>(xt, yt, scale, n8); return true;
+    case EwOp::kGeluTanh: quantize_i8_kernel<T, EwOp::kGeluTanh><<<blocks, kThreads, 0, stream>>>(xt, yt, scale, n8); return true;
+    case EwOp::kSiLU: quantize_i8_kernel<T, EwOp::kSiLU><<<blocks, kThreads, 0, stream>>>(xt, yt, scale, n8); return true;
+    case EwOp::kRelu: quantize_i8_kernel<T, EwOp::kRelu><<<blocks, kThreads, 0, stream>>>(xt, yt, scale, n8); return true;
     default: return false;
   }
 }
@@ -824,22 +839,23 @@ void elementwise(const EwProgram& p, const void* const* inputs, void* y, cudaStr
       return;
     }
   }
-  // [Load x, Affine(scale, 0), Round, Clip(-128, 127)] from one dense float input to INT8: the
-  // quantizing kernel (the same values: the product is rounded to FP32 either way).
-  if (p.out_type == ElemType::kI8 && p.num_inputs == 1 && (dense & 1u) && p.num_steps == 4 &&
-      p.steps[0].op == EwOp::kLoad && p.steps[1].op == EwOp::kAffine && p.steps[1].p1 == 0.f &&
-      p.steps[2].op == EwOp::kRound && p.steps[3].op == EwOp::kClip && p.steps[3].p0 == -128.f &&
-      p.steps[3].p1 == 127.f && n % 8 == 0 && n / 8 < (int64_t{1} << 31) &&
+  // [Load x, (one activation), Affine(scale, 0), Round, Clip(-128, 127)] from one dense float
+  // input to INT8: the quantizing kernel (the same values: the product is rounded to FP32 either way).
+  const int act = p.num_steps - 4;  // 1 with the activation
+  if (p.out_type == ElemType::kI8 && p.num_inputs == 1 && (dense & 1u) && (act == 0 || act == 1) &&
+      p.steps[0].op == EwOp::kLoad && p.steps[1 + act].op == EwOp::kAffine && p.steps[1 + act].p1 == 0.f &&
+      p.steps[2 + act].op == EwOp::kRound && p.steps[3 + act].op == EwOp::kClip && p.steps[3 + act].p0 == -128.f &&
+      p.steps[3 + act].p1 == 127.f && n % 8 == 0 && n / 8 < (int64_t{1} << 31) &&
       (reinterpret_cast<uintptr_t>(inputs[0]) & 15) == 0 && (reinterpret_cast<uintptr_t>(y) & 7) == 0) {
-    const float scale = p.steps[1].p0;
+    const EwOp op = act ? p.steps[1].op : EwOp::kLoad;
+    const float scale = p.steps[1 + act].p0;
     const uint32_t n8 = static_cast<uint32_t>(n / 8);
     const unsigned blocks = blocks_for(n8);
     const ElemType xt = p.in_types[0];
-    bool done = true;
-    if (xt == ElemType::kF16) quantize_i8_kernel<__half><<<blocks, kThreads, 0, stream>>>(static_cast<const __half*>(inputs[0]), static_cast<uint2*>(y), scale, n8);
-    else if (xt == ElemType::kBF16) quantize_i8_kernel<__nv_bfloat16><<<blocks, kThreads, 0, stream>>>(static_cast<const __nv_bfloat16*>(inputs[0]), static_cast<uint2*>(y), scale, n8);
-    else if (xt == ElemType::kF32) quantize_i8_kernel<float><<<blocks, kThreads, 0, stream>>>(static_cast<const float*>(inputs[0]), static_cast<uint2*>(y), scale, n8);
-    else done = false;
+    const bool done = xt == ElemType::kF16    ? launch_quantize_i8<__half>(op, inputs[0], y, scale, n8, blocks, stream)
+                      : xt == ElemType::kBF16 ? launch_quantize_i8<__nv_bfloat16>(op, inputs[0], y, scale, n8, blocks, stream)
+                      : xt == ElemType::kF32  ? launch_quantize_i8<float>(op, inputs[0], y, scale, n8, blocks, stream)
+                                              : false;
     if (done) {
       check_launch("elementwise (int8 quantize)");
       return;

@@ -18,7 +18,7 @@
 
 namespace kiln::gpu {
 
-inline constexpr int kApiVersion = 10;
+inline constexpr int kApiVersion = 11;
 
 // Element types of device tensors. kBool is one byte, 0 or 1. kF8E4M3 is FP8 E4M3FN (one byte;
 // conversions to it round to nearest even and saturate at +-448): the activations and weights of
@@ -328,9 +328,11 @@ class Device {
   virtual std::unique_ptr<Kernel> gather_elements(ElemType idx, size_t elem_bytes, const GatherElementsDesc& d) = 0;
   // Inputs: x, gamma (or null), beta (or null), residual (or null: LayerNorm(x + residual)).
   // Outputs: y, and with write_sum the residual sum x + residual (rounded to t) as a second output;
-  // with fp8_scale > 0 a last output holds y (rounded to t) / fp8_scale in E4M3 (an FP8 GEMM's input).
+  // with copy_scale > 0 a last output holds y (rounded to t) / copy_scale as copy_type (a narrow
+  // GEMM's input): kF8E4M3 (round to nearest even, saturated) or kI8 (round half to even,
+  // saturated to [-128, 127]).
   virtual std::unique_ptr<Kernel> layer_norm(ElemType t, int64_t rows, int64_t cols, float eps, bool write_sum = false,
-                                             float fp8_scale = 0) = 0;
+                                             float copy_scale = 0, ElemType copy_type = ElemType::kF8E4M3) = 0;
   virtual std::unique_ptr<Kernel> softmax(ElemType t, int64_t rows, int64_t cols) = 0;
   // Inputs: q, k, v, mask (FP32, or null).
   virtual std::unique_ptr<Kernel> attention(const AttentionDesc& d) = 0;

@@ -155,14 +155,38 @@ std::vector<size_t> int8_conv_candidates(const Model& model) {
   return out;
 }
 
+std::vector<size_t> int8_gemm_candidates(const Model& model) {
+  std::vector<size_t> out;
+  for (size_t i : fp8_gemm_candidates(model)) {
+    const Node& n = model.graph.nodes[i];
+    if (const Attribute* keep = n.attr(kInt8KeepFloat); keep && keep->i) continue;
+    const auto& bd = model.graph.initializers.at(n.inputs[1]).shape();
+    const Attribute* tb = n.op_type == "MatMul" ? nullptr : n.attr("transB");
+    const int64_t k = tb && tb->i ? bd[1] : bd[0], cols = tb && tb->i ? bd[0] : bd[1];
+    if (k % 16 == 0 && cols % 8 == 0) out.push_back(i);  // the INT8 kernel's shape rules
+  }
+  return out;
+}
 
-size_t annotate_int8_scales(Model& model, const ShapeMap& shapes, const GpuCalibration& calib) {
-  const std::vector<size_t> convs = int8_conv_candidates(model);
-  if (convs.empty()) return 0;
+namespace {
+
+// Every INT8 candidate, convolutions and GEMMs, in graph order.
+std::vector<size_t> int8_candidates(const Model& model) {
+  std::vector<size_t> all = int8_conv_candidates(model), gemms = int8_gemm_candidates(model);
+  all.insert(all.end(), gemms.begin(), gemms.end());
+  std::sort(all.begin(), all.end());
+  return all;
+}
+
+}  // namespace
+
+Int8Annotated annotate_int8_scales(Model& model, const ShapeMap& shapes, const GpuCalibration& calib) {
+  const std::vector<size_t> convs = int8_candidates(model);
+  if (convs.empty()) return {};
   if (!calib.data)
     throw Error(ErrorCode::kInvalidArgument,
                 "precision int8 needs calibration data for the " + std::to_string(convs.size()) +
-                    " convolutions it quantizes (kiln build --device cuda --precision int8 --calib DATA)");
+                    " convolutions and GEMMs it quantizes (kiln build --device cuda --precision int8 --calib DATA)");
   std::vector<std::string> tensors;
   for (size_t i : convs) {
     const Node& n = model.graph.nodes[i];
@@ -177,12 +201,15 @@ size_t annotate_int8_scales(Model& model, const ShapeMap& shapes, const GpuCalib
     const float amax = table.ranges.at(t).amax;
     return amax > 0 && std::isfinite(amax) ? amax / 127.f : 1.f / 127.f;  // all zeros: any positive scale
   };
+  Int8Annotated out;
   for (size_t i : convs) {
     Node& n = model.graph.nodes[i];
-    const bool z = n.inputs.size() > 3 && !n.inputs[3].empty();
+    const bool conv = n.op_type == "Conv" || n.op_type == "FusedConv";
+    const bool z = conv && n.inputs.size() > 3 && !n.inputs[3].empty();
     n.attrs[kInt8Scales] = Attribute::of_floats({scale(n.inputs[0]), scale(n.outputs[0]), z ? scale(n.inputs[3]) : 0.f});
+    ++(conv ? out.convs : out.gemms);
   }
-  return convs.size();
+  return out;
 }
 
 namespace {
@@ -200,7 +227,7 @@ void apply_keep_fp16(Model& model, const std::set<std::string>& keep, const std:
     if (!names.count(k))
       throw Error(ErrorCode::kInvalidArgument, "--layer-precision: the model has no layer (node) named '" + k + "'");
   if (keep.empty()) return;
-  for (size_t i : int8_conv_candidates(model))
+  for (size_t i : int8_candidates(model))
     if (quant::node_matches_layer(model.graph.nodes[i], keep)) keep_in_fp16(model.graph.nodes[i]);
 }
 
@@ -215,11 +242,11 @@ quant::GuardResult int8_accuracy_guard(const std::shared_ptr<Device>& device, Mo
     throw Error(ErrorCode::kInvalidArgument,
                 "--accuracy-budget needs validation data (--validation DATA or --calib DATA)");
   std::vector<quant::GuardLayer> layers;
-  for (size_t i : int8_conv_candidates(model)) {
+  for (size_t i : int8_candidates(model)) {
     const Node& n = model.graph.nodes[i];
     if (int8_scales(n).ok()) layers.push_back(quant::GuardLayer{n.name, n.op_type});
   }
-  if (layers.empty()) return {};  // no convolution can run in INT8: the program is FP16's
+  if (layers.empty()) return {};  // no convolution or GEMM can run in INT8: the program is FP16's
   ShapeFilter data(*source, shapes);
   std::vector<quant::TensorMap> batches;
   try {
@@ -236,7 +263,7 @@ quant::GuardResult int8_accuracy_guard(const std::shared_ptr<Device>& device, Mo
   // Every evaluation compiles a program: one timing cache keeps the kernels timed once.
   std::unique_ptr<cpu::TimingCache> local;
   CompileOptions co = options;
-  co.int8_convs = "always";  // the accuracy of the INT8 kernel wherever timing would put it
+  co.int8_convs = co.int8_gemms = "always";  // the accuracy of the INT8 kernel wherever timing would put it
   co.int8_program_check = false;
   co.log = nullptr;
   if (!co.tactics) {
@@ -315,8 +342,11 @@ GpuBuild build_gpu_program(Model model, const ShapeMap& shapes, int device_index
     const auto tc = Clock::now();
     if (fp8) apply_keep_fp16(model, fp8->keep_fp16, names);
     bool missing = false;
-    for (size_t i : int8_conv_candidates(model)) missing = missing || !int8_scales(model.graph.nodes[i]).ok();
-    if (missing) out.int8_convs = annotate_int8_scales(model, shapes, fp8 ? *fp8 : GpuCalibration{});
+    for (size_t i : int8_candidates(model)) missing = missing || !int8_scales(model.graph.nodes[i]).ok();
+    if (missing) {
+      const Int8Annotated a = annotate_int8_scales(model, shapes, fp8 ? *fp8 : GpuCalibration{});
+      out.int8_convs = a.convs, out.int8_gemms = a.gemms;
+    }
     out.calib_ms = std::chrono::duration<double, std::milli>(Clock::now() - tc).count();
     if (fp8 && fp8->guard.budget >= 0) {
       const auto tg = Clock::now();

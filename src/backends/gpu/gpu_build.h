@@ -50,11 +50,18 @@ size_t annotate_fp8_scales(Model& model, const ShapeMap& shapes, const Fp8Calibr
 // not marked kInt8KeepFloat.
 std::vector<size_t> int8_conv_candidates(const Model& model);
 
-// Sets int8_scales {input, output, residual} (amax / 127 of each tensor) on every INT8 candidate of
-// `model` (optimized and specialized to `shapes`) from a calibration run over calib.data (entropy
-// by default, as TensorRT's INT8 calibrator); returns how many were set. Throws kInvalidArgument as
-// annotate_fp8_scales does.
-size_t annotate_int8_scales(Model& model, const ShapeMap& shapes, const GpuCalibration& calib);
+// The GEMMs an INT8 program can run in INT8: fp8_gemm_candidates() with K a multiple of 16 and N
+// of 8 (the INT8 kernel's rules), not marked kInt8KeepFloat.
+std::vector<size_t> int8_gemm_candidates(const Model& model);
+
+// Sets int8_scales {input, output, residual} (amax / 127 of each tensor) on every INT8 candidate
+// (convolution and GEMM) of `model` (optimized and specialized to `shapes`) from a calibration run
+// over calib.data (entropy by default, as TensorRT's INT8 calibrator); returns how many of each were
+// set. Throws kInvalidArgument as annotate_fp8_scales does.
+struct Int8Annotated {
+  size_t convs = 0, gemms = 0;
+};
+Int8Annotated annotate_int8_scales(Model& model, const ShapeMap& shapes, const GpuCalibration& calib);
 
 struct GpuBuild {
   std::shared_ptr<const GpuProgram> program;
@@ -64,13 +71,14 @@ struct GpuBuild {
   std::vector<std::string> pass_log;
   size_t fp8_gemms = 0;  // FP8 builds: GEMMs given an input scale by calibration
   size_t int8_convs = 0;  // INT8 builds: convolutions given scales by calibration
+  size_t int8_gemms = 0;  // INT8 builds: GEMMs given scales by calibration
   double calib_ms = 0;
   std::optional<quant::GuardResult> guard;  // INT8 builds with the accuracy guard on
   double guard_ms = 0;
 };
 
-// The node attribute that marks a convolution kept in FP16 by --layer-precision or the accuracy
-// guard (int 1): int8_conv_candidates() skips it and its int8_scales are removed, so an engine
+// The node attribute that marks a convolution or GEMM kept in FP16 by --layer-precision or the
+// accuracy guard (int 1): the INT8 candidates skip it and its int8_scales are removed, so an engine
 // carries the decision.
 inline constexpr const char* kInt8KeepFloat = "int8_keep_float";
 

@@ -60,6 +60,7 @@ GpuEngineBuild build_gpu_engine(Model model, const ShapeMap& shapes, int device_
   out.compile_ms = b.compile_ms;
   out.fp8_gemms = b.fp8_gemms;
   out.int8_convs = b.int8_convs;
+  out.int8_gemms = b.int8_gemms;
   out.calib_ms = b.calib_ms;
   out.guard = std::move(b.guard);
   out.guard_ms = b.guard_ms;

@@ -38,7 +38,7 @@ struct GpuEngineBuild {
   std::shared_ptr<const GpuProgram> program;
   size_t nodes_before = 0, nodes_after = 0;
   double pass_ms = 0, compile_ms = 0;
-  size_t fp8_gemms = 0, int8_convs = 0;
+  size_t fp8_gemms = 0, int8_convs = 0, int8_gemms = 0;
   double calib_ms = 0;
   std::optional<quant::GuardResult> guard;  // INT8 with the accuracy guard on
   double guard_ms = 0;

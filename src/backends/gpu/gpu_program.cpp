@@ -572,23 +572,39 @@ class GpuProgramBuilder {
   void lower_attention(const Node& n);
   void plan_packed_qkv();
   void plan_deferred_clips();
-  void plan_fp8_outputs();
+  // Precision fp8 or int8: which GEMMs with an input scale read a narrow X (narrow_nodes_), and which
+  // values their elementwise producers write narrow (narrow_out_). See the definition.
+  void plan_narrow_gemms();
   // Whether an [M,K] x [K,N] GEMM runs faster in FP8 than in FP16, counting the quantizing pass
-  // over X unless its producer writes it in FP8 (`prequantized`). See plan_fp8_outputs.
+  // over X unless its producer writes it in FP8 (`prequantized`). See plan_narrow_gemms.
   bool fp8_pays(int64_t m, int64_t n, int64_t k, bool prequantized, const std::string& node);
+  // The same for INT8 (Kiln's INT8 kernel, FP16 out), with or without a bias and ReLU.
+  bool int8_gemm_pays(const ConvDesc& d8, bool prequantized, const std::string& node);
   double time_on_device(const Kernel& k, const std::vector<size_t>& in_bytes, size_t out_bytes);
-  // The scale of node n's FP8 GEMM input (fp8_input_scale), or 0 when n runs in the program's float
-  // type: FP8 programs only, MatMul/Gemm/FusedMatMul of a 2-D constant B without transposed A.
-  float fp8_scale(const Node& n) const {
-    if (!fp8_ || !(n.op_type == "FusedMatMul" || n.op_type == "MatMul" || n.op_type == "Gemm")) return 0.f;
+  // The narrow type GEMM inputs take in this program: E4M3 (fp8) or INT8 (int8).
+  ElemType narrow_type() const { return fp8_ ? ElemType::kF8E4M3 : ElemType::kI8; }
+  // The scale of node n's narrow GEMM input, or 0 when n runs in the program's float type:
+  // MatMul/Gemm/FusedMatMul of a 2-D constant B without transposed A, in FP8 programs with an
+  // fp8_input_scale, in INT8 programs with int8_scales (unless int8_gemms is "none").
+  float narrow_scale(const Node& n) const {
+    if (!(fp8_ || (int8_ && opt_.int8_gemms != "none"))) return 0.f;
+    if (!(n.op_type == "FusedMatMul" || n.op_type == "MatMul" || n.op_type == "Gemm")) return 0.f;
     if (n.inputs.size() < 2 || !is_const(n.inputs[1]) || g().initializers.at(n.inputs[1]).rank() != 2) return 0.f;
     if ((n.op_type != "MatMul" && attr_int(n, "transA", 0) != 0)) return 0.f;
-    return fp8_input_scale(n);
+    if (fp8_) return fp8_input_scale(n);
+    const Int8Scales s = int8_scales(n);
+    return s.ok() ? s.x : 0.f;
   }
-  // `x` (plain layout) quantized to E4M3 as x / scale: the value itself when its producer already
-  // wrote it so (plan_fp8_outputs), else one quantizing elementwise step (shared by every reader).
-  std::string fp8_value(const std::string& x, float scale);
-  static std::string fp8_key(const std::string& x, float scale);  // the value name of x's E4M3 copy
+  // `x` (plain layout) quantized to the narrow type as x / scale (INT8: rounded half to even and
+  // saturated): the value itself when its producer already wrote it so (plan_narrow_gemms), a copy
+  // its LayerNorm wrote, else one quantizing step (shared by every reader).
+  std::string narrow_value(const std::string& x, float scale);
+  std::string narrow_key(const std::string& x, float scale) const;  // the value name of x's narrow copy
+  // A GEMM [M,K] x [K,N] as Kiln's INT8 kernel sees it: a 1x1 convolution over M pixels of K
+  // channels to N, FP16 out.
+  static ConvDesc int8_gemm_desc(int64_t m, int64_t n, int64_t k, bool bias, bool relu);
+  // The INT8 convolution kernel of `d`: a recorded tactic, else timed (and recorded).
+  std::unique_ptr<Kernel> int8_conv_kernel(const ConvDesc& d, const std::string& node);
   bool plan_sliced_qkv(size_t attention, const size_t (&producers)[3]);
   void lower_data(const Node& n);
   // Builds an elementwise step over `ins` writing output `out` (a new value) with `steps`.
@@ -661,10 +677,10 @@ class GpuProgramBuilder {
   // Convolutions whose ReLU6 (Clip [0, hi]) runs as a ReLU, the upper clamp moved onto the read of
   // their only reader, a depthwise convolution on Kiln's kernel (plan_deferred_clips): output -> hi.
   std::map<std::string, float> deferred_clip_;
-  // Values whose only reader is an FP8 GEMM: their elementwise producer writes them as E4M3,
-  // divided by the GEMM's input scale (plan_fp8_outputs): value -> scale.
-  std::map<std::string, float> fp8_out_;
-  std::set<size_t> fp8_nodes_;  // FP8 GEMM candidates that run in FP8 (the others run in FP16)
+  // Values whose only reader is a narrow GEMM: their elementwise producer writes them in the
+  // narrow type, divided by the GEMM's input scale (plan_narrow_gemms): value -> scale.
+  std::map<std::string, float> narrow_out_;
+  std::set<size_t> narrow_nodes_;  // GEMM candidates that run on narrow inputs (the others run in FP16)
   std::set<size_t> int8_nodes_;                // convolutions that run in INT8
   std::map<std::string, float> int8_vals_;     // values stored INT8 -> their scale
   std::map<std::vector<std::string>, std::string> nhwc_concats_;  // a channel Concat's inputs -> its NHWC output
@@ -736,18 +752,19 @@ void GpuProgramBuilder::add_node(const Node& n) {
     new_value(n.outputs[0], compute_, dims, false);
     std::vector<std::string> outs = {n.outputs[0]};
     if (!sum.empty()) outs.push_back(new_value(sum, compute_, dims, false));
-    // An FP8 GEMM reading the output (a transformer's QKV or first FFN projection) gets its
-    // quantized input from this kernel too, instead of from a separate pass (see fp8_value).
+    // A narrow (FP8 or INT8) GEMM reading the output (a transformer's QKV or first FFN projection)
+    // gets its quantized input from this kernel too, instead of from a separate pass (see narrow_value).
     float y8_scale = 0;
     if (auto r = readers_.find(n.outputs[0]); r != readers_.end())
       for (size_t i : r->second) {
-        if (!fp8_nodes_.count(i) || y8_scale > 0) continue;
+        if (!narrow_nodes_.count(i) || y8_scale > 0) continue;
         const auto pf = packed_first_.find(i);
         const Node& reader = pf != packed_first_.end() ? pf->second : g().nodes[i];
-        if (reader.inputs[0] == n.outputs[0]) y8_scale = fp8_scale(reader);
+        if (reader.inputs[0] == n.outputs[0]) y8_scale = narrow_scale(reader);
       }
-    if (y8_scale > 0) outs.push_back(new_value(fp8_key(n.outputs[0], y8_scale), ElemType::kF8E4M3, dims, false));
-    add_step(dev_->layer_norm(compute_, numel(dims) / cols, cols, attr_float(n, "epsilon", 1e-5f), !sum.empty(), y8_scale),
+    if (y8_scale > 0) outs.push_back(new_value(narrow_key(n.outputs[0], y8_scale), narrow_type(), dims, false));
+    add_step(dev_->layer_norm(compute_, numel(dims) / cols, cols, attr_float(n, "epsilon", 1e-5f), !sum.empty(), y8_scale,
+                              narrow_type()),
              {x, gamma, beta, residual}, outs, {n.name, residual.empty() ? op : "Add+" + op, "", -1});
     return;
   }
@@ -1118,9 +1135,42 @@ void GpuProgramBuilder::lower_matmul(const Node& n) {
   MatmulDesc d;
   d.m = M, d.n = N, d.k = K, d.batch = batch, d.w_stride = w_stride, d.type = compute_;
   std::vector<std::string> ins = {"", w};
-  const float sx = batch == 1 && fp8_nodes_.count(current_) ? fp8_scale(n) : 0.f;
+  const float sx = batch == 1 && narrow_nodes_.count(current_) ? narrow_scale(n) : 0.f;
+  const bool i8 = sx > 0 && int8_;  // Kiln's INT8 kernel (a 1x1 convolution over M pixels)
   if (sx <= 0) ins[0] = as(n.inputs[0], false, compute_);
-  if (sx > 0) {
+  if (i8) {
+    // INT8: W as [N, K] (KRSC of a 1x1 filter) per output column, scale amax(alpha W[:, j]) / 127;
+    // the kernel's FP32 scale[j] is the input's scale times column j's.
+    const Tensor& b = g().initializers.at(n.inputs[1]);
+    auto at = [&](int64_t k, int64_t j) { return alpha * host_value(b, tb ? j * K + k : k * N + j); };
+    std::vector<double> sw(static_cast<size_t>(N), 1.0);
+    for (int64_t j = 0; j < N; ++j) {
+      double amax = 0;
+      for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(at(k, j)));
+      if (amax > 0 && std::isfinite(amax)) sw[static_cast<size_t>(j)] = amax / 127.0;
+    }
+    std::ostringstream variant;
+    variant << (tb ? "int8nk-t/" : "int8nk/") << std::hexfloat << alpha;
+    ins[1] = derived_weight(n.inputs[1], variant.str(), ElemType::kI8, {N, 1, 1, K}, [&] {
+      std::vector<uint8_t> bytes(static_cast<size_t>(N * K));
+      for (int64_t j = 0; j < N; ++j)
+        for (int64_t k = 0; k < K; ++k) {
+          const double q = std::nearbyint(at(k, j) / sw[static_cast<size_t>(j)]);
+          bytes[static_cast<size_t>(j * K + k)] = static_cast<uint8_t>(static_cast<int8_t>(std::clamp(q, -127.0, 127.0)));
+        }
+      return bytes;
+    });
+    variant << "/x" << sx;
+    ins.push_back(derived_weight(n.inputs[1], variant.str(), ElemType::kF32, {N}, [&] {
+      std::vector<uint8_t> bytes(static_cast<size_t>(N) * 4);
+      for (int64_t j = 0; j < N; ++j) {
+        const float v = static_cast<float>(sx * sw[static_cast<size_t>(j)]);
+        std::memcpy(&bytes[static_cast<size_t>(j) * 4], &v, 4);
+      }
+      return bytes;
+    }));
+    ins[0] = narrow_value(n.inputs[0], sx);
+  } else if (sx > 0) {
     // FP8: W as E4M3 [N, K] scaled by 448 / amax(alpha W), X quantized by its calibrated scale.
     const Tensor& b = g().initializers.at(n.inputs[1]);
     double amax = 0;
@@ -1134,7 +1184,7 @@ void GpuProgramBuilder::lower_matmul(const Node& n) {
         for (int64_t k = 0; k < K; ++k) order[static_cast<size_t>(j * K + k)] = k * N + j;
     }
     ins[1] = weight_value(n.inputs[1], ElemType::kF8E4M3, {N, K}, order, tb ? "fp8nk-t" : "fp8nk", alpha / sw);
-    ins[0] = fp8_value(n.inputs[0], sx);
+    ins[0] = narrow_value(n.inputs[0], sx);
     d.fp8 = true;
     d.x_scale = sx;
     d.w_scale = static_cast<float>(sw);
@@ -1146,7 +1196,7 @@ void GpuProgramBuilder::lower_matmul(const Node& n) {
     const auto cd = is_const(c) ? g().initializers.at(c).shape() : dims_of(c);
     if (is_const(c) && numel(cd) == N && (cd.empty() || cd.back() == N)) {
       d.bias = true;
-      ins.push_back(weight_value(c, compute_, {N}, {}, "bias", beta));
+      ins.push_back(i8 ? weight_value(c, ElemType::kF32, {N}, {}, "gemmbias32", beta) : weight_value(c, compute_, {N}, {}, "bias", beta));
     } else {
       c_rest = c;
     }
@@ -1156,13 +1206,19 @@ void GpuProgramBuilder::lower_matmul(const Node& n) {
   if (const Attribute* a = n.attr("activation_params")) ap = a->floats;
   std::vector<EwStep> post;
   if (c_rest.empty() && act == "Relu") d.epilogue = MatmulDesc::Epilogue::kRelu;
-  else if (c_rest.empty() && act == "GeluTanh") d.epilogue = MatmulDesc::Epilogue::kGeluTanh;
+  else if (c_rest.empty() && act == "GeluTanh" && !i8) d.epilogue = MatmulDesc::Epilogue::kGeluTanh;
   else if (!activation_steps(act, ap, post))
     throw Error(ErrorCode::kUnsupported, "node '" + n.name + "': activation " + act + " has no GPU kernel");
   const bool after = !c_rest.empty() || !post.empty();
   const std::string out = after ? n.outputs[0] + "#mm" : n.outputs[0];
   new_value(out, compute_, od, false);
-  add_step(tuned_matmul(d, n.name), ins, {out}, {n.name, n.op_type, "", -1});
+  if (i8) {
+    // [M, 1, 1, N] NHWC is [M, N] row major: the output is the GEMM's as it is.
+    const ConvDesc cd = int8_gemm_desc(M, N, K, d.bias, d.epilogue == MatmulDesc::Epilogue::kRelu);
+    add_step(int8_conv_kernel(cd, n.name), ins, {out}, {n.name, n.op_type, "", -1});
+  } else {
+    add_step(tuned_matmul(d, n.name), ins, {out}, {n.name, n.op_type, "", -1});
+  }
   if (after) {
     std::vector<EwStep> steps = {EwStep{}};
     std::vector<std::string> ew_ins = {out};
@@ -1180,20 +1236,61 @@ void GpuProgramBuilder::lower_matmul(const Node& n) {
   }
 }
 
-std::string GpuProgramBuilder::fp8_key(const std::string& x, float scale) {
+std::string GpuProgramBuilder::narrow_key(const std::string& x, float scale) const {
   std::ostringstream key;
-  key << x << "#fp8/" << std::hexfloat << scale;
+  // INT8 rows (plain layout) are named apart from a convolution's NHWC INT8 input (int8_value).
+  key << x << (fp8_ ? "#fp8/" : "#int8rows/") << std::hexfloat << scale;
   return key.str();
 }
 
-std::string GpuProgramBuilder::fp8_value(const std::string& x, float scale) {
-  if (val(x).type == ElemType::kF8E4M3) return x;  // written so by its producer, with this scale
-  const std::string key = fp8_key(x, scale);
+std::string GpuProgramBuilder::narrow_value(const std::string& x, float scale) {
+  if (val(x).type == narrow_type()) return x;  // written so by its producer, with this scale
+  const std::string key = narrow_key(x, scale);
   if (vals_.count(key)) return key;  // a copy its producer wrote (LayerNorm), or an earlier reader's
   const std::string in = plain(x);
+  if (int8_) {
+    // Over the dense rows as one flat range (what quantize_ms times).
+    new_value(key, ElemType::kI8, val(in).dims, false);
+    add_step(dev_->elementwise(int8_quantize_program(numel(val(in).dims), 1.f / scale)), {in}, {key},
+             {"to int8 " + x, "QuantizeINT8", "", -1});
+    return key;
+  }
   const std::vector<EwStep> steps = {EwStep{}, EwStep{EwOp::kAffine, 0, 0, false, 1.f / scale, 0.f}};
   emit_elementwise("to fp8 " + x, "QuantizeFP8", {in}, steps, key, ElemType::kF8E4M3, val(in).dims);
   return key;
+}
+
+ConvDesc GpuProgramBuilder::int8_gemm_desc(int64_t m, int64_t n, int64_t k, bool bias, bool relu) {
+  ConvDesc d;
+  d.n = m, d.c = k, d.h = 1, d.w = 1, d.k = n, d.r = 1, d.s = 1;
+  d.type = ElemType::kI8;
+  d.bias = bias;
+  d.act = relu ? Act::kRelu : Act::kNone;
+  d.y_type = ElemType::kF16;
+  return d;
+}
+
+std::unique_ptr<Kernel> GpuProgramBuilder::int8_conv_kernel(const ConvDesc& d, const std::string& node) {
+  std::ostringstream key;
+  key << conv_key(d) << " y" << type_tag(d.y_type) << " z" << type_tag(d.z_type);
+  std::unique_ptr<Kernel> k;
+  const auto hit = recorded(key.str());
+  if (hit) {
+    try {
+      k = dev_->conv(d, opt_.workspace_limit, hit->tactic);
+      ++stats_.recorded;
+    } catch (const std::runtime_error& e) {
+      rejected(node, e.what());
+    }
+  }
+  const bool timed = !k;
+  if (timed) {
+    warm_up();
+    k = dev_->conv(d, opt_.workspace_limit);
+    ++stats_.timed;
+  }
+  record(key.str(), k->tactic(), timed ? k->timed_ms() : hit->ms, timed);
+  return k;
 }
 
 std::string GpuProgramBuilder::host_weight(ElemType type, std::vector<int64_t> dims, std::vector<uint8_t> bytes) {
@@ -1713,44 +1810,30 @@ void GpuProgramBuilder::lower_conv_int8(const Node& n, ConvDesc d) {
   else d.y_type = ElemType::kF16;
   d.type = ElemType::kI8;
   new_value(out, d.y_type, od, true);
-  std::ostringstream key;
-  key << conv_key(d) << " y" << type_tag(d.y_type) << " z" << type_tag(d.z_type);
-  std::unique_ptr<Kernel> k;
-  const auto hit = recorded(key.str());
-  if (hit) {
-    try {
-      k = dev_->conv(d, opt_.workspace_limit, hit->tactic);
-      ++stats_.recorded;
-    } catch (const std::runtime_error& e) {
-      rejected(n.name, e.what());
-    }
-  }
-  const bool timed = !k;
-  if (timed) {
-    warm_up();
-    k = dev_->conv(d, opt_.workspace_limit);
-    ++stats_.timed;
-  }
-  record(key.str(), k->tactic(), timed ? k->timed_ms() : hit->ms, timed);
-  add_step(std::move(k), ins, {out}, {n.name, n.op_type, "", -1});
+  add_step(int8_conv_kernel(d, n.name), ins, {out}, {n.name, n.op_type, "", -1});
 }
 
-// Values read only by one FP8 GEMM (as its X) are written in E4M3 by their producer when that is an
-// elementwise step (emit_elementwise appends the scaling): the GELU between a transformer's FFN
-// GEMMs then writes one byte per element instead of two, and no separate quantizing pass runs.
+// GEMMs on narrow inputs: FP8 E4M3 in FP8 programs (cuBLASLt), INT8 in INT8 programs (Kiln's
+// INT8 kernel, per-column weight scales, FP16 out). Values read only by one such GEMM (as its X)
+// are written narrow by their producer when that is an elementwise step (emit_elementwise appends
+// the scaling): the GELU between a transformer's FFN GEMMs then writes one byte per element
+// instead of two, and no separate quantizing pass runs. A LayerNorm writes a narrow copy beside
+// its output.
 //
-// Each candidate runs in FP8 only where that is faster (TensorRT's rule for a precision flag: it
-// allows, the timing decides): its FP8 kernel, plus the quantizing pass when the producer cannot
-// write X in FP8, against its FP16 kernel. Small GEMMs (batch 1) are bound by latency, not by the
+// Each candidate runs narrow only where that is faster (TensorRT's rule for a precision flag: it
+// allows, the timing decides): its narrow kernel, plus the quantizing pass when the producer cannot
+// write X narrow, against its FP16 kernel. Small GEMMs (batch 1) are bound by latency, not by the
 // tensor cores, and stay in FP16. The choice is timed once per shape and recorded like a tactic
-// ("gpu.fp8 ..." -> "fp8" or "fp16"), so an engine or a timing cache replays it untimed.
-void GpuProgramBuilder::plan_fp8_outputs() {
-  if (!fp8_) return;
+// ("gpu.fp8 ..." or "gpu.int8.gemm ..."), so an engine or a timing cache replays it untimed.
+void GpuProgramBuilder::plan_narrow_gemms() {
+  if (!fp8_ && !int8_) return;
+  if (int8_ && opt_.int8_gemms != "auto" && opt_.int8_gemms != "always" && opt_.int8_gemms != "none")
+    throw Error(ErrorCode::kInvalidArgument, "int8_gemms '" + opt_.int8_gemms + "' is not auto, always or none");
   for (size_t i = 0; i < g().nodes.size(); ++i) {
     if (folded_.count(i) || packed_skip_.count(i)) continue;
     const auto pf = packed_first_.find(i);
     const Node& n = pf != packed_first_.end() ? pf->second : g().nodes[i];
-    const float sx = fp8_scale(n);
+    const float sx = narrow_scale(n);
     if (sx <= 0) continue;
     const std::string& x = n.inputs[0];
     const bool tb = n.op_type != "MatMul" && attr_int(n, "transB", 0) != 0;
@@ -1765,9 +1848,15 @@ void GpuProgramBuilder::plan_fp8_outputs() {
     // A LayerNorm producer writes the E4M3 copy beside its output (one more write, no extra read).
     const bool from_layer_norm = producer_.count(x) && g().nodes[producer_.at(x)].op_type == "LayerNormalization" &&
                                  g().nodes[producer_.at(x)].outputs[0] == x;
-    if (!fp8_pays(M, N, K, fusable || from_layer_norm, n.name)) continue;
-    fp8_nodes_.insert(i);
-    if (fusable) fp8_out_[x] = sx;
+    if (fp8_ && !fp8_pays(M, N, K, fusable || from_layer_norm, n.name)) continue;
+    if (int8_) {
+      if (K % 16 != 0 || N % 8 != 0) continue;  // the INT8 kernel's shape rules (conv_int8_unsupported)
+      const bool bias = n.inputs.size() > 2 && !n.inputs[2].empty();
+      const bool relu = n.op_type == "FusedMatMul" && attr_string(n, "activation") == "Relu";
+      if (!int8_gemm_pays(int8_gemm_desc(M, N, K, bias, relu), fusable || from_layer_norm, n.name)) continue;
+    }
+    narrow_nodes_.insert(i);
+    if (fusable) narrow_out_[x] = sx;
   }
 }
 
@@ -1811,6 +1900,37 @@ bool GpuProgramBuilder::fp8_pays(int64_t m, int64_t n, int64_t k, bool prequanti
   }
   record(key.str(), fp8 ? "fp8" : "fp16", fp8 ? t8 + tq : t16, true);
   return fp8;
+}
+
+bool GpuProgramBuilder::int8_gemm_pays(const ConvDesc& d8, bool prequantized, const std::string& node) {
+  if (opt_.int8_gemms == "always") return true;
+  std::ostringstream key;
+  key << "gpu.int8.gemm m" << d8.n << " n" << d8.k << " k" << d8.c << " bias" << d8.bias << " relu"
+      << (d8.act == Act::kRelu) << " prequantized" << prequantized << " ws<=" << opt_.workspace_limit;
+  if (const auto known = known_choice(key.str(), {"int8", "fp16"})) return known->tactic == "int8";
+  warm_up();
+  MatmulDesc d16;
+  d16.m = d8.n, d16.n = d8.k, d16.k = d8.c, d16.type = compute_, d16.bias = d8.bias;
+  if (d8.act == Act::kRelu) d16.epilogue = MatmulDesc::Epilogue::kRelu;
+  double t16 = -1, t8 = -1;
+  const double tq = prequantized ? 0.0 : quantize_ms(d8.n * d8.c);
+  try {
+    t16 = dev_->matmul(d16, opt_.workspace_limit)->timed_ms();
+    t8 = dev_->conv(d8, opt_.workspace_limit)->timed_ms();
+  } catch (const std::runtime_error& e) {
+    if (opt_.log) opt_.log->push_back("node '" + node + "': no INT8 GEMM here (" + e.what() + "): FP16");
+    t8 = -1;
+  }
+  // As for FP8: INT8 must save at least 5% of the GEMM's FP16 time.
+  const bool int8 = t8 >= 0 && t16 >= 0 && t8 + tq < 0.95 * t16;
+  if (opt_.log) {
+    std::ostringstream os;
+    os << "node '" << node << "': " << (int8 ? "INT8" : "FP16") << " (GEMM M=" << d8.n << " N=" << d8.k << " K=" << d8.c
+       << ": fp16 " << t16 << " ms, int8 " << t8 << " ms + quantizing " << tq << " ms)";
+    opt_.log->push_back(os.str());
+  }
+  record(key.str(), int8 ? "int8" : "fp16", int8 ? t8 + tq : t16, true);
+  return int8;
 }
 
 // The median time of `k` over a few launches on scratch buffers of the given sizes (zeroed).
@@ -1857,9 +1977,13 @@ void GpuProgramBuilder::emit_elementwise(const std::string& label, const std::st
                                          const std::vector<EwStep>& steps_in, const std::string& out, ElemType out_type,
                                          const std::vector<int64_t>& od) {
   std::vector<EwStep> steps = steps_in;
-  if (auto q = fp8_out_.find(out); q != fp8_out_.end() && out_type != ElemType::kF8E4M3) {
+  if (auto q = narrow_out_.find(out); q != narrow_out_.end() && out_type != narrow_type()) {
     steps.push_back(EwStep{EwOp::kAffine, 0, 0, false, 1.f / q->second, 0.f});
-    out_type = ElemType::kF8E4M3;
+    if (int8_) {  // round half to even, saturate: what the quantizing pass writes
+      steps.push_back(EwStep{EwOp::kRound});
+      steps.push_back(EwStep{EwOp::kClip, 0, 0, false, -128.f, 127.f});
+    }
+    out_type = narrow_type();
   }
   if (ins.size() > static_cast<size_t>(kMaxEwInputs) || steps.size() > static_cast<size_t>(kMaxEwSteps))
     throw Error(ErrorCode::kUnsupported, label + ": more than 8 inputs or 24 steps in one elementwise kernel");
@@ -2092,8 +2216,9 @@ void GpuProgramBuilder::plan_packed_qkv() {
     packed_type.shape->back() = Dim(W);
     m_.graph.types[base] = packed_type;
     Node packed{p0.name + "+qkv", "FusedMatMul", "kiln", {p0.inputs[0], base + "#w", biased ? base + "#b" : ""}, {base}, {}};
-    // One input, so one FP8 input scale (calibration gives the three projections the same).
-    if (const float sx = fp8_scale(p0); sx > 0) packed.attrs[kFp8InputScale] = Attribute::of_float(sx);
+    // One input, so one narrow input scale (calibration gives the three projections the same).
+    if (const float sx = narrow_scale(p0); sx > 0 && fp8_) packed.attrs[kFp8InputScale] = Attribute::of_float(sx);
+    if (const Int8Scales sc = int8_scales(p0); sc.ok()) packed.attrs[kInt8Scales] = p0.attrs.at(kInt8Scales);
     const size_t first = *std::min_element(idx, idx + 3);
     packed_first_[first] = std::move(packed);
     for (size_t i : idx)
@@ -2461,7 +2586,7 @@ std::shared_ptr<const GpuProgram> GpuProgramBuilder::build() {
     vals_[g().inputs[i]] = edge_value(g().inputs[i], GpuProgram::Slot::kInput, i, p->inputs_);
   plan_packed_qkv();
   plan_deferred_clips();
-  plan_fp8_outputs();
+  plan_narrow_gemms();
   plan_int8();
   for (size_t i = 0; i < g().nodes.size(); ++i) {
     if (folded_.count(i) || packed_skip_.count(i)) continue;
@@ -2533,18 +2658,23 @@ double program_ms(const std::shared_ptr<const GpuProgram>& p) {
 
 }  // namespace
 
-// Precision int8 with int8_convs "auto": the per-convolution choice rests on kernels timed one at a
-// time, which can mislead (clocks, caches, the passes at INT8/FP16 boundaries). The whole program
-// is the judge: the INT8 program is timed against the same graph with every convolution in FP16,
+// Precision int8 with int8_convs and int8_gemms "auto" (or "none"): the per-node choice rests on
+// kernels timed one at a time, which can mislead (clocks, caches, the passes at INT8/FP16
+// boundaries). The whole program is the judge: the INT8 program is timed against the same graph
+// with every convolution and GEMM in FP16,
 // and kept only when it is at least 3% faster, so an INT8 engine is never slower than FP16. The
 // verdict is recorded like a tactic ("gpu.int8.program <its INT8 convolutions and shapes>").
 std::shared_ptr<const GpuProgram> GpuProgram::compile(std::shared_ptr<Device> device, const Model& model,
                                                       const ShapeMap& shapes, const CompileOptions& options) {
   std::shared_ptr<GpuProgram> p = build_program(device, model, shapes, options);
-  if (options.precision != Precision::kINT8 || options.int8_convs != "auto" || !options.int8_program_check) return p;
-  std::string convs;
+  if (options.precision != Precision::kINT8 || options.int8_convs == "always" || options.int8_gemms == "always" ||
+      !options.int8_program_check)
+    return p;
+  std::string convs;  // the INT8 convolutions and GEMMs
   for (const auto& st : p->steps())
-    if (st.op.find("Conv") != std::string::npos && st.kernel.find("int8") != std::string::npos) convs += st.name + ";";
+    if ((st.op.find("Conv") != std::string::npos || st.op.find("MatMul") != std::string::npos || st.op == "Gemm") &&
+        st.kernel.find("int8") != std::string::npos)
+      convs += st.name + ";";
   if (convs.empty()) return p;
   std::ostringstream key;
   key << "gpu.int8.program " << std::hex << std::hash<std::string>{}(convs) << std::dec << " convs"
@@ -2554,7 +2684,7 @@ std::shared_ptr<const GpuProgram> GpuProgram::compile(std::shared_ptr<Device> de
     for (int64_t d : dims) key << d << "x";
   }
   CompileOptions o16 = options;
-  o16.int8_convs = "none";
+  o16.int8_convs = o16.int8_gemms = "none";
   std::optional<cpu::TimingCache::Entry> verdict;
   if (options.tactics) verdict = options.tactics->find(key.str());
   if (verdict && verdict->tactic != "int8" && verdict->tactic != "fp16") verdict.reset();

@@ -42,6 +42,9 @@ using ShapeMap = std::map<std::string, std::vector<int64_t>>;
 // quantized per output channel (amax / 127). A value that only INT8 convolutions read stays INT8
 // between them (written so by its producer); elsewhere a convolution reads FP16 (one quantizing
 // pass) or writes FP16. The others run in FP16, as do nodes where INT8 is not faster (timed).
+// GEMMs (MatMul, Gemm, FusedMatMul of a 2-D constant B, no transposed A) with int8_scales run on
+// the same kernel as a 1x1 convolution over their rows, weights per output column, FP16 out; a
+// LayerNorm or elementwise producer writes their INT8 input itself, as for FP8.
 enum class Precision { kFP32, kFP16, kBF16, kFP8, kINT8 };
 const char* precision_name(Precision p);
 Precision parse_precision(const std::string& s);  // "fp32", "fp16", "bf16", "fp8", "int8"; kInvalidArgument otherwise
@@ -119,6 +122,11 @@ struct CompileOptions {
   // kernel (counting the quantizing pass where its input is not already INT8) and keeps the
   // faster; "always" runs every one the kernel takes in INT8 (tests).
   std::string int8_convs = "auto";  // or "none": every convolution in FP16 (what "auto" is checked against)
+  // Precision int8: which GEMMs (MatMul, Gemm, FusedMatMul of a 2-D constant B) with scales run on
+  // Kiln's INT8 kernel, FP16 out. "auto" times each against its FP16 kernel (counting the
+  // quantizing pass where no producer writes its input in INT8) and keeps the faster; "always"
+  // runs every one in INT8 (tests); "none" keeps them all in FP16.
+  std::string int8_gemms = "auto";
   // With "auto": time the INT8 program against the all-FP16 one and keep the faster (GpuProgram::
   // compile; recorded as a "gpu.int8.program" tactic). Off: the per-convolution choice stands.
   bool int8_program_check = true;
