@@ -394,13 +394,15 @@ class GpuProgramBuilder {
     tactics_[key] = e;
     if (timed && opt_.tactics) opt_.tactics->put(key, e);
   }
-  std::unique_ptr<Kernel> tuned_matmul(const MatmulDesc& d, const std::string& node) {
-    const std::string key = matmul_key(d);
+  // A tuned kernel under timing-cache `key`: made from its recorded tactic when there is one the
+  // device takes, else made timed (make("")), and recorded either way.
+  std::unique_ptr<Kernel> tuned(const std::string& key, const std::string& node,
+                                const std::function<std::unique_ptr<Kernel>(const std::string&)>& make) {
     std::unique_ptr<Kernel> k;
     const auto hit = recorded(key);
     if (hit) {
       try {
-        k = dev_->matmul(d, opt_.workspace_limit, hit->tactic);
+        k = make(hit->tactic);
         ++stats_.recorded;
       } catch (const std::runtime_error& e) {
         rejected(node, e.what());
@@ -409,11 +411,14 @@ class GpuProgramBuilder {
     const bool timed = !k;
     if (timed) {
       warm_up();
-      k = dev_->matmul(d, opt_.workspace_limit);
+      k = make("");
       ++stats_.timed;
     }
     record(key, k->tactic(), timed ? k->timed_ms() : hit->ms, timed);
     return k;
+  }
+  std::unique_ptr<Kernel> tuned_matmul(const MatmulDesc& d, const std::string& node) {
+    return tuned(matmul_key(d), node, [&](const std::string& t) { return dev_->matmul(d, opt_.workspace_limit, t); });
   }
   std::string matmul_key(const MatmulDesc& d) const {
     std::ostringstream os;
@@ -1273,24 +1278,7 @@ ConvDesc GpuProgramBuilder::int8_gemm_desc(int64_t m, int64_t n, int64_t k, bool
 std::unique_ptr<Kernel> GpuProgramBuilder::int8_conv_kernel(const ConvDesc& d, const std::string& node) {
   std::ostringstream key;
   key << conv_key(d) << " y" << type_tag(d.y_type) << " z" << type_tag(d.z_type);
-  std::unique_ptr<Kernel> k;
-  const auto hit = recorded(key.str());
-  if (hit) {
-    try {
-      k = dev_->conv(d, opt_.workspace_limit, hit->tactic);
-      ++stats_.recorded;
-    } catch (const std::runtime_error& e) {
-      rejected(node, e.what());
-    }
-  }
-  const bool timed = !k;
-  if (timed) {
-    warm_up();
-    k = dev_->conv(d, opt_.workspace_limit);
-    ++stats_.timed;
-  }
-  record(key.str(), k->tactic(), timed ? k->timed_ms() : hit->ms, timed);
-  return k;
+  return tuned(key.str(), node, [&](const std::string& t) { return dev_->conv(d, opt_.workspace_limit, t); });
 }
 
 std::string GpuProgramBuilder::host_weight(ElemType type, std::vector<int64_t> dims, std::vector<uint8_t> bytes) {
