@@ -531,30 +531,23 @@ __global__ void quantize_i8_kernel(const T* __restrict__ x, uint2* __restrict__ 
   }
 }
 
-template <typename T>
-bool launch_quantize_fp8(EwOp op, const void* x, void* y, float scale, uint32_t n8, unsigned blocks, cudaStream_t stream) {
+// The quantizing kernel of one activation `op` (or none: kLoad) to FP8 or, with I8, to INT8.
+template <typename T, bool I8>
+bool launch_quantize(EwOp op, const void* x, void* y, float scale, uint32_t n8, unsigned blocks, cudaStream_t stream) {
   const T* xt = static_cast<const T*>(x);
   uint2* yt = static_cast<uint2*>(y);
+  auto go = [&](auto tag) {
+    constexpr EwOp kOp = decltype(tag)::value;
+    if constexpr (I8) quantize_i8_kernel<T, kOp><<<blocks, kThreads, 0, stream>>>(xt, yt, scale, n8);
+    else quantize_fp8_kernel<T, kOp><<<blocks, kThreads, 0, stream>>>(xt, yt, scale, n8);
+    return true;
+  };
   switch (op) {
-    case EwOp::kLoad: quantize_fp8_kernel<T, EwOp::kLoad><<<blocks, kThreads, 0, stream>>>(xt, yt, scale, n8); return true;
-    case EwOp::kGelu: quantize_fp8_kernel<T, EwOp::kGelu><<<blocks, kThreads, 0, stream>>>(xt, yt, scale, n8); return true;
-    case EwOp::kGeluTanh: quantize_fp8_kernel<T, EwOp::kGeluTanh><<<blocks, kThreads, 0, stream>>>(xt, yt, scale, n8); return true;
-    case EwOp::kSiLU: quantize_fp8_kernel<T, EwOp::kSiLU><<<blocks, kThreads, 0, stream>>>(xt, yt, scale, n8); return true;
-    case EwOp::kRelu: quantize_fp8_kernel<T, EwOp::kRelu><<<blocks, kThreads, 0, stream>>>(xt, yt, scale, n8); return true;
-    default: return false;
-  }
-}
-
-template <typename T>
-bool launch_quantize_i8(EwOp op, const void* x, void* y, float scale, uint32_t n8, unsigned blocks, cudaStream_t stream) {
-  const T* xt = static_cast<const T*>(x);
-  uint2* yt = static_cast<uint2*>(y);
-  switch (op) {
-    case EwOp::kLoad: quantize_i8_kernel<T, EwOp::kLoad><<<blocks, kThreads, 0, stream>>>(xt, yt, scale, n8); return true;
-    case EwOp::kGelu: quantize_i8_kernel<T, EwOp::kGelu><<<blocks, kThreads, 0, stream>>>(xt, yt, scale, n8); return true;
-    case EwOp::kGeluTanh: quantize_i8_kernel<T, EwOp::kGeluTanh><<<blocks, kThreads, 0, stream>>>(xt, yt, scale, n8); return true;
-    case EwOp::kSiLU: quantize_i8_kernel<T, EwOp::kSiLU><<<blocks, kThreads, 0, stream>>>(xt, yt, scale, n8); return true;
-    case EwOp::kRelu: quantize_i8_kernel<T, EwOp::kRelu><<<blocks, kThreads, 0, stream>>>(xt, yt, scale, n8); return true;
+    case EwOp::kLoad: return go(std::integral_constant<EwOp, EwOp::kLoad>{});
+    case EwOp::kGelu: return go(std::integral_constant<EwOp, EwOp::kGelu>{});
+    case EwOp::kGeluTanh: return go(std::integral_constant<EwOp, EwOp::kGeluTanh>{});
+    case EwOp::kSiLU: return go(std::integral_constant<EwOp, EwOp::kSiLU>{});
+    case EwOp::kRelu: return go(std::integral_constant<EwOp, EwOp::kRelu>{});
     default: return false;
   }
 }
@@ -830,9 +823,9 @@ void elementwise(const EwProgram& p, const void* const* inputs, void* y, cudaStr
     const uint32_t n8 = static_cast<uint32_t>(n / 8);
     const unsigned blocks = blocks_for(n8);
     const ElemType xt = p.in_types[0];
-    const bool done = xt == ElemType::kF16    ? launch_quantize_fp8<__half>(op, inputs[0], y, scale, n8, blocks, stream)
-                      : xt == ElemType::kBF16 ? launch_quantize_fp8<__nv_bfloat16>(op, inputs[0], y, scale, n8, blocks, stream)
-                      : xt == ElemType::kF32  ? launch_quantize_fp8<float>(op, inputs[0], y, scale, n8, blocks, stream)
+    const bool done = xt == ElemType::kF16    ? launch_quantize<__half, false>(op, inputs[0], y, scale, n8, blocks, stream)
+                      : xt == ElemType::kBF16 ? launch_quantize<__nv_bfloat16, false>(op, inputs[0], y, scale, n8, blocks, stream)
+                      : xt == ElemType::kF32  ? launch_quantize<float, false>(op, inputs[0], y, scale, n8, blocks, stream)
                                               : false;
     if (done) {
       check_launch("elementwise (fp8 quantize)");
@@ -852,9 +845,9 @@ void elementwise(const EwProgram& p, const void* const* inputs, void* y, cudaStr
     const uint32_t n8 = static_cast<uint32_t>(n / 8);
     const unsigned blocks = blocks_for(n8);
     const ElemType xt = p.in_types[0];
-    const bool done = xt == ElemType::kF16    ? launch_quantize_i8<__half>(op, inputs[0], y, scale, n8, blocks, stream)
-                      : xt == ElemType::kBF16 ? launch_quantize_i8<__nv_bfloat16>(op, inputs[0], y, scale, n8, blocks, stream)
-                      : xt == ElemType::kF32  ? launch_quantize_i8<float>(op, inputs[0], y, scale, n8, blocks, stream)
+    const bool done = xt == ElemType::kF16    ? launch_quantize<__half, true>(op, inputs[0], y, scale, n8, blocks, stream)
+                      : xt == ElemType::kBF16 ? launch_quantize<__nv_bfloat16, true>(op, inputs[0], y, scale, n8, blocks, stream)
+                      : xt == ElemType::kF32  ? launch_quantize<float, true>(op, inputs[0], y, scale, n8, blocks, stream)
                                               : false;
     if (done) {
       check_launch("elementwise (int8 quantize)");
