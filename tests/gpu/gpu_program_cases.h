@@ -1123,6 +1123,28 @@ TEST_P(GpuProgram, Int8TransformerLayerMatchesTheReference) {
   }
   const double e16 = rel_error(gpu::GpuContext(fp16.program).run(batches[0]).at("y"), ref.run(batches[0]).at("y"));
   EXPECT_LT(e16, 1e-2) << "the FP16 program";
+
+  // --layer-precision NAME:fp16 names a GEMM too: the second FFN GEMM (node 9) stays FP16, so the
+  // GELU before it writes FP16, and the engine's graph carries the decision.
+  MinMaxCalibration named(batches);
+  named.calib.keep_fp16 = {"FusedMatMul9"};
+  const auto kept = gpu::build_gpu_program(b.m, shapes, 0, opt, 0, &named.calib);
+  std::set<std::string> int8_names;
+  int kept_quantize = 0;
+  for (const auto& st : kept.program->steps()) {
+    if (st.op == "FusedMatMul" && st.kernel.find("int8") != std::string::npos) int8_names.insert(st.name);
+    kept_quantize += st.op == "QuantizeINT8";
+  }
+  EXPECT_EQ(int8_names.size(), 3u) << "the packed QKV, output and first FFN GEMMs";
+  EXPECT_FALSE(int8_names.count("FusedMatMul9"));
+  EXPECT_EQ(kept_quantize, 1) << "the attention output only";
+  EXPECT_EQ(kept.int8_gemms, 5u) << "the kept GEMM is not calibrated";
+  for (const Node& n : kept.optimized.graph.nodes) {
+    if (n.name == "FusedMatMul9") {
+      EXPECT_FALSE(gpu::int8_scales(n).ok());
+      EXPECT_NE(n.attr(gpu::kInt8KeepFloat), nullptr);
+    }
+  }
 }
 
 // Bad int8_gemms values are a clear error.
