@@ -1147,6 +1147,41 @@ TEST_P(GpuProgram, Int8TransformerLayerMatchesTheReference) {
   }
 }
 
+// An INT8 Gemm honours transB, alpha and beta (folded into the per-column weight scales and the
+// FP32 bias) and fuses ReLU; a MatMul whose N is not a multiple of 8 is no INT8 candidate and runs
+// in FP16. Against the reference on fresh inputs.
+TEST_P(GpuProgram, Int8GemmHonoursTransBAlphaAndBeta) {
+  Builder b;
+  b.input("x", {6, 48}).weight("w", {32, 48}).weight("c", {32}).weight("w2", {32, 12});
+  b.node("Gemm", {"x", "w", "c"}, {"g"}, {{"transB", i64(1)}, {"alpha", f32(0.5f)}, {"beta", f32(2.f)}})
+      .node("Relu", {"g"}, {"r"})
+      .node("MatMul", {"r", "w2"}, {"y"})
+      .output("y");
+  const gpu::ShapeMap shapes = {{"x", {6, 48}}};
+  const std::vector<quant::TensorMap> batches = random_batches(b, {6, 48});
+  MinMaxCalibration cal(batches);
+  gpu::CompileOptions opt;
+  opt.precision = gpu::Precision::kINT8;
+  opt.int8_gemms = "always";
+  const auto built = gpu::build_gpu_program(b.m, shapes, 0, opt, 3, &cal.calib);
+  EXPECT_EQ(built.int8_gemms, 1u) << "the MatMul's 12 columns are no INT8 candidate";
+  int int8 = 0, gemms = 0;
+  for (const auto& st : built.program->steps()) {
+    if (st.kernel.rfind("elementwise", 0) == 0) continue;
+    const bool gemm = st.op == "FusedMatMul" || st.op == "MatMul" || st.op == "Gemm";
+    gemms += gemm;
+    int8 += gemm && st.kernel.find("int8") != std::string::npos;
+  }
+  EXPECT_EQ(gemms, 2);
+  EXPECT_EQ(int8, 1);
+  reference::Executor ref(b.m);
+  for (const auto& in : {batches[0], quant::TensorMap{{"x", b.random({6, 48})}}}) {
+    const double e = rel_error(gpu::GpuContext(built.program).run(in).at("y"), ref.run(in).at("y"));
+    EXPECT_LT(e, 3e-2);
+    EXPECT_GT(e, 1e-5) << "INT8 rounding leaves a trace";
+  }
+}
+
 // Bad int8_gemms values are a clear error.
 TEST_P(GpuProgram, Int8GemmsOptionIsValidated) {
   Builder b;

@@ -1252,14 +1252,16 @@ std::string GpuProgramBuilder::narrow_value(const std::string& x, float scale) {
   if (val(x).type == narrow_type()) return x;  // written so by its producer, with this scale
   const std::string key = narrow_key(x, scale);
   if (vals_.count(key)) return key;  // a copy its producer wrote (LayerNorm), or an earlier reader's
-  const std::string in = plain(x);
   if (int8_) {
-    // Over the dense rows as one flat range (what quantize_ms times).
+    // Over the dense rows, in the program's float type (a graph input may be FP32), as one flat
+    // range (what quantize_ms times).
+    const std::string in = as(x, false, compute_);
     new_value(key, ElemType::kI8, val(in).dims, false);
     add_step(dev_->elementwise(int8_quantize_program(numel(val(in).dims), 1.f / scale)), {in}, {key},
              {"to int8 " + x, "QuantizeINT8", "", -1});
     return key;
   }
+  const std::string in = plain(x);
   const std::vector<EwStep> steps = {EwStep{}, EwStep{EwOp::kAffine, 0, 0, false, 1.f / scale, 0.f}};
   emit_elementwise("to fp8 " + x, "QuantizeFP8", {in}, steps, key, ElemType::kF8E4M3, val(in).dims);
   return key;
