@@ -72,6 +72,7 @@ struct BenchArgs {
   std::string precision;  // GPU: fp32 (TF32), fp16 or bf16; "": a GPU engine's, else fp16
   bool no_cuda_graph = false;
   size_t workspace_mib = 1024;
+  bool no_batch_split = false;  // cpu: run every batch as one program
 };
 
 // Defaults when neither --iterations nor --duration is given: whichever is longer of these.
@@ -223,6 +224,13 @@ class NodeProfiler {
   std::unordered_map<std::string, bool> is_output_;
   int64_t runs_ = 0;
 };
+
+// The inputs' shapes with axis 0 set to a sub-batch's size.
+std::map<std::string, std::vector<int64_t>> cpu_sub_shapes(std::map<std::string, std::vector<int64_t>> shapes,
+                                                           int64_t sub) {
+  for (auto& [name, dims] : shapes) dims[0] = sub;
+  return shapes;
+}
 
 // ---- The timed loop, over one or several streams.
 
@@ -720,7 +728,13 @@ int cmd_bench(const BenchArgs& args) {
   const json& inputs_json = generated.described;
   // The program for these shapes, compiled (or refused as outside every profile) before timing.
   std::shared_ptr<const cpu::Program> program;
-  if (cpu) program = runtime->program_for(resolved);
+  const EngineRuntime::BatchPlan* split = nullptr;
+  if (cpu) {
+    runtime->set_batch_split(!args.no_batch_split);
+    program = runtime->program_for(resolved);
+    split = &runtime->batch_plan(resolved);
+    if (split->split()) program = runtime->program_at(cpu_sub_shapes(resolved, split->sub), 1);
+  }
   const int64_t batch = generated.batch;  // items per inference
   const auto t_ready = Clock::now();
 
@@ -743,6 +757,13 @@ int cmd_bench(const BenchArgs& args) {
     std::cout << "kernels:    " << program->kernel_count() << " per inference; peak activations "
               << mib(program->arena_bytes()) << " vs " << mib(program->activation_bytes_total())
               << " summed; tactic selection " << fixed(tactics_ms, 1) << " ms\n";
+  if (split) {
+    if (split->split())
+      std::cout << "batch:      split into sub-batches of " << split->sub << " (one per thread at a time; kernels "
+                << "and peak above are a sub-batch's)\n";
+    else if (split->batch > 1)
+      std::cout << "batch:      not split (" << split->why << ")\n";
+  }
   std::cout << "inputs:     " << generated.line << "\n" << std::flush;
 
   // --- Warm-up and timed iterations.
@@ -786,6 +807,7 @@ int cmd_bench(const BenchArgs& args) {
   }
   j["inputs"] = inputs_json;
   j["batch"] = batch;
+  if (split) j["batch_split"] = {{"sub_batch", split->sub}, {"why_not", split->why}};
   j["seed"] = args.seed;
   j["setup_ms"] = {{"load", ms_between(t_load, t_opt)},
                    {"optimize", optimize_ms},
@@ -870,6 +892,8 @@ CLI::App* add_bench_command(CLI::App& app, std::function<int()>* run) {
                   "GPU precision of float layers: fp16 (default; a GPU engine's own), bf16, fp32 (TF32), fp8 (FP8 GEMMs, FP16 elsewhere) "
                   "or int8 (INT8 convolutions and GEMMs, FP16 elsewhere)")
       ->check(CLI::IsMember({"fp32", "fp16", "bf16", "fp8", "int8"}));
+  sub->add_flag("--no-batch-split", args->no_batch_split,
+                "cpu: run a batch as one program over every thread, not as one-thread sub-batches");
   sub->add_flag("--no-cuda-graph", args->no_cuda_graph, "GPU: launch kernel by kernel instead of replaying a CUDA graph");
   sub->add_option("--workspace", args->workspace_mib, "GPU: scratch limit per library kernel in MiB (default 1024)")
       ->check(CLI::Range(0, 1 << 20));

@@ -36,12 +36,34 @@ class EngineRuntime {
   // Seeds the program cache (the builder's program at the opt shapes).
   void add_program(const cpu::ShapeMap& shapes, std::shared_ptr<const cpu::Program> program);
 
+  // How a batch of these shapes runs (runtime/batch_split.h): as one program over every thread, or
+  // as sub-batches of `sub` samples (axis 0 of every input), each on a one-thread program, the
+  // threads taking the next sub-batch as they finish. Splitting needs 2+ threads, a batch of 2+,
+  // and a graph that keeps the samples apart; `why` says which was missing. Cached per shapes;
+  // throws for shapes the engine refuses (as program_for).
+  struct BatchPlan {
+    int64_t batch = 0;  // axis 0 of the inputs
+    int64_t sub = 0;    // samples per sub-batch; 0: not split
+    std::string why;    // when not split
+    bool split() const { return sub > 0; }
+  };
+  const BatchPlan& batch_plan(const cpu::ShapeMap& shapes) const;
+  // On by default. Off: every batch runs as one program.
+  void set_batch_split(bool on) { split_enabled_ = on; }
+  bool batch_split_enabled() const { return split_enabled_; }
+  // A sub-batch's program: these shapes at `threads` threads. Skips the profile check (a sub-batch
+  // is an internal piece of a batch the profiles admitted); the model's declared dims still hold.
+  std::shared_ptr<const cpu::Program> program_at(const cpu::ShapeMap& shapes, int threads) const;
+
  private:
   Model model_;
   EngineInfo info_;
   int threads_;
+  bool split_enabled_ = true;
   mutable std::mutex mu_;
-  mutable std::map<cpu::ShapeMap, std::shared_ptr<const cpu::Program>> programs_;
+  mutable std::map<std::pair<cpu::ShapeMap, int>, std::shared_ptr<const cpu::Program>> programs_;
+  mutable std::mutex plan_mu_;
+  mutable std::map<cpu::ShapeMap, std::unique_ptr<BatchPlan>> plans_;
 };
 
 class Context {
@@ -50,14 +72,25 @@ class Context {
 
   // Validates names, dtypes and shapes, runs, and returns the outputs (plain, dense).
   reference::TensorMap run(const reference::TensorMap& inputs, std::vector<double>* step_ms = nullptr);
-  // The program used by the last run (for profiles and inspect).
+  // The program used by the last run (for profiles and inspect): a sub-batch's when it was split.
   const cpu::Program* last_program() const { return program_.get(); }
+  // The plan of the last run (EngineRuntime::batch_plan), or nullptr before any run.
+  const EngineRuntime::BatchPlan* last_plan() const { return plan_; }
 
  private:
+  reference::TensorMap run_split(const reference::TensorMap& inputs, const cpu::ShapeMap& shapes,
+                                 const EngineRuntime::BatchPlan& plan);
+
+  struct Scratch {
+    Tensor arena, scratch;
+    void fit(const cpu::Program& p);
+  };
   std::shared_ptr<const EngineRuntime> engine_;
   std::shared_ptr<const cpu::Program> program_;
   cpu::ShapeMap shapes_;
   Tensor arena_, scratch_;
+  const EngineRuntime::BatchPlan* plan_ = nullptr;
+  std::vector<Scratch> workers_;  // split runs: one per thread
 };
 
 }  // namespace kiln

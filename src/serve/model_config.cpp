@@ -278,6 +278,7 @@ ModelConfig validate(const ConfigProto& p, const std::string& src, const std::st
       fail(src, "kiln: threads_per_instance " + std::to_string(k.threads_per_instance()) + " is negative");
     c.kiln.threads_per_instance = k.threads_per_instance();
     if (k.has_spread_over_idle_instances()) c.kiln.spread_over_idle_instances = k.spread_over_idle_instances();
+    if (k.has_split_batches()) c.kiln.split_batches = k.split_batches();
     const auto& b = k.build();
     if (!b.precision().empty()) c.kiln.build.precision = b.precision();
     if (c.kiln.build.precision != "fp32" && c.kiln.build.precision != "bf16" && c.kiln.build.precision != "fp16")
@@ -445,6 +446,7 @@ std::string serialize_model_config(const ModelConfig& c) {
   k->set_memory_budget_bytes(c.kiln.memory_budget_bytes);
   k->set_threads_per_instance(c.kiln.threads_per_instance);
   k->set_spread_over_idle_instances(c.kiln.spread_over_idle_instances);
+  k->set_split_batches(c.kiln.split_batches);
   k->mutable_build()->set_precision(c.kiln.build.precision);
   k->mutable_build()->set_opt_level(c.kiln.build.opt_level);
   for (int64_t b : c.kiln.build.gpu_batch_sizes) k->mutable_build()->add_gpu_batch_size(static_cast<int32_t>(b));

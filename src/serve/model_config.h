@@ -111,6 +111,7 @@ struct KilnOptions {
   int threads_per_instance = 0;      // 0: automatic
   BuildOptions build;
   bool spread_over_idle_instances = true;  // split a batch over idle instances (batcher.h)
+  bool split_batches = true;               // CPU: one-thread sub-batches (runtime/batch_split.h)
 };
 
 struct ModelConfig {

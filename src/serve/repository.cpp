@@ -432,6 +432,7 @@ std::shared_ptr<LoadedModel> ModelRepository::load_model_version(const std::stri
       if (cpu_instances > 0) runtime = build_cpu(name, version, m, *v, c, std::move(model), threads, *loaded);
     }
     if (runtime) {
+      runtime->set_batch_split(c.kiln.split_batches);
       loaded->weight_bytes = weight_bytes(runtime->model());
       loaded->activation_bytes = runtime->info().memory_peak;
       loaded->memory_bytes = loaded->weight_bytes + loaded->activation_bytes * cpu_instances;

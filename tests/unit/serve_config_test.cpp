@@ -124,6 +124,7 @@ const char* kFullConfig = R"pb(
   kiln {
     memory_budget_bytes: 268435456
     threads_per_instance: 2
+    split_batches: false
     build {
       precision: "bf16"
       opt_level: 2
@@ -208,6 +209,7 @@ TEST(ServeConfig, ParsesEveryFieldOfATritonConfig) {
 
   EXPECT_EQ(c.kiln.memory_budget_bytes, 268435456u);
   EXPECT_EQ(c.kiln.threads_per_instance, 2);
+  EXPECT_FALSE(c.kiln.split_batches);
   EXPECT_EQ(c.kiln.build.precision, "bf16");
   EXPECT_EQ(c.kiln.build.opt_level, 2);
   EXPECT_EQ(c.kiln.build.timing_cache, "caches/tc.json");
@@ -230,6 +232,7 @@ TEST(ServeConfig, DefaultsOfAMinimalConfig) {
   EXPECT_EQ(c.version_policy.kind, VersionPolicy::Kind::kLatest);
   EXPECT_EQ(c.version_policy.num_versions, 1u);
   EXPECT_EQ(c.kiln.memory_budget_bytes, 0u);
+  EXPECT_TRUE(c.kiln.split_batches);
   EXPECT_EQ(c.kiln.build.precision, "fp32");
   EXPECT_EQ(c.kiln.build.opt_level, 3);
 
