@@ -48,7 +48,8 @@ class EngineRuntime {
     bool split() const { return sub > 0; }
   };
   const BatchPlan& batch_plan(const cpu::ShapeMap& shapes) const;
-  // On by default. Off: every batch runs as one program.
+  // On by default. Off: every batch runs as one program. Set it before the first run (plans are
+  // cached).
   void set_batch_split(bool on) { split_enabled_ = on; }
   bool batch_split_enabled() const { return split_enabled_; }
   // A sub-batch's program: these shapes at `threads` threads. Skips the profile check (a sub-batch
