@@ -1311,6 +1311,13 @@ TEST_P(GpuProgram, Int8BottleneckMatchesTheReference) {
   }
 }
 
+// The convolution steps of a program that run an INT8 kernel.
+inline int int8_conv_steps(const gpu::GpuProgram& p) {
+  int n = 0;
+  for (const auto& st : p.steps()) n += st.op.find("Conv") != std::string::npos && st.kernel.find("int8") != std::string::npos;
+  return n;
+}
+
 // Precision int8 "auto" keeps the INT8 program only when the whole program is faster than the
 // same graph with every convolution in FP16 (a verdict recorded as a tactic, replayed from a
 // timing cache or an engine). On the simulated device with modeled time INT8 wins; a recorded
@@ -1328,13 +1335,8 @@ TEST_P(GpuProgram, Int8ProgramIsKeptOnlyWhenTheWholeProgramIsFaster) {
   gpu::CompileOptions opt;
   opt.precision = gpu::Precision::kINT8;
   const gpu::ShapeMap shapes = {{"x", {1, 16, 8, 8}}};
-  auto int8_steps = [](const gpu::GpuProgram& p) {
-    int n = 0;
-    for (const auto& st : p.steps()) n += st.op.find("Conv") != std::string::npos && st.kernel.find("int8") != std::string::npos;
-    return n;
-  };
   const auto built = gpu::build_gpu_program(b.m, shapes, 0, opt, 3, &calib);
-  EXPECT_EQ(int8_steps(*built.program), 2);
+  EXPECT_EQ(int8_conv_steps(*built.program), 2);
   std::string key;
   for (const auto& [k, e] : built.program->tactics())
     if (k.rfind("gpu.int8.program", 0) == 0) {
@@ -1350,12 +1352,12 @@ TEST_P(GpuProgram, Int8ProgramIsKeptOnlyWhenTheWholeProgramIsFaster) {
     o.tactics = &cache;
     return o;
   }());
-  EXPECT_EQ(int8_steps(*again), 2);
+  EXPECT_EQ(int8_conv_steps(*again), 2);
   EXPECT_EQ(sim_->tuned_timed(), timed) << "recorded: nothing timed";
   cache.put(key, cpu::TimingCache::Entry{"fp16", 1.0});
   opt.tactics = &cache;
   const auto fp16 = gpu::GpuProgram::compile(gpu::open_device(0), built.optimized, shapes, opt);
-  EXPECT_EQ(int8_steps(*fp16), 0) << "a recorded fp16 verdict gives the FP16 program";
+  EXPECT_EQ(int8_conv_steps(*fp16), 0) << "a recorded fp16 verdict gives the FP16 program";
   EXPECT_EQ(fp16->tactics().at(key).tactic, "fp16");
   const Tensor x = b.random({1, 16, 8, 8});
   const auto want = reference::Executor(b.m).run({{"x", x}});
@@ -1383,13 +1385,8 @@ TEST_P(GpuProgram, Int8JudgeAlsoTimesEveryCandidateInInt8) {
   std::vector<std::string> log;
   opt.log = &log;
   const gpu::ShapeMap shapes = {{"x", {1, 16, 8, 8}}, {"x2", {1, 16, 8, 8}}};
-  auto int8_steps = [](const gpu::GpuProgram& p) {
-    int n = 0;
-    for (const auto& st : p.steps()) n += st.op.find("Conv") != std::string::npos && st.kernel.find("int8") != std::string::npos;
-    return n;
-  };
   const auto built = gpu::build_gpu_program(b.m, shapes, 0, opt, 3, &calib);
-  EXPECT_EQ(int8_steps(*built.program), 2);
+  EXPECT_EQ(int8_conv_steps(*built.program), 2);
   std::string key, line;
   for (const auto& [k, e] : built.program->tactics())
     if (k.rfind("gpu.int8.program", 0) == 0) {
@@ -1407,7 +1404,7 @@ TEST_P(GpuProgram, Int8JudgeAlsoTimesEveryCandidateInInt8) {
   opt.tactics = &cache;
   opt.log = nullptr;
   const auto all = gpu::GpuProgram::compile(gpu::open_device(0), built.optimized, shapes, opt);
-  EXPECT_EQ(int8_steps(*all), 3) << "a recorded int8all verdict gives every candidate in INT8";
+  EXPECT_EQ(int8_conv_steps(*all), 3) << "a recorded int8all verdict gives every candidate in INT8";
   EXPECT_EQ(all->tactics().at(key).tactic, "int8all");
   const Tensor x = b.random({1, 16, 8, 8}), x2 = b.random({1, 16, 8, 8});
   const auto want = reference::Executor(b.m).run({{"x", x}, {"x2", x2}});
