@@ -4,8 +4,8 @@
 // all of them, each kernel spread over the context's threads. When every node treats the samples
 // independently, the batch can instead run as sub-batches of a few samples, one sub-batch per
 // thread at a time, each on a single-threaded program: no barrier between kernels, and each
-// thread's activations stay in its own cache. On 2 cores MobileNetV2 runs a batch of 16 37% faster
-// that way (bench/results/2026-11-28-batch-split.md).
+// thread's activations stay in its own cache. On 2 cores MobileNetV2 runs a batch of 16 1.25x and
+// a batch of 32 1.36x faster that way (bench/results/2026-11-28-batch-split.md).
 //
 // That is only right when the outputs for N samples are the outputs for each sub-batch, joined
 // along axis 0. `analyze_batch_split` proves it node by node, on the graph specialized at the full

@@ -99,8 +99,9 @@ namespace {
 
 // A sub-batch's activations should stay in the core's own caches: the samples per sub-batch are
 // this many bytes over one sample's activation arena (at least 1). On the 2-core machine of
-// bench/results/2026-11-28-batch-split.md, one sample per sub-batch ran MobileNetV2 at 569
-// images/s, 4 at 504 and 8 at 456; ResNet-50 did not care (59.3 and 58.4).
+// bench/results/2026-11-28-batch-split.md, two one-thread streams (`kiln bench --streams 2
+// --threads 1`) ran MobileNetV2 at 569 images/s with batches of 1, 504 with 4 and 456 with 8;
+// ResNet-50 did not care (59.3 with 1, 58.4 with 8).
 constexpr size_t kSubBatchArenaBytes = size_t{1} << 20;
 
 cpu::ShapeMap with_batch(cpu::ShapeMap shapes, int64_t batch) {
