@@ -227,9 +227,11 @@ reference::TensorMap Context::run(const reference::TensorMap& inputs, std::vecto
     shapes[name] = t.shape();
   }
   if (!step_ms) {
-    const EngineRuntime::BatchPlan& plan = engine_->batch_plan(shapes);
-    plan_ = &plan;
-    if (plan.split()) return run_split(inputs, shapes, plan);
+    if (!plan_ || shapes != plan_shapes_) {
+      plan_ = &engine_->batch_plan(shapes);
+      plan_shapes_ = shapes;
+    }
+    if (plan_->split()) return run_split(inputs, shapes, *plan_);
   }
   if (!program_ || shapes != shapes_) {
     program_ = engine_->program_for(shapes);

@@ -91,6 +91,7 @@ class Context {
   cpu::ShapeMap shapes_;
   Tensor arena_, scratch_;
   const EngineRuntime::BatchPlan* plan_ = nullptr;
+  cpu::ShapeMap plan_shapes_;  // the shapes plan_ is for (looked up again only when they change)
   std::vector<Scratch> workers_;  // split runs: one per thread
 };
 
