@@ -236,10 +236,7 @@ reference::TensorMap Context::run(const reference::TensorMap& inputs, std::vecto
   if (!program_ || shapes != shapes_) {
     program_ = engine_->program_for(shapes);
     shapes_ = shapes;
-    if (static_cast<size_t>(arena_.numel()) < program_->arena_bytes() + 64)
-      arena_ = Tensor(DType::kU8, {static_cast<int64_t>(program_->arena_bytes()) + 64});
-    if (static_cast<size_t>(scratch_.numel()) < program_->scratch_bytes() + 64)
-      scratch_ = Tensor(DType::kU8, {static_cast<int64_t>(program_->scratch_bytes()) + 64});
+    own_.fit(*program_);
   }
   std::vector<const void*> in_ptrs;
   for (const auto& v : program_->inputs()) in_ptrs.push_back(inputs.at(v.name).raw());
@@ -250,7 +247,7 @@ reference::TensorMap Context::run(const reference::TensorMap& inputs, std::vecto
     outs.emplace_back(v.dtype, v.shape);
     out_ptrs.push_back(outs.back().mutable_raw());
   }
-  program_->run(arena_.mutable_raw(), scratch_.mutable_raw(), in_ptrs, out_ptrs, step_ms);
+  program_->run(own_.arena.mutable_raw(), own_.scratch.mutable_raw(), in_ptrs, out_ptrs, step_ms);
   for (size_t i = 0; i < outs.size(); ++i) out[program_->outputs()[i].name] = outs[i];
   return out;
 }

@@ -89,7 +89,7 @@ class Context {
   std::shared_ptr<const EngineRuntime> engine_;
   std::shared_ptr<const cpu::Program> program_;
   cpu::ShapeMap shapes_;
-  Tensor arena_, scratch_;
+  Scratch own_;  // whole-batch runs
   const EngineRuntime::BatchPlan* plan_ = nullptr;
   cpu::ShapeMap plan_shapes_;  // the shapes plan_ is for (looked up again only when they change)
   std::vector<Scratch> workers_;  // split runs: one per thread
