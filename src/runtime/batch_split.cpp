@@ -134,7 +134,7 @@ class Analysis {
       if (ta.dtype() == tb.dtype() && ta.shape() == tb.shape() &&
           (ta.nbytes() == 0 || std::memcmp(ta.raw(), tb.raw(), ta.nbytes()) == 0)) {
         state_[o] = {Kind::kFree, 0};
-      } else if (auto k = batched_form(o); k && same_rows(ta, tb, *k)) {
+      } else if (auto k = batched_form(o); k && same_rows(ta, tb)) {
         state_[o] = {Kind::kBatched, *k};  // e.g. a class token expanded to every sample
       } else {
         state_[o] = {Kind::kShapeConst, 0};
@@ -143,11 +143,10 @@ class Analysis {
     return "";
   }
   // Every sample's part of a (full) and of b (sub-batch) is the same bytes.
-  bool same_rows(const Tensor& a, const Tensor& b, int64_t k) const {
+  bool same_rows(const Tensor& a, const Tensor& b) const {
     if (a.dtype() != b.dtype() || a.dtype() == DType::kString) return false;
     const size_t part = a.nbytes() / static_cast<size_t>(batch_);
     if (part == 0 || part * static_cast<size_t>(sub_) != b.nbytes()) return false;
-    (void)k;
     const char* pa = static_cast<const char*>(a.raw());
     const char* pb = static_cast<const char*>(b.raw());
     for (int64_t s = 0; s < batch_; ++s)
